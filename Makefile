@@ -1,0 +1,28 @@
+# The two commands of the README:
+#   make demo   set up a virtual environment and run the offline demo (the main job)
+#   make test   set up a virtual environment and run the test suite
+# PYTHON picks the interpreter; TORCH_SPEC pins the torch build installed before the package
+# (a CPU build is used where the local package index has one).
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+BIN := $(VENV)/bin
+
+.PHONY: demo test setup
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -e ".[test]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup
+	$(BIN)/dppa-peft demo
+
+test: setup
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest -n 2 --dist loadfile tests
