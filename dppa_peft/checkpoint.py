@@ -1,0 +1,235 @@
+"""Checkpoints on disk: open a local folder or Hub id, read one tensor at a time, write safetensors atomically.
+
+Only safetensors are read or written (pickled ``*.bin`` checkpoints are refused). Reading goes through
+``safetensors.safe_open`` (memory-mapped), so a model is never materialised; writing streams tensors into a temporary
+data file and assembles the final file at the end, then renames it into place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import struct
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+HUB_PATTERNS = ["*.safetensors", "*.json", "*.txt", "*.model", "*.jinja", "README.md"]
+
+_DTYPE_TO_ST = {
+    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
+_ST_TO_DTYPE = {v: k for k, v in _DTYPE_TO_ST.items()}
+
+
+def looks_like_local_path(ref: str) -> bool:
+    """A reference that can only be meant as a path (absolute, ./, ../, ~ or more than one '/')."""
+    return ref.startswith((".", "/", "~")) or ref.count("/") > 1 or os.sep != "/" and os.sep in ref
+
+
+def resolve_repo(ref: str | os.PathLike, revision: str | None = None, token: str | bool | None = None,
+                 allow_patterns: list[str] | None = None) -> Path:
+    """Return a local folder for ``ref``: an existing folder as is, else a Hub repo id downloaded into the HF cache."""
+    path = Path(ref).expanduser()
+    if path.is_dir():
+        return path
+    ref = str(ref)
+    if looks_like_local_path(ref):
+        raise FileNotFoundError(f"no such folder: {ref!r}; pass an existing local folder or a Hub id like 'user/model'")
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(ref, revision=revision, token=token, allow_patterns=allow_patterns or HUB_PATTERNS))
+
+
+class Checkpoint:
+    """Read-only access to a safetensors checkpoint (single file or sharded with an index), tensor by tensor."""
+
+    def __init__(self, directory: str | os.PathLike, ref: str | None = None) -> None:
+        self.directory = Path(directory)
+        self.ref = ref or str(directory)
+        self._shard_of = self._index_tensors()
+        self._handles: dict[str, Any] = {}
+        self._meta: dict[str, tuple[tuple[int, ...], torch.dtype]] = {}
+
+    @classmethod
+    def open(cls, ref: str | os.PathLike, revision: str | None = None, token: str | bool | None = None) -> "Checkpoint":
+        """Open a local folder or a Hub id (downloaded once into the Hugging Face cache)."""
+        return cls(resolve_repo(ref, revision=revision, token=token), ref=str(ref))
+
+    def _index_tensors(self) -> dict[str, str]:
+        index = self.directory / INDEX_FILE
+        if index.is_file():
+            weight_map = json.loads(index.read_text())["weight_map"]
+            missing = sorted({f for f in weight_map.values() if not (self.directory / f).is_file()})
+            if missing:
+                raise FileNotFoundError(f"{self.ref}: shards {missing} named in {INDEX_FILE} are missing; re-download it")
+            return dict(weight_map)
+        single = self.directory / SINGLE_FILE
+        if single.is_file():
+            with safe_open(single, framework="pt") as handle:
+                return {name: SINGLE_FILE for name in handle.keys()}
+        if any(self.directory.glob("*.bin")) or any(self.directory.glob("*.pt")):
+            raise ValueError(
+                f"{self.ref} holds only pickled weights (*.bin/*.pt), which dppa-peft never loads; convert it with "
+                "`model.save_pretrained(dir, safe_serialization=True)` in a trusted environment first"
+            )
+        raise FileNotFoundError(f"{self.ref}: no {SINGLE_FILE} or {INDEX_FILE}; pass a transformers model folder")
+
+    @property
+    def config(self) -> dict[str, Any] | None:
+        """The model's config.json as a dict, if present."""
+        path = self.directory / "config.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def names(self) -> list[str]:
+        """All tensor names, sorted."""
+        return sorted(self._shard_of)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._shard_of
+
+    def _handle(self, name: str) -> Any:
+        shard = self._shard_of[name]
+        if shard not in self._handles:
+            self._handles[shard] = safe_open(self.directory / shard, framework="pt")
+        return self._handles[shard]
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self._metadata(name)[0]
+
+    def dtype(self, name: str) -> torch.dtype:
+        return self._metadata(name)[1]
+
+    def _metadata(self, name: str) -> tuple[tuple[int, ...], torch.dtype]:
+        if name not in self._meta:
+            view = self._handle(name).get_slice(name)
+            self._meta[name] = (tuple(view.get_shape()), _ST_TO_DTYPE[view.get_dtype()])
+        return self._meta[name]
+
+    def read(self, name: str) -> torch.Tensor:
+        """Load one tensor (a copy owned by the caller)."""
+        return self._handle(name).get_tensor(name)
+
+    def read_rows(self, name: str, rows: list[int]) -> torch.Tensor:
+        """Load selected rows (first-dimension entries) of one tensor without reading the rest."""
+        view = self._handle(name).get_slice(name)
+        return torch.stack([view[r] for r in rows]) if rows else torch.empty(0)
+
+    def total_bytes(self) -> int:
+        """Size of the weight files on disk."""
+        return sum((self.directory / f).stat().st_size for f in set(self._shard_of.values()))
+
+
+class SafetensorsWriter:
+    """Stream tensors into one safetensors file: data goes to a temp file, the header is written at the end."""
+
+    def __init__(self, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:
+        self.path = Path(path)
+        self.metadata = {"format": "pt", **(metadata or {})}
+        self._entries: dict[str, dict[str, Any]] = {}
+        self._offset = 0
+        self._data = tempfile.NamedTemporaryFile(dir=self.path.parent, prefix=".data-", delete=False)
+
+    def add(self, name: str, tensor: torch.Tensor) -> None:
+        if name in self._entries:
+            raise ValueError(f"tensor {name!r} written twice")
+        tensor = tensor.detach().to("cpu").contiguous()
+        raw = tensor.reshape(-1).view(torch.uint8).numpy()
+        self._data.write(memoryview(raw))
+        self._entries[name] = {
+            "dtype": _DTYPE_TO_ST[tensor.dtype],
+            "shape": list(tensor.shape),
+            "data_offsets": [self._offset, self._offset + raw.nbytes],
+        }
+        self._offset += raw.nbytes
+
+    @property
+    def nbytes(self) -> int:
+        return self._offset
+
+    def close(self) -> Path:
+        """Write header + data into a temp file next to ``path`` and rename it into place."""
+        self._data.close()
+        header = json.dumps({"__metadata__": self.metadata, **self._entries}, separators=(",", ":")).encode()
+        header += b" " * (-len(header) % 8)
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        try:
+            with open(tmp, "wb") as out, open(self._data.name, "rb") as data:
+                out.write(struct.pack("<Q", len(header)))
+                out.write(header)
+                shutil.copyfileobj(data, out, length=16 << 20)
+            os.replace(tmp, self.path)
+        finally:
+            os.unlink(self._data.name)
+            if tmp.exists():
+                tmp.unlink()
+        return self.path
+
+    def abort(self) -> None:
+        self._data.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._data.name)
+
+
+class ShardedWriter:
+    """Write a model's tensors as ``model-0000i-of-0000n.safetensors`` shards plus an index (or one file)."""
+
+    def __init__(self, directory: str | os.PathLike, max_shard_bytes: int = 4 << 30) -> None:
+        self.directory = Path(directory)
+        self.max_shard_bytes = max_shard_bytes
+        self._shards: list[SafetensorsWriter] = []
+        self._weight_map: dict[str, int] = {}
+
+    def add(self, name: str, tensor: torch.Tensor) -> None:
+        size = tensor.numel() * tensor.element_size()
+        if not self._shards or (self._shards[-1].nbytes and self._shards[-1].nbytes + size > self.max_shard_bytes):
+            self._shards.append(SafetensorsWriter(self.directory / f".shard-{len(self._shards)}"))
+        self._shards[-1].add(name, tensor)
+        self._weight_map[name] = len(self._shards) - 1
+
+    def close(self) -> list[Path]:
+        """Finish every shard; name them and write the index when there is more than one."""
+        count = len(self._shards)
+        names = [SINGLE_FILE] if count == 1 else [f"model-{i + 1:05d}-of-{count:05d}.safetensors" for i in range(count)]
+        for writer, name in zip(self._shards, names):
+            writer.path = self.directory / name
+            writer.close()
+        if count > 1:
+            index = {
+                "metadata": {"total_size": sum(w.nbytes for w in self._shards)},
+                "weight_map": {t: names[i] for t, i in sorted(self._weight_map.items())},
+            }
+            (self.directory / INDEX_FILE).write_text(json.dumps(index, indent=2))
+        return [self.directory / n for n in names]
+
+
+@contextlib.contextmanager
+def atomic_directory(target: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temp folder beside ``target``; on success it replaces ``target``, on error it is removed."""
+    target = Path(target)
+    if target.exists() and any(target.iterdir()) and not overwrite:
+        raise FileExistsError(f"{target} exists and is not empty; choose another output folder or pass overwrite")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.replace(target, old)
+    os.replace(tmp, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,99 @@
+"""The pruning-method contract and the sparse result every method returns.
+
+A method never reads files: the pipeline streams ``(TensorInfo, fp32 delta)`` pairs to it, first through
+``observe`` (only for methods with ``needs_statistics``, e.g. DP and OWL), then through ``prune``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+from ..scope import TensorInfo
+
+
+@dataclass(frozen=True)
+class NoParams:
+    """A method without hyperparameters besides the rate."""
+
+
+@dataclass(frozen=True)
+class DensityPlan:
+    """The density planned for one tensor; ``unclipped`` is the value before clipping to [0, 1]."""
+
+    density: float
+    unclipped: float
+
+
+@dataclass
+class SparseDelta:
+    """The kept entries of one pruned tensor: ascending flat indices and fp32 values (already rescaled)."""
+
+    indices: torch.Tensor
+    values: torch.Tensor
+    shape: tuple[int, ...]
+
+    @property
+    def numel(self) -> int:
+        return int(torch.Size(self.shape).numel())
+
+    @property
+    def nnz(self) -> int:
+        return int(self.indices.numel())
+
+    @property
+    def density(self) -> float:
+        return self.nnz / self.numel if self.numel else 0.0
+
+    def to_dense(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        out = torch.zeros(self.numel, dtype=dtype)
+        out[self.indices] = self.values.to(dtype)
+        return out.reshape(self.shape)
+
+    @classmethod
+    def from_mask(cls, delta: torch.Tensor, keep: torch.Tensor, scale: torch.Tensor | float = 1.0) -> "SparseDelta":
+        """Keep ``delta`` where ``keep`` is True, multiplied by ``scale`` (a scalar or a tensor shaped like delta)."""
+        flat_keep = keep.reshape(-1)
+        indices = flat_keep.nonzero().reshape(-1)
+        values = delta.reshape(-1)[indices].float()
+        if isinstance(scale, torch.Tensor):
+            values = values * scale.reshape(-1)[indices]
+        elif scale != 1.0:
+            values = values * scale
+        return cls(indices=indices, values=values, shape=tuple(delta.shape))
+
+
+class PruningMethod(ABC):
+    """One pruning method: a density plan per tensor and a keep/scale rule per tensor."""
+
+    name: ClassVar[str]
+    summary: ClassVar[str]
+    Params: ClassVar[type] = NoParams
+    needs_statistics: ClassVar[bool] = False
+    nested: ClassVar[bool] = True  # kept sets are nested across densities (DPA partitions rely on it)
+
+    def __init__(self, rate: float, params: Any = None) -> None:
+        if not 0.0 <= rate <= 1.0:
+            raise ValueError(f"pruning rate must be in [0, 1], got {rate}; e.g. 0.9 keeps 10% of each delta")
+        self.rate = float(rate)
+        self.params = params if params is not None else self.Params()
+
+    def observe(self, info: TensorInfo, delta: torch.Tensor) -> None:
+        """Statistics pass over every in-scope delta (only called when ``needs_statistics``)."""
+
+    def plan(self, info: TensorInfo, rate: float | None = None) -> DensityPlan:
+        """The density to keep for ``info`` at ``rate`` (default: the method's rate)."""
+        density = 1.0 - (self.rate if rate is None else rate)
+        return DensityPlan(density=density, unclipped=density)
+
+    @abstractmethod
+    def prune(self, info: TensorInfo, delta: torch.Tensor, density: float) -> SparseDelta:
+        """Keep about ``density`` of ``delta`` (fp32) and return the kept entries, rescaled as the method says."""
+
+    def describe(self) -> dict[str, Any]:
+        """Method name, rate and every hyperparameter, as recorded in the adapter config."""
+        return {"name": self.name, "rate": self.rate, "params": dataclasses.asdict(self.params)}

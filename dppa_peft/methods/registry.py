@@ -1,0 +1,35 @@
+"""Name -> pruning method. A new method is one module with a ``@register``-ed ``PruningMethod`` subclass."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from .base import PruningMethod
+
+METHODS: dict[str, type[PruningMethod]] = {}
+
+
+def register(cls: type[PruningMethod]) -> type[PruningMethod]:
+    """Class decorator adding a method to the registry under ``cls.name``."""
+    if cls.name in METHODS:
+        raise ValueError(f"pruning method {cls.name!r} registered twice")
+    METHODS[cls.name] = cls
+    return cls
+
+
+def get_method(name: str) -> type[PruningMethod]:
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise ValueError(f"unknown pruning method {name!r}; choose one of {sorted(METHODS)}") from None
+
+
+def create_method(name: str, rate: float, **params: Any) -> PruningMethod:
+    """Instantiate method ``name`` at ``rate`` with its hyperparameters (unknown ones are an error)."""
+    cls = get_method(name)
+    known = {f.name for f in dataclasses.fields(cls.Params)}
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise ValueError(f"method {name!r} has no parameter {unknown}; its parameters are {sorted(known) or 'none'}")
+    return cls(rate, cls.Params(**params))
