@@ -74,6 +74,7 @@ class PruningMethod(ABC):
     summary: ClassVar[str]
     Params: ClassVar[type] = NoParams
     needs_statistics: ClassVar[bool] = False
+    statistics_passes: ClassVar[int] = 1  # how many times ``observe`` sees every in-scope delta
     nested: ClassVar[bool] = True  # kept sets are nested across densities (DPA partitions rely on it)
 
     def __init__(self, rate: float, params: Any = None) -> None:
@@ -82,8 +83,8 @@ class PruningMethod(ABC):
         self.rate = float(rate)
         self.params = params if params is not None else self.Params()
 
-    def observe(self, info: TensorInfo, delta: torch.Tensor) -> None:
-        """Statistics pass over every in-scope delta (only called when ``needs_statistics``)."""
+    def observe(self, info: TensorInfo, delta: torch.Tensor, pass_index: int = 0) -> None:
+        """Statistics pass ``pass_index`` over every in-scope delta (only called when ``needs_statistics``)."""
 
     def plan(self, info: TensorInfo, rate: float | None = None) -> DensityPlan:
         """The density to keep for ``info`` at ``rate`` (default: the method's rate)."""

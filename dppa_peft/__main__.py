@@ -1,0 +1,2 @@
+from dppa_peft.cli import main
+raise SystemExit(main())

@@ -1,0 +1,19 @@
+"""The PEFT side: config, compact encoding, tuner layer and model, and their registration with PEFT."""
+
+from peft import mapping
+
+from .config import SparseDeltaConfig, SparseDeltaType
+from .model import BaseModelMismatchError, SparseDeltaModel
+
+
+def register_with_peft() -> None:
+    """Make PEFT (and transformers' ``load_adapter``) know the SPARSE_DELTA adapter type."""
+    key = SparseDeltaType.SPARSE_DELTA
+    mapping.PEFT_TYPE_TO_CONFIG_MAPPING[key] = SparseDeltaConfig
+    mapping.PEFT_TYPE_TO_TUNER_MAPPING[key] = SparseDeltaModel
+    mapping.PEFT_TYPE_TO_PREFIX_MAPPING[key] = SparseDeltaModel.prefix
+
+
+register_with_peft()
+
+__all__ = ["BaseModelMismatchError", "SparseDeltaConfig", "SparseDeltaModel", "SparseDeltaType", "register_with_peft"]

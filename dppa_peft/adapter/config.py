@@ -1,0 +1,68 @@
+"""``SparseDeltaConfig``: what ``adapter_config.json`` holds for a sparse delta adapter."""
+
+from __future__ import annotations
+
+import enum
+import functools
+from dataclasses import dataclass, field
+from typing import Any
+
+from peft.config import PeftConfig
+
+
+class SparseDeltaType(str, enum.Enum):
+    """The PEFT type of this package (PEFT's own ``PeftType`` enum is closed, so we bring a member of our own)."""
+
+    SPARSE_DELTA = "SPARSE_DELTA"
+
+
+@dataclass
+class SparseDeltaConfig(PeftConfig):
+    """Configuration of a sparse delta adapter: ``W = W_B + Σ_tensors scatter(values · factor[partition])``.
+
+    ``tensors`` maps every stored checkpoint tensor name to its record: ``shape``, ``nnz``, ``encoding``
+    (dense|bitmask|gaps), ``index_bytes``, ``partition`` (whether per-entry partition ids are stored), ``density``
+    (kept fraction), ``planned_density`` and ``unclipped_density`` (pruned tensors), ``stored_bytes``, ``pruned``.
+    """
+
+    base_fingerprint: str | None = field(default=None, metadata={"help": "digest of sampled base weights"})
+    method: dict[str, Any] = field(default_factory=dict, metadata={"help": "pruning method, rate and parameters"})
+    scope_pattern: str | None = field(default=None, metadata={"help": "regex selecting the pruned tensors"})
+    outside_scope: str = field(default="dense", metadata={"help": "how changed tensors outside the scope are kept"})
+    tensors: dict[str, dict[str, Any]] = field(default_factory=dict, metadata={"help": "per-tensor records"})
+    amplification: dict[str, Any] | None = field(default=None, metadata={"help": "DPA partitions, factors, search"})
+    vocab_size: int | None = field(default=None, metadata={"help": "resize the base embeddings to this size"})
+    summary: dict[str, Any] = field(default_factory=dict, metadata={"help": "kept density and sizes"})
+    provenance: dict[str, Any] = field(default_factory=dict, metadata={"help": "command/recipe, package version"})
+    target_modules: list[str] | None = field(default=None, metadata={"help": "modules holding stored deltas"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.peft_type = SparseDeltaType.SPARSE_DELTA
+        if self.target_modules is None:
+            self.target_modules = sorted({module_and_param(n)[0] for n in self.tensors})
+
+    @property
+    def factors(self) -> list[float]:
+        """Amplification factor per partition (``[1.0]`` when not amplified)."""
+        return list(self.amplification["factors"]) if self.amplification else [1.0]
+
+    @functools.cached_property
+    def module_names(self) -> frozenset[str]:
+        """Names of the modules whose parameters the adapter changes (exact, unlike PEFT's condensed targets)."""
+        return frozenset(module_and_param(n)[0] for n in self.tensors)
+
+    def records_for_module(self, module_name: str) -> dict[str, dict[str, Any]]:
+        """The records of one module, keyed by parameter name ('weight', 'bias', ...)."""
+        out = {}
+        for name, record in self.tensors.items():
+            module, param = module_and_param(name)
+            if module == module_name:
+                out[param] = record
+        return out
+
+
+def module_and_param(tensor_name: str) -> tuple[str, str]:
+    """'model.layers.0.mlp.up_proj.weight' -> ('model.layers.0.mlp.up_proj', 'weight')."""
+    module, _, param = tensor_name.rpartition(".")
+    return module, param

@@ -1,0 +1,101 @@
+"""Sparse tensor <-> compact stored form.
+
+Three encodings, chosen per tensor by stored size:
+- ``dense``: every value, no index (tensors outside the pruning scope);
+- ``bitmask``: one bit per position (``ceil(n/8)`` bytes), best above ~12% density;
+- ``gaps``: one byte per kept entry holding the gap to the previous kept position; a gap ``g`` is written as
+  ``g // 255`` bytes of 255 followed by ``g % 255`` (so 255 never ends a gap), best at low density.
+Never int64 coordinates. Optional uint8 partition ids (DPA) are stored per kept entry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..methods.base import SparseDelta
+
+ENCODINGS = ("dense", "bitmask", "gaps")
+_BITS = torch.arange(8, dtype=torch.uint8)
+_ESCAPE = 255
+
+
+def bitmask_encode(indices: torch.Tensor, numel: int) -> torch.Tensor:
+    mask = torch.zeros(-(-numel // 8) * 8, dtype=torch.uint8)
+    mask[indices] = 1
+    return (mask.reshape(-1, 8) << _BITS).sum(dim=1, dtype=torch.uint8)
+
+
+def bitmask_decode(packed: torch.Tensor, numel: int) -> torch.Tensor:
+    bits = (packed.reshape(-1, 1) >> _BITS) & 1
+    return bits.reshape(-1)[:numel].nonzero().reshape(-1)
+
+
+def _gaps(indices: torch.Tensor) -> torch.Tensor:
+    previous = torch.cat([indices.new_full((1,), -1), indices[:-1]])
+    return indices - previous - 1
+
+
+def gaps_size(indices: torch.Tensor) -> int:
+    return int(indices.numel() + (_gaps(indices) // _ESCAPE).sum())
+
+
+def gaps_encode(indices: torch.Tensor) -> torch.Tensor:
+    gaps = _gaps(indices.long())
+    lengths = gaps // _ESCAPE + 1
+    out = torch.full((int(lengths.sum()),), _ESCAPE, dtype=torch.uint8)
+    out[torch.cumsum(lengths, 0) - 1] = (gaps % _ESCAPE).to(torch.uint8)
+    return out
+
+
+def gaps_decode(packed: torch.Tensor) -> torch.Tensor:
+    raw = packed.long()
+    is_end = raw != _ESCAPE
+    return torch.cumsum(raw + is_end, 0)[is_end] - 1
+
+
+@dataclass
+class EncodedTensor:
+    """One stored delta tensor: values in the stored dtype, the index bytes and optional partition ids."""
+
+    encoding: str
+    shape: tuple[int, ...]
+    values: torch.Tensor
+    index: torch.Tensor | None = None
+    partition: torch.Tensor | None = None
+
+    @property
+    def numel(self) -> int:
+        return int(torch.Size(self.shape).numel())
+
+    @property
+    def nnz(self) -> int:
+        return int(self.values.numel())
+
+    @property
+    def stored_bytes(self) -> int:
+        extra = [t for t in (self.index, self.partition) if t is not None]
+        return self.values.numel() * self.values.element_size() + sum(t.numel() for t in extra)
+
+    def indices(self) -> torch.Tensor:
+        """Ascending flat positions of the stored values."""
+        if self.encoding == "dense":
+            return torch.arange(self.numel)
+        if self.encoding == "bitmask":
+            return bitmask_decode(self.index, self.numel)
+        return gaps_decode(self.index)
+
+
+def encode(sparse: SparseDelta, value_dtype: torch.dtype, dense: bool = False,
+           partition: torch.Tensor | None = None) -> EncodedTensor:
+    """Encode kept entries in the cheapest index form (or ``dense`` for whole tensors)."""
+    values = sparse.values.to(value_dtype)
+    part = partition.to(torch.uint8) if partition is not None else None
+    if dense:
+        if sparse.nnz != sparse.numel:
+            raise ValueError("dense encoding needs every entry")
+        return EncodedTensor("dense", sparse.shape, values, partition=part)
+    if gaps_size(sparse.indices) < -(-sparse.numel // 8):
+        return EncodedTensor("gaps", sparse.shape, values, gaps_encode(sparse.indices), part)
+    return EncodedTensor("bitmask", sparse.shape, values, bitmask_encode(sparse.indices, sparse.numel), part)

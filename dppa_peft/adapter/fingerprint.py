@@ -1,0 +1,44 @@
+"""A cheap fingerprint of base weights: sampled values of the tensors an adapter changes.
+
+Computed from checkpoint tensors while pruning and from an in-memory model when loading, so loading an adapter on a
+different base is a clear error. Values are rounded to bf16 before hashing, so a base loaded in fp32 or bf16 matches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+
+import torch
+
+SAMPLES_PER_TENSOR = 16
+
+
+def tensor_sample(tensor: torch.Tensor) -> bytes:
+    """Name-independent sample: shape plus 16 evenly spaced values rounded to bf16."""
+    flat = tensor.detach().reshape(-1)
+    count = min(flat.numel(), SAMPLES_PER_TENSOR)
+    positions = torch.linspace(0, flat.numel() - 1, steps=count).round().long() if count else torch.empty(0).long()
+    values = flat[positions].to("cpu", torch.float32).to(torch.bfloat16).view(torch.int16)
+    return repr(tuple(tensor.shape)).encode() + values.numpy().tobytes()
+
+
+def fingerprint(samples: Mapping[str, bytes]) -> str:
+    """Digest over (name, sample) pairs in name order."""
+    digest = hashlib.sha256()
+    for name in sorted(samples):
+        digest.update(name.encode() + b"\0" + samples[name])
+    return digest.hexdigest()[:32]
+
+
+def model_fingerprint(model: torch.nn.Module, tensor_names: list[str]) -> str | None:
+    """Fingerprint of the named tensors of an in-memory model (None when some are missing or on the meta device)."""
+    params = {n.replace(".base_layer.", "."): p for n, p in model.named_parameters(remove_duplicate=False)}
+    params.update({n.replace(".base_layer.", "."): b for n, b in model.named_buffers(remove_duplicate=False)})
+    chosen = {}
+    for name in tensor_names:
+        tensor = params.get(name)
+        if tensor is None or tensor.device.type == "meta":
+            return None
+        chosen[name] = tensor_sample(tensor)
+    return fingerprint(chosen)

@@ -1,0 +1,109 @@
+"""Adapter folders: write one streamed tensor at a time, read back as a ``SparseDeltaAdapter`` handle.
+
+Layout (PEFT's): ``adapter_config.json``, ``adapter_model.safetensors`` (keys
+``base_model.model.<module>.sparse_delta.<param>_{values,index,partition}``) and ``README.md`` (model card).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+
+from ..methods.base import SparseDelta
+from ..checkpoint import SafetensorsWriter, atomic_directory, resolve_repo
+from .card import write_model_card
+from .config import SparseDeltaConfig, module_and_param
+from .encoding import EncodedTensor
+
+CONFIG_FILE = "adapter_config.json"
+WEIGHTS_FILE = "adapter_model.safetensors"
+CARD_FILE = "README.md"
+ADAPTER_FILES = [CONFIG_FILE, WEIGHTS_FILE, CARD_FILE]
+
+
+def state_key(tensor_name: str, part: str) -> str:
+    """Checkpoint key of one stored part ('values', 'index' or 'partition') of a delta tensor."""
+    module, param = module_and_param(tensor_name)
+    return f"base_model.model.{module}.sparse_delta.{param}_{part}"
+
+
+class AdapterWriter:
+    """Stream encoded tensors into ``adapter_model.safetensors``; ``close`` adds the config and the card."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory)
+        self._weights = SafetensorsWriter(self.directory / WEIGHTS_FILE)
+        self.records: dict[str, dict[str, Any]] = {}
+
+    def add(self, name: str, encoded: EncodedTensor, **record: Any) -> dict[str, Any]:
+        self._weights.add(state_key(name, "values"), encoded.values)
+        if encoded.index is not None:
+            self._weights.add(state_key(name, "index"), encoded.index)
+        if encoded.partition is not None:
+            self._weights.add(state_key(name, "partition"), encoded.partition)
+        self.records[name] = {
+            "shape": list(encoded.shape), "nnz": encoded.nnz, "encoding": encoded.encoding,
+            "index_bytes": 0 if encoded.index is None else encoded.index.numel(),
+            "partition": encoded.partition is not None, "stored_bytes": encoded.stored_bytes,
+            "density": encoded.nnz / encoded.numel if encoded.numel else 0.0, **record,
+        }
+        return self.records[name]
+
+    def close(self, config: SparseDeltaConfig) -> None:
+        self._weights.close()
+        config.save_pretrained(str(self.directory))
+        write_model_card(self.directory, config)
+
+
+class SparseDeltaAdapter:
+    """A saved sparse delta adapter (local folder or Hub repo): its config and lazily read tensors."""
+
+    def __init__(self, directory: str | os.PathLike, ref: str | None = None) -> None:
+        self.directory = Path(directory)
+        self.ref = ref or str(directory)
+        if not (self.directory / CONFIG_FILE).is_file():
+            raise FileNotFoundError(f"{self.ref} has no {CONFIG_FILE}; pass a folder written by `dppa-peft prune`")
+        self.config: SparseDeltaConfig = SparseDeltaConfig.from_pretrained(str(self.directory))
+        if not isinstance(self.config, SparseDeltaConfig):
+            raise ValueError(f"{self.ref} is a {self.config.peft_type} adapter, not a dppa-peft sparse delta adapter")
+        self._handle = None
+
+    @classmethod
+    def from_pretrained(cls, ref: str | os.PathLike, revision: str | None = None,
+                        token: str | bool | None = None) -> "SparseDeltaAdapter":
+        """Open a local adapter folder or download one from the Hub (cached)."""
+        return cls(resolve_repo(ref, revision=revision, token=token, allow_patterns=ADAPTER_FILES), ref=str(ref))
+
+    def sparse_tensor(self, name: str) -> SparseDelta:
+        """One stored delta with amplification factors applied (fp32 values)."""
+        if self._handle is None:
+            self._handle = safe_open(self.directory / WEIGHTS_FILE, framework="pt")
+        record = self.config.tensors[name]
+        keys = set(self._handle.keys())
+
+        def part(kind: str) -> torch.Tensor | None:
+            key = state_key(name, kind)
+            return self._handle.get_tensor(key) if key in keys else None
+
+        encoded = EncodedTensor(record["encoding"], tuple(record["shape"]), part("values"), part("index"),
+                                part("partition"))
+        factors = torch.tensor(self.config.factors, dtype=torch.float32)
+        scale = factors[encoded.partition.long()] if encoded.partition is not None else factors[0]
+        return SparseDelta(encoded.indices(), encoded.values.float() * scale, encoded.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return (self.directory / WEIGHTS_FILE).stat().st_size
+
+    def save_pretrained(self, directory: str | os.PathLike, overwrite: bool = False) -> Path:
+        """Copy the adapter files to ``directory`` (atomically)."""
+        with atomic_directory(directory, overwrite=overwrite) as tmp:
+            for name in ADAPTER_FILES:
+                if (self.directory / name).is_file():
+                    shutil.copy2(self.directory / name, tmp / name)
+        return Path(directory)

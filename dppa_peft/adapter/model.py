@@ -1,0 +1,74 @@
+"""The PEFT tuner model: injects ``SparseDeltaLayer`` into every module an adapter changes."""
+
+from __future__ import annotations
+
+import torch
+from peft.tuners.tuners_utils import BaseTuner
+from torch import nn
+
+from .config import SparseDeltaConfig
+from .fingerprint import model_fingerprint
+from .layer import SparseDeltaLayer
+
+
+class BaseModelMismatchError(ValueError):
+    """The adapter was made from a different base model."""
+
+
+def check_base(model: nn.Module, config: SparseDeltaConfig) -> None:
+    """Raise when the model's weights do not match the fingerprint recorded in the adapter."""
+    if not config.base_fingerprint:
+        return
+    found = model_fingerprint(model, sorted(config.tensors))
+    if found is not None and found != config.base_fingerprint:
+        raise BaseModelMismatchError(
+            f"this adapter was made from base {config.base_model_name_or_path!r} (fingerprint "
+            f"{config.base_fingerprint}), but the model it is loaded on has fingerprint {found}; load the adapter on "
+            "the base model it was pruned from"
+        )
+
+
+def resize_vocabulary(model: nn.Module, vocab_size: int | None) -> None:
+    """Grow the input/output embeddings to ``vocab_size`` with zero rows (the adapter stores their full values)."""
+    if vocab_size is None or not hasattr(model, "get_input_embeddings"):
+        return
+    old = model.get_input_embeddings().weight.shape[0]
+    if vocab_size <= old:
+        return
+    model.resize_token_embeddings(vocab_size, mean_resizing=False)
+    with torch.no_grad():
+        model.get_input_embeddings().weight[old:] = 0
+        output = model.get_output_embeddings()
+        if output is not None:
+            output.weight[old:] = 0
+
+
+class SparseDeltaModel(BaseTuner):
+    """Applies sparse delta adapters to a transformers model (or any ``nn.Module`` with matching names)."""
+
+    prefix: str = "sparse_delta"
+    tuner_layer_cls = SparseDeltaLayer
+    target_module_mapping: dict[str, list[str]] = {}
+
+    def _prepare_adapter_config(self, peft_config: SparseDeltaConfig, model_config: dict) -> SparseDeltaConfig:
+        if not peft_config.target_modules:
+            raise ValueError("this sparse delta adapter stores no tensors; nothing to apply")
+        return peft_config
+
+    def _pre_injection_hook(self, model: nn.Module, config: SparseDeltaConfig, adapter_name: str) -> None:
+        check_base(model, config)
+        resize_vocabulary(model, config.vocab_size)
+
+    @staticmethod
+    def _check_target_module_exists(peft_config: SparseDeltaConfig, key: str) -> bool:
+        return key in peft_config.module_names
+
+    def _create_and_replace(self, peft_config: SparseDeltaConfig, adapter_name: str, target: nn.Module,
+                            target_name: str, parent: nn.Module, current_key: str, **kwargs) -> None:
+        if isinstance(target, SparseDeltaLayer):
+            target.update_layer(adapter_name, peft_config)
+            return
+        new_module = SparseDeltaLayer(target, adapter_name, peft_config, module_name=current_key)
+        if adapter_name not in self.active_adapters:
+            new_module.requires_grad_(False)
+        self._replace_module(parent, target_name, new_module, target)

@@ -1,0 +1,45 @@
+"""``dppa-peft merge``: a base plus N adapters -> one dense model folder that transformers loads."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from ..merge import merge_to_folder
+
+DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "merge", help="merge one or more adapters into their base and write a dense model folder",
+        description="Stream the base checkpoint tensor by tensor, add the combined adapter deltas "
+                    "(W = W_B + sum_i w_i * delta_i by default) and write safetensors shards, config, generation "
+                    "config and tokenizer files that AutoModelForCausalLM.from_pretrained loads.",
+    )
+    parser.add_argument("--base", required=True, help="base model: local folder or Hub id")
+    parser.add_argument("--adapter", action="append", required=True,
+                        help="adapter folder or Hub id; repeat for several adapters")
+    parser.add_argument("--weight", action="append", type=float, default=None,
+                        help="weight w_i of each adapter, in --adapter order (default 1.0 each)")
+    parser.add_argument("--adapter-revision", action="append", default=None,
+                        help="Hub revision of each adapter, in --adapter order")
+    parser.add_argument("--mode", default="sum", help="how deltas combine: 'sum' (default, W_B + sum w_i delta_i)")
+    parser.add_argument("--out", required=True, help="output model folder (written atomically)")
+    parser.add_argument("--dtype", default="auto", choices=sorted(DTYPES),
+                        help="dtype of the written weights; 'auto' keeps each base tensor's dtype (default)")
+    parser.add_argument("--revision", default=None, help="revision of the base model on the Hub")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    start = time.perf_counter()
+    out = merge_to_folder(args.base, args.adapter, args.out, weights=args.weight, mode=args.mode,
+                          revision=args.revision, adapter_revisions=args.adapter_revision, dtype=DTYPES[args.dtype],
+                          overwrite=args.overwrite)
+    size = sum(p.stat().st_size for p in out.glob("*.safetensors"))
+    print(f"wrote {out}: {len(args.adapter)} adapter(s) merged with mode '{args.mode}', "
+          f"{size / 2**20:.2f} MiB of weights, {time.perf_counter() - start:.1f} s")

@@ -1,0 +1,152 @@
+"""Load a base model plus N sparse delta adapters as one merged model: ``W = W_B + combine(w_i, δ_i)``.
+
+The default combine mode, ``sum``, adds ``w_i·δ_i`` straight from the sparse form (no dense delta per adapter);
+election modes (TIES, ...) densify one tensor at a time. ``merge_to_folder`` streams the base checkpoint tensor by
+tensor into a new model folder that ``AutoModelForCausalLM.from_pretrained`` loads.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from ..adapter.fingerprint import fingerprint, tensor_sample
+from ..adapter.io import SparseDeltaAdapter
+from ..adapter.model import BaseModelMismatchError, check_base, resize_vocabulary
+from ..checkpoint import Checkpoint, ShardedWriter, atomic_directory
+from ..methods.base import SparseDelta
+from ..pipeline import open_adapter
+
+SPARSE_MODES = ("sum",)
+SKIPPED_FILES = (".safetensors", ".safetensors.index.json", ".bin", ".pt", ".pth", ".msgpack", ".h5", "README.md",
+                 ".gitattributes")
+
+AdapterRef = str | os.PathLike | SparseDeltaAdapter
+
+
+def combine_tensor(target: torch.Tensor, deltas: Sequence[SparseDelta], weights: Sequence[float],
+                   mode: str = "sum", **options: Any) -> torch.Tensor:
+    """``target + combine(mode, w, δ)`` for one tensor, computed in fp32 and returned in ``target``'s dtype."""
+    out = target.detach().float().reshape(-1).clone()
+    if mode in SPARSE_MODES:
+        for delta, weight in zip(deltas, weights):
+            out.index_add_(0, delta.indices, delta.values * weight)
+    else:
+        from .combine import combine
+
+        dense = [d.to_dense().reshape(-1) for d in deltas]
+        out += combine(mode, dense, list(weights), **options)
+    return out.reshape(target.shape).to(target.dtype)
+
+
+def _prepare(adapters: Sequence[AdapterRef], weights: Sequence[float] | None, revisions: Sequence[str | None] | None,
+             token: str | bool | None) -> tuple[list[SparseDeltaAdapter], list[float]]:
+    if not adapters:
+        raise ValueError("pass at least one adapter")
+    weights = [1.0] * len(adapters) if weights is None else [float(w) for w in weights]
+    if len(weights) != len(adapters):
+        raise ValueError(f"got {len(weights)} weights for {len(adapters)} adapters; pass one weight per adapter")
+    revisions = list(revisions) if revisions else [None] * len(adapters)
+    return [open_adapter(a, revision=r, token=token) for a, r in zip(adapters, revisions)], weights
+
+
+def _tensor_names(adapters: Sequence[SparseDeltaAdapter]) -> list[str]:
+    return sorted({name for a in adapters for name in a.config.tensors})
+
+
+def _deltas_for(name: str, adapters: Sequence[SparseDeltaAdapter],
+                weights: Sequence[float]) -> tuple[list[SparseDelta], list[float]]:
+    chosen = [(a.sparse_tensor(name), w) for a, w in zip(adapters, weights) if name in a.config.tensors]
+    return [d for d, _ in chosen], [w for _, w in chosen]
+
+
+def load_merged(base: str | os.PathLike, adapters: Sequence[AdapterRef], weights: Sequence[float] | None = None,
+                mode: str = "sum", *, revision: str | None = None, adapter_revisions: Sequence[str | None] | None = None,
+                token: str | bool | None = None, dtype: str | torch.dtype = "auto", trust_remote_code: bool = False,
+                progress: bool = True, **options: Any) -> torch.nn.Module:
+    """Load ``base`` with transformers and merge every adapter into its weights in place; returns the model."""
+    from transformers import AutoModelForCausalLM
+
+    handles, weights = _prepare(adapters, weights, adapter_revisions, token)
+    model = AutoModelForCausalLM.from_pretrained(base, revision=revision, token=token, dtype=dtype,
+                                                 trust_remote_code=trust_remote_code)
+    for handle in handles:
+        check_base(model, handle.config)
+    resize_vocabulary(model, max((h.config.vocab_size or 0 for h in handles), default=0) or None)
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name in tqdm(_tensor_names(handles), desc=f"merging ({mode})", unit="tensor", disable=not progress,
+                         leave=False):
+            if name not in params:
+                raise ValueError(f"adapter tensor {name!r} is not a parameter of {base}; the adapter does not fit")
+            deltas, used = _deltas_for(name, handles, weights)
+            params[name].copy_(combine_tensor(params[name], deltas, used, mode, **options))
+    return model
+
+
+def merge_to_folder(base: str | os.PathLike, adapters: Sequence[AdapterRef], out: str | os.PathLike,
+                    weights: Sequence[float] | None = None, mode: str = "sum", *, revision: str | None = None,
+                    adapter_revisions: Sequence[str | None] | None = None, token: str | bool | None = None,
+                    dtype: torch.dtype | None = None, overwrite: bool = False, progress: bool = True,
+                    max_shard_bytes: int = 4 << 30, **options: Any) -> Path:
+    """Stream ``base`` tensor by tensor, add the combined deltas, and write a dense model folder to ``out``."""
+    handles, weights = _prepare(adapters, weights, adapter_revisions, token)
+    checkpoint = Checkpoint.open(base, revision=revision, token=token)
+    touched = set(_tensor_names(handles))
+    missing = sorted(touched - set(checkpoint.names()))
+    if missing:
+        raise ValueError(f"adapter tensors {missing[:5]} are not in {base}; the adapters do not fit this base")
+    samples: dict[str, bytes] = {}
+    with atomic_directory(out, overwrite=overwrite) as tmp:
+        writer = ShardedWriter(tmp, max_shard_bytes=max_shard_bytes)
+        for name in tqdm(checkpoint.names(), desc=f"merging ({mode})", unit="tensor", disable=not progress,
+                         leave=False):
+            tensor = checkpoint.read(name)
+            if name in touched:
+                samples[name] = tensor_sample(tensor)
+                deltas, used = _deltas_for(name, handles, weights)
+                tensor = combine_tensor(_grow_rows(tensor, deltas[0].shape), deltas, used, mode, **options)
+            writer.add(name, tensor if dtype is None else tensor.to(dtype))
+        _verify_fingerprints(handles, samples, base)
+        writer.close()
+        _copy_model_files(checkpoint.directory, tmp, vocab_size=max((h.config.vocab_size or 0) for h in handles))
+    return Path(out)
+
+
+def _grow_rows(tensor: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """Zero rows appended to an embedding whose adapter covers an extended vocabulary."""
+    if tuple(tensor.shape) == tuple(shape):
+        return tensor
+    extra = torch.zeros((shape[0] - tensor.shape[0], *tensor.shape[1:]), dtype=tensor.dtype)
+    return torch.cat([tensor, extra])
+
+
+def _verify_fingerprints(handles: Sequence[SparseDeltaAdapter], samples: dict[str, bytes], base: Any) -> None:
+    for handle in handles:
+        expected = handle.config.base_fingerprint
+        if expected and fingerprint({n: samples[n] for n in handle.config.tensors}) != expected:
+            raise BaseModelMismatchError(
+                f"adapter {handle.ref} was made from base {handle.config.base_model_name_or_path!r}, not {str(base)!r}"
+                " (fingerprint mismatch); merge it onto the base model it was pruned from"
+            )
+
+
+def _copy_model_files(source: Path, target: Path, vocab_size: int) -> None:
+    """Copy config, generation config and tokenizer files; grow config.vocab_size when the vocabulary grew."""
+    import json
+
+    for path in source.iterdir():
+        if path.is_file() and not path.name.endswith(SKIPPED_FILES):
+            shutil.copy2(path, target / path.name)
+    config_path = target / "config.json"
+    if vocab_size and config_path.is_file():
+        config = json.loads(config_path.read_text())
+        if config.get("vocab_size", 0) < vocab_size:
+            config["vocab_size"] = vocab_size
+            config_path.write_text(json.dumps(config, indent=2))

@@ -1,0 +1,157 @@
+"""From two checkpoints to a sparse delta adapter folder: pair, (statistics pass), prune, encode, write."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from . import __version__
+from .adapter.config import SparseDeltaConfig
+from .adapter.encoding import encode
+from .adapter.fingerprint import fingerprint, tensor_sample
+from .adapter.io import AdapterWriter, SparseDeltaAdapter
+from .checkpoint import Checkpoint, atomic_directory
+from .delta import DeltaPair
+from .methods import PruningMethod, SparseDelta, create_method
+from .methods.selection import magnitude_mask
+from .scope import DEFAULT_SCOPE_PATTERN, Scope, TensorInfo
+
+OUTSIDE_SCOPE_MODES = ("dense", "magnitude", "drop")
+VALUE_DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class PruneSummary:
+    """What one pruning run kept and stored."""
+
+    kept_density: float
+    pruned_tensors: int
+    dense_tensors: int
+    unchanged_tensors: int
+    adapter_bytes: int
+    dense_delta_bytes: int
+    seconds: float
+
+    @property
+    def size_ratio(self) -> float:
+        """Stored size of the pruned tensors vs their dense delta in the checkpoint dtype."""
+        return self.adapter_bytes / self.dense_delta_bytes if self.dense_delta_bytes else 0.0
+
+    def line(self) -> str:
+        return (f"kept density {self.kept_density:.4f} over {self.pruned_tensors} pruned tensors "
+                f"({self.dense_tensors} dense, {self.unchanged_tensors} unchanged); pruned tensors stored in "
+                f"{self.adapter_bytes / 2**20:.2f} MiB = {self.size_ratio:.1%} of their dense delta "
+                f"({self.dense_delta_bytes / 2**20:.2f} MiB); {self.seconds:.1f} s")
+
+
+def collect_statistics(method: PruningMethod, pair: DeltaPair, progress: bool = True) -> None:
+    """The global statistics passes of methods like DP and OWL, streamed tensor by tensor."""
+    if not method.needs_statistics:
+        return
+    in_scope = [i for i in pair.infos if i.in_scope]
+    for pass_index in range(method.statistics_passes):
+        for info, delta in pair.deltas(in_scope, desc=f"statistics {pass_index + 1}", progress=progress):
+            method.observe(info, delta, pass_index)
+
+
+def _outside_scope(delta: torch.Tensor, mode: str, rate: float) -> SparseDelta | None:
+    if mode == "dense":
+        return SparseDelta(torch.arange(delta.numel()), delta.reshape(-1).float(), tuple(delta.shape))
+    if mode == "magnitude":
+        return SparseDelta.from_mask(delta, magnitude_mask(delta, 1.0 - rate))
+    return None
+
+
+def prune(base: str | os.PathLike, finetuned: str | os.PathLike, out: str | os.PathLike, method: str = "dp",
+          rate: float = 0.9, *, scope_pattern: str = DEFAULT_SCOPE_PATTERN, outside_scope: str = "dense",
+          value_dtype: str = "auto", revision: str | None = None, base_revision: str | None = None,
+          token: str | bool | None = None, overwrite: bool = False, progress: bool = True,
+          command: str | None = None, **params: Any) -> tuple[SparseDeltaAdapter, PruneSummary]:
+    """Prune ``finetuned − base`` with ``method`` at ``rate`` and write a sparse delta adapter folder to ``out``.
+
+    ``params`` are the method's hyperparameters (see ``dppa-peft prune --help``). Returns the saved adapter and a
+    summary of what was kept.
+    """
+    if outside_scope not in OUTSIDE_SCOPE_MODES:
+        raise ValueError(f"outside_scope must be one of {OUTSIDE_SCOPE_MODES}, got {outside_scope!r}")
+    if value_dtype not in VALUE_DTYPES:
+        raise ValueError(f"value_dtype must be one of {sorted(VALUE_DTYPES)}, got {value_dtype!r}")
+    start = time.perf_counter()
+    pruner = create_method(method, rate, **params)
+    pair = DeltaPair(Checkpoint.open(base, revision=base_revision, token=token),
+                     Checkpoint.open(finetuned, revision=revision, token=token), Scope(scope_pattern))
+    collect_statistics(pruner, pair, progress)
+    counts = {"kept": 0, "numel": 0, "pruned": 0, "dense": 0, "unchanged": 0, "stored": 0, "dense_bytes": 0}
+    samples: dict[str, bytes] = {}
+    with atomic_directory(out, overwrite=overwrite) as tmp:
+        writer = AdapterWriter(tmp)
+        for info, delta in pair.deltas(desc=f"pruning ({method})", progress=progress):
+            if not delta.any():
+                counts["unchanged"] += 1
+                continue
+            stored_dtype = VALUE_DTYPES[value_dtype] or pair.finetuned.dtype(info.name)
+            record = _prune_one(pruner, info, delta, outside_scope, stored_dtype, writer)
+            if record is None:
+                continue
+            samples[info.name] = tensor_sample(pair.base.read(info.name))
+            if record["pruned"]:
+                counts["pruned"] += 1
+                counts["kept"] += record["nnz"]
+                counts["numel"] += info.numel
+                counts["stored"] += record["stored_bytes"]
+                counts["dense_bytes"] += info.numel * stored_dtype.itemsize
+            else:
+                counts["dense"] += 1
+        summary = PruneSummary(
+            kept_density=counts["kept"] / counts["numel"] if counts["numel"] else 0.0,
+            pruned_tensors=counts["pruned"], dense_tensors=counts["dense"], unchanged_tensors=counts["unchanged"],
+            adapter_bytes=counts["stored"], dense_delta_bytes=counts["dense_bytes"],
+            seconds=time.perf_counter() - start,
+        )
+        config = SparseDeltaConfig(
+            base_model_name_or_path=str(base), revision=base_revision,
+            base_fingerprint=fingerprint(samples),
+            method=pruner.describe(), scope_pattern=scope_pattern, outside_scope=outside_scope,
+            tensors=writer.records, vocab_size=_vocab_size(pair), inference_mode=True, task_type="CAUSAL_LM",
+            summary={"kept_density": summary.kept_density, "size_ratio": summary.size_ratio,
+                     "adapter_bytes": summary.adapter_bytes, "dense_delta_bytes": summary.dense_delta_bytes},
+            provenance={"command": command or f"dppa_peft.prune(method={method!r}, rate={rate})",
+                        "finetuned": str(finetuned), "package_version": __version__},
+        )
+        writer.close(config)
+    return SparseDeltaAdapter(out), summary
+
+
+def _prune_one(pruner: PruningMethod, info: TensorInfo, delta: torch.Tensor, outside_scope: str,
+               stored_dtype: torch.dtype, writer: AdapterWriter) -> dict[str, Any] | None:
+    """Prune (or keep dense) one delta and write it; None when the policy drops it."""
+    if info.in_scope:
+        plan = pruner.plan(info)
+        sparse = pruner.prune(info, delta, plan.density)
+        return writer.add(info.name, encode(sparse, stored_dtype), pruned=True, block=info.block,
+                          module=info.module, planned_density=plan.density, unclipped_density=plan.unclipped)
+    sparse = _outside_scope(delta, outside_scope, pruner.rate)
+    if sparse is None:
+        return None
+    return writer.add(info.name, encode(sparse, stored_dtype, dense=outside_scope == "dense"), pruned=False)
+
+
+def _vocab_size(pair: DeltaPair) -> int | None:
+    if not pair.extra_rows:
+        return None
+    return max(pair.finetuned.shape(name)[0] for name in pair.extra_rows)
+
+
+def open_adapter(ref: str | os.PathLike | SparseDeltaAdapter, revision: str | None = None,
+                 token: str | bool | None = None) -> SparseDeltaAdapter:
+    """Accept an adapter handle, a local folder or a Hub id."""
+    if isinstance(ref, SparseDeltaAdapter):
+        return ref
+    return SparseDeltaAdapter.from_pretrained(ref, revision=revision, token=token)
+
+
+__all__ = ["PruneSummary", "open_adapter", "prune"]

@@ -1,0 +1,30 @@
+"""Test session setup: quiet threads, isolated Hugging Face cache, tiny models built once per session."""
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
+from tests.tiny_models import make_base, make_finetune  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def llama_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple:
+    """A tiny fp32 Llama base and a fine-tune of it (several optimiser steps)."""
+    root = tmp_path_factory.mktemp("llama")
+    base = make_base(root / "base")
+    return base, make_finetune(base, root / "ft", steps=5)
+
+
+@pytest.fixture(scope="session")
+def llama_finetunes(tmp_path_factory: pytest.TempPathFactory, llama_pair: tuple) -> list:
+    """Two more fine-tunes of the same base (for multi-adapter tests)."""
+    base, _ = llama_pair
+    root = tmp_path_factory.mktemp("llama_more")
+    return [make_finetune(base, root / f"ft{i}", steps=3, seed=10 + i) for i in range(2)]

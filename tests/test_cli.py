@@ -1,0 +1,70 @@
+import subprocess
+import sys
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from dppa_peft.cli import build_parser, main
+from tests.expected import PROMPT, logits_with, magnitude_merged_weights
+from tests.subprocess_utils import REPO_ROOT
+
+
+def _subcommand_parsers():
+    parser = build_parser()
+    action = next(a for a in parser._actions if a.dest == "command")
+    return action.choices
+
+
+def test_every_option_of_every_subcommand_has_help():
+    for name, sub in _subcommand_parsers().items():
+        for action in sub._actions:
+            if action.option_strings and action.dest != "help":
+                assert action.help and len(action.help) > 10, f"{name} {action.option_strings} lacks help"
+
+
+def test_help_runs_as_a_program():
+    out = subprocess.run([sys.executable, "-m", "dppa_peft", "prune", "--help"], cwd=REPO_ROOT,
+                         capture_output=True, text=True, check=True).stdout
+    for flag in ("--base", "--finetuned", "--method", "--rate", "--out", "--seed", "--tie-mode", "--outside-scope"):
+        assert flag in out
+
+
+def test_prune_then_merge_from_the_command_line(tmp_path, llama_pair, capsys):
+    base, ft = llama_pair
+    assert main(["prune", "--base", str(base), "--finetuned", str(ft), "--method", "magnitude", "--rate", "0.9",
+                 "--out", str(tmp_path / "a")]) == 0
+    line = capsys.readouterr().out
+    assert "kept density 0.0999" in line and "of their dense delta" in line
+    assert main(["merge", "--base", str(base), "--adapter", str(tmp_path / "a"), "--out", str(tmp_path / "m")]) == 0
+    assert "1 adapter(s) merged" in capsys.readouterr().out
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "m")
+    with torch.no_grad():
+        logits = merged(PROMPT).logits
+    assert torch.allclose(logits, logits_with(base, magnitude_merged_weights(base, ft, 0.1)), atol=1e-5)
+
+
+def test_dare_seed_reaches_the_method(tmp_path, llama_pair):
+    base, ft = llama_pair
+    for seed in ("1", "2"):
+        assert main(["prune", "--base", str(base), "--finetuned", str(ft), "--method", "dare", "--rate", "0.5",
+                     "--seed", seed, "--out", str(tmp_path / seed)]) == 0
+    import json
+
+    configs = [json.loads((tmp_path / s / "adapter_config.json").read_text()) for s in ("1", "2")]
+    assert [c["method"]["params"]["seed"] for c in configs] == [1, 2]
+    assert "dppa-peft prune" in configs[0]["provenance"]["command"]
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["prune", "--base", "/nonexistent/base", "--finetuned", "/nonexistent/ft", "--method", "magnitude",
+      "--out", "OUT"], "no such folder"),
+    (["prune", "--base", "B", "--finetuned", "F", "--method", "magnitude", "--seed", "3", "--out", "OUT"],
+     "--seed does not apply to method 'magnitude'"),
+])
+def test_bad_input_gets_a_clear_error(argv, message, tmp_path, capsys, llama_pair):
+    argv = [str(tmp_path / "out") if a == "OUT" else a for a in argv]
+    argv = [str(llama_pair[0]) if a == "B" else str(llama_pair[1]) if a == "F" else a for a in argv]
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,50 @@
+"""Tiny causal LMs built in the test session (never downloaded): a base and locally fine-tuned variants."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen2Config
+
+VOCAB = 128
+CONFIGS = {
+    "llama": lambda layers: LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128,
+                                        num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                                        max_position_embeddings=128, tie_word_embeddings=False),
+    "qwen2": lambda layers: Qwen2Config(vocab_size=VOCAB, hidden_size=64, intermediate_size=128,
+                                        num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                                        max_position_embeddings=128, tie_word_embeddings=False),
+    "mistral": lambda layers: MistralConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128,
+                                            num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                                            max_position_embeddings=128, tie_word_embeddings=False),
+}
+
+
+def make_base(path: Path, arch: str = "llama", layers: int = 2, seed: int = 0, dtype: torch.dtype = torch.float32,
+              max_shard_size: str | None = None) -> Path:
+    """A randomly initialised tiny model saved as safetensors (optionally sharded)."""
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(CONFIGS[arch](layers)).to(dtype)
+    kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
+    model.save_pretrained(path, **kwargs)
+    return path
+
+
+def make_finetune(base: Path, path: Path, steps: int = 5, lr: float = 1e-2, seed: int = 1,
+                  max_shard_size: str | None = None) -> Path:
+    """A fine-tune of ``base`` made by a few Adam steps on random tokens (all parameters change)."""
+    model = AutoModelForCausalLM.from_pretrained(base)
+    dtype = next(model.parameters()).dtype
+    model.float()
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    for _ in range(steps):
+        tokens = torch.randint(0, VOCAB, (4, 16), generator=generator)
+        loss = model(input_ids=tokens, labels=tokens).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
+    model.to(dtype).save_pretrained(path, **kwargs)
+    return path
