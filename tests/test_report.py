@@ -167,6 +167,13 @@ def test_dense_zero_names_the_task(tmp_path: Path) -> None:
         (lambda: EvalResults(dense={}, base={}), "dense is empty"),
         (lambda: EvalResults(dense=DENSE, base={"math": BASE["math"]}), "same domains"),
         (lambda: EvalResults(dense=DENSE, base={**BASE, "math": {"gsm8k": 0.2}}), "cover exactly its tasks"),
+        (
+            lambda: EvalResults(dense={**DENSE, "law": {"fpb": 0.5}}, base={**BASE, "law": {"fpb": 0.1}}),
+            "one domain only",
+        ),
+        (lambda: EvalResults(dense={**DENSE, "law": {}}, base={**BASE, "law": {}}), "'law' has no tasks"),
+        (lambda: EvalResults(dense=DENSE, base={**BASE, "math": {"gsm8k": math.nan, "MATH": 0.1}}), "base scores"),
+        (lambda: EvalResults(DENSE, BASE, [prune("dppa", 0.9, "math", gsm8k=-1.0, MATH=0.1)]), "finite numbers >= 0"),
         (lambda: EvalResults(DENSE, BASE, [prune("dppa", 0.9, "law", a=1.0)]), "unknown domain"),
         (lambda: EvalResults(DENSE, BASE, [prune("dppa", 0.9, "math", gsm8k=0.5)]), r"missing \['MATH'\]"),
         (

@@ -11,6 +11,7 @@ set of merged domains, rows method & rate (Tables 5/6); (c) raw per-task scores 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -86,21 +87,30 @@ class EvalResults:
     metric: str = "acc"
 
     def __post_init__(self) -> None:
+        self._check_domains()
+        seen: set[Variant] = set()
+        for entry in self.variants:
+            self._check_variant(entry, seen)
+
+    def _check_domains(self) -> None:
+        """Dense and base cover the same domains and tasks; every task belongs to one domain; scores are sane."""
         if not self.dense:
             raise ValueError("EvalResults.dense is empty: give each domain's dense fine-tune scores per task")
         if set(self.base) != set(self.dense):
             raise ValueError(f"base and dense must have the same domains; got {list(self.base)} and {list(self.dense)}")
-        for domain, tasks in self.dense.items():
-            if not tasks:
+        tasks = [task for scores in self.dense.values() for task in scores]
+        if len(set(tasks)) != len(tasks):
+            raise ValueError(f"a task may belong to one domain only; tasks per domain: {tasks}")
+        for domain, scores in self.dense.items():
+            if not scores:
                 raise ValueError(f"domain {domain!r} has no tasks in EvalResults.dense")
-            if set(self.base[domain]) != set(tasks):
+            if set(self.base[domain]) != set(scores):
                 raise ValueError(
-                    f"base scores for domain {domain!r} must cover exactly its tasks {sorted(tasks)}; "
+                    f"base scores for domain {domain!r} must cover exactly its tasks {sorted(scores)}; "
                     f"got {sorted(self.base[domain])}"
                 )
-        seen: set[Variant] = set()
-        for entry in self.variants:
-            self._check_variant(entry, seen)
+            _check_scores(f"dense scores of {domain!r}", scores)
+            _check_scores(f"base scores of {domain!r}", self.base[domain])
 
     def _check_variant(self, entry: VariantScores, seen: set[Variant]) -> None:
         """Reject unknown domains, missing or extra task scores, and repeated variants."""
@@ -118,6 +128,14 @@ class EvalResults:
         if variant in seen:
             raise ValueError(f"{variant.label} ({variant.kind}, {'+'.join(variant.domains)}) is given twice")
         seen.add(variant)
+        _check_scores(f"scores of {variant.label} ({variant.kind})", entry.scores)
+
+
+def _check_scores(where: str, scores: Mapping[str, float]) -> None:
+    """Reject scores that are not finite numbers >= 0, naming ``where``."""
+    bad = {task: value for task, value in scores.items() if not (math.isfinite(value) and value >= 0)}
+    if bad:
+        raise ValueError(f"{where} must be finite numbers >= 0; got {bad}")
 
 
 @dataclass(frozen=True)
