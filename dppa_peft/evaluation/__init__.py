@@ -1,0 +1,1 @@
+"""Evaluation: lm-eval task folders, Task-/Domain-Ratio metrics (DPPA eq. 7-8) and result reports."""

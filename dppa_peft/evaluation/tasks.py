@@ -1,0 +1,111 @@
+"""Where the project's lm-eval task folders live, and how to load them (or run them on local files).
+
+The folders are ``eval_tasks/<name>/`` at the repository root, next to the ``dppa_peft`` package; the environment
+variable ``DPPA_EVAL_TASKS`` points elsewhere (needed when the package is installed without the repository).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from lm_eval.tasks import TaskManager
+from lm_eval.tasks._yaml_loader import load_yaml
+
+TASKS_ENV_VAR = "DPPA_EVAL_TASKS"
+
+#: The paper's domains and their two tasks each, in the paper's order.
+PAPER_DOMAINS: dict[str, tuple[str, str]] = {
+    "math": ("paper_gsm8k", "paper_hendrycks_math"),
+    "finance": ("paper_fiqa_sa", "paper_fpb"),
+    "law": ("paper_scotus", "paper_unfair_tos"),
+}
+#: The lm-eval group of each paper domain.
+PAPER_GROUPS: dict[str, str] = {domain: f"paper_{domain}" for domain in PAPER_DOMAINS}
+
+
+def tasks_root() -> Path:
+    """The ``eval_tasks`` folder: ``$DPPA_EVAL_TASKS`` if set, else ``<repository>/eval_tasks``."""
+    override = os.environ.get(TASKS_ENV_VAR)
+    root = Path(override) if override else Path(__file__).resolve().parents[2] / "eval_tasks"
+    if not root.is_dir():
+        source = f"${TASKS_ENV_VAR}" if override else "the repository layout"
+        raise FileNotFoundError(
+            f"lm-eval task folder {root} (from {source}) does not exist; set {TASKS_ENV_VAR} to the "
+            "project's eval_tasks folder (an installed wheel does not ship it)"
+        )
+    return root
+
+
+def task_dirs(root: Path | None = None) -> list[Path]:
+    """Every task subfolder of ``root`` (default :func:`tasks_root`), sorted; hidden and ``_*`` folders skipped."""
+    base = root if root is not None else tasks_root()
+    return sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
+
+
+def task_manager(
+    extra_paths: Iterable[str | Path] = (), metadata: dict[str, Any] | None = None
+) -> TaskManager:
+    """A TaskManager over every ``eval_tasks`` subfolder plus ``extra_paths``, without lm-eval's built-ins."""
+    paths = [str(p) for p in task_dirs()] + [str(p) for p in extra_paths]
+    return TaskManager(include_path=paths, include_defaults=False, metadata=metadata)
+
+
+def _yaml_path(name: str, manager: TaskManager) -> Path:
+    """The YAML file that defines task or group ``name``."""
+    entry = manager.task_index.get(name)
+    if entry is None or entry.yaml_path is None:
+        known = ", ".join(manager.all_tasks) or "none"
+        raise KeyError(f"no task or group named {name!r} in the task folders (known: {known})")
+    return Path(entry.yaml_path)
+
+
+def task_config(name: str, manager: TaskManager | None = None) -> dict[str, Any]:
+    """The full config dict of task ``name`` (includes merged, ``!function`` entries resolved)."""
+    manager = manager or task_manager()
+    config = load_yaml(_yaml_path(name, manager), resolve_func=True)
+    if "group" in config:
+        raise ValueError(f"{name!r} is a group, not a task (run a group on local files with write_local_tasks)")
+    return config
+
+
+def _local_dataset(name: str, data_file: str | Path, manager: TaskManager) -> dict[str, Any]:
+    """The dataset keys that make task ``name`` read its test split from a local JSON/JSONL file."""
+    path = Path(data_file).resolve()
+    if not path.is_file():
+        raise FileNotFoundError(f"local data file for task {name!r} not found: {path}")
+    split = task_config(name, manager)["test_split"]
+    return {"dataset_path": "json", "dataset_name": None, "dataset_kwargs": {"data_files": {split: str(path)}}}
+
+
+def local_task_config(
+    name: str, data_file: str | Path, manager: TaskManager | None = None
+) -> dict[str, Any]:
+    """Task ``name``'s config reading its test split from a local JSON/JSONL file instead of the Hub.
+
+    The file must have the Hub dataset's columns. The path is made absolute (lm-eval resolves relative
+    ``data_files`` against the current directory). Pass the dict to lm-eval as a task: ``tasks=[config]``.
+    """
+    manager = manager or task_manager()
+    return {**task_config(name, manager), **_local_dataset(name, data_file, manager)}
+
+
+def write_local_tasks(
+    data_files: Mapping[str, str | Path], folder: str | Path, manager: TaskManager | None = None
+) -> Path:
+    """Write one YAML per task into ``folder`` that re-defines it to read ``data_files[task]`` locally.
+
+    Each file includes the task's own YAML and overrides only the dataset keys, so the names stay the same: a
+    TaskManager built with ``task_manager(extra_paths=[folder])`` resolves those names, and groups over them
+    (e.g. ``paper_law``), to the local copies. lm-eval logs a warning for each overridden task.
+    """
+    manager = manager or task_manager()
+    out = Path(folder).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    for name, data_file in sorted(data_files.items()):
+        override = {"include": str(_yaml_path(name, manager)), **_local_dataset(name, data_file, manager)}
+        (out / f"{name}.yaml").write_text(yaml.safe_dump(override, sort_keys=False), encoding="utf-8")
+    return out
