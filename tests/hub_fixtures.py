@@ -1,0 +1,139 @@
+"""Pytest fixtures for tests that talk to a local Hub-compatible server (see ``tests/hub_server.py``).
+
+huggingface_hub reads ``HF_ENDPOINT``, ``HF_HOME`` and ``HF_HUB_OFFLINE`` when it is imported, so the root
+``conftest.py`` must call ``configure_hub_environment()`` at module level, before anything imports
+huggingface_hub, transformers, peft, datasets or lm_eval, and register this module with
+``pytest_plugins = ["tests.hub_fixtures"]``. Each process (every pytest-xdist worker included) gets its own port,
+``HF_HOME`` and server.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.hub_server import LocalHub
+
+HUB_USER = "dppa-user"
+HUB_TOKEN = "hf_dppa_user_token"  # a dummy token the local server accepts; never a real credential
+OTHER_USER = "other-user"
+OTHER_TOKEN = "hf_other_user_token"
+VALID_TOKENS = {HUB_TOKEN: HUB_USER, OTHER_TOKEN: OTHER_USER}
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# Variables that would route the cache, token or endpoint somewhere other than HF_HOME and the local server.
+_CLEARED_VARIABLES = (
+    "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE",
+    "HF_ASSETS_CACHE", "HUGGINGFACE_ASSETS_CACHE", "HF_XET_CACHE", "HF_TOKEN_PATH", "HUGGING_FACE_HUB_TOKEN",
+    "HUGGINGFACE_CO_STAGING", "HF_DATASETS_CACHE", "TRANSFORMERS_CACHE", "HF_HUB_DISABLE_IMPLICIT_TOKEN",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class HubEnvironment:
+    """Where this process's Hub traffic goes: endpoint, port, HF_HOME, and the dummy user's token."""
+
+    endpoint: str
+    port: int
+    hf_home: Path
+    user: str
+    token: str
+    variables: dict[str, str]
+
+
+_environment: HubEnvironment | None = None
+_reserved_socket: socket.socket | None = None
+
+
+def configure_hub_environment() -> HubEnvironment:
+    """Reserve a free port on 127.0.0.1 and point the Hugging Face libraries at it, with a fresh HF_HOME.
+
+    Sets HF_ENDPOINT, HF_HOME, HF_TOKEN (a dummy token the local server accepts), HF_HUB_DISABLE_XET=1,
+    HF_HUB_DISABLE_TELEMETRY=1 and quiet progress bars; unsets offline switches and cache overrides. Idempotent in
+    a process. Raises RuntimeError if huggingface_hub was already imported, since it would not see the values.
+    """
+    global _environment, _reserved_socket
+    if _environment is not None:
+        return _environment
+    if "huggingface_hub" in sys.modules:
+        raise RuntimeError("configure_hub_environment() must run before anything imports huggingface_hub")
+    _reserved_socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    _reserved_socket.bind(("127.0.0.1", 0))  # kept bound so nobody else takes the port before the server starts
+    port = _reserved_socket.getsockname()[1]
+    hf_home = Path(tempfile.mkdtemp(prefix="dppa-hf-home-"))
+    atexit.register(shutil.rmtree, hf_home, True)
+    variables = {
+        "HF_ENDPOINT": f"http://127.0.0.1:{port}",
+        "HF_HOME": str(hf_home),
+        "HF_TOKEN": HUB_TOKEN,
+        "HF_HUB_DISABLE_XET": "1",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+        "HF_HUB_DISABLE_UPDATE_CHECK": "1",
+    }
+    for name in _CLEARED_VARIABLES:
+        os.environ.pop(name, None)
+    os.environ.update(variables)
+    _environment = HubEnvironment(variables["HF_ENDPOINT"], port, hf_home, HUB_USER, HUB_TOKEN, variables)
+    return _environment
+
+
+def hub_environment() -> HubEnvironment:
+    """The environment set by configure_hub_environment(); fails clearly if the conftest did not call it."""
+    if _environment is None:
+        raise RuntimeError("Call tests.hub_fixtures.configure_hub_environment() at the top of the root conftest.py")
+    return _environment
+
+
+def run_python(
+    code: str,
+    env: Mapping[str, str | None] | None = None,
+    timeout: float = 120,
+    check: bool = True,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a fresh Python process with this process's environment plus ``env`` (None unsets a variable).
+
+    The repository root is put first on PYTHONPATH. With ``check``, a non-zero exit fails the test and shows the
+    child's output.
+    """
+    child_env = dict(os.environ)
+    child_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), child_env.get("PYTHONPATH")]))
+    for name, value in (env or {}).items():
+        if value is None:
+            child_env.pop(name, None)
+        else:
+            child_env[name] = value
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=child_env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout
+    )
+    if check and result.returncode != 0:
+        pytest.fail(f"subprocess failed ({result.returncode}):\n{result.stdout}\n{result.stderr}", pytrace=False)
+    return result
+
+
+@pytest.fixture(scope="session")
+def local_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalHub]:
+    """A LocalHub serving on HF_ENDPOINT for the whole session, started on first use."""
+    environment = hub_environment()
+    hub = LocalHub(tmp_path_factory.mktemp("local_hub"), VALID_TOKENS, port=environment.port)
+    hub.start(listen_socket=_reserved_socket)
+    yield hub
+    hub.stop()
+
+
+@pytest.fixture
+def hub_repo_id(local_hub: LocalHub, request: pytest.FixtureRequest) -> str:
+    """A repo id under the test user that no other test uses (the repo is not created)."""
+    name = "".join(c if c.isalnum() else "-" for c in request.node.name)[:60].strip("-")
+    return f"{HUB_USER}/{name}-{uuid.uuid4().hex[:8]}"
