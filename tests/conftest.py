@@ -1,12 +1,18 @@
-"""Test session setup: quiet threads, isolated Hugging Face cache, tiny models built once per session."""
+"""Test session setup: quiet threads, a local Hub server and its own HF cache per worker, tiny models."""
 
 import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 
 import pytest  # noqa: E402
+
+pytest.register_assert_rewrite("tests.hub_fixtures")
+from tests.hub_fixtures import configure_hub_environment  # noqa: E402
+
+configure_hub_environment()  # before anything imports huggingface_hub: HF_ENDPOINT, HF_HOME, HF_TOKEN per worker
+pytest_plugins = ["tests.hub_fixtures"]
+
 import torch  # noqa: E402
 
 torch.set_num_threads(1)

@@ -9,7 +9,7 @@ from transformers import AutoModelForCausalLM
 import dppa_peft
 from dppa_peft import BaseModelMismatchError, SparseDeltaConfig, load_merged, merge_to_folder, prune
 from tests.expected import PROMPT, load_weights, logits_with, magnitude_merged_weights
-from tests.subprocess_utils import run_python
+from tests.hub_fixtures import run_python
 from tests.tiny_models import make_base, make_finetune
 
 
@@ -79,7 +79,7 @@ def test_fresh_process_loads_with_stock_peft_entry_points(magnitude_adapter, lla
         with torch.no_grad():
             torch.save(plain(prompt).logits, {str(tmp_path / "transformers.pt")!r})
     """)
-    run_python(script, cwd=tmp_path)
+    run_python(script)
     expected = logits_with(base, magnitude_merged_weights(base, ft, 0.1))
     for name in ("auto.pt", "transformers.pt"):
         assert torch.allclose(torch.load(tmp_path / name), expected, atol=1e-5), name

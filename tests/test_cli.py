@@ -7,7 +7,7 @@ from transformers import AutoModelForCausalLM
 
 from dppa_peft.cli import build_parser, main
 from tests.expected import PROMPT, logits_with, magnitude_merged_weights
-from tests.subprocess_utils import REPO_ROOT
+from tests.hub_fixtures import REPO_ROOT
 
 
 def _subcommand_parsers():

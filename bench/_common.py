@@ -1,0 +1,57 @@
+"""Shared bench helpers: synthetic Llama checkpoints and measuring a job in a fresh process (time, peak RSS)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, LlamaConfig
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def make_llama(path: Path, layers: int, hidden: int, seed: int = 0, dtype: torch.dtype = torch.bfloat16) -> Path:
+    """A random Llama checkpoint (no training: benches measure I/O and arithmetic, not quality)."""
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=4096, hidden_size=hidden, intermediate_size=int(hidden * 2.75), num_hidden_layers=layers,
+                         num_attention_heads=8, num_key_value_heads=8, tie_word_embeddings=False)
+    AutoModelForCausalLM.from_config(config).to(dtype).save_pretrained(path)
+    return path
+
+
+def make_finetune(base: Path, path: Path, scale: float, seed: int) -> Path:
+    """Base plus Gaussian noise of std ``scale`` on every weight (a stand-in for a fine-tune's delta)."""
+    model = AutoModelForCausalLM.from_pretrained(base)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in model.parameters():
+            noise = torch.randn(param.shape, generator=generator) * scale
+            param.add_(noise.to(param.dtype))
+    model.save_pretrained(path)
+    return path
+
+
+def measure(code: str, env: dict[str, str] | None = None) -> dict:
+    """Run ``code`` in a fresh Python process; return its wall time and peak RSS (MiB) as it reports them."""
+    wrapper = textwrap.dedent("""
+        import json, resource, time
+        start = time.perf_counter()
+        {code}
+        print("MEASURE" + json.dumps({{"seconds": time.perf_counter() - start,
+                                       "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
+    """).format(code=textwrap.indent(textwrap.dedent(code), "").strip().replace("\n", "\n"))
+    full_env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_WAIT_POLICY": "PASSIVE", **(env or {})}
+    out = subprocess.run([sys.executable, "-c", wrapper], capture_output=True, text=True, env=full_env)
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr[-3000:])
+    line = next(l for l in out.stdout.splitlines() if l.startswith("MEASURE"))
+    return json.loads(line[len("MEASURE"):])
+
+
+def folder_mib(path: Path, pattern: str = "*.safetensors") -> float:
+    return sum(p.stat().st_size for p in Path(path).glob(pattern)) / 2**20
