@@ -36,17 +36,40 @@ def make_finetune(base: Path, path: Path, scale: float, seed: int) -> Path:
     return path
 
 
-def measure(code: str, env: dict[str, str] | None = None) -> dict:
-    """Run ``code`` in a fresh Python process; return its wall time and peak RSS (MiB) as it reports them."""
-    wrapper = textwrap.dedent("""
-        import json, resource, time
-        start = time.perf_counter()
-        {code}
-        print("MEASURE" + json.dumps({{"seconds": time.perf_counter() - start,
-                                       "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
-    """).format(code=textwrap.indent(textwrap.dedent(code), "").strip().replace("\n", "\n"))
+SAMPLER = """
+import json, threading, time
+
+def _anon_mib():
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+_peak = [_anon_mib()]
+
+def _sample():
+    while True:
+        _peak[0] = max(_peak[0], _anon_mib())
+        time.sleep(0.005)
+
+threading.Thread(target=_sample, daemon=True).start()
+"""
+REPORT = """
+_peak[0] = max(_peak[0], _anon_mib())
+print("MEASURE" + json.dumps({"seconds": time.perf_counter() - _start, "peak_anon_mib": _peak[0]}))
+"""
+
+
+def measure(code: str, setup: str = "", env: dict[str, str] | None = None) -> dict:
+    """Run ``setup`` (imports, untimed) then ``code`` in a fresh process; return the wall time of ``code`` and the
+    peak anonymous memory of the process (MiB, sampled every 5 ms).
+
+    Anonymous memory excludes the file pages that memory-mapped safetensors reads touch (page cache, not heap).
+    """
+    program = SAMPLER + textwrap.dedent(setup) + "\n_start = time.perf_counter()\n" + textwrap.dedent(code) + REPORT
     full_env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_WAIT_POLICY": "PASSIVE", **(env or {})}
-    out = subprocess.run([sys.executable, "-c", wrapper], capture_output=True, text=True, env=full_env)
+    out = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, env=full_env)
     if out.returncode != 0:
         raise RuntimeError(out.stderr[-3000:])
     line = next(l for l in out.stdout.splitlines() if l.startswith("MEASURE"))
