@@ -12,9 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +20,7 @@ from typing import Any, Literal
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from dppa_peft.checkpoint import atomic_directory
 from dppa_peft.evaluation.ratios import domain_ratio, format_percent, task_ratio
 
 Kind = Literal["prune", "merge"]
@@ -397,21 +395,6 @@ def _write_plots(results: EvalResults, folder: Path) -> list[str]:
 # -------------------------------------------------------------------------------------------------- write
 
 
-def _replace_dir(new: Path, target: Path) -> None:
-    """Move folder ``new`` to ``target``, replacing an existing ``target`` folder (restored on failure)."""
-    if not target.exists():
-        os.replace(new, target)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-    os.replace(target, old)
-    try:
-        os.replace(new, target)
-    except BaseException:
-        os.replace(old, target)
-        raise
-    shutil.rmtree(old)
-
-
 def write_report(results: EvalResults, out_dir: str | Path) -> Path:
     """Write ``report.md``, ``report.json`` and the plots into ``out_dir`` atomically; return its path.
 
@@ -421,16 +404,10 @@ def write_report(results: EvalResults, out_dir: str | Path) -> Path:
     target = Path(out_dir).resolve()
     if target.exists() and not target.is_dir():
         raise FileExistsError(f"report path {target} exists and is not a folder; choose another out_dir")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
+    with atomic_directory(target, overwrite=True) as staging:
         staging.chmod(0o755)
         plots = _write_plots(results, staging)
         (staging / "report.md").write_text(render_markdown(results, plots), encoding="utf-8")
         data = json.dumps(report_data(results), indent=2, allow_nan=False)
         (staging / "report.json").write_text(data + "\n", encoding="utf-8")
-        _replace_dir(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return target
