@@ -6,9 +6,9 @@ import argparse
 import shlex
 import sys
 
-from . import merge, prune
+from . import evaluate, merge, prune
 
-SUBCOMMANDS = [prune, merge]
+SUBCOMMANDS = [prune, merge, evaluate]
 
 
 def build_parser() -> argparse.ArgumentParser:
