@@ -1,0 +1,1 @@
+"""Merging: combine the deltas of N fine-tunes of one base into one delta, tensor by tensor."""
