@@ -29,10 +29,15 @@ def info(block: int, module: str, shape: tuple[int, ...] = (2, 2)) -> TensorInfo
 
 
 @pytest.mark.parametrize("n", [1, 2, 7, 1000, 1001])
-def test_tensor_quantiles_are_lower_order_statistics(n: int) -> None:
-    values = torch.randn(n, generator=torch.Generator().manual_seed(n))
+@pytest.mark.parametrize("spread", [1.0, 1e-7])  # 1e-7: every value in one histogram bin, kthvalue decides
+def test_tensor_quantiles_are_lower_order_statistics(n: int, spread: float) -> None:
+    values = 1.0 + torch.randn(n, generator=torch.Generator().manual_seed(n)) * spread
     expected = torch.quantile(values, torch.tensor(QUANTILE_LEVELS), interpolation="lower")
     assert tensor_quantiles(values) == expected.tolist()
+    if spread < 1.0 and n >= 7:  # the histogram alone cannot decide: the kthvalue refinement is exercised
+        histogram = StreamingQuantiles()
+        histogram.update(values)
+        assert any(b.exact_value() is None for b in histogram.rank_bins(QUANTILE_LEVELS))
 
 
 def test_tensor_quantiles_above_2_pow_24() -> None:
