@@ -105,3 +105,12 @@ def test_bf16_inputs_give_fp32() -> None:
     merged = combine("ties", deltas, [1, 1])
     assert merged.dtype == torch.float32
     close(merged, [0.375, 0.25])  # -0.25 + 0.25 = 0 elects +
+
+
+def test_chunked_application_matches_whole_tensor(monkeypatch: pytest.MonkeyPatch) -> None:
+    deltas, weights = random_deltas(3, shape=(13, 11)), [0.5, 1.5, -1.0]
+    whole = combine("ties", deltas, weights)
+    monkeypatch.setattr("dppa_peft.merge.combine.COMBINE_CHUNK", 10)
+    chunked = combine("ties", deltas, weights)
+    assert chunked.shape == (13, 11)
+    torch.testing.assert_close(chunked, whole, rtol=0, atol=0)

