@@ -190,3 +190,18 @@ def test_tiny_tensors(name: str, shape: tuple[int, int]) -> None:
     if name not in ("dare", "della"):
         assert sparse.nnz == delta.numel() // 2
         assert sparse.values.tolist() == ([] if delta.numel() == 1 else pytest.approx([-0.7]))
+
+
+@pytest.mark.parametrize("name", ["magnitude", "ties", "owl", "dp", "breadcrumbs"])
+def test_bf16_ties_keep_exact_counts(name: str) -> None:
+    """bf16-valued deltas take few distinct |δ|; the default tie rule still keeps exactly floor(d·n)."""
+    g = torch.Generator().manual_seed(9)
+    levels = torch.tensor([1e-3, 2e-3, 4e-3], dtype=torch.bfloat16).float()
+    items = []
+    for block in range(3):
+        choice = torch.multinomial(torch.tensor([0.6, 0.3, 0.1]), 40 * 30, replacement=True, generator=g)
+        items.append((linear_info(block, Q, (40, 30)), levels[choice].reshape(40, 30) * (1 - 2 * (block % 2))))
+    method = prepared(name, items, rate=0.75, **({"gamma": 0.05} if name == "breadcrumbs" else {}))
+    for info, delta in items:
+        density = method.plan(info).density
+        assert method.prune(info, delta, density).nnz == int(density * 1200 + 1e-9)

@@ -91,8 +91,12 @@ def test_worked_example_off_by_one(tie_mode: str, q1_kept: list, q2_kept: list) 
 def test_worked_example_paper_variant() -> None:
     """Magnitude-share significance, N = 5 at both levels (expected values from an independent numpy computation)."""
     method, items = worked_dp(dp_variant="paper")
-    assert list(method._blocks.significance().values()) == pytest.approx([78.158923, 36.068530, 24.590164],
-                                                                         abs=1e-5)
+    blocks = BlockOutliers(5.0, "magnitude")
+    for info, delta in items:
+        blocks.add_magnitude(info.block, delta.numel(), float(delta.abs().sum(dtype=torch.float64)))
+    for info, delta in items:
+        blocks.add_outliers(info.block, delta.abs())
+    assert list(blocks.significance().values()) == pytest.approx([78.158923, 36.068530, 24.590164], abs=1e-5)
     assert list(method.block_terms().values()) == pytest.approx([0.1, -0.032001, -0.067999], abs=1e-6)
     densities = [method.plan(info).density for info, _ in items]
     assert densities == pytest.approx([0.557638, 0.558416, 0.267999, 0.376966, 0.232001, 0.335799], abs=1e-6)

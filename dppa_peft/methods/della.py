@@ -18,7 +18,7 @@ from .base import PruningMethod, SparseDelta
 from .dare import tensor_generator
 from .registry import register
 
-RANK_CHUNK = 1 << 22  # entries ranked at once: bounds the two int64 argsort buffers to 64 MiB
+RANK_CHUNK = 1 << 22  # entries ranked at once: bounds the int64/float64 rank buffers to 32 MiB each
 
 
 def check_window(density: float, epsilon: float) -> None:
@@ -41,11 +41,17 @@ def keep_probabilities(delta: torch.Tensor, density: float, epsilon: float) -> t
     n = magnitudes.shape[1]
     if n <= 1:
         return torch.full(delta.shape, density, dtype=torch.float32)
-    rows_per_chunk = max(1, RANK_CHUNK // n)
-    ranks = torch.cat([chunk.argsort(dim=1, stable=True).argsort(dim=1)
-                       for chunk in magnitudes.split(rows_per_chunk)])
-    probabilities = (density - epsilon) + ranks.to(torch.float64) * (2.0 * epsilon / (n - 1))
-    return probabilities.float().reshape(delta.shape)
+    step = 2.0 * epsilon / (n - 1)
+    chunks = [((density - epsilon) + _row_ranks(chunk).double() * step).float()
+              for chunk in magnitudes.split(max(1, RANK_CHUNK // n))]
+    return torch.cat(chunks).reshape(delta.shape)
+
+
+def _row_ranks(rows: torch.Tensor) -> torch.Tensor:
+    """Ascending 0-based rank of each entry within its row (ties: lower index first); one argsort and a scatter."""
+    order = rows.argsort(dim=1, stable=True)
+    positions = torch.arange(rows.shape[1]).expand_as(order)
+    return torch.empty_like(order).scatter_(1, order, positions)
 
 
 def magprune(delta: torch.Tensor, density: float, epsilon: float, keep: torch.Tensor | None = None,
