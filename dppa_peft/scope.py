@@ -50,9 +50,14 @@ class Scope:
             )
         self.pattern = pattern
 
+    def locate(self, name: str) -> tuple[int, str] | None:
+        """``(block, module)`` of a tensor name the pattern matches, else None (the shape is not checked)."""
+        match = self._regex.match(name)
+        return None if match is None else (int(match["block"]), match["module"])
+
     def classify(self, name: str, shape: tuple[int, ...]) -> TensorInfo:
         """Return the TensorInfo of one tensor; only 2-D tensors matching the pattern are in scope."""
-        match = self._regex.match(name)
-        if match is None or len(shape) != 2:
+        located = self.locate(name)
+        if located is None or len(shape) != 2:
             return TensorInfo(name=name, shape=tuple(shape))
-        return TensorInfo(name=name, shape=tuple(shape), block=int(match["block"]), module=match["module"])
+        return TensorInfo(name=name, shape=tuple(shape), block=located[0], module=located[1])

@@ -7,7 +7,8 @@ import time
 
 import torch
 
-from ..merge import merge_to_folder
+from ..merge import COMBINE_MODES, merge_to_folder
+from ..merge.combine import CONSENSUS, SEMANTICS
 
 DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -26,7 +27,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         help="weight w_i of each adapter, in --adapter order (default 1.0 each)")
     parser.add_argument("--adapter-revision", action="append", default=None,
                         help="Hub revision of each adapter, in --adapter order")
-    parser.add_argument("--mode", default="sum", help="how deltas combine: 'sum' (default, W_B + sum w_i delta_i)")
+    parser.add_argument("--mode", default="sum", choices=sorted(COMBINE_MODES),
+                        help="how deltas combine: 'sum' (default: W_B + sum_i w_i delta_i) or 'ties' (sign election "
+                             "on the weighted deltas, disjoint mean over the agreeing ones)")
+    parser.add_argument("--consensus", choices=CONSENSUS, default=None,
+                        help="ties: elect the sign by the weighted 'sum' (default) or by 'count' of signs")
+    parser.add_argument("--semantics", choices=SEMANTICS, default=None,
+                        help="ties: 'mergekit' (default: elect on weighted deltas, divide by the agreeing weights) or "
+                             "'peft' (elect on unweighted deltas, divide by the agreeing count)")
     parser.add_argument("--out", required=True, help="output model folder (written atomically)")
     parser.add_argument("--dtype", default="auto", choices=sorted(DTYPES),
                         help="dtype of the written weights; 'auto' keeps each base tensor's dtype (default)")
@@ -37,9 +45,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> None:
     start = time.perf_counter()
+    options = {k: getattr(args, k) for k in ("consensus", "semantics") if getattr(args, k) is not None}
+    if options and args.mode != "ties":
+        raise ValueError(f"--{' --'.join(options)} only apply to --mode ties")
     out = merge_to_folder(args.base, args.adapter, args.out, weights=args.weight, mode=args.mode,
                           revision=args.revision, adapter_revisions=args.adapter_revision, dtype=DTYPES[args.dtype],
-                          overwrite=args.overwrite)
+                          overwrite=args.overwrite, **options)
     size = sum(p.stat().st_size for p in out.glob("*.safetensors"))
     print(f"wrote {out}: {len(args.adapter)} adapter(s) merged with mode '{args.mode}', "
           f"{size / 2**20:.2f} MiB of weights, {time.perf_counter() - start:.1f} s")

@@ -22,6 +22,7 @@ from ..adapter.model import BaseModelMismatchError, check_base, resize_vocabular
 from ..checkpoint import Checkpoint, ShardedWriter, atomic_directory
 from ..methods.base import SparseDelta
 from ..pipeline import open_adapter
+from .combine import combine
 
 SPARSE_MODES = ("sum",)
 SKIPPED_FILES = (".safetensors", ".safetensors.index.json", ".bin", ".pt", ".pth", ".msgpack", ".h5", "README.md",
@@ -38,8 +39,6 @@ def combine_tensor(target: torch.Tensor, deltas: Sequence[SparseDelta], weights:
         for delta, weight in zip(deltas, weights):
             out.index_add_(0, delta.indices, delta.values * weight)
     else:
-        from .combine import combine
-
         dense = [d.to_dense().reshape(-1) for d in deltas]
         out += combine(mode, dense, list(weights), **options)
     return out.reshape(target.shape).to(target.dtype)

@@ -1,7 +1,14 @@
 """The pruning-method contract and the sparse result every method returns.
 
 A method never reads files: the pipeline streams ``(TensorInfo, fp32 delta)`` pairs to it, first through
-``observe`` (only for methods with ``needs_statistics``, e.g. DP and OWL), then through ``prune``.
+``observe`` (only for methods with ``needs_statistics``, e.g. DP and OWL), then through ``plan`` and ``prune``::
+
+    if method.needs_statistics:
+        for pass_index in range(method.statistics_passes):
+            for info, delta in in_scope_deltas():          # every in-scope tensor, one at a time
+                method.observe(info, delta, pass_index)
+    for info, delta in in_scope_deltas():
+        sparse = method.prune(info, delta, method.plan(info).density)
 """
 
 from __future__ import annotations
@@ -27,6 +34,11 @@ class DensityPlan:
 
     density: float
     unclipped: float
+
+    @classmethod
+    def clipped(cls, unclipped: float) -> "DensityPlan":
+        """The plan for a computed density: clipped to [0, 1], the raw value kept for the record."""
+        return cls(density=min(1.0, max(0.0, unclipped)), unclipped=unclipped)
 
 
 @dataclass
@@ -56,8 +68,11 @@ class SparseDelta:
 
     @classmethod
     def from_mask(cls, delta: torch.Tensor, keep: torch.Tensor, scale: torch.Tensor | float = 1.0) -> "SparseDelta":
-        """Keep ``delta`` where ``keep`` is True, multiplied by ``scale`` (a scalar or a tensor shaped like delta)."""
-        flat_keep = keep.reshape(-1)
+        """Keep ``delta`` where ``keep`` is True, multiplied by ``scale`` (a scalar or a tensor shaped like delta).
+
+        Exact zeros are never stored, so an all-zero delta gives an empty result (``nnz == 0``).
+        """
+        flat_keep = keep.reshape(-1) & (delta.reshape(-1) != 0)
         indices = flat_keep.nonzero().reshape(-1)
         values = delta.reshape(-1)[indices].float()
         if isinstance(scale, torch.Tensor):
@@ -74,7 +89,7 @@ class PruningMethod(ABC):
     summary: ClassVar[str]
     Params: ClassVar[type] = NoParams
     needs_statistics: ClassVar[bool] = False
-    statistics_passes: ClassVar[int] = 1  # how many times ``observe`` sees every in-scope delta
+    statistics_passes: ClassVar[int] = 1  # full passes of observe over every in-scope delta (when needs_statistics)
     nested: ClassVar[bool] = True  # kept sets are nested across densities (DPA partitions rely on it)
 
     def __init__(self, rate: float, params: Any = None) -> None:
@@ -83,8 +98,11 @@ class PruningMethod(ABC):
         self.rate = float(rate)
         self.params = params if params is not None else self.Params()
 
-    def observe(self, info: TensorInfo, delta: torch.Tensor, pass_index: int = 0) -> None:
-        """Statistics pass ``pass_index`` over every in-scope delta (only called when ``needs_statistics``)."""
+    def observe(self, info: TensorInfo, delta: torch.Tensor, pass_index: int) -> None:
+        """Statistics pass ``pass_index`` (0 .. statistics_passes-1) over every in-scope delta.
+
+        Only called when ``needs_statistics``; pass ``p + 1`` starts after pass ``p`` has seen every tensor.
+        """
 
     def plan(self, info: TensorInfo, rate: float | None = None) -> DensityPlan:
         """The density to keep for ``info`` at ``rate`` (default: the method's rate)."""

@@ -9,14 +9,15 @@ import torch
 from ..scope import TensorInfo
 from .base import PruningMethod, SparseDelta
 from .registry import register
-from .selection import TIE_MODES, magnitude_mask
+from .selection import TIE_MODE_HELP, check_tie_mode, magnitude_mask
 
 
 @dataclass(frozen=True)
 class MagnitudeParams:
-    tie_mode: str = field(default="index", metadata={
-        "help": f"tie rule at the threshold: 'index' keeps exactly floor(d*n) (lowest index wins); 'threshold_le' "
-                f"prunes every |delta| <= t like the released DPPA/OWL code. One of {TIE_MODES}"})
+    tie_mode: str = field(default="index", metadata={"help": TIE_MODE_HELP})
+
+    def __post_init__(self) -> None:
+        check_tie_mode(self.tie_mode)
 
 
 @register

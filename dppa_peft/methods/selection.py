@@ -7,6 +7,14 @@ import math
 import torch
 
 TIE_MODES = ("index", "threshold_le")
+TIE_MODE_HELP = ("tie rule at the threshold: 'index' (default) keeps exactly floor(d*n), lowest index first among "
+                 "equal |delta|; 'threshold_le' prunes every |delta| <= t like the released DPPA/OWL code")
+
+
+def check_tie_mode(tie_mode: str) -> None:
+    """Raise for an unknown tie rule."""
+    if tie_mode not in TIE_MODES:
+        raise ValueError(f"unknown tie_mode {tie_mode!r}; choose one of {TIE_MODES}")
 
 
 def keep_count(density: float, n: int) -> int:
@@ -35,10 +43,14 @@ def top_k_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def threshold_le_mask(scores: torch.Tensor, density: float) -> torch.Tensor:
-    """The released DPPA/OWL rule: ``t = sort(s)[int(n·(1−d))]``, prune every ``s ≤ t`` (over-prunes on ties)."""
+    """The released DPPA/OWL rule: ``t = sort(s)[int(n·(1−d))]``, prune every ``s ≤ t`` (over-prunes on ties).
+
+    The position is ``floor(n·(1−d) + 1e-9)``, so float noise (``5·(1 − 0.8) = 0.9999999999999998``) does not move
+    an integer ``n·(1−d)`` down by one.
+    """
     flat = scores.reshape(-1).float()
     n = flat.numel()
-    position = int(n * (1.0 - density))
+    position = math.floor(n * (1.0 - density) + 1e-9)
     if position >= n:
         return torch.zeros_like(flat, dtype=torch.bool).reshape(scores.shape)
     if position < 0:
@@ -49,8 +61,7 @@ def threshold_le_mask(scores: torch.Tensor, density: float) -> torch.Tensor:
 
 def magnitude_mask(delta: torch.Tensor, density: float, tie_mode: str = "index") -> torch.Tensor:
     """Keep-mask of the largest ``|δ|`` at ``density`` under the chosen tie rule."""
+    check_tie_mode(tie_mode)
     if tie_mode == "index":
         return top_k_mask(delta.abs(), keep_count(density, delta.numel()))
-    if tie_mode == "threshold_le":
-        return threshold_le_mask(delta.abs(), density)
-    raise ValueError(f"unknown tie_mode {tie_mode!r}; choose one of {TIE_MODES}")
+    return threshold_le_mask(delta.abs(), density)

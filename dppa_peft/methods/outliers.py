@@ -1,0 +1,115 @@
+"""Outlier significance of ``|δ|`` for DP and OWL, gathered in streaming passes with O(#tensors) memory.
+
+An entry is an outlier when ``|δ| > N·mean|δ|``. Its significance is a percentage: of the entries (``"count"``, the
+released DPPA/OWL code) or of the total magnitude ``Σ|δ|`` (``"magnitude"``, the DPPA paper's "accumulated
+magnitudes"). A block's mean is taken over all its linears together, so block significance needs two passes: pass 0
+sums ``|δ|`` per block, pass 1 measures the outliers against the now-known block mean.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from ..scope import TensorInfo
+
+SIGNIFICANCE_KINDS = ("count", "magnitude")
+
+
+def outlier_amount(abs_delta: torch.Tensor, threshold: float, kind: str) -> float:
+    """How many entries exceed ``threshold`` (``count``) or their summed magnitude (``magnitude``)."""
+    above = abs_delta > threshold
+    if kind == "count":
+        return float(above.sum())
+    return float(torch.where(above, abs_delta, 0.0).sum(dtype=torch.float64))
+
+
+def significance(amount: float, numel: int, abs_sum: float, kind: str) -> float:
+    """``100·amount`` over the entry count or the total magnitude; 0 for an empty or all-zero delta."""
+    total = numel if kind == "count" else abs_sum
+    return 100.0 * amount / total if total > 0 else 0.0
+
+
+def matrix_significance(abs_delta: torch.Tensor, factor: float, kind: str) -> tuple[float, float]:
+    """``(Σ|δ|, significance)`` of one matrix against its own mean (one pass)."""
+    numel = abs_delta.numel()
+    abs_sum = float(abs_delta.sum(dtype=torch.float64))
+    threshold = factor * abs_sum / numel if numel else 0.0
+    return abs_sum, significance(outlier_amount(abs_delta, threshold, kind), numel, abs_sum, kind)
+
+
+def centred_norm(values: Sequence[float], lam: float, weights: Sequence[float] | None = None) -> list[float]:
+    """DPPA's ``norm(x − mean)``: centre by the (weighted) mean, then scale so that ``max|x| = λ``.
+
+    A spread below 1e-12 of the values' scale (all values equal up to float noise) gives all zeros, never NaN.
+    """
+    if not values:
+        return []
+    x = torch.tensor(values, dtype=torch.float64)
+    w = torch.ones_like(x) if weights is None else torch.tensor(weights, dtype=torch.float64)
+    centred = x - (x * w).sum() / w.sum()
+    spread = float(centred.abs().max())
+    if spread <= 1e-12 * float(x.abs().max()):
+        return [0.0] * len(values)
+    return (centred * (lam / spread)).tolist()
+
+
+def require_in_scope(info: TensorInfo, method: str) -> int:
+    """The block index of ``info``; an error for tensors outside decoder blocks."""
+    if info.block is None:
+        raise ValueError(f"{method} plans only linear weights inside decoder blocks; {info.name!r} is out of scope "
+                         "(the pipeline keeps such tensors dense)")
+    return info.block
+
+
+class StatisticsPasses:
+    """Checks that every tensor goes through each statistics pass once, in order, before any plan."""
+
+    def __init__(self, method: str, passes: int) -> None:
+        self.method = method
+        self.seen: list[set[str]] = [set() for _ in range(passes)]
+
+    def record(self, name: str, pass_index: int) -> None:
+        passes = len(self.seen)
+        if not 0 <= pass_index < passes:
+            raise ValueError(f"{self.method} has {passes} statistics passes; got pass_index {pass_index}")
+        if any(self.seen[later] for later in range(pass_index + 1, passes)):
+            raise ValueError(f"{self.method}: pass {pass_index} observed {name!r} after a later pass had started; "
+                             "run each pass over every tensor before the next")
+        if pass_index > 0 and name not in self.seen[pass_index - 1]:
+            raise ValueError(f"{self.method}: {name!r} reached pass {pass_index} without pass {pass_index - 1}")
+        if name in self.seen[pass_index]:
+            raise ValueError(f"{self.method}: {name!r} observed twice in pass {pass_index}; call observe once per "
+                             f"tensor for each pass_index in range(statistics_passes={passes})")
+        self.seen[pass_index].add(name)
+
+    def require_complete(self, name: str) -> None:
+        if name not in self.seen[0] or len(self.seen[-1]) != len(self.seen[0]):
+            raise ValueError(f"{self.method} cannot plan {name!r} yet: observe every in-scope tensor in each of its "
+                             f"{len(self.seen)} statistics passes first (seen in pass 0: {len(self.seen[0])} tensors, "
+                             f"in the last pass: {len(self.seen[-1])})")
+
+
+class BlockOutliers:
+    """Per-block significance with the mean taken over the whole block (pass 0: magnitudes, pass 1: outliers)."""
+
+    def __init__(self, factor: float, kind: str) -> None:
+        self.factor = factor
+        self.kind = kind
+        self.numel: dict[int, int] = {}
+        self.abs_sum: dict[int, float] = {}
+        self.amount: dict[int, float] = {}
+
+    def add_magnitude(self, block: int, numel: int, abs_sum: float) -> None:
+        self.numel[block] = self.numel.get(block, 0) + numel
+        self.abs_sum[block] = self.abs_sum.get(block, 0.0) + abs_sum
+
+    def add_outliers(self, block: int, abs_delta: torch.Tensor) -> None:
+        threshold = self.factor * self.abs_sum[block] / self.numel[block] if self.numel[block] else 0.0
+        self.amount[block] = self.amount.get(block, 0.0) + outlier_amount(abs_delta, threshold, self.kind)
+
+    def significance(self) -> dict[int, float]:
+        """Block index -> significance (%), blocks in ascending order."""
+        return {block: significance(self.amount.get(block, 0.0), self.numel[block], self.abs_sum[block], self.kind)
+                for block in sorted(self.numel)}
