@@ -16,7 +16,7 @@ from .adapter.fingerprint import fingerprint, tensor_sample
 from .adapter.io import AdapterWriter, SparseDeltaAdapter
 from .checkpoint import Checkpoint, atomic_directory
 from .delta import DeltaPair
-from .methods import PruningMethod, SparseDelta, create_method
+from .methods import DensityPlan, PruningMethod, SparseDelta, create_method
 from .methods.selection import magnitude_mask
 from .scope import DEFAULT_SCOPE_PATTERN, Scope, TensorInfo
 
@@ -58,6 +58,22 @@ def collect_statistics(method: PruningMethod, pair: DeltaPair, progress: bool = 
             method.observe(info, delta, pass_index)
 
 
+def open_pair(base: str | os.PathLike, finetuned: str | os.PathLike, scope_pattern: str = DEFAULT_SCOPE_PATTERN,
+              revision: str | None = None, base_revision: str | None = None,
+              token: str | bool | None = None) -> DeltaPair:
+    """Open and check a base/fine-tune checkpoint pair (folders or Hub ids)."""
+    return DeltaPair(Checkpoint.open(base, revision=base_revision, token=token),
+                     Checkpoint.open(finetuned, revision=revision, token=token), Scope(scope_pattern))
+
+
+def plan_densities(pair: DeltaPair, method: str, rate: float, progress: bool = True,
+                   **params: Any) -> list[tuple[TensorInfo, DensityPlan]]:
+    """The density a method would keep for every in-scope tensor (runs its statistics passes, prunes nothing)."""
+    pruner = create_method(method, rate, **params)
+    collect_statistics(pruner, pair, progress)
+    return [(info, pruner.plan(info)) for info in pair.infos if info.in_scope]
+
+
 def _outside_scope(delta: torch.Tensor, mode: str, rate: float) -> SparseDelta | None:
     if mode == "dense":
         return SparseDelta(torch.arange(delta.numel()), delta.reshape(-1).float(), tuple(delta.shape))
@@ -82,8 +98,7 @@ def prune(base: str | os.PathLike, finetuned: str | os.PathLike, out: str | os.P
         raise ValueError(f"value_dtype must be one of {sorted(VALUE_DTYPES)}, got {value_dtype!r}")
     start = time.perf_counter()
     pruner = create_method(method, rate, **params)
-    pair = DeltaPair(Checkpoint.open(base, revision=base_revision, token=token),
-                     Checkpoint.open(finetuned, revision=revision, token=token), Scope(scope_pattern))
+    pair = open_pair(base, finetuned, scope_pattern, revision=revision, base_revision=base_revision, token=token)
     collect_statistics(pruner, pair, progress)
     counts = {"kept": 0, "numel": 0, "pruned": 0, "dense": 0, "unchanged": 0, "stored": 0, "dense_bytes": 0}
     samples: dict[str, bytes] = {}

@@ -68,3 +68,21 @@ def test_bad_input_gets_a_clear_error(argv, message, tmp_path, capsys, llama_pai
     assert main(argv) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_inspect_pair_and_adapter(tmp_path, llama_pair, capsys):
+    base, ft = llama_pair
+    png = tmp_path / "plan.png"
+    assert main(["inspect", "--base", str(base), "--finetuned", str(ft), "--method", "magnitude", "--rate", "0.8",
+                 "--png", str(png)]) == 0
+    out = capsys.readouterr().out
+    assert "~all in-scope" in out and "self_attn.q_proj" in out
+    assert out.count("0.2000") == 14  # 2 blocks x 7 modules at uniform density 0.2
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["prune", "--base", str(base), "--finetuned", str(ft), "--method", "magnitude", "--rate", "0.8",
+                 "--out", str(tmp_path / "a")]) == 0
+    capsys.readouterr()
+    assert main(["inspect", str(tmp_path / "a")]) == 0
+    table = capsys.readouterr().out
+    assert "magnitude at rate 0.8" in table and table.count("0.1997") == 4  # k/v: floor(0.2*2048)/2048 in 2 blocks
+    assert main(["inspect", str(tmp_path / "a"), "--base", str(base)]) == 2

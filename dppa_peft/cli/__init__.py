@@ -6,9 +6,9 @@ import argparse
 import shlex
 import sys
 
-from . import evaluate, merge, prune
+from . import evaluate, inspect, merge, prune
 
-SUBCOMMANDS = [prune, merge, evaluate]
+SUBCOMMANDS = [prune, merge, inspect, evaluate]
 
 
 def build_parser() -> argparse.ArgumentParser:
