@@ -6,9 +6,9 @@ import argparse
 import shlex
 import sys
 
-from . import evaluate, inspect, merge, prune
+from . import evaluate, inspect, merge, prune, run
 
-SUBCOMMANDS = [prune, merge, inspect, evaluate]
+SUBCOMMANDS = [prune, merge, inspect, evaluate, run]
 
 
 def build_parser() -> argparse.ArgumentParser:
