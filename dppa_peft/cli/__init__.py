@@ -6,9 +6,9 @@ import argparse
 import shlex
 import sys
 
-from . import merge, prune
+from . import amplify, merge, prune
 
-SUBCOMMANDS = [prune, merge]
+SUBCOMMANDS = [prune, amplify, merge]
 
 
 def build_parser() -> argparse.ArgumentParser:
