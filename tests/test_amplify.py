@@ -365,6 +365,8 @@ def test_cli_amplify_an_existing_adapter_with_the_reference_loop(tmp_path, llama
     assert main(["prune", "--base", str(base), "--finetuned", str(ft), "--method", "magnitude", "--tol", "0.1",
                  "--out", str(tmp_path / "x")]) == 2
     assert "--tol apply only to DPA: add --amplify" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="bounds apply to the default search"):
+        amplify(plain, tmp_path / "y", search="reference", bounds=[0.5, 2.0], progress=False)
 
 
 def test_method_dppa_is_dp_then_dpa(tmp_path, llama_pair, calibration):

@@ -71,6 +71,10 @@ class AmplifyParams:
             raise ValueError(f"dpa_method must be one of {DPA_METHODS}, got {self.dpa_method!r}")
         if self.bounds is not None and (len(self.bounds) != 2 or not 0 <= self.bounds[0] < self.bounds[1]):
             raise ValueError(f"bounds must be two numbers 0 <= LO < HI, got {self.bounds}")
+        if self.search == "reference" and self.bounds is not None:
+            raise ValueError("bounds apply to the default search; the reference loop has none (see reference_init)")
+        if self.search == "default" and self.reference_init is not None:
+            raise ValueError("reference_init applies to search='reference'; the default search uses bounds")
 
 
 def split_options(options: dict[str, Any]) -> tuple[AmplifyParams, ObjectiveParams, Objective | None, dict[str, Any]]:
