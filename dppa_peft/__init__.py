@@ -13,10 +13,11 @@ except PackageNotFoundError:  # running from a source tree without installation
 
 from .adapter import BaseModelMismatchError, SparseDeltaConfig, SparseDeltaModel  # noqa: E402  (registers with PEFT)
 from .adapter.io import SparseDeltaAdapter  # noqa: E402
+from .amplify.api import amplify, prune_and_amplify  # noqa: E402
 from .merge import load_merged, merge_to_folder  # noqa: E402
 from .pipeline import PruneSummary, open_adapter, prune  # noqa: E402
 
 __all__ = [
     "BaseModelMismatchError", "PruneSummary", "SparseDeltaAdapter", "SparseDeltaConfig", "SparseDeltaModel",
-    "__version__", "load_merged", "merge_to_folder", "open_adapter", "prune",
+    "__version__", "amplify", "load_merged", "merge_to_folder", "open_adapter", "prune", "prune_and_amplify",
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +15,8 @@ from .adapter.config import SparseDeltaConfig
 from .adapter.encoding import encode
 from .adapter.fingerprint import fingerprint, tensor_sample
 from .adapter.io import AdapterWriter, SparseDeltaAdapter
+from .amplify.factors import amplification_block
+from .amplify.partitions import check_partition_rates, partition_ids
 from .checkpoint import Checkpoint, atomic_directory
 from .delta import DeltaPair
 from .methods import DensityPlan, PruningMethod, SparseDelta, create_method
@@ -86,11 +89,13 @@ def prune(base: str | os.PathLike, finetuned: str | os.PathLike, out: str | os.P
           rate: float = 0.9, *, scope_pattern: str = DEFAULT_SCOPE_PATTERN, outside_scope: str = "dense",
           value_dtype: str = "auto", revision: str | None = None, base_revision: str | None = None,
           token: str | bool | None = None, overwrite: bool = False, progress: bool = True,
-          command: str | None = None, **params: Any) -> tuple[SparseDeltaAdapter, PruneSummary]:
+          command: str | None = None, partition_rates: Sequence[float] | None = None,
+          **params: Any) -> tuple[SparseDeltaAdapter, PruneSummary]:
     """Prune ``finetuned − base`` with ``method`` at ``rate`` and write a sparse delta adapter folder to ``out``.
 
-    ``params`` are the method's hyperparameters (see ``dppa-peft prune --help``). Returns the saved adapter and a
-    summary of what was kept.
+    ``params`` are the method's hyperparameters (see ``dppa-peft prune --help``). ``partition_rates`` (DPA, e.g.
+    ``[0.9, 0.8]`` for rate 0.8) stores a partition id per kept entry and an ``amplification`` block with factors
+    1.0; ``dppa_peft.amplify`` then searches the factors. Returns the saved adapter and a summary of what was kept.
     """
     if outside_scope not in OUTSIDE_SCOPE_MODES:
         raise ValueError(f"outside_scope must be one of {OUTSIDE_SCOPE_MODES}, got {outside_scope!r}")
@@ -98,6 +103,7 @@ def prune(base: str | os.PathLike, finetuned: str | os.PathLike, out: str | os.P
         raise ValueError(f"value_dtype must be one of {sorted(VALUE_DTYPES)}, got {value_dtype!r}")
     start = time.perf_counter()
     pruner = create_method(method, rate, **params)
+    rates = None if partition_rates is None else check_partition_rates(partition_rates, rate)
     pair = open_pair(base, finetuned, scope_pattern, revision=revision, base_revision=base_revision, token=token)
     collect_statistics(pruner, pair, progress)
     counts = {"kept": 0, "numel": 0, "pruned": 0, "dense": 0, "unchanged": 0, "stored": 0, "dense_bytes": 0}
@@ -109,7 +115,7 @@ def prune(base: str | os.PathLike, finetuned: str | os.PathLike, out: str | os.P
                 counts["unchanged"] += 1
                 continue
             stored_dtype = VALUE_DTYPES[value_dtype] or pair.finetuned.dtype(info.name)
-            record = _prune_one(pruner, info, delta, outside_scope, stored_dtype, writer)
+            record = _prune_one(pruner, info, delta, outside_scope, stored_dtype, writer, rates)
             if record is None:
                 continue
             samples[info.name] = tensor_sample(pair.base.read(info.name))
@@ -134,6 +140,7 @@ def prune(base: str | os.PathLike, finetuned: str | os.PathLike, out: str | os.P
             tensors=writer.records, vocab_size=_vocab_size(pair), inference_mode=True, task_type="CAUSAL_LM",
             summary={"kept_density": summary.kept_density, "size_ratio": summary.size_ratio,
                      "adapter_bytes": summary.adapter_bytes, "dense_delta_bytes": summary.dense_delta_bytes},
+            amplification=None if rates is None else amplification_block(rates, [1.0] * len(rates)),
             provenance={"command": command or f"dppa_peft.prune(method={method!r}, rate={rate})",
                         "finetuned": str(finetuned), "package_version": __version__},
         )
@@ -142,13 +149,19 @@ def prune(base: str | os.PathLike, finetuned: str | os.PathLike, out: str | os.P
 
 
 def _prune_one(pruner: PruningMethod, info: TensorInfo, delta: torch.Tensor, outside_scope: str,
-               stored_dtype: torch.dtype, writer: AdapterWriter) -> dict[str, Any] | None:
-    """Prune (or keep dense) one delta and write it; None when the policy drops it."""
+               stored_dtype: torch.dtype, writer: AdapterWriter,
+               partition_rates: list[float] | None) -> dict[str, Any] | None:
+    """Prune (or keep dense) one delta and write it (with DPA partition ids); None when the policy drops it."""
     if info.in_scope:
         plan = pruner.plan(info)
         sparse = pruner.prune(info, delta, plan.density)
-        return writer.add(info.name, encode(sparse, stored_dtype), pruned=True, block=info.block,
-                          module=info.module, planned_density=plan.density, unclipped_density=plan.unclipped)
+        ids, extra = None, {}
+        if partition_rates is not None and len(partition_rates) > 1:
+            ids, densities = partition_ids(pruner, info, delta, sparse, partition_rates)
+            extra["partition_densities"] = densities
+        return writer.add(info.name, encode(sparse, stored_dtype, partition=ids), pruned=True, block=info.block,
+                          module=info.module, planned_density=plan.density, unclipped_density=plan.unclipped,
+                          **extra)
     sparse = _outside_scope(delta, outside_scope, pruner.rate)
     if sparse is None:
         return None

@@ -48,3 +48,23 @@ def make_finetune(base: Path, path: Path, steps: int = 5, lr: float = 1e-2, seed
     kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
     model.to(dtype).save_pretrained(path, **kwargs)
     return path
+
+
+CHAR_SPECIALS = ("<unk>", "<s>", "</s>", "<pad>")
+
+
+def make_tokenizer(path: Path) -> Path:
+    """A character-level tokenizer (specials, printable ASCII, newline: 100 ids < VOCAB) saved to ``path``."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {token: i for i, token in enumerate(CHAR_SPECIALS)}
+    for char in [chr(c) for c in range(32, 127)] + ["\n"]:
+        vocab[char] = len(vocab)
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    tokenizer.decoder = decoders.Fuse()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+                                   pad_token="<pad>")
+    fast.save_pretrained(path)
+    return path

@@ -28,7 +28,9 @@ fine-tuned model and its base, pruned with `{{ method }}` at rate {{ rate }}.
 | adapter size vs dense delta of the pruned tensors | {{ size_ratio }} |
 | tensors stored | {{ n_tensors }} ({{ n_pruned }} pruned, {{ n_dense }} dense) |
 {% if factors %}| DPA factors per partition | {{ factors }} |
-{% endif %}
+| DPA partitions (pruning rates) | {{ partition_rates }} |
+{% if search %}| DPA search | {{ search }} |
+{% endif %}{% endif %}
 ## Use
 
 ```python
@@ -71,9 +73,21 @@ def build_model_card(config: "SparseDeltaConfig") -> ModelCard:
         n_pruned=n_pruned,
         n_dense=len(config.tensors) - n_pruned,
         factors=config.amplification.get("factors") if config.amplification else None,
+        partition_rates=config.amplification.get("partition_rates") if config.amplification else None,
+        search=_search_line(config.amplification),
         provenance=f"`{config.provenance.get('command', 'python API')}` (dppa-peft "
                    f"{config.provenance.get('package_version', '?')})",
     )
+
+
+def _search_line(amplification: dict | None) -> str | None:
+    """One line about the DPA factor search, or None when the factors were not searched."""
+    search = (amplification or {}).get("search")
+    if not search:
+        return None
+    objective = search.get("objective", {})
+    return (f"{search['strategy']} search, DPA method {search['dpa_method']}, {search['calls']} calls of objective "
+            f"`{objective.get('name')}` on `{objective.get('split')}`; score {search.get('final_score')}")
 
 
 def write_model_card(directory: Path, config: "SparseDeltaConfig") -> None:

@@ -22,7 +22,12 @@ class SparseDeltaConfig(PeftConfig):
 
     ``tensors`` maps every stored checkpoint tensor name to its record: ``shape``, ``nnz``, ``encoding``
     (dense|bitmask|gaps), ``index_bytes``, ``partition`` (whether per-entry partition ids are stored), ``density``
-    (kept fraction), ``planned_density`` and ``unclipped_density`` (pruned tensors), ``stored_bytes``, ``pruned``.
+    (kept fraction), ``planned_density`` and ``unclipped_density`` (pruned tensors), ``partition_densities`` (DPA:
+    the density at each partition boundary), ``stored_bytes``, ``pruned``.
+
+    ``amplification`` (DPA, see ``dppa_peft.amplify``) holds ``partition_rates``, ``combine``, ``raw_factors``,
+    ``factors`` (the effective factor per partition id that loading applies), ``amplify_unpruned``,
+    ``unpruned_factor`` and ``search`` (strategy, bounds, calls, history, scores, objective).
     """
 
     base_fingerprint: str | None = field(default=None, metadata={"help": "digest of sampled base weights"})
@@ -44,8 +49,18 @@ class SparseDeltaConfig(PeftConfig):
 
     @property
     def factors(self) -> list[float]:
-        """Amplification factor per partition (``[1.0]`` when not amplified)."""
+        """Effective amplification factor per partition of the pruned tensors (``[1.0]`` when not amplified)."""
         return list(self.amplification["factors"]) if self.amplification else [1.0]
+
+    def tensor_factors(self, name: str) -> list[float]:
+        """Factors indexed by partition id for one stored tensor.
+
+        Pruned tensors take ``factors``; tensors stored outside the pruning scope take the single
+        ``unpruned_factor`` (1.0 unless the adapter amplifies them like the released DPPA code).
+        """
+        if self.tensors[name].get("pruned"):
+            return self.factors
+        return [float(self.amplification.get("unpruned_factor", 1.0))] if self.amplification else [1.0]
 
     @functools.cached_property
     def module_names(self) -> frozenset[str]:

@@ -19,6 +19,7 @@ from ..checkpoint import SafetensorsWriter, atomic_directory, resolve_repo
 from .card import write_model_card
 from .config import SparseDeltaConfig, module_and_param
 from .encoding import EncodedTensor
+from .layer import scale_values
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -41,16 +42,17 @@ class AdapterWriter:
         self.records: dict[str, dict[str, Any]] = {}
 
     def add(self, name: str, encoded: EncodedTensor, **record: Any) -> dict[str, Any]:
+        """Write one tensor; ``record`` adds fields to its config record (the stored-form fields are computed)."""
         self._weights.add(state_key(name, "values"), encoded.values)
         if encoded.index is not None:
             self._weights.add(state_key(name, "index"), encoded.index)
         if encoded.partition is not None:
             self._weights.add(state_key(name, "partition"), encoded.partition)
         self.records[name] = {
-            "shape": list(encoded.shape), "nnz": encoded.nnz, "encoding": encoded.encoding,
+            **record, "shape": list(encoded.shape), "nnz": encoded.nnz, "encoding": encoded.encoding,
             "index_bytes": 0 if encoded.index is None else encoded.index.numel(),
             "partition": encoded.partition is not None, "stored_bytes": encoded.stored_bytes,
-            "density": encoded.nnz / encoded.numel if encoded.numel else 0.0, **record,
+            "density": encoded.nnz / encoded.numel if encoded.numel else 0.0,
         }
         return self.records[name]
 
@@ -79,8 +81,8 @@ class SparseDeltaAdapter:
         """Open a local adapter folder or download one from the Hub (cached)."""
         return cls(resolve_repo(ref, revision=revision, token=token, allow_patterns=ADAPTER_FILES), ref=str(ref))
 
-    def sparse_tensor(self, name: str) -> SparseDelta:
-        """One stored delta with amplification factors applied (fp32 values)."""
+    def encoded(self, name: str) -> EncodedTensor:
+        """One stored delta exactly as stored: values in the stored dtype, index bytes, partition ids."""
         if self._handle is None:
             self._handle = safe_open(self.directory / WEIGHTS_FILE, framework="pt")
         record = self.config.tensors[name]
@@ -90,11 +92,14 @@ class SparseDeltaAdapter:
             key = state_key(name, kind)
             return self._handle.get_tensor(key) if key in keys else None
 
-        encoded = EncodedTensor(record["encoding"], tuple(record["shape"]), part("values"), part("index"),
-                                part("partition"))
-        factors = torch.tensor(self.config.factors, dtype=torch.float32)
-        scale = factors[encoded.partition.long()] if encoded.partition is not None else factors[0]
-        return SparseDelta(encoded.indices(), encoded.values.float() * scale, encoded.shape)
+        return EncodedTensor(record["encoding"], tuple(record["shape"]), part("values"), part("index"),
+                             part("partition"))
+
+    def sparse_tensor(self, name: str) -> SparseDelta:
+        """One stored delta with amplification factors applied (fp32 values)."""
+        encoded = self.encoded(name)
+        values = scale_values(encoded.values.float(), encoded.partition, self.config.tensor_factors(name))
+        return SparseDelta(encoded.indices(), values, encoded.shape)
 
     @property
     def nbytes(self) -> int:

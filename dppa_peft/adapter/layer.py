@@ -13,13 +13,21 @@ from .config import SparseDeltaConfig
 from .encoding import EncodedTensor
 
 
+def scale_values(values: torch.Tensor, partition: torch.Tensor | None, factors: list[float]) -> torch.Tensor:
+    """``values · factors[partition]`` in the values' dtype (``factors[0]`` when no partition ids are stored)."""
+    if partition is None:
+        return values * factors[0]
+    table = torch.tensor(factors, dtype=values.dtype, device=values.device)
+    return values * table[partition.long()]
+
+
 class SparseDeltaStore(nn.Module):
     """One adapter's stored deltas for one module: ``<param>_values``, ``<param>_index``, ``<param>_partition``."""
 
-    def __init__(self, records: dict[str, dict[str, Any]], factors: list[float]) -> None:
+    def __init__(self, records: dict[str, dict[str, Any]], factors: dict[str, list[float]]) -> None:
         super().__init__()
         self.records = records
-        self.factors = list(factors)
+        self.factors = {param: list(f) for param, f in factors.items()}  # per parameter, indexed by partition id
         for param, record in records.items():
             self.register_parameter(f"{param}_values", nn.Parameter(torch.zeros(record["nnz"]), requires_grad=False))
             if record["encoding"] != "dense":
@@ -37,10 +45,7 @@ class SparseDeltaStore(nn.Module):
     def scaled_values(self, param: str) -> torch.Tensor:
         """Stored values times the amplification factor of their partition."""
         encoded = self.encoded(param)
-        if encoded.partition is None:
-            return encoded.values * self.factors[0]
-        factors = torch.tensor(self.factors, dtype=encoded.values.dtype, device=encoded.values.device)
-        return encoded.values * factors[encoded.partition.long()]
+        return scale_values(encoded.values, encoded.partition, self.factors[param])
 
     def add_to(self, param: str, target: torch.Tensor, sign: float = 1.0) -> torch.Tensor:
         """``target + sign·δ`` for a parameter whose leading rows may be fewer than the delta's (resized vocab)."""
@@ -70,7 +75,8 @@ class SparseDeltaLayer(nn.Module, BaseTunerLayer):
         missing = [p for p in records if not isinstance(getattr(self.get_base_layer(), p, None), torch.Tensor)]
         if missing:
             raise ValueError(f"module {self.module_name} has no parameter {missing}; the adapter does not fit this model")
-        self.sparse_delta[adapter_name] = SparseDeltaStore(records, config.factors)
+        factors = {param: config.tensor_factors(f"{self.module_name}.{param}") for param in records}
+        self.sparse_delta[adapter_name] = SparseDeltaStore(records, factors)
         self._move_adapter_to_device_of_base_layer(adapter_name)
         self.set_adapter(self.active_adapters, inference_mode=config.inference_mode)
 

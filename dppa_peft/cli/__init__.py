@@ -6,9 +6,9 @@ import argparse
 import shlex
 import sys
 
-from . import evaluate, inspect, merge, prune, run
+from . import amplify, evaluate, inspect, merge, prune, run
 
-SUBCOMMANDS = [prune, merge, inspect, evaluate, run]
+SUBCOMMANDS = [prune, amplify, merge, inspect, evaluate, run]
 
 
 def build_parser() -> argparse.ArgumentParser:

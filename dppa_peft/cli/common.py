@@ -35,6 +35,9 @@ def add_dataclass_options(group: argparse._ArgumentGroup, owners: dict[str, type
         flag = "--" + name.replace("_", "-")
         if kind in BOOL_TYPES:
             group.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif typing.get_origin(kind) is list:
+            group.add_argument(flag, dest=name, type=typing.get_args(kind)[0], nargs="+", default=None,
+                               help=help_text)
         else:
             group.add_argument(flag, dest=name, type=kind, default=None, help=help_text)
     return accepted

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import argparse
 
+from ..amplify.api import prune_and_amplify
 from ..methods import METHODS
 from ..pipeline import OUTSIDE_SCOPE_MODES, VALUE_DTYPES, prune
 from ..scope import DEFAULT_SCOPE_PATTERN
+from .amplify import add_dpa_options, describe_search, given_dpa_options
 from .common import add_dataclass_options, given_options
 
+DPPA = "dppa"  # --method dppa = --method dp --amplify
 _ACCEPTED: dict[str, list[str]] = {}
+_DPA_ACCEPTED: dict[str, list[str]] = {}
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -17,12 +21,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "prune", help="prune a fine-tune's delta into a sparse delta adapter",
         description=f"Compute delta = finetuned - base tensor by tensor (fp32), prune it and write a PEFT adapter "
-                    f"folder (adapter_config.json, adapter_model.safetensors, README.md). Methods: {methods}.",
+                    f"folder (adapter_config.json, adapter_model.safetensors, README.md). Methods: {methods}; "
+                    f"{DPPA}: dp then DPA (Dynamic Partition Amplification) in one command.",
     )
     parser.add_argument("--base", required=True, help="base model: local folder or Hub id")
     parser.add_argument("--finetuned", required=True, help="fine-tuned model of the same base: folder or Hub id")
     parser.add_argument("--out", required=True, help="output adapter folder (written atomically)")
-    parser.add_argument("--method", default="dp", choices=sorted(METHODS), help="pruning method (default: dp)")
+    parser.add_argument("--method", default="dp", choices=sorted(METHODS) + [DPPA],
+                        help=f"pruning method (default: dp); '{DPPA}' = dp, then DPA (same as --method dp --amplify)")
+    parser.add_argument("--amplify", action="store_true",
+                        help="after pruning, run DPA: store partition ids and search one factor per partition "
+                             "(the DPA options below; needs a nested method: dp, magnitude, dare)")
     parser.add_argument("--rate", type=float, default=0.9,
                         help="target pruning rate alpha in [0, 1]; 0.9 keeps 10%% of each pruned delta (default 0.9)")
     parser.add_argument("--scope-pattern", default=DEFAULT_SCOPE_PATTERN,
@@ -38,14 +47,26 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     group = parser.add_argument_group("method parameters (each applies to the methods listed with it)")
     _ACCEPTED.update(add_dataclass_options(group, {name: cls.Params for name, cls in METHODS.items()}))
+    _DPA_ACCEPTED.update(add_dpa_options(parser))
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> None:
-    params = given_options(args, _ACCEPTED, args.method, "method")
-    adapter, summary = prune(
-        args.base, args.finetuned, args.out, method=args.method, rate=args.rate, scope_pattern=args.scope_pattern,
-        outside_scope=args.outside_scope, value_dtype=args.value_dtype, revision=args.revision,
-        base_revision=args.base_revision, overwrite=args.overwrite, command=args.command_line, **params,
-    )
-    print(f"wrote {adapter.directory}: {summary.line()}")
+    method = "dp" if args.method == DPPA else args.method
+    params = given_options(args, _ACCEPTED, method, "method")
+    dpa = given_dpa_options(args, _DPA_ACCEPTED)
+    common = dict(scope_pattern=args.scope_pattern, outside_scope=args.outside_scope, value_dtype=args.value_dtype,
+                  revision=args.revision, base_revision=args.base_revision, overwrite=args.overwrite,
+                  command=args.command_line)
+    if not (args.amplify or args.method == DPPA):
+        if dpa:
+            flags = ", ".join("--" + name.replace("_", "-") for name in sorted(dpa))
+            raise ValueError(f"{flags} apply only to DPA: add --amplify (or use --method {DPPA})")
+        adapter, summary = prune(args.base, args.finetuned, args.out, method=method, rate=args.rate, **common,
+                                 **params)
+        print(f"wrote {adapter.directory}: {summary.line()}")
+        return
+    adapter, summary, result = prune_and_amplify(args.base, args.finetuned, args.out, method=method, rate=args.rate,
+                                                 **common, **params, **dpa)
+    factors = adapter.config.amplification["raw_factors"]
+    print(f"wrote {adapter.directory}: {summary.line()}\n{describe_search(result, factors)}")

@@ -1,0 +1,261 @@
+"""DPA objectives: callables ``model -> score``, higher is better (ALGORITHMS.md decision 9).
+
+- ``kl``: −KL(dense fine-tuned ‖ candidate) of next-token distributions over calibration prompts and the fine-tuned
+  model's own greedy continuations of them; no labels. The dense distributions are computed once and cached
+  (``positions × vocabulary`` fp32 values on the CPU).
+- ``tasks``: Domain-Ratio, the geometric mean over lm-eval tasks of candidate score / dense fine-tuned score, on the
+  tasks' dev split; the dense scores are computed once. Never tune on the split you report.
+- any Python callable ``model -> float``; an optional ``describe() -> dict`` (or ``name`` / ``split`` attributes)
+  is recorded in the adapter config.
+
+The candidate model is evaluated as it is (in eval mode, without gradients); objectives must not change it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+OBJECTIVES = ("kl", "tasks")
+JSONL_SUFFIXES = (".jsonl", ".json")
+
+Objective = Callable[[nn.Module], float]
+
+
+@dataclass(frozen=True)
+class ObjectiveParams:
+    """Settings of the provided objectives (each field is a CLI option)."""
+
+    objective: str = field(default="kl", metadata={
+        "help": "what the DPA search maximises: 'kl' = -KL(dense fine-tune || candidate) of next-token "
+                "distributions on --calibration prompts (no labels); 'tasks' = Domain-Ratio (geometric mean of "
+                "task score / dense score) of lm-eval --tasks on their dev split"})
+    calibration: str | None = field(default=None, metadata={
+        "help": "kl: calibration prompts, a .jsonl/.json file with a 'text' field per line or a plain text file "
+                "with one prompt per line"})
+    continuation_tokens: int = field(default=8, metadata={
+        "help": "kl: greedy tokens the dense fine-tune appends to each prompt; they are scored too"})
+    max_length: int = field(default=128, metadata={
+        "help": "kl: prompts are cut to max_length - continuation_tokens tokens"})
+    batch_size: int = field(default=8, metadata={"help": "sequences per forward pass (kl) or lm-eval batch size"})
+    tokenizer: str | None = field(default=None, metadata={
+        "help": "tokenizer folder or Hub id (default: the fine-tuned model's, else the base model's)"})
+    tasks: list[str] | None = field(default=None, metadata={
+        "help": "tasks: lm-eval task (or group) names on a dev split, e.g. synthetic_math_dev"})
+    include_path: list[str] | None = field(default=None, metadata={
+        "help": "tasks: folders with the lm-eval task YAMLs (lm-eval's built-in tasks are not indexed)"})
+    metric: str = field(default="acc", metadata={"help": "tasks: the lm-eval metric each task reports, e.g. acc"})
+    limit: int | None = field(default=None, metadata={"help": "tasks: evaluate at most this many documents per task"})
+    split: str = field(default="dev", metadata={
+        "help": "tasks: the name of the split the --tasks read, recorded in the adapter config"})
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"unknown objective {self.objective!r}; choose one of {OBJECTIVES} (or pass a Python "
+                             "callable model -> score to the API)")
+        for name in ("continuation_tokens", "max_length", "batch_size"):
+            if getattr(self, name) < (0 if name == "continuation_tokens" else 1):
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.continuation_tokens >= self.max_length:
+            raise ValueError(f"continuation_tokens ({self.continuation_tokens}) must be below max_length "
+                             f"({self.max_length})")
+
+
+def read_texts(path: str | os.PathLike) -> list[str]:
+    """Calibration texts: a ``text`` field per line of a .jsonl/.json file, else one non-empty line each."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"calibration file {path} not found")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    if path.suffix not in JSONL_SUFFIXES:
+        texts = [line for line in lines if line.strip()]
+    else:
+        texts = []
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                texts.append(str(json.loads(line)["text"]))
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise ValueError(f"{path}:{number} is not a JSON object with a 'text' field") from None
+    if not texts:
+        raise ValueError(f"calibration file {path} holds no texts")
+    return texts
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+class KLObjective:
+    """−KL(reference ‖ candidate) of next-token distributions, averaged over every scored token position."""
+
+    name = "kl"
+
+    def __init__(self, reference: nn.Module, tokenizer: Any, texts: Sequence[str], continuation_tokens: int = 8,
+                 max_length: int = 128, batch_size: int = 8, source: str | None = None) -> None:
+        self.source = source
+        self.continuation_tokens = continuation_tokens
+        self.max_length = max_length
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+        with torch.no_grad():
+            sequences = [self._continue(reference, tokenizer, text) for text in texts]
+            self.batches = [_pad(sequences[i:i + batch_size], pad) for i in range(0, len(sequences), batch_size)]
+            self.reference = [self._log_probs(reference, ids, mask).cpu() for ids, mask in self.batches]
+        self.positions = sum(int(mask.sum()) for _, mask in self.batches)
+
+    def _continue(self, model: nn.Module, tokenizer: Any, text: str) -> torch.Tensor:
+        """The prompt's tokens plus the model's greedy continuation (stops early at EOS)."""
+        ids = tokenizer(text)["input_ids"][: self.max_length - self.continuation_tokens]
+        if not ids:
+            raise ValueError(f"calibration text {text!r} has no tokens")
+        sequence = torch.tensor([ids], device=_device(model))
+        for _ in range(self.continuation_tokens):
+            token = model(input_ids=sequence).logits[:, -1].argmax(-1, keepdim=True)
+            sequence = torch.cat([sequence, token], dim=1)
+            if tokenizer.eos_token_id is not None and int(token) == tokenizer.eos_token_id:
+                break
+        return sequence[0].cpu()
+
+    @staticmethod
+    def _log_probs(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        device = _device(model)
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+        return torch.log_softmax(logits[mask.to(device).bool()].float(), dim=-1)
+
+    def __call__(self, model: nn.Module) -> float:
+        total = 0.0
+        with torch.no_grad():
+            for (ids, mask), reference in zip(self.batches, self.reference):
+                log_q = self._log_probs(model, ids, mask)
+                log_p = reference.to(log_q.device)
+                total += float((log_p.exp() * (log_p - log_q)).sum())
+        return -total / self.positions
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "split": self.source, "texts": sum(len(ids) for ids, _ in self.batches),
+                "positions": self.positions, "continuation_tokens": self.continuation_tokens,
+                "max_length": self.max_length}
+
+
+def _pad(sequences: Sequence[torch.Tensor], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad token sequences into (input_ids, attention_mask)."""
+    width = max(s.numel() for s in sequences)
+    ids = torch.full((len(sequences), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, sequence in enumerate(sequences):
+        ids[row, : sequence.numel()] = sequence
+        mask[row, : sequence.numel()] = 1
+    return ids, mask
+
+
+def geometric_mean_ratio(scores: dict[str, float], dense: dict[str, float]) -> float:
+    """Domain-Ratio: the geometric mean of ``scores[t] / dense[t]`` (0 when any task scores 0)."""
+    ratios = []
+    for task, reference in dense.items():
+        if reference <= 0:
+            raise ValueError(f"the dense fine-tune scores {reference} on task {task!r}, so its Task-Ratio is "
+                             "undefined; leave the task out of the objective")
+        ratios.append(scores[task] / reference)
+    return 0.0 if min(ratios) <= 0 else math.exp(sum(math.log(r) for r in ratios) / len(ratios))
+
+
+class TaskRatioObjective:
+    """Domain-Ratio of lm-eval tasks against the dense fine-tuned model (its scores computed once)."""
+
+    name = "tasks"
+
+    def __init__(self, reference: nn.Module, tokenizer: Any, tasks: Sequence[str], task_manager: Any,
+                 metric: str = "acc", limit: int | None = None, batch_size: int = 8, split: str = "dev") -> None:
+        if not tasks:
+            raise ValueError("the tasks objective needs lm-eval task names (--tasks)")
+        self.tokenizer = tokenizer
+        self.tasks = list(tasks)
+        self.task_manager = task_manager
+        self.metric = metric
+        self.limit = limit
+        self.batch_size = batch_size
+        self.split = split
+        self.dense_scores = self.task_scores(reference)
+
+    def task_scores(self, model: nn.Module) -> dict[str, float]:
+        """The metric of every task for ``model`` (evaluated in memory through lm-eval's HFLM)."""
+        import lm_eval
+        from lm_eval.models.huggingface import HFLM
+
+        lm = HFLM(pretrained=model, tokenizer=self.tokenizer, batch_size=self.batch_size)
+        output = lm_eval.simple_evaluate(model=lm, tasks=self.tasks, task_manager=self.task_manager,
+                                         limit=self.limit, bootstrap_iters=0, log_samples=False, verbosity="ERROR")
+        scores = {}
+        for task in self.tasks:
+            metrics = output["results"].get(task, {})
+            key = next((k for k in metrics if k.split(",")[0] == self.metric), None)
+            if key is None:
+                raise ValueError(f"lm-eval task {task!r} reports no {self.metric!r} metric (it reports "
+                                 f"{sorted(k for k in metrics if ',' in k)}); pass --metric")
+            scores[task] = float(metrics[key])
+        return scores
+
+    def __call__(self, model: nn.Module) -> float:
+        return geometric_mean_ratio(self.task_scores(model), self.dense_scores)
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "split": self.split, "tasks": self.tasks, "metric": self.metric,
+                "limit": self.limit, "dense_scores": self.dense_scores}
+
+
+def describe_objective(objective: Objective) -> dict[str, Any]:
+    """What the adapter config records about an objective: at least its name and data split."""
+    if hasattr(objective, "describe"):
+        return dict(objective.describe())
+    name = getattr(objective, "name", None) or getattr(objective, "__name__", type(objective).__name__)
+    return {"name": str(name), "split": getattr(objective, "split", None)}
+
+
+def load_tokenizer(candidates: Sequence[str | os.PathLike | None], revision: str | None = None,
+                   token: str | bool | None = None) -> Any:
+    """The first tokenizer that loads from ``candidates`` (folders or Hub ids)."""
+    from transformers import AutoTokenizer
+
+    tried = [str(c) for c in candidates if c is not None]
+    for ref in tried:
+        try:
+            return AutoTokenizer.from_pretrained(ref, revision=revision, token=token)
+        except (OSError, ValueError):
+            continue
+    raise ValueError(f"no tokenizer found in {tried}; pass a tokenizer folder (--tokenizer)")
+
+
+def build_objective(params: ObjectiveParams, finetuned: str | os.PathLike | None, base: str | os.PathLike | None,
+                    dtype: str | torch.dtype = "auto", device: str | torch.device = "cpu",
+                    revision: str | None = None, token: str | bool | None = None) -> Objective:
+    """The ``kl`` or ``tasks`` objective against the dense fine-tuned model (loaded once, then released)."""
+    from transformers import AutoModelForCausalLM
+
+    if finetuned is None:
+        raise ValueError(f"the {params.objective!r} objective compares against the dense fine-tuned model; pass "
+                         "finetuned= (--finetuned)")
+    if params.objective == "kl" and params.calibration is None:
+        raise ValueError("the kl objective needs calibration prompts (--calibration FILE)")
+    if params.objective == "tasks" and not params.include_path:
+        raise ValueError("the tasks objective needs the folders of its lm-eval task YAMLs (--include-path)")
+    texts = read_texts(params.calibration) if params.objective == "kl" else None
+    tokenizer = load_tokenizer([params.tokenizer] if params.tokenizer else [finetuned, base], token=token)
+    reference = AutoModelForCausalLM.from_pretrained(finetuned, dtype=dtype, revision=revision, token=token)
+    reference = reference.to(device).eval()
+    if params.objective == "kl":
+        return KLObjective(reference, tokenizer, texts, params.continuation_tokens, params.max_length,
+                           params.batch_size, source=str(params.calibration))
+    from lm_eval.tasks import TaskManager
+
+    manager = TaskManager(include_path=list(params.include_path), include_defaults=False)
+    return TaskRatioObjective(reference, tokenizer, params.tasks or [], manager, params.metric, params.limit,
+                              params.batch_size, params.split)

@@ -1,0 +1,176 @@
+"""DPA partitions: one ranking per tensor cut at pruning-rate boundaries (ALGORITHMS.md decision 6).
+
+Boundaries are pruning rates, most important first: for target α the default is 0.9, 0.8, … down to α (target 0.9:
+one partition; target 0.8: ``P_A`` = kept at 0.9, ``P_B`` = the next 10%). Each boundary uses the method's own
+density at that rate (``method.plan(info, rate)``), so DP's per-linear densities carry over to every partition.
+Partition ``i`` holds the entries kept at ``rates[i]`` but not at ``rates[i-1]``; ids are uint8, one per kept entry.
+
+Two ways to get them, one per situation:
+
+- while pruning (``partition_ids``): the method prunes at every boundary density and the kept sets must nest;
+- from an existing adapter (``adapter_partitions``): stored ids when the adapter has them for these rates, else
+  re-derived from the stored entries: magnitude-ranked methods (``magnitude``, ``dp`` with ``tie_mode='index'``)
+  rank ``|stored value|`` with the lowest index first among ties (the pruning ranking; for values stored in bf16 or
+  fp16, entries whose magnitudes round to the same stored value are ordered by index); DARE recomputes its uniform
+  draws from (seed, tensor name). Boundary densities come from the recorded ``unclipped_density`` shifted by the
+  rate difference, which is the plan of every method whose adjustment does not depend on the rate (magnitude,
+  DARE, DP).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from ..adapter.encoding import EncodedTensor
+from ..adapter.io import SparseDeltaAdapter
+from ..methods.base import PruningMethod, SparseDelta
+from ..methods.dare import dare_keep_mask
+from ..methods.selection import keep_count
+from ..scope import TensorInfo
+
+TOP_RATE = 0.9
+RATE_STEP = 0.1
+MAX_PARTITIONS = 256  # partition ids are stored as uint8
+MAGNITUDE_RANKED = ("magnitude", "dp")
+RATE_TOLERANCE = 1e-9
+
+
+def default_partition_rates(rate: float) -> list[float]:
+    """0.9, 0.8, … (every rate above ``rate``), then ``rate`` itself: 0.9 -> [0.9]; 0.8 -> [0.9, 0.8]."""
+    rates = []
+    for step in range(round(TOP_RATE / RATE_STEP) + 1):
+        boundary = round(TOP_RATE - step * RATE_STEP, 10)
+        if boundary <= rate + RATE_TOLERANCE:
+            break
+        rates.append(boundary)
+    return rates + [float(rate)]
+
+
+def check_partition_rates(rates: Sequence[float], rate: float) -> list[float]:
+    """Validate boundaries: strictly decreasing pruning rates in [0, 1] that end at the target ``rate``."""
+    out = [float(r) for r in rates]
+    if not out or len(out) > MAX_PARTITIONS:
+        raise ValueError(f"pass between 1 and {MAX_PARTITIONS} partition rates, got {len(out)}")
+    if any(not 0.0 <= r <= 1.0 for r in out) or any(a <= b for a, b in zip(out, out[1:])):
+        raise ValueError(f"partition rates must be strictly decreasing pruning rates in [0, 1] (most important "
+                         f"first, e.g. 0.9 0.8), got {out}")
+    if abs(out[-1] - rate) > RATE_TOLERANCE:
+        raise ValueError(f"the last partition rate must be the target pruning rate {rate}, got {out}; e.g. "
+                         f"{default_partition_rates(rate)}")
+    return out
+
+
+def require_nested(method: PruningMethod) -> None:
+    """DPA needs kept sets that nest across rates; say which methods do when this one does not."""
+    if not method.nested:
+        raise ValueError(
+            f"pruning method {method.name!r} does not keep nested sets across pruning rates, so DPA partitions are "
+            "undefined for it; amplify an adapter pruned with a nested method (dp, magnitude, dare)"
+        )
+
+
+def _ids_from_membership(members: Sequence[torch.Tensor], nnz: int, what: str) -> torch.Tensor:
+    """Partition id per kept entry from boolean membership at each inner boundary (most important first)."""
+    ids = torch.full((nnz,), len(members), dtype=torch.uint8)
+    wider = torch.ones(nnz, dtype=torch.bool)
+    for pid in range(len(members) - 1, -1, -1):
+        member = members[pid]
+        if bool((member & ~wider).any()):
+            raise ValueError(f"{what}: the kept set at partition boundary {pid} is not inside the next one; the "
+                             "partitions do not nest")
+        ids[member] = pid
+        wider = member
+    return ids
+
+
+def partition_ids(method: PruningMethod, info: TensorInfo, delta: torch.Tensor, kept: SparseDelta,
+                  rates: Sequence[float]) -> tuple[torch.Tensor, list[float]]:
+    """Partition ids of the entries ``kept`` at the target rate (``rates[-1]``), and each boundary's density."""
+    require_nested(method)
+    densities = [method.plan(info, r).density for r in rates]
+    members = []
+    for density in densities[:-1]:
+        inner = method.prune(info, delta, density).indices
+        position = torch.searchsorted(kept.indices, inner)
+        inside = position < kept.nnz
+        if not bool(inside.all()) or not torch.equal(kept.indices[position], inner):
+            raise ValueError(f"{info.name}: method {method.name!r} kept entries at density {density:.4g} that it "
+                             "drops at the target rate; its kept sets are not nested")
+        member = torch.zeros(kept.nnz, dtype=torch.bool)
+        member[position] = True
+        members.append(member)
+    return _ids_from_membership(members, kept.nnz, info.name), densities
+
+
+@dataclass
+class Partitions:
+    """Partition ids (uint8, per kept entry) and boundary densities of every pruned tensor of an adapter."""
+
+    rates: list[float]
+    ids: dict[str, torch.Tensor] = field(default_factory=dict)
+    densities: dict[str, list[float]] = field(default_factory=dict)
+
+    @property
+    def count(self) -> int:
+        return len(self.rates)
+
+
+def _magnitude_members(encoded: EncodedTensor, densities: Sequence[float]) -> list[torch.Tensor]:
+    order = torch.sort(encoded.values.float().abs(), descending=True, stable=True).indices
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(order.numel())
+    return [rank < keep_count(d, encoded.numel) for d in densities[:-1]]
+
+
+def _dare_members(name: str, encoded: EncodedTensor, densities: Sequence[float], seed: int) -> list[torch.Tensor]:
+    info = TensorInfo(name=name, shape=encoded.shape)
+    indices = encoded.indices()
+    if not bool(dare_keep_mask(info, densities[-1], seed).reshape(-1)[indices].all()):
+        raise ValueError(f"{name}: the stored entries are not DARE's draw for seed {seed}; was the adapter edited?")
+    return [dare_keep_mask(info, d, seed).reshape(-1)[indices] for d in densities[:-1]]
+
+
+def _derive_members(adapter: SparseDeltaAdapter, name: str, densities: list[float]) -> list[torch.Tensor]:
+    method = adapter.config.method
+    params = method.get("params", {})
+    encoded = adapter.encoded(name)
+    if method.get("name") in MAGNITUDE_RANKED and params.get("tie_mode", "index") == "index":
+        if encoded.nnz > keep_count(densities[-1], encoded.numel):
+            raise ValueError(f"{name} stores {encoded.nnz} entries, more than the top-k plan; not a top-k adapter")
+        return _magnitude_members(encoded, densities)
+    if method.get("name") == "dare":
+        return _dare_members(name, encoded, densities, int(params.get("seed", 0)))
+    raise ValueError(
+        f"cannot derive DPA partitions from the stored values of a {method.get('name')!r} adapter "
+        f"(parameters {params}); prune again with partitions stored: `dppa-peft prune --method "
+        f"{method.get('name')} --amplify ...` or prune(..., partition_rates=[...])"
+    )
+
+
+def adapter_partitions(adapter: SparseDeltaAdapter, rates: Sequence[float] | None = None) -> Partitions:
+    """Partitions of an existing adapter's pruned tensors (default rates: 0.9, 0.8, … down to its rate)."""
+    rate = float(adapter.config.method["rate"])
+    rates = check_partition_rates(default_partition_rates(rate) if rates is None else rates, rate)
+    partitions = Partitions(rates)
+    if len(rates) == 1:
+        return partitions
+    stored = adapter.config.amplification or {}
+    stored_rates = stored.get("partition_rates") or []
+    use_stored = len(stored_rates) == len(rates) and all(
+        abs(a - b) <= RATE_TOLERANCE for a, b in zip(stored_rates, rates))
+    for name, record in adapter.config.tensors.items():
+        if not record.get("pruned"):
+            continue
+        if use_stored and record.get("partition"):
+            partitions.ids[name] = adapter.encoded(name).partition
+            partitions.densities[name] = list(record["partition_densities"])
+            continue
+        unclipped = record["unclipped_density"]
+        densities = [min(1.0, max(0.0, unclipped + rate - r)) for r in rates]
+        members = _derive_members(adapter, name, densities)
+        partitions.ids[name] = _ids_from_membership(members, record["nnz"], name)
+        partitions.densities[name] = densities
+    return partitions
