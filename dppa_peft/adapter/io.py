@@ -15,7 +15,7 @@ import torch
 from safetensors import safe_open
 
 from ..methods.base import SparseDelta
-from ..checkpoint import SafetensorsWriter, atomic_directory, resolve_repo
+from ..checkpoint import SafetensorsWriter, atomic_directory, describe_ref, resolve_repo
 from .card import write_model_card
 from .config import SparseDeltaConfig, module_and_param
 from .encoding import EncodedTensor
@@ -67,7 +67,11 @@ class SparseDeltaAdapter:
         self.directory = Path(directory)
         self.ref = ref or str(directory)
         if not (self.directory / CONFIG_FILE).is_file():
-            raise FileNotFoundError(f"{self.ref} has no {CONFIG_FILE}; pass a folder written by `dppa-peft prune`")
+            raise FileNotFoundError(f"{self.ref} has no {CONFIG_FILE}; pass a folder written by `dppa-peft prune` "
+                                    "or a Hub repo written by `dppa-peft push`")
+        if not (self.directory / WEIGHTS_FILE).is_file():
+            raise FileNotFoundError(f"{self.ref} has {CONFIG_FILE} but no {WEIGHTS_FILE}: the adapter is incomplete; "
+                                    "prune (or push) it again")
         self.config: SparseDeltaConfig = SparseDeltaConfig.from_pretrained(str(self.directory))
         if not isinstance(self.config, SparseDeltaConfig):
             raise ValueError(f"{self.ref} is a {self.config.peft_type} adapter, not a dppa-peft sparse delta adapter")
@@ -77,7 +81,8 @@ class SparseDeltaAdapter:
     def from_pretrained(cls, ref: str | os.PathLike, revision: str | None = None,
                         token: str | bool | None = None) -> "SparseDeltaAdapter":
         """Open a local adapter folder or download one from the Hub (cached)."""
-        return cls(resolve_repo(ref, revision=revision, token=token, allow_patterns=ADAPTER_FILES), ref=str(ref))
+        folder = resolve_repo(ref, revision=revision, token=token, allow_patterns=ADAPTER_FILES)
+        return cls(folder, ref=describe_ref(ref, revision))
 
     def sparse_tensor(self, name: str) -> SparseDelta:
         """One stored delta with amplification factors applied (fp32 values)."""
@@ -107,3 +112,4 @@ class SparseDeltaAdapter:
                 if (self.directory / name).is_file():
                     shutil.copy2(self.directory / name, tmp / name)
         return Path(directory)
+
