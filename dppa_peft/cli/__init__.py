@@ -6,9 +6,9 @@ import argparse
 import shlex
 import sys
 
-from . import merge, prune
+from . import export, merge, prune
 
-SUBCOMMANDS = [prune, merge]
+SUBCOMMANDS = [prune, merge, export]
 
 
 def build_parser() -> argparse.ArgumentParser:
