@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import safe_open
@@ -19,6 +19,9 @@ from ..checkpoint import SafetensorsWriter, atomic_directory, describe_ref, reso
 from .card import write_model_card
 from .config import SparseDeltaConfig, module_and_param
 from .encoding import EncodedTensor
+
+if TYPE_CHECKING:
+    from huggingface_hub import CommitInfo
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -113,3 +116,14 @@ class SparseDeltaAdapter:
                     shutil.copy2(self.directory / name, tmp / name)
         return Path(directory)
 
+    def push_to_hub(self, repo_id: str, *, private: bool = False, revision: str | None = None,
+                    commit_message: str | None = None, token: str | bool | None = None, create_pr: bool = False,
+                    export_format: str = "sparse-delta", base: str | os.PathLike | None = None,
+                    base_revision: str | None = None,
+                    eval_results: dict[str, dict[str, Any]] | None = None) -> "CommitInfo":
+        """Publish this adapter as ONE commit on ``repo_id`` (created if needed); see ``dppa_peft.adapter.hub``."""
+        from .hub import push_to_hub
+
+        return push_to_hub(self, repo_id, private=private, revision=revision, commit_message=commit_message,
+                           token=token, create_pr=create_pr, export_format=export_format, base=base,
+                           base_revision=base_revision, eval_results=eval_results)
