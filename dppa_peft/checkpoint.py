@@ -39,16 +39,31 @@ def looks_like_local_path(ref: str) -> bool:
 
 def resolve_repo(ref: str | os.PathLike, revision: str | None = None, token: str | bool | None = None,
                  allow_patterns: list[str] | None = None) -> Path:
-    """Return a local folder for ``ref``: an existing folder as is, else a Hub repo id downloaded into the HF cache."""
+    """Return a local folder for ``ref``: an existing folder as is, else a Hub repo id downloaded into the HF cache.
+
+    ``revision`` (branch, tag or commit sha) applies to Hub ids only. With ``HF_HUB_OFFLINE=1`` a Hub id is served
+    from the cache. Hub failures become FileNotFoundError/ValueError with a message naming the problem and the fix.
+    """
     path = Path(ref).expanduser()
     if path.is_dir():
+        if revision:
+            raise ValueError(f"{str(ref)!r} is a local folder: a revision ({revision!r}) applies to Hub ids only")
         return path
     ref = str(ref)
     if looks_like_local_path(ref):
         raise FileNotFoundError(f"no such folder: {ref!r}; pass an existing local folder or a Hub id like 'user/model'")
     from huggingface_hub import snapshot_download
 
-    return Path(snapshot_download(ref, revision=revision, token=token, allow_patterns=allow_patterns or HUB_PATTERNS))
+    from .hub_errors import hub_errors
+
+    with hub_errors(ref, revision):
+        folder = snapshot_download(ref, revision=revision, token=token, allow_patterns=allow_patterns or HUB_PATTERNS)
+    return Path(folder)
+
+
+def describe_ref(ref: str | os.PathLike, revision: str | None = None) -> str:
+    """How messages name a folder or a Hub id at a revision: 'user/model@dev'."""
+    return f"{ref}@{revision}" if revision else str(ref)
 
 
 class Checkpoint:
@@ -64,7 +79,7 @@ class Checkpoint:
     @classmethod
     def open(cls, ref: str | os.PathLike, revision: str | None = None, token: str | bool | None = None) -> "Checkpoint":
         """Open a local folder or a Hub id (downloaded once into the Hugging Face cache)."""
-        return cls(resolve_repo(ref, revision=revision, token=token), ref=str(ref))
+        return cls(resolve_repo(ref, revision=revision, token=token), ref=describe_ref(ref, revision))
 
     def _index_tensors(self) -> dict[str, str]:
         index = self.directory / INDEX_FILE

@@ -1,14 +1,24 @@
-"""Model cards for sparse delta adapters, made with huggingface_hub's ModelCard / ModelCardData."""
+"""Model cards for sparse delta adapters, made with huggingface_hub's ModelCard / ModelCardData.
+
+The card's metadata holds ``base_model`` (when it is a Hub id), ``library_name: peft``, the tags ``dppa-peft``, the
+method and ``sparse-delta``, and, when known, evaluation results as a ``model-index``. Evaluation results come from
+the JSON that lm-eval writes (``{"results": {task: {"acc,none": 0.61, ...}}}``) or that bare ``results`` mapping,
+given to ``push_to_hub(eval_results=...)`` / ``dppa-peft push --eval-results FILE``.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from huggingface_hub import ModelCard, ModelCardData
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 if TYPE_CHECKING:
     from .config import SparseDeltaConfig
+    from .export import SupertuningExport
 
 CARD_TEMPLATE = """---
 {{ card_data }}
@@ -16,12 +26,18 @@ CARD_TEMPLATE = """---
 
 # {{ title }}
 
-A **sparse delta adapter** made with [dppa-peft](https://arxiv.org/abs/2403.02799): the difference between a
+{% if stock %}A sparse delta adapter made with [dppa-peft](https://arxiv.org/abs/2403.02799) and **exported to PEFT's
+built-in SUPERTUNING format**: it loads with stock PEFT (>= 0.21) and transformers' `load_adapter`, without dppa-peft.
+It holds the difference between a fine-tuned model and its base, pruned with `{{ method }}` at rate {{ rate }}.
+{% else %}A **sparse delta adapter** made with [dppa-peft](https://arxiv.org/abs/2403.02799): the difference between a
 fine-tuned model and its base, pruned with `{{ method }}` at rate {{ rate }}.
+{% endif %}
+## Pruning plan
 
 | | |
 |---|---|
 | base model | `{{ base }}` |
+| fine-tuned model | `{{ finetuned }}` |
 | method | `{{ method }}` (parameters: `{{ params }}`) |
 | target pruning rate | {{ rate }} |
 | kept density (pruned tensors) | {{ kept_density }} |
@@ -30,32 +46,58 @@ fine-tuned model and its base, pruned with `{{ method }}` at rate {{ rate }}.
 {% if factors %}| DPA factors per partition | {{ factors }} |
 | DPA partitions (pruning rates) | {{ partition_rates }} |
 {% if search %}| DPA search | {{ search }} |
-{% endif %}{% endif %}
+{% endif %}{% endif %}{% if stock %}
+## Stock PEFT format
+
+| | |
+|---|---|
+| PEFT type | `SUPERTUNING` (fp32 values + int32 flat indices, DPA factors baked into the values) |
+| global sparsity | {{ stock.sparsity }} |
+| sparse Linear modules | {{ stock.targets | length }} ({{ stock.kept }} kept + {{ stock.padding }} zero padding entries) |
+| modules stored whole (`modules_to_save`) | {{ stock.modules_to_save | length }} |
+| file size | {{ stock_mib }} MiB ({{ stock_ratio }} the size of the dppa-peft format) |
+{% endif %}{% if evals %}
+## Evaluation
+
+| task | metric | value |
+|---|---|---|
+{% for e in evals %}| {{ e.dataset_name }} | {{ e.metric_type }}{{ " (%s)" % e.metric_config if e.metric_config }} | {{ e.metric_value }} |
+{% endfor %}{% endif %}
 ## Use
 
 ```python
-import dppa_peft  # registers the SPARSE_DELTA adapter type with PEFT
-from peft import PeftModel
+{% if not stock %}import dppa_peft  # registers the SPARSE_DELTA adapter type with PEFT
+{% endif %}from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 base = AutoModelForCausalLM.from_pretrained("{{ base }}")
-model = PeftModel.from_pretrained(base, "<this repo or folder>").merge_and_unload()
+model = PeftModel.from_pretrained(base, "{{ repo }}").merge_and_unload()
 ```
-
+{% if not stock %}
+Or merge several adapters at load: `dppa-peft merge --base {{ base }} --adapter {{ repo }} --adapter ... --out merged`.
+{% endif %}
 ## Provenance
 
-{{ provenance }}
+Made with dppa-peft {{ version }} by:
+
+```
+{{ command }}
+```
 """
 
 
-def build_model_card(config: "SparseDeltaConfig") -> ModelCard:
-    """The card of an adapter from its config alone."""
+def build_model_card(config: "SparseDeltaConfig", *, repo_id: str | None = None,
+                     eval_results: Mapping[str, Mapping[str, Any]] | None = None,
+                     stock: "SupertuningExport | None" = None) -> ModelCard:
+    """The card of an adapter from its config, plus its Hub id, evaluation results and stock-PEFT export if given."""
     method = config.method.get("name", "unknown")
     summary = config.summary
+    base = config.base_model_name_or_path
+    evals = eval_results_from_lm_eval(eval_results) if eval_results else None
+    tags = ["dppa-peft", method, "sparse-delta"] + (["supertuning"] if stock else [])
     data = ModelCardData(
-        base_model=config.base_model_name_or_path if _is_hub_id(config.base_model_name_or_path) else None,
-        library_name="peft",
-        tags=["dppa-peft", method, "sparse-delta"],
+        base_model=base if _is_hub_id(base) else None, library_name="peft", tags=tags, eval_results=evals,
+        model_name=(repo_id or "sparse-delta-adapter").split("/")[-1] if evals else None,
     )
     records = config.tensors.values()
     n_pruned = sum(1 for r in records if r.get("pruned"))
@@ -63,20 +105,26 @@ def build_model_card(config: "SparseDeltaConfig") -> ModelCard:
         data,
         template_str=CARD_TEMPLATE,
         title=f"Sparse delta adapter ({method}, rate {config.method.get('rate')})",
-        base=config.base_model_name_or_path,
+        base=base,
+        finetuned=config.provenance.get("finetuned", "unknown"),
         method=method,
         params=config.method.get("params", {}),
         rate=config.method.get("rate"),
         kept_density=_fmt(summary.get("kept_density")),
-        size_ratio=_fmt(summary.get("size_ratio")),
+        size_ratio=_size_line(summary),
         n_tensors=len(config.tensors),
         n_pruned=n_pruned,
         n_dense=len(config.tensors) - n_pruned,
-        factors=config.amplification.get("factors") if config.amplification else None,
+        factors=", ".join(f"{f:.4g}" for f in config.amplification["factors"]) if config.amplification else None,
         partition_rates=config.amplification.get("partition_rates") if config.amplification else None,
         search=_search_line(config.amplification),
-        provenance=f"`{config.provenance.get('command', 'python API')}` (dppa-peft "
-                   f"{config.provenance.get('package_version', '?')})",
+        stock=stock,
+        stock_mib=f"{stock.nbytes / 2**20:.2f}" if stock else None,
+        stock_ratio=f"{stock.size_ratio:.2f}x" if stock else None,
+        evals=evals,
+        repo=repo_id or "<this repo or folder>",
+        version=config.provenance.get("package_version", "?"),
+        command=config.provenance.get("command", "python API"),
     )
 
 
@@ -90,13 +138,55 @@ def _search_line(amplification: dict | None) -> str | None:
             f"`{objective.get('name')}` on `{objective.get('split')}`; score {search.get('final_score')}")
 
 
-def write_model_card(directory: Path, config: "SparseDeltaConfig") -> None:
-    build_model_card(config).save(Path(directory) / "README.md")
+def write_model_card(directory: str | os.PathLike, config: "SparseDeltaConfig", **options: Any) -> Path:
+    """Write ``README.md`` into ``directory`` (options as in ``build_model_card``)."""
+    path = Path(directory) / "README.md"
+    build_model_card(config, **options).save(path)
+    return path
+
+
+def load_eval_results(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
+    """Read evaluation results: lm-eval's output JSON or its bare ``results`` mapping ``{task: {metric: value}}``."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(f"cannot read evaluation results from {path}: {err}") from err
+    results = data.get("results", data) if isinstance(data, dict) else None
+    if not isinstance(results, dict) or not all(isinstance(v, dict) for v in results.values()):
+        raise ValueError(f"{path} is not lm-eval output: expected {{'results': {{task: {{metric: value}}}}}}")
+    return results
+
+
+def eval_results_from_lm_eval(results: Mapping[str, Mapping[str, Any]]) -> list[EvalResult]:
+    """One ``EvalResult`` per numeric metric of each task ('acc,none' -> metric 'acc'; stderr entries skipped)."""
+    out = []
+    for task, metrics in sorted(results.items()):
+        name = str(metrics.get("alias", task)).strip() or task
+        for key, value in sorted(metrics.items()):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or "_stderr" in key:
+                continue
+            metric, _, filter_name = key.partition(",")
+            out.append(EvalResult(task_type="text-generation", dataset_type=task, dataset_name=name,
+                                  metric_type=metric, metric_value=float(value),
+                                  metric_config=filter_name if filter_name not in ("", "none") else None))
+    if not out:
+        raise ValueError("the evaluation results hold no numeric metric")
+    return out
 
 
 def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
+def _size_line(summary: Mapping[str, Any]) -> str:
+    ratio = summary.get("size_ratio")
+    if ratio is None:
+        return "n/a"
+    line = f"{ratio:.1%}"
+    if summary.get("adapter_bytes") is not None and summary.get("dense_delta_bytes"):
+        line += f" ({summary['adapter_bytes'] / 2**20:.2f} MiB vs {summary['dense_delta_bytes'] / 2**20:.2f} MiB)"
+    return line
+
+
 def _is_hub_id(ref: str | None) -> bool:
-    return bool(ref) and ref.count("/") == 1 and not ref.startswith((".", "/", "~"))
+    return bool(ref) and ref.count("/") == 1 and not ref.startswith((".", "/", "~")) and not Path(ref).exists()

@@ -9,17 +9,20 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import safe_open
 
 from ..methods.base import SparseDelta
-from ..checkpoint import SafetensorsWriter, atomic_directory, resolve_repo
+from ..checkpoint import SafetensorsWriter, atomic_directory, describe_ref, resolve_repo
 from .card import write_model_card
 from .config import SparseDeltaConfig, module_and_param
 from .encoding import EncodedTensor
 from .layer import scale_values
+
+if TYPE_CHECKING:
+    from huggingface_hub import CommitInfo
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -69,7 +72,11 @@ class SparseDeltaAdapter:
         self.directory = Path(directory)
         self.ref = ref or str(directory)
         if not (self.directory / CONFIG_FILE).is_file():
-            raise FileNotFoundError(f"{self.ref} has no {CONFIG_FILE}; pass a folder written by `dppa-peft prune`")
+            raise FileNotFoundError(f"{self.ref} has no {CONFIG_FILE}; pass a folder written by `dppa-peft prune` "
+                                    "or a Hub repo written by `dppa-peft push`")
+        if not (self.directory / WEIGHTS_FILE).is_file():
+            raise FileNotFoundError(f"{self.ref} has {CONFIG_FILE} but no {WEIGHTS_FILE}: the adapter is incomplete; "
+                                    "prune (or push) it again")
         self.config: SparseDeltaConfig = SparseDeltaConfig.from_pretrained(str(self.directory))
         if not isinstance(self.config, SparseDeltaConfig):
             raise ValueError(f"{self.ref} is a {self.config.peft_type} adapter, not a dppa-peft sparse delta adapter")
@@ -79,7 +86,8 @@ class SparseDeltaAdapter:
     def from_pretrained(cls, ref: str | os.PathLike, revision: str | None = None,
                         token: str | bool | None = None) -> "SparseDeltaAdapter":
         """Open a local adapter folder or download one from the Hub (cached)."""
-        return cls(resolve_repo(ref, revision=revision, token=token, allow_patterns=ADAPTER_FILES), ref=str(ref))
+        folder = resolve_repo(ref, revision=revision, token=token, allow_patterns=ADAPTER_FILES)
+        return cls(folder, ref=describe_ref(ref, revision))
 
     def encoded(self, name: str) -> EncodedTensor:
         """One stored delta exactly as stored: values in the stored dtype, index bytes, partition ids."""
@@ -112,3 +120,15 @@ class SparseDeltaAdapter:
                 if (self.directory / name).is_file():
                     shutil.copy2(self.directory / name, tmp / name)
         return Path(directory)
+
+    def push_to_hub(self, repo_id: str, *, private: bool = False, revision: str | None = None,
+                    commit_message: str | None = None, token: str | bool | None = None, create_pr: bool = False,
+                    export_format: str = "sparse-delta", base: str | os.PathLike | None = None,
+                    base_revision: str | None = None,
+                    eval_results: dict[str, dict[str, Any]] | None = None) -> "CommitInfo":
+        """Publish this adapter as ONE commit on ``repo_id`` (created if needed); see ``dppa_peft.adapter.hub``."""
+        from .hub import push_to_hub
+
+        return push_to_hub(self, repo_id, private=private, revision=revision, commit_message=commit_message,
+                           token=token, create_pr=create_pr, export_format=export_format, base=base,
+                           base_revision=base_revision, eval_results=eval_results)

@@ -6,9 +6,10 @@ import argparse
 import shlex
 import sys
 
-from . import amplify, evaluate, inspect, merge, prune, run
+from ..hub_errors import PushError
+from . import amplify, evaluate, export, inspect, merge, prune, push, run
 
-SUBCOMMANDS = [prune, amplify, merge, inspect, evaluate, run]
+SUBCOMMANDS = [prune, amplify, merge, inspect, evaluate, push, export, run]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     args.command_line = shlex.join(["dppa-peft", *argv])  # provenance for adapter configs and model cards
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError) as err:
+    except (ValueError, FileNotFoundError, FileExistsError, PushError) as err:
         print(f"dppa-peft {args.command}: error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -26,7 +26,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--weight", action="append", type=float, default=None,
                         help="weight w_i of each adapter, in --adapter order (default 1.0 each)")
     parser.add_argument("--adapter-revision", action="append", default=None,
-                        help="Hub revision of each adapter, in --adapter order")
+                        help="Hub revision of each adapter, in --adapter order (repeat once per --adapter)")
     parser.add_argument("--mode", default="sum", choices=sorted(COMBINE_MODES),
                         help="how deltas combine: 'sum' (default: W_B + sum_i w_i delta_i) or 'ties' (sign election "
                              "on the weighted deltas, disjoint mean over the agreeing ones)")
@@ -38,7 +38,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", required=True, help="output model folder (written atomically)")
     parser.add_argument("--dtype", default="auto", choices=sorted(DTYPES),
                         help="dtype of the written weights; 'auto' keeps each base tensor's dtype (default)")
-    parser.add_argument("--revision", default=None, help="revision of the base model on the Hub")
+    parser.add_argument("--base-revision", "--revision", dest="revision", default=None,
+                        help="revision (branch, tag or commit sha) of the base model on the Hub")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     parser.set_defaults(func=run)
 

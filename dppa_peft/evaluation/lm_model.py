@@ -43,9 +43,10 @@ class DppaLM(HFLM):
         model = load_merged(pretrained, adapter_refs, weights=[float(w) for w in split_list(weights)] or None,
                             mode=mode, revision=revision, adapter_revisions=split_list(adapter_revisions) or None,
                             dtype=dtype, trust_remote_code=trust_remote_code, progress=False)
-        if tokenizer is None or isinstance(tokenizer, str):
-            tokenizer = AutoTokenizer.from_pretrained(tokenizer or pretrained, revision=revision,
-                                                      trust_remote_code=trust_remote_code)
+        if tokenizer is None:  # the base's own tokenizer, from the folder load_merged resolved (Hub ids included)
+            tokenizer = AutoTokenizer.from_pretrained(model.name_or_path, trust_remote_code=trust_remote_code)
+        elif isinstance(tokenizer, str):
+            tokenizer = AutoTokenizer.from_pretrained(tokenizer, trust_remote_code=trust_remote_code)
         kwargs.pop("device", None)  # the merged model is already placed; lm-eval's CLI always passes a device
         super().__init__(pretrained=model, tokenizer=tokenizer, **kwargs)
 

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from ..adapter.fingerprint import fingerprint, tensor_sample
 from ..adapter.io import SparseDeltaAdapter
 from ..adapter.model import BaseModelMismatchError, check_base, resize_vocabulary
-from ..checkpoint import Checkpoint, ShardedWriter, atomic_directory
+from ..checkpoint import HUB_PATTERNS, Checkpoint, ShardedWriter, atomic_directory, resolve_repo
 from ..methods.base import SparseDelta
 from ..pipeline import open_adapter
 from .combine import combine
@@ -52,6 +52,9 @@ def _prepare(adapters: Sequence[AdapterRef], weights: Sequence[float] | None, re
     if len(weights) != len(adapters):
         raise ValueError(f"got {len(weights)} weights for {len(adapters)} adapters; pass one weight per adapter")
     revisions = list(revisions) if revisions else [None] * len(adapters)
+    if len(revisions) != len(adapters):
+        raise ValueError(f"got {len(revisions)} adapter revisions for {len(adapters)} adapters; pass one per adapter "
+                         "('main' for the default branch)")
     return [open_adapter(a, revision=r, token=token) for a, r in zip(adapters, revisions)], weights
 
 
@@ -69,12 +72,17 @@ def load_merged(base: str | os.PathLike, adapters: Sequence[AdapterRef], weights
                 mode: str = "sum", *, revision: str | None = None, adapter_revisions: Sequence[str | None] | None = None,
                 token: str | bool | None = None, dtype: str | torch.dtype = "auto", trust_remote_code: bool = False,
                 progress: bool = True, **options: Any) -> torch.nn.Module:
-    """Load ``base`` with transformers and merge every adapter into its weights in place; returns the model."""
+    """Load ``base`` with transformers and merge every adapter into its weights in place; returns the model.
+
+    ``base`` and every adapter may be a local folder or a Hub id (``revision`` / ``adapter_revisions`` pick the
+    versions; the base is downloaded once into the HF cache, and ``model.name_or_path`` is that local folder).
+    """
     from transformers import AutoModelForCausalLM
 
     handles, weights = _prepare(adapters, weights, adapter_revisions, token)
-    model = AutoModelForCausalLM.from_pretrained(base, revision=revision, token=token, dtype=dtype,
-                                                 trust_remote_code=trust_remote_code)
+    folder = resolve_repo(base, revision=revision, token=token,
+                          allow_patterns=HUB_PATTERNS + ["*.py"] if trust_remote_code else None)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, trust_remote_code=trust_remote_code)
     for handle in handles:
         check_base(model, handle.config)
     resize_vocabulary(model, max((h.config.vocab_size or 0 for h in handles), default=0) or None)

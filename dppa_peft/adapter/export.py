@@ -1,0 +1,221 @@
+"""Export a sparse delta adapter to PEFT's built-in SUPERTUNING format, which stock PEFT loads without dppa-peft.
+
+SUPERTUNING stores, per targeted ``nn.Linear``, fp32 ``supertuning_values`` and int32 flat ``supertuning_indices``
+of ``k = int(numel · (1 − sparsity))`` entries, with ONE sparsity for all modules. The export picks the sparsity
+so that every targeted module's kept entries fit, fills the rest of each module's ``k`` with zero values at unused
+positions (they add nothing), and bakes the DPA factors into the values. Changed tensors that SUPERTUNING cannot
+hold (embeddings, norms, biases, dense-stored linears, and linears so much denser than the rest that padding all the
+others would cost more) go into ``modules_to_save``: the whole module, base + delta, so the export needs the base
+checkpoint. Loaded on that base, the merged weights equal our adapter's exactly (fp32 arithmetic in both).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ..checkpoint import Checkpoint, SafetensorsWriter, atomic_directory
+from .card import write_model_card
+from .fingerprint import fingerprint, tensor_sample
+from .io import WEIGHTS_FILE, SparseDeltaAdapter
+from .model import BaseModelMismatchError
+
+EXPORT_FORMATS = ("sparse-delta", "supertuning")  # ours (a copy) and stock PEFT's
+PREFIX = "base_model.model."
+SPARSE_ENTRY_BYTES = 8  # fp32 value + int32 index
+
+
+@dataclass
+class SupertuningExport:
+    """What an export wrote: the global sparsity, its modules, padding, and sizes."""
+
+    directory: Path
+    sparsity: float
+    targets: list[str]
+    modules_to_save: list[str]
+    kept: int
+    padding: int
+    nbytes: int
+    source_bytes: int
+
+    @property
+    def size_ratio(self) -> float:
+        """Weights file size vs the dppa-peft adapter's weights file."""
+        return self.nbytes / self.source_bytes if self.source_bytes else 0.0
+
+    def line(self) -> str:
+        return (f"SUPERTUNING sparsity {self.sparsity:.6g}: {len(self.targets)} sparse Linear modules "
+                f"({self.kept} kept + {self.padding} zero padding entries), {len(self.modules_to_save)} whole "
+                f"modules (modules_to_save); {self.nbytes / 2**20:.2f} MiB = {self.size_ratio:.2f}x the dppa-peft "
+                f"adapter ({self.source_bytes / 2**20:.2f} MiB)")
+
+
+def export_supertuning(adapter: SparseDeltaAdapter, out: str | os.PathLike, *, base: str | os.PathLike | None = None,
+                       base_revision: str | None = None, token: str | bool | None = None, repo_id: str | None = None,
+                       overwrite: bool = False, progress: bool = True) -> SupertuningExport:
+    """Write ``adapter`` as a stock-PEFT SUPERTUNING adapter folder ``out`` (config, weights, card).
+
+    ``base`` (folder or Hub id) defaults to the base recorded in the adapter; it must be the base the adapter was
+    pruned from (checked by fingerprint). ``repo_id`` only names the adapter in the card's usage snippet.
+    """
+    from peft import SupertuningConfig
+
+    config = adapter.config
+    if config.vocab_size:
+        raise ValueError(f"{adapter.ref} grows the vocabulary to {config.vocab_size} tokens; stock PEFT does not "
+                         "resize the base embeddings, so it cannot be exported to SUPERTUNING: use the sparse-delta "
+                         "format")
+    if base is None:
+        base, base_revision = config.base_model_name_or_path, base_revision or config.revision
+    checkpoint = Checkpoint.open(base, revision=base_revision, token=token)
+    _check_fingerprint(adapter, checkpoint)
+    model = _skeleton(checkpoint)
+    targets, whole = _split_modules(adapter, checkpoint, model)
+    sparsity = global_sparsity([(_numel(adapter, t), adapter.config.tensors[f"{t}.weight"]["nnz"]) for t in targets])
+    kept = padding = 0
+    with atomic_directory(out, overwrite=overwrite) as tmp:
+        writer = SafetensorsWriter(tmp / WEIGHTS_FILE)
+        for module in tqdm(targets, desc="export (sparse)", unit="module", disable=not progress, leave=False):
+            values, indices, pad = _padded_support(adapter, f"{module}.weight", sparsity)
+            writer.add(f"{PREFIX}{module}.supertuning_values", values)
+            writer.add(f"{PREFIX}{module}.supertuning_indices", indices)
+            kept, padding = kept + values.numel() - pad, padding + pad
+        for module in tqdm(whole, desc="export (whole)", unit="module", disable=not progress, leave=False):
+            for key, tensor in _whole_module(adapter, checkpoint, model, module).items():
+                writer.add(f"{PREFIX}{module}.{key}", tensor)
+        writer.close()
+        peft_config = SupertuningConfig(
+            target_modules=targets, modules_to_save=whole or None, sparsity=sparsity, save_precomputed_indices=True,
+            base_model_name_or_path=config.base_model_name_or_path, revision=config.revision,
+            task_type=config.task_type or "CAUSAL_LM", inference_mode=True,
+        )
+        peft_config.save_pretrained(str(tmp))
+        summary = SupertuningExport(Path(out), sparsity, targets, whole, kept, padding,
+                                    (tmp / WEIGHTS_FILE).stat().st_size, adapter.nbytes)
+        write_model_card(tmp, config, repo_id=repo_id, stock=summary)
+    return summary
+
+
+def global_sparsity(modules: list[tuple[int, int]]) -> float:
+    """The largest sparsity ``s`` with ``int(numel · (1 − s)) >= nnz`` for every (numel, nnz), as PEFT computes k."""
+    if not modules:
+        raise ValueError("no sparse Linear delta to export: SUPERTUNING needs at least one targeted Linear module")
+    density = max(max(nnz, 1) / numel for numel, nnz in modules)
+    sparsity = max(0.0, 1.0 - density)
+    while sparsity > 0.0 and any(int(numel * (1 - sparsity)) < max(nnz, 1) for numel, nnz in modules):
+        sparsity = max(0.0, math.nextafter(sparsity, -math.inf))
+    return sparsity
+
+
+def choose_targets(candidates: dict[str, tuple[int, int, int]]) -> list[str]:
+    """Which sparse Linear modules to store sparsely: the set whose padded size plus whole-module storage of the rest
+    is smallest. ``candidates`` maps a module to (numel, nnz, bytes to store it whole)."""
+    best: tuple[int, list[str]] | None = None
+    for limit in sorted({nnz / numel for numel, nnz, _ in candidates.values()}):
+        chosen = sorted(m for m, (numel, nnz, _) in candidates.items() if nnz / numel <= limit)
+        sparsity = global_sparsity([candidates[m][:2] for m in chosen])
+        cost = sum(int(candidates[m][0] * (1 - sparsity)) * SPARSE_ENTRY_BYTES for m in chosen)
+        cost += sum(whole for m, (_, _, whole) in candidates.items() if m not in chosen)
+        if best is None or cost < best[0]:
+            best = (cost, chosen)
+    return best[1] if best else []
+
+
+def _check_fingerprint(adapter: SparseDeltaAdapter, checkpoint: Checkpoint) -> None:
+    missing = sorted(set(adapter.config.tensors) - set(checkpoint.names()))
+    if missing:
+        raise ValueError(f"adapter tensors {missing[:5]} are not in {checkpoint.ref}; pass the adapter's base")
+    if not adapter.config.base_fingerprint:
+        return
+    found = fingerprint({name: tensor_sample(checkpoint.read(name)) for name in adapter.config.tensors})
+    if found != adapter.config.base_fingerprint:
+        raise BaseModelMismatchError(f"{checkpoint.ref} is not the base {adapter.ref} was pruned from (fingerprint "
+                                     f"{found} != {adapter.config.base_fingerprint}); pass that base (base= / --base)")
+
+
+def _skeleton(checkpoint: Checkpoint) -> torch.nn.Module:
+    """The base architecture on the meta device (module types and names, no weights)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if checkpoint.config is None:
+        raise FileNotFoundError(f"{checkpoint.ref} has no config.json; the export needs the base model's config")
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(checkpoint.directory))
+
+
+def _numel(adapter: SparseDeltaAdapter, module: str) -> int:
+    return math.prod(adapter.config.tensors[f"{module}.weight"]["shape"])
+
+
+def _split_modules(adapter: SparseDeltaAdapter, checkpoint: Checkpoint,
+                   model: torch.nn.Module) -> tuple[list[str], list[str]]:
+    """(sparse SUPERTUNING targets, whole modules for ``modules_to_save``), both checked against PEFT's matching."""
+    modules = dict(model.named_modules())
+    changed = sorted(adapter.config.module_names)
+    candidates = {}
+    for name in changed:
+        records = adapter.config.records_for_module(name)
+        if name not in modules:
+            raise ValueError(f"adapter module {name!r} is not in the base architecture; the adapter does not fit it")
+        if isinstance(modules[name], torch.nn.Linear) and set(records) == {"weight"} and \
+                records["weight"]["encoding"] != "dense":
+            numel = _numel(adapter, name)
+            candidates[name] = (numel, records["weight"]["nnz"], numel * checkpoint.dtype(f"{name}.weight").itemsize)
+    targets = choose_targets(candidates)
+    whole = [name for name in changed if name not in targets]
+    _check_unambiguous(model, targets, whole)
+    return targets, whole
+
+
+def _check_unambiguous(model: torch.nn.Module, targets: list[str], whole: list[str]) -> None:
+    """PEFT matches targets by '.'-suffix and modules_to_save by plain suffix: each name must hit one module only,
+    and a whole module must not share a parameter with another module (tied embeddings would come apart)."""
+    names = [n for n, _ in model.named_modules(remove_duplicate=False)]
+    for name in targets:
+        if [n for n in names if n == name or n.endswith("." + name)] != [name]:
+            raise ValueError(f"module name {name!r} matches several modules; it cannot be a SUPERTUNING target")
+    owners: dict[int, list[str]] = {}
+    for pname, param in model.named_parameters(remove_duplicate=False):
+        owners.setdefault(id(param), []).append(pname)
+    for name in whole:
+        if [n for n in names if n.endswith(name)] != [name]:
+            raise ValueError(f"module name {name!r} matches several modules; it cannot go in modules_to_save")
+        for pname, param in model.get_submodule(name).named_parameters(prefix=name):
+            if len(owners[id(param)]) > 1:
+                raise ValueError(f"{pname} is tied to {sorted(set(owners[id(param)]) - {pname})}; stock PEFT's "
+                                 "modules_to_save would untie them, so this adapter cannot be exported to SUPERTUNING: "
+                                 "use the sparse-delta format")
+
+
+def _padded_support(adapter: SparseDeltaAdapter, name: str, sparsity: float) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """fp32 values (factors applied) and int32 indices of one module, zero-padded to PEFT's k at unused positions."""
+    delta = adapter.sparse_tensor(name)
+    numel = math.prod(delta.shape)
+    pad = int(numel * (1 - sparsity)) - delta.nnz
+    used = torch.zeros(numel, dtype=torch.bool)
+    used[delta.indices] = True
+    free = (~used).nonzero().reshape(-1)[:pad]
+    indices = torch.cat([delta.indices.long(), free]).to(torch.int32)
+    values = torch.cat([delta.values.float(), torch.zeros(pad)])
+    return values, indices, pad
+
+
+def _whole_module(adapter: SparseDeltaAdapter, checkpoint: Checkpoint, model: torch.nn.Module,
+                  module: str) -> dict[str, torch.Tensor]:
+    """Every state entry of one module, base + delta added as our tuner layer does (in the base dtype)."""
+    out = {}
+    for key in model.get_submodule(module).state_dict():
+        name = f"{module}.{key}"
+        if name not in checkpoint:
+            raise ValueError(f"{name} is not in {checkpoint.ref}; cannot store module {module!r} whole")
+        tensor = checkpoint.read(name)
+        if name in adapter.config.tensors:
+            delta = adapter.sparse_tensor(name)
+            tensor = tensor.reshape(-1).index_add(0, delta.indices, delta.values.to(tensor.dtype)).reshape(tensor.shape)
+        out[key] = tensor
+    return out

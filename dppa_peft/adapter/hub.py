@@ -1,0 +1,104 @@
+"""Publish an adapter on the Hub: ONE commit with the adapter files and a fresh model card.
+
+The repo is created if needed (``exist_ok``), and the branch too when ``revision`` names a new one. The token comes
+from ``token``, else ``HF_TOKEN`` or a saved ``hf auth login``; the endpoint from ``HF_ENDPOINT``. A Hub commit is
+atomic, and huggingface_hub does not retry the commit request: when the connection breaks, ``PushError`` says
+whether anything was published (it checks the branch head) and that re-running is safe (uploaded files are reused).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from huggingface_hub import CommitInfo, CommitOperationAdd, HfApi, constants
+
+from ..hub_errors import PushError, TransportError, describe_hub_error
+from .card import write_model_card
+from .export import EXPORT_FORMATS, SupertuningExport, export_supertuning
+from .io import CARD_FILE, CONFIG_FILE, WEIGHTS_FILE
+
+if TYPE_CHECKING:
+    from .io import SparseDeltaAdapter
+
+
+def push_to_hub(adapter: "SparseDeltaAdapter", repo_id: str, *, private: bool = False, revision: str | None = None,
+                commit_message: str | None = None, token: str | bool | None = None, create_pr: bool = False,
+                export_format: str = "sparse-delta", base: str | os.PathLike | None = None,
+                base_revision: str | None = None,
+                eval_results: Mapping[str, Mapping[str, Any]] | None = None) -> CommitInfo:
+    """Push ``adapter`` to ``repo_id`` as one commit on ``revision`` (default 'main'); returns the commit info.
+
+    ``export_format`` 'supertuning' pushes the stock-PEFT export instead (``base`` / ``base_revision`` locate the
+    base it needs, default: the one recorded in the adapter). ``eval_results`` (lm-eval's ``results`` mapping) goes
+    into the card's model-index. ``private`` applies when the repo is created; pushing with it to an existing public
+    repo is refused.
+    """
+    if export_format not in EXPORT_FORMATS:
+        raise ValueError(f"unknown export format {export_format!r}; choose one of {EXPORT_FORMATS}")
+    api = HfApi(token=token)
+    with tempfile.TemporaryDirectory(prefix="dppa-push-") as tmp:
+        staged = Path(tmp)
+        stock = None
+        if export_format == "supertuning":
+            stock = export_supertuning(adapter, staged / "export", base=base, base_revision=base_revision,
+                                       token=token, repo_id=repo_id, progress=False)
+            files = {name: stock.directory / name for name in (CONFIG_FILE, WEIGHTS_FILE)}
+        else:
+            files = {name: adapter.directory / name for name in (CONFIG_FILE, WEIGHTS_FILE)}
+        files[CARD_FILE] = write_model_card(staged, adapter.config, repo_id=repo_id, eval_results=eval_results,
+                                            stock=stock)
+        operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(path)) for name, path in files.items()]
+        message = commit_message or _default_message(adapter, stock)
+        return _commit(api, repo_id, operations, message, private=private, revision=revision, create_pr=create_pr)
+
+
+def _commit(api: HfApi, repo_id: str, operations: list[CommitOperationAdd], message: str, *, private: bool,
+            revision: str | None, create_pr: bool) -> CommitInfo:
+    head = None
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        if private and not api.repo_info(repo_id).private:
+            raise ValueError(f"{repo_id} already exists and is public; --private only applies to a new repo: make it "
+                             "private on the Hub first, or push without --private")
+        if revision and not create_pr:
+            api.create_branch(repo_id, branch=revision, exist_ok=True)
+        head = api.repo_info(repo_id, revision=revision).sha
+        return api.create_commit(repo_id, operations, commit_message=message, revision=revision, create_pr=create_pr)
+    except TransportError as err:
+        raise PushError(_interrupted(api, repo_id, revision, head, err)) from err
+    except Exception as err:
+        clear = describe_hub_error(err, repo_id, revision)
+        if clear is None:
+            raise
+        if head is not None:  # the Hub answered the commit with an error: it applied nothing
+            clear = type(clear)(f"{clear}; nothing was published")
+        raise clear from err
+
+
+def _interrupted(api: HfApi, repo_id: str, revision: str | None, head: str | None, err: Exception) -> str:
+    """What a broken connection left on the Hub, and what to do."""
+    branch = revision or "main"
+    what = f"the connection to the Hub ({constants.ENDPOINT}) broke while pushing to {repo_id}@{branch} " \
+           f"({type(err).__name__}: {err})"
+    safe = "your adapter folder is unchanged; re-running the same command is safe (files already uploaded are reused)"
+    if head is None:
+        return f"{what}; no commit was attempted, so nothing was published; {safe}"
+    try:
+        now = api.repo_info(repo_id, revision=branch).sha
+    except Exception:  # the Hub is still unreachable: say what is certain
+        return (f"{what}; could not check the branch afterwards, but a Hub commit is all-or-nothing: {branch} holds "
+                f"either its previous commit {head[:8]} or the complete new one; {safe}")
+    if now == head:
+        return f"{what}; nothing was published ({branch} is still at {head[:8]}); {safe}"
+    return (f"{what}; {branch} moved from {head[:8]} to {now[:8]}: the commit was probably applied, check the repo; "
+            f"{safe}")
+
+
+def _default_message(adapter: "SparseDeltaAdapter", stock: SupertuningExport | None) -> str:
+    method = adapter.config.method
+    kind = "stock-PEFT SUPERTUNING export of a sparse delta adapter" if stock else "sparse delta adapter"
+    return f"Upload {kind} ({method.get('name', 'unknown')}, rate {method.get('rate')}) with dppa-peft"
