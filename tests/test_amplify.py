@@ -12,7 +12,8 @@ from dppa_peft import SparseDeltaAdapter, amplify, prune, prune_and_amplify
 from dppa_peft.adapter.layer import scale_values
 from dppa_peft.amplify.candidate import AmplifiedModel, load_base_model
 from dppa_peft.amplify.factors import amplification_block, effective_factors
-from dppa_peft.amplify.objectives import KLObjective, TaskRatioObjective, geometric_mean_ratio, read_texts
+from dppa_peft.amplify.objectives import KLObjective, TaskRatioObjective, read_texts
+from dppa_peft.evaluation.runner import Evaluator
 from dppa_peft.amplify.partitions import (
     Partitions, adapter_partitions, check_partition_rates, default_partition_rates, partition_ids,
 )
@@ -302,13 +303,12 @@ def test_tasks_objective_is_a_domain_ratio_against_the_dense_model(tmp_path, lla
         "doc_to_choice: '{{choices}}'\ndoc_to_target: '{{answer}}'\nmetric_list:\n  - metric: acc\n")
     manager = TaskManager(include_path=str(tmp_path), include_defaults=False)
     tokenizer = AutoTokenizer.from_pretrained(calibration[0])
-    objective = TaskRatioObjective(AutoModelForCausalLM.from_pretrained(ft), tokenizer, ["toy_dev"], manager,
-                                   metric="acc")
+    evaluator = Evaluator(tokenizer, manager, metric="acc", batch_size=8)
+    objective = TaskRatioObjective(AutoModelForCausalLM.from_pretrained(ft), evaluator, ["toy_dev"])
     assert objective.dense_scores["toy_dev"] > 0 and objective.describe()["split"] == "dev"
     assert objective(AutoModelForCausalLM.from_pretrained(ft)) == pytest.approx(1.0)
-    assert geometric_mean_ratio({"a": 0.5, "b": 0.8}, {"a": 1.0, "b": 0.5}) == pytest.approx(math.sqrt(0.5 * 1.6))
-    with pytest.raises(ValueError, match="Task-Ratio is undefined"):
-        geometric_mean_ratio({"a": 0.5}, {"a": 0.0})
+    with pytest.raises(ValueError, match="no 'f1' metric"):
+        Evaluator(tokenizer, manager, metric="f1").scores(AutoModelForCausalLM.from_pretrained(ft), ["toy_dev"])
 
 
 # API and CLI ------------------------------------------------------------------------------------------------------

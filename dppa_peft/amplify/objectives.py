@@ -14,7 +14,6 @@ The candidate model is evaluated as it is (in eval mode, without gradients); obj
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -157,59 +156,28 @@ def _pad(sequences: Sequence[torch.Tensor], pad: int) -> tuple[torch.Tensor, tor
     return ids, mask
 
 
-def geometric_mean_ratio(scores: dict[str, float], dense: dict[str, float]) -> float:
-    """Domain-Ratio: the geometric mean of ``scores[t] / dense[t]`` (0 when any task scores 0)."""
-    ratios = []
-    for task, reference in dense.items():
-        if reference <= 0:
-            raise ValueError(f"the dense fine-tune scores {reference} on task {task!r}, so its Task-Ratio is "
-                             "undefined; leave the task out of the objective")
-        ratios.append(scores[task] / reference)
-    return 0.0 if min(ratios) <= 0 else math.exp(sum(math.log(r) for r in ratios) / len(ratios))
-
-
 class TaskRatioObjective:
-    """Domain-Ratio of lm-eval tasks against the dense fine-tuned model (its scores computed once)."""
+    """Domain-Ratio (paper eq. 8) of lm-eval tasks against the dense fine-tuned model (its scores computed once)."""
 
     name = "tasks"
 
-    def __init__(self, reference: nn.Module, tokenizer: Any, tasks: Sequence[str], task_manager: Any,
-                 metric: str = "acc", limit: int | None = None, batch_size: int = 8, split: str = "dev") -> None:
+    def __init__(self, reference: nn.Module, evaluator: Any, tasks: Sequence[str], split: str = "dev") -> None:
         if not tasks:
             raise ValueError("the tasks objective needs lm-eval task names (--tasks)")
-        self.tokenizer = tokenizer
+        self.evaluator = evaluator
         self.tasks = list(tasks)
-        self.task_manager = task_manager
-        self.metric = metric
-        self.limit = limit
-        self.batch_size = batch_size
         self.split = split
-        self.dense_scores = self.task_scores(reference)
-
-    def task_scores(self, model: nn.Module) -> dict[str, float]:
-        """The metric of every task for ``model`` (evaluated in memory through lm-eval's HFLM)."""
-        import lm_eval
-        from lm_eval.models.huggingface import HFLM
-
-        lm = HFLM(pretrained=model, tokenizer=self.tokenizer, batch_size=self.batch_size)
-        output = lm_eval.simple_evaluate(model=lm, tasks=self.tasks, task_manager=self.task_manager,
-                                         limit=self.limit, bootstrap_iters=0, log_samples=False, verbosity="ERROR")
-        scores = {}
-        for task in self.tasks:
-            metrics = output["results"].get(task, {})
-            key = next((k for k in metrics if k.split(",")[0] == self.metric), None)
-            if key is None:
-                raise ValueError(f"lm-eval task {task!r} reports no {self.metric!r} metric (it reports "
-                                 f"{sorted(k for k in metrics if ',' in k)}); pass --metric")
-            scores[task] = float(metrics[key])
-        return scores
+        self.dense_scores = evaluator.scores(reference, self.tasks)
 
     def __call__(self, model: nn.Module) -> float:
-        return geometric_mean_ratio(self.task_scores(model), self.dense_scores)
+        from ..evaluation.ratios import domain_ratio, task_ratio
+
+        scores = self.evaluator.scores(model, self.tasks)
+        return domain_ratio(task_ratio(scores[t], self.dense_scores[t]) for t in self.tasks)
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "split": self.split, "tasks": self.tasks, "metric": self.metric,
-                "limit": self.limit, "dense_scores": self.dense_scores}
+        return {"name": self.name, "split": self.split, "tasks": self.tasks, "metric": self.evaluator.metric,
+                "limit": self.evaluator.limit, "dense_scores": self.dense_scores}
 
 
 def describe_objective(objective: Objective) -> dict[str, Any]:
@@ -245,8 +213,6 @@ def build_objective(params: ObjectiveParams, finetuned: str | os.PathLike | None
                          "finetuned= (--finetuned)")
     if params.objective == "kl" and params.calibration is None:
         raise ValueError("the kl objective needs calibration prompts (--calibration FILE)")
-    if params.objective == "tasks" and not params.include_path:
-        raise ValueError("the tasks objective needs the folders of its lm-eval task YAMLs (--include-path)")
     texts = read_texts(params.calibration) if params.objective == "kl" else None
     tokenizer = load_tokenizer([params.tokenizer] if params.tokenizer else [finetuned, base], token=token)
     reference = AutoModelForCausalLM.from_pretrained(finetuned, dtype=dtype, revision=revision, token=token)
@@ -254,8 +220,9 @@ def build_objective(params: ObjectiveParams, finetuned: str | os.PathLike | None
     if params.objective == "kl":
         return KLObjective(reference, tokenizer, texts, params.continuation_tokens, params.max_length,
                            params.batch_size, source=str(params.calibration))
-    from lm_eval.tasks import TaskManager
+    from ..evaluation.runner import Evaluator
+    from ..evaluation.tasks import task_manager
 
-    manager = TaskManager(include_path=list(params.include_path), include_defaults=False)
-    return TaskRatioObjective(reference, tokenizer, params.tasks or [], manager, params.metric, params.limit,
-                              params.batch_size, params.split)
+    evaluator = Evaluator(tokenizer, task_manager(extra_paths=params.include_path or ()), metric=params.metric,
+                          batch_size=params.batch_size, limit=params.limit)
+    return TaskRatioObjective(reference, evaluator, params.tasks or [], params.split)

@@ -57,15 +57,23 @@ class Evaluator:
     gen_kwargs: Mapping[str, Any] | None = None
 
     def scores(self, model: torch.nn.Module, tasks: Sequence[str]) -> dict[str, float]:
-        """task -> score of ``metric`` (lm-eval's 'none' filter)."""
+        """task -> score of ``metric`` (its first filter, e.g. 'acc,none')."""
         from lm_eval import simple_evaluate
         from lm_eval.models.huggingface import HFLM
 
         lm = HFLM(pretrained=model.eval(), tokenizer=self.tokenizer, batch_size=self.batch_size)
         output = simple_evaluate(model=lm, tasks=list(tasks), task_manager=self.task_manager, limit=self.limit,
                                  gen_kwargs=dict(self.gen_kwargs) if self.gen_kwargs else None,
-                                 log_samples=False, verbosity="ERROR")
-        return {task: float(output["results"][task][f"{self.metric},none"]) for task in tasks}
+                                 bootstrap_iters=0, log_samples=False, verbosity="ERROR")
+        scores = {}
+        for task in tasks:
+            metrics = output["results"].get(task, {})
+            key = next((k for k in metrics if k.split(",")[0] == self.metric), None)
+            if key is None:
+                raise ValueError(f"lm-eval task {task!r} reports no {self.metric!r} metric (it reports "
+                                 f"{sorted(k for k in metrics if ',' in k)}); choose another metric")
+            scores[task] = float(metrics[key])
+        return scores
 
 
 def evaluate_all(base: str, domains: Sequence[DomainSpec], evaluator: Evaluator,
