@@ -1,7 +1,6 @@
 """DPA: partitions, combine rules, the two search strategies, objectives, in-place candidates, API and CLI."""
 
 import json
-import math
 
 import pytest
 import torch
