@@ -7,9 +7,9 @@ import shlex
 import sys
 
 from ..hub_errors import PushError
-from . import amplify, evaluate, export, inspect, merge, prune, push, run
+from . import amplify, demo, evaluate, export, inspect, merge, prune, push, run
 
-SUBCOMMANDS = [prune, amplify, merge, inspect, evaluate, push, export, run]
+SUBCOMMANDS = [demo, prune, amplify, merge, inspect, evaluate, push, export, run]
 
 
 def build_parser() -> argparse.ArgumentParser:
