@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -62,9 +64,10 @@ class Evaluator:
         from lm_eval.models.huggingface import HFLM
 
         lm = HFLM(pretrained=model.eval(), tokenizer=self.tokenizer, batch_size=self.batch_size)
-        output = simple_evaluate(model=lm, tasks=list(tasks), task_manager=self.task_manager, limit=self.limit,
-                                 gen_kwargs=dict(self.gen_kwargs) if self.gen_kwargs else None,
-                                 bootstrap_iters=0, log_samples=False, verbosity="ERROR")
+        with contextlib.redirect_stderr(io.StringIO()):  # lm-eval's per-request progress bars; errors still raise
+            output = simple_evaluate(model=lm, tasks=list(tasks), task_manager=self.task_manager, limit=self.limit,
+                                     gen_kwargs=dict(self.gen_kwargs) if self.gen_kwargs else None,
+                                     bootstrap_iters=0, log_samples=False, verbosity="ERROR")
         scores = {}
         for task in tasks:
             metrics = output["results"].get(task, {})
