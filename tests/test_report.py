@@ -147,12 +147,13 @@ def test_dense_and_base_only(tmp_path: Path) -> None:
     assert "Pruning" not in (out / "report.md").read_text()
 
 
-def test_dense_zero_names_the_task(tmp_path: Path) -> None:
+def test_dense_zero_makes_the_ratio_undefined_not_a_crash(tmp_path: Path) -> None:
     dense = {**DENSE, "finance": {"fiqa_sa": 0.0, "fpb": 0.8}}
-    bad = EvalResults(dense=dense, base=BASE, variants=[prune("dppa", 0.9, "finance", fiqa_sa=0.1, fpb=0.8)])
-    with pytest.raises(ValueError, match="dppa 90%, task 'fiqa_sa': dense score is 0"):
-        R.write_report(bad, tmp_path / "rep")
-    assert not (tmp_path / "rep").exists()
+    zero = EvalResults(dense=dense, base=BASE, variants=[prune("dppa", 0.9, "finance", fiqa_sa=0.1, fpb=0.8)])
+    out = R.write_report(zero, tmp_path / "rep")
+    [ratio] = json.loads((out / "report.json").read_text())["ratios"]
+    assert ratio["task_ratios"] == {"fiqa_sa": None, "fpb": 1.0} and ratio["domain_ratio"] is None
+    assert "| finance | 90% | n/a |" in (out / "report.md").read_text()
 
 
 @pytest.mark.parametrize(

@@ -25,6 +25,7 @@ from dppa_peft.evaluation.ratios import domain_ratio, format_percent, task_ratio
 
 Kind = Literal["prune", "merge"]
 MISSING = "-"
+UNDEFINED = "n/a"
 PRUNE_PLOT = "domain_ratio_vs_rate.png"
 
 
@@ -142,8 +143,8 @@ class DomainRatio:
 
     variant: Variant
     domain: str
-    task_ratios: Mapping[str, float]
-    domain_ratio: float
+    task_ratios: Mapping[str, float | None]
+    domain_ratio: float | None  # None when a dense score is 0 (the Task-Ratio is undefined)
 
 
 @dataclass(frozen=True)
@@ -167,14 +168,16 @@ def variant_ratios(results: EvalResults, entry: VariantScores) -> list[DomainRat
     """Eq. 7-8 for one variant, one :class:`DomainRatio` per domain it covers."""
     out = []
     for domain in entry.variant.domains:
-        ratios = {}
+        ratios: dict[str, float | None] = {}
         for task, dense_score in results.dense[domain].items():
-            try:
-                ratios[task] = task_ratio(entry.scores[task], dense_score)
-            except ValueError as err:
-                raise ValueError(f"{entry.variant.label}, task {task!r}: {err}") from err
-        out.append(DomainRatio(entry.variant, domain, ratios, domain_ratio(ratios.values())))
+            ratios[task] = None if dense_score == 0 else task_ratio(entry.scores[task], dense_score)
+        defined = None not in ratios.values()
+        out.append(DomainRatio(entry.variant, domain, ratios, domain_ratio(ratios.values()) if defined else None))
     return out
+
+
+def _percent(ratio: float | None) -> str:
+    return UNDEFINED if ratio is None else format_percent(ratio)
 
 
 def all_ratios(results: EvalResults) -> list[DomainRatio]:
@@ -224,7 +227,7 @@ def prune_table(results: EvalResults, ratios: Sequence[DomainRatio]) -> Table:
     """(a) Paper Table 1: rows domain x pruning rate, columns methods, cells Domain-Ratio %."""
     pruned = [r for r in ratios if r.variant.kind == "prune"]
     methods = _methods([r.variant for r in pruned])
-    cell = {(r.domain, r.variant.rate, r.variant.method): format_percent(r.domain_ratio) for r in pruned}
+    cell = {(r.domain, r.variant.rate, r.variant.method): _percent(r.domain_ratio) for r in pruned}
     rows = tuple(
         (domain, rate_label(rate), *(cell.get((domain, rate, m), MISSING) for m in methods))
         for domain in results.dense
@@ -236,7 +239,7 @@ def prune_table(results: EvalResults, ratios: Sequence[DomainRatio]) -> Table:
 def merge_table(domains: tuple[str, ...], ratios: Sequence[DomainRatio]) -> Table:
     """(b) Paper Tables 5/6 for one set of merged domains: rows method & rate, columns domains."""
     merged = [r for r in ratios if r.variant.kind == "merge" and r.variant.domains == domains]
-    cell = {(r.variant.rate, r.variant.method, r.domain): format_percent(r.domain_ratio) for r in merged}
+    cell = {(r.variant.rate, r.variant.method, r.domain): _percent(r.domain_ratio) for r in merged}
     rows = tuple(
         (f"{method} {rate_label(rate)}", *(cell[(rate, method, d)] for d in domains))
         for rate, method in _method_rate_rows([r.variant for r in merged])
@@ -302,7 +305,7 @@ def render_markdown(results: EvalResults, plots: Sequence[str]) -> str:
         "# DPPA evaluation report\n\n"
         f"Scores are lm-eval `{results.metric}`. Task-Ratio = variant score / dense fine-tune score (paper eq. 7); "
         "Domain-Ratio = geometric mean of a domain's Task-Ratios (eq. 8), shown in %; 100 = as good as the dense "
-        f"fine-tune. `{MISSING}` = not evaluated."
+        f"fine-tune. `{MISSING}` = not evaluated; `{UNDEFINED}` = undefined, the dense fine-tune scored 0 on a task."
     )
     figures = "\n".join(f"![{name}]({name})" for name in plots)
     parts = [intro, *(render_table(t) for t in report_tables(results))]
@@ -346,7 +349,7 @@ def plot_prune(results: EvalResults, ratios: Sequence[DomainRatio], path: Path) 
     for ax, domain in zip(figure.subplots(1, len(domains), squeeze=False)[0], domains, strict=True):
         for index, method in enumerate(_methods([r.variant for r in pruned])):  # one colour per method
             mine = [r for r in pruned if r.domain == domain and r.variant.method == method]
-            points = sorted((r.variant.rate, r.domain_ratio) for r in mine)
+            points = sorted((r.variant.rate, r.domain_ratio) for r in mine if r.domain_ratio is not None)
             if points:
                 xs, ys = [100 * x for x, _ in points], [100 * y for _, y in points]
                 ax.plot(xs, ys, marker="o", color=f"C{index % 10}", label=method)
@@ -360,7 +363,8 @@ def plot_merge(domains: tuple[str, ...], ratios: Sequence[DomainRatio], path: Pa
     """Grouped bars: one group per domain, one bar per (method, rate) merge."""
     merged = [r for r in ratios if r.variant.kind == "merge" and r.variant.domains == domains]
     rows = _method_rate_rows([r.variant for r in merged])
-    value = {(r.variant.rate, r.variant.method, r.domain): 100 * r.domain_ratio for r in merged}
+    value = {(r.variant.rate, r.variant.method, r.domain): 100 * r.domain_ratio if r.domain_ratio is not None else 0.0
+             for r in merged}
     width = 0.8 / len(rows)
     figure = Figure(figsize=(max(4.0, 1.6 * len(domains) + 0.4 * len(rows)), 3.6), layout="constrained")
     ax = figure.subplots()
