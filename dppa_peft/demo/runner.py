@@ -53,7 +53,7 @@ class DemoRun:
 
 def _calibration_file(out: Path, domain: str) -> Path:
     """The dev-split prompts of a domain as JSONL (the kl objective's calibration texts)."""
-    path = out / "calibration" / f"{domain}.jsonl"
+    path = out / "calibration" / f"{domain}_dev.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
     rows = [{"text": ex.prompt} for task in DOMAINS[domain] for ex in task_split(task, "dev")]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
