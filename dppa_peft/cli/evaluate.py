@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> None:
     known = {d.name for d in domains}
     prunes = _pairs(args.adapter, "--adapter")
     merges = [MergeSpec(dict(_pairs(value.split(","), "--merge")), mode=args.merge_mode) for value in args.merge or []]
-    unknown = sorted({n for n, _ in prunes} | {n for m in merges for n in m.adapters} - known)
+    unknown = sorted(({n for n, _ in prunes} | {n for m in merges for n in m.adapters}) - known)
     if unknown:
         raise ValueError(f"adapters name unknown domain(s) {unknown}; declare them with --domain NAME=FINETUNED")
     limit = int(args.limit) if args.limit is not None and args.limit >= 1 else args.limit
