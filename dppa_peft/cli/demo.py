@@ -32,7 +32,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    from transformers.utils import logging as transformers_logging
+
     from ..demo.runner import DemoSettings, run_demo, summary
 
+    transformers_logging.disable_progress_bar()  # dozens of tiny model loads: our own bars show the progress
     settings = DemoSettings(size=args.size, seed=args.seed, objective=args.objective, limit=args.limit)
     print(summary(run_demo(args.out, args.cache_dir, settings)))

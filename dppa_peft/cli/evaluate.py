@@ -46,6 +46,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> None:
     from transformers import AutoTokenizer
+    from transformers.utils import logging as transformers_logging
 
     from ..evaluation.tasks import task_manager
 
@@ -60,6 +61,7 @@ def run(args: argparse.Namespace) -> None:
     unknown = sorted(({n for n, _ in prunes} | {n for m in merges for n in m.adapters}) - known)
     if unknown:
         raise ValueError(f"adapters name unknown domain(s) {unknown}; declare them with --domain NAME=FINETUNED")
+    transformers_logging.disable_progress_bar()  # one load per variant: the evaluation bar shows the progress
     limit = int(args.limit) if args.limit is not None and args.limit >= 1 else args.limit
     evaluator = Evaluator(AutoTokenizer.from_pretrained(args.base), task_manager(extra_paths=args.include_path),
                           metric=args.metric, batch_size=args.batch_size, limit=limit)
