@@ -132,8 +132,12 @@ class Checkpoint:
         return self._meta[name]
 
     def read(self, name: str) -> torch.Tensor:
-        """Load one tensor (a copy owned by the caller)."""
-        return self._handle(name).get_tensor(name)
+        """Load one tensor as a copy owned by the caller.
+
+        ``safe_open`` hands out tensors on a copy-on-write memory map that later reads of the same name share, so an
+        in-place change to an uncopied tensor would leak into the next read (the file itself stays untouched).
+        """
+        return self._handle(name).get_tensor(name).clone()
 
     def read_rows(self, name: str, rows: list[int]) -> torch.Tensor:
         """Load selected rows (first-dimension entries) of one tensor without reading the rest."""

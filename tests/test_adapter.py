@@ -192,3 +192,18 @@ def test_added_vocabulary_roundtrip(tmp_path, llama_pair):
     folder = merge_to_folder(base, [adapter.directory], tmp_path / "m", progress=False)
     assert json.loads((folder / "config.json").read_text())["vocab_size"] == 140
     assert torch.equal(load_weights(folder)["model.embed_tokens.weight"], target["model.embed_tokens.weight"])
+
+
+@pytest.mark.parametrize("method", ["dp", "owl"])
+def test_two_pass_methods_keep_the_top_entries_of_the_true_delta(tmp_path, llama_pair, method):
+    """The statistics passes read every delta first; the pruning pass must still see W_ft - W_B exactly."""
+    base, ft = llama_pair
+    adapter, _ = prune(base, ft, tmp_path / method, method=method, rate=0.8, progress=False)
+    base_w, ft_w = load_weights(base), load_weights(ft)
+    for name, record in adapter.config.tensors.items():
+        delta = (ft_w[name] - base_w[name]).reshape(-1)
+        sparse = adapter.sparse_tensor(name)
+        assert torch.equal(sparse.values, delta[sparse.indices]), name
+        if record["pruned"]:
+            top = torch.sort(delta.abs(), descending=True, stable=True).indices[:sparse.nnz].sort().values
+            assert torch.equal(sparse.indices, top), name

@@ -89,3 +89,13 @@ def test_atomic_directory_refuses_to_clobber_without_overwrite(tmp_path):
     with atomic_directory(target, overwrite=True) as tmp:
         (tmp / "new.txt").write_text("new")
     assert sorted(p.name for p in target.iterdir()) == ["new.txt"]
+
+
+def test_reads_are_independent_copies(tmp_path):
+    """In-place work on a read tensor never shows up in a later read (safetensors maps files copy-on-write)."""
+    save_file({"w": torch.ones(4)}, tmp_path / "model.safetensors")
+    checkpoint = Checkpoint(tmp_path)
+    first = checkpoint.read("w")
+    first -= 5.0
+    assert checkpoint.read("w").tolist() == [1.0] * 4
+    assert load_file(tmp_path / "model.safetensors")["w"].tolist() == [1.0] * 4
