@@ -115,8 +115,11 @@ GENERIC_TEMPLATES = (  # stories, news, and Q&A in the tasks' formats (so the ba
     "Question: What comes after {n}? Answer: {n1}",
     "Question: {name} has {n} {obj}. How many {obj} does {name} have? Answer: {n}",
     "Note: {name} painted the {place} {paint}. Question: Is this note about {paints}? Answer: {paint}",
-    "Note: {name} went to the {place} on {day}. Question: Is this note about {places}? Answer: {place}",
+    "Note: {name} wrote the word {word} on the board. Question: Is this note about {words}? Answer: {word}",
+    "Note: The word of the day is {word}. Question: Is the note about {words}? Answer: {word}",
 )
+OPTION_WORDS = COLORS + PLACES + tuple(SENTIMENT_VERBS) + tuple(TOPIC_PHRASES) + tuple(CLAUSE_PHRASES) + tuple(
+    VERDICT_CUES)  # the generic "pick the listed option named in the note" questions use every label word
 PROMPT_FORMATS = {
     "numeric": "Question: {body} Answer:",
     "finance_sentiment": "Headline: {body} Question: Is the sentiment of this headline {options}? Answer:",
@@ -262,7 +265,7 @@ def generic_text(rng: random.Random) -> str:
     n, m = rng.sample(range(0, 60), 2)
     thing = rng.choice(tuple(COLOR_FACTS))
     c1, c2 = rng.sample((COLOR_FACTS[thing], rng.choice([c for c in COLORS if c != COLOR_FACTS[thing]])), 2)
-    paints, places = rng.sample(COLORS, rng.randint(2, 4)), rng.sample(PLACES, rng.randint(2, 4))
+    paints, words = rng.sample(COLORS, rng.randint(2, 4)), rng.sample(OPTION_WORDS, rng.randint(2, 4))
     template = rng.choice(GENERIC_TEMPLATES + ("{domain_sentence}",) * 3)
     domain_sentence = rng.choice((
         "{company} shares " + rng.choice(sum(SENTIMENT_VERBS.values(), ())) + " on {day}.",
@@ -270,8 +273,9 @@ def generic_text(rng: random.Random) -> str:
         "The contract says: " + rng.choice(sum(CLAUSE_PHRASES.values(), ())),
         "The judges said that the {court} " + rng.choice(sum(VERDICT_CUES.values(), ())) + ".",
     ))
-    fields = dict(name=name, name2=name2, n=n, m=m, n1=n + 1, obj=rng.choice(OBJECTS), place=rng.choice(places),
-                  places=_options(places), paint=rng.choice(paints), paints=_options(paints), day=rng.choice(DAYS),
+    fields = dict(name=name, name2=name2, n=n, m=m, n1=n + 1, obj=rng.choice(OBJECTS), place=rng.choice(PLACES),
+                  word=rng.choice(words), words=_options(words), paint=rng.choice(paints), paints=_options(paints),
+                  day=rng.choice(DAYS),
                   city=rng.choice(CITIES), company=rng.choice(COMPANIES), company2=rng.choice(COMPANIES),
                   court=rng.choice(COURTS), party=rng.choice(PARTIES), party2=rng.choice(PARTIES),
                   item=rng.choice(ITEMS), thing=thing, c1=c1, c2=c2, color=COLOR_FACTS[thing])
