@@ -10,19 +10,15 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from dppa_peft.demo import zoo as zoo_module
 from dppa_peft.demo.domains import DOMAINS, SPLIT_SIZES, TASKS, generic_stream, task_split
 from dppa_peft.demo.scoring import choice_correct, extract_number, numeric_correct
 from dppa_peft.demo.tasks import SYNTHETIC_TASKS_DIR, domain_task_names, group_name, task_name
 from dppa_peft.demo.tokenizer import build_tokenizer
 from dppa_peft.demo.train import Schedule
 from dppa_peft.demo.zoo import SIZES, Zoo, build_zoo, cached_zoo
-
-torch.set_num_threads(2)
 
 
 @pytest.fixture(scope="module")

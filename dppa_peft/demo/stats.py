@@ -45,11 +45,10 @@ def delta_stats(base: Mapping[str, torch.Tensor], finetuned: Mapping[str, torch.
     all_delta = sum((finetuned[n].float() - base[n].float()).abs().sum().item() for n in base)
     all_base = sum(base[n].float().abs().sum().item() for n in base)
     ordered = delta.sort().values
-    mean_abs, mean_base = delta.abs().mean().item(), base_abs.mean().item()
+    mean_abs, mean_base, max_abs = delta.abs().mean().item(), base_abs.mean().item(), delta.abs().max().item()
     return DeltaStats(
         mean_abs_delta=mean_abs, mean_abs_base=mean_base, relative=mean_abs / mean_base,
-        relative_all=all_delta / all_base, max_abs_delta=delta.abs().max().item(),
-        max_relative=delta.abs().max().item() / mean_base, large_fraction=(delta.abs() > mean_base).float().mean().item(),
-        min=ordered[0].item(),
+        relative_all=all_delta / all_base, max_abs_delta=max_abs, max_relative=max_abs / mean_base,
+        large_fraction=(delta.abs() > mean_base).float().mean().item(), min=ordered[0].item(),
         q10=ordered[int(0.1 * (len(ordered) - 1))].item(), q90=ordered[int(0.9 * (len(ordered) - 1))].item(),
         max=ordered[-1].item())
