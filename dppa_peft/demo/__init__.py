@@ -1,0 +1,1 @@
+"""The offline demo zoo: a local tokenizer, synthetic domains and tasks, tiny Llama models trained on them."""
