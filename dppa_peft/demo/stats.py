@@ -7,10 +7,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-
-def is_block_linear(name: str, tensor: torch.Tensor) -> bool:
-    """A 2-D weight inside a decoder block: the tensors every pruning method prunes by default."""
-    return ".layers." in name and name.endswith(".weight") and tensor.dim() == 2
+from ..analysis import tensor_quantiles
+from ..scope import Scope
 
 
 @dataclass(frozen=True)
@@ -39,16 +37,15 @@ class DeltaStats:
 
 def delta_stats(base: Mapping[str, torch.Tensor], finetuned: Mapping[str, torch.Tensor]) -> DeltaStats:
     """Statistics of the delta between two state dicts with the same names and shapes."""
-    linear = [name for name, tensor in base.items() if is_block_linear(name, tensor)]
+    scope = Scope()
+    linear = [name for name, tensor in base.items() if scope.classify(name, tuple(tensor.shape)).in_scope]
     delta = torch.cat([(finetuned[n].float() - base[n].float()).flatten() for n in linear])
     base_abs = torch.cat([base[n].float().abs().flatten() for n in linear])
     all_delta = sum((finetuned[n].float() - base[n].float()).abs().sum().item() for n in base)
     all_base = sum(base[n].float().abs().sum().item() for n in base)
-    ordered = delta.sort().values
+    low, q10, q90, high = tensor_quantiles(delta, (0.0, 0.1, 0.9, 1.0))
     mean_abs, mean_base, max_abs = delta.abs().mean().item(), base_abs.mean().item(), delta.abs().max().item()
     return DeltaStats(
         mean_abs_delta=mean_abs, mean_abs_base=mean_base, relative=mean_abs / mean_base,
         relative_all=all_delta / all_base, max_abs_delta=max_abs, max_relative=max_abs / mean_base,
-        large_fraction=(delta.abs() > mean_base).float().mean().item(), min=ordered[0].item(),
-        q10=ordered[int(0.1 * (len(ordered) - 1))].item(), q90=ordered[int(0.9 * (len(ordered) - 1))].item(),
-        max=ordered[-1].item())
+        large_fraction=(delta.abs() > mean_base).float().mean().item(), min=low, q10=q10, q90=q90, max=high)
