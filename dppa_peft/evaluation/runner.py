@@ -63,8 +63,8 @@ class Evaluator:
         from lm_eval import simple_evaluate
         from lm_eval.models.huggingface import HFLM
 
-        lm = HFLM(pretrained=model.eval(), tokenizer=self.tokenizer, batch_size=self.batch_size)
-        with contextlib.redirect_stderr(io.StringIO()):  # lm-eval's per-request progress bars; errors still raise
+        with contextlib.redirect_stderr(io.StringIO()):  # lm-eval's progress bars and notices; errors still raise
+            lm = HFLM(pretrained=model.eval(), tokenizer=self.tokenizer, batch_size=self.batch_size)
             output = simple_evaluate(model=lm, tasks=list(tasks), task_manager=self.task_manager, limit=self.limit,
                                      gen_kwargs=dict(self.gen_kwargs) if self.gen_kwargs else None,
                                      bootstrap_iters=0, log_samples=False, verbosity="ERROR")
