@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import string
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -13,10 +12,10 @@ from typing import Any
 import datasets
 import pytest
 import torch
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import LlamaConfig, LlamaForCausalLM
 
 from dppa_peft.evaluation import tasks as T
+from tests.tiny_models import char_tokenizer
 
 FIXTURES = Path(__file__).parent / "fixtures" / "paper_tasks"
 FIXTURE_FILES = {
@@ -240,25 +239,12 @@ def test_process_choice(utils) -> None:
 # ------------------------------------------------------------------------------------ lm-eval end to end
 
 
-def tiny_tokenizer() -> PreTrainedTokenizerFast:
-    """A character-level tokenizer with bos/eos/pad/unk, built locally."""
-    specials = ["<pad>", "<s>", "</s>", "<unk>"]
-    chars = list(string.digits + string.ascii_letters + " .,:;?!$#%'()*+-=/<>\\{}\n")
-    vocab = {token: i for i, token in enumerate(specials + chars)}
-    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
-    core.decoder = decoders.Fuse()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=core, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
-    )
-
-
 def tiny_llama(vocab_size: int) -> LlamaForCausalLM:
     """A randomly initialised one-layer Llama with hidden size 32."""
     torch.manual_seed(0)
     config = LlamaConfig(
         vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
-        num_key_value_heads=4, max_position_embeddings=1024, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+        num_key_value_heads=4, max_position_embeddings=1024, pad_token_id=3, bos_token_id=1, eos_token_id=2,
     )  # fmt: skip
     return LlamaForCausalLM(config).eval()
 
@@ -267,7 +253,7 @@ def tiny_llama(vocab_size: int) -> LlamaForCausalLM:
 def lm():
     from lm_eval.models.huggingface import HFLM
 
-    tokenizer = tiny_tokenizer()
+    tokenizer = char_tokenizer()
     return HFLM(pretrained=tiny_llama(len(tokenizer)), tokenizer=tokenizer, batch_size=1)
 
 

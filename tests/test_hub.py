@@ -263,13 +263,13 @@ def test_merge_at_load_from_two_hub_repos(hub_models, tmp_path):
 
 def test_lm_eval_model_takes_hub_ids_and_revisions(hub_models, hub_repo_id):
     from dppa_peft.evaluation.lm_model import DppaLM
-    from tests.test_eval_paper_tasks import tiny_tokenizer
+    from tests.tiny_models import char_tokenizer
 
     a0, a1 = hub_models["adapters"]["a0"], hub_models["adapters"]["a1"]
     assert _push(a0, hub_repo_id) == 0
     first = HfApi().repo_info(hub_repo_id).sha
     assert _push(a1, hub_repo_id) == 0
     lm = DppaLM(pretrained=hub_models["ids"]["base"], adapters=hub_repo_id, adapter_revisions=first,
-                tokenizer=tiny_tokenizer(), batch_size=1)
+                tokenizer=char_tokenizer(), batch_size=1)
     expected = load_merged(hub_models["base"], [a0.directory], progress=False)
     assert torch.equal(_logits(lm.model), _logits(expected))

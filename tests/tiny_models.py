@@ -53,8 +53,8 @@ def make_finetune(base: Path, path: Path, steps: int = 5, lr: float = 1e-2, seed
 CHAR_SPECIALS = ("<unk>", "<s>", "</s>", "<pad>")
 
 
-def make_tokenizer(path: Path) -> Path:
-    """A character-level tokenizer (specials, printable ASCII, newline: 100 ids < VOCAB) saved to ``path``."""
+def char_tokenizer():
+    """A character-level tokenizer (specials, printable ASCII, newline: 100 ids < VOCAB) with bos/eos/pad/unk."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -64,7 +64,11 @@ def make_tokenizer(path: Path) -> Path:
     tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
     tokenizer.decoder = decoders.Fuse()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
                                    pad_token="<pad>")
-    fast.save_pretrained(path)
+
+
+def make_tokenizer(path: Path) -> Path:
+    """``char_tokenizer`` saved to ``path``."""
+    char_tokenizer().save_pretrained(path)
     return path
