@@ -139,15 +139,6 @@ class Checkpoint:
         """
         return self._handle(name).get_tensor(name).clone()
 
-    def read_rows(self, name: str, rows: list[int]) -> torch.Tensor:
-        """Load selected rows (first-dimension entries) of one tensor without reading the rest."""
-        view = self._handle(name).get_slice(name)
-        return torch.stack([view[r] for r in rows]) if rows else torch.empty(0)
-
-    def total_bytes(self) -> int:
-        """Size of the weight files on disk."""
-        return sum((self.directory / f).stat().st_size for f in set(self._shard_of.values()))
-
 
 class SafetensorsWriter:
     """Stream tensors into one safetensors file: data goes to a temp file, the header is written at the end."""
