@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import torch
 from tqdm.auto import tqdm
 
+from .adapter.fingerprint import tensor_sample
 from .checkpoint import Checkpoint
 from .scope import Scope, TensorInfo
 
@@ -30,6 +31,7 @@ class DeltaPair:
         self.scope = scope or Scope()
         self._check_architecture()
         self.extra_rows: dict[str, int] = {}
+        self.base_samples: dict[str, bytes] = {}  # fingerprint samples of every base tensor read so far
         self.infos: list[TensorInfo] = self._pair_tensors()
 
     def _check_architecture(self) -> None:
@@ -71,7 +73,9 @@ class DeltaPair:
     def delta(self, name: str) -> torch.Tensor:
         """The fp32 delta of one tensor. Rows added to the vocabulary hold the fine-tune's full values."""
         ft = self.finetuned.read(name).float()
-        base = self.base.read(name).float()
+        base = self.base.read(name)
+        self.base_samples[name] = tensor_sample(base)
+        base = base.float()
         rows = base.shape[0] if name in self.extra_rows else ft.shape[0]
         ft[:rows] -= base
         return ft

@@ -13,7 +13,7 @@ import torch
 from . import __version__
 from .adapter.config import SparseDeltaConfig
 from .adapter.encoding import encode
-from .adapter.fingerprint import fingerprint, tensor_sample
+from .adapter.fingerprint import fingerprint
 from .adapter.io import AdapterWriter, SparseDeltaAdapter
 from .amplify.factors import amplification_block
 from .amplify.partitions import check_partition_rates, partition_ids
@@ -118,7 +118,7 @@ def prune(base: str | os.PathLike, finetuned: str | os.PathLike, out: str | os.P
             record = _prune_one(pruner, info, delta, outside_scope, stored_dtype, writer, rates)
             if record is None:
                 continue
-            samples[info.name] = tensor_sample(pair.base.read(info.name))
+            samples[info.name] = pair.base_samples[info.name]
             if record["pruned"]:
                 counts["pruned"] += 1
                 counts["kept"] += record["nnz"]
