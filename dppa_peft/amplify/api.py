@@ -20,7 +20,7 @@ from ..checkpoint import atomic_directory
 from ..pipeline import PruneSummary, open_adapter, prune
 from ..scope import DEFAULT_SCOPE_PATTERN
 from .candidate import AmplifiedModel, load_base_model
-from .factors import COMBINE_MODES, amplification_block
+from .factors import PARTITION_COMBINE_MODES, amplification_block
 from .objectives import Objective, ObjectiveParams, build_objective, describe_objective
 from .partitions import Partitions, adapter_partitions, default_partition_rates
 from .search import DEFAULT_TOL, DPA_METHODS, STRATEGIES, SearchResult, default_bounds, search_factors
@@ -34,7 +34,7 @@ class AmplifyParams:
         "help": "partition boundaries as pruning rates, most important first, ending at the target rate "
                 "(default: 0.9 0.8 ... down to the rate; rate 0.9 gives one partition)"})
     combine: str = field(default="independent", metadata={
-        "help": f"how partition factors combine, one of {COMBINE_MODES}: 'independent' scales each partition by "
+        "help": f"how partition factors combine, one of {PARTITION_COMBINE_MODES}: 'independent' scales each partition by "
                 "its own factor; 'max' is the released code (a partition gets the max of its factor and every "
                 "later one's)"})
     amplify_unpruned: bool = field(default=False, metadata={
@@ -63,8 +63,8 @@ class AmplifyParams:
         "help": "dtype the base and fine-tuned models are loaded in for the search (auto, float32, bfloat16)"})
 
     def __post_init__(self) -> None:
-        if self.combine not in COMBINE_MODES:
-            raise ValueError(f"unknown combine mode {self.combine!r}; choose one of {COMBINE_MODES}")
+        if self.combine not in PARTITION_COMBINE_MODES:
+            raise ValueError(f"unknown combine mode {self.combine!r}; choose one of {PARTITION_COMBINE_MODES}")
         if self.search not in STRATEGIES:
             raise ValueError(f"unknown search strategy {self.search!r}; choose one of {STRATEGIES}")
         if self.dpa_method not in DPA_METHODS:

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-COMBINE_MODES = ("independent", "max")
+PARTITION_COMBINE_MODES = ("independent", "max")
 
 
 def check_factors(raw: Sequence[float]) -> list[float]:
@@ -34,7 +34,7 @@ def effective_factors(raw: Sequence[float], combine: str = "independent") -> lis
         return factors
     if combine == "max":
         return [max(factors[i:]) for i in range(len(factors))]
-    raise ValueError(f"unknown combine mode {combine!r}; choose one of {COMBINE_MODES}")
+    raise ValueError(f"unknown combine mode {combine!r}; choose one of {PARTITION_COMBINE_MODES}")
 
 
 def unpruned_factor(raw: Sequence[float], amplify_unpruned: bool) -> float:
