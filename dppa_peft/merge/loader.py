@@ -7,6 +7,7 @@ tensor into a new model folder that ``AutoModelForCausalLM.from_pretrained`` loa
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections.abc import Sequence
@@ -146,8 +147,6 @@ def _verify_fingerprints(handles: Sequence[SparseDeltaAdapter], samples: dict[st
 
 def _copy_model_files(source: Path, target: Path, vocab_size: int) -> None:
     """Copy config, generation config and tokenizer files; grow config.vocab_size when the vocabulary grew."""
-    import json
-
     for path in source.iterdir():
         if path.is_file() and not path.name.endswith(SKIPPED_FILES):
             shutil.copy2(path, target / path.name)
