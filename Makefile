@@ -2,7 +2,7 @@
 #   make demo   set up a virtual environment and run the offline demo (the main job)
 #   make test   set up a virtual environment and run the test suite
 # PYTHON picks the interpreter; TORCH_SPEC pins the torch build installed before the package
-# (a CPU build is used where the local package index has one).
+# (a CPU build is used where the local package index has one); constraints.txt pins every resolved version.
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
@@ -12,11 +12,11 @@ BIN := $(VENV)/bin
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "pip==26.3"
 
-$(VENV)/.installed: $(BIN)/python pyproject.toml
-	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -q -e ".[test]"
+$(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
+	$(BIN)/python -m pip install -q -c constraints.txt "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[test]"
 	touch $@
 
 setup: $(VENV)/.installed

@@ -11,9 +11,9 @@ try:
 except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0.0.0+source"
 
-from .adapter import BaseModelMismatchError, SparseDeltaConfig, SparseDeltaModel  # noqa: E402  (registers with PEFT)
-from .adapter.export import SupertuningExport, export_supertuning  # noqa: E402
-from .adapter.io import SparseDeltaAdapter  # noqa: E402
+from .tuner import BaseModelMismatchError, SparseDeltaConfig, SparseDeltaModel  # noqa: E402  (registers with PEFT)
+from .publish.export import SupertuningExport, export_supertuning  # noqa: E402
+from .format.io import SparseDeltaAdapter  # noqa: E402
 from .amplify.api import amplify, prune_and_amplify  # noqa: E402
 from .merge import load_merged, merge_to_folder  # noqa: E402
 from .pipeline import PruneSummary, open_adapter, prune  # noqa: E402

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import torch
 from tqdm.auto import tqdm
 
-from .adapter.fingerprint import tensor_sample
+from .format.fingerprint import tensor_sample
 from .checkpoint import Checkpoint
 from .scope import Scope, TensorInfo
 

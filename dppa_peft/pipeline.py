@@ -11,10 +11,10 @@ from typing import Any
 import torch
 
 from . import __version__
-from .adapter.config import SparseDeltaConfig
-from .adapter.encoding import encode
-from .adapter.fingerprint import fingerprint
-from .adapter.io import AdapterWriter, SparseDeltaAdapter
+from .format.config import SparseDeltaConfig
+from .format.encoding import encode
+from .format.fingerprint import fingerprint
+from .format.io import AdapterWriter, SparseDeltaAdapter
 from .amplify.factors import amplification_block
 from .amplify.partitions import check_partition_rates, partition_ids
 from .checkpoint import Checkpoint, atomic_directory

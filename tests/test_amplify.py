@@ -8,7 +8,7 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from dppa_peft import SparseDeltaAdapter, amplify, prune, prune_and_amplify
-from dppa_peft.adapter.layer import scale_values
+from dppa_peft.format.encoding import scale_values
 from dppa_peft.amplify.candidate import AmplifiedModel, load_base_model
 from dppa_peft.amplify.factors import amplification_block, effective_factors
 from dppa_peft.amplify.objectives import KLObjective, TaskRatioObjective, read_texts

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from dppa_peft.adapter.encoding import (
+from dppa_peft.format.encoding import (
     bitmask_decode, bitmask_encode, encode, gaps_decode, gaps_encode, gaps_size,
 )
 from dppa_peft.methods.base import SparseDelta

@@ -15,7 +15,7 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM, LlamaConfig
 
 from dppa_peft import BaseModelMismatchError, SparseDeltaAdapter, prune
-from dppa_peft.adapter.export import choose_targets, export_supertuning, global_sparsity
+from dppa_peft.publish.export import choose_targets, export_supertuning, global_sparsity
 from dppa_peft.cli import main
 from tests.expected import PROMPT
 from tests.hub_fixtures import run_python

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..adapter.io import AdapterWriter, SparseDeltaAdapter
+from ..format.io import AdapterWriter, SparseDeltaAdapter
 from ..checkpoint import atomic_directory
 from ..pipeline import PruneSummary, open_adapter, prune
 from ..scope import DEFAULT_SCOPE_PATTERN

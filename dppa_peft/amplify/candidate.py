@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..adapter.io import SparseDeltaAdapter
-from ..adapter.layer import scale_values
-from ..adapter.model import check_base, resize_vocabulary
+from ..format.encoding import scale_values
+from ..format.io import SparseDeltaAdapter
+from ..tuner.model import check_base, resize_vocabulary
 from .factors import effective_factors, unpruned_factor
 from .partitions import Partitions
 

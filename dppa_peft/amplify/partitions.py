@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..adapter.encoding import EncodedTensor
-from ..adapter.io import SparseDeltaAdapter
+from ..format.encoding import EncodedTensor
+from ..format.io import SparseDeltaAdapter
 from ..methods.base import PruningMethod, SparseDelta
 from ..methods.dare import dare_keep_mask
 from ..methods.selection import keep_count

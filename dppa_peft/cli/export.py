@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..adapter.export import EXPORT_FORMATS, export_supertuning
-from ..adapter.io import SparseDeltaAdapter
+from ..publish.export import EXPORT_FORMATS, export_supertuning
+from ..format.io import SparseDeltaAdapter
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

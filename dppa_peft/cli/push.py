@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from ..adapter.card import load_eval_results
-from ..adapter.export import EXPORT_FORMATS
-from ..adapter.io import SparseDeltaAdapter
+from ..publish.card import load_eval_results
+from ..publish.export import EXPORT_FORMATS
+from ..format.io import SparseDeltaAdapter
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from ..adapter.io import SparseDeltaAdapter
+from ..format.io import SparseDeltaAdapter
 from ..merge import load_merged
 from ..pipeline import open_adapter
 from .report import EvalResults, Variant, VariantScores

@@ -17,9 +17,9 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from ..adapter.fingerprint import fingerprint, tensor_sample
-from ..adapter.io import SparseDeltaAdapter
-from ..adapter.model import BaseModelMismatchError, check_base, resize_vocabulary
+from ..format.fingerprint import fingerprint, tensor_sample
+from ..format.io import SparseDeltaAdapter
+from ..tuner.model import BaseModelMismatchError, check_base, resize_vocabulary
 from ..checkpoint import HUB_PATTERNS, Checkpoint, ShardedWriter, atomic_directory, resolve_repo
 from ..methods.base import SparseDelta
 from ..pipeline import open_adapter

@@ -99,3 +99,11 @@ def encode(sparse: SparseDelta, value_dtype: torch.dtype, dense: bool = False,
     if gaps_size(sparse.indices) < -(-sparse.numel // 8):
         return EncodedTensor("gaps", sparse.shape, values, gaps_encode(sparse.indices), part)
     return EncodedTensor("bitmask", sparse.shape, values, bitmask_encode(sparse.indices, sparse.numel), part)
+
+
+def scale_values(values: torch.Tensor, partition: torch.Tensor | None, factors: list[float]) -> torch.Tensor:
+    """``values · factors[partition]`` in the values' dtype (``factors[0]`` when no partition ids are stored)."""
+    if partition is None:
+        return values * factors[0]
+    table = torch.tensor(factors, dtype=values.dtype, device=values.device)
+    return values * table[partition.long()]

@@ -17,8 +17,10 @@ SAMPLES_PER_TENSOR = 16
 def tensor_sample(tensor: torch.Tensor) -> bytes:
     """Name-independent sample: shape plus 16 evenly spaced values rounded to bf16."""
     flat = tensor.detach().reshape(-1)
-    count = min(flat.numel(), SAMPLES_PER_TENSOR)
-    positions = torch.linspace(0, flat.numel() - 1, steps=count).round().long() if count else torch.empty(0).long()
+    numel = flat.numel()
+    count = min(numel, SAMPLES_PER_TENSOR)
+    # float64: a float32 linspace cannot address positions above 2^24 (it rounds n - 1 up to n).
+    positions = torch.linspace(0, numel - 1, steps=count, dtype=torch.float64).round().long()
     values = flat[positions].to("cpu", torch.float32).to(torch.bfloat16).view(torch.int16)
     return repr(tuple(tensor.shape)).encode() + values.numpy().tobytes()
 

@@ -6,8 +6,8 @@ import torch
 from peft.tuners.tuners_utils import BaseTuner
 from torch import nn
 
-from .config import SparseDeltaConfig
-from .fingerprint import model_fingerprint
+from ..format.config import SparseDeltaConfig
+from ..format.fingerprint import model_fingerprint
 from .layer import SparseDeltaLayer
 
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 if TYPE_CHECKING:
-    from .config import SparseDeltaConfig
+    from ..format.config import SparseDeltaConfig
     from .export import SupertuningExport
 
 CARD_TEMPLATE = """---

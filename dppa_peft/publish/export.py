@@ -21,9 +21,9 @@ from tqdm.auto import tqdm
 
 from ..checkpoint import Checkpoint, SafetensorsWriter, atomic_directory
 from .card import write_model_card
-from .fingerprint import fingerprint, tensor_sample
-from .io import WEIGHTS_FILE, SparseDeltaAdapter
-from .model import BaseModelMismatchError
+from ..format.fingerprint import fingerprint, tensor_sample
+from ..format.io import WEIGHTS_FILE, SparseDeltaAdapter
+from ..tuner.model import BaseModelMismatchError
 
 EXPORT_FORMATS = ("sparse-delta", "supertuning")  # ours (a copy) and stock PEFT's
 PREFIX = "base_model.model."

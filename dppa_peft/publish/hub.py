@@ -19,10 +19,10 @@ from huggingface_hub import CommitInfo, CommitOperationAdd, HfApi, constants
 from ..hub_errors import PushError, TransportError, describe_hub_error
 from .card import write_model_card
 from .export import EXPORT_FORMATS, SupertuningExport, export_supertuning
-from .io import CARD_FILE, CONFIG_FILE, WEIGHTS_FILE
+from ..format.io import CARD_FILE, CONFIG_FILE, WEIGHTS_FILE
 
 if TYPE_CHECKING:
-    from .io import SparseDeltaAdapter
+    from ..format.io import SparseDeltaAdapter
 
 
 def push_to_hub(adapter: "SparseDeltaAdapter", repo_id: str, *, private: bool = False, revision: str | None = None,

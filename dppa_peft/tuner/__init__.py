@@ -2,7 +2,7 @@
 
 from peft import mapping
 
-from .config import SparseDeltaConfig, SparseDeltaType
+from ..format.config import SparseDeltaConfig, SparseDeltaType
 from .model import BaseModelMismatchError, SparseDeltaModel
 
 

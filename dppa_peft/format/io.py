@@ -16,10 +16,9 @@ from safetensors import safe_open
 
 from ..methods.base import SparseDelta
 from ..checkpoint import SafetensorsWriter, atomic_directory, describe_ref, resolve_repo
-from .card import write_model_card
+from ..publish.card import write_model_card
 from .config import SparseDeltaConfig, module_and_param
-from .encoding import EncodedTensor
-from .layer import scale_values
+from .encoding import EncodedTensor, scale_values
 
 if TYPE_CHECKING:
     from huggingface_hub import CommitInfo
@@ -126,8 +125,8 @@ class SparseDeltaAdapter:
                     export_format: str = "sparse-delta", base: str | os.PathLike | None = None,
                     base_revision: str | None = None,
                     eval_results: dict[str, dict[str, Any]] | None = None) -> "CommitInfo":
-        """Publish this adapter as ONE commit on ``repo_id`` (created if needed); see ``dppa_peft.adapter.hub``."""
-        from .hub import push_to_hub
+        """Publish this adapter as ONE commit on ``repo_id`` (created if needed); see ``dppa_peft.publish.hub``."""
+        from ..publish.hub import push_to_hub
 
         return push_to_hub(self, repo_id, private=private, revision=revision, commit_message=commit_message,
                            token=token, create_pr=create_pr, export_format=export_format, base=base,

@@ -9,16 +9,8 @@ import torch
 from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
 from torch import nn
 
-from .config import SparseDeltaConfig
-from .encoding import EncodedTensor
-
-
-def scale_values(values: torch.Tensor, partition: torch.Tensor | None, factors: list[float]) -> torch.Tensor:
-    """``values · factors[partition]`` in the values' dtype (``factors[0]`` when no partition ids are stored)."""
-    if partition is None:
-        return values * factors[0]
-    table = torch.tensor(factors, dtype=values.dtype, device=values.device)
-    return values * table[partition.long()]
+from ..format.config import SparseDeltaConfig
+from ..format.encoding import EncodedTensor, scale_values
 
 
 class SparseDeltaStore(nn.Module):

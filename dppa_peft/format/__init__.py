@@ -1,0 +1,1 @@
+"""The adapter on disk: compact encoding, config, fingerprint, folder I/O."""

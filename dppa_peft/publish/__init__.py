@@ -1,0 +1,1 @@
+"""Publishing: model cards, Hub push, stock-PEFT export."""
