@@ -1,8 +1,10 @@
 """Checkpoints on disk: open a local folder or Hub id, read one tensor at a time, write safetensors atomically.
 
-Only safetensors are read or written (pickled ``*.bin`` checkpoints are refused). Reading goes through
-``safetensors.safe_open`` (memory-mapped), so a model is never materialised; writing streams tensors into a temporary
-data file and assembles the final file at the end, then renames it into place.
+Only safetensors are read or written (pickled ``*.bin`` checkpoints are refused). A tensor is read with one
+positioned read of its byte range into a fresh buffer (no memory map: mapped pages would count in the process's
+resident memory until the file is closed, so a streamed pass over a 7B model would hold the whole model resident),
+so a model is never materialised; writing streams tensors into a temporary data file and assembles the final file at
+the end, then renames it into place.
 """
 
 from __future__ import annotations
@@ -15,10 +17,10 @@ import struct
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import torch
-from safetensors import safe_open
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -66,15 +68,53 @@ def describe_ref(ref: str | os.PathLike, revision: str | None = None) -> str:
     return f"{ref}@{revision}" if revision else str(ref)
 
 
+@dataclass(frozen=True)
+class TensorEntry:
+    """Where one tensor lies in a safetensors file: dtype, shape and absolute byte range."""
+
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    start: int
+    end: int
+
+
+def read_header(path: Path) -> dict[str, TensorEntry]:
+    """The tensor entries of a safetensors file (offsets made absolute)."""
+    with open(path, "rb") as handle:
+        length = struct.unpack("<Q", handle.read(8))[0]
+        header = json.loads(handle.read(length))
+    base = 8 + length
+    entries = {}
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        start, end = entry["data_offsets"]
+        entries[name] = TensorEntry(_ST_TO_DTYPE[entry["dtype"]], tuple(entry["shape"]), base + start, base + end)
+    return entries
+
+
+def read_tensor(path: Path, entry: TensorEntry) -> torch.Tensor:
+    """Read one tensor's bytes straight into a new tensor (``readinto``: one copy from the page cache)."""
+    buffer = torch.empty(entry.end - entry.start, dtype=torch.uint8)
+    with open(path, "rb", buffering=0) as handle:
+        handle.seek(entry.start)
+        view, done = memoryview(buffer.numpy()), 0
+        while done < len(view):
+            count = handle.readinto(view[done:])
+            if not count:
+                raise ValueError(f"{path} is truncated: tensor bytes {entry.start}..{entry.end} are missing")
+            done += count
+    return buffer.view(entry.dtype).reshape(entry.shape)
+
+
 class Checkpoint:
     """Read-only access to a safetensors checkpoint (single file or sharded with an index), tensor by tensor."""
 
     def __init__(self, directory: str | os.PathLike, ref: str | None = None) -> None:
         self.directory = Path(directory)
         self.ref = ref or str(directory)
+        self._headers: dict[str, dict[str, TensorEntry]] = {}
         self._shard_of = self._index_tensors()
-        self._handles: dict[str, Any] = {}
-        self._meta: dict[str, tuple[tuple[int, ...], torch.dtype]] = {}
 
     @classmethod
     def open(cls, ref: str | os.PathLike, revision: str | None = None, token: str | bool | None = None) -> "Checkpoint":
@@ -91,8 +131,8 @@ class Checkpoint:
             return dict(weight_map)
         single = self.directory / SINGLE_FILE
         if single.is_file():
-            with safe_open(single, framework="pt") as handle:
-                return {name: SINGLE_FILE for name in handle.keys()}
+            self._headers[SINGLE_FILE] = read_header(single)
+            return {name: SINGLE_FILE for name in self._headers[SINGLE_FILE]}
         if any(self.directory.glob("*.bin")) or any(self.directory.glob("*.pt")):
             raise ValueError(
                 f"{self.ref} holds only pickled weights (*.bin/*.pt), which dppa-peft never loads; convert it with "
@@ -113,31 +153,30 @@ class Checkpoint:
     def __contains__(self, name: str) -> bool:
         return name in self._shard_of
 
-    def _handle(self, name: str) -> Any:
+    def _entry(self, name: str) -> TensorEntry:
         shard = self._shard_of[name]
-        if shard not in self._handles:
-            self._handles[shard] = safe_open(self.directory / shard, framework="pt")
-        return self._handles[shard]
+        if shard not in self._headers:
+            self._headers[shard] = read_header(self.directory / shard)
+        try:
+            return self._headers[shard][name]
+        except KeyError:
+            raise ValueError(f"{self.ref}: tensor {name!r} is listed for {shard} but not stored there; "
+                             "re-download the checkpoint") from None
 
     def shape(self, name: str) -> tuple[int, ...]:
-        return self._metadata(name)[0]
+        return self._entry(name).shape
 
     def dtype(self, name: str) -> torch.dtype:
-        return self._metadata(name)[1]
+        return self._entry(name).dtype
 
-    def _metadata(self, name: str) -> tuple[tuple[int, ...], torch.dtype]:
-        if name not in self._meta:
-            view = self._handle(name).get_slice(name)
-            self._meta[name] = (tuple(view.get_shape()), _ST_TO_DTYPE[view.get_dtype()])
-        return self._meta[name]
+    def nbytes(self, name: str) -> int:
+        """Stored size of one tensor in bytes."""
+        entry = self._entry(name)
+        return entry.end - entry.start
 
     def read(self, name: str) -> torch.Tensor:
-        """Load one tensor as a copy owned by the caller.
-
-        ``safe_open`` hands out tensors on a copy-on-write memory map that later reads of the same name share, so an
-        in-place change to an uncopied tensor would leak into the next read (the file itself stays untouched).
-        """
-        return self._handle(name).get_tensor(name).clone()
+        """Load one tensor into a fresh CPU buffer owned by the caller (one positioned read, no memory map)."""
+        return read_tensor(self.directory / self._shard_of[name], self._entry(name))
 
 
 class SafetensorsWriter:

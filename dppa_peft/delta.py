@@ -75,9 +75,8 @@ class DeltaPair:
         ft = self.finetuned.read(name).float()
         base = self.base.read(name)
         self.base_samples[name] = tensor_sample(base)
-        base = base.float()
         rows = base.shape[0] if name in self.extra_rows else ft.shape[0]
-        ft[:rows] -= base
+        ft[:rows] -= base  # in fp32: torch promotes the bf16/fp16 base exactly, without an fp32 copy of it
         return ft
 
     def deltas(self, infos: list[TensorInfo] | None = None, desc: str = "deltas",

@@ -12,7 +12,7 @@ import torch
 
 from . import __version__
 from .format.config import SparseDeltaConfig
-from .format.encoding import encode
+from .format.encoding import EncodedTensor, encode, encode_dense
 from .format.fingerprint import fingerprint
 from .format.io import AdapterWriter, SparseDeltaAdapter
 from .amplify.factors import amplification_block
@@ -20,7 +20,7 @@ from .amplify.partitions import check_partition_rates, partition_ids
 from .checkpoint import Checkpoint, atomic_directory
 from .delta import DeltaPair
 from .methods import DensityPlan, PruningMethod, SparseDelta, create_method
-from .methods.selection import magnitude_mask
+from .methods.selection import magnitude_indices
 from .scope import DEFAULT_SCOPE_PATTERN, Scope, TensorInfo
 
 OUTSIDE_SCOPE_MODES = ("dense", "magnitude", "drop")
@@ -52,10 +52,10 @@ class PruneSummary:
 
 
 def collect_statistics(method: PruningMethod, pair: DeltaPair, progress: bool = True) -> None:
-    """The global statistics passes of methods like DP and OWL, streamed tensor by tensor."""
+    """The global statistics passes of methods like DP and OWL, streamed tensor by tensor, block after block."""
     if not method.needs_statistics:
         return
-    in_scope = [i for i in pair.infos if i.in_scope]
+    in_scope = sorted((i for i in pair.infos if i.in_scope), key=lambda info: info.block)
     for pass_index in range(method.statistics_passes):
         for info, delta in pair.deltas(in_scope, desc=f"statistics {pass_index + 1}", progress=progress):
             method.observe(info, delta, pass_index)
@@ -77,11 +77,12 @@ def plan_densities(pair: DeltaPair, method: str, rate: float, progress: bool = T
     return [(info, pruner.plan(info)) for info in pair.infos if info.in_scope]
 
 
-def _outside_scope(delta: torch.Tensor, mode: str, rate: float) -> SparseDelta | None:
+def _outside_scope(delta: torch.Tensor, mode: str, rate: float, stored_dtype: torch.dtype) -> EncodedTensor | None:
+    """How a changed tensor outside the pruning scope is stored: whole, magnitude-pruned at ``rate``, or not."""
     if mode == "dense":
-        return SparseDelta(torch.arange(delta.numel()), delta.reshape(-1).float(), tuple(delta.shape))
+        return encode_dense(delta, stored_dtype)
     if mode == "magnitude":
-        return SparseDelta.from_mask(delta, magnitude_mask(delta, 1.0 - rate))
+        return encode(SparseDelta.from_indices(delta, magnitude_indices(delta, 1.0 - rate)), stored_dtype)
     return None
 
 
@@ -162,10 +163,10 @@ def _prune_one(pruner: PruningMethod, info: TensorInfo, delta: torch.Tensor, out
         return writer.add(info.name, encode(sparse, stored_dtype, partition=ids), pruned=True, block=info.block,
                           module=info.module, planned_density=plan.density, unclipped_density=plan.unclipped,
                           **extra)
-    sparse = _outside_scope(delta, outside_scope, pruner.rate)
-    if sparse is None:
+    encoded = _outside_scope(delta, outside_scope, pruner.rate, stored_dtype)
+    if encoded is None:
         return None
-    return writer.add(info.name, encode(sparse, stored_dtype, dense=outside_scope == "dense"), pruned=False)
+    return writer.add(info.name, encoded, pruned=False)
 
 
 def _vocab_size(pair: DeltaPair) -> int | None:

@@ -87,15 +87,15 @@ class EncodedTensor:
         return gaps_decode(self.index)
 
 
-def encode(sparse: SparseDelta, value_dtype: torch.dtype, dense: bool = False,
-           partition: torch.Tensor | None = None) -> EncodedTensor:
-    """Encode kept entries in the cheapest index form (or ``dense`` for whole tensors)."""
+def encode_dense(delta: torch.Tensor, value_dtype: torch.dtype) -> EncodedTensor:
+    """A whole delta tensor, every value stored, no index (tensors kept dense outside the pruning scope)."""
+    return EncodedTensor("dense", tuple(delta.shape), delta.reshape(-1).to(value_dtype))
+
+
+def encode(sparse: SparseDelta, value_dtype: torch.dtype, partition: torch.Tensor | None = None) -> EncodedTensor:
+    """Encode kept entries in the cheapest index form (gaps or bitmask)."""
     values = sparse.values.to(value_dtype)
     part = partition.to(torch.uint8) if partition is not None else None
-    if dense:
-        if sparse.nnz != sparse.numel:
-            raise ValueError("dense encoding needs every entry")
-        return EncodedTensor("dense", sparse.shape, values, partition=part)
     if gaps_size(sparse.indices) < -(-sparse.numel // 8):
         return EncodedTensor("gaps", sparse.shape, values, gaps_encode(sparse.indices), part)
     return EncodedTensor("bitmask", sparse.shape, values, bitmask_encode(sparse.indices, sparse.numel), part)

@@ -5,7 +5,7 @@ A method never reads files: the pipeline streams ``(TensorInfo, fp32 delta)`` pa
 
     if method.needs_statistics:
         for pass_index in range(method.statistics_passes):
-            for info, delta in in_scope_deltas():          # every in-scope tensor, one at a time
+            for info, delta in in_scope_deltas():          # every in-scope tensor, one at a time, block by block
                 method.observe(info, delta, pass_index)
     for info, delta in in_scope_deltas():
         sparse = method.prune(info, delta, method.plan(info).density)
@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 import torch
 
 from ..scope import TensorInfo
+from .selection import flat_nonzero
 
 
 @dataclass(frozen=True)
@@ -72,9 +73,16 @@ class SparseDelta:
 
         Exact zeros are never stored, so an all-zero delta gives an empty result (``nnz == 0``).
         """
-        flat_keep = keep.reshape(-1) & (delta.reshape(-1) != 0)
-        indices = flat_keep.nonzero().reshape(-1)
+        return cls.from_indices(delta, flat_nonzero(keep.reshape(-1)), scale)
+
+    @classmethod
+    def from_indices(cls, delta: torch.Tensor, indices: torch.Tensor,
+                     scale: torch.Tensor | float = 1.0) -> "SparseDelta":
+        """Keep ``delta`` at the ascending flat ``indices`` (times ``scale``), dropping exact zeros."""
         values = delta.reshape(-1)[indices].float()
+        nonzero = values != 0
+        if not bool(nonzero.all()):
+            indices, values = indices[nonzero], values[nonzero]
         if isinstance(scale, torch.Tensor):
             values = values * scale.reshape(-1)[indices]
         elif scale != 1.0:

@@ -16,7 +16,7 @@ from ..scope import TensorInfo
 from .base import DensityPlan, PruningMethod, SparseDelta
 from .outliers import BlockOutliers, StatisticsPasses, centred_norm, matrix_significance, require_in_scope
 from .registry import register
-from .selection import TIE_MODE_HELP, check_tie_mode, magnitude_mask
+from .selection import TIE_MODE_HELP, check_tie_mode, magnitude_indices
 
 # variant -> (significance kind, default N for blocks)
 DP_VARIANTS = {"code": ("count", 3.0), "paper": ("magnitude", 5.0)}
@@ -72,24 +72,23 @@ class DynamicPruning(PruningMethod):
     summary = "DPPA Dynamic Pruning: per-linear densities from block and linear outlier significance of |delta|"
     Params = DPParams
     needs_statistics = True
-    statistics_passes = 2  # pass 0: per-matrix significance and block sums of |delta|; pass 1: block outliers
+    statistics_passes = 1  # per-matrix significance; block sums and outliers one block at a time
 
     def __init__(self, rate: float, params: DPParams | None = None) -> None:
         super().__init__(rate, params)
         self._passes = StatisticsPasses(self.name, self.statistics_passes)
         self._blocks = BlockOutliers(self.params.block_factor, self.params.significance_kind)
         self._linears: dict[str, _LinearStat] = {}
+        self._terms: tuple[dict[int, float], dict[str, float]] | None = None
 
     def observe(self, info: TensorInfo, delta: torch.Tensor, pass_index: int) -> None:
         block = require_in_scope(info, self.name)
         self._passes.record(info.name, pass_index)
         abs_delta = delta.float().abs()
-        if pass_index == 0:
-            abs_sum, sig = matrix_significance(abs_delta, self.params.outlier_factor, self.params.significance_kind)
-            self._linears[info.name] = _LinearStat(block, abs_delta.numel(), sig)
-            self._blocks.add_magnitude(block, abs_delta.numel(), abs_sum)
-        else:
-            self._blocks.add_outliers(block, abs_delta)
+        abs_sum, sig = matrix_significance(abs_delta, self.params.outlier_factor, self.params.significance_kind)
+        self._linears[info.name] = _LinearStat(block, abs_delta.numel(), sig)
+        self._blocks.add(block, abs_delta, abs_sum)
+        self._terms = None
 
     def block_terms(self) -> dict[int, float]:
         """Block index -> ``T_l``: block significance centred by the plain mean over blocks, ``norm``-scaled."""
@@ -105,8 +104,10 @@ class DynamicPruning(PruningMethod):
     def plan(self, info: TensorInfo, rate: float | None = None) -> DensityPlan:
         self._passes.require_complete(info.name)
         rate = self.rate if rate is None else rate
-        block_term = self.block_terms()[self._linears[info.name].block]
-        return DensityPlan.clipped((1.0 - rate) + block_term + self.linear_terms()[info.name])
+        if self._terms is None:
+            self._terms = self.block_terms(), self.linear_terms()
+        blocks, linears = self._terms
+        return DensityPlan.clipped((1.0 - rate) + blocks[self._linears[info.name].block] + linears[info.name])
 
     def prune(self, info: TensorInfo, delta: torch.Tensor, density: float) -> SparseDelta:
-        return SparseDelta.from_mask(delta, magnitude_mask(delta, density, self.params.tie_mode))
+        return SparseDelta.from_indices(delta, magnitude_indices(delta, density, self.params.tie_mode))

@@ -9,7 +9,7 @@ import torch
 from ..scope import TensorInfo
 from .base import PruningMethod, SparseDelta
 from .registry import register
-from .selection import TIE_MODE_HELP, check_tie_mode, magnitude_mask
+from .selection import TIE_MODE_HELP, check_tie_mode, magnitude_indices
 
 
 @dataclass(frozen=True)
@@ -27,4 +27,4 @@ class Magnitude(PruningMethod):
     Params = MagnitudeParams
 
     def prune(self, info: TensorInfo, delta: torch.Tensor, density: float) -> SparseDelta:
-        return SparseDelta.from_mask(delta, magnitude_mask(delta, density, self.params.tie_mode))
+        return SparseDelta.from_indices(delta, magnitude_indices(delta, density, self.params.tie_mode))

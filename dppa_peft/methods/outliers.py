@@ -2,8 +2,9 @@
 
 An entry is an outlier when ``|δ| > N·mean|δ|``. Its significance is a percentage: of the entries (``"count"``, the
 released DPPA/OWL code) or of the total magnitude ``Σ|δ|`` (``"magnitude"``, the DPPA paper's "accumulated
-magnitudes"). A block's mean is taken over all its linears together, so block significance needs two passes: pass 0
-sums ``|δ|`` per block, pass 1 measures the outliers against the now-known block mean.
+magnitudes"). A block's mean is taken over all its linears together, so the ``|δ|`` of a block's linears are held
+until the block is complete (one block of fp32 memory), then measured against the block mean: one pass over the
+checkpoints, as long as each block's linears arrive together.
 """
 
 from __future__ import annotations
@@ -92,7 +93,11 @@ class StatisticsPasses:
 
 
 class BlockOutliers:
-    """Per-block significance with the mean taken over the whole block (pass 0: magnitudes, pass 1: outliers)."""
+    """Per-block significance with the mean taken over the whole block, in one pass over the block's linears.
+
+    ``add`` takes the linears of one block after another; a block's ``|δ|`` are kept until the next block starts
+    (or ``significance`` is asked), then counted against the block mean with ``add_outliers``.
+    """
 
     def __init__(self, factor: float, kind: str) -> None:
         self.factor = factor
@@ -100,6 +105,24 @@ class BlockOutliers:
         self.numel: dict[int, int] = {}
         self.abs_sum: dict[int, float] = {}
         self.amount: dict[int, float] = {}
+        self._open_block: int | None = None
+        self._held: list[torch.Tensor] = []
+
+    def add(self, block: int, abs_delta: torch.Tensor, abs_sum: float) -> None:
+        """One linear of ``block`` (its ``|δ|`` and their sum); the linears of a block must come one after another."""
+        if block != self._open_block:
+            self._close_block()
+            if block in self.numel:
+                raise ValueError(f"block {block} came back after other blocks: pass the linears of each block one "
+                                 "after another (the statistics hold one block at a time)")
+            self._open_block = block
+        self.add_magnitude(block, abs_delta.numel(), abs_sum)
+        self._held.append(abs_delta)
+
+    def _close_block(self) -> None:
+        for abs_delta in self._held:
+            self.add_outliers(self._open_block, abs_delta)
+        self._open_block, self._held = None, []
 
     def add_magnitude(self, block: int, numel: int, abs_sum: float) -> None:
         self.numel[block] = self.numel.get(block, 0) + numel
@@ -111,5 +134,6 @@ class BlockOutliers:
 
     def significance(self) -> dict[int, float]:
         """Block index -> significance (%), blocks in ascending order."""
+        self._close_block()
         return {block: significance(self.amount.get(block, 0.0), self.numel[block], self.abs_sum[block], self.kind)
                 for block in sorted(self.numel)}

@@ -16,7 +16,7 @@ from ..scope import TensorInfo
 from .base import DensityPlan, PruningMethod, SparseDelta
 from .outliers import BlockOutliers, StatisticsPasses, require_in_scope
 from .registry import register
-from .selection import TIE_MODE_HELP, check_tie_mode, magnitude_mask
+from .selection import TIE_MODE_HELP, check_tie_mode, magnitude_indices
 
 
 def owl_adjustments(ratios: Sequence[float], lam: float) -> list[float]:
@@ -54,7 +54,7 @@ class Owl(PruningMethod):
     summary = "OWL-magnitude on deltas: block densities from the block outlier ratio (min-max to 2*lambda)"
     Params = OwlParams
     needs_statistics = True
-    statistics_passes = 2  # pass 0: block sums of |delta|; pass 1: outliers against the block mean
+    statistics_passes = 1  # block sums of |delta| and outliers against the block mean, one block at a time
 
     def __init__(self, rate: float, params: OwlParams | None = None) -> None:
         super().__init__(rate, params)
@@ -65,10 +65,7 @@ class Owl(PruningMethod):
         block = require_in_scope(info, self.name)
         self._passes.record(info.name, pass_index)
         abs_delta = delta.float().abs()
-        if pass_index == 0:
-            self._blocks.add_magnitude(block, abs_delta.numel(), float(abs_delta.sum(dtype=torch.float64)))
-        else:
-            self._blocks.add_outliers(block, abs_delta)
+        self._blocks.add(block, abs_delta, float(abs_delta.sum(dtype=torch.float64)))
 
     def adjustments(self) -> dict[int, float]:
         """Block index -> density change from the uniform ``1 − α`` (independent of α)."""
@@ -81,4 +78,4 @@ class Owl(PruningMethod):
         return DensityPlan.clipped((1.0 - rate) + self.adjustments()[info.block])
 
     def prune(self, info: TensorInfo, delta: torch.Tensor, density: float) -> SparseDelta:
-        return SparseDelta.from_mask(delta, magnitude_mask(delta, density, self.params.tie_mode))
+        return SparseDelta.from_indices(delta, magnitude_indices(delta, density, self.params.tie_mode))
