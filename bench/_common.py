@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -62,18 +63,24 @@ print("MEASURE" + json.dumps({"seconds": time.perf_counter() - _start, "peak_ano
 
 
 def measure(code: str, setup: str = "", env: dict[str, str] | None = None) -> dict:
-    """Run ``setup`` (imports, untimed) then ``code`` in a fresh process; return the wall time of ``code`` and the
-    peak anonymous memory of the process (MiB, sampled every 5 ms).
+    """Run ``setup`` (imports, untimed) then ``code`` in a fresh process; return the wall time of ``code``, the peak
+    anonymous memory of the process (MiB, sampled every 5 ms) and its peak resident set (``ru_maxrss``, MiB).
 
-    Anonymous memory excludes the file pages that memory-mapped safetensors reads touch (page cache, not heap).
+    Anonymous memory excludes the file pages that memory-mapped safetensors reads touch (page cache, not heap);
+    the peak resident set counts them while they are mapped (what ``time -v`` and schedulers report).
     """
     program = SAMPLER + textwrap.dedent(setup) + "\n_start = time.perf_counter()\n" + textwrap.dedent(code) + REPORT
     full_env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_WAIT_POLICY": "PASSIVE", **(env or {})}
-    out = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, env=full_env)
-    if out.returncode != 0:
-        raise RuntimeError(out.stderr[-3000:])
-    line = next(l for l in out.stdout.splitlines() if l.startswith("MEASURE"))
-    return json.loads(line[len("MEASURE"):])
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        child = subprocess.Popen([sys.executable, "-c", program], stdout=out, stderr=err, text=True, env=full_env)
+        _, status, usage = os.wait4(child.pid, 0)
+        child.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0), err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    if child.returncode != 0:
+        raise RuntimeError(stderr[-3000:])
+    line = next(l for l in stdout.splitlines() if l.startswith("MEASURE"))
+    return {**json.loads(line[len("MEASURE"):]), "peak_rss_mib": usage.ru_maxrss / 1024}
 
 
 def folder_mib(path: Path, pattern: str = "*.safetensors") -> float:

@@ -18,6 +18,13 @@ ARCHITECTURE_FIELDS = (
 VOCAB_TENSOR_HINTS = ("embed", "lm_head", "wte", "word_embeddings", "output.weight")
 
 
+def is_changed(delta: torch.Tensor) -> bool:
+    """True when some entry of ``delta`` is nonzero; a leading slice answers for most changed tensors (``any`` over
+    the whole tensor does not stop early)."""
+    flat = delta.reshape(-1)
+    return bool(flat[:4096].any()) or bool(flat.any())
+
+
 class CheckpointMismatchError(ValueError):
     """The two checkpoints are not a base and a fine-tune of it."""
 

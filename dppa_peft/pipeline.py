@@ -18,7 +18,7 @@ from .format.io import AdapterWriter, SparseDeltaAdapter
 from .amplify.factors import amplification_block
 from .amplify.partitions import check_partition_rates, partition_ids
 from .checkpoint import Checkpoint, atomic_directory
-from .delta import DeltaPair
+from .delta import DeltaPair, is_changed
 from .methods import DensityPlan, PruningMethod, SparseDelta, create_method
 from .methods.selection import magnitude_indices
 from .scope import DEFAULT_SCOPE_PATTERN, Scope, TensorInfo
@@ -112,7 +112,7 @@ def prune(base: str | os.PathLike, finetuned: str | os.PathLike, out: str | os.P
     with atomic_directory(out, overwrite=overwrite) as tmp:
         writer = AdapterWriter(tmp)
         for info, delta in pair.deltas(desc=f"pruning ({method})", progress=progress):
-            if not delta.any():
+            if not is_changed(delta):
                 counts["unchanged"] += 1
                 continue
             stored_dtype = VALUE_DTYPES[value_dtype] or pair.finetuned.dtype(info.name)

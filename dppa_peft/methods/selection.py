@@ -29,12 +29,15 @@ def keep_count(density: float, n: int) -> int:
     return min(n, max(0, math.floor(density * n + 1e-9)))
 
 
-def kth_smallest(flat: torch.Tensor, position: int) -> torch.Tensor:
-    """The ``position``-th smallest entry (1-based, like ``torch.kthvalue``) of a 1-D fp32 tensor, as a 0-d tensor."""
+def kth_smallest(flat: torch.Tensor, position: int) -> tuple[torch.Tensor, int]:
+    """The ``position``-th smallest entry (1-based, like ``torch.kthvalue``) of a 1-D fp32 tensor, as a 0-d tensor,
+    and how many entries are strictly larger."""
     if flat.device.type == "cpu":
-        array = flat.numpy()
-        return torch.tensor(np.partition(array, position - 1)[position - 1], dtype=flat.dtype)
-    return flat.kthvalue(position).values
+        partitioned = np.partition(flat.numpy(), position - 1)
+        value = partitioned[position - 1]
+        return torch.tensor(value, dtype=flat.dtype), int(np.count_nonzero(partitioned[position:] > value))
+    value = flat.kthvalue(position).values
+    return value, int((flat > value).sum())
 
 
 def flat_nonzero(mask: torch.Tensor) -> torch.Tensor:
@@ -46,9 +49,9 @@ def flat_nonzero(mask: torch.Tensor) -> torch.Tensor:
 
 def _top_k_flat_mask(flat: torch.Tensor, k: int) -> torch.Tensor:
     """The top-k mask of a 1-D fp32 tensor with ``0 < k < n``; ties at the threshold go to the lowest index."""
-    threshold = kth_smallest(flat, flat.numel() - k + 1)
+    threshold, above = kth_smallest(flat, flat.numel() - k + 1)
     mask = flat > threshold
-    missing = k - int(mask.sum())
+    missing = k - above
     if missing > 0:
         mask[flat_nonzero(flat == threshold)[:missing]] = True
     return mask
@@ -89,7 +92,7 @@ def threshold_le_mask(scores: torch.Tensor, density: float) -> torch.Tensor:
         return torch.zeros_like(flat, dtype=torch.bool).reshape(scores.shape)
     if position < 0:
         return torch.ones_like(flat, dtype=torch.bool).reshape(scores.shape)
-    return (flat > kth_smallest(flat, position + 1)).reshape(scores.shape)
+    return (flat > kth_smallest(flat, position + 1)[0]).reshape(scores.shape)
 
 
 def magnitude_indices(delta: torch.Tensor, density: float, tie_mode: str = "index") -> torch.Tensor:

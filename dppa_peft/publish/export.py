@@ -4,9 +4,10 @@ SUPERTUNING stores, per targeted ``nn.Linear``, fp32 ``supertuning_values`` and 
 of ``k = int(numel · (1 − sparsity))`` entries, with ONE sparsity for all modules. The export picks the sparsity
 so that every targeted module's kept entries fit, fills the rest of each module's ``k`` with zero values at unused
 positions (they add nothing), and bakes the DPA factors into the values. Changed tensors that SUPERTUNING cannot
-hold (embeddings, norms, biases, dense-stored linears, and linears so much denser than the rest that padding all the
-others would cost more) go into ``modules_to_save``: the whole module, base + delta, so the export needs the base
-checkpoint. Loaded on that base, the merged weights equal our adapter's exactly (fp32 arithmetic in both).
+hold (embeddings, norms, biases, dense-stored linears, linears above 2^31 entries, which int32 indices cannot address,
+and linears so much denser than the rest that padding all the others would cost more) go into ``modules_to_save``:
+the whole module, base + delta, so the export needs the base checkpoint. Loaded on that base, the merged weights
+equal our adapter's exactly (fp32 arithmetic in both).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from ..tuner.model import BaseModelMismatchError
 EXPORT_FORMATS = ("sparse-delta", "supertuning")  # ours (a copy) and stock PEFT's
 PREFIX = "base_model.model."
 SPARSE_ENTRY_BYTES = 8  # fp32 value + int32 index
+MAX_SPARSE_NUMEL = 2**31  # int32 flat indices address positions 0 .. 2^31 - 1; larger modules are stored whole
 
 
 @dataclass
@@ -162,9 +164,9 @@ def _split_modules(adapter: SparseDeltaAdapter, checkpoint: Checkpoint,
         records = adapter.config.records_for_module(name)
         if name not in modules:
             raise ValueError(f"adapter module {name!r} is not in the base architecture; the adapter does not fit it")
+        numel = _numel(adapter, name) if "weight" in records else 0
         if isinstance(modules[name], torch.nn.Linear) and set(records) == {"weight"} and \
-                records["weight"]["encoding"] != "dense":
-            numel = _numel(adapter, name)
+                records["weight"]["encoding"] != "dense" and numel <= MAX_SPARSE_NUMEL:
             candidates[name] = (numel, records["weight"]["nnz"], numel * checkpoint.dtype(f"{name}.weight").itemsize)
     targets = choose_targets(candidates)
     whole = [name for name in changed if name not in targets]
