@@ -179,6 +179,24 @@ class Checkpoint:
         return read_tensor(self.directory / self._shard_of[name], self._entry(name))
 
 
+def _copy_in_kernel(source: Any, target: Any, count: int) -> None:
+    """Append ``count`` bytes of ``source`` to ``target``, in the kernel (``sendfile``) where the OS allows it."""
+    start = target.tell()
+    try:
+        done = 0
+        while done < count:
+            sent = os.sendfile(target.fileno(), source.fileno(), done, count - done)
+            if not sent:
+                raise OSError("sendfile stopped early")
+            done += sent
+            target.seek(start + done)
+    except (AttributeError, OSError):
+        target.seek(start)
+        target.truncate()
+        source.seek(0)
+        shutil.copyfileobj(source, target, length=16 << 20)
+
+
 class SafetensorsWriter:
     """Stream tensors into one safetensors file: data goes to a temp file, the header is written at the end."""
 
@@ -216,7 +234,8 @@ class SafetensorsWriter:
             with open(tmp, "wb") as out, open(self._data.name, "rb") as data:
                 out.write(struct.pack("<Q", len(header)))
                 out.write(header)
-                shutil.copyfileobj(data, out, length=16 << 20)
+                out.flush()
+                _copy_in_kernel(data, out, self._offset)
             os.replace(tmp, self.path)
         finally:
             os.unlink(self._data.name)

@@ -7,12 +7,12 @@ import torch
 from tests.helpers_methods import kept_values, linear_info, observe_all
 
 from dppa_peft.methods import METHODS, create_method
-from dppa_peft.methods.breadcrumbs import breadcrumbs_mask
+from dppa_peft.methods.breadcrumbs import breadcrumbs_indices
 from dppa_peft.methods.della import keep_probabilities, magprune
 from dppa_peft.methods.magnitude import Magnitude
 from dppa_peft.methods.outliers import centred_norm
 from dppa_peft.methods.owl import owl_adjustments
-from dppa_peft.methods.selection import threshold_le_mask
+from dppa_peft.methods.selection import threshold_le_indices
 
 Q = "self_attn.q_proj"
 
@@ -126,27 +126,27 @@ BREADCRUMBS = torch.tensor([.05, -.4, .2, .1, -.3, .01, .6, -.02, .15, .08])
 
 
 def test_breadcrumbs_vector() -> None:
-    kept = BREADCRUMBS[breadcrumbs_mask(BREADCRUMBS, 0.5, 0.1)]
+    kept = BREADCRUMBS.reshape(-1)[breadcrumbs_indices(BREADCRUMBS, 0.5, 0.1)]
     assert sorted(kept.tolist()) == pytest.approx(sorted([-.4, .2, .1, -.3, .15]))
 
 
 def test_breadcrumbs_without_outliers_is_magnitude_not_zero() -> None:
     for gamma in (0.0, 0.01):  # int(0.01·10) = 0: mergekit zeroes the tensor here
-        kept = BREADCRUMBS[breadcrumbs_mask(BREADCRUMBS, 0.5, gamma)]
+        kept = BREADCRUMBS.reshape(-1)[breadcrumbs_indices(BREADCRUMBS, 0.5, gamma)]
         assert sorted(kept.tolist()) == pytest.approx(sorted([-.4, .2, -.3, .6, .15]))
 
 
 def test_breadcrumbs_deficit_drops_fewer_outliers() -> None:
-    kept = BREADCRUMBS[breadcrumbs_mask(BREADCRUMBS, 0.9, 0.2)]  # k = 9, only 1 entry left for outliers
+    kept = BREADCRUMBS.reshape(-1)[breadcrumbs_indices(BREADCRUMBS, 0.9, 0.2)]  # k = 9, only 1 entry left for outliers
     assert kept.numel() == 9 and 0.6 not in kept.tolist()
-    nested = [set(breadcrumbs_mask(BREADCRUMBS, d, 0.2).nonzero().flatten().tolist()) for d in (0.3, 0.6, 0.8, 1.0)]
+    nested = [set(breadcrumbs_indices(BREADCRUMBS, d, 0.2).tolist()) for d in (0.3, 0.6, 0.8, 1.0)]
     assert nested[0] <= nested[1] <= nested[2] <= nested[3] and len(nested[3]) == 10
 
 
 def test_threshold_le_position_ignores_float_noise() -> None:
     scores = torch.arange(1.0, 6.0)
     # n·(1 − d) = 5·(1 − 0.8) = 0.9999999999999998 in floats: the position is 1, so t = 2 and 3 entries are kept
-    assert threshold_le_mask(scores, 0.8).nonzero().flatten().tolist() == [2, 3, 4]
+    assert threshold_le_indices(scores, 0.8).tolist() == [2, 3, 4]
 
 
 # --- every method ------------------------------------------------------------------------------------------------

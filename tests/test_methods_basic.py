@@ -3,7 +3,7 @@ import torch
 
 from dppa_peft.methods import create_method
 from dppa_peft.methods.dare import dare_keep_mask, drop_and_rescale
-from dppa_peft.methods.selection import keep_count, top_k_mask
+from dppa_peft.methods.selection import keep_count, top_k_indices
 from dppa_peft.scope import Scope
 
 INFO = Scope().classify("model.layers.0.mlp.up_proj.weight", (2, 4))
@@ -26,9 +26,25 @@ def test_magnitude_keeps_exact_top_k_values():
     assert sparse.values.tolist() == pytest.approx([0.5, -0.7, -0.6, 0.4])
 
 
+@pytest.mark.parametrize("fill", ["ties", "zeros", "sorted"])
+def test_top_k_on_large_tensors_is_exact_whatever_the_sample_sees(fill):
+    """Above 4 x SAMPLE entries the threshold is bracketed from a sample; massive ties and a sample that misses the
+    top (all large values in one corner) still give the exact top-k, lowest index first among ties."""
+    n, k = 200_003, 20_000
+    generator = torch.Generator().manual_seed(3)
+    scores = (torch.randint(0, 5, (n,), generator=generator) * 0.25).float()
+    if fill == "zeros":
+        scores[: n - 500] = 0.0
+    if fill == "sorted":
+        scores = torch.arange(n, dtype=torch.float32)
+        scores[-k - 3:] = 1e9  # k + 3 equal maxima: the sample sees almost none of them
+    order = torch.sort(scores, descending=True, stable=True).indices[:k]
+    assert torch.equal(top_k_indices(scores, k), order.sort().values)
+
+
 def test_ties_at_threshold_go_to_lowest_index():
     scores = torch.tensor([1.0, 2.0, 2.0, 2.0, 3.0, 0.0])
-    assert top_k_mask(scores, 3).nonzero().flatten().tolist() == [1, 2, 4]
+    assert top_k_indices(scores, 3).tolist() == [1, 2, 4]
 
 
 def test_threshold_le_tie_mode_over_prunes_like_released_code():

@@ -38,11 +38,22 @@ def _gaps(indices: torch.Tensor) -> torch.Tensor:
 
 
 def gaps_size(indices: torch.Tensor) -> int:
-    return int(indices.numel() + (_gaps(indices) // _ESCAPE).sum())
+    return _gaps_size(_gaps(indices.long()))
+
+
+def _gaps_size(gaps: torch.Tensor) -> int:
+    if gaps.numel() == 0 or int(gaps.max()) < _ESCAPE:
+        return gaps.numel()
+    return int(gaps.numel() + (gaps // _ESCAPE).sum())
 
 
 def gaps_encode(indices: torch.Tensor) -> torch.Tensor:
-    gaps = _gaps(indices.long())
+    return _gaps_encode(_gaps(indices.long()))
+
+
+def _gaps_encode(gaps: torch.Tensor) -> torch.Tensor:
+    if gaps.numel() == 0 or int(gaps.max()) < _ESCAPE:
+        return gaps.to(torch.uint8)  # every gap fits in one byte
     lengths = gaps // _ESCAPE + 1
     out = torch.full((int(lengths.sum()),), _ESCAPE, dtype=torch.uint8)
     out[torch.cumsum(lengths, 0) - 1] = (gaps % _ESCAPE).to(torch.uint8)
@@ -96,8 +107,9 @@ def encode(sparse: SparseDelta, value_dtype: torch.dtype, partition: torch.Tenso
     """Encode kept entries in the cheapest index form (gaps or bitmask)."""
     values = sparse.values.to(value_dtype)
     part = partition.to(torch.uint8) if partition is not None else None
-    if gaps_size(sparse.indices) < -(-sparse.numel // 8):
-        return EncodedTensor("gaps", sparse.shape, values, gaps_encode(sparse.indices), part)
+    gaps = _gaps(sparse.indices.long())
+    if _gaps_size(gaps) < -(-sparse.numel // 8):
+        return EncodedTensor("gaps", sparse.shape, values, _gaps_encode(gaps), part)
     return EncodedTensor("bitmask", sparse.shape, values, bitmask_encode(sparse.indices, sparse.numel), part)
 
 

@@ -15,16 +15,20 @@ import torch
 from ..scope import TensorInfo
 from .base import PruningMethod, SparseDelta
 from .registry import register
-from .selection import keep_count, top_k_mask
+from .selection import keep_count, top_k_indices
 
 
-def breadcrumbs_mask(delta: torch.Tensor, density: float, gamma: float) -> torch.Tensor:
-    """Keep-mask of the ``k`` largest ``|δ|`` after the ``floor(γ·n)`` largest (ties: lowest index first)."""
+def breadcrumbs_indices(delta: torch.Tensor, density: float, gamma: float) -> torch.Tensor:
+    """Ascending positions of the ``k`` largest ``|δ|`` after the ``floor(γ·n)`` largest (ties: lowest index first)."""
     n = delta.numel()
     k = keep_count(density, n)
     outliers = min(keep_count(gamma, n), n - k)
     magnitudes = delta.abs()
-    return top_k_mask(magnitudes, k + outliers) & ~top_k_mask(magnitudes, outliers)
+    kept = top_k_indices(magnitudes, k + outliers)
+    dropped = torch.searchsorted(kept, top_k_indices(magnitudes, outliers))  # nested: the top-o lie in the top-(k+o)
+    keep = torch.ones(kept.numel(), dtype=torch.bool, device=kept.device)
+    keep[dropped] = False
+    return kept[keep]
 
 
 @dataclass(frozen=True)
@@ -45,4 +49,4 @@ class Breadcrumbs(PruningMethod):
     Params = BreadcrumbsParams
 
     def prune(self, info: TensorInfo, delta: torch.Tensor, density: float) -> SparseDelta:
-        return SparseDelta.from_mask(delta, breadcrumbs_mask(delta, density, self.params.gamma))
+        return SparseDelta.from_indices(delta, breadcrumbs_indices(delta, density, self.params.gamma))

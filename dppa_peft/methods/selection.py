@@ -1,9 +1,9 @@
 """Exact top-k selection shared by the magnitude-family methods (ALGORITHMS.md decision 3).
 
 Large tensors are the rule (a 7B embedding has 131M entries), so selection never sorts and never calls
-``torch.quantile`` (which refuses more than 2^24 entries): the threshold is an exact order statistic found by
-``numpy.partition`` on CPU (introselect, about 5x faster than ``torch.kthvalue`` there) and ``torch.kthvalue`` on
-other devices; positions are 64-bit throughout.
+``torch.quantile`` (which refuses more than 2^24 entries): a random sample brackets the threshold, and only the
+entries above the bracket's floor (a few more than k) are ranked exactly, by ``numpy.partition`` on CPU (introselect,
+several times faster than ``torch.kthvalue`` there) or ``torch.kthvalue`` on other devices. Positions are 64-bit.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 TIE_MODES = ("index", "threshold_le")
+SAMPLE = 1 << 14  # entries sampled to bracket the threshold of a large tensor
 TIE_MODE_HELP = ("tie rule at the threshold: 'index' (default) keeps exactly floor(d*n), lowest index first among "
                  "equal |delta|; 'threshold_le' prunes every |delta| <= t like the released DPPA/OWL code")
 
@@ -29,15 +30,15 @@ def keep_count(density: float, n: int) -> int:
     return min(n, max(0, math.floor(density * n + 1e-9)))
 
 
-def kth_smallest(flat: torch.Tensor, position: int) -> tuple[torch.Tensor, int]:
+def kth_smallest(values: torch.Tensor, position: int) -> tuple[torch.Tensor, int]:
     """The ``position``-th smallest entry (1-based, like ``torch.kthvalue``) of a 1-D fp32 tensor, as a 0-d tensor,
     and how many entries are strictly larger."""
-    if flat.device.type == "cpu":
-        partitioned = np.partition(flat.numpy(), position - 1)
+    if values.device.type == "cpu":
+        partitioned = np.partition(values.numpy(), position - 1)
         value = partitioned[position - 1]
-        return torch.tensor(value, dtype=flat.dtype), int(np.count_nonzero(partitioned[position:] > value))
-    value = flat.kthvalue(position).values
-    return value, int((flat > value).sum())
+        return torch.tensor(value, dtype=values.dtype), int(np.count_nonzero(partitioned[position:] > value))
+    value = values.kthvalue(position).values
+    return value, int((values > value).sum())
 
 
 def flat_nonzero(mask: torch.Tensor) -> torch.Tensor:
@@ -47,40 +48,47 @@ def flat_nonzero(mask: torch.Tensor) -> torch.Tensor:
     return mask.nonzero().reshape(-1)
 
 
-def _top_k_flat_mask(flat: torch.Tensor, k: int) -> torch.Tensor:
-    """The top-k mask of a 1-D fp32 tensor with ``0 < k < n``; ties at the threshold go to the lowest index."""
-    threshold, above = kth_smallest(flat, flat.numel() - k + 1)
-    mask = flat > threshold
-    missing = k - above
-    if missing > 0:
-        mask[flat_nonzero(flat == threshold)[:missing]] = True
-    return mask
-
-
-def top_k_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """Boolean mask of the ``k`` largest scores; ties at the threshold go to the lowest flat index."""
-    flat = scores.reshape(-1).float()
+def _candidate_floor(flat: torch.Tensor, k: int) -> torch.Tensor | None:
+    """A value that at least ``k`` entries reach, close to the k-th largest, estimated from a fixed random sample of
+    ``SAMPLE`` entries with a margin of several standard deviations of the sample rank; None for small tensors."""
     n = flat.numel()
-    if k <= 0:
-        return torch.zeros_like(flat, dtype=torch.bool).reshape(scores.shape)
-    if k >= n:
-        return torch.ones_like(flat, dtype=torch.bool).reshape(scores.shape)
-    return _top_k_flat_mask(flat, k).reshape(scores.shape)
+    if n <= 4 * SAMPLE:
+        return None
+    positions = torch.randint(0, n, (SAMPLE,), generator=torch.Generator().manual_seed(0)).to(flat.device)
+    sample = flat[positions]
+    rank = k * SAMPLE / n
+    rank = min(SAMPLE, math.ceil(rank + 6.0 * math.sqrt(rank + 1.0) + 16.0))  # 1-based, from the top
+    return kth_smallest(sample, SAMPLE - rank + 1)[0].to(flat.device)
 
 
 def top_k_indices(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """Ascending flat positions of the ``k`` largest scores (ties: lowest index first), without a full-size sort."""
+    """Ascending flat positions of the ``k`` largest scores (ties: lowest index first), without a full-size sort.
+
+    A random sample gives a floor that a few more than ``k`` entries reach; only those candidates are ranked
+    exactly (the floor is lowered to the minimum when the sample misjudged it), so the result is always exact.
+    """
     flat = scores.reshape(-1).float()
     n = flat.numel()
     if k <= 0:
         return torch.zeros(0, dtype=torch.long, device=flat.device)
     if k >= n:
         return torch.arange(n, device=flat.device)
-    return flat_nonzero(_top_k_flat_mask(flat, k))
+    floor = _candidate_floor(flat, k)
+    candidates = flat_nonzero(flat >= floor) if floor is not None else None
+    if candidates is None or candidates.numel() < k:
+        candidates = torch.arange(n, device=flat.device)
+    values = flat[candidates]
+    threshold, above = kth_smallest(values, values.numel() - k + 1)
+    chosen = values > threshold
+    missing = k - above
+    if missing > 0:
+        chosen[flat_nonzero(values == threshold)[:missing]] = True
+    return candidates[chosen]
 
 
-def threshold_le_mask(scores: torch.Tensor, density: float) -> torch.Tensor:
-    """The released DPPA/OWL rule: ``t = sort(s)[int(n·(1−d))]``, prune every ``s ≤ t`` (over-prunes on ties).
+def threshold_le_indices(scores: torch.Tensor, density: float) -> torch.Tensor:
+    """The released DPPA/OWL rule: ``t = sort(s)[int(n·(1−d))]``, prune every ``s ≤ t`` (over-prunes on ties);
+    returns the ascending positions kept (``s > t``).
 
     The position is ``floor(n·(1−d) + 1e-9)``, so float noise (``5·(1 − 0.8) = 0.9999999999999998``) does not move
     an integer ``n·(1−d)`` down by one.
@@ -89,10 +97,12 @@ def threshold_le_mask(scores: torch.Tensor, density: float) -> torch.Tensor:
     n = flat.numel()
     position = math.floor(n * (1.0 - density) + 1e-9)
     if position >= n:
-        return torch.zeros_like(flat, dtype=torch.bool).reshape(scores.shape)
+        return torch.zeros(0, dtype=torch.long, device=flat.device)
     if position < 0:
-        return torch.ones_like(flat, dtype=torch.bool).reshape(scores.shape)
-    return (flat > kth_smallest(flat, position + 1)[0]).reshape(scores.shape)
+        return torch.arange(n, device=flat.device)
+    kept = top_k_indices(flat, n - position)  # holds t = the (position+1)-th smallest and everything above it
+    threshold = flat[kept].min()
+    return kept[flat[kept] > threshold]
 
 
 def magnitude_indices(delta: torch.Tensor, density: float, tie_mode: str = "index") -> torch.Tensor:
@@ -100,4 +110,4 @@ def magnitude_indices(delta: torch.Tensor, density: float, tie_mode: str = "inde
     check_tie_mode(tie_mode)
     if tie_mode == "index":
         return top_k_indices(delta.abs(), keep_count(density, delta.numel()))
-    return flat_nonzero(threshold_le_mask(delta.abs(), density).reshape(-1))
+    return threshold_le_indices(delta.abs(), density)
