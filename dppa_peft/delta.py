@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -16,6 +18,16 @@ ARCHITECTURE_FIELDS = (
     "intermediate_size", "head_dim",
 )
 VOCAB_TENSOR_HINTS = ("embed", "lm_head", "wte", "word_embeddings", "output.weight")
+
+
+def to_float32(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor.float()``, exact; a CPU bf16 tensor is widened by placing its bits in the high half of each fp32
+    word with numpy (several times faster than torch's conversion on CPU)."""
+    if tensor.dtype != torch.bfloat16 or tensor.device.type != "cpu":
+        return tensor.float()
+    wide = np.zeros((tensor.numel(), 2), dtype=np.int16)
+    wide[:, 1 if sys.byteorder == "little" else 0] = tensor.reshape(-1).view(torch.int16).numpy()
+    return torch.from_numpy(wide.view(np.float32)).reshape(tensor.shape)
 
 
 def is_changed(delta: torch.Tensor) -> bool:
@@ -79,11 +91,11 @@ class DeltaPair:
 
     def delta(self, name: str) -> torch.Tensor:
         """The fp32 delta of one tensor. Rows added to the vocabulary hold the fine-tune's full values."""
-        ft = self.finetuned.read(name).float()
+        ft = to_float32(self.finetuned.read(name))
         base = self.base.read(name)
         self.base_samples[name] = tensor_sample(base)
         rows = base.shape[0] if name in self.extra_rows else ft.shape[0]
-        ft[:rows] -= base  # in fp32: torch promotes the bf16/fp16 base exactly, without an fp32 copy of it
+        ft[:rows] -= to_float32(base)
         return ft
 
     def deltas(self, infos: list[TensorInfo] | None = None, desc: str = "deltas",

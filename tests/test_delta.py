@@ -61,3 +61,12 @@ def test_scope_works_for_other_containers_and_rejects_bad_patterns():
     assert not scope.classify("model.embed_tokens.weight", (4, 4)).in_scope
     with pytest.raises(ValueError, match="named groups"):
         Scope(r"layers\.(\d+)")
+
+
+def test_to_float32_widens_every_bf16_bit_pattern_exactly():
+    from dppa_peft.delta import to_float32
+
+    every = torch.arange(-(2**15), 2**15, dtype=torch.int32).to(torch.int16).view(torch.bfloat16).reshape(256, 256)
+    wide = to_float32(every)
+    assert wide.dtype == torch.float32 and wide.shape == (256, 256)
+    assert torch.equal(wide.view(torch.int32), every.float().view(torch.int32))

@@ -23,9 +23,8 @@ def breadcrumbs_indices(delta: torch.Tensor, density: float, gamma: float) -> to
     n = delta.numel()
     k = keep_count(density, n)
     outliers = min(keep_count(gamma, n), n - k)
-    magnitudes = delta.abs()
-    kept = top_k_indices(magnitudes, k + outliers)
-    dropped = torch.searchsorted(kept, top_k_indices(magnitudes, outliers))  # nested: the top-o lie in the top-(k+o)
+    kept = top_k_indices(delta, k + outliers, absolute=True)
+    dropped = torch.searchsorted(kept, top_k_indices(delta, outliers, absolute=True))  # nested: the top-o lie in the top-(k+o)
     keep = torch.ones(kept.numel(), dtype=torch.bool, device=kept.device)
     keep[dropped] = False
     return kept[keep]

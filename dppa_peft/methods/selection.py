@@ -48,36 +48,48 @@ def flat_nonzero(mask: torch.Tensor) -> torch.Tensor:
     return mask.nonzero().reshape(-1)
 
 
-def _candidate_floor(flat: torch.Tensor, k: int) -> torch.Tensor | None:
-    """A value that at least ``k`` entries reach, close to the k-th largest, estimated from a fixed random sample of
+def _reaching(flat: torch.Tensor, floor: torch.Tensor, absolute: bool) -> torch.Tensor:
+    """Ascending positions where ``flat`` (or ``|flat|``) is at least ``floor`` (numpy on CPU: one fused scan)."""
+    if flat.device.type == "cpu":
+        array, value = flat.numpy(), floor.item()
+        mask = (array >= value) | (array <= -value) if absolute else array >= value
+        return torch.from_numpy(np.flatnonzero(mask))
+    return flat_nonzero(flat.abs() >= floor if absolute else flat >= floor)
+
+
+def _candidate_floor(flat: torch.Tensor, k: int, absolute: bool) -> torch.Tensor | None:
+    """A value that at least ``k`` scores reach, close to the k-th largest, estimated from a fixed random sample of
     ``SAMPLE`` entries with a margin of several standard deviations of the sample rank; None for small tensors."""
     n = flat.numel()
     if n <= 4 * SAMPLE:
         return None
     positions = torch.randint(0, n, (SAMPLE,), generator=torch.Generator().manual_seed(0)).to(flat.device)
-    sample = flat[positions]
+    sample = flat[positions].abs() if absolute else flat[positions]
     rank = k * SAMPLE / n
     rank = min(SAMPLE, math.ceil(rank + 6.0 * math.sqrt(rank + 1.0) + 16.0))  # 1-based, from the top
-    return kth_smallest(sample, SAMPLE - rank + 1)[0].to(flat.device)
+    return kth_smallest(sample, SAMPLE - rank + 1)[0]
 
 
-def top_k_indices(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """Ascending flat positions of the ``k`` largest scores (ties: lowest index first), without a full-size sort.
+def top_k_indices(scores: torch.Tensor, k: int, absolute: bool = False) -> torch.Tensor:
+    """Ascending flat positions of the ``k`` largest scores (``|scores|`` when ``absolute``; ties: lowest index
+    first), without a full-size sort or a full-size copy of the scores.
 
     A random sample gives a floor that a few more than ``k`` entries reach; only those candidates are ranked
-    exactly (the floor is lowered to the minimum when the sample misjudged it), so the result is always exact.
+    exactly (all entries are when the sample misjudged it), so the result is always exact.
     """
-    flat = scores.reshape(-1).float()
+    flat = scores.reshape(-1)
+    if flat.dtype != torch.float32:
+        flat = flat.float()
     n = flat.numel()
     if k <= 0:
         return torch.zeros(0, dtype=torch.long, device=flat.device)
     if k >= n:
         return torch.arange(n, device=flat.device)
-    floor = _candidate_floor(flat, k)
-    candidates = flat_nonzero(flat >= floor) if floor is not None else None
+    floor = _candidate_floor(flat, k, absolute)
+    candidates = _reaching(flat, floor, absolute) if floor is not None else None
     if candidates is None or candidates.numel() < k:
         candidates = torch.arange(n, device=flat.device)
-    values = flat[candidates]
+    values = flat[candidates].abs() if absolute else flat[candidates]
     threshold, above = kth_smallest(values, values.numel() - k + 1)
     chosen = values > threshold
     missing = k - above
@@ -86,28 +98,29 @@ def top_k_indices(scores: torch.Tensor, k: int) -> torch.Tensor:
     return candidates[chosen]
 
 
-def threshold_le_indices(scores: torch.Tensor, density: float) -> torch.Tensor:
+def threshold_le_indices(scores: torch.Tensor, density: float, absolute: bool = False) -> torch.Tensor:
     """The released DPPA/OWL rule: ``t = sort(s)[int(n·(1−d))]``, prune every ``s ≤ t`` (over-prunes on ties);
-    returns the ascending positions kept (``s > t``).
+    returns the ascending positions kept (``s > t``; ``s = |scores|`` when ``absolute``).
 
     The position is ``floor(n·(1−d) + 1e-9)``, so float noise (``5·(1 − 0.8) = 0.9999999999999998``) does not move
     an integer ``n·(1−d)`` down by one.
     """
-    flat = scores.reshape(-1).float()
+    flat = scores.reshape(-1)
     n = flat.numel()
     position = math.floor(n * (1.0 - density) + 1e-9)
     if position >= n:
         return torch.zeros(0, dtype=torch.long, device=flat.device)
     if position < 0:
         return torch.arange(n, device=flat.device)
-    kept = top_k_indices(flat, n - position)  # holds t = the (position+1)-th smallest and everything above it
-    threshold = flat[kept].min()
-    return kept[flat[kept] > threshold]
+    kept = top_k_indices(flat, n - position, absolute)  # t = the (position+1)-th smallest and everything above it
+    values = flat[kept].float()
+    values = values.abs() if absolute else values
+    return kept[values > values.min()]
 
 
 def magnitude_indices(delta: torch.Tensor, density: float, tie_mode: str = "index") -> torch.Tensor:
     """Ascending flat positions of the largest ``|δ|`` at ``density`` under the chosen tie rule."""
     check_tie_mode(tie_mode)
     if tie_mode == "index":
-        return top_k_indices(delta.abs(), keep_count(density, delta.numel()))
-    return threshold_le_indices(delta.abs(), density)
+        return top_k_indices(delta, keep_count(density, delta.numel()), absolute=True)
+    return threshold_le_indices(delta, density, absolute=True)
