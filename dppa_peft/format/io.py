@@ -16,7 +16,6 @@ from safetensors import safe_open
 
 from ..methods.base import SparseDelta
 from ..checkpoint import SafetensorsWriter, atomic_directory, describe_ref, resolve_repo
-from ..publish.card import write_model_card
 from .config import SparseDeltaConfig, module_and_param
 from .encoding import EncodedTensor, scale_values
 
@@ -60,8 +59,7 @@ class AdapterWriter:
 
     def close(self, config: SparseDeltaConfig) -> None:
         self._weights.close()
-        config.save_pretrained(str(self.directory))
-        write_model_card(self.directory, config)
+        config.save_pretrained(str(self.directory))  # also writes the card
 
 
 class SparseDeltaAdapter:

@@ -1,9 +1,14 @@
-"""Merging: combine N sparse deltas onto a base, in memory (``load_merged``) or streamed (``merge_to_folder``).
+"""Merging: combine N sparse deltas onto a base, in memory (``load_merged``), streamed into a model folder
+(``merge_to_folder``) or into one merged sparse adapter (``merge_to_adapter``).
 
-``combine`` holds the per-tensor maths of every combine mode (sum, TIES, ...); ``loader`` applies it to models.
+``modes`` is the registry of merge modes (sum/linear, ties, magnitude_prune, dare_linear, dare_ties, della, ...:
+an optional sparsify step and a consensus step); ``combine`` holds the per-entry consensus maths (sum, TIES
+election); ``loader`` applies a mode to models and writes the outputs, their cards and merge records.
 """
 
 from .combine import COMBINE_MODES
-from .loader import combine_tensor, load_merged, merge_to_folder
+from .loader import combine_tensor, load_merged, merge_to_adapter, merge_to_folder, replay
+from .modes import MERGE_MODES, MergeMode, create_mode, mode_options, register_mode
 
-__all__ = ["COMBINE_MODES", "combine_tensor", "load_merged", "merge_to_folder"]
+__all__ = ["COMBINE_MODES", "MERGE_MODES", "MergeMode", "combine_tensor", "create_mode", "load_merged",
+           "merge_to_adapter", "merge_to_folder", "mode_options", "register_mode", "replay"]

@@ -51,7 +51,7 @@ class SparseDeltaModel(BaseTuner):
     target_module_mapping: dict[str, list[str]] = {}
 
     def _prepare_adapter_config(self, peft_config: SparseDeltaConfig, model_config: dict) -> SparseDeltaConfig:
-        if not peft_config.target_modules:
+        if not peft_config.tensors:
             raise ValueError("this sparse delta adapter stores no tensors; nothing to apply")
         return peft_config
 
