@@ -139,10 +139,10 @@ class MergeMode:
     def __init__(self, params: Any = None) -> None:
         self.params = params if params is not None else self.Params()
 
-    @property
-    def dense(self) -> bool:
-        """Whether the mode needs each tensor's deltas densified (election); ``sum`` modes stay sparse."""
-        return self.consensus != "sum"
+    @classmethod
+    def needs_dense(cls) -> bool:
+        """Whether the mode densifies each tensor's deltas (an election); ``sum`` modes stay sparse."""
+        return cls.consensus != "sum"
 
     def describe(self) -> dict[str, Any]:
         """Mode name and every option, as recorded in merge records, cards and adapter configs."""
@@ -153,7 +153,7 @@ class MergeMode:
         if len(deltas) != len(weights):
             raise ValueError(f"got {len(deltas)} deltas but {len(weights)} weights for {name}; pass one per adapter")
         kept = [self._sparsify(name, index, delta) for index, delta in enumerate(deltas)]
-        if not self.dense:
+        if not self.needs_dense():
             return MergedTensor(kept, [float(w) for w in weights])
         options = {key: getattr(self.params, key) for key in combine_options(self.consensus)}
         merged = combine(self.consensus, [d.to_dense() for d in kept], list(weights), **options)
