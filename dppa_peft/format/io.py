@@ -34,6 +34,17 @@ def state_key(tensor_name: str, part: str) -> str:
     return f"base_model.model.{module}.sparse_delta.{param}_{part}"
 
 
+def tensor_record(encoded: EncodedTensor, **extra: Any) -> dict[str, Any]:
+    """The config record of one stored tensor: ``extra`` fields plus its stored form (``dtype``: of the values)."""
+    return {
+        **extra, "shape": list(encoded.shape), "nnz": encoded.nnz, "encoding": encoded.encoding,
+        "dtype": str(encoded.values.dtype).removeprefix("torch."),
+        "index_bytes": 0 if encoded.index is None else encoded.index.numel(),
+        "partition": encoded.partition is not None, "stored_bytes": encoded.stored_bytes,
+        "density": encoded.nnz / encoded.numel if encoded.numel else 0.0,
+    }
+
+
 class AdapterWriter:
     """Stream encoded tensors into ``adapter_model.safetensors``; ``close`` adds the config and the card."""
 
@@ -49,12 +60,7 @@ class AdapterWriter:
             self._weights.add(state_key(name, "index"), encoded.index)
         if encoded.partition is not None:
             self._weights.add(state_key(name, "partition"), encoded.partition)
-        self.records[name] = {
-            **record, "shape": list(encoded.shape), "nnz": encoded.nnz, "encoding": encoded.encoding,
-            "index_bytes": 0 if encoded.index is None else encoded.index.numel(),
-            "partition": encoded.partition is not None, "stored_bytes": encoded.stored_bytes,
-            "density": encoded.nnz / encoded.numel if encoded.numel else 0.0,
-        }
+        self.records[name] = tensor_record(encoded, **record)
         return self.records[name]
 
     def close(self, config: SparseDeltaConfig) -> None:

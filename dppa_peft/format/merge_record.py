@@ -8,10 +8,16 @@ its ``adapter_config.json``. ``dppa-peft merge --from-record FILE`` (``replay``)
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+import torch
+
+from .. import __version__
+from .config import SparseDeltaConfig
 
 RECORD_FILE = "dppa_merge.json"
 RECORD_VERSION = 1
@@ -106,3 +112,21 @@ def source_of(ref: str | os.PathLike, revision: str | None, folder: Path) -> Mer
         return MergeSource(ref=str(Path(ref).expanduser().resolve()))
     commit = folder.name if folder.parent.name == "snapshots" else None
     return MergeSource(ref=str(ref), revision=revision, commit=commit)
+
+
+def merged_adapter_config(record: MergeRecord, records: dict[str, dict[str, Any]], base_fingerprint: str | None,
+                          vocab_size: int | None) -> SparseDeltaConfig:
+    """The config of a merged adapter: its tensors, the merge record and a size summary."""
+    pruned = [r for r in records.values() if r.get("pruned")]
+    numel = sum(math.prod(r["shape"]) for r in pruned)
+    itemsize = getattr(torch, record.value_dtype or "float32").itemsize
+    summary = {"kept_density": sum(r["nnz"] for r in pruned) / numel if numel else 0.0,
+               "adapter_bytes": sum(r["stored_bytes"] for r in pruned), "dense_delta_bytes": numel * itemsize}
+    summary["size_ratio"] = summary["adapter_bytes"] / numel / itemsize if numel else 0.0
+    return SparseDeltaConfig(
+        base_model_name_or_path=record.base.ref, revision=record.base.revision, base_fingerprint=base_fingerprint,
+        method={"name": "merge", "mode": record.mode, "params": record.params}, tensors=records,
+        vocab_size=vocab_size, inference_mode=True, task_type="CAUSAL_LM", summary=summary, merge=record.to_dict(),
+        provenance={"command": record.command or f"dppa_peft.merge (mode {record.mode!r})",
+                    "package_version": __version__},
+    )

@@ -6,9 +6,21 @@ an optional sparsify step and a consensus step); ``combine`` holds the per-entry
 election); ``loader`` applies a mode to models and writes the outputs, their cards and merge records.
 """
 
+from typing import Any
+
 from .combine import COMBINE_MODES
-from .loader import combine_tensor, load_merged, merge_to_adapter, merge_to_folder, replay
 from .modes import MERGE_MODES, MergeMode, create_mode, mode_options, register_mode
+
+_LOADER_NAMES = ("combine_tensor", "load_merged", "merge_to_adapter", "merge_to_folder", "replay")
+
+
+def __getattr__(name: str) -> Any:
+    """The loader's functions, imported on first use: ``tuner`` (which ``loader`` imports) uses ``modes``."""
+    if name in _LOADER_NAMES:
+        from . import loader
+
+        return getattr(loader, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = ["COMBINE_MODES", "MERGE_MODES", "MergeMode", "combine_tensor", "create_mode", "load_merged",
            "merge_to_adapter", "merge_to_folder", "mode_options", "register_mode", "replay"]

@@ -22,11 +22,10 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..checkpoint import HUB_PATTERNS, Checkpoint, ShardedWriter, atomic_directory, resolve_repo
-from ..format.config import SparseDeltaConfig
 from ..format.encoding import encode
 from ..format.fingerprint import fingerprint, tensor_sample
 from ..format.io import AdapterWriter, SparseDeltaAdapter
-from ..format.merge_record import MergeRecord, MergeSource, read_record, source_of
+from ..format.merge_record import MergeRecord, MergeSource, merged_adapter_config, read_record, source_of
 from ..methods.base import SparseDelta
 from ..pipeline import VALUE_DTYPES, open_adapter
 from ..publish.merge_card import write_merge_card
@@ -205,24 +204,6 @@ def merge_to_adapter(base: str | os.PathLike, adapters: Sequence[AdapterRef], ou
     return SparseDeltaAdapter(out)
 
 
-def merged_adapter_config(record: MergeRecord, records: dict[str, dict[str, Any]], base_fingerprint: str | None,
-                          vocab_size: int | None) -> SparseDeltaConfig:
-    """The config of a merged adapter: its tensors, the merge record and a size summary."""
-    pruned = [r for r in records.values() if r.get("pruned")]
-    numel = sum(_numel(r["shape"]) for r in pruned)
-    itemsize = VALUE_DTYPES.get(record.value_dtype or "float32", torch.float32).itemsize
-    summary = {"kept_density": sum(r["nnz"] for r in pruned) / numel if numel else 0.0,
-               "adapter_bytes": sum(r["stored_bytes"] for r in pruned), "dense_delta_bytes": numel * itemsize}
-    summary["size_ratio"] = summary["adapter_bytes"] / numel / itemsize if numel else 0.0
-    return SparseDeltaConfig(
-        base_model_name_or_path=record.base.ref, revision=record.base.revision, base_fingerprint=base_fingerprint,
-        method={"name": "merge", "mode": record.mode, "params": record.params}, tensors=records,
-        vocab_size=vocab_size, inference_mode=True, task_type="CAUSAL_LM", summary=summary, merge=record.to_dict(),
-        provenance={"command": record.command or f"dppa_peft.merge_to_adapter(mode={record.mode!r})",
-                    "package_version": __version__},
-    )
-
-
 def replay(source: str | os.PathLike | MergeRecord, out: str | os.PathLike, *, output: str | None = None,
            overwrite: bool = False, progress: bool = True, token: str | bool | None = None,
            command: str | None = None) -> Path:
@@ -242,10 +223,6 @@ def replay(source: str | os.PathLike | MergeRecord, out: str | os.PathLike, *, o
     if output == "model":
         return merge_to_folder(record.base.ref, adapters, out, dtype=record.dtype, **common)
     raise ValueError(f"unknown merge output {output!r}; choose 'model' or 'adapter'")
-
-
-def _numel(shape: Sequence[int]) -> int:
-    return int(torch.Size(shape).numel())
 
 
 def _grow_rows(tensor: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:

@@ -11,6 +11,7 @@ from torch import nn
 
 from ..format.config import SparseDeltaConfig
 from ..format.encoding import EncodedTensor, scale_values
+from ..methods.base import SparseDelta
 
 
 class SparseDeltaStore(nn.Module):
@@ -38,6 +39,11 @@ class SparseDeltaStore(nn.Module):
         """Stored values times the amplification factor of their partition."""
         encoded = self.encoded(param)
         return scale_values(encoded.values, encoded.partition, self.factors[param])
+
+    def delta(self, param: str, device: torch.device) -> SparseDelta:
+        """The stored delta of one parameter with its factors applied (fp32 values, on ``device``)."""
+        encoded = self.encoded(param)
+        return SparseDelta(encoded.indices().to(device), self.scaled_values(param).float().to(device), encoded.shape)
 
     def add_to(self, param: str, target: torch.Tensor, sign: float = 1.0) -> torch.Tensor:
         """``target + sign·δ`` for a parameter whose leading rows may be fewer than the delta's (resized vocab)."""
