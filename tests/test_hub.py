@@ -17,17 +17,12 @@ from transformers import AutoModelForCausalLM
 
 from dppa_peft import BaseModelMismatchError, SparseDeltaAdapter, load_merged, merge_to_folder, open_adapter, prune
 from dppa_peft.cli import main
-from tests.expected import PROMPT
+from tests.expected import PROMPT, logits
 from tests.hub_fixtures import HUB_USER, OTHER_TOKEN, run_python, unique_repo_id
 from tests.hub_server import DROPPED, LocalHub
 from tests.tiny_models import make_base
 
 ADAPTER_REPO_FILES = [".gitattributes", "README.md", "adapter_config.json", "adapter_model.safetensors"]
-
-
-def _logits(model: torch.nn.Module) -> torch.Tensor:
-    with torch.no_grad():
-        return model(PROMPT).logits
 
 
 def _folder_digest(folder: Path) -> dict[str, str]:
@@ -104,7 +99,7 @@ def test_pull_by_id_in_a_fresh_process_then_offline_from_the_cache(hub_models, h
     base_id = hub_models["ids"]["base"]
     assert _push(adapter, hub_repo_id) == 0
     local = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(hub_models["base"]), str(adapter.directory))
-    expected = _logits(local)
+    expected = logits(local)
     script = textwrap.dedent(f"""
         import sys, torch, dppa_peft
         from peft import PeftModel
@@ -153,11 +148,11 @@ def test_revisions_branch_and_older_commit(hub_models, hub_repo_id, tmp_path, ca
     assert fingerprint(open_adapter(hub_repo_id)) == fingerprint(a1)
     old = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), hub_repo_id, revision=first)
     local = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), str(a0.directory))
-    assert torch.equal(_logits(old), _logits(local))
+    assert torch.equal(logits(old), logits(local))
     assert main(["merge", "--base", hub_models["ids"]["base"], "--adapter", hub_repo_id, "--adapter-revision", first,
                  "--out", str(tmp_path / "m")]) == 0
     expected = load_merged(base, [a0.directory], progress=False)
-    assert torch.equal(_logits(AutoModelForCausalLM.from_pretrained(tmp_path / "m")), _logits(expected))
+    assert torch.equal(logits(AutoModelForCausalLM.from_pretrained(tmp_path / "m")), logits(expected))
 
 
 def test_private_repo_is_invisible_to_others(hub_models, hub_repo_id, tmp_path):
@@ -245,15 +240,15 @@ def test_merge_at_load_from_two_hub_repos(hub_models, tmp_path):
     for adapter, repo in zip((a0, a1), repos):
         assert _push(adapter, repo) == 0
     base_id, base = hub_models["ids"]["base"], hub_models["base"]
-    expected = _logits(load_merged(base, [a0.directory, a1.directory], weights=[0.5, 1.0], progress=False))
+    expected = logits(load_merged(base, [a0.directory, a1.directory], weights=[0.5, 1.0], progress=False))
 
     merged = load_merged(base_id, repos, weights=[0.5, 1.0], adapter_revisions=["main", "main"], progress=False)
-    assert torch.equal(_logits(merged), expected)
+    assert torch.equal(logits(merged), expected)
     assert main(["merge", "--base", base_id, "--adapter", repos[0], "--adapter", repos[1], "--weight", "0.5",
                  "--weight", "1.0", "--out", str(tmp_path / "m")]) == 0
-    assert torch.equal(_logits(AutoModelForCausalLM.from_pretrained(tmp_path / "m")), expected)
+    assert torch.equal(logits(AutoModelForCausalLM.from_pretrained(tmp_path / "m")), expected)
     folder = merge_to_folder(base_id, repos, tmp_path / "m2", weights=[0.5, 1.0], progress=False)
-    assert torch.equal(_logits(AutoModelForCausalLM.from_pretrained(folder)), expected)
+    assert torch.equal(logits(AutoModelForCausalLM.from_pretrained(folder)), expected)
 
 
 def test_lm_eval_model_takes_hub_ids_and_revisions(hub_models, hub_repo_id):
@@ -267,4 +262,4 @@ def test_lm_eval_model_takes_hub_ids_and_revisions(hub_models, hub_repo_id):
     lm = DppaLM(pretrained=hub_models["ids"]["base"], adapters=hub_repo_id, adapter_revisions=first,
                 tokenizer=char_tokenizer(), batch_size=1)
     expected = load_merged(hub_models["base"], [a0.directory], progress=False)
-    assert torch.equal(_logits(lm.model), _logits(expected))
+    assert torch.equal(logits(lm.model), logits(expected))
