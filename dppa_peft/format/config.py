@@ -9,6 +9,8 @@ from typing import Any
 
 from peft.config import PeftConfig
 
+from ..errors import UserError
+
 FORMAT_VERSION = 2  # what this package writes; it reads 1 (absent field) and 2
 
 
@@ -90,9 +92,9 @@ def check_format_version(version: int | None) -> None:
     if version is None or version in range(1, FORMAT_VERSION + 1):
         return
     if isinstance(version, int) and version > FORMAT_VERSION:
-        raise ValueError(f"this adapter has format version {version}: it was written by a newer dppa-peft (this one "
+        raise UserError(f"this adapter has format version {version}: it was written by a newer dppa-peft (this one "
                          f"reads versions 1 to {FORMAT_VERSION}); upgrade: pip install -U dppa-peft")
-    raise ValueError(f"adapter_config.json has an invalid format_version {version!r}; expected 1 or 2")
+    raise UserError(f"adapter_config.json has an invalid format_version {version!r}; expected 1 or 2")
 
 
 def module_and_param(tensor_name: str) -> tuple[str, str]:
