@@ -125,8 +125,8 @@ def test_pull_by_id_in_a_fresh_process_then_offline_from_the_cache(hub_models, h
     assert len(local_hub.requests) == before  # served from the cache: nothing reached the server
     assert "HF_HUB_OFFLINE=1 forbids downloading it" in offline.stdout
     for run in ("online", "offline"):
-        for name, logits in torch.load(tmp_path / f"{run}.pt").items():
-            assert torch.equal(logits, expected), (run, name)
+        for name, values in torch.load(tmp_path / f"{run}.pt").items():
+            assert torch.equal(values, expected), (run, name)
 
 
 def test_revisions_branch_and_older_commit(hub_models, hub_repo_id, tmp_path, capsys):
