@@ -115,7 +115,7 @@ class MergedTensor:
 
     def apply(self, target: torch.Tensor) -> torch.Tensor:
         """``cast(target.float() + Σ w_i·δ_i)`` with the one kernel (``format.apply.add_sparse``)."""
-        return add_sparse(target, self.deltas, self.weights)
+        return add_sparse(target.detach(), self.deltas, self.weights)
 
     def as_delta(self) -> SparseDelta:
         """The combined delta as one sparse fp32 tensor (the union of the supports; exact zeros are not stored)."""

@@ -10,12 +10,13 @@ from peft.tuners.tuners_utils import BaseTuner
 from torch import nn
 
 from ..format.config import SparseDeltaConfig
+from ..errors import UserError
 from ..format.fingerprint import model_fingerprint
 from .layer import SparseDeltaLayer
 from .weighted import add_weighted_adapter
 
 
-class BaseModelMismatchError(ValueError):
+class BaseModelMismatchError(UserError):
     """The adapter was made from a different base model."""
 
 
