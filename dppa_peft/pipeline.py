@@ -105,10 +105,11 @@ def prune(base: str | os.PathLike, finetuned: str | os.PathLike, out: str | os.P
     pruner = create_method(method, rate, **params)
     rates = None if partition_rates is None else check_partition_rates(partition_rates, rate)
     pair = open_pair(base, finetuned, scope_pattern, revision=revision, base_revision=base_revision, token=token)
-    collect_statistics(pruner, pair, progress)
     counts = {"kept": 0, "numel": 0, "pruned": 0, "dense": 0, "unchanged": 0, "stored": 0, "dense_bytes": 0}
     samples: dict[str, bytes] = {}
-    with atomic_directory(out, overwrite=overwrite) as tmp:
+    inputs = [base, finetuned, pair.base.directory, pair.finetuned.directory]
+    with atomic_directory(out, overwrite=overwrite, inputs=inputs) as tmp:  # checked and locked before any work
+        collect_statistics(pruner, pair, progress)
         writer = AdapterWriter(tmp)
         for info, delta in pair.deltas(desc=f"pruning ({method})", progress=progress):
             if not delta.any():

@@ -161,7 +161,8 @@ def amplify(adapter: str | os.PathLike | SparseDeltaAdapter, out: str | os.PathL
     """
     handle = open_adapter(adapter, revision=adapter_revision, token=token)
     provenance = {"command": command or f"dppa_peft.amplify({handle.ref!r})", "amplified_from": handle.ref}
-    with atomic_directory(out, overwrite=overwrite) as tmp:
+    inputs = [handle.directory, finetuned, base or handle.config.base_model_name_or_path]
+    with atomic_directory(out, overwrite=overwrite, inputs=inputs) as tmp:
         result = _amplify_into(tmp, handle, options, finetuned, base, revision, base_revision, token, progress,
                                provenance)
     return SparseDeltaAdapter(out), result
@@ -182,7 +183,7 @@ def prune_and_amplify(base: str | os.PathLike, finetuned: str | os.PathLike, out
     rates: Sequence[float] = dpa_options.get("partition_rates") or default_partition_rates(rate)
     dpa_options["partition_rates"] = list(rates)
     provenance = {"command": command or f"dppa_peft.prune_and_amplify(method={method!r}, rate={rate})"}
-    with atomic_directory(out, overwrite=overwrite) as tmp:
+    with atomic_directory(out, overwrite=overwrite, inputs=[base, finetuned]) as tmp:
         pruned, summary = prune(base, finetuned, tmp / "pruned", method, rate, scope_pattern=scope_pattern,
                                 outside_scope=outside_scope, value_dtype=value_dtype, revision=revision,
                                 base_revision=base_revision, token=token, progress=progress,

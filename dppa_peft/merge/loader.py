@@ -111,7 +111,8 @@ def merge_to_folder(base: str | os.PathLike, adapters: Sequence[AdapterRef], out
     if missing:
         raise ValueError(f"adapter tensors {missing[:5]} are not in {base}; the adapters do not fit this base")
     samples: dict[str, bytes] = {}
-    with atomic_directory(out, overwrite=overwrite) as tmp:
+    inputs = [base, checkpoint.directory, *(h.directory for h in handles)]
+    with atomic_directory(out, overwrite=overwrite, inputs=inputs) as tmp:
         writer = ShardedWriter(tmp, max_shard_bytes=max_shard_bytes)
         for name in tqdm(checkpoint.names(), desc=f"merging ({mode})", unit="tensor", disable=not progress,
                          leave=False):

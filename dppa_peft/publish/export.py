@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..checkpoint import Checkpoint, SafetensorsWriter, atomic_directory
+from ..checkpoint import Checkpoint, SafetensorsWriter
+from ..output import atomic_directory, check_output
 from .card import write_model_card
 from ..format.fingerprint import fingerprint, tensor_sample
 from ..format.io import WEIGHTS_FILE, SparseDeltaAdapter
@@ -73,12 +74,14 @@ def export_supertuning(adapter: SparseDeltaAdapter, out: str | os.PathLike, *, b
     if base is None:
         base, base_revision = config.base_model_name_or_path, base_revision or config.revision
     checkpoint = Checkpoint.open(base, revision=base_revision, token=token)
+    inputs = [adapter.directory, base, checkpoint.directory]
+    check_output(out, inputs, overwrite)  # before the fingerprint read
     _check_fingerprint(adapter, checkpoint)
     model = _skeleton(checkpoint)
     targets, whole = _split_modules(adapter, checkpoint, model)
     sparsity = global_sparsity([(_numel(adapter, t), adapter.config.tensors[f"{t}.weight"]["nnz"]) for t in targets])
     kept = padding = 0
-    with atomic_directory(out, overwrite=overwrite) as tmp:
+    with atomic_directory(out, overwrite=overwrite, inputs=inputs) as tmp:
         writer = SafetensorsWriter(tmp / WEIGHTS_FILE)
         for module in tqdm(targets, desc="export (sparse)", unit="module", disable=not progress, leave=False):
             values, indices, pad = _padded_support(adapter, f"{module}.weight", sparsity)
