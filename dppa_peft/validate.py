@@ -65,5 +65,5 @@ def check_finite_params(params: Any, where: str) -> None:
         option = "--" + field.name.replace("_", "-")
         if isinstance(value, float):
             finite_number(value, f"{where} {option}")
-        elif isinstance(value, (list, tuple)) and all(isinstance(v, float) for v in value):
+        elif isinstance(value, (list, tuple)) and any(isinstance(v, float) for v in value):
             finite_numbers(value, f"{where} {option}")

@@ -17,6 +17,7 @@ from typing import Any
 from .. import __version__
 from ..format.io import AdapterWriter, SparseDeltaAdapter
 from ..checkpoint import atomic_directory
+from ..validate import check_finite_params
 from ..pipeline import PruneSummary, open_adapter, prune
 from ..scope import DEFAULT_SCOPE_PATTERN
 from .candidate import AmplifiedModel, load_base_model
@@ -63,6 +64,7 @@ class AmplifyParams:
         "help": "dtype the base and fine-tuned models are loaded in for the search (auto, float32, bfloat16)"})
 
     def __post_init__(self) -> None:
+        check_finite_params(self, "DPA")
         if self.combine not in PARTITION_COMBINE_MODES:
             raise ValueError(f"unknown combine mode {self.combine!r}; choose one of {PARTITION_COMBINE_MODES}")
         if self.search not in STRATEGIES:

@@ -16,6 +16,7 @@ from torch import nn
 
 from ..format.encoding import scale_values
 from ..format.io import SparseDeltaAdapter
+from ..format.validate import check_fits_base
 from ..tuner.model import check_base, resize_vocabulary
 from .factors import effective_factors, unpruned_factor
 from .partitions import Partitions
@@ -40,7 +41,9 @@ def load_base_model(base: str | os.PathLike, adapter: SparseDeltaAdapter, dtype:
     """The adapter's base model, checked against its fingerprint and with the vocabulary the adapter needs."""
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype, revision=revision, token=token)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype, revision=revision, token=token,
+                                                 use_safetensors=True)
+    check_fits_base(adapter.config, {n: tuple(p.shape) for n, p in model.named_parameters()}, adapter.ref, str(base))
     check_base(model, adapter.config)
     resize_vocabulary(model, adapter.config.vocab_size)
     return model.to(device).eval()

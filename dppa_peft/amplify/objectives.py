@@ -215,7 +215,8 @@ def build_objective(params: ObjectiveParams, finetuned: str | os.PathLike | None
         raise ValueError("the kl objective needs calibration prompts (--calibration FILE)")
     texts = read_texts(params.calibration) if params.objective == "kl" else None
     tokenizer = load_tokenizer([params.tokenizer] if params.tokenizer else [finetuned, base], token=token)
-    reference = AutoModelForCausalLM.from_pretrained(finetuned, dtype=dtype, revision=revision, token=token)
+    reference = AutoModelForCausalLM.from_pretrained(finetuned, dtype=dtype, revision=revision, token=token,
+                                                     use_safetensors=True)  # never unpickle a *.bin checkpoint
     reference = reference.to(device).eval()
     if params.objective == "kl":
         return KLObjective(reference, tokenizer, texts, params.continuation_tokens, params.max_length,

@@ -88,14 +88,14 @@ def evaluate_all(base: str, domains: Sequence[DomainSpec], evaluator: Evaluator,
     by_name = {d.name: d for d in domains}
     jobs = 2 + len(domains) + len(prunes) + len(merges)
     bar = tqdm(total=jobs, desc="evaluating", unit="model", disable=not progress)
-    base_model = AutoModelForCausalLM.from_pretrained(base)
+    base_model = AutoModelForCausalLM.from_pretrained(base, use_safetensors=True)
     all_tasks = [t for d in domains for t in d.tasks]
     base_all = evaluator.scores(base_model, all_tasks)
     base_scores = {d.name: {t: base_all[t] for t in d.tasks} for d in domains}
     bar.update(2)
     dense = {}
     for domain in domains:
-        model = AutoModelForCausalLM.from_pretrained(domain.finetuned)
+        model = AutoModelForCausalLM.from_pretrained(domain.finetuned, use_safetensors=True)
         dense[domain.name] = evaluator.scores(model, domain.tasks)
         bar.update()
     variants = []

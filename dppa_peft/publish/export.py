@@ -24,6 +24,7 @@ from ..output import atomic_directory, check_output
 from .card import write_model_card
 from ..format.fingerprint import fingerprint, tensor_sample
 from ..format.io import WEIGHTS_FILE, SparseDeltaAdapter
+from ..format.validate import check_fits_base
 from ..tuner.model import BaseModelMismatchError
 
 EXPORT_FORMATS = ("sparse-delta", "supertuning")  # ours (a copy) and stock PEFT's
@@ -130,9 +131,8 @@ def choose_targets(candidates: dict[str, tuple[int, int, int]]) -> list[str]:
 
 
 def _check_fingerprint(adapter: SparseDeltaAdapter, checkpoint: Checkpoint) -> None:
-    missing = sorted(set(adapter.config.tensors) - set(checkpoint.names()))
-    if missing:
-        raise ValueError(f"adapter tensors {missing[:5]} are not in {checkpoint.ref}; pass the adapter's base")
+    check_fits_base(adapter.config, {n: checkpoint.shape(n) for n in checkpoint.names()}, adapter.ref,
+                    checkpoint.ref)
     if not adapter.config.base_fingerprint:
         return
     found = fingerprint({name: tensor_sample(checkpoint.read(name)) for name in adapter.config.tensors})
