@@ -159,6 +159,16 @@ class Checkpoint:
             return handle.get_tensor(name).clone()
 
 
+def load_causal_lm(ref: str | os.PathLike, **kwargs: Any) -> torch.nn.Module:
+    """``AutoModelForCausalLM.from_pretrained`` that only ever reads safetensors: a local folder is checked first
+    (a pickled-only folder or a damaged file is a clear error), and transformers is told ``use_safetensors=True``."""
+    from transformers import AutoModelForCausalLM
+
+    if Path(ref).expanduser().is_dir():
+        Checkpoint(Path(ref).expanduser())
+    return AutoModelForCausalLM.from_pretrained(ref, use_safetensors=True, **kwargs)
+
+
 class SafetensorsWriter:
     """Stream tensors into one safetensors file: data goes to a temp file, the header is written at the end."""
 

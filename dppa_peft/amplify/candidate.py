@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..checkpoint import load_causal_lm
 from ..format.encoding import scale_values
 from ..format.io import SparseDeltaAdapter
 from ..format.validate import check_fits_base
@@ -39,10 +40,7 @@ def load_base_model(base: str | os.PathLike, adapter: SparseDeltaAdapter, dtype:
                     device: str | torch.device = "cpu", revision: str | None = None,
                     token: str | bool | None = None) -> nn.Module:
     """The adapter's base model, checked against its fingerprint and with the vocabulary the adapter needs."""
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype, revision=revision, token=token,
-                                                 use_safetensors=True)
+    model = load_causal_lm(base, dtype=dtype, revision=revision, token=token)
     check_fits_base(adapter.config, {n: tuple(p.shape) for n, p in model.named_parameters()}, adapter.ref, str(base))
     check_base(model, adapter.config)
     resize_vocabulary(model, adapter.config.vocab_size)

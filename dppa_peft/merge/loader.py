@@ -21,7 +21,7 @@ from ..format.fingerprint import fingerprint, tensor_sample
 from ..format.io import SparseDeltaAdapter
 from ..format.validate import check_fits_base, require_fingerprint
 from ..tuner.model import BaseModelMismatchError, check_base, resize_vocabulary
-from ..checkpoint import HUB_PATTERNS, Checkpoint, ShardedWriter, atomic_directory, resolve_repo
+from ..checkpoint import HUB_PATTERNS, Checkpoint, ShardedWriter, atomic_directory, load_causal_lm, resolve_repo
 from ..methods.base import SparseDelta
 from ..pipeline import open_adapter
 from ..validate import finite_numbers
@@ -84,13 +84,10 @@ def load_merged(base: str | os.PathLike, adapters: Sequence[AdapterRef], weights
     ``base`` and every adapter may be a local folder or a Hub id (``revision`` / ``adapter_revisions`` pick the
     versions; the base is downloaded once into the HF cache, and ``model.name_or_path`` is that local folder).
     """
-    from transformers import AutoModelForCausalLM
-
     handles, weights = _prepare(adapters, weights, adapter_revisions, token, allow_unverified_base)
     folder = resolve_repo(base, revision=revision, token=token,
                           allow_patterns=HUB_PATTERNS + ["*.py"] if trust_remote_code else None)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, trust_remote_code=trust_remote_code,
-                                                 use_safetensors=True)
+    model = load_causal_lm(folder, dtype=dtype, trust_remote_code=trust_remote_code)
     shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
     for handle in handles:
         check_fits_base(handle.config, shapes, handle.ref, str(base))
