@@ -43,6 +43,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     outputs.add_argument("--value-dtype", default="float32", choices=ADAPTER_DTYPES,
                          help="--out-adapter: dtype of the stored values (default float32: exact)")
     outputs.add_argument("--overwrite", action="store_true", help="replace the output folders if they exist")
+    inputs.add_argument("--allow-unverified-base", action="store_true",
+                        help="merge adapters that record no base fingerprint (refused by default: nothing would check "
+                             "that they fit this base)")
     modes = parser.add_argument_group("merge mode")
     modes.add_argument("--mode", default="sum", choices=sorted(MERGE_MODES), help="; ".join(
         f"{name}: {cls.summary}" for name, cls in sorted(MERGE_MODES.items()) if name == cls.name))
@@ -63,7 +66,8 @@ def run(args: argparse.Namespace) -> None:
             raise ValueError(f"--from-record replays the recorded inputs; drop {', '.join(given)}")
         outputs = [(out, kind) for out, kind in ((args.out, "model"), (args.out_adapter, "adapter")) if out]
         for out, kind in outputs:
-            replay(args.from_record, out, output=kind, overwrite=args.overwrite, command=command)
+            replay(args.from_record, out, output=kind, overwrite=args.overwrite, command=command,
+                   allow_unverified_base=args.allow_unverified_base)
             print(f"wrote {out}: replayed {args.from_record} as a {kind}")
         return
     if not args.base or not args.adapter:
@@ -71,7 +75,8 @@ def run(args: argparse.Namespace) -> None:
     canonical = MERGE_MODES[args.mode].name
     options = given_options(args, _ACCEPTED, canonical, "merge mode")
     common = dict(weights=args.weight, mode=args.mode, revision=args.revision,
-                  adapter_revisions=args.adapter_revision, overwrite=args.overwrite, command=command, **options)
+                  adapter_revisions=args.adapter_revision, overwrite=args.overwrite, command=command,
+                  allow_unverified_base=args.allow_unverified_base, **options)
     if args.out:
         out = merge_to_folder(args.base, args.adapter, args.out, dtype=args.dtype, **common)
         size = sum(p.stat().st_size for p in out.glob("*.safetensors"))

@@ -21,15 +21,17 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import __version__
-from ..checkpoint import HUB_PATTERNS, Checkpoint, ShardedWriter, atomic_directory, resolve_repo
+from ..checkpoint import HUB_PATTERNS, Checkpoint, ShardedWriter, atomic_directory, load_causal_lm, resolve_repo
 from ..format.encoding import encode
 from ..format.fingerprint import fingerprint, tensor_sample
 from ..format.io import AdapterWriter, SparseDeltaAdapter
 from ..format.merge_record import MergeRecord, MergeSource, merged_adapter_config, read_record, source_of
+from ..format.validate import check_fits_base, require_fingerprint
 from ..methods.base import SparseDelta
 from ..pipeline import VALUE_DTYPES, open_adapter
 from ..publish.merge_card import write_merge_card
 from ..tuner.model import BaseModelMismatchError, check_base, resize_vocabulary
+from ..validate import finite_numbers
 from .modes import MergedTensor, MergeMode, create_mode
 
 SKIPPED_FILES = (".safetensors", ".safetensors.index.json", ".bin", ".pt", ".pth", ".msgpack", ".h5", "README.md",
@@ -46,10 +48,12 @@ def combine_tensor(target: torch.Tensor, deltas: Sequence[SparseDelta], weights:
 
 
 def _prepare(adapters: Sequence[AdapterRef], weights: Sequence[float] | None, revisions: Sequence[str | None] | None,
-             token: str | bool | None) -> tuple[list[SparseDeltaAdapter], list[float], list[MergeSource]]:
+             token: str | bool | None,
+             allow_unverified_base: bool) -> tuple[list[SparseDeltaAdapter], list[float], list[MergeSource]]:
+    """Open the adapters (each must record a base fingerprint unless ``allow_unverified_base``) and describe them."""
     if not adapters:
         raise ValueError("pass at least one adapter")
-    weights = [1.0] * len(adapters) if weights is None else [float(w) for w in weights]
+    weights = [1.0] * len(adapters) if weights is None else finite_numbers(weights, "--weight")
     if len(weights) != len(adapters):
         raise ValueError(f"got {len(weights)} weights for {len(adapters)} adapters; pass one weight per adapter")
     revisions = list(revisions) if revisions else [None] * len(adapters)
@@ -57,6 +61,8 @@ def _prepare(adapters: Sequence[AdapterRef], weights: Sequence[float] | None, re
         raise ValueError(f"got {len(revisions)} adapter revisions for {len(adapters)} adapters; pass one per adapter "
                          "('main' for the default branch)")
     handles = [open_adapter(a, revision=r, token=token) for a, r in zip(adapters, revisions)]
+    for handle in handles:
+        require_fingerprint(handle.config, handle.ref, allow_unverified_base)
     sources = []
     for ref, revision, handle, weight in zip(adapters, revisions, handles, weights):
         ref = handle.directory if isinstance(ref, SparseDeltaAdapter) else ref
@@ -94,21 +100,21 @@ def _dtype_name(dtype: torch.dtype | None) -> str | None:
 def load_merged(base: str | os.PathLike, adapters: Sequence[AdapterRef], weights: Sequence[float] | None = None,
                 mode: str = "sum", *, revision: str | None = None, adapter_revisions: Sequence[str | None] | None = None,
                 token: str | bool | None = None, dtype: str | torch.dtype = "auto", trust_remote_code: bool = False,
-                progress: bool = True, **options: Any) -> torch.nn.Module:
+                progress: bool = True, allow_unverified_base: bool = False, **options: Any) -> torch.nn.Module:
     """Load ``base`` with transformers and merge every adapter into its weights in place; returns the model.
 
     ``mode`` is a merge mode (``merge.modes.MERGE_MODES``) and ``options`` its options (e.g. ``density=0.5``).
     ``base`` and every adapter may be a local folder or a Hub id (``revision`` / ``adapter_revisions`` pick the
     versions; the base is downloaded once into the HF cache, and ``model.name_or_path`` is that local folder).
     """
-    from transformers import AutoModelForCausalLM
-
     merger = create_mode(mode, **options)
-    handles, weights, _ = _prepare(adapters, weights, adapter_revisions, token)
+    handles, weights, _ = _prepare(adapters, weights, adapter_revisions, token, allow_unverified_base)
     folder = resolve_repo(base, revision=revision, token=token,
                           allow_patterns=HUB_PATTERNS + ["*.py"] if trust_remote_code else None)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, trust_remote_code=trust_remote_code)
+    model = load_causal_lm(folder, dtype=dtype, trust_remote_code=trust_remote_code)
+    shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
     for handle in handles:
+        check_fits_base(handle.config, shapes, handle.ref, str(base))
         check_base(model, handle.config)
     resize_vocabulary(model, max((h.config.vocab_size or 0 for h in handles), default=0) or None)
     params = dict(model.named_parameters())
@@ -125,7 +131,8 @@ def merge_to_folder(base: str | os.PathLike, adapters: Sequence[AdapterRef], out
                     weights: Sequence[float] | None = None, mode: str = "sum", *, revision: str | None = None,
                     adapter_revisions: Sequence[str | None] | None = None, token: str | bool | None = None,
                     dtype: str | torch.dtype | None = None, overwrite: bool = False, progress: bool = True,
-                    max_shard_bytes: int = 4 << 30, command: str | None = None, **options: Any) -> Path:
+                    max_shard_bytes: int = 4 << 30, command: str | None = None, allow_unverified_base: bool = False,
+                    **options: Any) -> Path:
     """Stream ``base`` tensor by tensor, add the merged deltas, and write a dense model folder to ``out``.
 
     ``dtype`` (None/"auto": each base tensor's dtype) is the dtype of every written weight and of ``config.json``;
@@ -134,17 +141,15 @@ def merge_to_folder(base: str | os.PathLike, adapters: Sequence[AdapterRef], out
     """
     merger = create_mode(mode, **options)
     dtype = _dtype(dtype)
-    handles, weights, sources = _prepare(adapters, weights, adapter_revisions, token)
-    checkpoint = Checkpoint.open(base, revision=revision, token=token)
+    handles, weights, sources = _prepare(adapters, weights, adapter_revisions, token, allow_unverified_base)
+    checkpoint = _fitting_checkpoint(base, revision, token, handles)
     touched = set(_tensor_names(handles))
-    missing = sorted(touched - set(checkpoint.names()))
-    if missing:
-        raise ValueError(f"adapter tensors {missing[:5]} are not in {base}; the adapters do not fit this base")
     record = MergeRecord(output="model", base=source_of(base, revision, checkpoint.directory), adapters=sources,
                          mode=merger.name, params=asdict(merger.params), dtype=_dtype_name(dtype),
                          package_version=__version__, command=command)
     samples: dict[str, bytes] = {}
-    with atomic_directory(out, overwrite=overwrite) as tmp:
+    inputs = [base, checkpoint.directory, *(h.directory for h in handles)]
+    with atomic_directory(out, overwrite=overwrite, inputs=inputs) as tmp:
         writer = ShardedWriter(tmp, max_shard_bytes=max_shard_bytes)
         for name in tqdm(checkpoint.names(), desc=f"merging ({merger.name})", unit="tensor", disable=not progress,
                          leave=False):
@@ -152,8 +157,8 @@ def merge_to_folder(base: str | os.PathLike, adapters: Sequence[AdapterRef], out
             if name in touched:
                 samples[name] = tensor_sample(tensor)
                 merged = _merged(merger, name, handles, weights)
-                tensor = _grow_rows(tensor, merged.deltas[0].shape)
-                tensor = merged.apply(tensor if dtype is None else tensor.float())
+                tensor = _grow_rows(tensor, merged.deltas[0].shape[0])
+                tensor = merged.apply(tensor if dtype is None else tensor.float())  # dtype: one cast, of the sum
             writer.add(name, tensor if dtype is None else tensor.to(dtype))
         _verify_fingerprints(handles, samples, base)
         writer.close()
@@ -168,7 +173,8 @@ def merge_to_adapter(base: str | os.PathLike, adapters: Sequence[AdapterRef], ou
                      weights: Sequence[float] | None = None, mode: str = "sum", *, revision: str | None = None,
                      adapter_revisions: Sequence[str | None] | None = None, token: str | bool | None = None,
                      value_dtype: str = "float32", overwrite: bool = False, progress: bool = True,
-                     command: str | None = None, **options: Any) -> SparseDeltaAdapter:
+                     command: str | None = None, allow_unverified_base: bool = False,
+                     **options: Any) -> SparseDeltaAdapter:
     """Write the merge as ONE sparse delta adapter: union support, values = the merged fp32 delta.
 
     Every amplification factor is baked into the values, so the adapter loads like any other (PEFT, transformers'
@@ -181,17 +187,15 @@ def merge_to_adapter(base: str | os.PathLike, adapters: Sequence[AdapterRef], ou
     stored_dtype = _dtype(value_dtype)
     if stored_dtype is None:
         raise ValueError("value_dtype must be float32, bfloat16 or float16 for a merged adapter")
-    handles, weights, sources = _prepare(adapters, weights, adapter_revisions, token)
-    checkpoint = Checkpoint.open(base, revision=revision, token=token)
+    handles, weights, sources = _prepare(adapters, weights, adapter_revisions, token, allow_unverified_base)
+    checkpoint = _fitting_checkpoint(base, revision, token, handles)
     names = _tensor_names(handles)
-    missing = sorted(set(names) - set(checkpoint.names()))
-    if missing:
-        raise ValueError(f"adapter tensors {missing[:5]} are not in {base}; the adapters do not fit this base")
     record = MergeRecord(output="adapter", base=source_of(base, revision, checkpoint.directory), adapters=sources,
                          mode=merger.name, params=asdict(merger.params), value_dtype=_dtype_name(stored_dtype),
                          package_version=__version__, command=command)
     samples: dict[str, bytes] = {}
-    with atomic_directory(out, overwrite=overwrite) as tmp:
+    inputs = [base, checkpoint.directory, *(h.directory for h in handles)]
+    with atomic_directory(out, overwrite=overwrite, inputs=inputs) as tmp:
         writer = AdapterWriter(tmp)
         for name in tqdm(names, desc=f"merging ({merger.name})", unit="tensor", disable=not progress, leave=False):
             samples[name] = tensor_sample(checkpoint.read(name))
@@ -206,7 +210,7 @@ def merge_to_adapter(base: str | os.PathLike, adapters: Sequence[AdapterRef], ou
 
 def replay(source: str | os.PathLike | MergeRecord, out: str | os.PathLike, *, output: str | None = None,
            overwrite: bool = False, progress: bool = True, token: str | bool | None = None,
-           command: str | None = None) -> Path:
+           command: str | None = None, allow_unverified_base: bool = False) -> Path:
     """Run a recorded merge again (``dppa_merge.json``, a folder holding it, or a merged adapter) into ``out``.
 
     ``output`` ("model" or "adapter") defaults to what the record made. Hub inputs load at their recorded commits.
@@ -215,7 +219,8 @@ def replay(source: str | os.PathLike | MergeRecord, out: str | os.PathLike, *, o
     output = output or record.output
     common = dict(weights=[a.weight for a in record.adapters], mode=record.mode, revision=record.base.replay_revision,
                   adapter_revisions=[a.replay_revision for a in record.adapters], token=token, overwrite=overwrite,
-                  progress=progress, command=command or record.command, **record.params)
+                  progress=progress, command=command or record.command, allow_unverified_base=allow_unverified_base,
+                  **record.params)
     adapters = [a.ref for a in record.adapters]
     if output == "adapter":
         return merge_to_adapter(record.base.ref, adapters, out, value_dtype=record.value_dtype or "float32",
@@ -225,11 +230,21 @@ def replay(source: str | os.PathLike | MergeRecord, out: str | os.PathLike, *, o
     raise ValueError(f"unknown merge output {output!r}; choose 'model' or 'adapter'")
 
 
-def _grow_rows(tensor: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+def _fitting_checkpoint(base: str | os.PathLike, revision: str | None, token: str | bool | None,
+                        handles: Sequence[SparseDeltaAdapter]) -> Checkpoint:
+    """Open the base checkpoint and check that every adapter fits its tensors (before any work)."""
+    checkpoint = Checkpoint.open(base, revision=revision, token=token)
+    shapes = {name: checkpoint.shape(name) for name in checkpoint.names()}
+    for handle in handles:
+        check_fits_base(handle.config, shapes, handle.ref, checkpoint.ref)
+    return checkpoint
+
+
+def _grow_rows(tensor: torch.Tensor, rows: int) -> torch.Tensor:
     """Zero rows appended to an embedding whose adapter covers an extended vocabulary."""
-    if tuple(tensor.shape) == tuple(shape):
+    if tensor.shape[0] == rows:
         return tensor
-    extra = torch.zeros((shape[0] - tensor.shape[0], *tensor.shape[1:]), dtype=tensor.dtype)
+    extra = torch.zeros((rows - tensor.shape[0], *tensor.shape[1:]), dtype=tensor.dtype)
     return torch.cat([tensor, extra])
 
 

@@ -152,7 +152,7 @@ class MergeMode:
         """Combine the deltas of tensor ``name`` (one per adapter that stores it) with their weights."""
         if len(deltas) != len(weights):
             raise ValueError(f"got {len(deltas)} deltas but {len(weights)} weights for {name}; pass one per adapter")
-        kept = [self._sparsify(name, index, delta) for index, delta in enumerate(deltas)]
+        kept = [self._sparsify(name, index, delta) for index, delta in enumerate(common_rows(name, deltas))]
         if not self.needs_dense():
             return MergedTensor(kept, [float(w) for w in weights])
         options = {key: getattr(self.params, key) for key in combine_options(self.consensus)}
@@ -167,6 +167,18 @@ class MergeMode:
         method_params = {f.name: getattr(self.params, f.name) for f in wanted if hasattr(self.params, f.name)}
         method = create_method(self.sparsify, 1.0 - density, **method_params)
         return method.prune(TensorInfo(name=f"{name}#{index}", shape=tuple(delta.shape)), delta.to_dense(), density)
+
+
+def common_rows(name: str, deltas: Sequence[SparseDelta]) -> list[SparseDelta]:
+    """The deltas on one shape: an adapter that grew the vocabulary has more leading rows than one that did not
+    (its flat indices address the same entries, so the shorter ones take the longer shape)."""
+    shapes = {tuple(d.shape) for d in deltas}
+    if len(shapes) == 1:
+        return list(deltas)
+    if len({s[1:] for s in shapes}) > 1 or any(not s for s in shapes):
+        raise ValueError(f"the adapters store {name} with shapes {sorted(shapes)}; they do not fit one base")
+    rows = max(s[0] for s in shapes)
+    return [SparseDelta(d.indices, d.values, (rows, *d.shape[1:])) for d in deltas]
 
 
 MERGE_MODES: dict[str, type[MergeMode]] = {}
