@@ -15,24 +15,19 @@ import os
 import shutil
 import struct
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from .errors import UserError
+from .output import atomic_directory  # re-exported: the one way results are written (see output.py)
+from .safetensors_file import DTYPE_TO_ST, TensorEntry, read_header, read_tensor
+from .validate import read_json
+
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 HUB_PATTERNS = ["*.safetensors", "*.json", "*.txt", "*.model", "*.jinja", "README.md"]
-
-_DTYPE_TO_ST = {
-    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
-    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
-    torch.bool: "BOOL",
-}
-_ST_TO_DTYPE = {v: k for k, v in _DTYPE_TO_ST.items()}
-
 
 def looks_like_local_path(ref: str) -> bool:
     """A reference that can only be meant as a path (absolute, ./, ../, ~ or more than one '/')."""
@@ -52,7 +47,9 @@ def resolve_repo(ref: str | os.PathLike, revision: str | None = None, token: str
             raise ValueError(f"{str(ref)!r} is a local folder: a revision ({revision!r}) applies to Hub ids only")
         return path
     ref = str(ref)
-    if looks_like_local_path(ref):
+    if path.exists():
+        raise UserError(f"{ref!r} is a file, not a folder; pass the model or adapter folder that holds it")
+    if looks_like_local_path(ref) or _under_local_folder(path):
         raise FileNotFoundError(f"no such folder: {ref!r}; pass an existing local folder or a Hub id like 'user/model'")
     from huggingface_hub import snapshot_download
 
@@ -63,48 +60,14 @@ def resolve_repo(ref: str | os.PathLike, revision: str | None = None, token: str
     return Path(folder)
 
 
+def _under_local_folder(path: Path) -> bool:
+    """'models/nosuch' where ./models exists: a mistyped local path, not a Hub id (no Hub round trip)."""
+    return len(path.parts) == 2 and path.parent.is_dir()
+
+
 def describe_ref(ref: str | os.PathLike, revision: str | None = None) -> str:
     """How messages name a folder or a Hub id at a revision: 'user/model@dev'."""
     return f"{ref}@{revision}" if revision else str(ref)
-
-
-@dataclass(frozen=True)
-class TensorEntry:
-    """Where one tensor lies in a safetensors file: dtype, shape and absolute byte range."""
-
-    dtype: torch.dtype
-    shape: tuple[int, ...]
-    start: int
-    end: int
-
-
-def read_header(path: Path) -> dict[str, TensorEntry]:
-    """The tensor entries of a safetensors file (offsets made absolute)."""
-    with open(path, "rb") as handle:
-        length = struct.unpack("<Q", handle.read(8))[0]
-        header = json.loads(handle.read(length))
-    base = 8 + length
-    entries = {}
-    for name, entry in header.items():
-        if name == "__metadata__":
-            continue
-        start, end = entry["data_offsets"]
-        entries[name] = TensorEntry(_ST_TO_DTYPE[entry["dtype"]], tuple(entry["shape"]), base + start, base + end)
-    return entries
-
-
-def read_tensor(path: Path, entry: TensorEntry) -> torch.Tensor:
-    """Read one tensor's bytes straight into a new tensor (``readinto``: one copy from the page cache)."""
-    buffer = torch.empty(entry.end - entry.start, dtype=torch.uint8)
-    with open(path, "rb", buffering=0) as handle:
-        handle.seek(entry.start)
-        view, done = memoryview(buffer.numpy()), 0
-        while done < len(view):
-            count = handle.readinto(view[done:])
-            if not count:
-                raise ValueError(f"{path} is truncated: tensor bytes {entry.start}..{entry.end} are missing")
-            done += count
-    return buffer.view(entry.dtype).reshape(entry.shape)
 
 
 class Checkpoint:
@@ -113,7 +76,7 @@ class Checkpoint:
     def __init__(self, directory: str | os.PathLike, ref: str | None = None) -> None:
         self.directory = Path(directory)
         self.ref = ref or str(directory)
-        self._headers: dict[str, dict[str, TensorEntry]] = {}
+        self._entries: dict[str, TensorEntry] = {}  # shape and dtype of every tensor, from the checked headers
         self._shard_of = self._index_tensors()
 
     @classmethod
@@ -124,27 +87,48 @@ class Checkpoint:
     def _index_tensors(self) -> dict[str, str]:
         index = self.directory / INDEX_FILE
         if index.is_file():
-            weight_map = json.loads(index.read_text())["weight_map"]
-            missing = sorted({f for f in weight_map.values() if not (self.directory / f).is_file()})
-            if missing:
-                raise FileNotFoundError(f"{self.ref}: shards {missing} named in {INDEX_FILE} are missing; re-download it")
-            return dict(weight_map)
+            return self._sharded(index)
         single = self.directory / SINGLE_FILE
         if single.is_file():
-            self._headers[SINGLE_FILE] = read_header(single)
-            return {name: SINGLE_FILE for name in self._headers[SINGLE_FILE]}
+            self._entries = read_header(single)
+            return {name: SINGLE_FILE for name in self._entries}
         if any(self.directory.glob("*.bin")) or any(self.directory.glob("*.pt")):
-            raise ValueError(
+            raise UserError(
                 f"{self.ref} holds only pickled weights (*.bin/*.pt), which dppa-peft never loads; convert it with "
                 "`model.save_pretrained(dir, safe_serialization=True)` in a trusted environment first"
             )
         raise FileNotFoundError(f"{self.ref}: no {SINGLE_FILE} or {INDEX_FILE}; pass a transformers model folder")
 
+    def _sharded(self, index: Path) -> dict[str, str]:
+        """The index's tensor -> shard map, every shard confined to the folder and holding what the index says."""
+        weight_map = read_json(index, "checkpoint index").get("weight_map")
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise UserError(f"{index} has no 'weight_map' object mapping tensor names to shard files; re-download "
+                            "the checkpoint or re-save it with save_pretrained")
+        root = self.directory.resolve()
+        for shard in sorted(set(weight_map.values())):
+            if Path(shard).is_absolute() or ".." in Path(shard).parts or root not in (root / shard).resolve().parents:
+                raise UserError(f"{index} names shard {shard!r} outside the checkpoint folder; an index may only name "
+                                "files inside its own folder: fix the index or re-download the checkpoint")
+        missing = sorted({f for f in weight_map.values() if not (self.directory / f).is_file()})
+        if missing:
+            raise FileNotFoundError(f"{self.ref}: shards {missing} named in {INDEX_FILE} are missing; re-download it")
+        for shard in sorted(set(weight_map.values())):
+            for name, entry in read_header(self.directory / shard).items():
+                if weight_map.get(name) == shard:
+                    self._entries[name] = entry
+        wrong = sorted(set(weight_map) - set(self._entries))
+        if wrong:
+            raise UserError(f"{index} maps tensors {wrong[:5]} to shards that do not hold them (e.g. "
+                            f"{weight_map[wrong[0]]!r}); the index does not match the shards: re-download the "
+                            "checkpoint")
+        return dict(weight_map)
+
     @property
     def config(self) -> dict[str, Any] | None:
         """The model's config.json as a dict, if present."""
         path = self.directory / "config.json"
-        return json.loads(path.read_text()) if path.is_file() else None
+        return read_json(path, "model config") if path.is_file() else None
 
     def names(self) -> list[str]:
         """All tensor names, sorted."""
@@ -153,30 +137,25 @@ class Checkpoint:
     def __contains__(self, name: str) -> bool:
         return name in self._shard_of
 
-    def _entry(self, name: str) -> TensorEntry:
-        shard = self._shard_of[name]
-        if shard not in self._headers:
-            self._headers[shard] = read_header(self.directory / shard)
-        try:
-            return self._headers[shard][name]
-        except KeyError:
-            raise ValueError(f"{self.ref}: tensor {name!r} is listed for {shard} but not stored there; "
-                             "re-download the checkpoint") from None
-
     def shape(self, name: str) -> tuple[int, ...]:
-        return self._entry(name).shape
+        return self._entries[name].shape
 
     def dtype(self, name: str) -> torch.dtype:
-        return self._entry(name).dtype
-
-    def nbytes(self, name: str) -> int:
-        """Stored size of one tensor in bytes."""
-        entry = self._entry(name)
-        return entry.end - entry.start
+        return self._entries[name].dtype
 
     def read(self, name: str) -> torch.Tensor:
         """Load one tensor into a fresh CPU buffer owned by the caller (one positioned read, no memory map)."""
-        return read_tensor(self.directory / self._shard_of[name], self._entry(name))
+        return read_tensor(self.directory / self._shard_of[name], self._entries[name])
+
+
+def load_causal_lm(ref: str | os.PathLike, **kwargs: Any) -> torch.nn.Module:
+    """``AutoModelForCausalLM.from_pretrained`` that only ever reads safetensors: a local folder is checked first
+    (a pickled-only folder or a damaged file is a clear error), and transformers is told ``use_safetensors=True``."""
+    from transformers import AutoModelForCausalLM
+
+    if Path(ref).expanduser().is_dir():
+        Checkpoint(Path(ref).expanduser())
+    return AutoModelForCausalLM.from_pretrained(ref, use_safetensors=True, **kwargs)
 
 
 def _copy_in_kernel(source: Any, target: Any, count: int) -> None:
@@ -214,7 +193,7 @@ class SafetensorsWriter:
         raw = tensor.reshape(-1).view(torch.uint8).numpy()
         self._data.write(memoryview(raw))
         self._entries[name] = {
-            "dtype": _DTYPE_TO_ST[tensor.dtype],
+            "dtype": DTYPE_TO_ST[tensor.dtype],
             "shape": list(tensor.shape),
             "data_offsets": [self._offset, self._offset + raw.nbytes],
         }
@@ -279,30 +258,3 @@ class ShardedWriter:
             }
             (self.directory / INDEX_FILE).write_text(json.dumps(index, indent=2))
         return [self.directory / n for n in names]
-
-
-@contextlib.contextmanager
-def atomic_directory(target: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temp folder beside ``target``; on success it replaces ``target``, on error it is removed."""
-    target = Path(target)
-    if target.exists() and any(target.iterdir()) and not overwrite:
-        raise FileExistsError(f"{target} exists and is not empty; choose another output folder or pass overwrite")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if not target.exists():
-        os.replace(tmp, target)
-        return
-    old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old-"))
-    os.replace(target, old)
-    try:
-        os.replace(tmp, target)
-    except BaseException:
-        os.replace(old, target)  # restore the previous content
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    shutil.rmtree(old, ignore_errors=True)

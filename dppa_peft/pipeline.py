@@ -12,6 +12,7 @@ import torch
 
 from . import __version__
 from .format.config import SparseDeltaConfig
+from .errors import UserError
 from .format.encoding import EncodedTensor, encode, encode_dense
 from .format.fingerprint import fingerprint
 from .format.io import AdapterWriter, SparseDeltaAdapter
@@ -106,10 +107,11 @@ def prune(base: str | os.PathLike, finetuned: str | os.PathLike, out: str | os.P
     pruner = create_method(method, rate, **params)
     rates = None if partition_rates is None else check_partition_rates(partition_rates, rate)
     pair = open_pair(base, finetuned, scope_pattern, revision=revision, base_revision=base_revision, token=token)
-    collect_statistics(pruner, pair, progress)
     counts = {"kept": 0, "numel": 0, "pruned": 0, "dense": 0, "unchanged": 0, "stored": 0, "dense_bytes": 0}
     samples: dict[str, bytes] = {}
-    with atomic_directory(out, overwrite=overwrite) as tmp:
+    inputs = [base, finetuned, pair.base.directory, pair.finetuned.directory]
+    with atomic_directory(out, overwrite=overwrite, inputs=inputs) as tmp:  # checked and locked before any work
+        collect_statistics(pruner, pair, progress)
         writer = AdapterWriter(tmp)
         for info, delta in pair.deltas(desc=f"pruning ({method})", progress=progress):
             if not is_changed(delta):
@@ -160,13 +162,25 @@ def _prune_one(pruner: PruningMethod, info: TensorInfo, delta: torch.Tensor, out
         if partition_rates is not None and len(partition_rates) > 1:
             ids, densities = partition_ids(pruner, info, delta, sparse, partition_rates)
             extra["partition_densities"] = densities
-        return writer.add(info.name, encode(sparse, stored_dtype, partition=ids), pruned=True, block=info.block,
+        encoded = _checked(info, encode(sparse, stored_dtype, partition=ids), sparse.values)
+        return writer.add(info.name, encoded, pruned=True, block=info.block,
                           module=info.module, planned_density=plan.density, unclipped_density=plan.unclipped,
                           **extra)
     encoded = _outside_scope(delta, outside_scope, pruner.rate, stored_dtype)
     if encoded is None:
         return None
-    return writer.add(info.name, encoded, pruned=False)
+    return writer.add(info.name, _checked(info, encoded, delta), pruned=False)
+
+
+def _checked(info: TensorInfo, encoded: EncodedTensor, values: torch.Tensor) -> EncodedTensor:
+    """``encoded``, refusing values that overflow the stored dtype (float16 tops out at 65504)."""
+    if not torch.isfinite(encoded.values).all():
+        big = float(values.abs().max())
+        dtype = encoded.values.dtype
+        kind = str(dtype).removeprefix("torch.")
+        raise UserError(f"tensor {info.name!r}: delta values up to {big:.4g} overflow --value-dtype {kind} (largest "
+                        f"finite {torch.finfo(dtype).max:.4g}); use --value-dtype bfloat16 or float32")
+    return encoded
 
 
 def _vocab_size(pair: DeltaPair) -> int | None:

@@ -90,6 +90,26 @@ class SparseDelta:
         return cls(indices=indices, values=values, shape=tuple(delta.shape))
 
 
+class FullDelta(SparseDelta):
+    """A delta with every entry stored (a tensor kept dense): the positions ``0..n-1`` are implicit and built only
+    when asked for, so a 131M-entry embedding delta costs its values, not 8 more bytes per entry of indices."""
+
+    def __init__(self, values: torch.Tensor, shape: tuple[int, ...]) -> None:  # noqa: D107 (no dataclass init)
+        self.values = values.reshape(-1)
+        self.shape = tuple(shape)
+
+    @property  # type: ignore[override]
+    def indices(self) -> torch.Tensor:
+        return torch.arange(self.values.numel(), device=self.values.device)
+
+    @property
+    def nnz(self) -> int:
+        return int(self.values.numel())
+
+    def to_dense(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return self.values.to(dtype).reshape(self.shape)
+
+
 class PruningMethod(ABC):
     """One pruning method: a density plan per tensor and a keep/scale rule per tensor."""
 

@@ -1,4 +1,4 @@
-"""Exact top-k selection shared by the magnitude-family methods (ALGORITHMS.md decision 3).
+"""Exact top-k selection shared by the magnitude-family methods (docs/algorithms.md §3).
 
 Large tensors are the rule (a 7B embedding has 131M entries), so selection never sorts and never calls
 ``torch.quantile`` (which refuses more than 2^24 entries): a random sample brackets the threshold, and only the
