@@ -28,6 +28,8 @@ def test_encoding_choice_by_size():
     enc = encode(high, torch.bfloat16)
     assert enc.encoding == "bitmask" and enc.index.numel() == 125 and enc.values.dtype == torch.bfloat16
     assert enc.stored_bytes == 500 * 2 + 125
+    with pytest.raises(ValueError, match="dense encoding needs every entry"):
+        encode(low, torch.float32, dense=True)
     dense = encode_dense(torch.tensor([[1.5, 0.0], [-2.0, 3.0]]), torch.bfloat16)
     assert dense.encoding == "dense" and dense.index is None and dense.values.tolist() == [1.5, 0.0, -2.0, 3.0]
     assert dense.values.dtype == torch.bfloat16 and dense.indices().tolist() == [0, 1, 2, 3]

@@ -105,10 +105,15 @@ def encode_dense(delta: torch.Tensor, value_dtype: torch.dtype) -> EncodedTensor
     return EncodedTensor("dense", tuple(delta.shape), delta.reshape(-1).to(value_dtype))
 
 
-def encode(sparse: SparseDelta, value_dtype: torch.dtype, partition: torch.Tensor | None = None) -> EncodedTensor:
-    """Encode kept entries in the cheapest index form (gaps or bitmask)."""
+def encode(sparse: SparseDelta, value_dtype: torch.dtype, dense: bool = False,
+           partition: torch.Tensor | None = None) -> EncodedTensor:
+    """Encode kept entries in the cheapest index form (gaps or bitmask), or ``dense`` when every entry is kept."""
     values = sparse.values.to(value_dtype)
     part = partition.to(torch.uint8) if partition is not None else None
+    if dense:
+        if sparse.nnz != sparse.numel:
+            raise ValueError("dense encoding needs every entry")
+        return EncodedTensor("dense", sparse.shape, values, partition=part)
     gaps = _gaps(sparse.indices.long())
     if _gaps_size(gaps) < -(-sparse.numel // 8):
         return EncodedTensor("gaps", sparse.shape, values, _gaps_encode(gaps), part)
