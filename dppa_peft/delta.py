@@ -154,10 +154,12 @@ class DeltaPair:
                 self.finetuned.ref, self.base.ref, cosine, relative)
         return cosine
 
-    def deltas(self, infos: list[TensorInfo] | None = None, desc: str = "deltas",
-               progress: bool = True) -> Iterator[tuple[TensorInfo, torch.Tensor]]:
-        """Yield (info, fp32 delta) one tensor at a time."""
+    def deltas(self, infos: list[TensorInfo] | None = None, desc: str = "deltas", progress: bool = True,
+               device: torch.device | None = None,
+               dtype: torch.dtype = torch.float32) -> Iterator[tuple[TensorInfo, torch.Tensor]]:
+        """Yield (info, delta) one tensor at a time: computed in fp32 on the CPU, then moved to ``device`` (None:
+        stay) in ``dtype``, so only one delta at a time occupies the device."""
         infos = self.infos if infos is None else infos
         for info in tqdm(infos, desc=desc, unit="tensor", disable=not progress, leave=False):
-            yield info, self.delta(info.name)
+            yield info, self.delta(info.name).to(device=device, dtype=dtype)
         self.check_likeness()

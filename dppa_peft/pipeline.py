@@ -20,6 +20,7 @@ from .amplify.factors import amplification_block
 from .amplify.partitions import check_partition_rates, partition_ids
 from .checkpoint import Checkpoint, atomic_directory
 from .delta import DeltaPair, is_changed
+from .devices import compute_dtype, resolve_device
 from .methods import DensityPlan, PruningMethod, SparseDelta, create_method
 from .methods.selection import magnitude_indices
 from .scope import DEFAULT_SCOPE_PATTERN, Scope, TensorInfo
@@ -52,13 +53,16 @@ class PruneSummary:
                 f"({self.dense_delta_bytes / 2**20:.2f} MiB); {self.seconds:.1f} s")
 
 
-def collect_statistics(method: PruningMethod, pair: DeltaPair, progress: bool = True) -> None:
-    """The global statistics passes of methods like DP and OWL, streamed tensor by tensor, block after block."""
+def collect_statistics(method: PruningMethod, pair: DeltaPair, progress: bool = True,
+                       device: torch.device | None = None, dtype: torch.dtype = torch.float32) -> None:
+    """The global statistics passes of methods like DP and OWL, streamed tensor by tensor, block after block (each
+    delta on ``device`` in ``dtype``)."""
     if not method.needs_statistics:
         return
     in_scope = sorted((i for i in pair.infos if i.in_scope), key=lambda info: info.block)
     for pass_index in range(method.statistics_passes):
-        for info, delta in pair.deltas(in_scope, desc=f"statistics {pass_index + 1}", progress=progress):
+        for info, delta in pair.deltas(in_scope, desc=f"statistics {pass_index + 1}", progress=progress,
+                                       device=device, dtype=dtype):
             method.observe(info, delta, pass_index)
 
 
@@ -81,9 +85,9 @@ def plan_densities(pair: DeltaPair, method: str, rate: float, progress: bool = T
 def _outside_scope(delta: torch.Tensor, mode: str, rate: float, stored_dtype: torch.dtype) -> EncodedTensor | None:
     """How a changed tensor outside the pruning scope is stored: whole, magnitude-pruned at ``rate``, or not."""
     if mode == "dense":
-        return encode_dense(delta, stored_dtype)
+        return encode_dense(delta.cpu(), stored_dtype)
     if mode == "magnitude":
-        return encode(SparseDelta.from_indices(delta, magnitude_indices(delta, 1.0 - rate)), stored_dtype)
+        return encode(SparseDelta.from_indices(delta, magnitude_indices(delta, 1.0 - rate)).to("cpu"), stored_dtype)
     return None
 
 
@@ -92,18 +96,23 @@ def prune(base: str | os.PathLike, finetuned: str | os.PathLike, out: str | os.P
           value_dtype: str = "auto", revision: str | None = None, base_revision: str | None = None,
           token: str | bool | None = None, overwrite: bool = False, progress: bool = True,
           command: str | None = None, partition_rates: Sequence[float] | None = None,
+          device: str | torch.device = "cpu", dtype: str | torch.dtype = "auto",
           **params: Any) -> tuple[SparseDeltaAdapter, PruneSummary]:
     """Prune ``finetuned − base`` with ``method`` at ``rate`` and write a sparse delta adapter folder to ``out``.
 
     ``params`` are the method's hyperparameters (see ``dppa-peft prune --help``). ``partition_rates`` (DPA, e.g.
     ``[0.9, 0.8]`` for rate 0.8) stores a partition id per kept entry and an ``amplification`` block with factors
-    1.0; ``dppa_peft.amplify`` then searches the factors. Returns the saved adapter and a summary of what was kept.
+    1.0; ``dppa_peft.amplify`` then searches the factors. ``device`` ("cuda", "auto", ...) is where each delta's
+    statistics and selection run (one tensor at a time on the device); ``dtype`` the dtype they run in ("auto" =
+    float32, exact; bfloat16/float16 halve the device memory and rank at that resolution). Returns the saved
+    adapter and a summary of what was kept.
     """
     if outside_scope not in OUTSIDE_SCOPE_MODES:
         raise ValueError(f"outside_scope must be one of {OUTSIDE_SCOPE_MODES}, got {outside_scope!r}")
     if value_dtype not in VALUE_DTYPES:
         raise ValueError(f"value_dtype must be one of {sorted(VALUE_DTYPES)}, got {value_dtype!r}")
     start = time.perf_counter()
+    on, compute = resolve_device(device), compute_dtype(dtype)
     pruner = create_method(method, rate, **params)
     rates = None if partition_rates is None else check_partition_rates(partition_rates, rate)
     pair = open_pair(base, finetuned, scope_pattern, revision=revision, base_revision=base_revision, token=token)
@@ -111,9 +120,9 @@ def prune(base: str | os.PathLike, finetuned: str | os.PathLike, out: str | os.P
     samples: dict[str, bytes] = {}
     inputs = [base, finetuned, pair.base.directory, pair.finetuned.directory]
     with atomic_directory(out, overwrite=overwrite, inputs=inputs) as tmp:  # checked and locked before any work
-        collect_statistics(pruner, pair, progress)
+        collect_statistics(pruner, pair, progress, on, compute)
         writer = AdapterWriter(tmp)
-        for info, delta in pair.deltas(desc=f"pruning ({method})", progress=progress):
+        for info, delta in pair.deltas(desc=f"pruning ({method})", progress=progress, device=on, dtype=compute):
             if not is_changed(delta):
                 counts["unchanged"] += 1
                 continue
@@ -145,7 +154,8 @@ def prune(base: str | os.PathLike, finetuned: str | os.PathLike, out: str | os.P
                      "adapter_bytes": summary.adapter_bytes, "dense_delta_bytes": summary.dense_delta_bytes},
             amplification=None if rates is None else amplification_block(rates, [1.0] * len(rates)),
             provenance={"command": command or f"dppa_peft.prune(method={method!r}, rate={rate})",
-                        "finetuned": str(finetuned), "package_version": __version__},
+                        "finetuned": str(finetuned), "package_version": __version__, "device": on.type,
+                        "compute_dtype": str(compute).removeprefix("torch.")},
         )
         writer.close(config)
     return SparseDeltaAdapter(out), summary
@@ -162,6 +172,8 @@ def _prune_one(pruner: PruningMethod, info: TensorInfo, delta: torch.Tensor, out
         if partition_rates is not None and len(partition_rates) > 1:
             ids, densities = partition_ids(pruner, info, delta, sparse, partition_rates)
             extra["partition_densities"] = densities
+        sparse = sparse.to("cpu")
+        ids = None if ids is None else ids.cpu()
         encoded = _checked(info, encode(sparse, stored_dtype, partition=ids), sparse.values)
         return writer.add(info.name, encoded, pruned=True, block=info.block,
                           module=info.module, planned_density=plan.density, unclipped_density=plan.unclipped,

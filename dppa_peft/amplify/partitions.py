@@ -93,15 +93,15 @@ def partition_ids(method: PruningMethod, info: TensorInfo, delta: torch.Tensor, 
     densities = [method.plan(info, r).density for r in rates]
     members = []
     for density in densities[:-1]:
-        inner = method.prune(info, delta, density).indices
+        inner = method.prune(info, delta, density).indices.to(kept.indices.device)
         position = torch.searchsorted(kept.indices, inner)
         inside = position < kept.nnz
         if not bool(inside.all()) or not torch.equal(kept.indices[position], inner):
             raise ValueError(f"{info.name}: method {method.name!r} kept entries at density {density:.4g} that it "
                              "drops at the target rate; its kept sets are not nested")
-        member = torch.zeros(kept.nnz, dtype=torch.bool)
+        member = torch.zeros(kept.nnz, dtype=torch.bool, device=position.device)
         member[position] = True
-        members.append(member)
+        members.append(member.cpu())
     return _ids_from_membership(members, kept.nnz, info.name), densities
 
 

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..checkpoint import HUB_PATTERNS, Checkpoint, ShardedWriter, atomic_directory, load_causal_lm, resolve_repo
+from ..devices import resolve_device
 from ..format.encoding import encode
 from ..format.fingerprint import fingerprint, tensor_sample
 from ..format.io import AdapterWriter, SparseDeltaAdapter
@@ -100,8 +101,12 @@ def _dtype_name(dtype: torch.dtype | None) -> str | None:
 def load_merged(base: str | os.PathLike, adapters: Sequence[AdapterRef], weights: Sequence[float] | None = None,
                 mode: str = "sum", *, revision: str | None = None, adapter_revisions: Sequence[str | None] | None = None,
                 token: str | bool | None = None, dtype: str | torch.dtype = "auto", trust_remote_code: bool = False,
-                progress: bool = True, allow_unverified_base: bool = False, **options: Any) -> torch.nn.Module:
+                progress: bool = True, allow_unverified_base: bool = False, device: str | torch.device = "cpu",
+                **options: Any) -> torch.nn.Module:
     """Load ``base`` with transformers and merge every adapter into its weights in place; returns the model.
+
+    ``device`` ("cuda", "auto", ...): the model is loaded straight onto it and merged there (only the entries the
+    adapters touch are read and written: no second copy of any weight).
 
     ``mode`` is a merge mode (``merge.modes.MERGE_MODES``) and ``options`` its options (e.g. ``density=0.5``).
     ``base`` and every adapter may be a local folder or a Hub id (``revision`` / ``adapter_revisions`` pick the
@@ -111,7 +116,9 @@ def load_merged(base: str | os.PathLike, adapters: Sequence[AdapterRef], weights
     handles, weights, _ = _prepare(adapters, weights, adapter_revisions, token, allow_unverified_base)
     folder = resolve_repo(base, revision=revision, token=token,
                           allow_patterns=HUB_PATTERNS + ["*.py"] if trust_remote_code else None)
-    model = load_causal_lm(folder, dtype=dtype, trust_remote_code=trust_remote_code)
+    on = resolve_device(device)
+    placement = {} if on.type == "cpu" else {"device_map": {"": str(on)}}
+    model = load_causal_lm(folder, dtype=dtype, trust_remote_code=trust_remote_code, **placement)
     shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
     for handle in handles:
         check_fits_base(handle.config, shapes, handle.ref, str(base))
@@ -132,15 +139,16 @@ def merge_to_folder(base: str | os.PathLike, adapters: Sequence[AdapterRef], out
                     adapter_revisions: Sequence[str | None] | None = None, token: str | bool | None = None,
                     dtype: str | torch.dtype | None = None, overwrite: bool = False, progress: bool = True,
                     max_shard_bytes: int = 4 << 30, command: str | None = None, allow_unverified_base: bool = False,
-                    **options: Any) -> Path:
+                    device: str | torch.device = "cpu", **options: Any) -> Path:
     """Stream ``base`` tensor by tensor, add the merged deltas, and write a dense model folder to ``out``.
 
     ``dtype`` (None/"auto": each base tensor's dtype) is the dtype of every written weight and of ``config.json``;
     merged weights are computed in fp32 from the base values and cast once (a bf16 base merged to float32 is not
     rounded to bf16 first). The folder also holds a model card and ``dppa_merge.json`` (the record ``replay`` runs).
+    ``device`` ("cuda", "auto", ...) is where each touched tensor is merged, one at a time.
     """
     merger = create_mode(mode, **options)
-    dtype = _dtype(dtype)
+    dtype, on = _dtype(dtype), resolve_device(device)
     handles, weights, sources = _prepare(adapters, weights, adapter_revisions, token, allow_unverified_base)
     checkpoint = _fitting_checkpoint(base, revision, token, handles)
     touched = set(_tensor_names(handles))
@@ -158,7 +166,8 @@ def merge_to_folder(base: str | os.PathLike, adapters: Sequence[AdapterRef], out
                 samples[name] = tensor_sample(tensor)
                 merged = _merged(merger, name, handles, weights)
                 tensor = _grow_rows(tensor, merged.deltas[0].shape[0])
-                tensor = merged.apply(tensor if dtype is None else tensor.float())  # dtype: one cast, of the sum
+                tensor = tensor.to(on) if dtype is None else tensor.to(on, torch.float32)  # dtype: one cast, of the sum
+                tensor = merged.apply(tensor).cpu()
             writer.add(name, tensor if dtype is None else tensor.to(dtype))
         _verify_fingerprints(handles, samples, base)
         writer.close()

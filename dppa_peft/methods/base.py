@@ -62,8 +62,12 @@ class SparseDelta:
     def density(self) -> float:
         return self.nnz / self.numel if self.numel else 0.0
 
+    def to(self, device: str | torch.device) -> "SparseDelta":
+        """The same entries on ``device``."""
+        return SparseDelta(self.indices.to(device), self.values.to(device), self.shape)
+
     def to_dense(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        out = torch.zeros(self.numel, dtype=dtype)
+        out = torch.zeros(self.numel, dtype=dtype, device=self.values.device)
         out[self.indices] = self.values.to(dtype)
         return out.reshape(self.shape)
 
@@ -105,6 +109,9 @@ class FullDelta(SparseDelta):
     @property
     def nnz(self) -> int:
         return int(self.values.numel())
+
+    def to(self, device: str | torch.device) -> "FullDelta":
+        return FullDelta(self.values.to(device), self.shape)
 
     def to_dense(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         return self.values.to(dtype).reshape(self.shape)

@@ -40,7 +40,7 @@ def keep_probabilities(delta: torch.Tensor, density: float, epsilon: float) -> t
     magnitudes = _rows(delta.float().abs())
     n = magnitudes.shape[1]
     if n <= 1:
-        return torch.full(delta.shape, density, dtype=torch.float32)
+        return torch.full(delta.shape, density, dtype=torch.float32, device=delta.device)
     step = 2.0 * epsilon / (n - 1)
     chunks = [((density - epsilon) + _row_ranks(chunk).double() * step).float()
               for chunk in magnitudes.split(max(1, RANK_CHUNK // n))]
@@ -50,7 +50,7 @@ def keep_probabilities(delta: torch.Tensor, density: float, epsilon: float) -> t
 def _row_ranks(rows: torch.Tensor) -> torch.Tensor:
     """Ascending 0-based rank of each entry within its row (ties: lower index first); one argsort and a scatter."""
     order = rows.argsort(dim=1, stable=True)
-    positions = torch.arange(rows.shape[1]).expand_as(order)
+    positions = torch.arange(rows.shape[1], device=rows.device).expand_as(order)
     return torch.empty_like(order).scatter_(1, order, positions)
 
 
@@ -58,11 +58,12 @@ def magprune(delta: torch.Tensor, density: float, epsilon: float, keep: torch.Te
              generator: torch.Generator | None = None, rescale: bool = True) -> SparseDelta:
     """MagPrune one tensor: keep where ``keep`` (default: ``u < q`` drawn from ``generator``), divide by ``q``."""
     if density <= 0.0 or density >= 1.0:
-        return SparseDelta.from_mask(delta, torch.full(delta.shape, density >= 1.0))
+        return SparseDelta.from_mask(delta, torch.full(delta.shape, density >= 1.0, device=delta.device))
     check_window(density, epsilon)
     probabilities = keep_probabilities(delta, density, epsilon)
     if keep is None:
-        keep = torch.rand(delta.shape, generator=generator) < probabilities
+        draw = torch.rand(delta.shape, generator=generator)  # drawn on the CPU: the same mask on every device
+        keep = draw.to(probabilities.device) < probabilities
     return SparseDelta.from_mask(delta, keep, 1.0 / probabilities if rescale else 1.0)
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -47,6 +49,32 @@ class SparseDeltaStore(nn.Module):
         return SparseDelta(indices, effective_values(encoded, self.factors[param], indices=indices), encoded.shape)
 
 
+def home_device(module: nn.Module) -> torch.device | None:
+    """Where a module's weights are used: their device, or for weights offloaded by accelerate (on the meta device
+    until a hook loads them) the hook's execution device, else the CPU; None for a module without weights."""
+    weights = list(module.parameters(recurse=False))
+    if not weights:
+        return None
+    if weights[0].device.type != "meta":
+        return weights[0].device
+    device = getattr(getattr(module, "_hf_hook", None), "execution_device", None)
+    return torch.device("cpu") if device is None else torch.device(device)
+
+
+@contextlib.contextmanager
+def onloaded(module: nn.Module) -> Iterator[None]:
+    """Inside: the tensors of a module offloaded by an accelerate hook are on its execution device (no-op else)."""
+    hook = getattr(module, "_hf_hook", None)
+    if hook is None or not getattr(hook, "offload", False):
+        yield
+        return
+    hook.pre_forward(module)
+    try:
+        yield
+    finally:
+        hook.post_forward(module, None)
+
+
 class SparseDeltaLayer(nn.Module, BaseTunerLayer):
     """A module plus the sparse deltas of one or more adapters, applied in forward or merged into its weights."""
 
@@ -77,8 +105,7 @@ class SparseDeltaLayer(nn.Module, BaseTunerLayer):
     def _move_adapter_to_device_of_base_layer(self, adapter_name: str, device: torch.device | None = None) -> None:
         """Move to the base layer's device only: values and factors stay fp32 whatever the base dtype (PEFT would
         cast them to it), so the kernel sees exactly what ``load_merged`` reads from the file."""
-        weights = [t for t in self.get_base_layer().parameters(recurse=False)]
-        device = device or (weights[0].device if weights else None)
+        device = device or home_device(self.get_base_layer())
         store = self.sparse_delta[adapter_name] if adapter_name in self.sparse_delta else None
         if device is None or store is None or any(t.device.type == "meta" for t in store.parameters()):
             return
@@ -99,11 +126,37 @@ class SparseDeltaLayer(nn.Module, BaseTunerLayer):
         if self.merged or not active:
             return self.base_layer(x, *args, **kwargs)
         base = self.get_base_layer()
+        hook = getattr(base, "_hf_hook", None)
+        if hook is not None:
+            return self._hooked_forward(base, hook, active, x, *args, **kwargs)
+        return torch.func.functional_call(self.base_layer, self._effective(base, active), (x, *args), kwargs,
+                                          strict=False)
+
+    def _effective(self, base: nn.Module, active: list[str]) -> dict[str, torch.Tensor]:
+        """Base parameter + active adapters' deltas (the kernel) for every parameter the adapters change."""
         params = {}
-        for param in self._params_of(active):
-            weight = getattr(base, param)
-            params[param] = add_sparse(weight, self._deltas(active, param, weight.device))
-        return torch.func.functional_call(self.base_layer, params, (x, *args), kwargs, strict=False)
+        with contextlib.ExitStack() as stack:
+            for adapter in active:  # stores offloaded by accelerate are loaded for this step only
+                stack.enter_context(onloaded(self.sparse_delta[adapter]))
+            for param in self._params_of(active):
+                weight = getattr(base, param)
+                params[param] = add_sparse(weight, self._deltas(active, param, weight.device))
+        return params
+
+    def _hooked_forward(self, base: nn.Module, hook: Any, active: list[str], *args: Any, **kwargs: Any) -> Any:
+        """A base layer dispatched by accelerate (``device_map``, offloaded to CPU or disk): its hook brings the
+        weights to the execution device, the deltas are added to them there, the layer's own forward runs on the
+        sums, and the hook offloads again. (``functional_call`` cannot be used: the hook would overwrite the
+        substituted weights with the offloaded ones.)"""
+        args, kwargs = hook.pre_forward(base, *args, **kwargs)
+        params = self._effective(base, active)
+        saved = {name: base._parameters[name] for name in params}
+        try:
+            base._parameters.update(params)
+            output = base._old_forward(*args, **kwargs)
+        finally:
+            base._parameters.update(saved)
+        return hook.post_forward(base, output)
 
     def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
         """Add the adapters' deltas to the base parameters in place, all in one fp32 accumulation (``add_sparse``).

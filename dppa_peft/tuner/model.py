@@ -80,7 +80,9 @@ class SparseDeltaModel(BaseTuner):
         new_module = SparseDeltaLayer(target, adapter_name, peft_config, module_name=current_key)
         if adapter_name not in self.active_adapters:
             new_module.requires_grad_(False)
-        self._replace_module(parent, target_name, new_module, target)
+        # not PEFT's _replace_module: it moves the adapter to the base weight's device, which is the meta device for
+        # weights offloaded by accelerate; the layer has put its stores where the base weights are used
+        setattr(parent, target_name, new_module)
 
     def add_weighted_adapter(self, adapters: Sequence[str], weights: Sequence[float], adapter_name: str,
                              combination_type: str = "linear", density: float | None = None,
