@@ -25,7 +25,7 @@ from ..checkpoint import atomic_directory
 from ..pipeline import PruneSummary, open_adapter, prune
 from ..scope import DEFAULT_SCOPE_PATTERN
 from ..errors import UserError
-from .calibration import check_lengths
+from .calibration import Prompt, check_lengths
 from .candidate import AmplifiedModel, load_base_model
 from .factors import PARTITION_COMBINE_MODES, amplification_block
 from .learned import LearnParams, LearnResult, learn_factors, model_context, teacher_from_pretrained
@@ -163,16 +163,35 @@ def write_amplified(adapter: SparseDeltaAdapter, folder: Path, partitions: Parti
     writer.close(config)
 
 
-def _learn(adapter: SparseDeltaAdapter, partitions: Partitions, options: DPAOptions, finetuned: Any, base: Any,
-           revision: str | None, base_revision: str | None, token: str | bool | None, progress: bool) -> LearnResult:
-    """Learned amplification: prompts and lengths checked first, the teacher's outputs cached and the teacher freed,
-    then the factors learned on the base model (one model on the device at a time)."""
-    dpa, params = options.dpa, options.objective
+def _parse(options: dict[str, Any]) -> DPAOptions:
+    parsed, rest = split_options(options)
+    if rest:
+        raise ValueError(f"no DPA option named {sorted(rest)}; the options are the fields of AmplifyParams, "
+                         "ObjectiveParams and LearnParams (see `dppa-peft amplify --help`)")
+    return parsed
+
+
+def _calibration(options: DPAOptions, finetuned: Any, base: Any, revision: str | None,
+                 token: str | bool | None) -> tuple[list[Prompt], Any] | None:
+    """Learned amplification's prompts and tokenizer, checked (file, fields, lengths) before any model is loaded."""
+    if options.dpa.search != LEARNED:
+        return None
     if finetuned is None:
         raise UserError("search='learned' distils from the dense fine-tuned model; pass finetuned= (--finetuned)")
+    params = options.objective
     prompts = calibration_prompts(params)
     tokenizer = load_tokenizer([params.tokenizer] if params.tokenizer else [finetuned, base], token=token)
     check_lengths(prompts, tokenizer, model_context(finetuned, revision, token), params.continuation_tokens)
+    return prompts, tokenizer
+
+
+def _learn(adapter: SparseDeltaAdapter, partitions: Partitions, options: DPAOptions,
+           calibration: tuple[list[Prompt], Any], finetuned: Any, base: Any, revision: str | None,
+           base_revision: str | None, token: str | bool | None, progress: bool) -> LearnResult:
+    """Learned amplification: the teacher's outputs cached and the teacher freed, then the factors learned on the
+    base model (one model on the device at a time)."""
+    dpa, params = options.dpa, options.objective
+    prompts, tokenizer = calibration
     teacher = teacher_from_pretrained(finetuned, tokenizer, prompts, continuation_tokens=params.continuation_tokens,
                                       batch_size=params.batch_size, params=options.learn, dtype=dpa.model_dtype,
                                       device=dpa.device, revision=revision, token=token)
@@ -180,13 +199,10 @@ def _learn(adapter: SparseDeltaAdapter, partitions: Partitions, options: DPAOpti
     return learn_factors(model, [adapter], [teacher], options.learn, partitions=[partitions], progress=progress)
 
 
-def _amplify_into(folder: Path, adapter: SparseDeltaAdapter, options: dict[str, Any], finetuned: Any, base: Any,
-                  revision: str | None, base_revision: str | None, token: str | bool | None, progress: bool,
+def _amplify_into(folder: Path, adapter: SparseDeltaAdapter, parsed: DPAOptions,
+                  calibration: tuple[list[Prompt], Any] | None, finetuned: Any, base: Any, revision: str | None,
+                  base_revision: str | None, token: str | bool | None, progress: bool,
                   provenance: dict[str, Any]) -> SearchResult | LearnResult | None:
-    parsed, rest = split_options(options)
-    if rest:
-        raise ValueError(f"no DPA option named {sorted(rest)}; the options are the fields of AmplifyParams, "
-                         "ObjectiveParams and LearnParams (see `dppa-peft amplify --help`)")
     dpa = parsed.dpa
     rate = float(adapter.config.method["rate"])
     rates = dpa.partition_rates or ([rate] if dpa.search == LEARNED else None)
@@ -194,8 +210,9 @@ def _amplify_into(folder: Path, adapter: SparseDeltaAdapter, options: dict[str, 
     base = base or adapter.config.base_model_name_or_path
     result: SearchResult | LearnResult | None = None
     row_factors = None
-    if dpa.search == LEARNED:
-        result = _learn(adapter, partitions, parsed, finetuned, base, revision, base_revision, token, progress)
+    if calibration is not None:
+        result = _learn(adapter, partitions, parsed, calibration, finetuned, base, revision, base_revision, token,
+                        progress)
         raw, combine = _kept_scalars(adapter, partitions, dpa.combine)
         block = amplification_block(partitions.rates, raw, combine, dpa.amplify_unpruned, None)
         block["learned"] = result.record()
@@ -233,10 +250,12 @@ def amplify(adapter: str | os.PathLike | SparseDeltaAdapter, out: str | os.PathL
     search (a ``LearnResult`` for ``search="learned"``; None with ``factors=``).
     """
     handle = open_adapter(adapter, revision=adapter_revision, token=token)
+    parsed = _parse(options)
+    calibration = _calibration(parsed, finetuned, base or handle.config.base_model_name_or_path, revision, token)
     provenance = {"command": command or f"dppa_peft.amplify({handle.ref!r})", "amplified_from": handle.ref}
     with atomic_directory(out, overwrite=overwrite) as tmp:
-        result = _amplify_into(tmp, handle, options, finetuned, base, revision, base_revision, token, progress,
-                               provenance)
+        result = _amplify_into(tmp, handle, parsed, calibration, finetuned, base, revision, base_revision, token,
+                               progress, provenance)
     return SparseDeltaAdapter(out), result
 
 
@@ -257,14 +276,16 @@ def prune_and_amplify(base: str | os.PathLike, finetuned: str | os.PathLike, out
     rates: Sequence[float] = dpa_options.get("partition_rates") or ([rate] if learned else
                                                                     default_partition_rates(rate))
     dpa_options["partition_rates"] = list(rates)
+    parsed = _parse(dpa_options)
+    calibration = _calibration(parsed, finetuned, base, revision, token)
     provenance = {"command": command or f"dppa_peft.prune_and_amplify(method={method!r}, rate={rate})"}
     with atomic_directory(out, overwrite=overwrite) as tmp:
         pruned, summary = prune(base, finetuned, tmp / "pruned", method, rate, scope_pattern=scope_pattern,
                                 outside_scope=outside_scope, value_dtype=value_dtype, revision=revision,
                                 base_revision=base_revision, token=token, progress=progress,
                                 command=provenance["command"], partition_rates=rates, **options)
-        result = _amplify_into(tmp, pruned, dpa_options, finetuned, base, revision, base_revision, token, progress,
-                               provenance)
+        result = _amplify_into(tmp, pruned, parsed, calibration, finetuned, base, revision, base_revision, token,
+                               progress, provenance)
         shutil.rmtree(tmp / "pruned")
     return SparseDeltaAdapter(out), summary, result
 
