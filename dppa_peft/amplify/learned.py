@@ -34,6 +34,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..checkpoint import load_causal_lm
 from ..errors import UserError
 from ..format.apply import add_sparse, effective_values
 from ..format.encoding import EncodedTensor
@@ -222,9 +223,7 @@ def teacher_from_pretrained(ref: str | os.PathLike, tokenizer: Any, prompts: Seq
                             revision: str | None = None, token: str | bool | None = None,
                             name: str | None = None) -> Teacher:
     """Load the dense fine-tune ``ref`` on ``device``, cache its outputs (``build_teacher``) and free it again."""
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(ref, dtype=dtype, revision=revision, token=token).to(device)
+    model = load_causal_lm(ref, dtype=dtype, revision=revision, token=token).to(device)
     try:
         return build_teacher(model, tokenizer, prompts, continuation_tokens=continuation_tokens,
                              batch_size=batch_size, heldout=params.learn_heldout, top_k=params.learn_top_k,

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..checkpoint import load_causal_lm
 from ..errors import UserError
 from .calibration import DEFAULT_TEXT_FIELD, Prompt, read_prompts, task_prompts
 
@@ -201,8 +202,6 @@ def build_objective(params: ObjectiveParams, finetuned: str | os.PathLike | None
                     dtype: str | torch.dtype = "auto", device: str | torch.device = "cpu",
                     revision: str | None = None, token: str | bool | None = None) -> Objective:
     """The ``kl`` or ``tasks`` objective against the dense fine-tuned model (loaded once, then released)."""
-    from transformers import AutoModelForCausalLM
-
     if finetuned is None:
         raise ValueError(f"the {params.objective!r} objective compares against the dense fine-tuned model; pass "
                          "finetuned= (--finetuned)")
@@ -210,7 +209,7 @@ def build_objective(params: ObjectiveParams, finetuned: str | os.PathLike | None
         raise ValueError("the kl objective needs calibration prompts (--calibration FILE)")
     texts = read_texts(params.calibration, params.text_field) if params.objective == "kl" else None
     tokenizer = load_tokenizer([params.tokenizer] if params.tokenizer else [finetuned, base], token=token)
-    reference = AutoModelForCausalLM.from_pretrained(finetuned, dtype=dtype, revision=revision, token=token)
+    reference = load_causal_lm(finetuned, dtype=dtype, revision=revision, token=token)
     reference = reference.to(device).eval()
     if params.objective == "kl":
         return KLObjective(reference, tokenizer, texts, params.continuation_tokens, params.max_length,
