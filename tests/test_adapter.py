@@ -14,7 +14,6 @@ from tests.hub_fixtures import run_python
 from tests.tiny_models import make_base, make_finetune
 
 
-
 @pytest.fixture(scope="module")
 def magnitude_adapter(tmp_path_factory, llama_pair):
     base, ft = llama_pair

@@ -47,7 +47,6 @@ def partitioned(tmp_path_factory, llama_pair):
     return prune(base, ft, out, method="magnitude", rate=0.7, partition_rates=[0.9, 0.8, 0.7], progress=False)[0]
 
 
-
 def partition_reference(base, ft, densities, factors, unpruned=1.0):
     """W_B + Σ_i factor_i · (top-k(δ, d_i) − top-k(δ, d_{i−1})) for in-block linears, ``unpruned``·δ elsewhere."""
     base_w, ft_w = load_weights(base), load_weights(ft)
