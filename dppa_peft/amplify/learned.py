@@ -1,4 +1,5 @@
-"""Learned amplification: factors per output row (or coarser) of every pruned tensor, learned by distillation.
+"""Learned amplification: factors per output row (or coarser) of every pruned tensor, learned by distillation
+(docs/algorithms.md §11).
 
 Student = base + Σ_adapters w_a · scatter(values · scalar[partition] · f[partition, row]) (the kernel of
 ``format.apply``, differentiable in ``f``); teacher = the dense fine-tune(s). The factors minimise the mean over
