@@ -74,7 +74,7 @@ def domain_ratios(evaluator: Evaluator, model: torch.nn.Module, dense: dict[str,
 
 
 def bench_domain(zoo, domain: str, method: str, rate: float, evaluator: Evaluator, params: LearnParams,
-                 root: Path) -> list[dict]:
+                 root: Path, **method_params: float) -> list[dict]:
     finetuned = zoo.finetunes[domain]
     tokenizer = AutoTokenizer.from_pretrained(finetuned)
     prompts = [Prompt(ex.prompt, f"{task}[{i}]") for task in DOMAINS[domain]
@@ -82,7 +82,8 @@ def bench_domain(zoo, domain: str, method: str, rate: float, evaluator: Evaluato
     train, _ = split_indices(len(prompts), params.learn_heldout, params.learn_seed)
     dense_model = AutoModelForCausalLM.from_pretrained(finetuned)
     dense = {s: evaluator.scores(dense_model, domain_task_names(s)[domain]) for s in ("dev", "test")}
-    adapter = prune(zoo.base, finetuned, root / f"{domain}-{method}", method=method, rate=rate, progress=False)[0]
+    adapter = prune(zoo.base, finetuned, root / f"{domain}-{method}", method=method, rate=rate, progress=False,
+                    **method_params)[0]
     partitions = adapter_partitions(adapter, [rate])
 
     clock = Clock()
@@ -138,19 +139,23 @@ def main() -> None:
     parser.add_argument("--size", default="default", help="zoo size (default, tiny)")
     parser.add_argument("--method", default="magnitude", help="pruning method giving the mask")
     parser.add_argument("--rate", type=float, default=0.9, help="pruning rate")
+    parser.add_argument("--min-density", type=float, help="dp: density floor (keeps every module)")
     parser.add_argument("--domains", nargs="+", default=list(DOMAINS), help="domains to run")
     parser.add_argument("--granularity", default="row", help="learned amplification granularity")
     parser.add_argument("--steps", type=int, default=LearnParams.learn_steps, help="learned: Adam steps")
+    parser.add_argument("--lr", type=float, default=LearnParams.learn_lr, help="learned: Adam learning rate")
     parser.add_argument("--json", help="also write the rows to this JSON file")
     args = parser.parse_args()
     zoo = build_zoo(args.cache, size=args.size)
     evaluator = Evaluator(AutoTokenizer.from_pretrained(zoo.base), task_manager(), batch_size=32)
-    params = LearnParams(learn_granularity=args.granularity, learn_steps=args.steps)
+    params = LearnParams(learn_granularity=args.granularity, learn_steps=args.steps, learn_lr=args.lr)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for domain in args.domains:
-            rows += bench_domain(zoo, domain, args.method, args.rate, evaluator, params, Path(tmp))
-    print(f"demo zoo {args.size}, method {args.method}, rate {args.rate}, torch threads {torch.get_num_threads()}; "
+            extra = {} if args.min_density is None else {"min_density": args.min_density}
+            rows += bench_domain(zoo, domain, args.method, args.rate, evaluator, params, Path(tmp), **extra)
+    floor = "" if args.min_density is None else f" (min density {args.min_density})"
+    print(f"demo zoo {args.size}, method {args.method}{floor}, rate {args.rate}, torch threads {torch.get_num_threads()}; "
           f"held-out = {params.learn_heldout:.0%} of each domain's dev prompts, unseen by every strategy")
     print("| domain | strategy | calls / steps | wall s | CPU s | factors | held-out KL | Domain-Ratio dev | test |")
     print("|---|---|---|---|---|---|---|---|---|")

@@ -57,8 +57,8 @@ class LearnParams:
         "help": "what one learned factor covers: 'row' = each output row of each pruned matrix (per partition), "
                 "'tensor' = each pruned tensor, 'partition' = each DPA partition, 'global' = the whole adapter",
         "choices": GRANULARITIES})
-    learn_steps: int = field(default=100, metadata={"help": "Adam steps (one calibration batch per teacher each)"})
-    learn_lr: float = field(default=0.1, metadata={"help": "Adam learning rate of the factors (they start at 1)"})
+    learn_steps: int = field(default=60, metadata={"help": "Adam steps (one calibration batch per teacher each)"})
+    learn_lr: float = field(default=0.2, metadata={"help": "Adam learning rate of the factors (they start at 1)"})
     learn_heldout: float = field(default=0.2, metadata={
         "help": "fraction of the calibration prompts held out for early stopping and the reported KL"})
     learn_eval_every: int = field(default=10, metadata={"help": "steps between held-out KL evaluations"})
