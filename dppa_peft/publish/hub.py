@@ -39,6 +39,7 @@ def push_to_hub(adapter: "SparseDeltaAdapter", repo_id: str, *, private: bool = 
     """
     if export_format not in EXPORT_FORMATS:
         raise ValueError(f"unknown export format {export_format!r}; choose one of {EXPORT_FORMATS}")
+    adapter.verify()  # never publish a damaged adapter
     api = HfApi(token=token)
     with tempfile.TemporaryDirectory(prefix="dppa-push-") as tmp:
         staged = Path(tmp)
