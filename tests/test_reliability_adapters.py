@@ -77,7 +77,7 @@ BAD_ADAPTERS = {
     "partition id without factor": (
         dict(tensors=lambda t: t.__setitem__(_q("partition"), torch.full(t[_q("values")].shape, 7, dtype=torch.uint8)),
              config=lambda c: c["tensors"][Q].update(partition=True)),
-        "partition id 7 has no factor"),
+        "partition id 7 for the 1 amplification factors"),
     "truncated weights file": (dict(raw=lambda b: b[: len(b) - 100]), "truncated"),
     "unknown encoding": (dict(config=lambda c: c["tensors"][Q].update(encoding="zip")), "unknown encoding 'zip'"),
     "negative nnz": (dict(config=lambda c: c["tensors"][Q].update(nnz=-1)), "has nnz -1"),

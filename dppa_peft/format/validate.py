@@ -78,15 +78,18 @@ def read_adapter_config(path: Path, ref: str) -> SparseDeltaConfig:
     data = read_json(path, "adapter config")
     peft_type = data.get("peft_type")
     if peft_type != SparseDeltaType.SPARSE_DELTA.value:
-        known = "a PEFT " + str(peft_type) if peft_type in _peft_types() else f"an unknown peft_type {peft_type!r}"
+        known = f"a PEFT {peft_type}" if isinstance(peft_type, str) and peft_type in _peft_types() else \
+            f"an unknown peft_type {peft_type!r}"
         raise UserError(f"{path} describes {known} adapter, not a dppa-peft sparse delta adapter (peft_type "
                         "SPARSE_DELTA); load it with PEFT itself, or pass an adapter written by `dppa-peft prune`")
+    check_config(data, ref)
     try:
-        config = SparseDeltaConfig.from_pretrained(str(path.parent))
-    except TypeError as err:
-        raise UserError(f"{path} has fields this dppa-peft does not know ({err}); {DAMAGED}") from None
-    check_config(config, ref)
-    return config
+        return SparseDeltaConfig.from_pretrained(str(path.parent))
+    except UserError:
+        raise
+    except (TypeError, ValueError, KeyError, AttributeError) as err:  # PEFT's own parsing of the fields
+        raise UserError(f"{path} cannot be read as a sparse delta adapter config ({type(err).__name__}: {err}); "
+                        f"{DAMAGED}") from None
 
 
 def _peft_types() -> set[str]:
@@ -95,20 +98,25 @@ def _peft_types() -> set[str]:
     return {t.value for t in PeftType}
 
 
-def check_config(config: SparseDeltaConfig, ref: str) -> None:
-    """Well-formed records (shape, nnz, encoding, factors table), finite factors, a plausible vocab_size."""
-    if not isinstance(config.tensors, dict) or not config.tensors:
+def check_config(data: dict[str, Any], ref: str) -> None:
+    """The fields of a parsed adapter config: well-formed records (shape, nnz, encoding, factors table), finite
+    factors, a plausible vocab_size and fingerprint (checked before PEFT builds the config object from them)."""
+    tensors = data.get("tensors")
+    if not isinstance(tensors, dict) or not tensors:
         raise UserError(f"adapter {ref} records no tensors ('tensors' is empty or not an object); {DAMAGED}")
-    for name, record in config.tensors.items():
+    for name, record in tensors.items():
         _check_record(name, record, ref)
-    amplification = config.amplification
+    if not isinstance(data.get("base_fingerprint"), (str, type(None))):
+        raise UserError(f"adapter {ref} has an invalid base_fingerprint {data['base_fingerprint']!r}; {DAMAGED}")
+    amplification = data.get("amplification")
     if amplification is not None:
-        if not isinstance(amplification, dict) or not isinstance(amplification.get("factors"), list):
-            raise UserError(f"adapter {ref}: 'amplification' lacks its list of 'factors'; {DAMAGED}")
+        if not isinstance(amplification, dict) or not isinstance(amplification.get("factors"), list) or \
+                not amplification["factors"] or not isinstance(amplification.get("raw_factors", []), list):
+            raise UserError(f"adapter {ref}: 'amplification' lacks its lists of 'factors' / 'raw_factors'; {DAMAGED}")
         finite_numbers(amplification["factors"], f"adapter {ref} amplification.factors")
         finite_numbers(amplification.get("raw_factors"), f"adapter {ref} amplification.raw_factors")
         finite_number(amplification.get("unpruned_factor", 1.0), f"adapter {ref} amplification.unpruned_factor")
-    size = config.vocab_size
+    size = data.get("vocab_size")
     if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
         raise UserError(f"adapter {ref} has an invalid vocab_size {size!r}; {DAMAGED}")
 
@@ -184,7 +192,13 @@ def check_encoded(name: str, encoded: EncodedTensor, factor_count: int, ref: str
     if indices.numel() and int(indices[-1]) >= encoded.numel:
         raise UserError(f"{where}: the index reaches position {int(indices[-1])}, outside its {encoded.numel} "
                         f"entries (shape {list(encoded.shape)}); {DAMAGED}")
-    if encoded.partition is not None and encoded.partition.numel() and int(encoded.partition.max()) >= factor_count:
-        raise UserError(f"{where}: partition id {int(encoded.partition.max())} has no factor (the config has "
-                        f"{factor_count}); {DAMAGED}")
+    partitions = 1 if encoded.partition is None or not encoded.partition.numel() else int(encoded.partition.max()) + 1
+    if encoded.partition is None and factor_count != 1 or partitions > factor_count:
+        raise UserError(f"{where}: {'no partition ids' if encoded.partition is None else f'partition id {partitions - 1}'}"
+                        f" for the {factor_count} amplification factors in the config; {DAMAGED}")
+    if encoded.factors is not None:
+        rows = encoded.shape[0] if len(encoded.shape) >= 2 else 1
+        if encoded.factors.shape[0] < partitions or encoded.factors.shape[1] not in (1, rows):
+            raise UserError(f"{where}: its factors table is {list(encoded.factors.shape)}, but it needs at least "
+                            f"{partitions} partitions and 1 or {rows} rows; {DAMAGED}")
     return indices
