@@ -9,13 +9,9 @@ from transformers import AutoModelForCausalLM
 import dppa_peft
 from dppa_peft import BaseModelMismatchError, SparseDeltaConfig, load_merged, merge_to_folder, prune
 from tests.expected import PROMPT, load_weights, logits_with, magnitude_merged_weights
+from tests.expected import logits as _logits
 from tests.hub_fixtures import run_python
 from tests.tiny_models import make_base, make_finetune
-
-
-def _logits(model):
-    with torch.no_grad():
-        return model(PROMPT).logits
 
 
 @pytest.fixture(scope="module")

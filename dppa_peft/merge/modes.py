@@ -1,4 +1,5 @@
-"""Merge modes: how the sparse deltas of one tensor from N adapters become what is added to the base.
+"""Merge modes: how the sparse deltas of one tensor from N adapters become what is added to the base
+(docs/algorithms.md §12.3).
 
 A merge mode composes two declared steps, like mergekit's generalized task arithmetic:
 
