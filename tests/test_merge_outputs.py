@@ -117,3 +117,21 @@ def test_cli_out_adapter_and_validation_before_work(tmp_path, llama_pair, adapte
     assert "drop --base" in capsys.readouterr().err
     assert main(["merge", "--base", str(base), "--adapter", str(adapters[0])]) == 2
     assert "pass --out" in capsys.readouterr().err
+
+
+def test_merged_adapter_bakes_the_amplification_factors(tmp_path, llama_pair):
+    base, ft = llama_pair
+    adapter, _ = prune(base, ft, tmp_path / "a", method="magnitude", rate=0.8, partition_rates=[0.9, 0.8],
+                       progress=False)
+    config_path = adapter.directory / "adapter_config.json"
+    config = json.loads(config_path.read_text())
+    config["amplification"]["factors"] = [1.5, 0.75]  # as a DPA search would leave them
+    config_path.write_text(json.dumps(config))
+    merged = merge_to_adapter(base, [adapter.directory], tmp_path / "m", progress=False)
+    stored = json.loads((merged.directory / "adapter_config.json").read_text())
+    assert stored["amplification"] is None and not any(r["partition"] for r in stored["tensors"].values())
+    assert_same(peft_merged(base, merged.directory), peft_merged(base, adapter.directory))
+    assert not torch.equal(load_weights(merged.directory)["base_model.model.model.layers.0.mlp.up_proj.sparse_delta."
+                                                          "weight_values"],
+                           load_weights(adapter.directory)["base_model.model.model.layers.0.mlp.up_proj.sparse_delta."
+                                                           "weight_values"])
