@@ -9,7 +9,7 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
-from dppa_peft import load_merged, merge_to_adapter, merge_to_folder, prune
+from dppa_peft import SparseDeltaAdapter, load_merged, merge_to_adapter, merge_to_folder, prune
 from dppa_peft.cli import main
 from dppa_peft.merge import replay
 from dppa_peft.publish.card import build_model_card
@@ -135,3 +135,17 @@ def test_merged_adapter_bakes_the_amplification_factors(tmp_path, llama_pair):
                                                           "weight_values"],
                            load_weights(adapter.directory)["base_model.model.model.layers.0.mlp.up_proj.sparse_delta."
                                                            "weight_values"])
+
+
+def test_hub_inputs_are_recorded_at_their_commit(local_hub, hub_repo_id, tmp_path, llama_pair, adapters):
+    base, _ = llama_pair
+    SparseDeltaAdapter(adapters[0]).push_to_hub(hub_repo_id)
+    out = merge_to_folder(base, [hub_repo_id, adapters[1]], tmp_path / "m", adapter_revisions=["main", None],
+                          progress=False)
+    record = json.loads((out / "dppa_merge.json").read_text())["adapters"]
+    assert record[0]["ref"] == hub_repo_id and record[0]["revision"] == "main"
+    assert len(record[0]["commit"]) == 40 and record[1]["commit"] is None
+    card = (out / "README.md").read_text()
+    assert f"`{hub_repo_id}@main`" in card and "`a1 (local folder)`" in card
+    again = replay(out, tmp_path / "again", progress=False)
+    assert_same(load_weights(again), load_weights(out))
