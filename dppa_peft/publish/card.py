@@ -19,6 +19,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from ..format.config import register_card_writer
 from ..format.merge_record import MergeRecord
+from .commands import public_command
 from .merge_card import build_merge_card
 
 if TYPE_CHECKING:
@@ -134,7 +135,7 @@ def build_model_card(config: "SparseDeltaConfig", *, repo_id: str | None = None,
         evals=evals,
         repo=repo_id or "<this repo or folder>",
         version=config.provenance.get("package_version", "?"),
-        command=config.provenance.get("command", "python API"),
+        command=public_command(config.provenance.get("command")),
     )
 
 
