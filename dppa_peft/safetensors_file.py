@@ -1,4 +1,5 @@
-"""Read a safetensors file ourselves: check its header, then read each tensor's byte range (no memory map).
+"""Read a safetensors file safely: check its header, then read a tensor's byte range (checkpoints: no memory map)
+or ``safe_open`` the checked file (adapters).
 
 A truncated file, a garbled or oversized header, bad data offsets, an empty file or a dtype we do not read (float8,
 unsigned 16/32/64-bit) each become one ``UserError`` naming the file (and the tensor) instead of a Rust panic, an
@@ -7,15 +8,18 @@ unsigned 16/32/64-bit) each become one ``UserError`` naming the file (and the te
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
 
 from .errors import UserError
 
@@ -119,3 +123,19 @@ def read_tensor(path: str | os.PathLike, entry: TensorEntry) -> torch.Tensor:
                                         "after it was opened)")
             done += count
     return buffer.view(entry.dtype).reshape(entry.shape)
+
+
+@contextlib.contextmanager
+def safetensors_errors(path: str | os.PathLike) -> Iterator[None]:
+    """Turn what safetensors raises on a damaged file into a ``UserError`` naming it."""
+    try:
+        yield
+    except SafetensorError as err:
+        raise _fail(Path(path), f"safetensors cannot read it ({err})") from None
+
+
+def open_checked(path: str | os.PathLike) -> Any:
+    """``safe_open`` a file (PyTorch tensors) after checking its header."""
+    read_header(path)
+    with safetensors_errors(path):
+        return safe_open(path, framework="pt")

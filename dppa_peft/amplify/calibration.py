@@ -1,4 +1,4 @@
-"""Calibration prompts for the data-driven DPA objectives (``kl``, learned amplification).
+"""Calibration prompts for the data-driven DPA objectives (``kl``, learned amplification; docs/algorithms.md §11.3).
 
 Two sources, no labels needed:
 
@@ -32,6 +32,13 @@ class Prompt:
 
     text: str
     source: str
+
+    @property
+    def origin(self) -> str:
+        """The file or task the prompt came from (``source`` without its line or document number)."""
+        if self.source.endswith("]") and "[" in self.source:
+            return self.source[: self.source.rindex("[")]
+        return self.source.rsplit(":", 1)[0] if ":" in self.source else self.source
 
 
 def read_prompts(path: str | os.PathLike, text_field: str = DEFAULT_TEXT_FIELD) -> list[Prompt]:
