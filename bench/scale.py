@@ -8,7 +8,8 @@ only, imports excluded) and peak resident set (``ru_maxrss``), against:
   delta method must do, once);
 - mergekit 0.1.5 ``ties`` at density 0.1 on the same pair (``pip install -e ".[bench]"``), which writes a merged
   model: the nearest peer that also reads both checkpoints and keeps a top-k per tensor;
-- ``AutoModelForCausalLM.from_pretrained(base)`` for ``load_merged`` of three adapters.
+- ``AutoModelForCausalLM.from_pretrained(base)`` for ``load_merged`` of three adapters (transformers 5 maps the
+  weights lazily, so a second row reads every weight once: what using or merging into the model costs at least).
 
     python bench/scale.py [--sizes 1b 3b] [--workdir DIR] [--keep]
 
@@ -120,8 +121,13 @@ def mergekit_ties(root: Path, base: Path, ft: Path) -> Step:
     return result
 
 
-def load_base(base: Path) -> Step:
-    return step(f"transformers.AutoModelForCausalLM.from_pretrained({str(base)!r}, dtype='auto')")
+def load_base(base: Path, touch: bool = False) -> Step:
+    """``from_pretrained`` (transformers maps the file lazily); ``touch``: then read every weight once, as any use
+    of the model (or a merge into it) must."""
+    code = f"model = transformers.AutoModelForCausalLM.from_pretrained({str(base)!r}, dtype='auto')"
+    if touch:
+        code += "\nfor p in model.parameters():\n    p.sum()"
+    return step(code)
 
 
 def load_merged(base: Path, adapters: list[Path]) -> Step:
@@ -134,14 +140,15 @@ def run_size(root: Path, size: str) -> dict:
     read_limit(base, ft)  # warm the page cache so every step below reads from the same cache state
     out: dict = {"size": size, "params": params, "checkpoint_mib": folder_mib(base)}
     out["read"] = read_limit(base, ft)
-    adapters = {method: root / f"adapter-{method}" for method in ("magnitude", "dp", "dare")}
+    adapters = {method: root / f"adapter-{method}" for method in ("magnitude", "dp")}
     for method, folder in adapters.items():
         shutil.rmtree(folder, ignore_errors=True)
         out[method] = prune(base, ft, folder, method)
     out["adapter_mib"] = {method: folder_mib(folder) for method, folder in adapters.items()}
     out["mergekit"] = mergekit_ties(root, base, ft)
     out["load_base"] = load_base(base)
-    out["load_merged"] = load_merged(base, list(adapters.values()))
+    out["load_touched"] = load_base(base, touch=True)
+    out["load_merged"] = load_merged(base, [adapters["magnitude"], adapters["dp"], adapters["magnitude"]])
     return out
 
 
@@ -149,8 +156,10 @@ def report(results: list[dict]) -> str:
     """The markdown tables and ratios (with the targets) of every size."""
     lines = ["| pair | step | wall s | peak RSS MiB |", "|---|---|---|---|"]
     names = {"read": "read limit (safetensors, both checkpoints, fp32)", "magnitude": "prune magnitude 0.9",
-             "dp": "prune dp 0.9", "dare": "prune dare 0.9", "mergekit": "mergekit 0.1.5 ties density 0.1",
-             "load_base": "from_pretrained(base)", "load_merged": "load_merged(base, 3 adapters)"}
+             "dp": "prune dp 0.9", "mergekit": "mergekit 0.1.5 ties density 0.1",
+             "load_base": "from_pretrained(base) (lazy)",
+             "load_touched": "from_pretrained(base) + read every weight once",
+             "load_merged": "load_merged(base, 3 adapters: magnitude, dp, magnitude)"}
     for r in results:
         label = f"{r['size']} ({r['params'] / 1e9:.2f}B, {r['checkpoint_mib'] / 1024:.1f} GiB bf16)"
         for key, name in names.items():
@@ -164,6 +173,8 @@ def report(results: list[dict]) -> str:
             ("dp / mergekit ties (peak RSS)", r["dp"].rss_mib / r["mergekit"].rss_mib, 1.0),
             ("magnitude / mergekit ties (peak RSS)", r["magnitude"].rss_mib / r["mergekit"].rss_mib, 1.0),
             ("load_merged / from_pretrained (time)", r["load_merged"].seconds / r["load_base"].seconds, 1.3),
+            ("load_merged / (from_pretrained + read every weight) (time)",
+             r["load_merged"].seconds / r["load_touched"].seconds, None),
             ("load_merged / from_pretrained (peak RSS)", r["load_merged"].rss_mib / r["load_base"].rss_mib, None),
         ]
         for method, mib in r["adapter_mib"].items():

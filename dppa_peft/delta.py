@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from .format.fingerprint import tensor_sample
 from .checkpoint import Checkpoint
 from .errors import UserError
-from .validate import check_finite
+from .validate import all_finite, check_finite
 from .scope import Scope, TensorInfo
 
 ARCHITECTURE_FIELDS = (
@@ -120,7 +120,7 @@ class DeltaPair:
         self._observe_likeness(ft[:rows], wide)
         ft[:rows] -= wide
         del wide
-        if not torch.isfinite(ft).all():  # one pass in the common case; name the culprit only when needed
+        if not all_finite(ft):  # one pass in the common case; name the culprit only when needed
             check_finite(self.finetuned.read(name), name, f"the fine-tune {self.finetuned.ref}", FINITE_FIX)
             check_finite(base, name, f"the base {self.base.ref}", FINITE_FIX)
             check_finite(ft, name, f"the delta {self.finetuned.ref} - {self.base.ref}", FINITE_FIX)

@@ -81,7 +81,8 @@ def test_in_place_kernel_touches_only_the_support_and_matches_the_dense_formula(
     a = SparseDelta(torch.tensor([0, 7, 99, 1999]), torch.tensor([1e-3, -2.0, 0.5, 3e-4]), (40, 50))
     b = SparseDelta(torch.tensor([7, 100, 1999]), torch.tensor([2.0, 1e-2, -3e-4]), (40, 50))
     full = FullDelta(torch.randn(2000, generator=generator) * 1e-3, (40, 50))
-    for deltas, weights in (([a], [0.7]), ([a, b], [1.0, 0.5]), ([a, full, b], [1.0, 1.0, 2.0])):
+    c = SparseDelta(torch.arange(0, 2000, 3), torch.full((667,), 1e-3), (40, 50))  # with a: past the union limit
+    for deltas, weights in (([a], [0.7]), ([a, b], [1.0, 0.5]), ([a, full, b], [1.0, 1.0, 2.0]), ([a, c], [1.0, 3.0])):
         expected = target.float().reshape(-1).clone()
         for delta, weight in zip(deltas, weights):  # the documented order: fp32, adapter after adapter, one cast
             expected = expected.index_add(0, delta.indices, delta.values * weight)

@@ -27,6 +27,9 @@ from ..methods.selection import flat_nonzero
 from .encoding import EncodedTensor
 
 
+UNION_LIMIT = 16
+
+
 def row_of(indices: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
     """The output row of each flat index (0 for 0-D and 1-D tensors)."""
     if len(shape) < 2:
@@ -48,7 +51,8 @@ def effective_values(encoded: EncodedTensor, scalar_factors: Sequence[float] | t
     if partition is None:
         if table.numel() != 1:
             raise ValueError(f"{table.numel()} partition factors for a tensor without partition ids; pass one")
-        values = values * table.reshape(())
+        if isinstance(scalar_factors, torch.Tensor) or float(table) != 1.0:  # x · 1.0 == x: no pass for it
+            values = values * table.reshape(())
     else:
         values = values * table[partition]
     rows = encoded.factors if row_factors is None else row_factors
@@ -116,12 +120,16 @@ def _accumulate(target: torch.Tensor, deltas: Sequence[SparseDelta],
 
 
 def _support(flat: torch.Tensor, deltas: Sequence[SparseDelta]) -> torch.Tensor | None:
-    """The union of the deltas' positions, ascending (None when one delta covers every entry)."""
+    """The union of the deltas' positions, ascending; None (every entry) when a delta covers them all or when the
+    deltas together touch more than ``1/UNION_LIMIT`` of them (a whole-tensor pass is then cheaper than locating
+    each delta's positions in the union)."""
     if any(isinstance(delta, FullDelta) for delta in deltas):
         return None
+    if len(deltas) == 1:
+        return deltas[0].indices.to(flat.device).long()
+    if sum(delta.nnz for delta in deltas) * UNION_LIMIT > flat.numel():
+        return None
     indices = [delta.indices.to(flat.device).long() for delta in deltas]
-    if len(indices) == 1:
-        return indices[0]
     touched = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
     for positions in indices:
         touched[positions] = True

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from ..methods.base import SparseDelta
@@ -33,8 +34,15 @@ def bitmask_decode(packed: torch.Tensor, numel: int) -> torch.Tensor:
 
 
 def _gaps(indices: torch.Tensor) -> torch.Tensor:
-    previous = torch.cat([indices.new_full((1,), -1), indices[:-1]])
-    return indices - previous - 1
+    """Entries skipped before each kept position (the first counts from position 0)."""
+    if indices.device.type == "cpu" and indices.numel():
+        positions = indices.numpy()
+        gaps = np.empty_like(positions)
+        gaps[0] = positions[0]
+        np.subtract(positions[1:], positions[:-1], out=gaps[1:])
+        gaps[1:] -= 1
+        return torch.from_numpy(gaps)
+    return indices.diff(prepend=indices.new_full((1,), -1)) - 1
 
 
 def gaps_size(indices: torch.Tensor) -> int:
@@ -61,6 +69,9 @@ def _gaps_encode(gaps: torch.Tensor) -> torch.Tensor:
 
 
 def gaps_decode(packed: torch.Tensor) -> torch.Tensor:
+    if packed.device.type == "cpu" and packed.numel() and int(packed.max()) < _ESCAPE:  # one byte per gap
+        raw = packed.numpy()
+        return torch.from_numpy(np.cumsum(raw, dtype=np.int64) + np.arange(raw.size, dtype=np.int64))
     raw = packed.long()
     is_end = raw != _ESCAPE
     return torch.cumsum(raw + is_end, 0)[is_end] - 1
