@@ -111,11 +111,11 @@ def _accumulate(target: torch.Tensor, deltas: Sequence[SparseDelta],
     for delta, weight in zip(deltas, weights):
         values = delta.values.float().to(flat.device) * weight
         if isinstance(delta, FullDelta) or (support is not None and len(deltas) == 1):
-            merged = merged + values  # the delta covers every position of ``merged``, in order
+            merged.add_(values)  # the delta covers every position of ``merged``, in order
             continue
         indices = delta.indices.to(flat.device).long()
         positions = indices if support is None else torch.searchsorted(support, indices)
-        merged = merged.index_add(0, positions, values)
+        merged.index_add_(0, positions, values)  # ``merged`` is this call's own buffer: in place is safe
     return support, merged
 
 

@@ -69,9 +69,10 @@ def _gaps_encode(gaps: torch.Tensor) -> torch.Tensor:
 
 
 def gaps_decode(packed: torch.Tensor) -> torch.Tensor:
-    if packed.device.type == "cpu" and packed.numel() and int(packed.max()) < _ESCAPE:  # one byte per gap
-        raw = packed.numpy()
-        return torch.from_numpy(np.cumsum(raw, dtype=np.int64) + np.arange(raw.size, dtype=np.int64))
+    if packed.device.type == "cpu" and packed.numel() and int(packed.numpy().max()) < _ESCAPE:  # one byte per gap
+        positions = np.cumsum(packed.numpy(), dtype=np.int64)
+        positions += np.arange(positions.size, dtype=np.int64)
+        return torch.from_numpy(positions)
     raw = packed.long()
     is_end = raw != _ESCAPE
     return torch.cumsum(raw + is_end, 0)[is_end] - 1

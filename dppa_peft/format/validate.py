@@ -175,9 +175,10 @@ def check_stored_parts(config: SparseDeltaConfig, header: Mapping[str, TensorEnt
                 raise UserError(f"{weights}: the {part} of tensor {name!r} is {entry.dtype}, not uint8; {DAMAGED}")
 
 
-def check_encoded(name: str, encoded: EncodedTensor, factor_count: int, ref: str) -> torch.Tensor:
-    """Check one stored tensor's content and return its decoded flat indices: finite values (and factors), the
-    index decoding to exactly ``nnz`` ascending positions inside the shape, partition ids below ``factor_count``."""
+def check_encoded(name: str, encoded: EncodedTensor, factor_count: int, ref: str) -> torch.Tensor | None:
+    """Check one stored tensor's content and return its decoded flat indices (None for a dense tensor: every
+    position, in order, never materialised): finite values (and factors), the index decoding to exactly ``nnz``
+    ascending positions inside the shape, partition ids below ``factor_count``."""
     where = f"adapter {ref} tensor {name!r}"
     check_finite(encoded.values, name, f"adapter {ref}", DAMAGED)
     if encoded.factors is not None:
@@ -185,11 +186,13 @@ def check_encoded(name: str, encoded: EncodedTensor, factor_count: int, ref: str
     if encoded.encoding == "bitmask" and encoded.index.numel() != -(-encoded.numel // 8):
         raise UserError(f"{where}: its bitmask has {encoded.index.numel()} bytes for {encoded.numel} entries "
                         f"(needs {-(-encoded.numel // 8)}); {DAMAGED}")
-    indices = encoded.indices()
-    if indices.numel() != encoded.nnz:
+    indices = None if encoded.encoding == "dense" else encoded.indices()
+    if indices is None and encoded.nnz != encoded.numel:
+        raise UserError(f"{where}: stored dense with {encoded.nnz} values for {encoded.numel} entries; {DAMAGED}")
+    if indices is not None and indices.numel() != encoded.nnz:
         raise UserError(f"{where}: the index holds {indices.numel()} positions but {encoded.nnz} values are stored; "
                         f"{DAMAGED}")
-    if indices.numel() and int(indices[-1]) >= encoded.numel:
+    if indices is not None and indices.numel() and int(indices[-1]) >= encoded.numel:
         raise UserError(f"{where}: the index reaches position {int(indices[-1])}, outside its {encoded.numel} "
                         f"entries (shape {list(encoded.shape)}); {DAMAGED}")
     partitions = 1 if encoded.partition is None or not encoded.partition.numel() else int(encoded.partition.max()) + 1
