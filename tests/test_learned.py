@@ -50,7 +50,7 @@ def learned(tmp_path_factory, llama_pair, calibration) -> tuple:
 
 def _teacher(ft, prompts=PROMPTS):
     return build_teacher(AutoModelForCausalLM.from_pretrained(ft), char_tokenizer(),
-                         [Prompt(p, f"p:{i}") for i, p in enumerate(prompts)], continuation_tokens=4)
+                         [Prompt(p, f"p:{i}") for i, p in enumerate(prompts)], continuation_tokens=4, name=str(ft))
 
 
 def test_learned_factors_beat_factors_one_on_heldout_kl(learned, llama_pair) -> None:
@@ -200,3 +200,16 @@ def test_bad_calibration_fails_before_any_work(llama_pair, calibration, tmp_path
     assert [p.text for p in read_prompts(tmp_path / "fields.jsonl", text_field="prompt")] == ["1+1=", "2+2="]
     with pytest.raises(UserError, match="needs unlabeled prompts"):
         prune_and_amplify(base, ft, tmp_path / "out", method="magnitude", search="learned", progress=False)
+
+
+def test_two_adapters_two_teachers_learn_a_merge(llama_pair, llama_finetunes, tmp_path) -> None:
+    """N adapters x N teachers: each teacher's prompts teach the summed model; the mean held-out KL drops."""
+    base, _ = llama_pair
+    adapters = [prune(base, ft, tmp_path / f"a{i}", method="magnitude", rate=0.9, progress=False)[0]
+                for i, ft in enumerate(llama_finetunes)]
+    teachers = [_teacher(ft, PROMPTS[i::2] * 2) for i, ft in enumerate(llama_finetunes)]
+    result = learn_factors(AutoModelForCausalLM.from_pretrained(base), adapters, teachers,
+                           LearnParams(learn_steps=10, learn_eval_every=5), progress=False)
+    assert len(result.factors) == 2 and all(len(tables) == 14 for tables in result.factors)
+    assert result.heldout_kl_after < 0.9 * result.heldout_kl_before
+    assert [t["name"] for t in result.teachers] == [str(ft) for ft in llama_finetunes]
