@@ -11,7 +11,7 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
-from dppa_peft import SparseDeltaAdapter, load_merged, merge_to_folder, prune
+from dppa_peft import SparseDeltaAdapter, amplify, load_merged, merge_to_folder, prune
 from dppa_peft.amplify.api import prune_and_amplify
 from dppa_peft.amplify.calibration import Prompt, read_prompts
 from dppa_peft.amplify.learned import LearnParams, Student, build_teacher, learn_factors, mean_kl
@@ -213,3 +213,14 @@ def test_two_adapters_two_teachers_learn_a_merge(llama_pair, llama_finetunes, tm
     assert len(result.factors) == 2 and all(len(tables) == 14 for tables in result.factors)
     assert result.heldout_kl_after < 0.9 * result.heldout_kl_before
     assert [t["name"] for t in result.teachers] == [str(ft) for ft in llama_finetunes]
+
+
+def test_given_partition_factors_keep_learned_tables(learned, llama_pair, tmp_path) -> None:
+    """DPA factors on a learned adapter multiply its stored row tables (value · 1.5 · row factor)."""
+    adapter, _ = learned
+    _, ft = llama_pair
+    again, result = amplify(adapter, tmp_path / "dpa", finetuned=ft, factors=[1.5], progress=False)
+    name = "model.layers.0.mlp.up_proj.weight"
+    assert result is None and again.config.factors == [1.5]
+    assert torch.equal(again.encoded(name).factors, adapter.encoded(name).factors)
+    assert torch.allclose(again.sparse_tensor(name).values, adapter.sparse_tensor(name).values * 1.5, rtol=1e-6, atol=0)
