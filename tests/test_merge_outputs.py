@@ -12,6 +12,7 @@ from transformers import AutoModelForCausalLM
 from dppa_peft import load_merged, merge_to_adapter, merge_to_folder, prune
 from dppa_peft.cli import main
 from dppa_peft.merge import replay
+from dppa_peft.publish.card import build_model_card
 from tests.expected import load_weights
 from tests.tiny_models import make_base, make_finetune
 
@@ -64,6 +65,8 @@ def test_merged_adapter_loads_like_any_adapter(tmp_path, llama_pair, adapters, m
     card = (out.directory / "README.md").read_text()
     assert f"merge mode | `{mode}`" in card and "a0 (local folder)" in card and "| 1.4 |" in card
     assert str(tmp_path) not in card  # no local paths in a card
+    published = str(build_model_card(out.config, repo_id="user/merged", eval_results={"gsm8k": {"acc,none": 0.5}}))
+    assert "model-index" in published and "| gsm8k | acc | 0.5 |" in published and '"user/merged")' in published
     again = replay(out.directory, tmp_path / "again", progress=False)
     assert_same(load_weights(again), load_weights(out.directory))
 

@@ -145,10 +145,6 @@ class MergeMode:
         """Whether the mode densifies each tensor's deltas (an election); ``sum`` modes stay sparse."""
         return cls.consensus != "sum"
 
-    def describe(self) -> dict[str, Any]:
-        """Mode name and every option, as recorded in merge records, cards and adapter configs."""
-        return {"mode": self.name, "params": dataclasses.asdict(self.params)}
-
     def merge(self, name: str, deltas: Sequence[SparseDelta], weights: Sequence[float]) -> MergedTensor:
         """Combine the deltas of tensor ``name`` (one per adapter that stores it) with their weights."""
         if len(deltas) != len(weights):

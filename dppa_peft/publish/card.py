@@ -96,12 +96,13 @@ def build_model_card(config: "SparseDeltaConfig", *, repo_id: str | None = None,
                      eval_results: Mapping[str, Mapping[str, Any]] | None = None,
                      stock: "SupertuningExport | None" = None) -> ModelCard:
     """The card of an adapter from its config, plus its Hub id, evaluation results and stock-PEFT export if given."""
+    evals = eval_results_from_lm_eval(eval_results) if eval_results else None
     if config.merge and not stock:
-        return build_merge_card(MergeRecord.from_dict(config.merge, origin="the adapter's merge record"))
+        record = MergeRecord.from_dict(config.merge, origin="the adapter's merge record")
+        return build_merge_card(record, repo_id=repo_id, evals=evals)
     method = config.method.get("name", "unknown")
     summary = config.summary
     base = config.base_model_name_or_path
-    evals = eval_results_from_lm_eval(eval_results) if eval_results else None
     tags = ["dppa-peft", method, "sparse-delta"] + (["supertuning"] if stock else [])
     data = ModelCardData(
         base_model=base if _is_hub_id(base) else None, library_name="peft", tags=tags, eval_results=evals,
