@@ -4,6 +4,6 @@
 """
 
 from .combine import COMBINE_MODES
-from .loader import combine_tensor, load_merged, merge_to_folder
+from .loader import combine_tensor, load_merged, merge_into, merge_to_folder
 
-__all__ = ["COMBINE_MODES", "combine_tensor", "load_merged", "merge_to_folder"]
+__all__ = ["COMBINE_MODES", "combine_tensor", "load_merged", "merge_into", "merge_to_folder"]

@@ -84,15 +84,34 @@ def load_merged(base: str | os.PathLike, adapters: Sequence[AdapterRef], weights
     folder = resolve_repo(base, revision=revision, token=token,
                           allow_patterns=HUB_PATTERNS + ["*.py"] if trust_remote_code else None)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, trust_remote_code=trust_remote_code)
+    return merge_into(model, handles, weights, mode, progress=progress, **options)
+
+
+def merge_into(model: torch.nn.Module, adapters: Sequence[AdapterRef], weights: Sequence[float] | None = None,
+               mode: str = "sum", *, adapter_revisions: Sequence[str | None] | None = None,
+               token: str | bool | None = None, progress: bool = True, **options: Any) -> torch.nn.Module:
+    """Merge every adapter into the weights of an already loaded ``model``, in place, on each weight's device.
+
+    The model may be dispatched over devices (``device_map``); weights offloaded to the meta device (accelerate's
+    cpu/disk offload) cannot be changed in place and are refused. Returns ``model``.
+    """
+    handles, weights = _prepare(adapters, weights, adapter_revisions, token)
     for handle in handles:
         check_base(model, handle.config)
     resize_vocabulary(model, max((h.config.vocab_size or 0 for h in handles), default=0) or None)
     params = dict(model.named_parameters())
+    names = _tensor_names(handles)
+    missing = [name for name in names if name not in params]
+    if missing:
+        raise ValueError(f"adapter tensors {missing[:5]} are not parameters of {model.name_or_path or 'the model'}; "
+                         "the adapter does not fit this base")
+    offloaded = [name for name in names if params[name].device.type == "meta"]
+    if offloaded:
+        raise ValueError(f"{len(offloaded)} weights the adapters change (e.g. {offloaded[0]}) are offloaded by the "
+                         "device map (meta device); merging needs them in memory: give the device map room for them "
+                         "(e.g. max_cpu_memory), or write the merged model once with `dppa-peft merge` and load that")
     with torch.no_grad():
-        for name in tqdm(_tensor_names(handles), desc=f"merging ({mode})", unit="tensor", disable=not progress,
-                         leave=False):
-            if name not in params:
-                raise ValueError(f"adapter tensor {name!r} is not a parameter of {base}; the adapter does not fit")
+        for name in tqdm(names, desc=f"merging ({mode})", unit="tensor", disable=not progress, leave=False):
             deltas, used = _deltas_for(name, handles, weights)
             params[name].copy_(combine_tensor(params[name], deltas, used, mode, **options))
     return model
