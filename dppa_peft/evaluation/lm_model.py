@@ -65,13 +65,14 @@ class DppaLM(HFLM):
 
     ``weights``, ``mode`` and ``mode_options`` (Python only, e.g. TIES options) are those of
     :func:`dppa_peft.load_merged`; ``adapter_revisions`` one Hub revision per adapter. Without adapters it is
-    lm-eval's ``hf`` model unchanged.
+    lm-eval's ``hf`` model unchanged, except that ``device`` defaults to cuda only when there is one.
     """
 
     def __init__(self, pretrained: Any, adapters: str | Sequence[str] | None = None,
                  weights: str | Sequence[float] | None = None, mode: str = "sum",
                  adapter_revisions: str | Sequence[str] | None = None, merge_adapter: bool | str = True,
-                 mode_options: Mapping[str, Any] | None = None, peft: str | None = None, **kwargs: Any) -> None:
+                 mode_options: Mapping[str, Any] | None = None, peft: str | None = None, device: str | None = None,
+                 **kwargs: Any) -> None:
         refs = split_list(adapters)
         revisions = split_list(adapter_revisions) or None
         if peft and is_sparse_delta(peft):
@@ -89,7 +90,11 @@ class DppaLM(HFLM):
         if refs and not isinstance(pretrained, str):
             raise ValueError("model dppa loads the base itself: pass pretrained=FOLDER_OR_HUB_ID, not a model object "
                              "(for a model in memory use dppa_peft.merge_into, then HFLM(pretrained=model))")
-        super().__init__(pretrained=pretrained, peft=peft, **kwargs)
+        if device is None:  # HFLM's own default is "cuda", which fails on a machine without one
+            import torch
+
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        super().__init__(pretrained=pretrained, peft=peft, device=device, **kwargs)
 
     def _create_model(self, *args: Any, **kwargs: Any) -> None:
         """HFLM's own loading (devices, dtype, device maps), then the sparse delta adapters."""
