@@ -1,4 +1,4 @@
-"""DPA objectives: callables ``model -> score``, higher is better (ALGORITHMS.md decision 9).
+"""DPA objectives: callables ``model -> score``, higher is better (docs/algorithms.md §10.8).
 
 - ``kl``: −KL(dense fine-tuned ‖ candidate) of next-token distributions over calibration prompts and the fine-tuned
   model's own greedy continuations of them; no labels. The dense distributions are computed once and cached
