@@ -14,10 +14,12 @@ import importlib.util
 import os
 import re
 import shutil
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from ..errors import UserError
 
 BACKENDS = ("hf", "vllm")
 VLLM_INSTALL = "pip install 'dppa-peft[vllm]'"
@@ -53,14 +55,14 @@ class BackendSettings:
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
-            raise ValueError(f"unknown evaluation backend {self.backend!r}; choose one of {BACKENDS}")
+            raise UserError(f"unknown evaluation backend {self.backend!r}; choose one of {BACKENDS}")
 
 
 def require_vllm() -> None:
     """A clear error when vLLM is not installed (lm-eval's own message comes only after the merge)."""
     if importlib.util.find_spec("vllm") is None:
-        raise ValueError(f"--backend vllm needs vLLM, which is not installed: {VLLM_INSTALL} (on a machine with a "
-                         "GPU vLLM supports), or use --backend hf")
+        raise UserError(f"--backend vllm needs vLLM, which is not installed: {VLLM_INSTALL} (on a machine with a "
+                        "GPU vLLM supports), or use --backend hf")
 
 
 def _plain(ref: Any) -> Any:
@@ -127,7 +129,7 @@ def _merged_folder(source: ModelSource, settings: BackendSettings) -> Path:
     from ..pipeline import VALUE_DTYPES
 
     if settings.work_dir is None:
-        raise ValueError("the vllm backend writes merged models: set BackendSettings.work_dir")
+        raise UserError("the vllm backend writes merged models: set BackendSettings.work_dir")
     Path(settings.work_dir).mkdir(parents=True, exist_ok=True)
     out = Path(settings.work_dir) / folder_name(source.label)
     return merge_to_folder(source.pretrained, list(source.adapters), out, weights=source.weights, mode=source.mode,
@@ -141,5 +143,5 @@ def parse_model_args(text: str | None) -> dict[str, Any]:
 
     bad = [item for item in (text or "").split(",") if item.strip() and "=" not in item]
     if bad:
-        raise ValueError(f"--model-args expects KEY=VALUE[,KEY=VALUE], got {bad[0]!r}")
+        raise UserError(f"--model-args expects KEY=VALUE[,KEY=VALUE], got {bad[0]!r}")
     return simple_parse_args_string(text)

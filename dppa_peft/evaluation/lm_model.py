@@ -22,6 +22,7 @@ from typing import Any
 from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 
+from ..errors import UserError
 from ..format.config import SparseDeltaType
 
 LIST_SEPARATOR = ";"
@@ -43,7 +44,7 @@ def as_bool(value: bool | str) -> bool:
     """lm-eval passes ``model_args`` values from the command line as strings: 'False' -> False."""
     if isinstance(value, str):
         if value.strip().lower() not in ("true", "false", "1", "0", "yes", "no"):
-            raise ValueError(f"expected True or False, got {value!r}")
+            raise UserError(f"expected True or False, got {value!r}")
         return value.strip().lower() in ("true", "1", "yes")
     return bool(value)
 
@@ -85,11 +86,11 @@ class DppaLM(HFLM):
         self._mode_options = dict(mode_options or {})
         self._merge = as_bool(merge_adapter)
         if refs and not self._merge and (self._weights or mode != "sum" or self._mode_options):
-            raise ValueError("unmerged adapters (merge_adapter=False) are summed with weight 1 by PEFT; weights= and "
-                             "mode= need merge_adapter=True")
+            raise UserError("unmerged adapters (merge_adapter=False) are summed with weight 1 by PEFT; weights= and "
+                            "mode= need merge_adapter=True")
         if refs and not isinstance(pretrained, str):
-            raise ValueError("model dppa loads the base itself: pass pretrained=FOLDER_OR_HUB_ID, not a model object "
-                             "(for a model in memory use dppa_peft.merge_into, then HFLM(pretrained=model))")
+            raise UserError("model dppa loads the base itself: pass pretrained=FOLDER_OR_HUB_ID, not a model object "
+                            "(for a model in memory use dppa_peft.merge.merge_into, then HFLM(pretrained=model))")
         if device is None:  # HFLM's own default is "cuda", which fails on a machine without one
             import torch
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..errors import UserError
 from .backends import BACKENDS, BackendSettings, parse_model_args
 from .runner import Evaluator
 
@@ -42,17 +43,17 @@ class EvalOptions:
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
-            raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
+            raise UserError(f"--batch-size must be >= 1, got {self.batch_size}")
         if self.num_fewshot is not None and self.num_fewshot < 0:
-            raise ValueError(f"--num-fewshot must be >= 0, got {self.num_fewshot}")
+            raise UserError(f"--num-fewshot must be >= 0, got {self.num_fewshot}")
         if self.limit is not None and self.limit <= 0:
-            raise ValueError(f"--limit must be > 0, got {self.limit}")
+            raise UserError(f"--limit must be > 0, got {self.limit}")
         if self.bootstrap_iters < 0:
-            raise ValueError(f"--bootstrap-iters must be >= 0, got {self.bootstrap_iters}")
+            raise UserError(f"--bootstrap-iters must be >= 0, got {self.bootstrap_iters}")
         if self.keep_merged and self.backend != "vllm":
-            raise ValueError("--keep-merged applies to --backend vllm (the hf backend writes no merged folders)")
+            raise UserError("--keep-merged applies to --backend vllm (the hf backend writes no merged folders)")
         if self.device_map and self.backend != "hf":
-            raise ValueError("--device-map applies to --backend hf (vLLM places the model itself)")
+            raise UserError("--device-map applies to --backend hf (vLLM places the model itself)")
         parse_model_args(self.model_args)  # a syntax error shows before any work
 
     def evaluator(self, tokenizer: Any, task_manager: Any, work_dir: Path | None = None) -> Evaluator:

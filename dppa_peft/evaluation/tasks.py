@@ -16,6 +16,7 @@ import yaml
 from lm_eval.tasks import TaskManager
 from lm_eval.tasks._yaml_loader import load_yaml
 
+from ..errors import UserError
 from ..eval_tasks import TASKS_DIR
 
 TASKS_ENV_VAR = "DPPA_EVAL_TASKS"
@@ -75,8 +76,8 @@ def resolve_tasks(names: Iterable[str], extra_paths: Iterable[str | Path] = (),
     if unknown:
         hints = {name: difflib.get_close_matches(name, manager.all_tasks, n=3) for name in unknown}
         listed = "; ".join(f"{name!r} (close: {', '.join(close) or 'none'})" for name, close in hints.items())
-        raise ValueError(f"unknown lm-eval task or group {listed}: see `lm-eval ls tasks`, or add a folder of task "
-                         "YAMLs with --include-path")
+        raise UserError(f"unknown lm-eval task or group {listed}: see `lm-eval ls tasks`, or add a folder of task "
+                        "YAMLs with --include-path")
     return manager
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from ..errors import UserError
 from ..format.apply import add_dense, add_sparse
 from ..format.fingerprint import fingerprint, tensor_sample
 from ..format.io import SparseDeltaAdapter
@@ -100,13 +101,13 @@ def merge_into(model: torch.nn.Module, adapters: Sequence[AdapterRef], weights: 
     names = _tensor_names(handles)
     missing = [name for name in names if name not in params]
     if missing:
-        raise ValueError(f"adapter tensors {missing[:5]} are not parameters of {model.name_or_path or 'the model'}; "
-                         "the adapter does not fit this base")
+        raise UserError(f"adapter tensors {missing[:5]} are not parameters of {model.name_or_path or 'the model'}; "
+                        "the adapter does not fit this base")
     offloaded = [name for name in names if params[name].device.type == "meta"]
     if offloaded:
-        raise ValueError(f"{len(offloaded)} weights the adapters change (e.g. {offloaded[0]}) are offloaded by the "
-                         "device map (meta device); merging needs them in memory: give the device map room for them "
-                         "(e.g. max_cpu_memory), or write the merged model once with `dppa-peft merge` and load that")
+        raise UserError(f"{len(offloaded)} weights the adapters change (e.g. {offloaded[0]}) are offloaded by the "
+                        "device map (meta device); merging needs them in memory: give the device map room for them "
+                        "(e.g. max_cpu_memory), or write the merged model once with `dppa-peft merge` and load that")
     with torch.no_grad():
         for name in tqdm(names, desc=f"merging ({mode})", unit="tensor", disable=not progress, leave=False):
             deltas, used = _deltas_for(name, handles, weights)
