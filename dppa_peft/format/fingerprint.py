@@ -14,15 +14,23 @@ import torch
 SAMPLES_PER_TENSOR = 16
 
 
+def sample_positions(numel: int) -> torch.Tensor:
+    """The flat positions :func:`tensor_sample` reads: 16 evenly spaced ones (all of them below 16)."""
+    count = min(numel, SAMPLES_PER_TENSOR)
+    # float64: a float32 linspace cannot address positions above 2^24 (it rounds n - 1 up to n).
+    return torch.linspace(0, numel - 1, steps=count, dtype=torch.float64).round().long()
+
+
+def sample_bytes(shape: tuple[int, ...], values: torch.Tensor) -> bytes:
+    """The sample of a tensor of ``shape`` whose values at :func:`sample_positions` are ``values``."""
+    rounded = values.to("cpu", torch.float32).to(torch.bfloat16).view(torch.int16)
+    return repr(tuple(shape)).encode() + rounded.numpy().tobytes()
+
+
 def tensor_sample(tensor: torch.Tensor) -> bytes:
     """Name-independent sample: shape plus 16 evenly spaced values rounded to bf16."""
     flat = tensor.detach().reshape(-1)
-    numel = flat.numel()
-    count = min(numel, SAMPLES_PER_TENSOR)
-    # float64: a float32 linspace cannot address positions above 2^24 (it rounds n - 1 up to n).
-    positions = torch.linspace(0, numel - 1, steps=count, dtype=torch.float64).round().long()
-    values = flat[positions].to("cpu", torch.float32).to(torch.bfloat16).view(torch.int16)
-    return repr(tuple(tensor.shape)).encode() + values.numpy().tobytes()
+    return sample_bytes(tuple(tensor.shape), flat[sample_positions(flat.numel())])
 
 
 def fingerprint(samples: Mapping[str, bytes]) -> str:
