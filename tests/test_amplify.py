@@ -241,7 +241,7 @@ def test_read_texts(tmp_path):
     (tmp_path / "a.txt").write_text("one\n\ntwo\n")
     assert read_texts(tmp_path / "a.txt") == ["one", "two"]
     (tmp_path / "b.jsonl").write_text('{"text": "x"}\n{"other": 1}\n')
-    with pytest.raises(ValueError, match=r"b.jsonl:2 is not a JSON object with a 'text' field"):
+    with pytest.raises(ValueError, match=r"b.jsonl:2 has no 'text' field \(found \['other'\]\)"):
         read_texts(tmp_path / "b.jsonl")
 
 

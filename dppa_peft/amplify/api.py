@@ -19,6 +19,7 @@ import torch
 from .. import __version__
 from ..format.io import AdapterWriter, SparseDeltaAdapter
 from ..checkpoint import atomic_directory
+from ..validate import check_finite_params
 from ..pipeline import PruneSummary, open_adapter, prune
 from ..scope import DEFAULT_SCOPE_PATTERN
 from .candidate import AmplifiedModel, load_base_model
@@ -65,6 +66,7 @@ class AmplifyParams:
         "help": "dtype the base and fine-tuned models are loaded in for the search (auto, float32, bfloat16)"})
 
     def __post_init__(self) -> None:
+        check_finite_params(self, "DPA")
         if self.combine not in PARTITION_COMBINE_MODES:
             raise ValueError(f"unknown combine mode {self.combine!r}; choose one of {PARTITION_COMBINE_MODES}")
         if self.search not in STRATEGIES:
@@ -166,7 +168,8 @@ def amplify(adapter: str | os.PathLike | SparseDeltaAdapter, out: str | os.PathL
     """
     handle = open_adapter(adapter, revision=adapter_revision, token=token)
     provenance = {"command": command or f"dppa_peft.amplify({handle.ref!r})", "amplified_from": handle.ref}
-    with atomic_directory(out, overwrite=overwrite) as tmp:
+    inputs = [handle.directory, finetuned, base or handle.config.base_model_name_or_path]
+    with atomic_directory(out, overwrite=overwrite, inputs=inputs) as tmp:
         result = _amplify_into(tmp, handle, options, finetuned, base, revision, base_revision, token, progress,
                                provenance)
     return SparseDeltaAdapter(out), result
@@ -187,7 +190,7 @@ def prune_and_amplify(base: str | os.PathLike, finetuned: str | os.PathLike, out
     rates: Sequence[float] = dpa_options.get("partition_rates") or default_partition_rates(rate)
     dpa_options["partition_rates"] = list(rates)
     provenance = {"command": command or f"dppa_peft.prune_and_amplify(method={method!r}, rate={rate})"}
-    with atomic_directory(out, overwrite=overwrite) as tmp:
+    with atomic_directory(out, overwrite=overwrite, inputs=[base, finetuned]) as tmp:
         pruned, summary = prune(base, finetuned, tmp / "pruned", method, rate, scope_pattern=scope_pattern,
                                 outside_scope=outside_scope, value_dtype=value_dtype, revision=revision,
                                 base_revision=base_revision, token=token, progress=progress,

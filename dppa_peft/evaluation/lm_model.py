@@ -95,6 +95,7 @@ class DppaLM(HFLM):
             import torch
 
             device = "cuda" if torch.cuda.is_available() else "cpu"
+        kwargs.setdefault("use_safetensors", True)  # never unpickle a checkpoint (transformers' from_pretrained)
         super().__init__(pretrained=pretrained, peft=peft, device=device, **kwargs)
 
     def _create_model(self, *args: Any, **kwargs: Any) -> None:

@@ -124,7 +124,7 @@ class SparseDeltaAdapter:
 
     def save_pretrained(self, directory: str | os.PathLike, overwrite: bool = False) -> Path:
         """Copy the adapter files to ``directory`` (atomically)."""
-        with atomic_directory(directory, overwrite=overwrite) as tmp:
+        with atomic_directory(directory, overwrite=overwrite, inputs=[self.directory]) as tmp:
             for name in ADAPTER_FILES:
                 if (self.directory / name).is_file():
                     shutil.copy2(self.directory / name, tmp / name)
