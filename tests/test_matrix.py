@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from dppa_peft import load_merged, merge_to_folder
-from dppa_peft.merge import COMBINE_MODES
+from dppa_peft.merge import MERGE_MODES, mode_options
 from dppa_peft.methods import METHODS
 from tests.expected import load_weights
 from tests.matrix import (
@@ -41,12 +41,15 @@ def test_method_merge_paths_bit_identical(method: str, dtype: str, matrix: Matri
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("mode", sorted(COMBINE_MODES))
+@pytest.mark.parametrize("mode", sorted(name for name, cls in MERGE_MODES.items() if name == cls.name))
 def test_merge_mode_paths_bit_identical(mode: str, dtype: str, matrix: Matrix, tmp_path: Path) -> None:
     pair = matrix.pairs[dtype]
     adapters = [matrix.adapter("magnitude", dtype, which) for which in (0, 1)]
-    in_memory = weights_of(load_merged(pair.base, adapters, MERGE_WEIGHTS, mode, dtype=pair.dtype, progress=False))
-    folder = merge_to_folder(pair.base, adapters, tmp_path / "merged", MERGE_WEIGHTS, mode, progress=False)
+    options = {"density": 0.5} if "density" in mode_options(mode) else {}
+    in_memory = weights_of(load_merged(pair.base, adapters, MERGE_WEIGHTS, mode, dtype=pair.dtype, progress=False,
+                                       **options))
+    folder = merge_to_folder(pair.base, adapters, tmp_path / "merged", MERGE_WEIGHTS, mode, progress=False,
+                             **options)
     assert_same_weights(load_weights(folder), in_memory, f"merge_to_folder vs load_merged ({mode})")
     base = load_weights(pair.base)
     assert all(not torch.equal(in_memory[name], base[name]) for name in base)  # every tensor was fine-tuned

@@ -17,6 +17,9 @@ from typing import TYPE_CHECKING, Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from ..base_ref import BASE_ID_KEY, is_hub_id, redact_paths
+from ..format.config import register_card_writer
+from ..format.merge_record import MergeRecord
+from .merge_card import build_merge_card
 
 if TYPE_CHECKING:
     from ..format.config import SparseDeltaConfig
@@ -92,6 +95,8 @@ def build_model_card(config: "SparseDeltaConfig", *, repo_id: str | None = None,
                      eval_results: Mapping[str, Mapping[str, Any]] | None = None,
                      stock: "SupertuningExport | None" = None) -> ModelCard:
     """The card of an adapter from its config, plus its Hub id, evaluation results and stock-PEFT export if given."""
+    if config.merge and not stock:
+        return build_merge_card(MergeRecord.from_dict(config.merge, origin="the adapter's merge record"))
     method = config.method.get("name", "unknown")
     summary = config.summary
     hub_base = base_hub_id(config)
@@ -146,6 +151,9 @@ def write_model_card(directory: str | os.PathLike, config: "SparseDeltaConfig", 
     path = Path(directory) / "README.md"
     build_model_card(config, **options).save(path)
     return path
+
+
+register_card_writer(lambda config, directory: write_model_card(directory, config))
 
 
 def load_eval_results(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
