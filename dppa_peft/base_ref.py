@@ -15,9 +15,10 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import _ST_TO_DTYPE, Checkpoint, looks_like_local_path
+from .checkpoint import Checkpoint, looks_like_local_path
 from .errors import UserError
 from .format.fingerprint import sample_bytes, sample_positions, tensor_sample
+from .safetensors_file import ST_DTYPES
 
 CHECKED_TENSORS = 4
 #: The ``provenance`` key that records the Hub id of a base pruned from a local copy.
@@ -130,7 +131,7 @@ def base_id_record(base: str | os.PathLike, checkpoint: Checkpoint, base_model_i
 def _remote_sample(repo_id: str, filename: str, revision: str | None, token: str | bool | None, dtype: str,
                    shape: tuple[int, ...], data_offset: int) -> bytes:
     """``tensor_sample`` of one Hub tensor, read value by value with range requests."""
-    torch_dtype = _ST_TO_DTYPE[dtype]
+    torch_dtype = ST_DTYPES[dtype]
     itemsize = torch.empty((), dtype=torch_dtype).element_size()
     header = _read_range(repo_id, filename, revision, token, 0, 8)
     data_start = 8 + struct.unpack("<Q", header)[0]
