@@ -151,6 +151,7 @@ def test_vllm_backend_wiring_without_vllm(tiny, tmp_path, monkeypatch, capsys):
     assert base_args == {"pretrained": str(tiny["base"]), "dtype": "bfloat16", "tokenizer": str(tiny["base"]),
                          "gpu_memory_utilization": 0.8, "tensor_parallel_size": 2}
     assert ft_args["pretrained"] == str(tiny["ft"]) and kwargs["num_fewshot"] == 2 and tasks_seen[0] == [TASK]
+    assert kwargs["device"] is None and kwargs["bootstrap_iters"] == 1000  # vLLM places the model itself
     merged = Path(variant_args["pretrained"])
     assert "config.json" in files and "model.safetensors" in files  # written once for the variant...
     assert not merged.exists()  # ...and removed after

@@ -88,7 +88,8 @@ class Evaluator:
         from lm_eval import simple_evaluate
 
         return simple_evaluate(model=model, model_args=model_args, tasks=list(tasks), task_manager=self.task_manager,
-                               num_fewshot=self.num_fewshot, batch_size=self.batch_size, device=self.device,
+                               num_fewshot=self.num_fewshot, batch_size=self.batch_size,
+                               device=self.device if self.backend.backend == "hf" else None,  # vLLM places itself
                                limit=self.limit, gen_kwargs=dict(self.gen_kwargs) if self.gen_kwargs else None,
                                bootstrap_iters=bootstrap_iters, log_samples=False, verbosity=verbosity)
 
