@@ -14,13 +14,12 @@ from transformers import AutoModelForCausalLM
 from dppa_peft import load_merged, merge_to_folder, prune
 from dppa_peft.cli import main
 from dppa_peft.evaluation import backends
-from dppa_peft.evaluation.lm_model import DppaLM, with_dppa_model
+from dppa_peft.eval_tasks import TASKS_DIR
+from dppa_peft.evaluation.lm_model import DppaLM, with_dppa_model, with_package_tasks
 from dppa_peft.evaluation.tasks import resolve_tasks
-from tests.hub_fixtures import REPO_ROOT
 from tests.tiny_models import make_base, make_finetune, make_tokenizer
 
 TASK = "demo_finance_sentiment"
-SYNTHETIC = str(REPO_ROOT / "dppa_peft" / "eval_tasks" / "synthetic")
 TOKENS = torch.tensor([[5, 17, 42, 99, 3, 64, 7, 21]])
 
 
@@ -86,6 +85,8 @@ def test_with_dppa_model_serves_lm_eval_hf_names():
     assert with_dppa_model(["--model", "hf", "--tasks", "x"]) == ["--model", "dppa", "--tasks", "x"]
     assert with_dppa_model(["run", "--model=huggingface"]) == ["run", "--model=dppa"]
     assert with_dppa_model(["--model", "vllm"]) == ["--model", "vllm"]
+    assert with_package_tasks(["--tasks", "x"]) == ["--tasks", "x", "--include_path", str(TASKS_DIR)]
+    assert with_package_tasks(["--include_path=/t"]) == ["--include_path=/t"]
 
 
 def test_lm_eval_hf_with_peft_sparse_delta_equals_stock_hf_on_the_merged_model(tiny, tmp_path, monkeypatch):
@@ -97,7 +98,7 @@ def test_lm_eval_hf_with_peft_sparse_delta_equals_stock_hf_on_the_merged_model(t
     merged = merge_to_folder(tiny["base"], [tiny["adapter"]], tmp_path / "merged", progress=False)
     monkeypatch.setattr("sys.argv", [
         "dppa-lm-eval", "--model", "hf", "--model_args", f"pretrained={tiny['base']},peft={tiny['adapter']}",
-        "--tasks", TASK, "--include_path", SYNTHETIC, "--device", "cpu", "--limit", "8",
+        "--tasks", TASK, "--device", "cpu", "--limit", "8",  # the package's tasks are included by dppa-lm-eval
         "--output_path", str(tmp_path / "out")])
     cli()  # lm-eval's own command line, in this process
     [result] = list((tmp_path / "out").rglob("results_*.json"))

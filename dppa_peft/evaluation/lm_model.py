@@ -137,9 +137,21 @@ def with_dppa_model(argv: Sequence[str]) -> list[str]:
     return out
 
 
+def with_package_tasks(argv: Sequence[str]) -> list[str]:
+    """Add ``--include_path`` of the package's task folders (paper_*, demo_*) unless one is given."""
+    from ..eval_tasks import TASKS_DIR
+
+    out = list(argv)
+    if any(arg == "--include_path" or arg.startswith("--include_path=") for arg in out):
+        return out
+    return [*out, "--include_path", str(TASKS_DIR)]
+
+
 def cli() -> None:
-    """``dppa-lm-eval``: lm-eval's own command line with the ``dppa`` model registered and serving ``hf``."""
+    """``dppa-lm-eval``: lm-eval's own command line with the ``dppa`` model registered and serving ``hf``, and the
+    package's tasks included."""
     from lm_eval.__main__ import cli_evaluate
 
-    sys.argv = [sys.argv[0], *with_dppa_model(sys.argv[1:])]
+    argv = with_dppa_model(sys.argv[1:])
+    sys.argv = [sys.argv[0], *(with_package_tasks(argv) if "--tasks" in argv else argv)]
     cli_evaluate()
