@@ -53,9 +53,10 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_installed_wheel_finds_its_tasks_and_evaluates_from_outside_the_repo(installed, tmp_path):
-    where = _run([str(installed / "python"), "-c", "import dppa_peft.evaluation.tasks as t; "
-                  "print(t.__file__); print(t.tasks_root())"], cwd=tmp_path).stdout.split()
-    assert all(Path(p).is_relative_to(installed.parent) for p in where)  # the wheel's copy, not this checkout
+    origin = Path(_run([str(installed / "python"), "-c", "import importlib.util as u; "
+                        "print(u.find_spec('dppa_peft').origin)"], cwd=tmp_path).stdout.strip())
+    assert origin.is_relative_to(installed.parent)  # the wheel's copy, not this checkout (import not run: fast)
+    assert (origin.parent / "eval_tasks" / "synthetic" / f"{TASK}.yaml").is_file()
     assert "--num-fewshot" in _run([str(installed / "dppa-peft"), "eval", "--help"], cwd=tmp_path).stdout
     base = make_tokenizer(make_base(tmp_path / "base"))
     finetuned = make_finetune(base, tmp_path / "ft", steps=2)
