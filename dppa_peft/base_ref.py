@@ -40,27 +40,6 @@ def is_hub_id(ref: str | None) -> bool:
     return bool(ref) and not looks_like_local_path(str(ref)) and not Path(str(ref)).expanduser().exists()
 
 
-def redact_paths(command: str) -> str:
-    """A ``dppa-peft ...`` command line with local paths replaced by ``<local>/<basename>`` (Hub ids and other words
-    kept), so a card or a pushed config does not reveal the author's file system. Other text is returned as is."""
-    import shlex
-
-    def clean(token: str) -> str:
-        key, sep, value = token.rpartition("=")  # "--out=/x", "math=/x" or a bare "/x" (key and sep empty)
-        local = looks_like_local_path(value) or Path(value).expanduser().is_absolute()
-        if value and not value.startswith("-") and (local or Path(value).exists()):
-            value = f"<local>/{Path(value).expanduser().name or 'folder'}"
-        return f"{key}{sep}{value}"
-
-    try:
-        tokens = shlex.split(command)
-    except ValueError:  # unbalanced quotes: not a command line we wrote
-        return command
-    if not tokens or tokens[0] != "dppa-peft":
-        return command
-    return shlex.join(clean(token) for token in tokens)
-
-
 def checked_names(names: Sequence[str]) -> list[str]:
     """Up to ``CHECKED_TENSORS`` tensor names spread over ``names`` (sorted), the ones the Hub check samples."""
     ordered = sorted(names)
@@ -159,4 +138,4 @@ def _read_range(repo_id: str, filename: str, revision: str | None, token: str | 
 
 
 __all__ = ["BASE_ID_KEY", "BaseIdMismatchError", "base_id_record", "checked_names", "is_hub_id", "portable_ref",
-           "redact_paths", "verify_base_model_id"]
+           "verify_base_model_id"]

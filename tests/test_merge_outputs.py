@@ -115,6 +115,9 @@ def test_cli_out_adapter_and_validation_before_work(tmp_path, llama_pair, adapte
     assert {t.dtype for k, t in load_weights(tmp_path / "x").items() if k.endswith("_values")} == {torch.bfloat16}
     assert main(["merge", "--from-record", str(tmp_path / "x"), "--base", str(base), "--out", str(tmp_path / "y")]) == 2
     assert "drop --base" in capsys.readouterr().err
+    card = (tmp_path / "x" / "README.md").read_text()
+    assert "dppa-peft merge --base base --adapter a0 --adapter a1 --out-adapter x" in card  # no local paths
+    assert str(tmp_path) in json.loads((tmp_path / "x" / "adapter_config.json").read_text())["merge"]["command"]
     assert main(["merge", "--base", str(base), "--adapter", str(adapters[0])]) == 2
     assert "pass --out" in capsys.readouterr().err
 

@@ -14,7 +14,7 @@ import torch
 from huggingface_hub import HfApi, ModelCard, constants
 
 from dppa_peft import load_merged, prune
-from dppa_peft.base_ref import BaseIdMismatchError, redact_paths
+from dppa_peft.base_ref import BaseIdMismatchError
 from dppa_peft.cli import main
 from tests.hub_fixtures import HUB_USER
 from tests.tiny_models import make_base
@@ -103,15 +103,10 @@ def test_push_names_the_hub_base_and_hides_local_paths(llama_pair, base_on_hub, 
     assert config["base_model_name_or_path"] == base_on_hub and config["provenance"]["base_model_id_checked"]
     card = (folder / "README.md").read_text()
     assert str(tmp_path) not in card and str(base) not in card and os.sep + "tmp" not in card
-    assert "<local>/adapter" in card and "<local>/ft" in card
+    assert f"--out {out.name}" in card and "<local>/ft" in card  # the command and the fine-tune, without paths
+    assert config["provenance"]["command"].endswith(f"--out {out.name} --method magnitude")  # pushed config too
     metrics = [r.metric_type for r in ModelCard(card).data.eval_results]
     assert metrics == ["acc"]  # not sample_len, samples or the stderr
     monkeypatch.chdir(tmp_path)
     model = AutoPeftModelForCausalLM.from_pretrained(hub_repo_id).merge_and_unload()  # base fetched by Hub id
     assert torch.equal(_logits(model), _logits(load_merged(base, [out], progress=False)))
-
-
-def test_redact_paths_keeps_hub_ids_and_options():
-    line = "dppa-peft prune --base /home/me/llama --finetuned user/ft --out=./adapters/x --rate 0.9"
-    assert redact_paths(line) == "dppa-peft prune --base '<local>/llama' --finetuned user/ft '--out=<local>/x' --rate 0.9"
-    assert redact_paths("dppa_peft.prune(method='dp', rate=0.9)") == "dppa_peft.prune(method='dp', rate=0.9)"

@@ -17,9 +17,10 @@ from typing import TYPE_CHECKING, Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from ..base_ref import BASE_ID_KEY, is_hub_id, redact_paths
+from ..base_ref import BASE_ID_KEY, is_hub_id
 from ..format.config import register_card_writer
 from ..format.merge_record import MergeRecord
+from .commands import public_command
 from .merge_card import build_merge_card
 
 if TYPE_CHECKING:
@@ -136,7 +137,7 @@ def build_model_card(config: "SparseDeltaConfig", *, repo_id: str | None = None,
         evals=evals,
         repo=repo_id or "<this repo or folder>",
         version=config.provenance.get("package_version", "?"),
-        command=redact_paths(config.provenance.get("command", "python API")),
+        command=public_command(config.provenance.get("command")),
     )
 
 
@@ -148,7 +149,7 @@ def _learned_line(config: "SparseDeltaConfig") -> str | None:
     stats = learned["factor_stats"]
     factor_bytes = 4 * sum(math.prod(r["factors"]) for r in config.tensors.values() if r.get("factors"))
     total = sum(r["stored_bytes"] for r in config.tensors.values())
-    sources = ", ".join(f"`{t.get('source')}`" for t in learned.get("teachers", []))
+    sources = ", ".join(f"`{source}`" for t in learned.get("teachers", []) for source in t.get("sources", []))
     return (f"{stats['count']} factors ({learned['granularity']} granularity; {stats['min']:.3g} to "
             f"{stats['max']:.3g}, mean {stats['mean']:.3g}) learned by KL distillation from the dense fine-tune "
             f"on {sources} in {learned['steps_run']} Adam steps; held-out KL {learned['heldout_kl_before']:.4g} -> "

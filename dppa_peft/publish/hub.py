@@ -19,10 +19,11 @@ from huggingface_hub import CommitInfo, CommitOperationAdd, HfApi, constants
 
 from ..errors import redact
 from ..hub_errors import PushError, TransportError, describe_hub_error
-from ..base_ref import BASE_ID_KEY, base_id_record, redact_paths
+from ..base_ref import BASE_ID_KEY, base_id_record
 from ..checkpoint import Checkpoint
 from ..format.config import SparseDeltaConfig
 from .card import shown_ref, write_model_card
+from .commands import public_command
 from .export import EXPORT_FORMATS, SupertuningExport, export_supertuning
 from ..format.io import CARD_FILE, CONFIG_FILE, WEIGHTS_FILE
 
@@ -81,7 +82,7 @@ def hub_config_file(adapter: "SparseDeltaAdapter", folder: Path, base_model_id: 
     if provenance.get(BASE_ID_KEY):
         data["base_model_name_or_path"] = provenance[BASE_ID_KEY]
     if "command" in provenance:
-        provenance["command"] = redact_paths(provenance["command"])
+        provenance["command"] = public_command(provenance["command"])
     if "finetuned" in provenance:
         provenance["finetuned"] = shown_ref(provenance["finetuned"])
     data["provenance"] = provenance
