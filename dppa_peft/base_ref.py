@@ -17,7 +17,7 @@ import torch
 
 from .checkpoint import Checkpoint, looks_like_local_path
 from .errors import UserError
-from .format.fingerprint import sample_bytes, sample_positions, tensor_sample
+from .format.fingerprint import checkpoint_sample, sample_bytes, sample_positions
 from .safetensors_file import ST_DTYPES
 
 CHECKED_TENSORS = 4
@@ -102,7 +102,7 @@ def base_id_record(base: str | os.PathLike, checkpoint: Checkpoint, base_model_i
     if is_hub_id(str(base)) and str(base) != base_model_id:
         raise UserError(f"--base-model-id {base_model_id!r} names another repo than the Hub base {str(base)!r}; "
                         "--base-model-id is for a base given as a local folder")
-    samples = {name: tensor_sample(checkpoint.read(name)) for name in checked_names(checkpoint.names())}
+    samples = {name: checkpoint_sample(checkpoint, name) for name in checked_names(checkpoint.names())}
     checked = verify_base_model_id(base_model_id, samples, token=token)
     return {BASE_ID_KEY: base_model_id, "base_model_id_checked": bool(checked)}
 
