@@ -224,3 +224,19 @@ def test_given_partition_factors_keep_learned_tables(learned, llama_pair, tmp_pa
     assert result is None and again.config.factors == [1.5]
     assert torch.equal(again.encoded(name).factors, adapter.encoded(name).factors)
     assert torch.allclose(again.sparse_tensor(name).values, adapter.sparse_tensor(name).values * 1.5, rtol=1e-6, atol=0)
+
+
+def test_top_k_teacher_cache(llama_pair) -> None:
+    """A top-k cache keeps k log-probs and int32 ids per position (+ a rest bucket): 0 for the teacher itself, and
+    below the full-vocabulary KL for another model."""
+    _, ft = llama_pair
+    model = AutoModelForCausalLM.from_pretrained(ft)
+    prompts = [Prompt(p, f"p:{i}") for i, p in enumerate(PROMPTS[:4])]
+    teacher = build_teacher(model, char_tokenizer(), prompts, continuation_tokens=2, top_k=8)
+    batch = teacher.train[0]
+    assert teacher.settings["top_k"] == 8 and batch.tokens.dtype == torch.int32 and batch.log_probs.shape[1] == 8
+    assert (batch.log_probs.exp().sum(-1) < 1).all()
+    assert mean_kl(model, teacher.heldout) == pytest.approx(0.0, abs=1e-6)
+    full = build_teacher(model, char_tokenizer(), prompts, continuation_tokens=2)
+    other = AutoModelForCausalLM.from_pretrained(llama_pair[0])
+    assert 0 < mean_kl(other, teacher.heldout) < mean_kl(other, full.heldout)

@@ -16,8 +16,8 @@ Granularities (what one factor covers; partition ids always apply, so P = the te
 - ``global``: one per adapter.
 
 Every table is stored as the tensor's ``<param>_factors`` ``[P, R]`` (format version 2; ``R = 1`` below ``row``).
-Scaling: the teacher's log-probs are cached on the CPU (full vocabulary, or its top-k renormalised for large
-vocabularies), so the teacher is freed before the student is built and only one model is on the device; each step
+Scaling: the teacher's log-probs are cached on the CPU (full vocabulary, or its top-k plus a "rest" bucket for
+large vocabularies), so the teacher is freed before the student is built and only one model is on the device; each step
 rebuilds the pruned weights from the frozen base weights (one extra copy of the pruned matrices in the model dtype
 plus the autograd graph over the kept values).
 """
@@ -47,6 +47,7 @@ from .partitions import Partitions
 GRANULARITIES = ("global", "partition", "tensor", "row")
 FULL_VOCAB_LIMIT = 8192  # teachers keep every log-prob up to this vocabulary size, else the top-k
 DEFAULT_TOP_K = 128
+TAIL_FLOOR = 1e-12  # smallest probability of the top-k cache's "rest of the vocabulary" bucket
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,7 @@ class LearnParams:
                 "factors with the lowest held-out KL are kept either way"})
     learn_top_k: int | None = field(default=None, metadata={
         "help": f"teacher log-probs cached per position (default: the full vocabulary up to {FULL_VOCAB_LIMIT} "
-                f"tokens, else the top {DEFAULT_TOP_K}, renormalised)"})
+                f"tokens, else the top {DEFAULT_TOP_K} plus one bucket for the rest)"})
     learn_seed: int = field(default=0, metadata={"help": "seed of the held-out split and the batch order"})
 
     def __post_init__(self) -> None:
@@ -90,8 +91,8 @@ class TeacherBatch:
 
     ids: torch.Tensor  # [B, L] long
     mask: torch.Tensor  # [B, L] long
-    log_probs: torch.Tensor  # [N, k]: N = mask.sum(); k = vocabulary or top-k (renormalised)
-    tokens: torch.Tensor | None  # [N, k] token ids of a top-k cache; None: the full vocabulary
+    log_probs: torch.Tensor  # [N, k]: N = mask.sum(); k = the vocabulary, or the top-k log-probs
+    tokens: torch.Tensor | None  # [N, k] int32 token ids of a top-k cache; None: the full vocabulary
 
     @property
     def positions(self) -> int:
@@ -174,7 +175,7 @@ def build_teacher(model: nn.Module, tokenizer: Any, prompts: Sequence[Prompt], *
 
     Prompts longer than the model's context (with the continuation) are refused before any forward pass. The
     cache is ``positions × k`` fp32 on the CPU: k = vocabulary up to ``FULL_VOCAB_LIMIT`` tokens, else ``top_k``
-    (default ``DEFAULT_TOP_K``) with the kept probabilities renormalised.
+    (default ``DEFAULT_TOP_K``) log-probs and their int32 token ids (``kl_divergence`` adds a bucket for the rest).
     """
     context = int(getattr(model.config, "max_position_embeddings", 0) or 1 << 30)
     token_ids = check_lengths(prompts, tokenizer, context, continuation_tokens)
@@ -200,7 +201,7 @@ def build_teacher(model: nn.Module, tokenizer: Any, prompts: Sequence[Prompt], *
                     out.append(TeacherBatch(ids, mask, log_p, None))
                 else:
                     values, tokens = log_p.topk(k, dim=-1)
-                    out.append(TeacherBatch(ids, mask, values - values.logsumexp(-1, keepdim=True), tokens))
+                    out.append(TeacherBatch(ids, mask, values, tokens.to(torch.int32)))
             return out
 
         teacher = Teacher(name, batches(train), batches(held), {
@@ -237,11 +238,18 @@ def teacher_from_pretrained(ref: str | os.PathLike, tokenizer: Any, prompts: Seq
 
 
 def kl_divergence(teacher: TeacherBatch, log_q: torch.Tensor) -> torch.Tensor:
-    """Σ over positions of KL(teacher ‖ student) (over the teacher's cached top-k when it keeps one)."""
+    """Σ over positions of KL(teacher ‖ student). With a top-k cache, the KL over the k cached tokens plus one bucket
+    holding the rest of the vocabulary: exact for the coarsened distributions, 0 when the student equals the
+    teacher, a lower bound of the full KL that reaches it as k grows."""
     log_p = teacher.log_probs.to(log_q.device)
-    if teacher.tokens is not None:
-        log_q = log_q.gather(-1, teacher.tokens.to(log_q.device))
-    return (log_p.exp() * (log_p - log_q)).sum()
+    if teacher.tokens is None:
+        return (log_p.exp() * (log_p - log_q)).sum()
+    log_q = log_q.gather(-1, teacher.tokens.to(log_q.device, torch.long))
+    p = log_p.exp()
+    p_rest = (1.0 - p.sum(-1)).clamp_min(0.0)
+    q_rest = (1.0 - log_q.exp().sum(-1)).clamp_min(TAIL_FLOOR)
+    tail = torch.where(p_rest > 0, p_rest * (p_rest.clamp_min(TAIL_FLOOR).log() - q_rest.log()), 0.0)
+    return (p * (log_p - log_q)).sum() + tail.sum()
 
 
 def mean_kl(model: nn.Module, batches: Sequence[TeacherBatch], params: dict[str, torch.Tensor] | None = None) -> float:
