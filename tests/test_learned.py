@@ -146,24 +146,28 @@ def test_two_runs_learn_identical_factors(llama_pair, tmp_path) -> None:
     assert all(torch.equal(runs[0].factors[0][n], runs[1].factors[0][n]) for n in runs[0].factors[0])
 
 
-@pytest.mark.parametrize("granularity,shape", [("global", (2, 1)), ("partition", (2, 1)), ("tensor", (2, 1)),
-                                               ("row", (2, 64))])
+@pytest.mark.parametrize("granularity,shape", [("global", (2, 1)), ("block", (2, 1)), ("partition", (2, 1)),
+                                               ("tensor", (2, 1)), ("row", (2, 64))])
 def test_granularities_share_factors_as_documented(llama_pair, tmp_path, granularity, shape) -> None:
     base, ft = llama_pair
     adapter = prune(base, ft, tmp_path / "a", method="magnitude", rate=0.8, partition_rates=[0.9, 0.8],
                     progress=False)[0]
     student = Student(AutoModelForCausalLM.from_pretrained(base), [adapter], granularity)
-    sizes = {"global": 1, "partition": 2, "tensor": 14 * 2, "row": 2 * ROWS}
+    sizes = {"global": 1, "block": 2, "partition": 2, "tensor": 14 * 2, "row": 2 * ROWS}
     assert sum(p.numel() for p in student.parameters) == sizes[granularity]
     with torch.no_grad():
-        for parameter in student.parameters:
-            parameter.copy_(torch.arange(parameter.numel(), dtype=torch.float32).reshape(parameter.shape) + 2)
+        for i, parameter in enumerate(student.parameters):
+            parameter.copy_(torch.arange(parameter.numel(), dtype=torch.float32).reshape(parameter.shape) + 2 + 10 * i)
     tables = student.tables()[0]
     assert tables["model.layers.0.self_attn.q_proj.weight"].shape == shape
     if granularity in ("global", "partition"):  # one table shared by every tensor of the adapter
         first = tables["model.layers.0.self_attn.q_proj.weight"]
         assert first.tolist() == ([[2.0], [2.0]] if granularity == "global" else [[2.0], [3.0]])
         assert all(torch.equal(t, first) for t in tables.values())
+    if granularity == "block":  # one factor per block (2 and 12 here), the same for every partition and tensor
+        assert [tables[f"model.layers.{b}.mlp.down_proj.weight"].tolist() for b in (0, 1)] == [[[2.0], [2.0]],
+                                                                                             [[12.0], [12.0]]]
+        assert torch.equal(tables["model.layers.1.self_attn.q_proj.weight"], torch.tensor([[12.0], [12.0]]))
 
 
 def test_learned_works_on_any_mask_from_the_cli(llama_pair, calibration, tmp_path, capsys) -> None:

@@ -13,7 +13,8 @@ Granularities (what one factor covers; partition ids always apply, so P = the te
 - ``row`` (default): one factor per (partition, output row) of each pruned tensor: a ``[P, R]`` table;
 - ``tensor``: one per (partition, tensor): ``[P, 1]``;
 - ``partition``: one per partition, shared by every pruned tensor of an adapter;
-- ``global``: one per adapter.
+- ``block``: one per decoder block of an adapter (AdaMerging's layer-wise coefficients);
+- ``global``: one per adapter (AdaMerging's task-wise coefficient).
 
 Every table is stored as the tensor's ``<param>_factors`` ``[P, R]`` (format version 2; ``R = 1`` below ``row``).
 Scaling: the teacher's log-probs are cached on the CPU (full vocabulary, or its top-k plus a "rest" bucket for
@@ -44,7 +45,7 @@ from ..methods.base import SparseDelta
 from .calibration import Prompt, check_lengths
 from .partitions import Partitions
 
-GRANULARITIES = ("global", "partition", "tensor", "row")
+GRANULARITIES = ("global", "block", "partition", "tensor", "row")
 FULL_VOCAB_LIMIT = 8192  # teachers keep every log-prob up to this vocabulary size, else the top-k
 DEFAULT_TOP_K = 128
 TAIL_FLOOR = 1e-12  # smallest probability of the top-k cache's "rest of the vocabulary" bucket
@@ -56,7 +57,8 @@ class LearnParams:
 
     learn_granularity: str = field(default="row", metadata={
         "help": "what one learned factor covers: 'row' = each output row of each pruned matrix (per partition), "
-                "'tensor' = each pruned tensor, 'partition' = each DPA partition, 'global' = the whole adapter",
+                "'tensor' = each pruned tensor, 'partition' = each DPA partition, 'block' = each decoder block, 'global' = "
+                "the whole adapter",
         "choices": GRANULARITIES})
     learn_steps: int = field(default=60, metadata={"help": "Adam steps (one calibration batch per teacher each)"})
     learn_lr: float = field(default=0.2, metadata={"help": "Adam learning rate of the factors (they start at 1)"})
@@ -312,7 +314,7 @@ class Student:
                     continue
                 if len(scalars) != count:
                     scalars = [1.0] * count  # partitions re-derived, not the stored ones: no scalar factors yet
-                table = self._table(name, on_device, count, shared, device)
+                table = self._table(name, on_device, count, shared, device, record.get("block"))
                 self.learned.append(_Learned(name, index, on_device, indices, scalars, weight, table))
         with torch.no_grad():  # the tensors without learned factors are merged once, in place
             for name, deltas in fixed.items():
@@ -326,7 +328,7 @@ class Student:
         return parameter
 
     def _table(self, name: str, encoded: EncodedTensor, count: int, shared: dict[str, nn.Parameter],
-               device: torch.device) -> Any:
+               device: torch.device, block: int | None) -> Any:
         """The factor table of one tensor as a function of the learned parameters (the granularity's sharing)."""
         if self.granularity in ("row", "tensor"):
             rows = encoded.shape[0] if self.granularity == "row" and len(encoded.shape) >= 2 else 1
@@ -335,9 +337,10 @@ class Student:
             parameter = self._new((count, rows), device, stored)
             return lambda: parameter
         size = count if self.granularity == "partition" else 1
-        if self.granularity not in shared:
-            shared[self.granularity] = self._new((size,), device)
-        parameter = shared[self.granularity]
+        key = f"block {block}" if self.granularity == "block" else self.granularity
+        if key not in shared:
+            shared[key] = self._new((size,), device)
+        parameter = shared[key]
         if parameter.numel() != size:
             raise UserError(f"{name} has {count} partitions but other tensors of its adapter have "
                             f"{parameter.numel()}; partition granularity needs the same partitions everywhere")
