@@ -98,6 +98,9 @@ def _peft_types() -> set[str]:
     return {t.value for t in PeftType}
 
 
+CHECKED_FIELDS = ("tensors", "amplification", "vocab_size", "base_fingerprint")
+
+
 def check_config(data: dict[str, Any], ref: str) -> None:
     """The fields of a parsed adapter config: well-formed records (shape, nnz, encoding, factors table), finite
     factors, a plausible vocab_size and fingerprint (checked before PEFT builds the config object from them)."""
