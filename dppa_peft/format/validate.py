@@ -197,8 +197,8 @@ def check_encoded(name: str, encoded: EncodedTensor, factor_count: int, ref: str
                         f"entries (shape {list(encoded.shape)}); {DAMAGED}")
     partitions = 1 if encoded.partition is None or not encoded.partition.numel() else int(encoded.partition.max()) + 1
     if encoded.partition is None and factor_count != 1 or partitions > factor_count:
-        raise UserError(f"{where}: {'no partition ids' if encoded.partition is None else f'partition id {partitions - 1}'}"
-                        f" for the {factor_count} amplification factors in the config; {DAMAGED}")
+        stored = "no partition ids" if encoded.partition is None else f"partition id {partitions - 1}"
+        raise UserError(f"{where}: {stored} for the {factor_count} amplification factors in the config; {DAMAGED}")
     if encoded.factors is not None:
         rows = encoded.shape[0] if len(encoded.shape) >= 2 else 1
         if encoded.factors.shape[0] < partitions or encoded.factors.shape[1] not in (1, rows):
