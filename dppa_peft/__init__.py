@@ -1,25 +1,52 @@
 """dppa-peft: sparse delta adapters (DP / DPA pruning and baselines) for fine-tuned LLMs, loadable with PEFT.
 
-Importing the package registers the ``SPARSE_DELTA`` adapter type with PEFT, so ``PeftModel.from_pretrained``,
-``load_adapter`` and ``merge_and_unload`` work on adapters written by ``dppa_peft.prune``.
+Importing the package registers the ``SPARSE_DELTA`` adapter type with PEFT (as soon as peft is imported), so
+``PeftModel.from_pretrained``, ``load_adapter`` and ``merge_and_unload`` work on adapters written by
+``dppa_peft.prune``. The public names below load their modules on first use, so ``import dppa_peft`` (and the
+command line's ``--help``) stay fast.
 """
 
+from __future__ import annotations
+
+import importlib
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+from ._lazy import after_import
 
 try:
     __version__ = version("dppa-peft")
 except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0.0.0+source"
 
-from .tuner import BaseModelMismatchError, SparseDeltaConfig, SparseDeltaModel  # noqa: E402  (registers with PEFT)
-from .publish.export import SupertuningExport, export_supertuning  # noqa: E402
-from .format.io import SparseDeltaAdapter  # noqa: E402
-from .amplify.api import amplify, prune_and_amplify  # noqa: E402
-from .merge import load_merged, merge_to_folder  # noqa: E402
-from .pipeline import PruneSummary, open_adapter, prune  # noqa: E402
+_EXPORTS = {
+    "BaseModelMismatchError": "tuner", "SparseDeltaConfig": "tuner", "SparseDeltaModel": "tuner",
+    "SupertuningExport": "publish.export", "export_supertuning": "publish.export",
+    "SparseDeltaAdapter": "format.io",
+    "amplify": "amplify.api", "prune_and_amplify": "amplify.api",
+    "load_merged": "merge", "merge_to_folder": "merge",
+    "PruneSummary": "pipeline", "open_adapter": "pipeline", "prune": "pipeline",
+    "evaluate": "evaluation.api",
+    "AmplifyParams": "specs", "AmplifySpec": "specs", "EvalSpec": "specs", "MergeSpec": "specs",
+    "ObjectiveParams": "specs", "PruneSpec": "specs", "Source": "specs",
+}
+__all__ = sorted([*_EXPORTS, "__version__"])
 
-__all__ = [
-    "BaseModelMismatchError", "PruneSummary", "SparseDeltaAdapter", "SparseDeltaConfig", "SparseDeltaModel",
-    "SupertuningExport", "__version__", "amplify", "export_supertuning", "load_merged", "merge_to_folder",
-    "open_adapter", "prune", "prune_and_amplify",
-]
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'dppa_peft' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__
+
+
+def _register_with_peft() -> None:
+    importlib.import_module(".tuner", __name__)  # registers SPARSE_DELTA in PEFT's mappings
+
+
+after_import("peft", _register_with_peft)

@@ -223,12 +223,18 @@ class ShardedWriter:
         return [self.directory / n for n in names]
 
 
+def check_output(target: str | os.PathLike, overwrite: bool = False) -> None:
+    """Refuse a non-empty output folder unless ``overwrite`` (checked again before any work starts)."""
+    target = Path(target)
+    if target.exists() and any(target.iterdir()) and not overwrite:
+        raise FileExistsError(f"{target} exists and is not empty; choose another output folder or pass overwrite")
+
+
 @contextlib.contextmanager
 def atomic_directory(target: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temp folder beside ``target``; on success it replaces ``target``, on error it is removed."""
     target = Path(target)
-    if target.exists() and any(target.iterdir()) and not overwrite:
-        raise FileExistsError(f"{target} exists and is not empty; choose another output folder or pass overwrite")
+    check_output(target, overwrite)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
     try:

@@ -15,22 +15,14 @@ from tqdm.auto import tqdm
 from ..format.io import SparseDeltaAdapter
 from ..merge import load_merged
 from ..pipeline import open_adapter
+from ..specs import Domain
 from .report import EvalResults, Variant, VariantScores
 
 AdapterRef = str | os.PathLike | SparseDeltaAdapter
 
 
 @dataclass(frozen=True)
-class DomainSpec:
-    """A domain: its dense fine-tune (folder or Hub id) and the lm-eval tasks that measure it."""
-
-    name: str
-    finetuned: str
-    tasks: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class MergeSpec:
+class MergeVariant:
     """Adapters merged into one model: domain -> adapter, combine mode and optional weights."""
 
     adapters: Mapping[str, AdapterRef]
@@ -79,8 +71,8 @@ class Evaluator:
         return scores
 
 
-def evaluate_all(base: str, domains: Sequence[DomainSpec], evaluator: Evaluator,
-                 prunes: Sequence[tuple[str, AdapterRef]] = (), merges: Sequence[MergeSpec] = (),
+def evaluate_all(base: str, domains: Sequence[Domain], evaluator: Evaluator,
+                 prunes: Sequence[tuple[str, AdapterRef]] = (), merges: Sequence[MergeVariant] = (),
                  progress: bool = True) -> EvalResults:
     """Scores of the base and dense fine-tunes on every domain's tasks, and of every pruned and merged variant."""
     from transformers import AutoModelForCausalLM
@@ -95,7 +87,7 @@ def evaluate_all(base: str, domains: Sequence[DomainSpec], evaluator: Evaluator,
     bar.update(2)
     dense = {}
     for domain in domains:
-        model = AutoModelForCausalLM.from_pretrained(domain.finetuned)
+        model = AutoModelForCausalLM.from_pretrained(domain.finetuned.ref, revision=domain.finetuned.revision)
         dense[domain.name] = evaluator.scores(model, domain.tasks)
         bar.update()
     variants = []

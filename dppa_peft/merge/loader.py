@@ -23,6 +23,7 @@ from ..tuner.model import BaseModelMismatchError, check_base, resize_vocabulary
 from ..checkpoint import HUB_PATTERNS, Checkpoint, ShardedWriter, atomic_directory, resolve_repo
 from ..methods.base import SparseDelta
 from ..pipeline import open_adapter
+from ..specs import MergeSpec, UserError, torch_dtype
 from .combine import combine
 
 SPARSE_MODES = ("sum",)
@@ -98,20 +99,28 @@ def load_merged(base: str | os.PathLike, adapters: Sequence[AdapterRef], weights
     return model
 
 
-def merge_to_folder(base: str | os.PathLike, adapters: Sequence[AdapterRef], out: str | os.PathLike,
-                    weights: Sequence[float] | None = None, mode: str = "sum", *, revision: str | None = None,
-                    adapter_revisions: Sequence[str | None] | None = None, token: str | bool | None = None,
-                    dtype: torch.dtype | None = None, overwrite: bool = False, progress: bool = True,
+def merge_to_folder(spec: MergeSpec | str | os.PathLike, adapters: Sequence[AdapterRef] | None = None,
+                    out: str | os.PathLike | None = None, *, token: str | bool | None = None, progress: bool = True,
                     max_shard_bytes: int = 4 << 30, **options: Any) -> Path:
-    """Stream ``base`` tensor by tensor, add the combined deltas, and write a dense model folder to ``out``."""
-    handles, weights = _prepare(adapters, weights, adapter_revisions, token)
-    checkpoint = Checkpoint.open(base, revision=revision, token=token)
+    """Stream the base tensor by tensor, add the combined deltas, and write a dense model folder.
+
+    Pass a :class:`~dppa_peft.specs.MergeSpec`, or its keyword form ``merge_to_folder(base, adapters, out,
+    weights=None, mode="sum", revision=None, adapter_revisions=None, dtype="auto", overwrite=False, **mode_options)``.
+    """
+    if not isinstance(spec, MergeSpec):
+        spec = MergeSpec.build(spec, adapters, out, **options)
+    elif adapters is not None or out is not None or options:
+        raise UserError("pass either a MergeSpec or base, adapters, out and options, not both")
+    base, out, mode, options = spec.base.ref, spec.out, spec.mode, spec.mode_options()
+    dtype = torch_dtype(spec.dtype)
+    handles, weights = _prepare(spec.adapters, spec.weights, None, token)
+    checkpoint = Checkpoint.open(base, revision=spec.base.revision, token=token)
     touched = set(_tensor_names(handles))
     missing = sorted(touched - set(checkpoint.names()))
     if missing:
         raise ValueError(f"adapter tensors {missing[:5]} are not in {base}; the adapters do not fit this base")
     samples: dict[str, bytes] = {}
-    with atomic_directory(out, overwrite=overwrite) as tmp:
+    with atomic_directory(out, overwrite=spec.overwrite) as tmp:
         writer = ShardedWriter(tmp, max_shard_bytes=max_shard_bytes)
         for name in tqdm(checkpoint.names(), desc=f"merging ({mode})", unit="tensor", disable=not progress,
                          leave=False):

@@ -61,7 +61,9 @@ class SparseDelta:
     def density(self) -> float:
         return self.nnz / self.numel if self.numel else 0.0
 
-    def to_dense(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    def to_dense(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The dense delta (fp32 unless ``dtype`` says otherwise)."""
+        dtype = dtype or torch.float32
         out = torch.zeros(self.numel, dtype=dtype)
         out[self.indices] = self.values.to(dtype)
         return out.reshape(self.shape)

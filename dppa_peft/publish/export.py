@@ -19,13 +19,13 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from ..choices import EXPORT_FORMATS
 from ..checkpoint import Checkpoint, SafetensorsWriter, atomic_directory
 from .card import write_model_card
 from ..format.fingerprint import fingerprint, tensor_sample
 from ..format.io import WEIGHTS_FILE, SparseDeltaAdapter
 from ..tuner.model import BaseModelMismatchError
 
-EXPORT_FORMATS = ("sparse-delta", "supertuning")  # ours (a copy) and stock PEFT's
 PREFIX = "base_model.model."
 SPARSE_ENTRY_BYTES = 8  # fp32 value + int32 index
 

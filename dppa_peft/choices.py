@@ -1,0 +1,16 @@
+"""The fixed sets of allowed values, shared by the specs (which validate options) and the code that implements them.
+
+Only plain tuples here, no imports: every module may use them without an import circle. Registries (pruning
+methods, merge modes) are not listed here; the specs look them up by name.
+"""
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")  # every dtype option; 'auto' keeps the checkpoint's dtype
+OUTSIDE_SCOPE_MODES = ("dense", "magnitude", "drop")
+PARTITION_COMBINE_MODES = ("independent", "max")
+STRATEGIES = ("default", "reference")
+DPA_METHODS = (1, 2)
+OBJECTIVES = ("kl", "tasks")
+CONSENSUS = ("sum", "count")
+SEMANTICS = ("mergekit", "peft")
+DEFAULT_TOL = 0.05
+EXPORT_FORMATS = ("sparse-delta", "supertuning")  # ours (a copy) and stock PEFT's
