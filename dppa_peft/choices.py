@@ -13,4 +13,5 @@ OBJECTIVES = ("kl", "tasks")
 CONSENSUS = ("sum", "count")
 SEMANTICS = ("mergekit", "peft")
 DEFAULT_TOL = 0.05
+DEFAULT_TEXT_FIELD = "text"  # the JSON field of a prompt in a .jsonl calibration file
 EXPORT_FORMATS = ("sparse-delta", "supertuning")  # ours (a copy) and stock PEFT's

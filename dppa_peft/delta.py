@@ -9,6 +9,7 @@ from tqdm.auto import tqdm
 
 from .format.fingerprint import tensor_sample
 from .checkpoint import Checkpoint
+from .errors import UserError
 from .scope import Scope, TensorInfo
 
 ARCHITECTURE_FIELDS = (
@@ -18,7 +19,7 @@ ARCHITECTURE_FIELDS = (
 VOCAB_TENSOR_HINTS = ("embed", "lm_head", "wte", "word_embeddings", "output.weight")
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(UserError):
     """The two checkpoints are not a base and a fine-tune of it."""
 
 

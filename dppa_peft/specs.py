@@ -24,16 +24,12 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from .choices import (
-    CONSENSUS, DEFAULT_TOL, DPA_METHODS, DTYPES, OBJECTIVES, OUTSIDE_SCOPE_MODES, PARTITION_COMBINE_MODES, SEMANTICS,
+    CONSENSUS, DEFAULT_TEXT_FIELD, DEFAULT_TOL, DPA_METHODS, DTYPES, OBJECTIVES, OUTSIDE_SCOPE_MODES, PARTITION_COMBINE_MODES, SEMANTICS,
     STRATEGIES,
 )
 from .scope import DEFAULT_SCOPE_PATTERN
 
-try:
-    from .errors import UserError
-except ImportError:  # until dppa_peft.errors lands from the reliability work
-    class UserError(ValueError):  # type: ignore[no-redef]
-        """A user mistake: the message names the input and the fix."""
+from .errors import UserError
 
 MISSING = dataclasses.MISSING
 
@@ -339,8 +335,10 @@ class ObjectiveParams(Spec):
         "labels); 'tasks' = Domain-Ratio (geometric mean of task score / dense score) of lm-eval --tasks on their "
         "dev split"))
     calibration: str | None = option(None, group="DPA objective", metavar="FILE", help=(
-        "kl: calibration prompts, a .jsonl/.json file with a 'text' field per line or a plain text file with one "
-        "prompt per line"))
+        "kl and learned: calibration prompts, a .jsonl/.json file with a --text-field per line or a plain text file "
+        "with one prompt per line"))
+    text_field: str = option(DEFAULT_TEXT_FIELD, group="DPA objective", help=(
+        "the JSON field holding the prompt in a .jsonl/.json --calibration file"))
     continuation_tokens: int = option(8, group="DPA objective", help=(
         "kl: greedy tokens the dense fine-tune appends to each prompt; they are scored too"))
     max_length: int = option(128, group="DPA objective", help=(

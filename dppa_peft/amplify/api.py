@@ -12,6 +12,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from .. import __version__
 from ..checkpoint import atomic_directory
 from ..format.io import AdapterWriter, SparseDeltaAdapter
@@ -48,12 +50,15 @@ def _search(adapter: SparseDeltaAdapter, partitions: Partitions, spec: PruneSpec
     return result, describe_objective(objective)
 
 
-def _write(adapter: SparseDeltaAdapter, folder: Path, partitions: Partitions, amplification: dict[str, Any],
-           provenance: dict[str, Any]) -> None:
-    """The adapter's stored tensors with the partition ids and the amplification block, into ``folder``."""
+def write_amplified(adapter: SparseDeltaAdapter, folder: Path, partitions: Partitions, amplification: dict[str, Any],
+                    provenance: dict[str, Any], row_factors: dict[str, torch.Tensor] | None = None) -> None:
+    """The adapter's stored tensors with the partition ids, the amplification block and (format version 2) the
+    ``[P, R]`` factor tables of ``row_factors`` (tensors not in it store none), into ``folder``."""
     writer = AdapterWriter(folder)
+    row_factors = row_factors or {}
     for name, record in adapter.config.tensors.items():
-        encoded = dataclasses.replace(adapter.encoded(name), partition=partitions.ids.get(name))
+        encoded = dataclasses.replace(adapter.encoded(name), partition=partitions.ids.get(name),
+                                      factors=row_factors.get(name))
         extra = {k: v for k, v in record.items() if k != "partition_densities"}
         if name in partitions.densities:
             extra["partition_densities"] = partitions.densities[name]
@@ -76,7 +81,7 @@ def _amplify_into(folder: Path, adapter: SparseDeltaAdapter, spec: PruneSpec | A
         result, described = _search(adapter, partitions, spec, objective, base, token, progress)
         raw, search = result.factors, result.record(described)
     block = amplification_block(partitions.rates, raw, spec.dpa.combine, spec.dpa.amplify_unpruned, search)
-    _write(adapter, folder, partitions, block, {**provenance, "package_version": __version__})
+    write_amplified(adapter, folder, partitions, block, {**provenance, "package_version": __version__})
     return result
 
 

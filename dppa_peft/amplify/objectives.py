@@ -1,4 +1,4 @@
-"""DPA objectives: callables ``model -> score``, higher is better (ALGORITHMS.md decision 9).
+"""DPA objectives: callables ``model -> score``, higher is better (docs/algorithms.md §10.8).
 
 - ``kl``: −KL(dense fine-tuned ‖ candidate) of next-token distributions over calibration prompts and the fine-tuned
   model's own greedy continuations of them; no labels. The dense distributions are computed once and cached
@@ -13,42 +13,22 @@ The candidate model is evaluated as it is (in eval mode, without gradients); obj
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from ..specs import ObjectiveParams, Source
-
-JSONL_SUFFIXES = (".jsonl", ".json")
+from .calibration import DEFAULT_TEXT_FIELD, read_prompts
 
 Objective = Callable[["nn.Module"], float]
 
 
-def read_texts(path: str | os.PathLike) -> list[str]:
-    """Calibration texts: a ``text`` field per line of a .jsonl/.json file, else one non-empty line each."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"calibration file {path} not found")
-    lines = path.read_text(encoding="utf-8").splitlines()
-    if path.suffix not in JSONL_SUFFIXES:
-        texts = [line for line in lines if line.strip()]
-    else:
-        texts = []
-        for number, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                texts.append(str(json.loads(line)["text"]))
-            except (json.JSONDecodeError, KeyError, TypeError):
-                raise ValueError(f"{path}:{number} is not a JSON object with a 'text' field") from None
-    if not texts:
-        raise ValueError(f"calibration file {path} holds no texts")
-    return texts
+def read_texts(path: str | os.PathLike, text_field: str = DEFAULT_TEXT_FIELD) -> list[str]:
+    """Calibration texts of a file (see ``calibration.read_prompts``)."""
+    return [prompt.text for prompt in read_prompts(path, text_field)]
 
 
 def _device(model: nn.Module) -> torch.device:
@@ -173,7 +153,7 @@ def build_objective(params: ObjectiveParams, finetuned: Source | str | os.PathLi
     source = None if finetuned is None else Source.of(finetuned, revision)
     params.require_inputs(source)
     assert source is not None
-    texts = read_texts(params.calibration) if params.objective == "kl" else None
+    texts = read_texts(params.calibration, params.text_field) if params.objective == "kl" else None
     base_ref = None if base is None else Source.of(base).ref
     tokenizer = load_tokenizer([params.tokenizer] if params.tokenizer else [source.ref, base_ref], token=token)
     reference = AutoModelForCausalLM.from_pretrained(source.ref, dtype=dtype, revision=source.revision, token=token)

@@ -1,54 +1,100 @@
 """``dppa-peft``: a thin command line over the Python API. One module per subcommand.
 
 Options are generated from the specs and checked before any work. torch is deferred while the options are parsed
-(``--help`` answers without loading it); each command imports what it needs when it runs.
-"""
+(``--help`` answers without loading it); each command imports what it needs when it runs."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import shlex
+import signal
 import sys
+import traceback
+from collections.abc import Iterator
+
+from importlib import import_module
 
 from .._lazy import defer
+from ..errors import Interrupted, UserError
 
-SUBCOMMANDS = ("demo", "prune", "amplify", "merge", "inspect", "evaluate", "push", "export", "run")
+SUBCOMMANDS = ("demo", "prune", "amplify", "merge", "inspect", "evaluate", "push", "export", "run")  # modules
+# Errors that come from the user's input or environment (paths, permissions, disk, network, bad values): printed as
+# one "error:" line with exit status 2. OSError covers FileNotFoundError, FileExistsError, PermissionError, ENOSPC.
+# A Hub push error too, when the Hub code was loaded (see user_facing_errors).
+USER_FACING_ERRORS: tuple[type[BaseException], ...] = (UserError, ValueError, OSError)
+STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
+EXIT_USER_ERROR = 2
+DEBUG_FLAG = "--debug"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from importlib import import_module
-
     parser = argparse.ArgumentParser(
         prog="dppa-peft",
         description="Turn fine-tuned LLMs into sparse delta adapters (DP/DPA pruning and baselines), load and merge "
                     "them with PEFT, and evaluate them with lm-eval. Hub ids work wherever a path does; the Hub token "
                     "comes from HF_TOKEN or `hf auth login` and is never printed.",
     )
+    parser.add_argument(DEBUG_FLAG, action="store_true",
+                        help="on an error, print the full Python traceback too (also accepted after the subcommand)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in SUBCOMMANDS:
         import_module(f".{name}", __name__).add_parser(sub)
     return parser
 
 
-def _is_user_error(err: BaseException) -> bool:
-    """Errors reported as ``error: ...`` with exit status 2 (a Hub push error only if the Hub code was loaded)."""
+def user_facing_errors() -> tuple[type[BaseException], ...]:
+    """``USER_FACING_ERRORS`` plus ``PushError`` once the Hub code is loaded (it is not, at parse time)."""
     hub_errors = sys.modules.get("dppa_peft.hub_errors")
-    kinds: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, FileExistsError)
-    return isinstance(err, kinds + ((hub_errors.PushError,) if hub_errors else ()))
+    return USER_FACING_ERRORS + ((hub_errors.PushError,) if hub_errors is not None else ())
+
+
+@contextlib.contextmanager
+def stop_signals_raise() -> Iterator[None]:
+    """While the block runs, SIGINT/SIGTERM/SIGHUP raise ``Interrupted`` so every ``finally`` and temp-folder
+    cleanup runs (the default SIGTERM/SIGHUP action kills the process on the spot and leaves temp folders behind)."""
+
+    def handler(signum: int, _frame: object) -> None:
+        raise Interrupted(signum, signal.Signals(signum).name)
+
+    previous = {}
+    with contextlib.suppress(ValueError):  # not the main thread: leave the handlers alone
+        for name in STOP_SIGNALS:
+            if hasattr(signal, name):
+                number = getattr(signal, name)
+                previous[number] = signal.signal(number, handler)
+    try:
+        yield
+    finally:
+        for number, old in previous.items():
+            signal.signal(number, old)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    debug = DEBUG_FLAG in argv
+    argv = [a for a in argv if a != DEBUG_FLAG]
     defer("torch")
     logging.basicConfig(format="warning: %(message)s", level=logging.WARNING)
     args = build_parser().parse_args(argv)
     args.command_line = shlex.join(["dppa-peft", *argv])  # provenance for adapter configs and model cards
     try:
-        args.func(args)
+        with stop_signals_raise():
+            args.func(args)
+    except KeyboardInterrupt as err:
+        status = err.exit_status if isinstance(err, Interrupted) else 128 + signal.SIGINT
+        reason = err.name if isinstance(err, Interrupted) else "SIGINT"
+        print(f"dppa-peft {args.command}: stopped by {reason}; unfinished outputs were removed", file=sys.stderr)
+        if debug:
+            traceback.print_exc()
+        return status
     except Exception as err:
-        if not _is_user_error(err):
+        if not isinstance(err, user_facing_errors()):
             raise
-        print(f"dppa-peft {args.command}: error: {err}", file=sys.stderr)
-        return 2
+        if debug:
+            traceback.print_exc()
+        print(f"dppa-peft {args.command}: error: {str(err) or type(err).__name__}", file=sys.stderr)
+        return EXIT_USER_ERROR
     return 0
+

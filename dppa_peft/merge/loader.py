@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from ..format.apply import add_dense, add_sparse
 from ..format.fingerprint import fingerprint, tensor_sample
 from ..format.io import SparseDeltaAdapter
 from ..tuner.model import BaseModelMismatchError, check_base, resize_vocabulary
@@ -35,15 +36,11 @@ AdapterRef = str | os.PathLike | SparseDeltaAdapter
 
 def combine_tensor(target: torch.Tensor, deltas: Sequence[SparseDelta], weights: Sequence[float],
                    mode: str = "sum", **options: Any) -> torch.Tensor:
-    """``target + combine(mode, w, δ)`` for one tensor, computed in fp32 and returned in ``target``'s dtype."""
-    out = target.detach().float().reshape(-1).clone()
+    """``target + combine(mode, w, δ)`` for one tensor, computed in fp32 and returned in ``target``'s dtype
+    (the kernel of ``format.apply``: the same bits as the PEFT layer's merge for the ``sum`` mode)."""
     if mode in SPARSE_MODES:
-        for delta, weight in zip(deltas, weights):
-            out.index_add_(0, delta.indices, delta.values * weight)
-    else:
-        dense = [d.to_dense().reshape(-1) for d in deltas]
-        out += combine(mode, dense, list(weights), **options)
-    return out.reshape(target.shape).to(target.dtype)
+        return add_sparse(target.detach(), deltas, weights)
+    return add_dense(target.detach(), combine(mode, [d.to_dense() for d in deltas], list(weights), **options))
 
 
 def _prepare(adapters: Sequence[AdapterRef], weights: Sequence[float] | None, revisions: Sequence[str | None] | None,

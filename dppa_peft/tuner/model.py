@@ -7,11 +7,12 @@ from peft.tuners.tuners_utils import BaseTuner
 from torch import nn
 
 from ..format.config import SparseDeltaConfig
+from ..errors import UserError
 from ..format.fingerprint import model_fingerprint
 from .layer import SparseDeltaLayer
 
 
-class BaseModelMismatchError(ValueError):
+class BaseModelMismatchError(UserError):
     """The adapter was made from a different base model."""
 
 
