@@ -97,16 +97,18 @@ def load_merged(base: str | os.PathLike, adapters: Sequence[AdapterRef], weights
 
 
 def merge_to_folder(spec: MergeSpec | str | os.PathLike, adapters: Sequence[AdapterRef] | None = None,
-                    out: str | os.PathLike | None = None, *, token: str | bool | None = None, progress: bool = True,
+                    out: str | os.PathLike | None = None, weights: Sequence[float] | None = None,
+                    mode: str | None = None, *, token: str | bool | None = None, progress: bool = True,
                     max_shard_bytes: int = 4 << 30, **options: Any) -> Path:
     """Stream the base tensor by tensor, add the combined deltas, and write a dense model folder.
 
     Pass a :class:`~dppa_peft.specs.MergeSpec`, or its keyword form ``merge_to_folder(base, adapters, out,
     weights=None, mode="sum", revision=None, adapter_revisions=None, dtype="auto", overwrite=False, **mode_options)``.
     """
+    given = {k: v for k, v in (("weights", weights), ("mode", mode)) if v is not None}
     if not isinstance(spec, MergeSpec):
-        spec = MergeSpec.build(spec, adapters, out, **options)
-    elif adapters is not None or out is not None or options:
+        spec = MergeSpec.build(spec, adapters or [], out, **given, **options)
+    elif adapters is not None or out is not None or given or options:
         raise UserError("pass either a MergeSpec or base, adapters, out and options, not both")
     base, out, mode, options = spec.base.ref, spec.out, spec.mode, spec.mode_options()
     dtype = torch_dtype(spec.dtype)
