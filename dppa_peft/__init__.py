@@ -9,6 +9,8 @@ command line's ``--help``) stay fast.
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -43,6 +45,23 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return __all__
+
+
+class _Package(types.ModuleType):
+    """``dppa_peft.amplify`` stays the function after the ``amplify`` subpackage is imported (the import system binds
+    a subpackage on its parent; the function's name wins, as with the eager imports this package used to do)."""
+
+    @property
+    def amplify(self) -> Any:
+        return __getattr__("amplify")
+
+    @amplify.setter
+    def amplify(self, value: Any) -> None:
+        if not isinstance(value, types.ModuleType):
+            raise AttributeError("dppa_peft.amplify is the DPA function")
+
+
+sys.modules[__name__].__class__ = _Package
 
 
 def _register_with_peft() -> None:

@@ -17,6 +17,7 @@ import torch
 from .. import __version__
 from ..checkpoint import atomic_directory
 from ..format.io import AdapterWriter, SparseDeltaAdapter
+from ..methods.registry import recorded_method
 from ..pipeline import PruneSummary, _prune, as_prune_spec, open_adapter
 from ..specs import AmplifyParams, AmplifySpec, ObjectiveParams, PruneSpec, Source, UserError
 from .candidate import AmplifiedModel, load_base_model
@@ -30,7 +31,8 @@ __all__ = ["AmplifyParams", "ObjectiveParams", "amplify", "prune_and_amplify"]
 
 def _rescaled(adapter: SparseDeltaAdapter) -> bool:
     """Whether the pruning method already rescaled the kept values (DARE), so DPA searches a reduction."""
-    return bool(adapter.config.method.get("params", {}).get("rescale", False))
+    cls, params = recorded_method(adapter.config.method)
+    return cls.rescales(params)
 
 
 def _search(adapter: SparseDeltaAdapter, partitions: Partitions, spec: PruneSpec | AmplifySpec,

@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from ..format.io import SparseDeltaAdapter
 from ..merge import load_merged
+from ..methods.registry import METHODS
 from ..pipeline import open_adapter
 from ..specs import Domain
 from .report import EvalResults, Variant, VariantScores
@@ -32,11 +33,11 @@ class MergeVariant:
 
 
 def method_label(adapter: SparseDeltaAdapter) -> str:
-    """The method as reports show it: 'dppa' for DP with amplification, 'dare+dpa' for DARE with it, else the name."""
-    name = adapter.config.method.get("name", "?")
-    if adapter.config.amplification:
-        return "dppa" if name == "dp" else f"{name}+dpa"
-    return name
+    """The method as reports show it (the method's ``label``: 'dppa' for DP with amplification, 'dare+dpa', ...)."""
+    name = str(adapter.config.method.get("name", "?"))
+    if name not in METHODS:
+        return name
+    return METHODS[name].label(bool(adapter.config.amplification))
 
 
 @dataclass
