@@ -14,7 +14,7 @@ import types
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from ._lazy import after_import
+from ._lazy import after_each_submodule, after_import, initializing
 
 try:
     __version__ = version("dppa-peft")
@@ -26,7 +26,7 @@ _EXPORTS = {
     "SupertuningExport": "publish.export", "export_supertuning": "publish.export",
     "SparseDeltaAdapter": "format.io",
     "amplify": "amplify.api", "prune_and_amplify": "amplify.api",
-    "load_merged": "merge", "merge_to_folder": "merge",
+    "load_merged": "merge", "merge_to_adapter": "merge", "merge_to_folder": "merge", "merge": "merge.api",
     "PruneSummary": "pipeline", "open_adapter": "pipeline", "prune": "pipeline",
     "evaluate": "evaluation.api",
     "AmplifyParams": "specs", "AmplifySpec": "specs", "EvalSpec": "specs", "MergeSpec": "specs",
@@ -64,8 +64,28 @@ class _Package(types.ModuleType):
 sys.modules[__name__].__class__ = _Package
 
 
-def _register_with_peft() -> None:
-    importlib.import_module(".tuner", __name__)  # registers SPARSE_DELTA in PEFT's mappings
+_PENDING: set[str] = set()  # submodules to import as soon as no module of this package is running
 
 
-after_import("peft", _register_with_peft)
+def _import_when_quiet(module: str, finished: str | None = None) -> None:
+    """Import ``module`` now, or once the imports of this package now running (other than ``finished``) are done,
+    so it never meets a half-initialised module."""
+    if initializing(f"{__name__}.", exclude=finished):
+        _PENDING.add(module)
+    else:
+        importlib.import_module(module, __name__)
+
+
+def _submodule_loaded(name: str) -> None:
+    """After each submodule: the adapter config needs its card writer (``publish.card`` registers it); then run
+    what waited for a quiet moment."""
+    if name == f"{__name__}.format.config":
+        _PENDING.add(".publish.card")
+    if _PENDING and not initializing(f"{__name__}.", exclude=name):
+        while _PENDING:
+            importlib.import_module(_PENDING.pop(), __name__)
+
+
+after_each_submodule(__name__, _submodule_loaded)
+# ``tuner`` registers SPARSE_DELTA in PEFT's mappings: import it once peft is (format.config imports peft itself).
+after_import("peft", lambda: _import_when_quiet(".tuner"))

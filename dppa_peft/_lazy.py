@@ -77,6 +77,39 @@ class _ThenLoader(importlib.abc.Loader):
         return getattr(self.loader, attr)
 
 
+class _PackageWatcher(importlib.abc.MetaPathFinder):
+    """Finds the submodules of ``package`` with the other finders and calls ``hook(name)`` after each has run."""
+
+    def __init__(self, package: str, hook: Callable[[str], None]) -> None:
+        self.prefix = package + "."
+        self.hook = hook
+
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> importlib.machinery.ModuleSpec | None:
+        if not fullname.startswith(self.prefix):
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(fullname, path, target)
+            if spec is not None:
+                if spec.loader is not None:
+                    spec.loader = _ThenLoader(spec.loader, lambda: self.hook(fullname))
+                return spec
+        return None
+
+
+def after_each_submodule(package: str, hook: Callable[[str], None]) -> None:
+    """Call ``hook(name)`` each time a submodule of ``package`` has been imported (from now on)."""
+    sys.meta_path.insert(0, _PackageWatcher(package, hook))
+
+
+def initializing(prefix: str, exclude: str | None = None) -> list[str]:
+    """The modules under ``prefix`` whose code is running right now (an import in progress)."""
+    return [name for name, module in list(sys.modules.items())
+            if name.startswith(prefix) and name != exclude
+            and getattr(getattr(module, "__spec__", None), "_initializing", False)]
+
+
 def after_import(name: str, hook: Callable[[], None]) -> None:
     """Run ``hook`` when module ``name`` is imported, or now if it already is."""
     module = sys.modules.get(name)

@@ -13,18 +13,18 @@ import torch
 
 from . import __version__
 from .format.config import SparseDeltaConfig
-from .format.encoding import encode
+from .errors import UserError
+from .format.encoding import EncodedTensor, encode
 from .format.fingerprint import fingerprint
 from .format.io import AdapterWriter, SparseDeltaAdapter
 from .amplify.factors import amplification_block
 from .amplify.partitions import partition_ids
-from .checkpoint import Checkpoint, atomic_directory, check_output
+from .checkpoint import Checkpoint, atomic_directory
 from .delta import DeltaPair
 from .methods import DensityPlan, PruningMethod, SparseDelta, create_method
 from .methods.selection import magnitude_mask
 from .scope import DEFAULT_SCOPE_PATTERN, Scope, TensorInfo
-from .specs import PruneSpec, Source, UserError, torch_dtype
-
+from .specs import PruneSpec, Source, torch_dtype
 
 logger = logging.getLogger(__name__)
 DENSITY_FLOOR = 0.1  # warn for tensors planned below this fraction of the target density
@@ -122,14 +122,14 @@ def _prune(spec: PruneSpec, out: str | os.PathLike, *, token: str | bool | None,
            command: str | None) -> tuple[SparseDeltaAdapter, PruneSummary]:
     """The pruning run itself, into ``out`` (``spec.out``, or a temp folder of ``prune_and_amplify``)."""
     start = time.perf_counter()
-    check_output(out, spec.overwrite)
     pruner = create_method(spec.method, spec.rate, **spec.params)
     rates = None if spec.partition_rates is None else list(spec.partition_rates)
     pair = open_pair(spec.base, spec.finetuned, spec.scope_pattern, token=token)
-    collect_statistics(pruner, pair, progress)
     counts = {"kept": 0, "numel": 0, "pruned": 0, "dense": 0, "unchanged": 0, "stored": 0, "dense_bytes": 0}
     samples: dict[str, bytes] = {}
-    with atomic_directory(out, overwrite=spec.overwrite) as tmp:
+    inputs = [spec.base.ref, spec.finetuned.ref, pair.base.directory, pair.finetuned.directory]
+    with atomic_directory(out, overwrite=spec.overwrite, inputs=inputs) as tmp:  # checked and locked before any work
+        collect_statistics(pruner, pair, progress)
         writer = AdapterWriter(tmp)
         for info, delta in pair.deltas(desc=f"pruning ({spec.method})", progress=progress):
             if not delta.any():
@@ -181,13 +181,24 @@ def _prune_one(pruner: PruningMethod, info: TensorInfo, delta: torch.Tensor, out
         if partition_rates is not None and len(partition_rates) > 1:
             ids, densities = partition_ids(pruner, info, delta, sparse, partition_rates)
             extra["partition_densities"] = densities
-        return writer.add(info.name, encode(sparse, stored_dtype, partition=ids), pruned=True, block=info.block,
+        return writer.add(info.name, _encode(info, sparse, stored_dtype, partition=ids), pruned=True, block=info.block,
                           module=info.module, planned_density=plan.density, unclipped_density=plan.unclipped,
                           **extra)
     sparse = _outside_scope(delta, outside_scope, pruner.rate)
     if sparse is None:
         return None
-    return writer.add(info.name, encode(sparse, stored_dtype, dense=outside_scope == "dense"), pruned=False)
+    return writer.add(info.name, _encode(info, sparse, stored_dtype, dense=outside_scope == "dense"), pruned=False)
+
+
+def _encode(info: TensorInfo, sparse: SparseDelta, dtype: torch.dtype, **options: Any) -> EncodedTensor:
+    """``encode``, refusing values that overflow the stored dtype (float16 tops out at 65504)."""
+    encoded = encode(sparse, dtype, **options)
+    if not torch.isfinite(encoded.values).all():
+        big = float(sparse.values.abs().max())
+        kind = str(dtype).removeprefix("torch.")
+        raise UserError(f"tensor {info.name!r}: delta values up to {big:.4g} overflow --value-dtype {kind} (largest "
+                        f"finite {torch.finfo(dtype).max:.4g}); use --value-dtype bfloat16 or float32")
+    return encoded
 
 
 def warn_sparse_modules(records: Mapping[str, Mapping[str, Any]], rate: float) -> list[str]:

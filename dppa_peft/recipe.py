@@ -121,7 +121,7 @@ def _merge_step(top: RecipeFile, output_dir: Path) -> MergeSpec:
     adapters = [str(_inside(output_dir, d, f"recipe.finetunes.{d}")) for d in domains]
     spec: MergeSpec = MergeSpec.from_dict(options, "merge", base=top.base, adapters=adapters,
                                           weights=[weights.get(d, 1.0) for d in domains],
-                                          out=str(output_dir / MERGED))
+                                          out=str(output_dir / MERGED), out_adapter=None, from_record=None)
     return spec
 
 
@@ -163,7 +163,7 @@ def run_recipe(recipe: Recipe, overwrite: bool = False, command: str | None = No
                progress: bool = True) -> Iterator[str]:
     """Run the recipe's steps, yielding one line per step; finished, unchanged steps are skipped."""
     from .amplify.api import prune_and_amplify
-    from .merge import merge_to_folder
+    from .merge.api import merge
     from .pipeline import prune
 
     check_inputs(recipe)
@@ -181,7 +181,7 @@ def run_recipe(recipe: Recipe, overwrite: bool = False, command: str | None = No
             summary = run(spec, command=command, progress=progress)[1]
             yield f"{name.removeprefix('prune ')}: {summary.line()}"
         else:
-            merge_to_folder(spec, progress=progress)
+            merge(spec, progress=progress, command=command)
             yield f"merged ({spec.mode}) -> {spec.out}"  # type: ignore[attr-defined]
         redone = True
         state[name] = record

@@ -24,12 +24,13 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from .choices import (
-    CONSENSUS, DEFAULT_TEXT_FIELD, DEFAULT_TOL, DPA_METHODS, DTYPES, OBJECTIVES, OUTSIDE_SCOPE_MODES, PARTITION_COMBINE_MODES, SEMANTICS,
+    DEFAULT_TEXT_FIELD, DEFAULT_TOL, DPA_METHODS, DTYPES, OBJECTIVES, OUTSIDE_SCOPE_MODES, PARTITION_COMBINE_MODES,
     STRATEGIES,
 )
 from .scope import DEFAULT_SCOPE_PATTERN
 
 from .errors import UserError
+from .validate import check_finite_params, finite_numbers
 
 MISSING = dataclasses.MISSING
 
@@ -44,27 +45,35 @@ def method_names() -> list[str]:
     return sorted(METHODS)
 
 
+def methods() -> dict[str, Any]:
+    """The registered pruning methods by name."""
+    from .methods.registry import METHODS
+
+    return dict(sorted(METHODS.items()))
+
+
+def canonical_method(name: str) -> str:
+    return "dp" if name == DPPA else name
+
+
 def prune_method_choices() -> list[str]:
     return [*method_names(), DPPA]
 
 
-def merge_mode_names() -> list[str]:
-    """The registered merge (combine) modes."""
-    from .merge.combine import COMBINE_MODES
-
-    return sorted(COMBINE_MODES)
 
 
 def option(default: Any = MISSING, *, help: str, choices: Sequence[Any] | Callable[[], Sequence[Any]] | None = None,
            group: str | None = None, flag: str | None = None, metavar: str | None = None, positional: bool = False,
-           cli: bool = True, default_factory: Callable[[], Any] | Any = MISSING) -> Any:
+           cli: bool = True, default_factory: Callable[[], Any] | Any = MISSING, **registry: Any) -> Any:
     """A spec field with its CLI metadata: ``help``, allowed ``choices`` (checked on build), option ``group``.
 
     ``flag`` overrides the generated ``--field-name``; ``positional`` makes it a positional argument; ``cli=False``
-    keeps the field out of the command line (set by the program, e.g. a merge's ``options``).
+    keeps the field out of the command line (set by the program). A field holding the parameters of a registry
+    entry (a pruning method's, a merge mode's) names the registry: ``params_of`` (name -> class with ``Params`` and
+    ``summary``), ``resolve`` (an alias to its canonical name) and ``selector`` (the field that picks the entry).
     """
     metadata = {"help": help, "choices": choices, "group": group, "flag": flag, "metavar": metavar,
-                "positional": positional, "cli": cli}
+                "positional": positional, "cli": cli, **registry}
     if default_factory is not MISSING:
         return field(default_factory=default_factory, metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -229,8 +238,14 @@ def _convert_dataclass(value: Any, cls: type, path: str, extra: Mapping[str, Any
     kwargs = dict(extra)
     for key, item in value.items():
         kwargs[key] = convert(item, hints[key], f"{path}.{key}")
-    if hasattr(cls, "_convert_params") and "params" in kwargs:
-        kwargs["params"] = cls._convert_params(kwargs.get("method"), kwargs["params"], f"{path}.params")
+    for f in fields.values():  # a registry entry's parameters, read strictly as that entry's Params
+        if f.metadata.get("params_of") and f.name in kwargs:
+            selector = f.metadata["selector"]
+            chosen = kwargs.get(selector, fields[selector].default)
+            entries = f.metadata["params_of"]()
+            name = f.metadata["resolve"](chosen) if chosen in f.metadata["choices_all"]() else None
+            if name is not None and name in entries:
+                kwargs[f.name] = dataclasses.asdict(convert(kwargs[f.name], entries[name].Params, f"{path}.{f.name}"))
     missing = [n for n, f in fields.items() if n not in kwargs and f.default is MISSING
                and f.default_factory is MISSING]
     if missing:
@@ -312,6 +327,7 @@ class AmplifyParams(Spec):
         "reference search: start factors (default 1.8 then 0 for method 1, 1.8 then 1 for method 2)"))
 
     def validate(self) -> None:
+        check_finite_params(self, "DPA")
         if self.bounds is not None and (len(self.bounds) != 2 or not 0 <= self.bounds[0] < self.bounds[1]):
             _fail(f"dpa.bounds must be two numbers 0 <= LO < HI, got {self.bounds}")
         if self.search == "reference" and self.bounds is not None:
@@ -410,7 +426,8 @@ class PruneSpec(RunOptions):
         f"pruning method; '{DPPA}' = dp, then DPA (same as --method dp --amplify)"))
     rate: float = option(0.9, help="target pruning rate alpha in [0, 1]; 0.9 keeps 10% of each pruned delta")
     params: dict[str, Any] = option(default_factory=dict, group="method", help=(
-        "the method's hyperparameters (the options listed under each method)"))
+        "the method's hyperparameters (the options listed under each method)"), params_of=methods,
+        resolve=canonical_method, selector="method", choices_all=prune_method_choices)
     scope_pattern: str = option(DEFAULT_SCOPE_PATTERN, group="scope and storage", help=(
         "regex with named groups 'block' and 'module' selecting the pruned tensors (2-D weights inside numbered "
         "decoder blocks by default)"))
@@ -430,9 +447,7 @@ class PruneSpec(RunOptions):
         if self.method == DPPA:
             self._set(method="dp", amplify=True)
         if not (isinstance(self.rate, (int, float)) and 0.0 <= self.rate <= 1.0):
-            _fail(f"prune.rate must be in [0, 1], got {self.rate!r}; e.g. 0.9 keeps 10% of each delta")
-        if not str(self.out).strip():
-            _fail("prune.out must name an output folder")
+            _fail(f"prune.rate: pruning rate must be in [0, 1], got {self.rate!r}; e.g. 0.9 keeps 10% of each delta")
         self._set(base=Source.of(self.base), finetuned=Source.of(self.finetuned), out=str(self.out),
                   rate=float(self.rate), params=dataclasses.asdict(self.method_params()))
         _check_partition_rates(self, self.rate)
@@ -450,13 +465,6 @@ class PruneSpec(RunOptions):
     def method_params(self) -> Any:
         """The method's parameter dataclass (unknown names and bad values are errors)."""
         return method_params(self.method, self.params, f"{self.key}.params")
-
-    @staticmethod
-    def _convert_params(method: str | None, params: Any, path: str) -> dict[str, Any]:
-        from .methods.registry import get_method
-
-        cls = get_method("dp" if method in (None, DPPA) else method).Params
-        return dataclasses.asdict(convert(params, cls, path))
 
     @classmethod
     def build(cls, base: Any, finetuned: Any, out: Any, *, revision: str | None = None,
@@ -484,9 +492,11 @@ def method_params(method: str, params: Mapping[str, Any], path: str = "params") 
         _fail(f"{path}.{unknown[0]}: method {method!r} has no parameter {unknown[0]!r}; its parameters are "
               f"{known or 'none'}")
     try:
-        return cls(**params)
+        chosen = cls(**params)
     except (TypeError, ValueError) as err:
         _fail(f"{path}: {err}")
+    check_finite_params(chosen, f"method {method!r}")
+    return chosen
 
 
 def _changed(spec: Spec) -> list[str]:
@@ -554,68 +564,113 @@ class AmplifySpec(RunOptions):
                    **spec_options)
 
 
+def merge_modes() -> dict[str, Any]:
+    """The registered merge modes by canonical name (aliases left out)."""
+    from .merge.modes import MERGE_MODES
+
+    return {name: cls for name, cls in sorted(MERGE_MODES.items()) if name == cls.name}
+
+
+def canonical_mode(name: str) -> str:
+    from .merge.modes import get_mode
+
+    return str(get_mode(name).name)
+
+
+def merge_mode_choices() -> list[str]:
+    from .merge.modes import MERGE_MODES
+
+    return sorted(MERGE_MODES)
+
+
+def mode_params(mode: str, params: Mapping[str, Any], path: str = "merge.params") -> Any:
+    """Merge mode ``mode``'s parameter dataclass built from ``params``; unknown names are errors."""
+    from .merge.modes import get_mode
+
+    try:
+        cls = get_mode(mode).Params
+    except ValueError as err:
+        _fail(str(err))
+    known = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(params) - set(known))
+    if unknown:
+        _fail(f"{path}.{unknown[0]}: merge mode {mode!r} has no option {unknown[0]!r}; its options are "
+              f"{known or 'none'}")
+    try:
+        return cls(**params)
+    except (TypeError, ValueError) as err:
+        _fail(f"{path}: {err}")
+
+
+ADAPTER_VALUE_DTYPES = ("float32", "bfloat16", "float16")
+
+
 @dataclass(frozen=True, kw_only=True)
-class MergeSpec(RunOptions):
-    """A base plus N adapters combined by ``mode`` into one dense model folder ``out``."""
+class MergeSpec(Spec):
+    """A base plus N adapters combined by merge ``mode`` into a dense model folder and/or one merged adapter."""
 
     key: ClassVar[str] = "merge"
-    base: Source = option(help="base model: folder or Hub id")
-    adapters: list[Source] = option(flag="--adapter", help="adapter folder or Hub id; repeat for several adapters")
-    out: str = option(help="output model folder (written atomically)")
-    weights: list[float] | None = option(None, flag="--weight", help=(
+    base: Source | None = option(None, group="inputs", help="base model: folder or Hub id")
+    adapters: list[Source] = option(default_factory=list, flag="--adapter", group="inputs", help=(
+        "adapter folder or Hub id; repeat for several adapters"))
+    weights: list[float] | None = option(None, flag="--weight", group="inputs", help=(
         "weight w_i of each adapter, in --adapter order (default 1.0 each)"))
-    mode: str = option("sum", choices=merge_mode_names, group="merge mode", help=(
-        "how deltas combine: 'sum' (W_B + sum_i w_i delta_i) or an election mode such as 'ties'"))
-    consensus: str | None = option(None, choices=CONSENSUS, group="merge mode", help=(
-        "ties: elect the sign by the weighted 'sum' (default) or by 'count' of signs"))
-    semantics: str | None = option(None, choices=SEMANTICS, group="merge mode", help=(
-        "ties: 'mergekit' (default: elect on weighted deltas, divide by the agreeing weights) or 'peft' (elect on "
-        "unweighted deltas, divide by the agreeing count)"))
-    overwrite: bool = option(False, help="replace --out if it exists")
-    dtype: str = option("auto", choices=DTYPES, group="device", help=(
-        "dtype of the written weights; 'auto' keeps each base tensor's dtype"))
-
-    #: fields passed to the combine mode as its keyword options (valid only for modes that take them)
-    MODE_OPTIONS: ClassVar[tuple[str, ...]] = ("consensus", "semantics")
+    from_record: str | None = option(None, group="inputs", metavar="FILE", help=(
+        "replay a recorded merge: a dppa_merge.json, a merged model folder or a merged adapter (replaces --base, "
+        "--adapter, --weight, --mode and the mode options)"))
+    allow_unverified_base: bool = option(False, group="inputs", help=(
+        "merge adapters that record no base fingerprint (refused by default: nothing would check that they fit "
+        "this base)"))
+    mode: str = option("sum", choices=merge_mode_choices, group="merge mode", help=(
+        "how the deltas combine (each mode's options are listed under it)"))
+    params: dict[str, Any] = option(default_factory=dict, group="merge mode options", help=(
+        "the merge mode's options"), params_of=merge_modes, resolve=canonical_mode, selector="mode", label="merge mode",
+        choices_all=merge_mode_choices)
+    out: str | None = option(None, group="outputs (at least one)", help=(
+        "output dense model folder (written atomically)"))
+    out_adapter: str | None = option(None, group="outputs (at least one)", help=(
+        "output merged sparse adapter folder (written atomically)"))
+    dtype: str = option("auto", choices=DTYPES, group="outputs (at least one)", help=(
+        "--out: dtype of the written weights and of config.json; 'auto' keeps each base tensor's dtype"))
+    value_dtype: str = option("float32", choices=ADAPTER_VALUE_DTYPES, group="outputs (at least one)", help=(
+        "--out-adapter: dtype of the stored values (float32: exact)"))
+    overwrite: bool = option(False, help="replace the output folders if they exist")
 
     def validate(self) -> None:
+        if not (self.out or self.out_adapter):
+            _fail("merge: pass --out (a model folder), --out-adapter (a merged adapter) or both (out / out_adapter)")
         adapters = [Source.of(a) for a in self.adapters]
-        if not adapters:
-            _fail("merge.adapters: pass at least one adapter")
-        weights = None if self.weights is None else [float(w) for w in self.weights]
+        if self.from_record is not None:
+            given = [flag for flag, value in (("--base", self.base), ("--adapter", adapters),
+                                              ("--weight", self.weights), ("mode options", self.params)) if value]
+            if given:
+                _fail(f"merge: --from-record replays the recorded inputs; drop {', '.join(given)}")
+            return
+        if self.base is None or not adapters:
+            _fail("merge: pass a base (--base) and at least one adapter (--adapter), or --from-record FILE")
+        weights = finite_numbers(self.weights, "--weight")
         if weights is not None and len(weights) != len(adapters):
             _fail(f"merge.weights: got {len(weights)} weights for {len(adapters)} adapters; pass one per adapter")
-        if weights is not None and not all(math.isfinite(w) for w in weights):
-            _fail(f"merge.weights must be finite numbers, got {weights}")
-        self._set(base=Source.of(self.base), adapters=adapters, weights=weights, out=str(self.out))
-        from .merge.combine import combine_options
-
-        accepted = set(combine_options(self.mode))
-        wrong = [name for name in self.mode_options() if name not in accepted]
-        if wrong:
-            _fail(f"merge: {', '.join('--' + n for n in wrong)} do not apply to mode {self.mode!r} (its options: "
-                  f"{sorted(accepted) or 'none'})")
-
-    def mode_options(self) -> dict[str, Any]:
-        """The combine mode's keyword options that were set."""
-        return {name: getattr(self, name) for name in self.MODE_OPTIONS if getattr(self, name) is not None}
+        self._set(base=Source.of(self.base), adapters=adapters, weights=weights, mode=canonical_mode(self.mode),
+                  params=dataclasses.asdict(mode_params(self.mode, self.params)))
 
     @classmethod
-    def build(cls, base: Any, adapters: Sequence[Any], out: Any, *, revision: str | None = None,
-              adapter_revisions: Sequence[str | None] | None = None, dtype: Any = "auto", **options: Any) -> MergeSpec:
-        """The spec of the keyword API (``revision`` is the base's; adapters may be paths, Hub ids or handles)."""
+    def build(cls, base: Any, adapters: Sequence[Any], out: Any = None, *, revision: str | None = None,
+              adapter_revisions: Sequence[str | None] | None = None, **options: Any) -> MergeSpec:
+        """The spec of the keyword API: spec fields, plus the mode's options by name."""
         adapters = list(adapters or [])
         revisions = list(adapter_revisions) if adapter_revisions else [None] * len(adapters)
         if len(revisions) != len(adapters):
             _fail(f"merge: got {len(revisions)} adapter revisions for {len(adapters)} adapters; pass one per adapter "
                   "('main' for the default branch)")
         fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(options) - fields)
-        if unknown:
-            _fail(f"merge: no option {unknown[0]!r}; the options are {sorted(fields)}")
-        dtype = "auto" if dtype is None else str(dtype).removeprefix("torch.")
-        return cls(base=Source.of(base, revision), out=str(out), dtype=dtype,
-                   adapters=[Source.of(a, r) for a, r in zip(adapters, revisions)], **options)
+        spec_options = {k: options.pop(k) for k in list(options) if k in fields}
+        if "dtype" in spec_options:  # a torch dtype, a name or None
+            dtype = spec_options["dtype"]
+            spec_options["dtype"] = "auto" if dtype is None else str(dtype).removeprefix("torch.")
+        return cls(base=Source.of(base, revision), out=None if out is None else str(out),
+                   adapters=[Source.of(a, r) for a, r in zip(adapters, revisions)],
+                   params={**spec_options.pop("params", {}), **options}, **spec_options)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -628,7 +683,9 @@ class InspectSpec(Spec):
     finetuned: Source | None = option(None, group="plan of a method", help="fine-tuned model: folder or Hub id")
     method: str = option("dp", choices=method_names, group="plan of a method", help="method whose plan to show")
     rate: float = option(0.9, group="plan of a method", help="target pruning rate")
-    params: dict[str, Any] = option(default_factory=dict, group="method", help="the method's hyperparameters")
+    params: dict[str, Any] = option(default_factory=dict, group="method", help="the method's hyperparameters",
+                                    params_of=methods, resolve=canonical_method, selector="method",
+                                    choices_all=method_names)
     scope_pattern: str = option(DEFAULT_SCOPE_PATTERN, group="plan of a method", help="regex selecting pruned tensors")
     no_stats: bool = option(False, group="plan of a method", help="skip the delta statistics pass")
     png: str | None = option(None, help="write the kept-density heatmap to this PNG file")
@@ -668,7 +725,7 @@ class EvalSpec(RunOptions):
         "pruned adapters as (domain, adapter) pairs (CLI: --adapter NAME=ADAPTER)"))
     merges: list[dict[str, Source]] = option(default_factory=list, cli=False, help=(
         "merged variants, each domain -> adapter (CLI: --merge NAME=ADAPTER[,NAME=ADAPTER...])"))
-    merge_mode: str = option("sum", choices=merge_mode_names, help="combine mode of every --merge")
+    merge_mode: str = option("sum", choices=merge_mode_choices, help="merge mode of every --merge")
     include_path: list[str] = option(default_factory=list, cli=False, help=(
         "extra folders of lm-eval task YAMLs (the package's eval_tasks/ are always included)"))
     limit: float | None = option(None, help=(

@@ -125,7 +125,8 @@ def test_merge_folder_copies_model_files(tmp_path, magnitude_adapter, llama_pair
     finally:
         (base / "tokenizer_config.json").unlink()
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["config.json", "generation_config.json", "model.safetensors", "tokenizer_config.json"]
+    assert names == ["README.md", "config.json", "dppa_merge.json", "generation_config.json", "model.safetensors",
+                     "tokenizer_config.json"]
 
 
 def test_wrong_base_is_a_clear_error(tmp_path, magnitude_adapter):

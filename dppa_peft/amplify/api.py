@@ -109,7 +109,8 @@ def amplify(spec: AmplifySpec | str | os.PathLike | SparseDeltaAdapter, out: str
     handle = handle or open_adapter(spec.adapter, token=token)
     provenance = {"command": command or f"dppa_peft.amplify({handle.ref!r})", "amplified_from": handle.ref}
     base = spec.base or Source(ref=handle.config.base_model_name_or_path, revision=handle.config.revision)
-    with atomic_directory(spec.out, overwrite=spec.overwrite) as tmp:
+    inputs = [handle.directory, spec.finetuned and spec.finetuned.ref, base.ref]
+    with atomic_directory(spec.out, overwrite=spec.overwrite, inputs=inputs) as tmp:
         result = _amplify_into(tmp, handle, spec, objective, base, token, progress, provenance)
     return SparseDeltaAdapter(spec.out), result
 
@@ -138,7 +139,7 @@ def prune_and_amplify(spec: PruneSpec | str | os.PathLike, finetuned: str | os.P
     if objective is None:
         spec.check_search_inputs()
     provenance = {"command": command or f"dppa_peft.prune_and_amplify(method={spec.method!r}, rate={spec.rate})"}
-    with atomic_directory(spec.out, overwrite=spec.overwrite) as tmp:
+    with atomic_directory(spec.out, overwrite=spec.overwrite, inputs=[spec.base.ref, spec.finetuned.ref]) as tmp:
         pruned, summary = _prune(spec, tmp / "pruned", token=token, progress=progress,
                                  command=provenance["command"])
         result = _amplify_into(tmp, pruned, spec, objective, spec.base, token, progress, provenance)

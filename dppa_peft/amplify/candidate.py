@@ -14,9 +14,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..checkpoint import load_causal_lm
 from ..format.apply import add_dense, effective_values
 from ..format.encoding import EncodedTensor
 from ..format.io import SparseDeltaAdapter
+from ..format.validate import check_fits_base
 from ..tuner.model import check_base, resize_vocabulary
 from .factors import effective_factors, unpruned_factor
 from .partitions import Partitions
@@ -38,9 +40,8 @@ def load_base_model(base: str | os.PathLike, adapter: SparseDeltaAdapter, dtype:
                     device: str | torch.device = "cpu", revision: str | None = None,
                     token: str | bool | None = None) -> nn.Module:
     """The adapter's base model, checked against its fingerprint and with the vocabulary the adapter needs."""
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype, revision=revision, token=token)
+    model = load_causal_lm(base, dtype=dtype, revision=revision, token=token)
+    check_fits_base(adapter.config, {n: tuple(p.shape) for n, p in model.named_parameters()}, adapter.ref, str(base))
     check_base(model, adapter.config)
     resize_vocabulary(model, adapter.config.vocab_size)
     return model.to(device).eval()

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..checkpoint import load_causal_lm
 from ..specs import ObjectiveParams, Source
 from .calibration import DEFAULT_TEXT_FIELD, read_prompts
 
@@ -148,15 +149,13 @@ def build_objective(params: ObjectiveParams, finetuned: Source | str | os.PathLi
                     device: str | torch.device = "cpu", revision: str | None = None,
                     token: str | bool | None = None) -> Objective:
     """The ``kl`` or ``tasks`` objective against the dense fine-tuned model (loaded once, then released)."""
-    from transformers import AutoModelForCausalLM
-
     source = None if finetuned is None else Source.of(finetuned, revision)
     params.require_inputs(source)
     assert source is not None
     texts = read_texts(params.calibration, params.text_field) if params.objective == "kl" else None
     base_ref = None if base is None else Source.of(base).ref
     tokenizer = load_tokenizer([params.tokenizer] if params.tokenizer else [source.ref, base_ref], token=token)
-    reference = AutoModelForCausalLM.from_pretrained(source.ref, dtype=dtype, revision=source.revision, token=token)
+    reference = load_causal_lm(source.ref, dtype=dtype, revision=source.revision, token=token)
     reference = reference.to(device).eval()
     if params.objective == "kl":
         return KLObjective(reference, tokenizer, texts, params.continuation_tokens, params.max_length,

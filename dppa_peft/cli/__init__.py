@@ -50,6 +50,20 @@ def user_facing_errors() -> tuple[type[BaseException], ...]:
     return USER_FACING_ERRORS + ((hub_errors.PushError,) if hub_errors is not None else ())
 
 
+class WarningLines(logging.Handler):
+    """The package's log warnings (a likely wrong base, a removed stale temp folder) as ``warning: ...`` on stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(f"warning: {record.getMessage()}", file=sys.stderr)  # sys.stderr looked up now, not at install
+
+
+def show_warnings() -> None:
+    """Install ``WarningLines`` on the package logger once."""
+    logger = logging.getLogger("dppa_peft")
+    if not any(isinstance(h, WarningLines) for h in logger.handlers):
+        logger.addHandler(WarningLines(logging.WARNING))
+
+
 @contextlib.contextmanager
 def stop_signals_raise() -> Iterator[None]:
     """While the block runs, SIGINT/SIGTERM/SIGHUP raise ``Interrupted`` so every ``finally`` and temp-folder
@@ -76,9 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     debug = DEBUG_FLAG in argv
     argv = [a for a in argv if a != DEBUG_FLAG]
     defer("torch")
-    logging.basicConfig(format="warning: %(message)s", level=logging.WARNING)
     args = build_parser().parse_args(argv)
     args.command_line = shlex.join(["dppa-peft", *argv])  # provenance for adapter configs and model cards
+    show_warnings()
     try:
         with stop_signals_raise():
             args.func(args)

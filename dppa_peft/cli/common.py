@@ -16,10 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..specs import DPPA, Source, Spec, UserError, choices_of
-
-METHOD_GROUP = "method"  # the group of the field holding the method's parameters
-
+from ..specs import Source, Spec, UserError, choices_of
 
 def _strip_optional(hint: Any) -> Any:
     """``X`` for ``X | None``."""
@@ -64,7 +61,8 @@ class SpecOptions:
     spec: type[Spec]
     parser: argparse.ArgumentParser
     entries: list[_Entry] = field(default_factory=list)
-    method_options: dict[str, list[str]] = field(default_factory=dict)  # dest -> methods that take it
+    param_owners: dict[str, list[str]] = field(default_factory=dict)  # parameter -> registry entries that take it
+    registry_field: dataclasses.Field | None = None
     groups: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -91,8 +89,8 @@ class SpecOptions:
             if not f.init or not f.metadata.get("cli", True):
                 continue
             hint = _strip_optional(hints[f.name])
-            if f.metadata.get("group") == METHOD_GROUP:
-                self._add_method_options()
+            if f.metadata.get("params_of"):
+                self._add_registry_options(f)
             elif isinstance(hint, type) and issubclass(hint, Spec) and hint is not Source:
                 self._add_fields(hint, (*prefix, f.name))
             else:
@@ -141,31 +139,32 @@ class SpecOptions:
         group.add_argument(flag, **kwargs)
         self.entries.append(_Entry(path, dest, "value", required=required, flag=flag))
 
-    def _add_method_options(self) -> None:
-        """Every registered method's parameters: one group per method, shared ones in a group of their own."""
-        from ..methods.registry import METHODS
-
+    def _add_registry_options(self, f: dataclasses.Field) -> None:
+        """The parameters of every registry entry (method, merge mode): a group per entry, shared ones together."""
+        self.registry_field = f
+        entries = f.metadata["params_of"]()
         owners: dict[str, list[str]] = {}
         fields: dict[str, tuple[dataclasses.Field, Any]] = {}
-        for name, cls in sorted(METHODS.items()):
+        for name, cls in entries.items():
             hints = typing.get_type_hints(cls.Params)
-            for f in dataclasses.fields(cls.Params):
-                owners.setdefault(f.name, []).append(name)
-                fields.setdefault(f.name, (f, _strip_optional(hints[f.name])))
-        for name, cls in sorted(METHODS.items()):
+            for param in dataclasses.fields(cls.Params):
+                owners.setdefault(param.name, []).append(name)
+                fields.setdefault(param.name, (param, _strip_optional(hints[param.name])))
+        kind = f.metadata["selector"]
+        for name, cls in entries.items():
             own = [n for n in owners if owners[n] == [name]]
             if own:
-                group = self._group(f"method {name}: {cls.summary}")
+                group = self._group(f"{kind} {name}: {cls.summary}")
                 for option in own:
-                    self._add_method_option(group, option, *fields[option], [])
+                    self._add_param_option(group, option, *fields[option], [])
         shared = [n for n in owners if len(owners[n]) > 1]
         if shared:
-            group = self._group("options of several methods")
+            group = self._group(f"options of several {kind}s")
             for option in shared:
-                self._add_method_option(group, option, *fields[option], owners[option])
-        self.method_options = owners
+                self._add_param_option(group, option, *fields[option], owners[option])
+        self.param_owners = owners
 
-    def _add_method_option(self, group: Any, name: str, f: dataclasses.Field, hint: Any, owners: list[str]) -> None:
+    def _add_param_option(self, group: Any, name: str, f: dataclasses.Field, hint: Any, owners: list[str]) -> None:
         kwargs: dict[str, Any] = {"dest": f"params.{name}", "default": None, "metavar": name.upper(),
                                   "help": _help(f, ", ".join(owners)) if owners else _help(f)}
         if hint is bool:
@@ -190,8 +189,10 @@ class SpecOptions:
             for key in entry.path[:-1]:
                 target = target.setdefault(key, {})
             target[entry.path[-1]] = value
-        if self.method_options:
-            values["params"] = self._method_params(args, values.get("method", "dp"))
+        if self.registry_field is not None:
+            selector = self.registry_field.metadata["selector"]
+            chosen = values.get(selector, next(f.default for f in dataclasses.fields(self.spec) if f.name == selector))
+            values["params"] = self._registry_params(args, self.registry_field.metadata["resolve"](chosen))
         return _instantiate(self.spec, values)
 
     @staticmethod
@@ -213,15 +214,17 @@ class SpecOptions:
             return Source(ref=value, revision=revision)
         return value
 
-    def _method_params(self, args: argparse.Namespace, method: str) -> dict[str, Any]:
-        method = "dp" if method == DPPA else method
+    def _registry_params(self, args: argparse.Namespace, chosen: str) -> dict[str, Any]:
+        """The given parameter options; one that the chosen method / merge mode does not take is an error."""
+        meta = self.registry_field.metadata if self.registry_field else {}
+        kind = meta.get("label") or meta.get("selector", "")
         params = {}
-        for name, owners in self.method_options.items():
+        for name, owners in self.param_owners.items():
             value = getattr(args, f"params.{name}", None)
             if value is None:
                 continue
-            if method not in owners:
-                raise UserError(f"{flag_of(name)} does not apply to method {method!r} (it is for {', '.join(owners)})")
+            if chosen not in owners:
+                raise UserError(f"{flag_of(name)} does not apply to {kind} {chosen!r} (it is for {', '.join(owners)})")
             params[name] = value
         return params
 

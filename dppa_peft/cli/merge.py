@@ -1,4 +1,5 @@
-"""``dppa-peft merge``: a base plus N adapters -> one dense model folder (options generated from ``MergeSpec``)."""
+"""``dppa-peft merge``: a base plus N adapters -> a dense model folder (``--out``) and/or a merged sparse adapter
+(``--out-adapter``); ``--from-record`` replays a recorded merge. Options generated from ``MergeSpec``."""
 
 from __future__ import annotations
 
@@ -11,19 +12,28 @@ from .common import add_spec_command
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     add_spec_command(
-        sub, "merge", MergeSpec, run=run, help="merge one or more adapters into their base and write a dense model "
-                                               "folder",
-        description="Stream the base checkpoint tensor by tensor, add the combined adapter deltas "
-                    "(W = W_B + sum_i w_i * delta_i by default) and write safetensors shards, config, generation "
-                    "config and tokenizer files that AutoModelForCausalLM.from_pretrained loads.",
+        sub, "merge", MergeSpec, run=run,
+        help="merge adapters into their base: a dense model folder and/or one merged sparse adapter",
+        description="Combine the sparse deltas of N adapters with a merge mode and write a dense model folder "
+                    "(--out: safetensors shards, config, tokenizer, a model card and dppa_merge.json, the record of "
+                    "the merge) and/or one merged sparse adapter (--out-adapter: union support, loads like any "
+                    "adapter). --from-record replays a recorded merge to identical weights.",
     )
 
 
 def run(spec: MergeSpec, args: argparse.Namespace) -> None:
-    from ..merge import merge_to_folder
+    from ..merge.api import merge
 
     start = time.perf_counter()
-    out = merge_to_folder(spec)
-    size = sum(p.stat().st_size for p in out.glob("*.safetensors"))
-    print(f"wrote {out}: {len(spec.adapters)} adapter(s) merged with mode '{spec.mode}', "
-          f"{size / 2**20:.2f} MiB of weights, {time.perf_counter() - start:.1f} s")
+    for output in merge(spec, command=getattr(args, "command_line", None)):
+        seconds = time.perf_counter() - start
+        if spec.from_record:
+            print(f"wrote {output.path}: replayed {spec.from_record} as a {output.kind}")
+        elif output.kind == "model":
+            size = sum(p.stat().st_size for p in output.path.glob("*.safetensors"))
+            print(f"wrote {output.path}: {len(spec.adapters)} adapter(s) merged with mode '{spec.mode}', "
+                  f"{size / 2**20:.2f} MiB of weights, {seconds:.1f} s")
+        else:
+            size = sum(p.stat().st_size for p in output.path.glob("*.safetensors"))
+            print(f"wrote {output.path}: merged adapter ({spec.mode}) of {len(spec.adapters)} adapter(s), "
+                  f"{size / 2**20:.2f} MiB, {seconds:.1f} s")

@@ -17,7 +17,6 @@ from safetensors import safe_open
 
 from ..methods.base import SparseDelta
 from ..checkpoint import SafetensorsWriter, atomic_directory, describe_ref, resolve_repo
-from ..publish.card import write_model_card
 from .apply import effective_values
 from .config import FORMAT_VERSION, SparseDeltaConfig, module_and_param
 from .encoding import EncodedTensor
@@ -37,6 +36,21 @@ def state_key(tensor_name: str, part: str) -> str:
     return f"base_model.model.{module}.sparse_delta.{param}_{part}"
 
 
+def tensor_record(encoded: EncodedTensor, **extra: Any) -> dict[str, Any]:
+    """The config record of one stored tensor: ``extra`` fields plus its stored form (``dtype``: of the values;
+    ``factors``: the ``[P, R]`` shape of a stored factor table)."""
+    extra.pop("factors", None)
+    if encoded.factors is not None:
+        extra["factors"] = list(encoded.factors.shape)
+    return {
+        **extra, "shape": list(encoded.shape), "nnz": encoded.nnz, "encoding": encoded.encoding,
+        "dtype": str(encoded.values.dtype).removeprefix("torch."),
+        "index_bytes": 0 if encoded.index is None else encoded.index.numel(),
+        "partition": encoded.partition is not None, "stored_bytes": encoded.stored_bytes,
+        "density": encoded.nnz / encoded.numel if encoded.numel else 0.0,
+    }
+
+
 class AdapterWriter:
     """Stream encoded tensors into ``adapter_model.safetensors``; ``close`` adds the config and the card."""
 
@@ -54,23 +68,14 @@ class AdapterWriter:
             self._weights.add(state_key(name, "partition"), encoded.partition)
         if encoded.factors is not None:
             self._weights.add(state_key(name, "factors"), encoded.factors.detach().float().cpu().contiguous())
-            record["factors"] = list(encoded.factors.shape)
-        else:
-            record.pop("factors", None)
-        self.records[name] = {
-            **record, "shape": list(encoded.shape), "nnz": encoded.nnz, "encoding": encoded.encoding,
-            "index_bytes": 0 if encoded.index is None else encoded.index.numel(),
-            "partition": encoded.partition is not None, "stored_bytes": encoded.stored_bytes,
-            "density": encoded.nnz / encoded.numel if encoded.numel else 0.0,
-        }
+        self.records[name] = tensor_record(encoded, **record)
         return self.records[name]
 
     def close(self, config: SparseDeltaConfig) -> None:
         """Finish the weights file and write the config (as the current format version) and the card."""
         self._weights.close()
         config.format_version = FORMAT_VERSION
-        config.save_pretrained(str(self.directory))
-        write_model_card(self.directory, config)
+        config.save_pretrained(str(self.directory))  # also writes the card
 
 
 class SparseDeltaAdapter:
@@ -124,7 +129,7 @@ class SparseDeltaAdapter:
 
     def save_pretrained(self, directory: str | os.PathLike, overwrite: bool = False) -> Path:
         """Copy the adapter files to ``directory`` (atomically)."""
-        with atomic_directory(directory, overwrite=overwrite) as tmp:
+        with atomic_directory(directory, overwrite=overwrite, inputs=[self.directory]) as tmp:
             for name in ADAPTER_FILES:
                 if (self.directory / name).is_file():
                     shutil.copy2(self.directory / name, tmp / name)

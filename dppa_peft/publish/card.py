@@ -16,6 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from ..format.config import register_card_writer
+from ..format.merge_record import MergeRecord
+from .merge_card import build_merge_card
+
 if TYPE_CHECKING:
     from ..format.config import SparseDeltaConfig
     from .export import SupertuningExport
@@ -90,6 +94,8 @@ def build_model_card(config: "SparseDeltaConfig", *, repo_id: str | None = None,
                      eval_results: Mapping[str, Mapping[str, Any]] | None = None,
                      stock: "SupertuningExport | None" = None) -> ModelCard:
     """The card of an adapter from its config, plus its Hub id, evaluation results and stock-PEFT export if given."""
+    if config.merge and not stock:
+        return build_merge_card(MergeRecord.from_dict(config.merge, origin="the adapter's merge record"))
     method = config.method.get("name", "unknown")
     summary = config.summary
     base = config.base_model_name_or_path
@@ -143,6 +149,9 @@ def write_model_card(directory: str | os.PathLike, config: "SparseDeltaConfig", 
     path = Path(directory) / "README.md"
     build_model_card(config, **options).save(path)
     return path
+
+
+register_card_writer(lambda config, directory: write_model_card(directory, config))
 
 
 def load_eval_results(path: str | os.PathLike) -> dict[str, dict[str, Any]]:

@@ -23,12 +23,14 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from ..checkpoint import Checkpoint, SafetensorsWriter
 from ..choices import EXPORT_FORMATS
-from ..checkpoint import Checkpoint, SafetensorsWriter, atomic_directory
+from ..output import atomic_directory, check_output
 from .card import write_model_card
 from ..format.apply import add_dense, add_sparse
 from ..format.fingerprint import fingerprint, tensor_sample
 from ..format.io import WEIGHTS_FILE, SparseDeltaAdapter
+from ..format.validate import check_fits_base
 from ..methods.base import SparseDelta
 from ..tuner.model import BaseModelMismatchError
 
@@ -83,12 +85,14 @@ def export_supertuning(adapter: SparseDeltaAdapter, out: str | os.PathLike, *, b
     if base is None:
         base, base_revision = config.base_model_name_or_path, base_revision or config.revision
     checkpoint = Checkpoint.open(base, revision=base_revision, token=token)
+    inputs = [adapter.directory, base, checkpoint.directory]
+    check_output(out, inputs, overwrite)  # before the fingerprint read
     _check_fingerprint(adapter, checkpoint)
     model = _skeleton(checkpoint)
     targets, whole = _split_modules(adapter, checkpoint, model)
     sparsity = global_sparsity([(_numel(adapter, t), adapter.config.tensors[f"{t}.weight"]["nnz"]) for t in targets])
     kept = padding = inexact = 0
-    with atomic_directory(out, overwrite=overwrite) as tmp:
+    with atomic_directory(out, overwrite=overwrite, inputs=inputs) as tmp:
         writer = SafetensorsWriter(tmp / WEIGHTS_FILE)
         for module in tqdm(targets, desc="export (sparse)", unit="module", disable=not progress, leave=False):
             delta, off = _baked(adapter, checkpoint, f"{module}.weight")
@@ -139,9 +143,8 @@ def choose_targets(candidates: dict[str, tuple[int, int, int]]) -> list[str]:
 
 
 def _check_fingerprint(adapter: SparseDeltaAdapter, checkpoint: Checkpoint) -> None:
-    missing = sorted(set(adapter.config.tensors) - set(checkpoint.names()))
-    if missing:
-        raise ValueError(f"adapter tensors {missing[:5]} are not in {checkpoint.ref}; pass the adapter's base")
+    check_fits_base(adapter.config, {n: checkpoint.shape(n) for n in checkpoint.names()}, adapter.ref,
+                    checkpoint.ref)
     if not adapter.config.base_fingerprint:
         return
     found = fingerprint({name: tensor_sample(checkpoint.read(name)) for name in adapter.config.tensors})
