@@ -5,7 +5,7 @@ base: meta-llama/Llama-2-7b-hf          # folder or Hub id, or {ref: ..., revisi
 output_dir: llama2-dppa                  # adapters go to <output_dir>/<domain>, the merge to <output_dir>/merged
 prune: {method: dp, rate: 0.9, params: {dp_variant: code, lam: 0.08}}   # any PruneSpec field but base/finetuned/out
 finetunes: {math: GAIR/Abel-7B-001, finance: AdaptLLM/finance-chat}
-merge: {mode: sum, weights: {math: 1.0, finance: 1.0}}   # optional; any MergeSpec field but base/adapters/out
+merge: {mode: ties, weights: {math: 1.0}, params: {density: 0.5}}   # optional; any MergeSpec field but base/adapters/out
 ```
 
 A recipe is a list of specs (one ``PruneSpec`` per fine-tune, then a ``MergeSpec``), built with the specs' strict

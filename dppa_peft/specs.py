@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from .choices import (
-    DEFAULT_TEXT_FIELD, DEFAULT_TOL, DPA_METHODS, DTYPES, OBJECTIVES, OUTSIDE_SCOPE_MODES, PARTITION_COMBINE_MODES,
-    STRATEGIES,
+    DEFAULT_TEXT_FIELD, DEFAULT_TOL, DPA_METHODS, DTYPES, FULL_VOCAB_LIMIT, GRANULARITIES, LEARNED, OBJECTIVES,
+    OUTSIDE_SCOPE_MODES, PARTITION_COMBINE_MODES, SEARCHES, TEACHER_TOP_K,
 )
 from .scope import DEFAULT_SCOPE_PATTERN
 
@@ -309,9 +309,11 @@ class AmplifyParams(Spec):
         "as the released code does"))
     factors: list[float] | None = option(None, group="DPA search", help=(
         "use these factors (one per partition) and skip the search; no objective is needed"))
-    search: str = option("default", choices=STRATEGIES, group="DPA search", help=(
+    search: str = option("default", choices=SEARCHES, group="DPA search", help=(
         "'default' = golden-section per partition within --bounds to --tol; 'reference' = the released +0.1 greedy "
-        "loop with its quirks"))
+        "loop with its quirks; 'learned' = factors per output row (--learn-granularity) learned by KL distillation "
+        "from --finetuned on --calibration prompts (any pruning method; one partition unless --partition-rates; "
+        "implies --amplify)"))
     dpa_method: int = option(1, choices=DPA_METHODS, group="DPA search", help=(
         "1 = progressive (later partitions absent while a factor is searched), 2 = later partitions present at "
         "factor 1"))
@@ -328,6 +330,10 @@ class AmplifyParams(Spec):
 
     def validate(self) -> None:
         check_finite_params(self, "DPA")
+        if self.search == LEARNED and (self.factors is not None or self.bounds is not None
+                                       or self.reference_init is not None or self.max_calls is not None):
+            _fail("search='learned' learns its factors: factors, bounds, reference_init and max_calls apply to the "
+                  "default and reference searches only")
         if self.bounds is not None and (len(self.bounds) != 2 or not 0 <= self.bounds[0] < self.bounds[1]):
             _fail(f"dpa.bounds must be two numbers 0 <= LO < HI, got {self.bounds}")
         if self.search == "reference" and self.bounds is not None:
@@ -389,6 +395,48 @@ class ObjectiveParams(Spec):
             _fail("the tasks objective needs lm-eval task names (--tasks)")
 
 
+@dataclass(frozen=True, kw_only=True)
+class LearnParams(Spec):
+    """Settings of learned amplification (used with ``search='learned'``)."""
+
+    key: ClassVar[str] = "learn"
+    learn_granularity: str = option("row", choices=GRANULARITIES, group="learned amplification (--search learned)",
+                                    help="what one learned factor covers: 'row' = each output row of each pruned "
+                                         "matrix (per partition), 'tensor' = each pruned tensor, 'partition' = each "
+                                         "DPA partition, 'global' = the whole adapter")
+    learn_steps: int = option(100, group="learned amplification (--search learned)",
+                              help="Adam steps (one calibration batch per teacher each)")
+    learn_lr: float = option(0.1, group="learned amplification (--search learned)",
+                             help="Adam learning rate of the factors (they start at 1)")
+    learn_heldout: float = option(0.2, group="learned amplification (--search learned)", help=(
+        "fraction of the calibration prompts held out for early stopping and the reported KL"))
+    learn_eval_every: int = option(10, group="learned amplification (--search learned)",
+                                   help="steps between held-out KL evaluations")
+    learn_patience: int | None = option(None, group="learned amplification (--search learned)", help=(
+        "stop after this many held-out evaluations without improvement (default: run every step); the factors "
+        "with the lowest held-out KL are kept either way"))
+    learn_top_k: int | None = option(None, group="learned amplification (--search learned)", help=(
+        f"teacher log-probs cached per position (default: the full vocabulary up to {FULL_VOCAB_LIMIT} tokens, "
+        f"else the top {TEACHER_TOP_K}, renormalised)"))
+    learn_seed: int = option(0, group="learned amplification (--search learned)",
+                             help="seed of the held-out split and the batch order")
+
+    def validate(self) -> None:
+        if self.learn_steps < 0 or self.learn_eval_every < 1:
+            _fail(f"learn_steps must be >= 0 and learn_eval_every >= 1, got {self.learn_steps} and "
+                  f"{self.learn_eval_every}")
+        if not 0.0 < self.learn_heldout < 1.0:
+            _fail(f"learn_heldout must be a fraction in (0, 1), got {self.learn_heldout}")
+        if self.learn_lr <= 0 or (self.learn_top_k is not None and self.learn_top_k < 1):
+            _fail(f"learn_lr must be > 0 and learn_top_k >= 1, got {self.learn_lr} and {self.learn_top_k}")
+
+
+def _check_learn(spec: Any) -> None:
+    """The learn_* options only with search='learned'."""
+    if spec.dpa.search != LEARNED and spec.learn != LearnParams():
+        _fail("the learn_* options (--learn-*) apply to search='learned' (--search learned)")
+
+
 def _check_partition_rates(spec: Spec, rate: float) -> None:
     rates = getattr(spec, "partition_rates")
     if rates is None:
@@ -441,16 +489,20 @@ class PruneSpec(RunOptions):
         "after pruning, run DPA: store partition ids and search one factor per partition (the DPA options below)"))
     dpa: AmplifyParams = option(default_factory=AmplifyParams, help="DPA search settings")
     dpa_objective: ObjectiveParams = option(default_factory=ObjectiveParams, help="DPA objective settings")
+    learn: LearnParams = option(default_factory=LearnParams, help="learned amplification settings")
     overwrite: bool = option(False, help="replace --out if it exists")
 
     def validate(self) -> None:
         if self.method == DPPA:
             self._set(method="dp", amplify=True)
+        if self.dpa.search == LEARNED:
+            self._set(amplify=True)
         if not (isinstance(self.rate, (int, float)) and 0.0 <= self.rate <= 1.0):
             _fail(f"prune.rate: pruning rate must be in [0, 1], got {self.rate!r}; e.g. 0.9 keeps 10% of each delta")
         self._set(base=Source.of(self.base), finetuned=Source.of(self.finetuned), out=str(self.out),
                   rate=float(self.rate), params=dataclasses.asdict(self.method_params()))
         _check_partition_rates(self, self.rate)
+        _check_learn(self)
         if not self.amplify:
             given = _changed(self.dpa) + _changed(self.dpa_objective)
             if given:
@@ -459,7 +511,7 @@ class PruneSpec(RunOptions):
 
     def check_search_inputs(self) -> None:
         """With DPA and no given factors: the inputs the named objective needs (before any pruning)."""
-        if self.amplify and self.dpa.factors is None:
+        if self.amplify and self.dpa.factors is None and self.dpa.search != LEARNED:
             self.dpa_objective.require_inputs(self.finetuned)
 
     def method_params(self) -> Any:
@@ -472,10 +524,9 @@ class PruneSpec(RunOptions):
         """The spec of the keyword API: spec fields, plus any method parameter and DPA option by name."""
         fields = {f.name for f in dataclasses.fields(cls)}
         spec_options = {k: options.pop(k) for k in list(options) if k in fields}
-        search, objective, params = split_dpa_options(options)
+        nested, params = split_dpa_options(options)
         return cls(base=Source.of(base, base_revision), finetuned=Source.of(finetuned, revision), out=str(out),
-                   params={**spec_options.pop("params", {}), **params}, dpa=search, dpa_objective=objective,
-                   **spec_options)
+                   params={**spec_options.pop("params", {}), **params}, **nested, **spec_options)
 
 
 def method_params(method: str, params: Mapping[str, Any], path: str = "params") -> Any:
@@ -505,14 +556,14 @@ def _changed(spec: Spec) -> list[str]:
     return [f.name for f in dataclasses.fields(spec) if getattr(spec, f.name) != getattr(default, f.name)]
 
 
-def split_dpa_options(options: dict[str, Any]) -> tuple[AmplifyParams, ObjectiveParams, dict[str, Any]]:
-    """DPA search settings and objective settings by field name, and the options left (method parameters)."""
-    chosen = []
-    for cls in (AmplifyParams, ObjectiveParams):
+def split_dpa_options(options: dict[str, Any]) -> tuple[dict[str, Spec], dict[str, Any]]:
+    """The nested DPA specs (``dpa``, ``dpa_objective``, ``learn``) from flat field names, and the options left
+    (method parameters)."""
+    nested: dict[str, Spec] = {}
+    for key, cls in (("dpa", AmplifyParams), ("dpa_objective", ObjectiveParams), ("learn", LearnParams)):
         names = {f.name for f in dataclasses.fields(cls)}
-        given = {k: options.pop(k) for k in list(options) if k in names}
-        chosen.append(cls(**given))
-    return chosen[0], chosen[1], options
+        nested[key] = cls(**{k: options.pop(k) for k in list(options) if k in names})
+    return nested, options
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -529,6 +580,7 @@ class AmplifySpec(RunOptions):
     partition_rates: list[float] | None = option(None, group="DPA search", help=PARTITION_HELP)
     dpa: AmplifyParams = option(default_factory=AmplifyParams, help="DPA search settings")
     dpa_objective: ObjectiveParams = option(default_factory=ObjectiveParams, help="DPA objective settings")
+    learn: LearnParams = option(default_factory=LearnParams, help="learned amplification settings")
     overwrite: bool = option(False, help="replace --out if it exists")
 
     def validate(self) -> None:
@@ -541,10 +593,11 @@ class AmplifySpec(RunOptions):
             out = str(adapter.local_dir.with_name(adapter.local_dir.name + AMPLIFIED_SUFFIX))
         self._set(adapter=adapter, out=str(out), base=None if self.base is None else Source.of(self.base),
                   finetuned=None if self.finetuned is None else Source.of(self.finetuned))
+        _check_learn(self)
 
     def check_search_inputs(self) -> None:
         """Without given factors: the inputs the named objective needs (before any work)."""
-        if self.dpa.factors is None:
+        if self.dpa.factors is None and self.dpa.search != LEARNED:
             self.dpa_objective.require_inputs(self.finetuned)
 
     @classmethod
@@ -554,14 +607,13 @@ class AmplifySpec(RunOptions):
         """The spec of the keyword API (``revision`` is the fine-tune's, as in ``prune``)."""
         fields = {f.name for f in dataclasses.fields(cls)}
         spec_options = {k: options.pop(k) for k in list(options) if k in fields}
-        search, objective, rest = split_dpa_options(options)
+        nested, rest = split_dpa_options(options)
         if rest:
             _fail(f"amplify: no option named {sorted(rest)}; the options are the fields of AmplifySpec, "
-                  "AmplifyParams and ObjectiveParams (see `dppa-peft amplify --help`)")
+                  "AmplifyParams, ObjectiveParams and LearnParams (see `dppa-peft amplify --help`)")
         return cls(adapter=Source.of(adapter, adapter_revision), out=None if out is None else str(out),
                    finetuned=None if finetuned is None else Source.of(finetuned, revision),
-                   base=None if base is None else Source.of(base, base_revision), dpa=search, dpa_objective=objective,
-                   **spec_options)
+                   base=None if base is None else Source.of(base, base_revision), **nested, **spec_options)
 
 
 def merge_modes() -> dict[str, Any]:
@@ -759,5 +811,5 @@ class EvalSpec(RunOptions):
         return int(self.limit) if self.limit >= 1 else self.limit
 
 
-__all__ = ["DTYPES", "UserError", "torch_dtype", "AmplifyParams", "AmplifySpec", "Domain", "EvalSpec", "InspectSpec", "MergeSpec", "ObjectiveParams",
+__all__ = ["DTYPES", "UserError", "torch_dtype", "AmplifyParams", "AmplifySpec", "Domain", "EvalSpec", "InspectSpec", "LearnParams", "MergeSpec", "ObjectiveParams",
            "PruneSpec", "RunOptions", "Source", "Spec", "SpecError", "convert", "method_params", "option"]

@@ -9,13 +9,9 @@ from transformers import AutoModelForCausalLM
 import dppa_peft
 from dppa_peft import BaseModelMismatchError, SparseDeltaConfig, load_merged, merge_to_folder, prune
 from tests.expected import PROMPT, load_weights, logits_with, magnitude_merged_weights
+from tests.expected import logits as _logits
 from tests.hub_fixtures import run_python
 from tests.tiny_models import make_base, make_finetune
-
-
-def _logits(model):
-    with torch.no_grad():
-        return model(PROMPT).logits
 
 
 @pytest.fixture(scope="module")
@@ -190,6 +186,10 @@ def test_added_vocabulary_roundtrip(tmp_path, llama_pair):
     target = load_weights(tmp_path / "ft")
     assert torch.equal(merged.get_input_embeddings().weight, target["model.embed_tokens.weight"])
     assert torch.allclose(merged.lm_head.weight, target["lm_head.weight"])
+    # PEFT's own save adds the whole embeddings of a grown vocabulary (its rule) unless told not to
+    PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), str(adapter.directory)).save_pretrained(
+        tmp_path / "peft_saved", save_embedding_layers=False)
+    assert load_weights(tmp_path / "peft_saved").keys() == load_weights(adapter.directory).keys()
     folder = merge_to_folder(base, [adapter.directory], tmp_path / "m", progress=False)
     assert json.loads((folder / "config.json").read_text())["vocab_size"] == 140
     assert torch.equal(load_weights(folder)["model.embed_tokens.weight"], target["model.embed_tokens.weight"])

@@ -67,6 +67,11 @@ def test_changed_step_is_not_silently_replaced(tmp_path, llama_pair, llama_finet
     ("base: b\noutput_dir: o\nfinetunes: {a: x}\nprune: {out: elsewhere}\n", "prune.out: set by the recipe"),
     ("base: b\noutput_dir: o\nfinetunes: {a: x\n", r"bad.yaml:4:1: YAML syntax error"),
     ("- a\n- b\n", "a recipe is a YAML mapping"),
+    ("base: b\noutput_dir: o\nfinetunes: {a: x}\nmerge: {mode: mean}\n", "merge.mode: 'mean' is not one of"),
+    ("base: b\noutput_dir: o\nfinetunes: {a: x}\nmerge: {mode: sum, params: {density: 0.5}}\n",
+     "merge.params.density: unknown key"),
+    ("base: b\noutput_dir: o\nfinetunes: {a: x}\nmerge: {mode: ties, params: {density: 2.0}}\n",
+     "merge density must be in"),
 ])
 def test_bad_recipes_are_named(tmp_path, text, message):
     path = tmp_path / "bad.yaml"

@@ -19,14 +19,16 @@ from ..checkpoint import atomic_directory
 from ..format.io import AdapterWriter, SparseDeltaAdapter
 from ..methods.registry import recorded_method
 from ..pipeline import PruneSummary, _prune, as_prune_spec, open_adapter
-from ..specs import AmplifyParams, AmplifySpec, ObjectiveParams, PruneSpec, Source, UserError
+from ..specs import LEARNED, AmplifyParams, AmplifySpec, LearnParams, ObjectiveParams, PruneSpec, Source, UserError
 from .candidate import AmplifiedModel, load_base_model
 from .factors import amplification_block
-from .objectives import Objective, build_objective, describe_objective
+from .calibration import Prompt, check_lengths
+from .learned import LearnResult, learn_factors, model_context, teacher_from_pretrained
+from .objectives import Objective, build_objective, calibration_prompts, describe_objective, load_tokenizer
 from .partitions import Partitions, adapter_partitions, default_partition_rates
 from .search import SearchResult, default_bounds, search_factors
 
-__all__ = ["AmplifyParams", "ObjectiveParams", "amplify", "prune_and_amplify"]
+__all__ = ["AmplifyParams", "LearnParams", "ObjectiveParams", "amplify", "prune_and_amplify"]
 
 
 def _rescaled(adapter: SparseDeltaAdapter) -> bool:
@@ -74,22 +76,75 @@ def write_amplified(adapter: SparseDeltaAdapter, folder: Path, partitions: Parti
     writer.close(config)
 
 
+Calibration = tuple[list[Prompt], Any]  # learned amplification's prompts and tokenizer
+
+
+def _calibration(spec: PruneSpec | AmplifySpec, base: Source, token: str | bool | None) -> Calibration | None:
+    """Learned amplification's prompts and tokenizer, checked (file, fields, lengths) before any model is loaded."""
+    if spec.dpa.search != LEARNED:
+        return None
+    if spec.finetuned is None:
+        raise UserError("search='learned' distils from the dense fine-tuned model; pass finetuned= (--finetuned)")
+    params = spec.dpa_objective
+    prompts = calibration_prompts(params)
+    candidates = [params.tokenizer] if params.tokenizer else [spec.finetuned.ref, base.ref]
+    tokenizer = load_tokenizer(candidates, token=token)
+    context = model_context(spec.finetuned.ref, spec.finetuned.revision, token)
+    check_lengths(prompts, tokenizer, context, params.continuation_tokens)
+    return prompts, tokenizer
+
+
+def _learn(adapter: SparseDeltaAdapter, partitions: Partitions, spec: PruneSpec | AmplifySpec,
+           calibration: Calibration, base: Source, token: str | bool | None, progress: bool) -> LearnResult:
+    """Learned amplification: the teacher's outputs cached and the teacher freed, then the factors learned on the
+    base model (one model on the device at a time)."""
+    assert spec.finetuned is not None
+    prompts, tokenizer = calibration
+    teacher = teacher_from_pretrained(spec.finetuned.ref, tokenizer, prompts,
+                                      continuation_tokens=spec.dpa_objective.continuation_tokens,
+                                      batch_size=spec.dpa_objective.batch_size, params=spec.learn, dtype=spec.dtype,
+                                      device=spec.device, revision=spec.finetuned.revision, token=token)
+    model = load_base_model(base.ref, adapter, spec.dtype, spec.device, revision=base.revision, token=token)
+    return learn_factors(model, [adapter], [teacher], spec.learn, partitions=[partitions], progress=progress)
+
+
+def _kept_scalars(adapter: SparseDeltaAdapter, partitions: Partitions, combine: str) -> tuple[list[float], str]:
+    """The partition factors learned amplification keeps (it learns on top of them): the adapter's own when its
+    partitions are these, else 1 each (the rule ``learned.Student`` applies)."""
+    stored = adapter.config.amplification or {}
+    if stored.get("partition_rates") == partitions.rates and len(stored.get("raw_factors", [])) == partitions.count:
+        return list(stored["raw_factors"]), stored.get("combine", combine)
+    return [1.0] * partitions.count, combine
+
+
 def _amplify_into(folder: Path, adapter: SparseDeltaAdapter, spec: PruneSpec | AmplifySpec,
-                  objective: Objective | None, base: Source, token: str | bool | None, progress: bool,
-                  provenance: dict[str, Any]) -> SearchResult | None:
-    partitions = adapter_partitions(adapter, spec.partition_rates)
-    result, search, raw = None, None, spec.dpa.factors
-    if raw is None:
-        result, described = _search(adapter, partitions, spec, objective, base, token, progress)
-        raw, search = result.factors, result.record(described)
-    block = amplification_block(partitions.rates, raw, spec.dpa.combine, spec.dpa.amplify_unpruned, search)
-    write_amplified(adapter, folder, partitions, block, {**provenance, "package_version": __version__})
+                  objective: Objective | None, calibration: Calibration | None, base: Source,
+                  token: str | bool | None, progress: bool,
+                  provenance: dict[str, Any]) -> SearchResult | LearnResult | None:
+    dpa = spec.dpa
+    rate = float(adapter.config.method["rate"])
+    partitions = adapter_partitions(adapter, spec.partition_rates or ([rate] if dpa.search == LEARNED else None))
+    result: SearchResult | LearnResult | None = None
+    row_factors = None
+    if calibration is not None:
+        result = _learn(adapter, partitions, spec, calibration, base, token, progress)
+        raw, combine = _kept_scalars(adapter, partitions, dpa.combine)
+        block = amplification_block(partitions.rates, raw, combine, dpa.amplify_unpruned, None)
+        block["learned"] = result.record()
+        row_factors = result.factors[0]
+    else:
+        raw, search = dpa.factors, None
+        if raw is None:
+            result, described = _search(adapter, partitions, spec, objective, base, token, progress)
+            raw, search = result.factors, result.record(described)
+        block = amplification_block(partitions.rates, raw, dpa.combine, dpa.amplify_unpruned, search)
+    write_amplified(adapter, folder, partitions, block, {**provenance, "package_version": __version__}, row_factors)
     return result
 
 
 def amplify(spec: AmplifySpec | str | os.PathLike | SparseDeltaAdapter, out: str | os.PathLike | None = None, *,
             token: str | bool | None = None, progress: bool = True, command: str | None = None,
-            objective: Objective | None = None, **options: Any) -> tuple[SparseDeltaAdapter, SearchResult | None]:
+            objective: Objective | None = None, **options: Any) -> tuple[SparseDeltaAdapter, SearchResult | LearnResult | None]:
     """DPA on an existing adapter: search one factor per partition and write the amplified adapter.
 
     Pass an :class:`~dppa_peft.specs.AmplifySpec`, or its keyword form ``amplify(adapter, out, finetuned=...,
@@ -109,9 +164,10 @@ def amplify(spec: AmplifySpec | str | os.PathLike | SparseDeltaAdapter, out: str
     handle = handle or open_adapter(spec.adapter, token=token)
     provenance = {"command": command or f"dppa_peft.amplify({handle.ref!r})", "amplified_from": handle.ref}
     base = spec.base or Source(ref=handle.config.base_model_name_or_path, revision=handle.config.revision)
+    calibration = _calibration(spec, base, token)
     inputs = [handle.directory, spec.finetuned and spec.finetuned.ref, base.ref]
     with atomic_directory(spec.out, overwrite=spec.overwrite, inputs=inputs) as tmp:
-        result = _amplify_into(tmp, handle, spec, objective, base, token, progress, provenance)
+        result = _amplify_into(tmp, handle, spec, objective, calibration, base, token, progress, provenance)
     return SparseDeltaAdapter(spec.out), result
 
 
@@ -126,7 +182,7 @@ def _named_objective(objective: Objective | str | None, options: dict[str, Any])
 def prune_and_amplify(spec: PruneSpec | str | os.PathLike, finetuned: str | os.PathLike | Source | None = None,
                       out: str | os.PathLike | None = None, *, token: str | bool | None = None,
                       progress: bool = True, command: str | None = None, objective: Objective | None = None,
-                      **options: Any) -> tuple[SparseDeltaAdapter, PruneSummary, SearchResult | None]:
+                      **options: Any) -> tuple[SparseDeltaAdapter, PruneSummary, SearchResult | LearnResult | None]:
     """Prune storing DPA partitions, then search the factors: DPPA with ``method='dp'``.
 
     Takes a :class:`~dppa_peft.specs.PruneSpec` (``amplify`` is implied) or the keyword form of ``prune``, whose
@@ -134,14 +190,16 @@ def prune_and_amplify(spec: PruneSpec | str | os.PathLike, finetuned: str | os.P
     """
     objective = _named_objective(objective, options)
     spec = as_prune_spec(spec, finetuned, out, {**options, "amplify": True} if options else options)
-    rates = spec.partition_rates or default_partition_rates(spec.rate)
+    learned = spec.dpa.search == LEARNED
+    rates = spec.partition_rates or ([spec.rate] if learned else default_partition_rates(spec.rate))
     spec = dataclasses.replace(spec, amplify=True, partition_rates=list(rates))
     if objective is None:
         spec.check_search_inputs()
+    calibration = _calibration(spec, spec.base, token)
     provenance = {"command": command or f"dppa_peft.prune_and_amplify(method={spec.method!r}, rate={spec.rate})"}
     with atomic_directory(spec.out, overwrite=spec.overwrite, inputs=[spec.base.ref, spec.finetuned.ref]) as tmp:
         pruned, summary = _prune(spec, tmp / "pruned", token=token, progress=progress,
                                  command=provenance["command"])
-        result = _amplify_into(tmp, pruned, spec, objective, spec.base, token, progress, provenance)
+        result = _amplify_into(tmp, pruned, spec, objective, calibration, spec.base, token, progress, provenance)
         shutil.rmtree(tmp / "pruned")
     return SparseDeltaAdapter(spec.out), summary, result

@@ -21,8 +21,9 @@ import torch
 from torch import nn
 
 from ..checkpoint import load_causal_lm
+from ..errors import UserError
 from ..specs import ObjectiveParams, Source
-from .calibration import DEFAULT_TEXT_FIELD, read_prompts
+from .calibration import DEFAULT_TEXT_FIELD, Prompt, read_prompts, task_prompts
 
 Objective = Callable[["nn.Module"], float]
 
@@ -30,6 +31,16 @@ Objective = Callable[["nn.Module"], float]
 def read_texts(path: str | os.PathLike, text_field: str = DEFAULT_TEXT_FIELD) -> list[str]:
     """Calibration texts of a file (see ``calibration.read_prompts``)."""
     return [prompt.text for prompt in read_prompts(path, text_field)]
+
+
+def calibration_prompts(params: ObjectiveParams) -> list[Prompt]:
+    """The calibration prompts of ``params``: the --calibration file, else the docs of the lm-eval --tasks."""
+    if params.calibration is not None:
+        return read_prompts(params.calibration, params.text_field)
+    if params.tasks:
+        return task_prompts(params.tasks, params.include_path or ())
+    raise UserError("learned amplification needs unlabeled prompts: --calibration FILE (.txt or .jsonl) or lm-eval "
+                    "dev tasks (--tasks NAME_dev ...)")
 
 
 def _device(model: nn.Module) -> torch.device:

@@ -131,6 +131,9 @@ def _derive_members(adapter: SparseDeltaAdapter, name: str, densities: list[floa
 
 def adapter_partitions(adapter: SparseDeltaAdapter, rates: Sequence[float] | None = None) -> Partitions:
     """Partitions of an existing adapter's pruned tensors (default rates: 0.9, 0.8, … down to its rate)."""
+    if adapter.config.merge:
+        raise UserError(f"{adapter.ref} is a merged adapter (mode {adapter.config.merge.get('mode')!r}): it has no "
+                        "pruning rate to partition; amplify the adapters before merging them")
     rate = float(adapter.config.method["rate"])
     rates = check_partition_rates(default_partition_rates(rate) if rates is None else rates, rate)
     partitions = Partitions(rates)
@@ -151,7 +154,8 @@ def adapter_partitions(adapter: SparseDeltaAdapter, rates: Sequence[float] | Non
             raise UserError(f"{name}: the {adapter.config.method.get('name')!r} plan does not shift with the rate, so "
                             "partition densities cannot be re-derived; prune again with partitions stored")
         unclipped = record["unclipped_density"]
-        densities = [min(1.0, max(0.0, unclipped + rate - r)) for r in rates]
+        floor = adapter.config.method.get("params", {}).get("min_density") or 0.0  # DP's optional density floor
+        densities = [min(1.0, max(floor, unclipped + rate - r)) for r in rates]
         members = _derive_members(adapter, name, densities)
         partitions.ids[name] = _ids_from_membership(members, record["nnz"], name)
         partitions.densities[name] = densities

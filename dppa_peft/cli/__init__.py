@@ -13,11 +13,10 @@ import signal
 import sys
 import traceback
 from collections.abc import Iterator
-
 from importlib import import_module
 
 from .._lazy import defer
-from ..errors import Interrupted, UserError
+from ..errors import Interrupted, UserError, redact
 
 SUBCOMMANDS = ("demo", "prune", "amplify", "merge", "inspect", "evaluate", "push", "export", "run")  # modules
 # Errors that come from the user's input or environment (paths, permissions, disk, network, bad values): printed as
@@ -54,7 +53,7 @@ class WarningLines(logging.Handler):
     """The package's log warnings (a likely wrong base, a removed stale temp folder) as ``warning: ...`` on stderr."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        print(f"warning: {record.getMessage()}", file=sys.stderr)  # sys.stderr looked up now, not at install
+        print(redact(f"warning: {record.getMessage()}"), file=sys.stderr)  # sys.stderr looked up now, not at install
 
 
 def show_warnings() -> None:
@@ -101,14 +100,14 @@ def main(argv: list[str] | None = None) -> int:
         reason = err.name if isinstance(err, Interrupted) else "SIGINT"
         print(f"dppa-peft {args.command}: stopped by {reason}; unfinished outputs were removed", file=sys.stderr)
         if debug:
-            traceback.print_exc()
+            print(redact(traceback.format_exc()), file=sys.stderr)
         return status
     except Exception as err:
         if not isinstance(err, user_facing_errors()):
             raise
         if debug:
-            traceback.print_exc()
-        print(f"dppa-peft {args.command}: error: {str(err) or type(err).__name__}", file=sys.stderr)
+            print(redact(traceback.format_exc()), file=sys.stderr)
+        print(redact(f"dppa-peft {args.command}: error: {str(err) or type(err).__name__}"), file=sys.stderr)
         return EXIT_USER_ERROR
     return 0
 

@@ -9,13 +9,27 @@ from ..specs import AmplifySpec
 from .common import add_spec_command
 
 if TYPE_CHECKING:
+    from ..amplify.learned import LearnResult
     from ..amplify.search import SearchResult
 
 
-def describe_search(result: SearchResult | None, factors: list[float]) -> str:
+def describe_learned(result: LearnResult) -> str:
+    """One line for the terminal about learned amplification."""
+    record = result.record()
+    stats = record["factor_stats"]
+    return (f"learned {stats['count']} factors ({record['granularity']}; {stats['min']:.3g} to {stats['max']:.3g}, "
+            f"mean {stats['mean']:.3g}) in {result.steps} Adam steps, {result.seconds:.1f} s: held-out KL "
+            f"{result.heldout_kl_before:.4g} -> {result.heldout_kl_after:.4g} (best at step {result.best_step})")
+
+
+def describe_search(result: SearchResult | LearnResult | None, factors: list[float]) -> str:
     """A few lines for the terminal: the factors and, after a search, every evaluation."""
+    from ..amplify.learned import LearnResult
+
     if result is None:
         return f"factors {factors} (given, no search)"
+    if isinstance(result, LearnResult):
+        return describe_learned(result)
     settings = result.settings
     lines = [f"factors {factors}: {settings['strategy']} search, DPA method {settings['dpa_method']}, "
              f"{result.calls} objective calls in {result.seconds:.1f} s; score of these factors "

@@ -1,4 +1,5 @@
-"""Merge a base plus N sparse delta adapters: ``W = W_B + merged(δ_1..δ_N)`` with a merge mode (``merge.modes``).
+"""Merge a base plus N sparse delta adapters: ``W = W_B + merged(δ_1..δ_N)`` with a merge mode (``merge.modes``;
+docs/algorithms.md §12.3–§12.5).
 
 Three outputs of the same per-tensor merge (``MergeMode.merge``), so they agree bit for bit:
 ``load_merged`` (a transformers model in memory), ``merge_to_folder`` (a dense model folder, streamed tensor by

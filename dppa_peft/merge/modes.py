@@ -1,4 +1,5 @@
-"""Merge modes: how the sparse deltas of one tensor from N adapters become what is added to the base.
+"""Merge modes: how the sparse deltas of one tensor from N adapters become what is added to the base
+(docs/algorithms.md §12.3).
 
 A merge mode composes two declared steps, like mergekit's generalized task arithmetic:
 
@@ -143,10 +144,6 @@ class MergeMode:
     def needs_dense(cls) -> bool:
         """Whether the mode densifies each tensor's deltas (an election); ``sum`` modes stay sparse."""
         return cls.consensus != "sum"
-
-    def describe(self) -> dict[str, Any]:
-        """Mode name and every option, as recorded in merge records, cards and adapter configs."""
-        return {"mode": self.name, "params": dataclasses.asdict(self.params)}
 
     def merge(self, name: str, deltas: Sequence[SparseDelta], weights: Sequence[float]) -> MergedTensor:
         """Combine the deltas of tensor ``name`` (one per adapter that stores it) with their weights."""
