@@ -19,4 +19,5 @@ GRANULARITIES = ("global", "partition", "tensor", "row")  # what one learned fac
 FULL_VOCAB_LIMIT = 8192  # learned teachers keep every log-prob up to this vocabulary size, else the top-k
 TEACHER_TOP_K = 128
 DEFAULT_TEXT_FIELD = "text"  # the JSON field of a prompt in a .jsonl calibration file
+BACKENDS = ("hf", "vllm")  # lm-eval backends of `dppa-peft eval`
 EXPORT_FORMATS = ("sparse-delta", "supertuning")  # ours (a copy) and stock PEFT's

@@ -19,6 +19,7 @@ from .format.fingerprint import fingerprint
 from .format.io import AdapterWriter, SparseDeltaAdapter
 from .amplify.factors import amplification_block
 from .amplify.partitions import partition_ids
+from .base_ref import base_id_record, portable_ref
 from .checkpoint import Checkpoint, atomic_directory
 from .delta import DeltaPair
 from .methods import DensityPlan, PruningMethod, SparseDelta, create_method
@@ -125,6 +126,7 @@ def _prune(spec: PruneSpec, out: str | os.PathLike, *, token: str | bool | None,
     pruner = create_method(spec.method, spec.rate, **spec.params)
     rates = None if spec.partition_rates is None else list(spec.partition_rates)
     pair = open_pair(spec.base, spec.finetuned, spec.scope_pattern, token=token)
+    base_id = base_id_record(spec.base.ref, pair.base, spec.base_model_id, token=token)
     counts = {"kept": 0, "numel": 0, "pruned": 0, "dense": 0, "unchanged": 0, "stored": 0, "dense_bytes": 0}
     samples: dict[str, bytes] = {}
     inputs = [spec.base.ref, spec.finetuned.ref, pair.base.directory, pair.finetuned.directory]
@@ -155,7 +157,7 @@ def _prune(spec: PruneSpec, out: str | os.PathLike, *, token: str | bool | None,
             seconds=time.perf_counter() - start,
         )
         config = SparseDeltaConfig(
-            base_model_name_or_path=spec.base.ref, revision=spec.base.revision,
+            base_model_name_or_path=portable_ref(spec.base.ref), revision=spec.base.revision,
             base_fingerprint=fingerprint(samples),
             method=pruner.describe(), scope_pattern=spec.scope_pattern, outside_scope=spec.outside_scope,
             tensors=writer.records, vocab_size=_vocab_size(pair), inference_mode=True, task_type="CAUSAL_LM",
@@ -163,7 +165,7 @@ def _prune(spec: PruneSpec, out: str | os.PathLike, *, token: str | bool | None,
                      "adapter_bytes": summary.adapter_bytes, "dense_delta_bytes": summary.dense_delta_bytes},
             amplification=None if rates is None else amplification_block(rates, [1.0] * len(rates)),
             provenance={"command": command or f"dppa_peft.prune(method={spec.method!r}, rate={spec.rate})",
-                        "finetuned": spec.finetuned.ref, "package_version": __version__},
+                        "finetuned": portable_ref(spec.finetuned.ref), "package_version": __version__, **base_id},
         )
         writer.close(config)
     warn_sparse_modules(writer.records, spec.rate)

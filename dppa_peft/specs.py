@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from .choices import (
-    DEFAULT_TEXT_FIELD, DEFAULT_TOL, DPA_METHODS, DTYPES, FULL_VOCAB_LIMIT, GRANULARITIES, LEARNED, OBJECTIVES,
+    BACKENDS, DEFAULT_TEXT_FIELD, DEFAULT_TOL, DPA_METHODS, DTYPES, FULL_VOCAB_LIMIT, GRANULARITIES, LEARNED, OBJECTIVES,
     OUTSIDE_SCOPE_MODES, PARTITION_COMBINE_MODES, SEARCHES, TEACHER_TOP_K,
 )
 from .scope import DEFAULT_SCOPE_PATTERN
@@ -404,9 +404,9 @@ class LearnParams(Spec):
                                     help="what one learned factor covers: 'row' = each output row of each pruned "
                                          "matrix (per partition), 'tensor' = each pruned tensor, 'partition' = each "
                                          "DPA partition, 'global' = the whole adapter")
-    learn_steps: int = option(100, group="learned amplification (--search learned)",
+    learn_steps: int = option(60, group="learned amplification (--search learned)",
                               help="Adam steps (one calibration batch per teacher each)")
-    learn_lr: float = option(0.1, group="learned amplification (--search learned)",
+    learn_lr: float = option(0.2, group="learned amplification (--search learned)",
                              help="Adam learning rate of the factors (they start at 1)")
     learn_heldout: float = option(0.2, group="learned amplification (--search learned)", help=(
         "fraction of the calibration prompts held out for early stopping and the reported KL"))
@@ -470,6 +470,9 @@ class PruneSpec(RunOptions):
     base: Source = option(help="base model: folder or Hub id")
     finetuned: Source = option(help="fine-tuned model of the same base: folder or Hub id")
     out: str = option(help="output adapter folder (written atomically)")
+    base_model_id: str | None = option(None, metavar="HUB_ID", help=(
+        "the Hub id of a --base given as a local folder (checked against the Hub by sampled weights when it is "
+        "reachable; never downloads): recorded in the adapter and its card"))
     method: str = option("dp", choices=prune_method_choices, help=(
         f"pruning method; '{DPPA}' = dp, then DPA (same as --method dp --amplify)"))
     rate: float = option(0.9, help="target pruning rate alpha in [0, 1]; 0.9 keeps 10% of each pruned delta")
@@ -766,8 +769,64 @@ class Domain(Spec):
             _fail(f"eval: no tasks for domain {self.name!r}; pass --tasks {self.name}=TASK[,TASK]")
 
 
+LM_EVAL = "lm-eval (device, dtype, batch size, few-shot, stderr, backend)"
+
+
 @dataclass(frozen=True, kw_only=True)
-class EvalSpec(RunOptions):
+class EvalOptions(Spec):
+    """How ``dppa-peft eval`` runs lm-eval: backend, device, dtype, batch size, few-shot, limit, stderr."""
+
+    key: ClassVar[str] = "lm_eval"
+    backend: str = option("hf", choices=BACKENDS, group=LM_EVAL, help=(
+        "lm-eval backend: 'hf' (adapters merged into the base at load, in memory) or 'vllm' (lm-eval's vLLM backend "
+        "on a merged export written once per variant; needs the vllm extra and a GPU)"))
+    device: str = option("cpu", group=LM_EVAL, help="torch device for the hf backend: cpu, cuda, cuda:1, ...")
+    dtype: str = option("auto", choices=DTYPES, group=LM_EVAL, help="model dtype")
+    device_map: str | None = option(None, group=LM_EVAL, help=(
+        "hf backend: accelerate device map for big models, e.g. 'auto' (lm-eval's parallelize=True)"))
+    batch_size: int = option(16, group=LM_EVAL, help="lm-eval batch size")
+    num_fewshot: int | None = option(None, group=LM_EVAL, help=(
+        "few-shot examples per prompt (default: the task's own setting)"))
+    limit: float | None = option(None, group=LM_EVAL, help=(
+        "evaluate only the first N examples of each task (a fraction < 1: that share of each task)"))
+    bootstrap_iters: int = option(1000, group=LM_EVAL, help=(
+        "bootstrap iterations for the standard errors lm-eval reports (mean metrics use a closed form); 0 = no "
+        "stderr"))
+    metric: str = option("acc", group=LM_EVAL, help="metric reported per task")
+    keep_merged: bool = option(False, group=LM_EVAL, help=(
+        "vllm backend: keep the merged model folders (in OUT-merged/, next to OUT) instead of removing each after "
+        "use"))
+    model_args: str | None = option(None, group=LM_EVAL, help=(
+        "extra lm-eval model_args for every model, KEY=VALUE[,KEY=VALUE] (e.g. "
+        "gpu_memory_utilization=0.8,tensor_parallel_size=2 for vllm, max_cpu_memory=8GB for hf)"))
+
+    def validate(self) -> None:
+        from .evaluation.backends import parse_model_args
+
+        if self.batch_size < 1:
+            _fail(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.num_fewshot is not None and self.num_fewshot < 0:
+            _fail(f"--num-fewshot must be >= 0, got {self.num_fewshot}")
+        if self.limit is not None and not self.limit > 0:
+            _fail(f"--limit must be > 0, got {self.limit}")
+        if self.bootstrap_iters < 0:
+            _fail(f"--bootstrap-iters must be >= 0, got {self.bootstrap_iters}")
+        if self.keep_merged and self.backend != "vllm":
+            _fail("--keep-merged applies to --backend vllm (the hf backend writes no merged folders)")
+        if self.device_map and self.backend != "hf":
+            _fail("--device-map applies to --backend hf (vLLM places the model itself)")
+        parse_model_args(self.model_args)  # a syntax error shows before any work
+
+    @property
+    def lm_eval_limit(self) -> int | float | None:
+        """lm-eval's ``limit``: a count N >= 1 as an int, a fraction below 1 as is."""
+        if self.limit is None:
+            return None
+        return int(self.limit) if self.limit >= 1 else self.limit
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalSpec(Spec):
     """Evaluate the base, each domain's dense fine-tune, and pruned or merged adapters; write the report to ``out``."""
 
     key: ClassVar[str] = "eval"
@@ -779,12 +838,9 @@ class EvalSpec(RunOptions):
         "merged variants, each domain -> adapter (CLI: --merge NAME=ADAPTER[,NAME=ADAPTER...])"))
     merge_mode: str = option("sum", choices=merge_mode_choices, help="merge mode of every --merge")
     include_path: list[str] = option(default_factory=list, cli=False, help=(
-        "extra folders of lm-eval task YAMLs (the package's eval_tasks/ are always included)"))
-    limit: float | None = option(None, help=(
-        "evaluate only the first N examples of each task (a number below 1 is a fraction of each task)"))
-    batch_size: int = option(16, help="lm-eval batch size")
-    metric: str = option("acc", help="metric reported per task")
+        "extra folders of lm-eval task YAMLs (the package's tasks are always included)"))
     out: str = option(help="report folder (replaced atomically)")
+    lm_eval: EvalOptions = option(default_factory=EvalOptions, help="how lm-eval runs")
 
     def validate(self) -> None:
         if not self.domains:
@@ -796,20 +852,10 @@ class EvalSpec(RunOptions):
         unknown = sorted(named - set(labels))
         if unknown:
             _fail(f"eval: adapters name unknown domain(s) {unknown}; declare them with --domain NAME=FINETUNED")
-        if self.limit is not None and not self.limit > 0:
-            _fail(f"eval.limit must be > 0, got {self.limit}")
-        _positive(self, "batch_size")
         self._set(base=Source.of(self.base), out=str(self.out),
                   adapters=[(name, Source.of(ref)) for name, ref in self.adapters],
                   merges=[{name: Source.of(ref) for name, ref in merge.items()} for merge in self.merges])
 
-    @property
-    def lm_eval_limit(self) -> int | float | None:
-        """lm-eval's ``limit``: a count N >= 1 as an int, a fraction below 1 as is."""
-        if self.limit is None:
-            return None
-        return int(self.limit) if self.limit >= 1 else self.limit
 
-
-__all__ = ["DTYPES", "UserError", "torch_dtype", "AmplifyParams", "AmplifySpec", "Domain", "EvalSpec", "InspectSpec", "LearnParams", "MergeSpec", "ObjectiveParams",
+__all__ = ["DTYPES", "UserError", "torch_dtype", "AmplifyParams", "AmplifySpec", "Domain", "EvalOptions", "EvalSpec", "InspectSpec", "LearnParams", "MergeSpec", "ObjectiveParams",
            "PruneSpec", "RunOptions", "Source", "Spec", "SpecError", "convert", "method_params", "option"]

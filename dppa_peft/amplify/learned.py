@@ -170,7 +170,7 @@ def build_teacher(model: nn.Module, tokenizer: Any, prompts: Sequence[Prompt], *
 
         teacher = Teacher(name, batches(train), batches(held), {
             "prompts": len(prompts), "heldout_prompts": len(held), "continuation_tokens": continuation_tokens,
-            "top_k": k, "vocab_size": vocab, "source": prompts[0].source.rsplit(":", 1)[0] if prompts else None})
+            "top_k": k, "vocab_size": vocab, "sources": sorted({p.origin for p in prompts})})
     model.train(was_training)
     return teacher
 

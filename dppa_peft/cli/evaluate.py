@@ -21,7 +21,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     group.add_argument("--domain", action="append", required=True, metavar="NAME=FINETUNED",
                        help="a domain and its dense fine-tune (folder or Hub id); repeat per domain")
     group.add_argument("--tasks", action="append", required=True, metavar="NAME=TASK[,TASK]",
-                       help="the lm-eval tasks of a domain; repeat per domain")
+                       help="the lm-eval tasks or groups of a domain: the package's (paper_*, demo_*), lm-eval's "
+                            "built-in ones (e.g. hellaswag) or --include-path ones; repeat per domain")
     variants = options.parser.add_argument_group("variants")
     variants.add_argument("--adapter", action="append", metavar="NAME=ADAPTER",
                           help="a pruned adapter of domain NAME (its method and rate come from its config); repeatable")
@@ -44,5 +45,6 @@ def _structured(args: argparse.Namespace) -> dict[str, Any]:
 def run(spec: EvalSpec, args: argparse.Namespace) -> None:
     from ..evaluation.api import evaluate
 
-    results, out = evaluate(spec)
-    print(f"wrote {out}/report.md, report.json and plots ({len(results.variants)} variants)")
+    results, out, kept = evaluate(spec)
+    note = f"; merged models kept in {kept}" if kept else ""
+    print(f"wrote {out}/report.md, report.json and plots ({len(results.variants)} variants){note}")

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from .commands import public_command
+
 if TYPE_CHECKING:
     from ..format.merge_record import MergeRecord
 
@@ -91,10 +93,11 @@ def build_merge_card(record: "MergeRecord", *, repo_id: str | None = None,
         title=f"{'Merged sparse delta adapter' if adapter else 'Merged model'} ({record.mode}, "
               f"{len(record.adapters)} adapter{'s' if len(record.adapters) != 1 else ''})",
         adapter=adapter, n=len(record.adapters), mode=record.mode, params=record.params,
-        base=_shown(record.base.ref, record.base.revision), base_id=base or "path/to/base", shown=_shown, dtype=(record.value_dtype if adapter else record.dtype) or "as the base",
+        base=_shown(record.base.ref, record.base.revision), base_id=base or "path/to/base", shown=_shown,
+        dtype=(record.value_dtype if adapter else record.dtype) or "as the base",
         adapters=record.adapters, record_file="adapter_config.json" if adapter else "dppa_merge.json",
         out_flag="--out-adapter" if adapter else "--out", version=record.package_version or "?",
-        command=record.command or "python API", evals=evals, repo=repo_id or "<this repo or folder>",
+        command=public_command(record.command), evals=evals, repo=repo_id or "<this repo or folder>",
     )
 
 
