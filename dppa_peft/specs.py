@@ -403,7 +403,7 @@ class LearnParams(Spec):
     learn_granularity: str = option("row", choices=GRANULARITIES, group="learned amplification (--search learned)",
                                     help="what one learned factor covers: 'row' = each output row of each pruned "
                                          "matrix (per partition), 'tensor' = each pruned tensor, 'partition' = each "
-                                         "DPA partition, 'global' = the whole adapter")
+                                         "DPA partition, 'block' = each decoder block, 'global' = the whole adapter")
     learn_steps: int = option(60, group="learned amplification (--search learned)",
                               help="Adam steps (one calibration batch per teacher each)")
     learn_lr: float = option(0.2, group="learned amplification (--search learned)",

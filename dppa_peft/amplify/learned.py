@@ -13,11 +13,12 @@ Granularities (what one factor covers; partition ids always apply, so P = the te
 - ``row`` (default): one factor per (partition, output row) of each pruned tensor: a ``[P, R]`` table;
 - ``tensor``: one per (partition, tensor): ``[P, 1]``;
 - ``partition``: one per partition, shared by every pruned tensor of an adapter;
-- ``global``: one per adapter.
+- ``block``: one per decoder block of an adapter (AdaMerging's layer-wise coefficients);
+- ``global``: one per adapter (AdaMerging's task-wise coefficient).
 
 Every table is stored as the tensor's ``<param>_factors`` ``[P, R]`` (format version 2; ``R = 1`` below ``row``).
-Scaling: the teacher's log-probs are cached on the CPU (full vocabulary, or its top-k renormalised for large
-vocabularies), so the teacher is freed before the student is built and only one model is on the device; each step
+Scaling: the teacher's log-probs are cached on the CPU (full vocabulary, or its top-k plus a "rest" bucket for
+large vocabularies), so the teacher is freed before the student is built and only one model is on the device; each step
 rebuilds the pruned weights from the frozen base weights (one extra copy of the pruned matrices in the model dtype
 plus the autograd graph over the kept values).
 """
@@ -47,6 +48,8 @@ from ..specs import LearnParams
 from .calibration import Prompt, check_lengths
 from .partitions import Partitions
 
+TAIL_FLOOR = 1e-12  # smallest probability of the top-k cache's "rest of the vocabulary" bucket
+
 # teachers ----------------------------------------------------------------------------------------------------------
 
 @dataclass
@@ -55,8 +58,8 @@ class TeacherBatch:
 
     ids: torch.Tensor  # [B, L] long
     mask: torch.Tensor  # [B, L] long
-    log_probs: torch.Tensor  # [N, k]: N = mask.sum(); k = vocabulary or top-k (renormalised)
-    tokens: torch.Tensor | None  # [N, k] token ids of a top-k cache; None: the full vocabulary
+    log_probs: torch.Tensor  # [N, k]: N = mask.sum(); k = the vocabulary, or the top-k log-probs
+    tokens: torch.Tensor | None  # [N, k] int32 token ids of a top-k cache; None: the full vocabulary
 
     @property
     def positions(self) -> int:
@@ -139,7 +142,7 @@ def build_teacher(model: nn.Module, tokenizer: Any, prompts: Sequence[Prompt], *
 
     Prompts longer than the model's context (with the continuation) are refused before any forward pass. The
     cache is ``positions × k`` fp32 on the CPU: k = vocabulary up to ``FULL_VOCAB_LIMIT`` tokens, else ``top_k``
-    (default ``DEFAULT_TOP_K``) with the kept probabilities renormalised.
+    (default ``DEFAULT_TOP_K``) log-probs and their int32 token ids (``kl_divergence`` adds a bucket for the rest).
     """
     context = int(getattr(model.config, "max_position_embeddings", 0) or 1 << 30)
     token_ids = check_lengths(prompts, tokenizer, context, continuation_tokens)
@@ -165,7 +168,7 @@ def build_teacher(model: nn.Module, tokenizer: Any, prompts: Sequence[Prompt], *
                     out.append(TeacherBatch(ids, mask, log_p, None))
                 else:
                     values, tokens = log_p.topk(k, dim=-1)
-                    out.append(TeacherBatch(ids, mask, values - values.logsumexp(-1, keepdim=True), tokens))
+                    out.append(TeacherBatch(ids, mask, values, tokens.to(torch.int32)))
             return out
 
         teacher = Teacher(name, batches(train), batches(held), {
@@ -202,11 +205,18 @@ def teacher_from_pretrained(ref: str | os.PathLike, tokenizer: Any, prompts: Seq
 
 
 def kl_divergence(teacher: TeacherBatch, log_q: torch.Tensor) -> torch.Tensor:
-    """Σ over positions of KL(teacher ‖ student) (over the teacher's cached top-k when it keeps one)."""
+    """Σ over positions of KL(teacher ‖ student). With a top-k cache, the KL over the k cached tokens plus one bucket
+    holding the rest of the vocabulary: exact for the coarsened distributions, 0 when the student equals the
+    teacher, a lower bound of the full KL that reaches it as k grows."""
     log_p = teacher.log_probs.to(log_q.device)
-    if teacher.tokens is not None:
-        log_q = log_q.gather(-1, teacher.tokens.to(log_q.device))
-    return (log_p.exp() * (log_p - log_q)).sum()
+    if teacher.tokens is None:
+        return (log_p.exp() * (log_p - log_q)).sum()
+    log_q = log_q.gather(-1, teacher.tokens.to(log_q.device, torch.long))
+    p = log_p.exp()
+    p_rest = (1.0 - p.sum(-1)).clamp_min(0.0)
+    q_rest = (1.0 - log_q.exp().sum(-1)).clamp_min(TAIL_FLOOR)
+    tail = torch.where(p_rest > 0, p_rest * (p_rest.clamp_min(TAIL_FLOOR).log() - q_rest.log()), 0.0)
+    return (p * (log_p - log_q)).sum() + tail.sum()
 
 
 def mean_kl(model: nn.Module, batches: Sequence[TeacherBatch], params: dict[str, torch.Tensor] | None = None) -> float:
@@ -269,7 +279,7 @@ class Student:
                     continue
                 if len(scalars) != count:
                     scalars = [1.0] * count  # partitions re-derived, not the stored ones: no scalar factors yet
-                table = self._table(name, on_device, count, shared, device)
+                table = self._table(name, on_device, count, shared, device, record.get("block"))
                 self.learned.append(_Learned(name, index, on_device, indices, scalars, weight, table))
         with torch.no_grad():  # the tensors without learned factors are merged once, in place
             for name, deltas in fixed.items():
@@ -283,7 +293,7 @@ class Student:
         return parameter
 
     def _table(self, name: str, encoded: EncodedTensor, count: int, shared: dict[str, nn.Parameter],
-               device: torch.device) -> Any:
+               device: torch.device, block: int | None) -> Any:
         """The factor table of one tensor as a function of the learned parameters (the granularity's sharing)."""
         if self.granularity in ("row", "tensor"):
             rows = encoded.shape[0] if self.granularity == "row" and len(encoded.shape) >= 2 else 1
@@ -292,9 +302,10 @@ class Student:
             parameter = self._new((count, rows), device, stored)
             return lambda: parameter
         size = count if self.granularity == "partition" else 1
-        if self.granularity not in shared:
-            shared[self.granularity] = self._new((size,), device)
-        parameter = shared[self.granularity]
+        key = f"block {block}" if self.granularity == "block" else self.granularity
+        if key not in shared:
+            shared[key] = self._new((size,), device)
+        parameter = shared[key]
         if parameter.numel() != size:
             raise UserError(f"{name} has {count} partitions but other tensors of its adapter have "
                             f"{parameter.numel()}; partition granularity needs the same partitions everywhere")
