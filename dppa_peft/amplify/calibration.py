@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..choices import DEFAULT_TEXT_FIELD
 from ..errors import UserError
 
 JSONL_SUFFIXES = (".jsonl", ".json")
-DEFAULT_TEXT_FIELD = "text"
 
 
 @dataclass(frozen=True)

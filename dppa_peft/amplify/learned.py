@@ -37,53 +37,18 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..checkpoint import load_causal_lm
+from ..choices import FULL_VOCAB_LIMIT, GRANULARITIES
+from ..choices import TEACHER_TOP_K as DEFAULT_TOP_K
 from ..errors import UserError
 from ..format.apply import add_sparse, effective_values
 from ..format.encoding import EncodedTensor
 from ..format.io import SparseDeltaAdapter
 from ..methods.base import SparseDelta
+from ..specs import LearnParams
 from .calibration import Prompt, check_lengths
 from .partitions import Partitions
 
-GRANULARITIES = ("global", "block", "partition", "tensor", "row")
-FULL_VOCAB_LIMIT = 8192  # teachers keep every log-prob up to this vocabulary size, else the top-k
-DEFAULT_TOP_K = 128
 TAIL_FLOOR = 1e-12  # smallest probability of the top-k cache's "rest of the vocabulary" bucket
-
-
-@dataclass(frozen=True)
-class LearnParams:
-    """Settings of learned amplification (each field is a CLI option, used with ``--search learned``)."""
-
-    learn_granularity: str = field(default="row", metadata={
-        "help": "what one learned factor covers: 'row' = each output row of each pruned matrix (per partition), "
-                "'tensor' = each pruned tensor, 'partition' = each DPA partition, 'block' = each decoder block, 'global' = "
-                "the whole adapter",
-        "choices": GRANULARITIES})
-    learn_steps: int = field(default=60, metadata={"help": "Adam steps (one calibration batch per teacher each)"})
-    learn_lr: float = field(default=0.2, metadata={"help": "Adam learning rate of the factors (they start at 1)"})
-    learn_heldout: float = field(default=0.2, metadata={
-        "help": "fraction of the calibration prompts held out for early stopping and the reported KL"})
-    learn_eval_every: int = field(default=10, metadata={"help": "steps between held-out KL evaluations"})
-    learn_patience: int | None = field(default=None, metadata={
-        "help": "stop after this many held-out evaluations without improvement (default: run every step); the "
-                "factors with the lowest held-out KL are kept either way"})
-    learn_top_k: int | None = field(default=None, metadata={
-        "help": f"teacher log-probs cached per position (default: the full vocabulary up to {FULL_VOCAB_LIMIT} "
-                f"tokens, else the top {DEFAULT_TOP_K} plus one bucket for the rest)"})
-    learn_seed: int = field(default=0, metadata={"help": "seed of the held-out split and the batch order"})
-
-    def __post_init__(self) -> None:
-        if self.learn_granularity not in GRANULARITIES:
-            raise UserError(f"unknown learn_granularity {self.learn_granularity!r}; choose one of {GRANULARITIES}")
-        if self.learn_steps < 0 or self.learn_eval_every < 1:
-            raise UserError(f"learn_steps must be >= 0 and learn_eval_every >= 1, got {self.learn_steps} and "
-                            f"{self.learn_eval_every}")
-        if not 0.0 < self.learn_heldout < 1.0:
-            raise UserError(f"learn_heldout must be a fraction in (0, 1), got {self.learn_heldout}")
-        if self.learn_lr <= 0 or (self.learn_top_k is not None and self.learn_top_k < 1):
-            raise UserError(f"learn_lr must be > 0 and learn_top_k >= 1, got {self.learn_lr} and {self.learn_top_k}")
-
 
 # teachers ----------------------------------------------------------------------------------------------------------
 
