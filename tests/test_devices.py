@@ -137,3 +137,16 @@ def test_config_dtype_matches_merged_tensors(tmp_path, llama_pair, magnitude_ada
     out = merge_to_folder(base, [magnitude_adapter[0]], tmp_path / "bf16", dtype="bfloat16", progress=False)
     assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
     assert {t.dtype for t in load_weights(out).values()} == {torch.bfloat16}
+
+
+def test_cli_prune_and_merge_take_device_and_dtype(tmp_path, llama_pair):
+    from dppa_peft.cli import main
+
+    base, ft = llama_pair
+    main(["prune", "--base", str(base), "--finetuned", str(ft), "--out", str(tmp_path / "a"), "--method",
+          "magnitude", "--device", "auto", "--dtype", "float32"])
+    config = json.loads((tmp_path / "a" / "adapter_config.json").read_text())
+    assert config["provenance"]["device"] == resolve_device("auto").type
+    main(["merge", "--base", str(base), "--adapter", str(tmp_path / "a"), "--out", str(tmp_path / "m"), "--device",
+          "auto", "--dtype", "bfloat16"])
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["dtype"] == "bfloat16"

@@ -152,3 +152,19 @@ def test_hub_inputs_are_recorded_at_their_commit(local_hub, hub_repo_id, tmp_pat
     assert f"`{hub_repo_id}@main`" in card and "`a1 (local folder)`" in card
     again = replay(out, tmp_path / "again", progress=False)
     assert_same(load_weights(again), load_weights(out))
+
+
+def test_checkpoint_sample_reads_rows_and_equals_the_full_sample(tmp_path):
+    from safetensors.torch import save_file
+
+    from dppa_peft.checkpoint import Checkpoint
+    from dppa_peft.format.fingerprint import checkpoint_sample, tensor_sample
+
+    g = torch.Generator().manual_seed(0)
+    tensors = {"a": torch.randn(300, 7, generator=g), "b": torch.randn(5, 7, 3, generator=g).bfloat16(),
+               "c": torch.randn(40, 1, generator=g), "d": torch.randn(9, generator=g), "e": torch.zeros(0, 4)}
+    save_file(tensors, tmp_path / "model.safetensors")
+    checkpoint = Checkpoint(tmp_path)
+    for name in tensors:
+        assert checkpoint_sample(checkpoint, name) == tensor_sample(checkpoint.read(name)), name
+    assert checkpoint.read_rows("a", 3, 5).tolist() == tensors["a"][3:5].tolist()

@@ -14,7 +14,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "demo", help="offline demo: build a tiny model zoo, prune/merge it with every method, evaluate, report",
         description="Builds (once; cached) a small Llama base pretrained on synthetic text and three domain "
                     "fine-tunes (math: heavily fine-tuned, finance, law; two tasks each), prunes each with "
-                    "magnitude, OWL, DARE, DP and DPPA at 80%% and 90%% (DPA factors tuned on the dev split), merges "
+                    "magnitude, OWL, DARE, DP and DPPA at 80% and 90% (DPA factors tuned on the dev split), merges "
                     "the three domains with DARE and with DPPA, evaluates everything with lm-eval on the test split "
                     "and writes Task-/Domain-Ratio tables and plots. No network access.",
     )

@@ -17,7 +17,8 @@ from transformers import AutoTokenizer
 
 from ..amplify.api import prune_and_amplify
 from ..evaluation.report import EvalResults, render_table, report_tables, write_report
-from ..evaluation.runner import DomainSpec, Evaluator, MergeSpec, evaluate_all
+from ..evaluation.runner import Evaluator, MergeVariant, evaluate_all
+from ..specs import Domain
 from ..evaluation.tasks import task_manager
 from ..pipeline import prune
 from .domains import DOMAINS, task_split
@@ -93,9 +94,9 @@ def run_demo(out: str | Path, cache_dir: str | Path, settings: DemoSettings = De
     adapters = prune_zoo(zoo, settings, out, progress)
     seconds["prune"] = time.perf_counter() - start - sum(seconds.values())
     test_tasks = domain_task_names("test")
-    domains = [DomainSpec(d, str(path), test_tasks[d]) for d, path in zoo.finetunes.items()]
+    domains = [Domain(name=d, finetuned=str(path), tasks=test_tasks[d]) for d, path in zoo.finetunes.items()]
     prunes = [(d, path) for (d, _, _), path in adapters.items()]
-    merges = [MergeSpec({d: adapters[(d, m, r)] for d in zoo.finetunes}) for m in settings.merge_methods
+    merges = [MergeVariant({d: adapters[(d, m, r)] for d in zoo.finetunes}) for m in settings.merge_methods
               for r in settings.rates]
     evaluator = Evaluator(AutoTokenizer.from_pretrained(zoo.base), task_manager(), batch_size=settings.batch_size,
                           limit=settings.limit)

@@ -22,15 +22,17 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import __version__
+from ..errors import UserError
 from ..checkpoint import HUB_PATTERNS, Checkpoint, ShardedWriter, atomic_directory, load_causal_lm, resolve_repo
 from ..devices import resolve_device
 from ..format.encoding import encode
-from ..format.fingerprint import fingerprint, tensor_sample
+from ..format.fingerprint import checkpoint_sample, fingerprint, tensor_sample
 from ..format.io import AdapterWriter, SparseDeltaAdapter
 from ..format.merge_record import MergeRecord, MergeSource, merged_adapter_config, read_record, source_of
 from ..format.validate import check_fits_base, require_fingerprint
 from ..methods.base import SparseDelta
-from ..pipeline import VALUE_DTYPES, open_adapter
+from ..pipeline import open_adapter
+from ..specs import torch_dtype
 from ..publish.merge_card import write_merge_card
 from ..tuner.model import BaseModelMismatchError, check_base, resize_vocabulary
 from ..validate import finite_numbers
@@ -90,9 +92,7 @@ def _dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
     """``"auto"``/None -> None (keep each tensor's dtype); a name or a torch dtype -> that dtype."""
     if dtype is None or isinstance(dtype, torch.dtype):
         return dtype
-    if dtype not in VALUE_DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(VALUE_DTYPES)}")
-    return VALUE_DTYPES[dtype]
+    return torch_dtype(dtype)
 
 
 def _dtype_name(dtype: torch.dtype | None) -> str | None:
@@ -120,15 +120,41 @@ def load_merged(base: str | os.PathLike, adapters: Sequence[AdapterRef], weights
     on = resolve_device(device)
     placement = {} if on.type == "cpu" else {"device_map": {"": str(on)}}
     model = load_causal_lm(folder, dtype=dtype, trust_remote_code=trust_remote_code, **placement)
+    return _merge_handles(model, handles, weights, merger, str(base), progress)
+
+
+def merge_into(model: torch.nn.Module, adapters: Sequence[AdapterRef], weights: Sequence[float] | None = None,
+               mode: str = "sum", *, adapter_revisions: Sequence[str | None] | None = None,
+               token: str | bool | None = None, progress: bool = True, allow_unverified_base: bool = False,
+               **options: Any) -> torch.nn.Module:
+    """Merge every adapter into the weights of an already loaded ``model``, in place, on each weight's device.
+
+    As :func:`load_merged` for a model loaded elsewhere (e.g. by lm-eval, dispatched with ``device_map``). Weights
+    offloaded to the meta device (accelerate's cpu/disk offload) cannot be changed in place and are refused.
+    """
+    merger = create_mode(mode, **options)
+    handles, weights, _ = _prepare(adapters, weights, adapter_revisions, token, allow_unverified_base)
+    return _merge_handles(model, handles, weights, merger, str(getattr(model, "name_or_path", "") or "the model"),
+                          progress)
+
+
+def _merge_handles(model: torch.nn.Module, handles: Sequence[SparseDeltaAdapter], weights: Sequence[float],
+                   merger: MergeMode, base: str, progress: bool) -> torch.nn.Module:
+    """Check the adapters fit ``model`` and merge them into its weights in place."""
     shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
     for handle in handles:
-        check_fits_base(handle.config, shapes, handle.ref, str(base))
+        check_fits_base(handle.config, shapes, handle.ref, base)
         check_base(model, handle.config)
     resize_vocabulary(model, max((h.config.vocab_size or 0 for h in handles), default=0) or None)
     params = dict(model.named_parameters())
+    names = _tensor_names(handles)
+    offloaded = [name for name in names if name in params and params[name].device.type == "meta"]
+    if offloaded:
+        raise UserError(f"{len(offloaded)} weights the adapters change (e.g. {offloaded[0]}) are offloaded by the "
+                        "device map (meta device); merging needs them in memory: give the device map room for them "
+                        "(e.g. max_cpu_memory), or write the merged model once with `dppa-peft merge` and load that")
     with torch.no_grad():
-        for name in tqdm(_tensor_names(handles), desc=f"merging ({merger.name})", unit="tensor",
-                         disable=not progress, leave=False):
+        for name in tqdm(names, desc=f"merging ({merger.name})", unit="tensor", disable=not progress, leave=False):
             if name not in params:
                 raise ValueError(f"adapter tensor {name!r} is not a parameter of {base}; the adapter does not fit")
             _merged(merger, name, handles, weights).apply_(params[name].data)
@@ -191,7 +217,7 @@ def merge_to_adapter(base: str | os.PathLike, adapters: Sequence[AdapterRef], ou
     ``load_adapter``, ``load_merged``) and gives the weights ``load_merged(base, adapters, weights, mode)`` gives:
     bit for bit for election modes and for one adapter, to fp32 rounding for sums of several (the merged values
     are summed before, not after, they meet the base). ``value_dtype`` (default float32, exact) may be bfloat16
-    or float16 for half the size. The base is read only to check the adapters' fingerprints and record its own.
+    or float16 for half the size. Of the base, only the rows holding the fingerprint samples are read.
     """
     merger = create_mode(mode, **options)
     stored_dtype = _dtype(value_dtype)
@@ -208,7 +234,7 @@ def merge_to_adapter(base: str | os.PathLike, adapters: Sequence[AdapterRef], ou
     with atomic_directory(out, overwrite=overwrite, inputs=inputs) as tmp:
         writer = AdapterWriter(tmp)
         for name in tqdm(names, desc=f"merging ({merger.name})", unit="tensor", disable=not progress, leave=False):
-            samples[name] = tensor_sample(checkpoint.read(name))
+            samples[name] = checkpoint_sample(checkpoint, name)  # a few rows, not the whole tensor
             delta = _merged(merger, name, handles, weights).as_delta()
             pruned = any(h.config.tensors[name].get("pruned") for h in handles if name in h.config.tensors)
             writer.add(name, encode(delta, stored_dtype, dense=delta.nnz == delta.numel), pruned=pruned)

@@ -14,7 +14,8 @@ from torch import nn
 from ..format.apply import add_sparse, effective_values
 from ..format.config import SparseDeltaConfig
 from ..format.encoding import EncodedTensor
-from ..methods.base import SparseDelta
+from ..format.validate import check_encoded
+from ..methods.base import FullDelta, SparseDelta
 
 
 class SparseDeltaStore(nn.Module):
@@ -45,7 +46,10 @@ class SparseDeltaStore(nn.Module):
     def delta(self, param: str, device: torch.device) -> SparseDelta:
         """The stored delta of one parameter with every factor applied (fp32 effective values, on ``device``)."""
         encoded = self.encoded(param)
-        indices = encoded.indices().to(device)
+        indices = check_encoded(param, encoded, len(self.factors[param]), "being applied")
+        if indices is None:  # stored dense: positions implicit
+            return FullDelta(effective_values(encoded, self.factors[param]).to(device), encoded.shape)
+        indices = indices.to(device)
         return SparseDelta(indices, effective_values(encoded, self.factors[param], indices=indices), encoded.shape)
 
 
