@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..checkpoint import load_causal_lm
+from ..devices import resolve_device
 from ..format.apply import add_dense, effective_values
 from ..format.encoding import EncodedTensor
 from ..format.io import SparseDeltaAdapter
@@ -44,7 +45,7 @@ def load_base_model(base: str | os.PathLike, adapter: SparseDeltaAdapter, dtype:
     check_fits_base(adapter.config, {n: tuple(p.shape) for n, p in model.named_parameters()}, adapter.ref, str(base))
     check_base(model, adapter.config)
     resize_vocabulary(model, adapter.config.vocab_size)
-    return model.to(device).eval()
+    return model.to(resolve_device(device)).eval()
 
 
 class AmplifiedModel:

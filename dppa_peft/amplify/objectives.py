@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ..checkpoint import load_causal_lm
+from ..devices import resolve_device
 from ..errors import UserError
 from ..specs import ObjectiveParams, Source
 from .calibration import DEFAULT_TEXT_FIELD, Prompt, read_prompts, task_prompts
@@ -167,7 +168,7 @@ def build_objective(params: ObjectiveParams, finetuned: Source | str | os.PathLi
     base_ref = None if base is None else Source.of(base).ref
     tokenizer = load_tokenizer([params.tokenizer] if params.tokenizer else [source.ref, base_ref], token=token)
     reference = load_causal_lm(source.ref, dtype=dtype, revision=source.revision, token=token)
-    reference = reference.to(device).eval()
+    reference = reference.to(resolve_device(device)).eval()
     if params.objective == "kl":
         return KLObjective(reference, tokenizer, texts, params.continuation_tokens, params.max_length,
                            params.batch_size, source=str(params.calibration))
