@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import struct
@@ -149,9 +150,13 @@ class Checkpoint:
 
     def read_rows(self, name: str, start: int, stop: int) -> torch.Tensor:
         """Rows ``start:stop`` of a tensor of at least one dimension, read without loading the rest."""
-        handle = self._handle(name)
-        with safetensors_errors(self.directory / self._shard_of[name]):
-            return handle.get_slice(name)[start:stop].clone()
+        entry = self._entries[name]
+        start, stop, _ = slice(start, stop).indices(entry.shape[0])
+        stop = max(start, stop)
+        row_bytes = math.prod(entry.shape[1:]) * entry.dtype.itemsize
+        rows = TensorEntry((stop - start, *entry.shape[1:]), entry.dtype, entry.start + start * row_bytes,
+                           entry.start + stop * row_bytes)
+        return read_tensor(self.directory / self._shard_of[name], rows)
 
 
 def load_causal_lm(ref: str | os.PathLike, **kwargs: Any) -> torch.nn.Module:

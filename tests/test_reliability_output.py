@@ -211,7 +211,7 @@ def test_disk_full_is_a_clear_error_and_leaves_nothing(pair_copy, tmp_path, monk
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "x"))
 
-    monkeypatch.setattr(checkpoint.shutil, "copyfileobj", full)
+    monkeypatch.setattr(checkpoint, "_copy_in_kernel", full)  # where a shard file is assembled
     assert _prune(pair_copy, tmp_path / "out") == 2
     err = capsys.readouterr().err
     assert "the disk is full" in err and "nothing was written" in err and "Traceback" not in err
