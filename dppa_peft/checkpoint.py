@@ -7,7 +7,6 @@ data file and assembles the final file at the end, then renames it into place.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -219,11 +218,6 @@ class SafetensorsWriter:
             if tmp.exists():
                 tmp.unlink()
         return self.path
-
-    def abort(self) -> None:
-        self._data.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self._data.name)
 
 
 class ShardedWriter:
