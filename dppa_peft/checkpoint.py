@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from .errors import UserError
-from .output import atomic_directory  # re-exported: the one way results are written (see output.py)
+from .output import atomic_directory  # noqa: F401  (re-exported: the one way results are written, see output.py)
 from .safetensors_file import DTYPE_TO_ST, TensorEntry, open_checked, read_header, safetensors_errors
 from .validate import read_json
 

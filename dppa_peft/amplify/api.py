@@ -157,7 +157,8 @@ def _amplify_into(folder: Path, adapter: SparseDeltaAdapter, spec: PruneSpec | A
 
 def amplify(spec: AmplifySpec | str | os.PathLike | SparseDeltaAdapter, out: str | os.PathLike | None = None, *,
             token: str | bool | None = None, progress: bool = True, command: str | None = None,
-            objective: Objective | None = None, **options: Any) -> tuple[SparseDeltaAdapter, SearchResult | LearnResult | None]:
+            objective: Objective | None = None,
+            **options: Any) -> tuple[SparseDeltaAdapter, SearchResult | LearnResult | None]:
     """DPA on an existing adapter: search one factor per partition and write the amplified adapter.
 
     Pass an :class:`~dppa_peft.specs.AmplifySpec`, or its keyword form ``amplify(adapter, out, finetuned=...,

@@ -16,11 +16,11 @@ from ..progress import progress_bar
 from ..format.io import SparseDeltaAdapter
 from ..methods.registry import METHODS
 from ..pipeline import open_adapter
-from ..specs import Domain
+from ..specs import Domain, Source
 from .backends import BackendSettings, ModelSource, lm_eval_model
 from .report import EvalResults, Variant, VariantScores
 
-AdapterRef = str | os.PathLike | SparseDeltaAdapter
+AdapterRef = str | os.PathLike | SparseDeltaAdapter | Source
 #: One task's score and its standard error (None when lm-eval reports none).
 Score = tuple[float, float | None]
 

@@ -24,7 +24,6 @@ import torch
 from ..progress import progress_bar
 
 from ..checkpoint import Checkpoint, SafetensorsWriter
-from ..choices import EXPORT_FORMATS
 from ..output import atomic_directory, check_output
 from .card import write_model_card
 from ..format.apply import add_dense, add_sparse
