@@ -267,8 +267,8 @@ class Student:
                 encoded = adapter.encoded(name)
                 ids = parts.ids.get(name) if parts is not None else None
                 ids = encoded.partition if ids is None else ids
-                count = 1 if ids is None else (parts.count if parts is not None else int(ids.max()) + 1)
                 scalars = adapter.config.tensor_factors(name)
+                count = 1 if ids is None else (parts.count if parts is not None else len(scalars))
                 indices = encoded.indices().to(device)
                 on_device = EncodedTensor(encoded.encoding, encoded.shape, encoded.values.to(device, torch.float32),
                                           partition=None if ids is None else ids.to(device),
