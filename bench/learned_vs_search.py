@@ -26,24 +26,30 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import torch  # noqa: E402
-from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from dppa_peft import SparseDeltaAdapter, load_merged, prune  # noqa: E402
-from dppa_peft.amplify.api import write_amplified  # noqa: E402
-from dppa_peft.amplify.calibration import Prompt  # noqa: E402
-from dppa_peft.amplify.candidate import AmplifiedModel, load_base_model  # noqa: E402
-from dppa_peft.amplify.factors import amplification_block  # noqa: E402
-from dppa_peft.amplify.learned import LearnParams, build_teacher, learn_factors, mean_kl, split_indices  # noqa: E402
-from dppa_peft.amplify.objectives import KLObjective  # noqa: E402
-from dppa_peft.amplify.partitions import adapter_partitions  # noqa: E402
-from dppa_peft.amplify.search import default_bounds, search_factors  # noqa: E402
-from dppa_peft.demo.domains import DOMAINS, task_split  # noqa: E402
-from dppa_peft.demo.tasks import domain_task_names  # noqa: E402
-from dppa_peft.demo.zoo import build_zoo  # noqa: E402
-from dppa_peft.evaluation.ratios import domain_ratio, task_ratio  # noqa: E402
-from dppa_peft.evaluation.runner import Evaluator  # noqa: E402
-from dppa_peft.evaluation.tasks import task_manager  # noqa: E402
+from dppa_peft import SparseDeltaAdapter, load_merged, prune
+from dppa_peft.amplify.api import write_amplified
+from dppa_peft.amplify.calibration import Prompt
+from dppa_peft.amplify.candidate import AmplifiedModel, load_base_model
+from dppa_peft.amplify.factors import amplification_record
+from dppa_peft.amplify.learned import (
+    LearnParams,
+    build_teacher,
+    learn_factors,
+    mean_kl,
+    split_indices,
+)
+from dppa_peft.amplify.objectives import KLObjective
+from dppa_peft.amplify.partitions import adapter_partitions
+from dppa_peft.amplify.search import default_bounds, search_factors
+from dppa_peft.demo.domains import DOMAINS, task_split
+from dppa_peft.demo.tasks import domain_task_names
+from dppa_peft.demo.zoo import build_zoo
+from dppa_peft.evaluation.ratios import domain_ratio, task_ratio
+from dppa_peft.evaluation.runner import Evaluator
+from dppa_peft.evaluation.tasks import task_manager
 
 CONTINUATION = 8
 BATCH = 8
@@ -120,7 +126,7 @@ def bench_domain(zoo, domain: str, method: str, rate: float, evaluator: Evaluato
     seconds = (teacher_seconds[0] + spent[0], teacher_seconds[1] + spent[1])
     folder = root / f"{domain}-{method}-learned"
     folder.mkdir()
-    block = amplification_block([rate], [1.0])
+    block = amplification_record([rate], [1.0])
     block["learned"] = learned.record()
     write_amplified(adapter, folder, partitions, block, {}, learned.factors[0])
     model = load_merged(zoo.base, [SparseDeltaAdapter(folder)], progress=False)

@@ -14,7 +14,13 @@ from transformers import AutoModelForCausalLM
 from dppa_peft import SparseDeltaAdapter, amplify, load_merged, merge_to_folder, prune
 from dppa_peft.amplify.api import prune_and_amplify
 from dppa_peft.amplify.calibration import Prompt, read_prompts
-from dppa_peft.amplify.learned import LearnParams, Student, build_teacher, learn_factors, mean_kl
+from dppa_peft.amplify.learned import (
+    LearnParams,
+    Student,
+    build_teacher,
+    learn_factors,
+    mean_kl,
+)
 from dppa_peft.cli import main
 from dppa_peft.errors import UserError
 from dppa_peft.format.encoding import encode

@@ -29,12 +29,12 @@ import gc
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from ..progress import progress_bar
 
 from ..checkpoint import load_causal_lm
 from ..choices import FULL_VOCAB_LIMIT, GRANULARITIES
@@ -144,9 +144,10 @@ def build_teacher(model: nn.Module, tokenizer: Any, prompts: Sequence[Prompt], *
     cache is ``positions × k`` fp32 on the CPU: k = vocabulary up to ``FULL_VOCAB_LIMIT`` tokens, else ``top_k``
     (default ``DEFAULT_TOP_K``) log-probs and their int32 token ids (``kl_divergence`` adds a bucket for the rest).
     """
-    context = int(getattr(model.config, "max_position_embeddings", 0) or 1 << 30)
+    config: Any = model.config
+    context = int(getattr(config, "max_position_embeddings", 0) or 1 << 30)
     token_ids = check_lengths(prompts, tokenizer, context, continuation_tokens)
-    vocab = int(model.config.vocab_size)
+    vocab = int(config.vocab_size)
     k = top_k if top_k is not None else (None if vocab <= FULL_VOCAB_LIMIT else DEFAULT_TOP_K)
     k = None if k is not None and k >= vocab else k
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
@@ -187,11 +188,12 @@ def model_context(ref: str | os.PathLike, revision: str | None = None, token: st
 
 
 def teacher_from_pretrained(ref: str | os.PathLike, tokenizer: Any, prompts: Sequence[Prompt], *,
-                            continuation_tokens: int = 8, batch_size: int = 8, params: LearnParams = LearnParams(),
+                            continuation_tokens: int = 8, batch_size: int = 8, params: LearnParams | None = None,
                             dtype: str | torch.dtype = "auto", device: str | torch.device = "cpu",
                             revision: str | None = None, token: str | bool | None = None,
                             name: str | None = None) -> Teacher:
     """Load the dense fine-tune ``ref`` on ``device``, cache its outputs (``build_teacher``) and free it again."""
+    params = params or LearnParams()
     model = load_causal_lm(ref, dtype=dtype, revision=revision, token=token).to(device)
     try:
         return build_teacher(model, tokenizer, prompts, continuation_tokens=continuation_tokens,
@@ -378,7 +380,7 @@ def _order(count: int, generator: torch.Generator) -> list[int]:
 
 
 def learn_factors(model: nn.Module, adapters: Sequence[SparseDeltaAdapter], teachers: Sequence[Teacher],
-                  params: LearnParams = LearnParams(), *, partitions: Sequence[Partitions | None] | None = None,
+                  params: LearnParams | None = None, *, partitions: Sequence[Partitions | None] | None = None,
                   weights: Sequence[float] | None = None, progress: bool = True) -> LearnResult:
     """Learn factor tables for the pruned tensors of ``adapters`` so that base + Σ w·δ(factors) matches the teachers.
 
@@ -391,6 +393,7 @@ def learn_factors(model: nn.Module, adapters: Sequence[SparseDeltaAdapter], teac
     """
     if not adapters or not teachers:
         raise ValueError("learn_factors needs at least one adapter and one teacher")
+    params = params or LearnParams()
     started = time.perf_counter()
     student = Student(model, adapters, params.learn_granularity, partitions, weights)
     generator = torch.Generator().manual_seed(params.learn_seed)
@@ -398,8 +401,7 @@ def learn_factors(model: nn.Module, adapters: Sequence[SparseDeltaAdapter], teac
     queues: list[list[int]] = [[] for _ in teachers]
     best = (student.heldout_kl(teachers), 0, student.tables())
     heldout, losses, stopped, waited = [(0, best[0])], [], None, 0
-    bar = tqdm(range(1, params.learn_steps + 1), desc="learning factors", unit="step", disable=not progress,
-               leave=False)
+    bar = progress_bar(range(1, params.learn_steps + 1), desc="learning factors", unit="step", disable=not progress)
     for step in bar:
         if optimizer is None:
             break

@@ -12,7 +12,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from tqdm.auto import tqdm
+from ..progress import progress_bar
 from transformers import AutoTokenizer
 
 from ..amplify.api import prune_and_amplify
@@ -71,7 +71,7 @@ def prune_zoo(zoo: Zoo, settings: DemoSettings, out: Path, progress: bool = True
     """Every (domain, method, rate) adapter, written under ``out/adapters``."""
     jobs = [(d, m, r) for d in zoo.finetunes for r in settings.rates for m in settings.methods]
     adapters = {}
-    for domain, method, rate in tqdm(jobs, desc="pruning", unit="adapter", disable=not progress):
+    for domain, method, rate in progress_bar(jobs, desc="pruning", unit="adapter", disable=not progress):
         path = out / "adapters" / domain / f"{method}-{round(rate * 100)}"
         finetuned = zoo.finetunes[domain]
         if method == DPPA:
