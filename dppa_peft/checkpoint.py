@@ -13,24 +13,19 @@ import os
 import shutil
 import struct
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+
+from .errors import UserError
+from .output import atomic_directory  # re-exported: the one way results are written (see output.py)
+from .safetensors_file import DTYPE_TO_ST, TensorEntry, open_checked, read_header, safetensors_errors
+from .validate import read_json
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 HUB_PATTERNS = ["*.safetensors", "*.json", "*.txt", "*.model", "*.jinja", "README.md"]
-
-_DTYPE_TO_ST = {
-    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
-    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
-    torch.bool: "BOOL",
-}
-_ST_TO_DTYPE = {v: k for k, v in _DTYPE_TO_ST.items()}
-
 
 def looks_like_local_path(ref: str) -> bool:
     """A reference that can only be meant as a path (absolute, ./, ../, ~ or more than one '/')."""
@@ -50,7 +45,9 @@ def resolve_repo(ref: str | os.PathLike, revision: str | None = None, token: str
             raise ValueError(f"{str(ref)!r} is a local folder: a revision ({revision!r}) applies to Hub ids only")
         return path
     ref = str(ref)
-    if looks_like_local_path(ref):
+    if path.exists():
+        raise UserError(f"{ref!r} is a file, not a folder; pass the model or adapter folder that holds it")
+    if looks_like_local_path(ref) or _under_local_folder(path):
         raise FileNotFoundError(f"no such folder: {ref!r}; pass an existing local folder or a Hub id like 'user/model'")
     from huggingface_hub import snapshot_download
 
@@ -59,6 +56,11 @@ def resolve_repo(ref: str | os.PathLike, revision: str | None = None, token: str
     with hub_errors(ref, revision):
         folder = snapshot_download(ref, revision=revision, token=token, allow_patterns=allow_patterns or HUB_PATTERNS)
     return Path(folder)
+
+
+def _under_local_folder(path: Path) -> bool:
+    """'models/nosuch' where ./models exists: a mistyped local path, not a Hub id (no Hub round trip)."""
+    return len(path.parts) == 2 and path.parent.is_dir()
 
 
 def describe_ref(ref: str | os.PathLike, revision: str | None = None) -> str:
@@ -72,9 +74,9 @@ class Checkpoint:
     def __init__(self, directory: str | os.PathLike, ref: str | None = None) -> None:
         self.directory = Path(directory)
         self.ref = ref or str(directory)
+        self._entries: dict[str, TensorEntry] = {}  # shape and dtype of every tensor, from the checked headers
         self._shard_of = self._index_tensors()
         self._handles: dict[str, Any] = {}
-        self._meta: dict[str, tuple[tuple[int, ...], torch.dtype]] = {}
 
     @classmethod
     def open(cls, ref: str | os.PathLike, revision: str | None = None, token: str | bool | None = None) -> "Checkpoint":
@@ -84,27 +86,48 @@ class Checkpoint:
     def _index_tensors(self) -> dict[str, str]:
         index = self.directory / INDEX_FILE
         if index.is_file():
-            weight_map = json.loads(index.read_text())["weight_map"]
-            missing = sorted({f for f in weight_map.values() if not (self.directory / f).is_file()})
-            if missing:
-                raise FileNotFoundError(f"{self.ref}: shards {missing} named in {INDEX_FILE} are missing; re-download it")
-            return dict(weight_map)
+            return self._sharded(index)
         single = self.directory / SINGLE_FILE
         if single.is_file():
-            with safe_open(single, framework="pt") as handle:
-                return {name: SINGLE_FILE for name in handle.keys()}
+            self._entries = read_header(single)
+            return {name: SINGLE_FILE for name in self._entries}
         if any(self.directory.glob("*.bin")) or any(self.directory.glob("*.pt")):
-            raise ValueError(
+            raise UserError(
                 f"{self.ref} holds only pickled weights (*.bin/*.pt), which dppa-peft never loads; convert it with "
                 "`model.save_pretrained(dir, safe_serialization=True)` in a trusted environment first"
             )
         raise FileNotFoundError(f"{self.ref}: no {SINGLE_FILE} or {INDEX_FILE}; pass a transformers model folder")
 
+    def _sharded(self, index: Path) -> dict[str, str]:
+        """The index's tensor -> shard map, every shard confined to the folder and holding what the index says."""
+        weight_map = read_json(index, "checkpoint index").get("weight_map")
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise UserError(f"{index} has no 'weight_map' object mapping tensor names to shard files; re-download "
+                            "the checkpoint or re-save it with save_pretrained")
+        root = self.directory.resolve()
+        for shard in sorted(set(weight_map.values())):
+            if Path(shard).is_absolute() or ".." in Path(shard).parts or root not in (root / shard).resolve().parents:
+                raise UserError(f"{index} names shard {shard!r} outside the checkpoint folder; an index may only name "
+                                "files inside its own folder: fix the index or re-download the checkpoint")
+        missing = sorted({f for f in weight_map.values() if not (self.directory / f).is_file()})
+        if missing:
+            raise FileNotFoundError(f"{self.ref}: shards {missing} named in {INDEX_FILE} are missing; re-download it")
+        for shard in sorted(set(weight_map.values())):
+            for name, entry in read_header(self.directory / shard).items():
+                if weight_map.get(name) == shard:
+                    self._entries[name] = entry
+        wrong = sorted(set(weight_map) - set(self._entries))
+        if wrong:
+            raise UserError(f"{index} maps tensors {wrong[:5]} to shards that do not hold them (e.g. "
+                            f"{weight_map[wrong[0]]!r}); the index does not match the shards: re-download the "
+                            "checkpoint")
+        return dict(weight_map)
+
     @property
     def config(self) -> dict[str, Any] | None:
         """The model's config.json as a dict, if present."""
         path = self.directory / "config.json"
-        return json.loads(path.read_text()) if path.is_file() else None
+        return read_json(path, "model config") if path.is_file() else None
 
     def names(self) -> list[str]:
         """All tensor names, sorted."""
@@ -116,20 +139,14 @@ class Checkpoint:
     def _handle(self, name: str) -> Any:
         shard = self._shard_of[name]
         if shard not in self._handles:
-            self._handles[shard] = safe_open(self.directory / shard, framework="pt")
+            self._handles[shard] = open_checked(self.directory / shard)
         return self._handles[shard]
 
     def shape(self, name: str) -> tuple[int, ...]:
-        return self._metadata(name)[0]
+        return self._entries[name].shape
 
     def dtype(self, name: str) -> torch.dtype:
-        return self._metadata(name)[1]
-
-    def _metadata(self, name: str) -> tuple[tuple[int, ...], torch.dtype]:
-        if name not in self._meta:
-            view = self._handle(name).get_slice(name)
-            self._meta[name] = (tuple(view.get_shape()), _ST_TO_DTYPE[view.get_dtype()])
-        return self._meta[name]
+        return self._entries[name].dtype
 
     def read(self, name: str) -> torch.Tensor:
         """Load one tensor as a copy owned by the caller.
@@ -137,7 +154,19 @@ class Checkpoint:
         ``safe_open`` hands out tensors on a copy-on-write memory map that later reads of the same name share, so an
         in-place change to an uncopied tensor would leak into the next read (the file itself stays untouched).
         """
-        return self._handle(name).get_tensor(name).clone()
+        handle = self._handle(name)
+        with safetensors_errors(self.directory / self._shard_of[name]):
+            return handle.get_tensor(name).clone()
+
+
+def load_causal_lm(ref: str | os.PathLike, **kwargs: Any) -> torch.nn.Module:
+    """``AutoModelForCausalLM.from_pretrained`` that only ever reads safetensors: a local folder is checked first
+    (a pickled-only folder or a damaged file is a clear error), and transformers is told ``use_safetensors=True``."""
+    from transformers import AutoModelForCausalLM
+
+    if Path(ref).expanduser().is_dir():
+        Checkpoint(Path(ref).expanduser())
+    return AutoModelForCausalLM.from_pretrained(ref, use_safetensors=True, **kwargs)
 
 
 class SafetensorsWriter:
@@ -157,7 +186,7 @@ class SafetensorsWriter:
         raw = tensor.reshape(-1).view(torch.uint8).numpy()
         self._data.write(memoryview(raw))
         self._entries[name] = {
-            "dtype": _DTYPE_TO_ST[tensor.dtype],
+            "dtype": DTYPE_TO_ST[tensor.dtype],
             "shape": list(tensor.shape),
             "data_offsets": [self._offset, self._offset + raw.nbytes],
         }
@@ -221,30 +250,3 @@ class ShardedWriter:
             }
             (self.directory / INDEX_FILE).write_text(json.dumps(index, indent=2))
         return [self.directory / n for n in names]
-
-
-@contextlib.contextmanager
-def atomic_directory(target: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temp folder beside ``target``; on success it replaces ``target``, on error it is removed."""
-    target = Path(target)
-    if target.exists() and any(target.iterdir()) and not overwrite:
-        raise FileExistsError(f"{target} exists and is not empty; choose another output folder or pass overwrite")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if not target.exists():
-        os.replace(tmp, target)
-        return
-    old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old-"))
-    os.replace(target, old)
-    try:
-        os.replace(tmp, target)
-    except BaseException:
-        os.replace(old, target)  # restore the previous content
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    shutil.rmtree(old, ignore_errors=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 
 import torch
@@ -9,6 +10,8 @@ from tqdm.auto import tqdm
 
 from .format.fingerprint import tensor_sample
 from .checkpoint import Checkpoint
+from .errors import UserError
+from .validate import check_finite
 from .scope import Scope, TensorInfo
 
 ARCHITECTURE_FIELDS = (
@@ -16,9 +19,14 @@ ARCHITECTURE_FIELDS = (
     "intermediate_size", "head_dim",
 )
 VOCAB_TENSOR_HINTS = ("embed", "lm_head", "wte", "word_embeddings", "output.weight")
+UNRELATED_COSINE = 0.2  # cos(W_ft, W_B) below this: the "fine-tune" barely resembles the base (a wrong base?)
+SAMPLE = 65536  # entries per tensor that the wrong-base check looks at
+FINITE_FIX = "the checkpoint is corrupt or its training diverged: fix or re-export it (NaN would be dropped " \
+             "silently and inf would make every merged logit non-finite)"
+logger = logging.getLogger(__name__)
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(UserError):
     """The two checkpoints are not a base and a fine-tune of it."""
 
 
@@ -33,6 +41,8 @@ class DeltaPair:
         self.extra_rows: dict[str, int] = {}
         self.base_samples: dict[str, bytes] = {}  # fingerprint samples of every base tensor read so far
         self.infos: list[TensorInfo] = self._pair_tensors()
+        self._likeness = torch.zeros(3, dtype=torch.float64)  # Σ<ft, base>, Σ|ft|², Σ|base|² over sampled entries
+        self._likeness_checked = False
 
     def _check_architecture(self) -> None:
         base_cfg, ft_cfg = self.base.config or {}, self.finetuned.config or {}
@@ -59,8 +69,19 @@ class DeltaPair:
             if base_shape != ft_shape:
                 self._check_vocab_extension(name, base_shape, ft_shape)
                 self.extra_rows[name] = ft_shape[0] - base_shape[0]
+            self._check_dtypes(name)
             infos.append(self.scope.classify(name, ft_shape))
         return infos
+
+    def _check_dtypes(self, name: str) -> None:
+        """Both floating point, or the very same non-float dtype (an int32 tensor against fp32 is a wrong file)."""
+        base, ft = self.base.dtype(name), self.finetuned.dtype(name)
+        if base != ft and not (base.is_floating_point and ft.is_floating_point):
+            raise CheckpointMismatchError(
+                f"tensor {name!r} is {str(ft).removeprefix('torch.')} in the fine-tune {self.finetuned.ref} but "
+                f"{str(base).removeprefix('torch.')} in the base {self.base.ref}; a fine-tune keeps the kind of every "
+                "tensor: check that both are the same model saved the same way"
+            )
 
     def _check_vocab_extension(self, name: str, base_shape: tuple[int, ...], ft_shape: tuple[int, ...]) -> None:
         grows_rows = len(base_shape) == len(ft_shape) and ft_shape[0] > base_shape[0] and ft_shape[1:] == base_shape[1:]
@@ -77,8 +98,41 @@ class DeltaPair:
         self.base_samples[name] = tensor_sample(base)
         base = base.float()
         rows = base.shape[0] if name in self.extra_rows else ft.shape[0]
+        self._observe_likeness(ft[:rows], base)
         ft[:rows] -= base
+        if not torch.isfinite(ft).all():  # one pass in the common case; name the culprit only when needed
+            check_finite(self.finetuned.read(name), name, f"the fine-tune {self.finetuned.ref}", FINITE_FIX)
+            check_finite(base, name, f"the base {self.base.ref}", FINITE_FIX)
+            check_finite(ft, name, f"the delta {self.finetuned.ref} - {self.base.ref}", FINITE_FIX)
         return ft
+
+    def _observe_likeness(self, ft: torch.Tensor, base: torch.Tensor) -> None:
+        if base.numel() < 1024 or self._likeness_checked:
+            return
+        step = max(1, base.numel() // SAMPLE)
+        a, b = ft.reshape(-1)[::step].double(), base.reshape(-1)[::step].double()
+        self._likeness += torch.stack([a @ b, a @ a, b @ b])
+
+    def check_likeness(self) -> float | None:
+        """Warn (once) when the fine-tune looks unrelated to the base; returns the cosine seen (None: no data).
+
+        A fine-tune stays strongly correlated with its base (cosine ≳ 0.5 even after aggressive training, ≈ 1 for
+        real LLM fine-tunes); two unrelated models of the same shapes have cosine ≈ 0 and a delta norm ≈ 1.4× the
+        weights'. Called by ``deltas`` after its first full pass.
+        """
+        dot, ft_sq, base_sq = self._likeness.tolist()
+        if self._likeness_checked or not base_sq or not ft_sq:
+            return None
+        self._likeness_checked = True
+        cosine = dot / (ft_sq * base_sq) ** 0.5
+        relative = max(ft_sq - 2 * dot + base_sq, 0.0) ** 0.5 / base_sq ** 0.5
+        if cosine < UNRELATED_COSINE:
+            logger.warning(
+                "%s looks unrelated to the base %s: cosine similarity %.3f between their weights, delta norm %.2fx "
+                "the base weights' (relative norm); a fine-tune of this base would be strongly correlated with it. "
+                "Check --base: the adapter will only fit the base it was computed from",
+                self.finetuned.ref, self.base.ref, cosine, relative)
+        return cosine
 
     def deltas(self, infos: list[TensorInfo] | None = None, desc: str = "deltas",
                progress: bool = True) -> Iterator[tuple[TensorInfo, torch.Tensor]]:
@@ -86,3 +140,4 @@ class DeltaPair:
         infos = self.infos if infos is None else infos
         for info in tqdm(infos, desc=desc, unit="tensor", disable=not progress, leave=False):
             yield info, self.delta(info.name)
+        self.check_likeness()

@@ -12,7 +12,8 @@ import torch
 
 from . import __version__
 from .format.config import SparseDeltaConfig
-from .format.encoding import encode
+from .errors import UserError
+from .format.encoding import EncodedTensor, encode
 from .format.fingerprint import fingerprint
 from .format.io import AdapterWriter, SparseDeltaAdapter
 from .amplify.factors import amplification_block
@@ -105,10 +106,11 @@ def prune(base: str | os.PathLike, finetuned: str | os.PathLike, out: str | os.P
     pruner = create_method(method, rate, **params)
     rates = None if partition_rates is None else check_partition_rates(partition_rates, rate)
     pair = open_pair(base, finetuned, scope_pattern, revision=revision, base_revision=base_revision, token=token)
-    collect_statistics(pruner, pair, progress)
     counts = {"kept": 0, "numel": 0, "pruned": 0, "dense": 0, "unchanged": 0, "stored": 0, "dense_bytes": 0}
     samples: dict[str, bytes] = {}
-    with atomic_directory(out, overwrite=overwrite) as tmp:
+    inputs = [base, finetuned, pair.base.directory, pair.finetuned.directory]
+    with atomic_directory(out, overwrite=overwrite, inputs=inputs) as tmp:  # checked and locked before any work
+        collect_statistics(pruner, pair, progress)
         writer = AdapterWriter(tmp)
         for info, delta in pair.deltas(desc=f"pruning ({method})", progress=progress):
             if not delta.any():
@@ -159,13 +161,24 @@ def _prune_one(pruner: PruningMethod, info: TensorInfo, delta: torch.Tensor, out
         if partition_rates is not None and len(partition_rates) > 1:
             ids, densities = partition_ids(pruner, info, delta, sparse, partition_rates)
             extra["partition_densities"] = densities
-        return writer.add(info.name, encode(sparse, stored_dtype, partition=ids), pruned=True, block=info.block,
+        return writer.add(info.name, _encode(info, sparse, stored_dtype, partition=ids), pruned=True, block=info.block,
                           module=info.module, planned_density=plan.density, unclipped_density=plan.unclipped,
                           **extra)
     sparse = _outside_scope(delta, outside_scope, pruner.rate)
     if sparse is None:
         return None
-    return writer.add(info.name, encode(sparse, stored_dtype, dense=outside_scope == "dense"), pruned=False)
+    return writer.add(info.name, _encode(info, sparse, stored_dtype, dense=outside_scope == "dense"), pruned=False)
+
+
+def _encode(info: TensorInfo, sparse: SparseDelta, dtype: torch.dtype, **options: Any) -> EncodedTensor:
+    """``encode``, refusing values that overflow the stored dtype (float16 tops out at 65504)."""
+    encoded = encode(sparse, dtype, **options)
+    if not torch.isfinite(encoded.values).all():
+        big = float(sparse.values.abs().max())
+        kind = str(dtype).removeprefix("torch.")
+        raise UserError(f"tensor {info.name!r}: delta values up to {big:.4g} overflow --value-dtype {kind} (largest "
+                        f"finite {torch.finfo(dtype).max:.4g}); use --value-dtype bfloat16 or float32")
+    return encoded
 
 
 def _vocab_size(pair: DeltaPair) -> int | None:

@@ -34,3 +34,11 @@ def llama_finetunes(tmp_path_factory: pytest.TempPathFactory, llama_pair: tuple)
     base, _ = llama_pair
     root = tmp_path_factory.mktemp("llama_more")
     return [make_finetune(base, root / f"ft{i}", steps=3, seed=10 + i) for i in range(2)]
+
+
+@pytest.fixture(scope="session")
+def matrix(tmp_path_factory: pytest.TempPathFactory):
+    """The common test matrix's tiny models (fp32 and bf16) and the adapters pruned from them (tests/matrix.py)."""
+    from tests.matrix import Matrix
+
+    return Matrix(tmp_path_factory.mktemp("matrix"))

@@ -43,8 +43,14 @@ def magnitude_merged_weights(base: Path, finetuned: Path, density: float, weight
     return out
 
 
-def logits_with(base: Path, weights: dict[str, torch.Tensor]) -> torch.Tensor:
-    model = AutoModelForCausalLM.from_pretrained(base)
-    model.load_state_dict({k: v.to(torch.float32) for k, v in weights.items()})
+def logits(model: torch.nn.Module) -> torch.Tensor:
+    """The model's logits on ``PROMPT``, without gradients."""
     with torch.no_grad():
         return model(PROMPT).logits
+
+
+def logits_with(base: Path, weights: dict[str, torch.Tensor], dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Logits of ``base``'s architecture with ``weights``: in fp32 by default, or loaded and run in ``dtype``."""
+    model = AutoModelForCausalLM.from_pretrained(base, **({"dtype": dtype} if dtype else {}))
+    model.load_state_dict({k: v.to(dtype or torch.float32) for k, v in weights.items()})
+    return logits(model)

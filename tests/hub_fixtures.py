@@ -18,7 +18,6 @@ import sys
 import tempfile
 import uuid
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -40,60 +39,34 @@ _CLEARED_VARIABLES = (
 )  # fmt: skip
 
 
-@dataclass(frozen=True)
-class HubEnvironment:
-    """Where this process's Hub traffic goes: endpoint, port, HF_HOME, and the dummy user's token."""
-
-    endpoint: str
-    port: int
-    hf_home: Path
-    user: str
-    token: str
-    variables: dict[str, str]
-
-
-_environment: HubEnvironment | None = None
+_port: int | None = None
 _reserved_socket: socket.socket | None = None
 
 
-def configure_hub_environment() -> HubEnvironment:
+def configure_hub_environment() -> None:
     """Reserve a free port on 127.0.0.1 and point the Hugging Face libraries at it, with a fresh HF_HOME.
 
-    Sets HF_ENDPOINT, HF_HOME, HF_TOKEN (a dummy token the local server accepts), HF_HUB_DISABLE_XET=1,
-    HF_HUB_DISABLE_TELEMETRY=1 and quiet progress bars; unsets offline switches and cache overrides. Idempotent in
-    a process. Raises RuntimeError if huggingface_hub was already imported, since it would not see the values.
+    Sets HF_ENDPOINT, HF_HOME, HF_TOKEN (a dummy token the local server accepts), HF_HUB_DISABLE_XET=1 (so uploads
+    use git-LFS, not Xet), no telemetry and quiet progress bars; unsets offline switches and cache overrides.
+    Idempotent in a process. Raises RuntimeError if huggingface_hub was already imported (it would not see them).
     """
-    global _environment, _reserved_socket
-    if _environment is not None:
-        return _environment
+    global _port, _reserved_socket
+    if _port is not None:
+        return
     if "huggingface_hub" in sys.modules:
         raise RuntimeError("configure_hub_environment() must run before anything imports huggingface_hub")
     _reserved_socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     _reserved_socket.bind(("127.0.0.1", 0))  # kept bound so nobody else takes the port before the server starts
-    port = _reserved_socket.getsockname()[1]
-    hf_home = Path(tempfile.mkdtemp(prefix="dppa-hf-home-"))
+    _port = _reserved_socket.getsockname()[1]
+    hf_home = tempfile.mkdtemp(prefix="dppa-hf-home-")
     atexit.register(shutil.rmtree, hf_home, True)
-    variables = {
-        "HF_ENDPOINT": f"http://127.0.0.1:{port}",
-        "HF_HOME": str(hf_home),
-        "HF_TOKEN": HUB_TOKEN,
-        "HF_HUB_DISABLE_XET": "1",
-        "HF_HUB_DISABLE_TELEMETRY": "1",
-        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-        "HF_HUB_DISABLE_UPDATE_CHECK": "1",
-    }
     for name in _CLEARED_VARIABLES:
         os.environ.pop(name, None)
-    os.environ.update(variables)
-    _environment = HubEnvironment(variables["HF_ENDPOINT"], port, hf_home, HUB_USER, HUB_TOKEN, variables)
-    return _environment
-
-
-def hub_environment() -> HubEnvironment:
-    """The environment set by configure_hub_environment(); fails clearly if the conftest did not call it."""
-    if _environment is None:
-        raise RuntimeError("Call tests.hub_fixtures.configure_hub_environment() at the top of the root conftest.py")
-    return _environment
+    os.environ.update({
+        "HF_ENDPOINT": f"http://127.0.0.1:{_port}", "HF_HOME": hf_home, "HF_TOKEN": HUB_TOKEN,
+        "HF_HUB_DISABLE_XET": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+        "HF_HUB_DISABLE_UPDATE_CHECK": "1",
+    })
 
 
 def run_python(
@@ -122,18 +95,23 @@ def run_python(
     return result
 
 
+def unique_repo_id(name: str) -> str:
+    """A repo id under the test user that no other test uses (the repo is not created)."""
+    name = "".join(c if c.isalnum() else "-" for c in name)[:60].strip("-")
+    return f"{HUB_USER}/{name}-{uuid.uuid4().hex[:8]}"
+
+
 @pytest.fixture(scope="session")
-def local_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalHub]:
+def local_hub() -> Iterator[LocalHub]:
     """A LocalHub serving on HF_ENDPOINT for the whole session, started on first use."""
-    environment = hub_environment()
-    hub = LocalHub(tmp_path_factory.mktemp("local_hub"), VALID_TOKENS, port=environment.port)
-    hub.start(listen_socket=_reserved_socket)
+    if _port is None:
+        raise RuntimeError("call tests.hub_fixtures.configure_hub_environment() at the top of the root conftest.py")
+    hub = LocalHub(VALID_TOKENS, port=_port).start(listen_socket=_reserved_socket)
     yield hub
     hub.stop()
 
 
 @pytest.fixture
 def hub_repo_id(local_hub: LocalHub, request: pytest.FixtureRequest) -> str:
-    """A repo id under the test user that no other test uses (the repo is not created)."""
-    name = "".join(c if c.isalnum() else "-" for c in request.node.name)[:60].strip("-")
-    return f"{HUB_USER}/{name}-{uuid.uuid4().hex[:8]}"
+    """A fresh repo id named after the test (the repo is not created)."""
+    return unique_repo_id(request.node.name)

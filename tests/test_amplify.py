@@ -8,7 +8,8 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from dppa_peft import SparseDeltaAdapter, amplify, prune, prune_and_amplify
-from dppa_peft.format.encoding import scale_values
+from dppa_peft.format.apply import effective_values
+from dppa_peft.format.encoding import EncodedTensor
 from dppa_peft.amplify.candidate import AmplifiedModel, load_base_model
 from dppa_peft.amplify.factors import amplification_block, effective_factors
 from dppa_peft.amplify.objectives import KLObjective, TaskRatioObjective, read_texts
@@ -149,7 +150,8 @@ IDS = torch.tensor([0, 1], dtype=torch.uint8)
 
 
 def _combined(raw, combine):
-    kept = SparseDelta(KEPT.indices, scale_values(KEPT.values, IDS, effective_factors(raw, combine)), (5,))
+    encoded = EncodedTensor("bitmask", (5,), KEPT.values, partition=IDS)
+    kept = SparseDelta(KEPT.indices, effective_values(encoded, effective_factors(raw, combine)), (5,))
     return kept.to_dense().tolist()
 
 
@@ -239,7 +241,7 @@ def test_read_texts(tmp_path):
     (tmp_path / "a.txt").write_text("one\n\ntwo\n")
     assert read_texts(tmp_path / "a.txt") == ["one", "two"]
     (tmp_path / "b.jsonl").write_text('{"text": "x"}\n{"other": 1}\n')
-    with pytest.raises(ValueError, match=r"b.jsonl:2 is not a JSON object with a 'text' field"):
+    with pytest.raises(ValueError, match=r"b.jsonl:2 has no 'text' field \(found \['other'\]\)"):
         read_texts(tmp_path / "b.jsonl")
 
 

@@ -5,6 +5,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from dppa_peft.checkpoint import Checkpoint, SafetensorsWriter, ShardedWriter, atomic_directory
+from dppa_peft.errors import UserError
 from tests.tiny_models import make_base
 
 
@@ -82,7 +83,7 @@ def test_atomic_directory_refuses_to_clobber_without_overwrite(tmp_path):
     target = tmp_path / "out"
     target.mkdir()
     (target / "keep.txt").write_text("user data")
-    with pytest.raises(FileExistsError, match="overwrite"):
+    with pytest.raises(UserError, match="overwrite"):
         with atomic_directory(target):
             pass
     assert (target / "keep.txt").read_text() == "user data"

@@ -1,4 +1,4 @@
-"""Per-tensor merge math: the TIES vectors of ALGORITHMS.md §4 and agreement with ``peft.utils.merge_utils``."""
+"""Per-tensor merge math: the TIES vectors of docs/algorithms.md §12.2 and agreement with ``peft.utils.merge_utils``."""
 
 from __future__ import annotations
 

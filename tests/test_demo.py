@@ -11,7 +11,7 @@ from dppa_peft.demo.runner import DemoSettings, run_demo, summary
 from dppa_peft.demo.zoo import build_zoo
 from tests.hub_fixtures import REPO_ROOT, run_python
 
-SYNTHETIC = str(REPO_ROOT / "eval_tasks" / "synthetic")
+SYNTHETIC = str(REPO_ROOT / "dppa_peft" / "eval_tasks" / "synthetic")
 
 
 @pytest.fixture(scope="module")

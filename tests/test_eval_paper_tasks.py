@@ -94,7 +94,7 @@ def test_tasks_root_env_override(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 
 def test_default_root_is_next_to_the_package(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(T.TASKS_ENV_VAR, raising=False)
-    assert T.tasks_root() == Path(T.__file__).resolve().parents[2] / "eval_tasks"
+    assert T.tasks_root() == Path(T.__file__).resolve().parents[1] / "eval_tasks"
     assert T.tasks_root() / "paper" in T.task_dirs()
 
 

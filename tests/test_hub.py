@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import json
 import textwrap
-import uuid
 from pathlib import Path
 
 import pytest
@@ -18,21 +17,12 @@ from transformers import AutoModelForCausalLM
 
 from dppa_peft import BaseModelMismatchError, SparseDeltaAdapter, load_merged, merge_to_folder, open_adapter, prune
 from dppa_peft.cli import main
-from tests.expected import PROMPT
-from tests.hub_fixtures import HUB_USER, OTHER_TOKEN, run_python
+from tests.expected import PROMPT, logits
+from tests.hub_fixtures import HUB_USER, OTHER_TOKEN, run_python, unique_repo_id
 from tests.hub_server import DROPPED, LocalHub
 from tests.tiny_models import make_base
 
 ADAPTER_REPO_FILES = [".gitattributes", "README.md", "adapter_config.json", "adapter_model.safetensors"]
-
-
-def _logits(model: torch.nn.Module) -> torch.Tensor:
-    with torch.no_grad():
-        return model(PROMPT).logits
-
-
-def _unique(name: str) -> str:
-    return f"{HUB_USER}/{name}-{uuid.uuid4().hex[:8]}"
 
 
 def _folder_digest(folder: Path) -> dict[str, str]:
@@ -45,7 +35,7 @@ def hub_models(local_hub: LocalHub, llama_pair, llama_finetunes, tmp_path_factor
     fine-tune 0, its branch 'dev' fine-tune 1; the base is pinned by commit sha)."""
     api = HfApi()
     base, ft = llama_pair
-    ids = {"base": _unique("base"), "ft": _unique("ft"), "fts": _unique("fts")}
+    ids = {"base": unique_repo_id("base"), "ft": unique_repo_id("ft"), "fts": unique_repo_id("fts")}
     for key, folder in (("base", base), ("ft", ft), ("fts", llama_finetunes[0])):
         api.create_repo(ids[key])
         api.upload_folder(repo_id=ids[key], folder_path=folder)
@@ -109,7 +99,7 @@ def test_pull_by_id_in_a_fresh_process_then_offline_from_the_cache(hub_models, h
     base_id = hub_models["ids"]["base"]
     assert _push(adapter, hub_repo_id) == 0
     local = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(hub_models["base"]), str(adapter.directory))
-    expected = _logits(local)
+    expected = logits(local)
     script = textwrap.dedent(f"""
         import sys, torch, dppa_peft
         from peft import PeftModel
@@ -135,8 +125,8 @@ def test_pull_by_id_in_a_fresh_process_then_offline_from_the_cache(hub_models, h
     assert len(local_hub.requests) == before  # served from the cache: nothing reached the server
     assert "HF_HUB_OFFLINE=1 forbids downloading it" in offline.stdout
     for run in ("online", "offline"):
-        for name, logits in torch.load(tmp_path / f"{run}.pt").items():
-            assert torch.equal(logits, expected), (run, name)
+        for name, values in torch.load(tmp_path / f"{run}.pt").items():
+            assert torch.equal(values, expected), (run, name)
 
 
 def test_revisions_branch_and_older_commit(hub_models, hub_repo_id, tmp_path, capsys):
@@ -158,11 +148,11 @@ def test_revisions_branch_and_older_commit(hub_models, hub_repo_id, tmp_path, ca
     assert fingerprint(open_adapter(hub_repo_id)) == fingerprint(a1)
     old = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), hub_repo_id, revision=first)
     local = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), str(a0.directory))
-    assert torch.equal(_logits(old), _logits(local))
+    assert torch.equal(logits(old), logits(local))
     assert main(["merge", "--base", hub_models["ids"]["base"], "--adapter", hub_repo_id, "--adapter-revision", first,
                  "--out", str(tmp_path / "m")]) == 0
     expected = load_merged(base, [a0.directory], progress=False)
-    assert torch.equal(_logits(AutoModelForCausalLM.from_pretrained(tmp_path / "m")), _logits(expected))
+    assert torch.equal(logits(AutoModelForCausalLM.from_pretrained(tmp_path / "m")), logits(expected))
 
 
 def test_private_repo_is_invisible_to_others(hub_models, hub_repo_id, tmp_path):
@@ -173,7 +163,7 @@ def test_private_repo_is_invisible_to_others(hub_models, hub_repo_id, tmp_path):
         with pytest.raises(FileNotFoundError, match="for a private repo set HF_TOKEN"):
             SparseDeltaAdapter.from_pretrained(hub_repo_id, token=token)
     assert open_adapter(hub_repo_id).config.tensors == adapter.config.tensors
-    public = _unique("public")
+    public = unique_repo_id("public")
     HfApi().create_repo(public)
     with pytest.raises(ValueError, match="already exists and is public"):
         adapter.push_to_hub(public, private=True)
@@ -197,12 +187,12 @@ def test_clear_errors(hub_models, hub_repo_id, tmp_path, capsys):
                         path_in_repo="adapter_config.json", repo_id=hub_repo_id)
     with pytest.raises(FileNotFoundError, match="no adapter_model.safetensors: the adapter is incomplete"):
         open_adapter(hub_repo_id)
-    uncached = _unique("uncached")  # (a cached copy would be served despite the bad token, as huggingface_hub does)
+    uncached = unique_repo_id("uncached")  # (a cached copy would be served despite the bad token, as huggingface_hub does)
     HfApi().create_repo(uncached)
     with pytest.raises(ValueError, match=r"refused the token .*401 Unauthorized"):
         open_adapter(uncached, token="hf_not_a_valid_token")
     with pytest.raises(ValueError, match="refused the token") as err:
-        adapter.push_to_hub(_unique("x"), token="hf_not_a_valid_token")
+        adapter.push_to_hub(unique_repo_id("x"), token="hf_not_a_valid_token")
     assert "hf_not_a_valid_token" not in str(err.value)
     with pytest.raises(ValueError, match="403 Forbidden"):
         adapter.push_to_hub("other-user/not-mine")
@@ -246,19 +236,19 @@ def test_push_interrupted_mid_commit_publishes_nothing_and_retry_succeeds(hub_mo
 
 def test_merge_at_load_from_two_hub_repos(hub_models, tmp_path):
     a0, a1 = hub_models["adapters"]["a0"], hub_models["adapters"]["a1"]
-    repos = [_unique("a0"), _unique("a1")]
+    repos = [unique_repo_id("a0"), unique_repo_id("a1")]
     for adapter, repo in zip((a0, a1), repos):
         assert _push(adapter, repo) == 0
     base_id, base = hub_models["ids"]["base"], hub_models["base"]
-    expected = _logits(load_merged(base, [a0.directory, a1.directory], weights=[0.5, 1.0], progress=False))
+    expected = logits(load_merged(base, [a0.directory, a1.directory], weights=[0.5, 1.0], progress=False))
 
     merged = load_merged(base_id, repos, weights=[0.5, 1.0], adapter_revisions=["main", "main"], progress=False)
-    assert torch.equal(_logits(merged), expected)
+    assert torch.equal(logits(merged), expected)
     assert main(["merge", "--base", base_id, "--adapter", repos[0], "--adapter", repos[1], "--weight", "0.5",
                  "--weight", "1.0", "--out", str(tmp_path / "m")]) == 0
-    assert torch.equal(_logits(AutoModelForCausalLM.from_pretrained(tmp_path / "m")), expected)
+    assert torch.equal(logits(AutoModelForCausalLM.from_pretrained(tmp_path / "m")), expected)
     folder = merge_to_folder(base_id, repos, tmp_path / "m2", weights=[0.5, 1.0], progress=False)
-    assert torch.equal(_logits(AutoModelForCausalLM.from_pretrained(folder)), expected)
+    assert torch.equal(logits(AutoModelForCausalLM.from_pretrained(folder)), expected)
 
 
 def test_lm_eval_model_takes_hub_ids_and_revisions(hub_models, hub_repo_id):
@@ -272,4 +262,4 @@ def test_lm_eval_model_takes_hub_ids_and_revisions(hub_models, hub_repo_id):
     lm = DppaLM(pretrained=hub_models["ids"]["base"], adapters=hub_repo_id, adapter_revisions=first,
                 tokenizer=char_tokenizer(), batch_size=1)
     expected = load_merged(hub_models["base"], [a0.directory], progress=False)
-    assert torch.equal(_logits(lm.model), _logits(expected))
+    assert torch.equal(logits(lm.model), logits(expected))

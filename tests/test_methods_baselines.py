@@ -1,4 +1,4 @@
-"""OWL, DELLA, TIES trim and Breadcrumbs (ALGORITHMS.md §3–§5), and edge cases shared by every method."""
+"""OWL, DELLA, TIES trim and Breadcrumbs (docs/algorithms.md §6–§9, §14), and edge cases shared by every method."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""DP (DPPA Dynamic Pruning): the worked example of ALGORITHMS.md §1.2, its invariants and edge cases."""
+"""DP (DPPA Dynamic Pruning): the worked example of docs/algorithms.md §5.6, its invariants and edge cases."""
 
 from __future__ import annotations
 
@@ -70,7 +70,7 @@ def test_worked_example_code_variant_kept_values(tie_mode: str) -> None:
 
 
 def test_worked_example_count_with_block_factor_5() -> None:
-    """The doc's "paper-style (N_layer=5)" row: count significance with N = 5 at both levels."""
+    """The "count, N_block = 5" row of docs/algorithms.md §5.6: count significance with N = 5 at both levels."""
     method, items = worked_dp(block_outlier_factor=5.0)
     assert list(method.block_terms().values()) == pytest.approx([0.1, -0.05, -0.05], abs=1e-12)
     assert [method.plan(info).density for info, _ in items] == pytest.approx([.58, .58, .25, .34, .25, .34],

@@ -14,9 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from .. import __version__
 from ..format.io import AdapterWriter, SparseDeltaAdapter
 from ..checkpoint import atomic_directory
+from ..validate import check_finite_params
 from ..pipeline import PruneSummary, open_adapter, prune
 from ..scope import DEFAULT_SCOPE_PATTERN
 from .candidate import AmplifiedModel, load_base_model
@@ -63,6 +66,7 @@ class AmplifyParams:
         "help": "dtype the base and fine-tuned models are loaded in for the search (auto, float32, bfloat16)"})
 
     def __post_init__(self) -> None:
+        check_finite_params(self, "DPA")
         if self.combine not in PARTITION_COMBINE_MODES:
             raise ValueError(f"unknown combine mode {self.combine!r}; choose one of {PARTITION_COMBINE_MODES}")
         if self.search not in STRATEGIES:
@@ -109,12 +113,15 @@ def _search(adapter: SparseDeltaAdapter, partitions: Partitions, dpa: AmplifyPar
     return result, describe_objective(objective)
 
 
-def _write(adapter: SparseDeltaAdapter, folder: Path, partitions: Partitions, amplification: dict[str, Any],
-           provenance: dict[str, Any]) -> None:
-    """The adapter's stored tensors with the partition ids and the amplification block, into ``folder``."""
+def write_amplified(adapter: SparseDeltaAdapter, folder: Path, partitions: Partitions, amplification: dict[str, Any],
+                    provenance: dict[str, Any], row_factors: dict[str, torch.Tensor] | None = None) -> None:
+    """The adapter's stored tensors with the partition ids, the amplification block and (format version 2) the
+    ``[P, R]`` factor tables of ``row_factors`` (tensors not in it store none), into ``folder``."""
     writer = AdapterWriter(folder)
+    row_factors = row_factors or {}
     for name, record in adapter.config.tensors.items():
-        encoded = dataclasses.replace(adapter.encoded(name), partition=partitions.ids.get(name))
+        encoded = dataclasses.replace(adapter.encoded(name), partition=partitions.ids.get(name),
+                                      factors=row_factors.get(name))
         extra = {k: v for k, v in record.items() if k != "partition_densities"}
         if name in partitions.densities:
             extra["partition_densities"] = partitions.densities[name]
@@ -143,7 +150,7 @@ def _amplify_into(folder: Path, adapter: SparseDeltaAdapter, options: dict[str, 
                                     progress)
         raw, search = result.factors, result.record(described)
     block = amplification_block(partitions.rates, raw, dpa.combine, dpa.amplify_unpruned, search)
-    _write(adapter, folder, partitions, block, {**provenance, "package_version": __version__})
+    write_amplified(adapter, folder, partitions, block, {**provenance, "package_version": __version__})
     return result
 
 
@@ -161,7 +168,8 @@ def amplify(adapter: str | os.PathLike | SparseDeltaAdapter, out: str | os.PathL
     """
     handle = open_adapter(adapter, revision=adapter_revision, token=token)
     provenance = {"command": command or f"dppa_peft.amplify({handle.ref!r})", "amplified_from": handle.ref}
-    with atomic_directory(out, overwrite=overwrite) as tmp:
+    inputs = [handle.directory, finetuned, base or handle.config.base_model_name_or_path]
+    with atomic_directory(out, overwrite=overwrite, inputs=inputs) as tmp:
         result = _amplify_into(tmp, handle, options, finetuned, base, revision, base_revision, token, progress,
                                provenance)
     return SparseDeltaAdapter(out), result
@@ -182,7 +190,7 @@ def prune_and_amplify(base: str | os.PathLike, finetuned: str | os.PathLike, out
     rates: Sequence[float] = dpa_options.get("partition_rates") or default_partition_rates(rate)
     dpa_options["partition_rates"] = list(rates)
     provenance = {"command": command or f"dppa_peft.prune_and_amplify(method={method!r}, rate={rate})"}
-    with atomic_directory(out, overwrite=overwrite) as tmp:
+    with atomic_directory(out, overwrite=overwrite, inputs=[base, finetuned]) as tmp:
         pruned, summary = prune(base, finetuned, tmp / "pruned", method, rate, scope_pattern=scope_pattern,
                                 outside_scope=outside_scope, value_dtype=value_dtype, revision=revision,
                                 base_revision=base_revision, token=token, progress=progress,

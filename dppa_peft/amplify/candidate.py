@@ -1,8 +1,8 @@
 """Candidate models for the DPA search, built in place: the base is loaded once and factors only rewrite the entries
 an adapter touches (``W[idx] = W_B[idx] + values · factor[partition]``), so no candidate is reloaded from disk.
 
-The arithmetic is the PEFT layer's (values scaled in fp32, as loaded into the layer's fp32 values, cast to the
-weight's dtype, added to the base value), so a candidate equals loading the written adapter with the same factors.
+The arithmetic is the kernel's (``format.apply``: effective values and the base value added in fp32, cast once), so
+a candidate equals loading the written adapter with the same factors, bit for bit.
 """
 
 from __future__ import annotations
@@ -14,8 +14,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..format.encoding import scale_values
+from ..checkpoint import load_causal_lm
+from ..format.apply import add_dense, effective_values
+from ..format.encoding import EncodedTensor
 from ..format.io import SparseDeltaAdapter
+from ..format.validate import check_fits_base
 from ..tuner.model import check_base, resize_vocabulary
 from .factors import effective_factors, unpruned_factor
 from .partitions import Partitions
@@ -27,8 +30,7 @@ class _Entry:
 
     flat: torch.Tensor  # the parameter's storage, flattened (a view)
     indices: torch.Tensor
-    values: torch.Tensor  # fp32
-    partition: torch.Tensor | None
+    encoded: EncodedTensor  # values (fp32), partition ids and stored factors on the parameter's device
     base_values: torch.Tensor  # the base weights at ``indices``, in the parameter's dtype
     pruned: bool
     applied: list[float] | None = None
@@ -38,9 +40,8 @@ def load_base_model(base: str | os.PathLike, adapter: SparseDeltaAdapter, dtype:
                     device: str | torch.device = "cpu", revision: str | None = None,
                     token: str | bool | None = None) -> nn.Module:
     """The adapter's base model, checked against its fingerprint and with the vocabulary the adapter needs."""
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype, revision=revision, token=token)
+    model = load_causal_lm(base, dtype=dtype, revision=revision, token=token)
+    check_fits_base(adapter.config, {n: tuple(p.shape) for n, p in model.named_parameters()}, adapter.ref, str(base))
     check_base(model, adapter.config)
     resize_vocabulary(model, adapter.config.vocab_size)
     return model.to(device).eval()
@@ -73,11 +74,12 @@ class AmplifiedModel:
                 ids = partitions.ids.get(name)
                 if ids is None and record.get("pruned") and partitions.count > 1:
                     raise ValueError(f"pruned tensor {name!r} has no partition ids for rates {partitions.rates}")
-                self._entries.append(_Entry(
-                    flat=flat, indices=indices, values=encoded.values.to(flat.device, torch.float32),
-                    partition=None if ids is None else ids.to(flat.device), base_values=flat[indices].clone(),
-                    pruned=bool(record.get("pruned")),
-                ))
+                on_device = EncodedTensor(
+                    encoded.encoding, encoded.shape, encoded.values.to(flat.device, torch.float32),
+                    partition=None if ids is None else ids.to(flat.device),
+                    factors=None if encoded.factors is None else encoded.factors.to(flat.device))
+                self._entries.append(_Entry(flat=flat, indices=indices, encoded=on_device,
+                                            base_values=flat[indices].clone(), pruned=bool(record.get("pruned"))))
         self.factors: list[float] | None = None
         self.apply([1.0] * partitions.count)
 
@@ -92,8 +94,8 @@ class AmplifiedModel:
                 wanted = effective if entry.pruned else outside
                 if entry.applied == wanted:
                     continue
-                scaled = scale_values(entry.values, entry.partition, wanted).to(entry.flat.dtype)
-                entry.flat[entry.indices] = entry.base_values + scaled
+                values = effective_values(entry.encoded, wanted, indices=entry.indices)
+                entry.flat[entry.indices] = add_dense(entry.base_values, values)
                 entry.applied = list(wanted)
         self.factors = [float(f) for f in factors]
         return self.model

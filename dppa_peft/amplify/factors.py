@@ -1,6 +1,6 @@
 """DPA factors: how the searched (raw) factors become the per-partition factors an adapter applies.
 
-Partition 0 is the most important (kept at the highest pruning rate). Two combine modes (ALGORITHMS.md decision 7):
+Partition 0 is the most important (kept at the highest pruning rate). Two combine modes (docs/algorithms.md §10.3):
 
 - ``independent`` (default): partition ``i`` is scaled by its own factor ``r_i`` (the paper's "scaling only the
   newly included parameters");

@@ -1,4 +1,4 @@
-"""DPA objectives: callables ``model -> score``, higher is better (ALGORITHMS.md decision 9).
+"""DPA objectives: callables ``model -> score``, higher is better (docs/algorithms.md §10.8).
 
 - ``kl``: −KL(dense fine-tuned ‖ candidate) of next-token distributions over calibration prompts and the fine-tuned
   model's own greedy continuations of them; no labels. The dense distributions are computed once and cached
@@ -13,18 +13,18 @@ The candidate model is evaluated as it is (in eval mode, without gradients); obj
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from ..checkpoint import load_causal_lm
+from .calibration import DEFAULT_TEXT_FIELD, read_prompts
+
 OBJECTIVES = ("kl", "tasks")
-JSONL_SUFFIXES = (".jsonl", ".json")
 
 Objective = Callable[[nn.Module], float]
 
@@ -38,8 +38,10 @@ class ObjectiveParams:
                 "distributions on --calibration prompts (no labels); 'tasks' = Domain-Ratio (geometric mean of "
                 "task score / dense score) of lm-eval --tasks on their dev split"})
     calibration: str | None = field(default=None, metadata={
-        "help": "kl: calibration prompts, a .jsonl/.json file with a 'text' field per line or a plain text file "
-                "with one prompt per line"})
+        "help": "kl and learned: calibration prompts, a .jsonl/.json file with a --text-field per line or a plain "
+                "text file with one prompt per line"})
+    text_field: str = field(default=DEFAULT_TEXT_FIELD, metadata={
+        "help": "the JSON field holding the prompt in a .jsonl/.json --calibration file"})
     continuation_tokens: int = field(default=8, metadata={
         "help": "kl: greedy tokens the dense fine-tune appends to each prompt; they are scored too"})
     max_length: int = field(default=128, metadata={
@@ -68,26 +70,9 @@ class ObjectiveParams:
                              f"({self.max_length})")
 
 
-def read_texts(path: str | os.PathLike) -> list[str]:
-    """Calibration texts: a ``text`` field per line of a .jsonl/.json file, else one non-empty line each."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"calibration file {path} not found")
-    lines = path.read_text(encoding="utf-8").splitlines()
-    if path.suffix not in JSONL_SUFFIXES:
-        texts = [line for line in lines if line.strip()]
-    else:
-        texts = []
-        for number, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                texts.append(str(json.loads(line)["text"]))
-            except (json.JSONDecodeError, KeyError, TypeError):
-                raise ValueError(f"{path}:{number} is not a JSON object with a 'text' field") from None
-    if not texts:
-        raise ValueError(f"calibration file {path} holds no texts")
-    return texts
+def read_texts(path: str | os.PathLike, text_field: str = DEFAULT_TEXT_FIELD) -> list[str]:
+    """Calibration texts of a file (see ``calibration.read_prompts``)."""
+    return [prompt.text for prompt in read_prompts(path, text_field)]
 
 
 def _device(model: nn.Module) -> torch.device:
@@ -206,16 +191,14 @@ def build_objective(params: ObjectiveParams, finetuned: str | os.PathLike | None
                     dtype: str | torch.dtype = "auto", device: str | torch.device = "cpu",
                     revision: str | None = None, token: str | bool | None = None) -> Objective:
     """The ``kl`` or ``tasks`` objective against the dense fine-tuned model (loaded once, then released)."""
-    from transformers import AutoModelForCausalLM
-
     if finetuned is None:
         raise ValueError(f"the {params.objective!r} objective compares against the dense fine-tuned model; pass "
                          "finetuned= (--finetuned)")
     if params.objective == "kl" and params.calibration is None:
         raise ValueError("the kl objective needs calibration prompts (--calibration FILE)")
-    texts = read_texts(params.calibration) if params.objective == "kl" else None
+    texts = read_texts(params.calibration, params.text_field) if params.objective == "kl" else None
     tokenizer = load_tokenizer([params.tokenizer] if params.tokenizer else [finetuned, base], token=token)
-    reference = AutoModelForCausalLM.from_pretrained(finetuned, dtype=dtype, revision=revision, token=token)
+    reference = load_causal_lm(finetuned, dtype=dtype, revision=revision, token=token)
     reference = reference.to(device).eval()
     if params.objective == "kl":
         return KLObjective(reference, tokenizer, texts, params.continuation_tokens, params.max_length,

@@ -1,4 +1,4 @@
-"""DPA partitions: one ranking per tensor cut at pruning-rate boundaries (ALGORITHMS.md decision 6).
+"""DPA partitions: one ranking per tensor cut at pruning-rate boundaries (docs/algorithms.md §10.1).
 
 Boundaries are pruning rates, most important first: for target α the default is 0.9, 0.8, … down to α (target 0.9:
 one partition; target 0.8: ``P_A`` = kept at 0.9, ``P_B`` = the next 10%). Each boundary uses the method's own

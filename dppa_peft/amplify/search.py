@@ -1,4 +1,4 @@
-"""DPA factor search: one factor per partition, found partition by partition (paper §3.3.2; ALGORITHMS.md §1.4).
+"""DPA factor search: one factor per partition, found partition by partition (paper §3.3.2; docs/algorithms.md §10.5–§10.7).
 
 DPA methods (which other partitions are present while factor ``r_i`` is searched):
 

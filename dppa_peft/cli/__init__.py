@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import shlex
+import signal
 import sys
+import traceback
+from collections.abc import Iterator
 
+from ..errors import Interrupted, UserError
 from ..hub_errors import PushError
 from . import amplify, demo, evaluate, export, inspect, merge, prune, push, run
 
 SUBCOMMANDS = [demo, prune, amplify, merge, inspect, evaluate, push, export, run]
+# Errors that come from the user's input or environment (paths, permissions, disk, network, bad values): printed as
+# one "error:" line with exit status 2. OSError covers FileNotFoundError, FileExistsError, PermissionError, ENOSPC.
+USER_FACING_ERRORS = (UserError, ValueError, OSError, PushError)
+STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
+EXIT_USER_ERROR = 2
+DEBUG_FLAG = "--debug"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,19 +31,70 @@ def build_parser() -> argparse.ArgumentParser:
                     "them with PEFT, and evaluate them with lm-eval. Hub ids work wherever a path does; the Hub token "
                     "comes from HF_TOKEN or `hf auth login` and is never printed.",
     )
+    parser.add_argument(DEBUG_FLAG, action="store_true",
+                        help="on an error, print the full Python traceback too (also accepted after the subcommand)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in SUBCOMMANDS:
         module.add_parser(sub)
     return parser
 
 
+class WarningLines(logging.Handler):
+    """The package's log warnings (a likely wrong base, a removed stale temp folder) as ``warning: ...`` on stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(f"warning: {record.getMessage()}", file=sys.stderr)  # sys.stderr looked up now, not at install
+
+
+def show_warnings() -> None:
+    """Install ``WarningLines`` on the package logger once."""
+    logger = logging.getLogger("dppa_peft")
+    if not any(isinstance(h, WarningLines) for h in logger.handlers):
+        logger.addHandler(WarningLines(logging.WARNING))
+
+
+@contextlib.contextmanager
+def stop_signals_raise() -> Iterator[None]:
+    """While the block runs, SIGINT/SIGTERM/SIGHUP raise ``Interrupted`` so every ``finally`` and temp-folder
+    cleanup runs (the default SIGTERM/SIGHUP action kills the process on the spot and leaves temp folders behind)."""
+
+    def handler(signum: int, _frame: object) -> None:
+        raise Interrupted(signum, signal.Signals(signum).name)
+
+    previous = {}
+    with contextlib.suppress(ValueError):  # not the main thread: leave the handlers alone
+        for name in STOP_SIGNALS:
+            if hasattr(signal, name):
+                number = getattr(signal, name)
+                previous[number] = signal.signal(number, handler)
+    try:
+        yield
+    finally:
+        for number, old in previous.items():
+            signal.signal(number, old)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    debug = DEBUG_FLAG in argv
+    argv = [a for a in argv if a != DEBUG_FLAG]
     args = build_parser().parse_args(argv)
     args.command_line = shlex.join(["dppa-peft", *argv])  # provenance for adapter configs and model cards
+    show_warnings()
     try:
-        args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError, PushError) as err:
-        print(f"dppa-peft {args.command}: error: {err}", file=sys.stderr)
-        return 2
+        with stop_signals_raise():
+            args.func(args)
+    except KeyboardInterrupt as err:
+        status = err.exit_status if isinstance(err, Interrupted) else 128 + signal.SIGINT
+        reason = err.name if isinstance(err, Interrupted) else "SIGINT"
+        print(f"dppa-peft {args.command}: stopped by {reason}; unfinished outputs were removed", file=sys.stderr)
+        if debug:
+            traceback.print_exc()
+        return status
+    except USER_FACING_ERRORS as err:
+        if debug:
+            traceback.print_exc()
+        print(f"dppa-peft {args.command}: error: {str(err) or type(err).__name__}", file=sys.stderr)
+        return EXIT_USER_ERROR
     return 0
+

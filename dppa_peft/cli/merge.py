@@ -41,6 +41,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--base-revision", "--revision", dest="revision", default=None,
                         help="revision (branch, tag or commit sha) of the base model on the Hub")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    parser.add_argument("--allow-unverified-base", action="store_true",
+                        help="merge adapters that record no base fingerprint (refused by default: nothing would check "
+                             "that they fit this base)")
     parser.set_defaults(func=run)
 
 
@@ -51,7 +54,7 @@ def run(args: argparse.Namespace) -> None:
         raise ValueError(f"--{' --'.join(options)} only apply to --mode ties")
     out = merge_to_folder(args.base, args.adapter, args.out, weights=args.weight, mode=args.mode,
                           revision=args.revision, adapter_revisions=args.adapter_revision, dtype=DTYPES[args.dtype],
-                          overwrite=args.overwrite, **options)
+                          overwrite=args.overwrite, allow_unverified_base=args.allow_unverified_base, **options)
     size = sum(p.stat().st_size for p in out.glob("*.safetensors"))
     print(f"wrote {out}: {len(args.adapter)} adapter(s) merged with mode '{args.mode}', "
           f"{size / 2**20:.2f} MiB of weights, {time.perf_counter() - start:.1f} s")

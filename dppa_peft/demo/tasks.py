@@ -1,4 +1,4 @@
-"""Names and location of the synthetic lm-eval tasks (``eval_tasks/synthetic``).
+"""Names and location of the synthetic lm-eval tasks (``dppa_peft/eval_tasks/synthetic``).
 
 Each synthetic task has two lm-eval variants: ``demo_<task>`` scores the test split (reported) and
 ``demo_<task>_dev`` the dev split (tuning). Groups: ``demo_<domain>`` and ``demo_<domain>_dev``.
@@ -6,11 +6,10 @@ Each synthetic task has two lm-eval variants: ``demo_<task>`` scores the test sp
 
 from __future__ import annotations
 
-from pathlib import Path
-
+from ..eval_tasks import TASKS_DIR
 from .domains import DOMAINS, SPLITS
 
-SYNTHETIC_TASKS_DIR = Path(__file__).resolve().parents[2] / "eval_tasks" / "synthetic"
+SYNTHETIC_TASKS_DIR = TASKS_DIR / "synthetic"
 EVAL_SPLITS = ("dev", "test")
 
 

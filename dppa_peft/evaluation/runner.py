@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from ..checkpoint import load_causal_lm
 from ..format.io import SparseDeltaAdapter
 from ..merge import load_merged
 from ..pipeline import open_adapter
@@ -83,19 +84,17 @@ def evaluate_all(base: str, domains: Sequence[DomainSpec], evaluator: Evaluator,
                  prunes: Sequence[tuple[str, AdapterRef]] = (), merges: Sequence[MergeSpec] = (),
                  progress: bool = True) -> EvalResults:
     """Scores of the base and dense fine-tunes on every domain's tasks, and of every pruned and merged variant."""
-    from transformers import AutoModelForCausalLM
-
     by_name = {d.name: d for d in domains}
     jobs = 2 + len(domains) + len(prunes) + len(merges)
     bar = tqdm(total=jobs, desc="evaluating", unit="model", disable=not progress)
-    base_model = AutoModelForCausalLM.from_pretrained(base)
+    base_model = load_causal_lm(base)
     all_tasks = [t for d in domains for t in d.tasks]
     base_all = evaluator.scores(base_model, all_tasks)
     base_scores = {d.name: {t: base_all[t] for t in d.tasks} for d in domains}
     bar.update(2)
     dense = {}
     for domain in domains:
-        model = AutoModelForCausalLM.from_pretrained(domain.finetuned)
+        model = load_causal_lm(domain.finetuned)
         dense[domain.name] = evaluator.scores(model, domain.tasks)
         bar.update()
     variants = []

@@ -1,7 +1,7 @@
 """Where the project's lm-eval task folders live, and how to load them (or run them on local files).
 
-The folders are ``eval_tasks/<name>/`` at the repository root, next to the ``dppa_peft`` package; the environment
-variable ``DPPA_EVAL_TASKS`` points elsewhere (needed when the package is installed without the repository).
+The folders are ``dppa_peft/eval_tasks/<name>/``, shipped inside the package (package data), so an installed wheel
+finds them; the environment variable ``DPPA_EVAL_TASKS`` points elsewhere.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from typing import Any
 import yaml
 from lm_eval.tasks import TaskManager
 from lm_eval.tasks._yaml_loader import load_yaml
+
+from ..eval_tasks import TASKS_DIR
 
 TASKS_ENV_VAR = "DPPA_EVAL_TASKS"
 
@@ -28,14 +30,14 @@ PAPER_GROUPS: dict[str, str] = {domain: f"paper_{domain}" for domain in PAPER_DO
 
 
 def tasks_root() -> Path:
-    """The ``eval_tasks`` folder: ``$DPPA_EVAL_TASKS`` if set, else ``<repository>/eval_tasks``."""
+    """The ``eval_tasks`` folder: ``$DPPA_EVAL_TASKS`` if set, else the package's own ``dppa_peft/eval_tasks``."""
     override = os.environ.get(TASKS_ENV_VAR)
-    root = Path(override) if override else Path(__file__).resolve().parents[2] / "eval_tasks"
+    root = Path(override) if override else TASKS_DIR
     if not root.is_dir():
-        source = f"${TASKS_ENV_VAR}" if override else "the repository layout"
+        source = f"${TASKS_ENV_VAR}" if override else "the installed package"
         raise FileNotFoundError(
-            f"lm-eval task folder {root} (from {source}) does not exist; set {TASKS_ENV_VAR} to the "
-            "project's eval_tasks folder (an installed wheel does not ship it)"
+            f"lm-eval task folder {root} (from {source}) does not exist; unset {TASKS_ENV_VAR} or point it at a "
+            "folder of task subfolders (the package ships dppa_peft/eval_tasks/)"
         )
     return root
 

@@ -9,6 +9,10 @@ from typing import Any
 
 from peft.config import PeftConfig
 
+from ..errors import UserError
+
+FORMAT_VERSION = 2  # what this package writes; it reads 1 (absent field) and 2
+
 
 class SparseDeltaType(str, enum.Enum):
     """The PEFT type of this package (PEFT's own ``PeftType`` enum is closed, so we bring a member of our own)."""
@@ -23,7 +27,11 @@ class SparseDeltaConfig(PeftConfig):
     ``tensors`` maps every stored checkpoint tensor name to its record: ``shape``, ``nnz``, ``encoding``
     (dense|bitmask|gaps), ``index_bytes``, ``partition`` (whether per-entry partition ids are stored), ``density``
     (kept fraction), ``planned_density`` and ``unclipped_density`` (pruned tensors), ``partition_densities`` (DPA:
-    the density at each partition boundary), ``stored_bytes``, ``pruned``.
+    the density at each partition boundary), ``stored_bytes``, ``pruned``, and (format version 2) ``factors``:
+    ``[P, R]`` when a float32 ``<param>_factors`` table is stored (learned amplification, see ``format.apply``).
+
+    ``format_version``: 2 for adapters written by this package; absent (None) means 1. Version 2 only adds the
+    optional factor tables, so both load; a higher version is refused.
 
     ``amplification`` (DPA, see ``dppa_peft.amplify``) holds ``partition_rates``, ``combine``, ``raw_factors``,
     ``factors`` (the effective factor per partition id that loading applies), ``amplify_unpruned``,
@@ -40,9 +48,11 @@ class SparseDeltaConfig(PeftConfig):
     summary: dict[str, Any] = field(default_factory=dict, metadata={"help": "kept density and sizes"})
     provenance: dict[str, Any] = field(default_factory=dict, metadata={"help": "command/recipe, package version"})
     target_modules: list[str] | None = field(default=None, metadata={"help": "modules holding stored deltas"})
+    format_version: int | None = field(default=None, metadata={"help": "adapter format version (absent: 1)"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        check_format_version(self.format_version)
         self.peft_type = SparseDeltaType.SPARSE_DELTA
         if self.target_modules is None:
             self.target_modules = sorted({module_and_param(n)[0] for n in self.tensors})
@@ -75,6 +85,16 @@ class SparseDeltaConfig(PeftConfig):
             if module == module_name:
                 out[param] = record
         return out
+
+
+def check_format_version(version: int | None) -> None:
+    """Accept format versions 1 and 2 (None = 1); a higher one was written by a newer dppa-peft."""
+    if version is None or version in range(1, FORMAT_VERSION + 1):
+        return
+    if isinstance(version, int) and version > FORMAT_VERSION:
+        raise UserError(f"this adapter has format version {version}: it was written by a newer dppa-peft (this one "
+                         f"reads versions 1 to {FORMAT_VERSION}); upgrade: pip install -U dppa-peft")
+    raise UserError(f"adapter_config.json has an invalid format_version {version!r}; expected 1 or 2")
 
 
 def module_and_param(tensor_name: str) -> tuple[str, str]:

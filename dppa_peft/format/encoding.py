@@ -5,7 +5,8 @@ Three encodings, chosen per tensor by stored size:
 - ``bitmask``: one bit per position (``ceil(n/8)`` bytes), best above ~12% density;
 - ``gaps``: one byte per kept entry holding the gap to the previous kept position; a gap ``g`` is written as
   ``g // 255`` bytes of 255 followed by ``g % 255`` (so 255 never ends a gap), best at low density.
-Never int64 coordinates. Optional uint8 partition ids (DPA) are stored per kept entry.
+Never int64 coordinates. Optional uint8 partition ids (DPA) are stored per kept entry, and (format version 2)
+optional float32 amplification factors ``[P, R]`` per tensor (see ``apply``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import torch
 
 from ..methods.base import SparseDelta
 
-ENCODINGS = ("dense", "bitmask", "gaps")
 _BITS = torch.arange(8, dtype=torch.uint8)
 _ESCAPE = 255
 
@@ -57,13 +57,15 @@ def gaps_decode(packed: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class EncodedTensor:
-    """One stored delta tensor: values in the stored dtype, the index bytes and optional partition ids."""
+    """One stored delta tensor: values in the stored dtype, the index bytes, optional partition ids and optional
+    float32 ``[P, R]`` amplification factors (partition × output row)."""
 
     encoding: str
     shape: tuple[int, ...]
     values: torch.Tensor
     index: torch.Tensor | None = None
     partition: torch.Tensor | None = None
+    factors: torch.Tensor | None = None
 
     @property
     def numel(self) -> int:
@@ -75,8 +77,8 @@ class EncodedTensor:
 
     @property
     def stored_bytes(self) -> int:
-        extra = [t for t in (self.index, self.partition) if t is not None]
-        return self.values.numel() * self.values.element_size() + sum(t.numel() for t in extra)
+        parts = [t for t in (self.values, self.index, self.partition, self.factors) if t is not None]
+        return sum(t.numel() * t.element_size() for t in parts)
 
     def indices(self) -> torch.Tensor:
         """Ascending flat positions of the stored values."""
@@ -100,10 +102,3 @@ def encode(sparse: SparseDelta, value_dtype: torch.dtype, dense: bool = False,
         return EncodedTensor("gaps", sparse.shape, values, gaps_encode(sparse.indices), part)
     return EncodedTensor("bitmask", sparse.shape, values, bitmask_encode(sparse.indices, sparse.numel), part)
 
-
-def scale_values(values: torch.Tensor, partition: torch.Tensor | None, factors: list[float]) -> torch.Tensor:
-    """``values · factors[partition]`` in the values' dtype (``factors[0]`` when no partition ids are stored)."""
-    if partition is None:
-        return values * factors[0]
-    table = torch.tensor(factors, dtype=values.dtype, device=values.device)
-    return values * table[partition.long()]

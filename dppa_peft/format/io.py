@@ -1,7 +1,8 @@
 """Adapter folders: write one streamed tensor at a time, read back as a ``SparseDeltaAdapter`` handle.
 
 Layout (PEFT's): ``adapter_config.json``, ``adapter_model.safetensors`` (keys
-``base_model.model.<module>.sparse_delta.<param>_{values,index,partition}``) and ``README.md`` (model card).
+``base_model.model.<module>.sparse_delta.<param>_{values,index,partition,factors}``) and ``README.md`` (model card).
+``_factors`` (format version 2) is a float32 ``[P, R]`` table of learned amplification factors (``format.apply``).
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from safetensors import safe_open
 from ..methods.base import SparseDelta
 from ..checkpoint import SafetensorsWriter, atomic_directory, describe_ref, resolve_repo
 from ..publish.card import write_model_card
-from .config import SparseDeltaConfig, module_and_param
-from .encoding import EncodedTensor, scale_values
+from .apply import effective_values
+from .config import FORMAT_VERSION, SparseDeltaConfig, module_and_param
+from .encoding import EncodedTensor
 
 if TYPE_CHECKING:
     from huggingface_hub import CommitInfo
@@ -30,7 +32,7 @@ ADAPTER_FILES = [CONFIG_FILE, WEIGHTS_FILE, CARD_FILE]
 
 
 def state_key(tensor_name: str, part: str) -> str:
-    """Checkpoint key of one stored part ('values', 'index' or 'partition') of a delta tensor."""
+    """Checkpoint key of one stored part ('values', 'index', 'partition' or 'factors') of a delta tensor."""
     module, param = module_and_param(tensor_name)
     return f"base_model.model.{module}.sparse_delta.{param}_{part}"
 
@@ -50,6 +52,11 @@ class AdapterWriter:
             self._weights.add(state_key(name, "index"), encoded.index)
         if encoded.partition is not None:
             self._weights.add(state_key(name, "partition"), encoded.partition)
+        if encoded.factors is not None:
+            self._weights.add(state_key(name, "factors"), encoded.factors.detach().float().cpu().contiguous())
+            record["factors"] = list(encoded.factors.shape)
+        else:
+            record.pop("factors", None)
         self.records[name] = {
             **record, "shape": list(encoded.shape), "nnz": encoded.nnz, "encoding": encoded.encoding,
             "index_bytes": 0 if encoded.index is None else encoded.index.numel(),
@@ -59,7 +66,9 @@ class AdapterWriter:
         return self.records[name]
 
     def close(self, config: SparseDeltaConfig) -> None:
+        """Finish the weights file and write the config (as the current format version) and the card."""
         self._weights.close()
+        config.format_version = FORMAT_VERSION
         config.save_pretrained(str(self.directory))
         write_model_card(self.directory, config)
 
@@ -100,13 +109,14 @@ class SparseDeltaAdapter:
             return self._handle.get_tensor(key) if key in keys else None
 
         return EncodedTensor(record["encoding"], tuple(record["shape"]), part("values"), part("index"),
-                             part("partition"))
+                             part("partition"), part("factors"))
 
     def sparse_tensor(self, name: str) -> SparseDelta:
-        """One stored delta with amplification factors applied (fp32 values)."""
+        """One stored delta with every amplification factor applied (fp32 effective values, ``format.apply``)."""
         encoded = self.encoded(name)
-        values = scale_values(encoded.values.float(), encoded.partition, self.config.tensor_factors(name))
-        return SparseDelta(encoded.indices(), values, encoded.shape)
+        indices = encoded.indices()
+        return SparseDelta(indices, effective_values(encoded, self.config.tensor_factors(name), indices=indices),
+                           encoded.shape)
 
     @property
     def nbytes(self) -> int:
@@ -114,7 +124,7 @@ class SparseDeltaAdapter:
 
     def save_pretrained(self, directory: str | os.PathLike, overwrite: bool = False) -> Path:
         """Copy the adapter files to ``directory`` (atomically)."""
-        with atomic_directory(directory, overwrite=overwrite) as tmp:
+        with atomic_directory(directory, overwrite=overwrite, inputs=[self.directory]) as tmp:
             for name in ADAPTER_FILES:
                 if (self.directory / name).is_file():
                     shutil.copy2(self.directory / name, tmp / name)

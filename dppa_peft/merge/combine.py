@@ -1,4 +1,4 @@
-"""Per-tensor combination of N dense fp32 deltas of the same tensor into one delta (ALGORITHMS.md §4, §7).
+"""Per-tensor combination of N dense fp32 deltas of the same tensor into one delta (docs/algorithms.md §12).
 
 ``combine(mode, deltas, weights, **options)`` is the one entry point; each mode is a small registered function.
 Pruning (TIES trim, DARE, DELLA, DP...) happens before: the deltas given here are already sparsified and rescaled.

@@ -17,12 +17,15 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from ..format.apply import add_dense, add_sparse
 from ..format.fingerprint import fingerprint, tensor_sample
 from ..format.io import SparseDeltaAdapter
+from ..format.validate import check_fits_base, require_fingerprint
 from ..tuner.model import BaseModelMismatchError, check_base, resize_vocabulary
-from ..checkpoint import HUB_PATTERNS, Checkpoint, ShardedWriter, atomic_directory, resolve_repo
+from ..checkpoint import HUB_PATTERNS, Checkpoint, ShardedWriter, atomic_directory, load_causal_lm, resolve_repo
 from ..methods.base import SparseDelta
 from ..pipeline import open_adapter
+from ..validate import finite_numbers
 from .combine import combine
 
 SPARSE_MODES = ("sum",)
@@ -34,29 +37,31 @@ AdapterRef = str | os.PathLike | SparseDeltaAdapter
 
 def combine_tensor(target: torch.Tensor, deltas: Sequence[SparseDelta], weights: Sequence[float],
                    mode: str = "sum", **options: Any) -> torch.Tensor:
-    """``target + combine(mode, w, δ)`` for one tensor, computed in fp32 and returned in ``target``'s dtype."""
-    out = target.detach().float().reshape(-1).clone()
+    """``target + combine(mode, w, δ)`` for one tensor, computed in fp32 and returned in ``target``'s dtype
+    (the kernel of ``format.apply``: the same bits as the PEFT layer's merge for the ``sum`` mode)."""
     if mode in SPARSE_MODES:
-        for delta, weight in zip(deltas, weights):
-            out.index_add_(0, delta.indices, delta.values * weight)
-    else:
-        dense = [d.to_dense().reshape(-1) for d in deltas]
-        out += combine(mode, dense, list(weights), **options)
-    return out.reshape(target.shape).to(target.dtype)
+        return add_sparse(target.detach(), deltas, weights)
+    # flat and zero-extended: a normal adapter's delta covers the leading rows of a vocabulary-grown tensor
+    dense = [torch.nn.functional.pad(d.to_dense().reshape(-1), (0, target.numel() - d.numel)) for d in deltas]
+    return add_dense(target.detach(), combine(mode, dense, list(weights), **options))
 
 
 def _prepare(adapters: Sequence[AdapterRef], weights: Sequence[float] | None, revisions: Sequence[str | None] | None,
-             token: str | bool | None) -> tuple[list[SparseDeltaAdapter], list[float]]:
+             token: str | bool | None,
+             allow_unverified_base: bool = False) -> tuple[list[SparseDeltaAdapter], list[float]]:
     if not adapters:
         raise ValueError("pass at least one adapter")
-    weights = [1.0] * len(adapters) if weights is None else [float(w) for w in weights]
+    weights = [1.0] * len(adapters) if weights is None else finite_numbers(weights, "--weight")
     if len(weights) != len(adapters):
         raise ValueError(f"got {len(weights)} weights for {len(adapters)} adapters; pass one weight per adapter")
     revisions = list(revisions) if revisions else [None] * len(adapters)
     if len(revisions) != len(adapters):
         raise ValueError(f"got {len(revisions)} adapter revisions for {len(adapters)} adapters; pass one per adapter "
                          "('main' for the default branch)")
-    return [open_adapter(a, revision=r, token=token) for a, r in zip(adapters, revisions)], weights
+    handles = [open_adapter(a, revision=r, token=token) for a, r in zip(adapters, revisions)]
+    for handle in handles:
+        require_fingerprint(handle.config, handle.ref, allow_unverified_base)
+    return handles, weights
 
 
 def _tensor_names(adapters: Sequence[SparseDeltaAdapter]) -> list[str]:
@@ -72,19 +77,19 @@ def _deltas_for(name: str, adapters: Sequence[SparseDeltaAdapter],
 def load_merged(base: str | os.PathLike, adapters: Sequence[AdapterRef], weights: Sequence[float] | None = None,
                 mode: str = "sum", *, revision: str | None = None, adapter_revisions: Sequence[str | None] | None = None,
                 token: str | bool | None = None, dtype: str | torch.dtype = "auto", trust_remote_code: bool = False,
-                progress: bool = True, **options: Any) -> torch.nn.Module:
+                progress: bool = True, allow_unverified_base: bool = False, **options: Any) -> torch.nn.Module:
     """Load ``base`` with transformers and merge every adapter into its weights in place; returns the model.
 
     ``base`` and every adapter may be a local folder or a Hub id (``revision`` / ``adapter_revisions`` pick the
     versions; the base is downloaded once into the HF cache, and ``model.name_or_path`` is that local folder).
     """
-    from transformers import AutoModelForCausalLM
-
-    handles, weights = _prepare(adapters, weights, adapter_revisions, token)
+    handles, weights = _prepare(adapters, weights, adapter_revisions, token, allow_unverified_base)
     folder = resolve_repo(base, revision=revision, token=token,
                           allow_patterns=HUB_PATTERNS + ["*.py"] if trust_remote_code else None)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, trust_remote_code=trust_remote_code)
+    model = load_causal_lm(folder, dtype=dtype, trust_remote_code=trust_remote_code)
+    shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
     for handle in handles:
+        check_fits_base(handle.config, shapes, handle.ref, str(base))
         check_base(model, handle.config)
     resize_vocabulary(model, max((h.config.vocab_size or 0 for h in handles), default=0) or None)
     params = dict(model.named_parameters())
@@ -102,36 +107,40 @@ def merge_to_folder(base: str | os.PathLike, adapters: Sequence[AdapterRef], out
                     weights: Sequence[float] | None = None, mode: str = "sum", *, revision: str | None = None,
                     adapter_revisions: Sequence[str | None] | None = None, token: str | bool | None = None,
                     dtype: torch.dtype | None = None, overwrite: bool = False, progress: bool = True,
-                    max_shard_bytes: int = 4 << 30, **options: Any) -> Path:
+                    max_shard_bytes: int = 4 << 30, allow_unverified_base: bool = False, **options: Any) -> Path:
     """Stream ``base`` tensor by tensor, add the combined deltas, and write a dense model folder to ``out``."""
-    handles, weights = _prepare(adapters, weights, adapter_revisions, token)
+    handles, weights = _prepare(adapters, weights, adapter_revisions, token, allow_unverified_base)
     checkpoint = Checkpoint.open(base, revision=revision, token=token)
+    shapes = {name: checkpoint.shape(name) for name in checkpoint.names()}
+    for handle in handles:
+        check_fits_base(handle.config, shapes, handle.ref, checkpoint.ref)
     touched = set(_tensor_names(handles))
-    missing = sorted(touched - set(checkpoint.names()))
-    if missing:
-        raise ValueError(f"adapter tensors {missing[:5]} are not in {base}; the adapters do not fit this base")
     samples: dict[str, bytes] = {}
-    with atomic_directory(out, overwrite=overwrite) as tmp:
+    inputs = [base, checkpoint.directory, *(h.directory for h in handles)]
+    with atomic_directory(out, overwrite=overwrite, inputs=inputs) as tmp:
         writer = ShardedWriter(tmp, max_shard_bytes=max_shard_bytes)
         for name in tqdm(checkpoint.names(), desc=f"merging ({mode})", unit="tensor", disable=not progress,
                          leave=False):
             tensor = checkpoint.read(name)
             if name in touched:
                 samples[name] = tensor_sample(tensor)
+            tensor = tensor if dtype is None else tensor.to(dtype)  # before adding: round once, to the output dtype
+            if name in touched:
                 deltas, used = _deltas_for(name, handles, weights)
-                tensor = combine_tensor(_grow_rows(tensor, deltas[0].shape), deltas, used, mode, **options)
-            writer.add(name, tensor if dtype is None else tensor.to(dtype))
+                rows = max(d.shape[0] for d in deltas)  # any adapter may grow the vocabulary, in any order
+                tensor = combine_tensor(_grow_rows(tensor, rows), deltas, used, mode, **options)
+            writer.add(name, tensor)
         _verify_fingerprints(handles, samples, base)
         writer.close()
         _copy_model_files(checkpoint.directory, tmp, vocab_size=max((h.config.vocab_size or 0) for h in handles))
     return Path(out)
 
 
-def _grow_rows(tensor: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+def _grow_rows(tensor: torch.Tensor, rows: int) -> torch.Tensor:
     """Zero rows appended to an embedding whose adapter covers an extended vocabulary."""
-    if tuple(tensor.shape) == tuple(shape):
+    if tensor.shape[0] == rows:
         return tensor
-    extra = torch.zeros((shape[0] - tensor.shape[0], *tensor.shape[1:]), dtype=tensor.dtype)
+    extra = torch.zeros((rows - tensor.shape[0], *tensor.shape[1:]), dtype=tensor.dtype)
     return torch.cat([tensor, extra])
 
 

@@ -1,4 +1,4 @@
-"""Model Breadcrumbs (mergekit ``magnitude_outliers``, ALGORITHMS.md §4): drop the largest and the smallest ``|δ|``.
+"""Model Breadcrumbs (mergekit ``magnitude_outliers``, docs/algorithms.md §9): drop the largest and the smallest ``|δ|``.
 
 Of ``n`` entries, the top ``floor(γ·n)`` by ``|δ|`` are dropped as outliers and the next ``k = floor(d·n)`` are kept;
 when ``γ·n + k`` exceeds ``n``, fewer outliers are dropped (mergekit's rule). When ``floor(γ·n) = 0`` (γ = 0, or a

@@ -1,4 +1,4 @@
-"""DARE: random drop with keep probability d and rescale 1/d (Yu et al. 2023; ALGORITHMS.md decision 10)."""
+"""DARE: random drop with keep probability d and rescale 1/d (Yu et al. 2023; docs/algorithms.md §7)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""DELLA MagPrune: row-wise magnitude-ranked keep probabilities, random drop, rescale ``1/q`` (ALGORITHMS.md §3).
+"""DELLA MagPrune: row-wise magnitude-ranked keep probabilities, random drop, rescale ``1/q`` (docs/algorithms.md §8).
 
 In each row, ``|δ|`` is ranked ascending (rank 0 .. n−1, ties by lower index first), ``ρ = rank/(n − 1)``, and the
 keep probability is ``q = (d − ε) + 2ε·ρ``: from ``d − ε`` for the smallest entry to ``d + ε`` for the largest, mean

@@ -1,4 +1,4 @@
-"""DPPA Dynamic Pruning (DP): per-linear densities from the outlier significance of ``|δ|`` (ALGORITHMS.md §1.2).
+"""DPPA Dynamic Pruning (DP): per-linear densities from the outlier significance of ``|δ|`` (docs/algorithms.md §5).
 
 ``d_lj = (1 − α) + T_l + T'_lj``: ``T_l`` is the block term (block significance centred by the plain mean over
 blocks), ``T'_lj`` the linear term (matrix significance centred by the parameter-count-weighted mean over every

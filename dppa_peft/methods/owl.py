@@ -1,4 +1,4 @@
-"""OWL-magnitude on deltas: the data-free OWL baseline of the DPPA code (ALGORITHMS.md decision 12, §5).
+"""OWL-magnitude on deltas: the data-free OWL baseline of the DPPA code (docs/algorithms.md §6).
 
 Block outlier ratio ``D_l = 100·#{|δ| > M·mean_l|δ|}/n_l`` over all linears of block l; ``D`` is min-max scaled to
 ``[0, 2λ]`` and re-centred, so the block densities span exactly ``2λ`` around ``1 − α``. Every matrix of a block keeps

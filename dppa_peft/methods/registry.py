@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from ..validate import check_finite_params
 from .base import PruningMethod
 
 METHODS: dict[str, type[PruningMethod]] = {}
@@ -32,4 +33,6 @@ def create_method(name: str, rate: float, **params: Any) -> PruningMethod:
     unknown = sorted(set(params) - known)
     if unknown:
         raise ValueError(f"method {name!r} has no parameter {unknown}; its parameters are {sorted(known) or 'none'}")
-    return cls(rate, cls.Params(**params))
+    chosen = cls.Params(**params)
+    check_finite_params(chosen, f"method {name!r}")
+    return cls(rate, chosen)

@@ -1,4 +1,4 @@
-"""Exact top-k selection shared by the magnitude-family methods (ALGORITHMS.md decision 3)."""
+"""Exact top-k selection shared by the magnitude-family methods (docs/algorithms.md §3)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""TIES trim: the per-tensor exact top-k of TIES-Merging (ALGORITHMS.md decision 13).
+"""TIES trim: the per-tensor exact top-k of TIES-Merging (docs/algorithms.md §4).
 
 The trim is magnitude pruning under another name, so recipes can say ``ties``; the sign election and the disjoint
 mean belong to merging (``dppa_peft.merge.combine``, mode ``"ties"``).

@@ -5,8 +5,12 @@ of ``k = int(numel · (1 − sparsity))`` entries, with ONE sparsity for all mod
 so that every targeted module's kept entries fit, fills the rest of each module's ``k`` with zero values at unused
 positions (they add nothing), and bakes the DPA factors into the values. Changed tensors that SUPERTUNING cannot
 hold (embeddings, norms, biases, dense-stored linears, and linears so much denser than the rest that padding all the
-others would cost more) go into ``modules_to_save``: the whole module, base + delta, so the export needs the base
-checkpoint. Loaded on that base, the merged weights equal our adapter's exactly (fp32 arithmetic in both).
+others would cost more) go into ``modules_to_save``: the whole module, base + delta (``format.apply``), so the export
+needs the base checkpoint. Stock PEFT casts the values to the base dtype and adds them in it, so for a bf16/fp16 base
+the values are baked as ``kernel(base + δ) − base`` (exact in fp32): loaded on that base, the merged weights equal
+``load_merged``'s bit for bit in fp32; in bf16/fp16 too except where a delta cancels most of its base weight (sign
+change), where no value in the base dtype makes stock PEFT's rounding land on the kernel's weight: those entries
+are off by the base-dtype rounding of their delta, and the export counts them (``SupertuningExport.inexact``).
 """
 
 from __future__ import annotations
@@ -19,10 +23,14 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..checkpoint import Checkpoint, SafetensorsWriter, atomic_directory
+from ..checkpoint import Checkpoint, SafetensorsWriter
+from ..output import atomic_directory, check_output
 from .card import write_model_card
+from ..format.apply import add_dense, add_sparse
 from ..format.fingerprint import fingerprint, tensor_sample
 from ..format.io import WEIGHTS_FILE, SparseDeltaAdapter
+from ..format.validate import check_fits_base
+from ..methods.base import SparseDelta
 from ..tuner.model import BaseModelMismatchError
 
 EXPORT_FORMATS = ("sparse-delta", "supertuning")  # ours (a copy) and stock PEFT's
@@ -42,6 +50,7 @@ class SupertuningExport:
     padding: int
     nbytes: int
     source_bytes: int
+    inexact: int = 0  # bf16/fp16 base: kept entries where stock PEFT's arithmetic differs from ``load_merged``
 
     @property
     def size_ratio(self) -> float:
@@ -52,7 +61,10 @@ class SupertuningExport:
         return (f"SUPERTUNING sparsity {self.sparsity:.6g}: {len(self.targets)} sparse Linear modules "
                 f"({self.kept} kept + {self.padding} zero padding entries), {len(self.modules_to_save)} whole "
                 f"modules (modules_to_save); {self.nbytes / 2**20:.2f} MiB = {self.size_ratio:.2f}x the dppa-peft "
-                f"adapter ({self.source_bytes / 2**20:.2f} MiB)")
+                f"adapter ({self.source_bytes / 2**20:.2f} MiB)"
+                + (f"; {self.inexact} entries differ from load_merged by the base-dtype rounding of their delta (stock "
+                   "PEFT adds in the base dtype)"
+                   if self.inexact else ""))
 
 
 def export_supertuning(adapter: SparseDeltaAdapter, out: str | os.PathLike, *, base: str | os.PathLike | None = None,
@@ -73,15 +85,19 @@ def export_supertuning(adapter: SparseDeltaAdapter, out: str | os.PathLike, *, b
     if base is None:
         base, base_revision = config.base_model_name_or_path, base_revision or config.revision
     checkpoint = Checkpoint.open(base, revision=base_revision, token=token)
+    inputs = [adapter.directory, base, checkpoint.directory]
+    check_output(out, inputs, overwrite)  # before the fingerprint read
     _check_fingerprint(adapter, checkpoint)
     model = _skeleton(checkpoint)
     targets, whole = _split_modules(adapter, checkpoint, model)
     sparsity = global_sparsity([(_numel(adapter, t), adapter.config.tensors[f"{t}.weight"]["nnz"]) for t in targets])
-    kept = padding = 0
-    with atomic_directory(out, overwrite=overwrite) as tmp:
+    kept = padding = inexact = 0
+    with atomic_directory(out, overwrite=overwrite, inputs=inputs) as tmp:
         writer = SafetensorsWriter(tmp / WEIGHTS_FILE)
         for module in tqdm(targets, desc="export (sparse)", unit="module", disable=not progress, leave=False):
-            values, indices, pad = _padded_support(adapter, f"{module}.weight", sparsity)
+            delta, off = _baked(adapter, checkpoint, f"{module}.weight")
+            values, indices, pad = _padded_support(delta, sparsity)
+            inexact += off
             writer.add(f"{PREFIX}{module}.supertuning_values", values)
             writer.add(f"{PREFIX}{module}.supertuning_indices", indices)
             kept, padding = kept + values.numel() - pad, padding + pad
@@ -96,7 +112,7 @@ def export_supertuning(adapter: SparseDeltaAdapter, out: str | os.PathLike, *, b
         )
         peft_config.save_pretrained(str(tmp))
         summary = SupertuningExport(Path(out), sparsity, targets, whole, kept, padding,
-                                    (tmp / WEIGHTS_FILE).stat().st_size, adapter.nbytes)
+                                    (tmp / WEIGHTS_FILE).stat().st_size, adapter.nbytes, inexact)
         write_model_card(tmp, config, repo_id=repo_id, stock=summary)
     return summary
 
@@ -127,9 +143,8 @@ def choose_targets(candidates: dict[str, tuple[int, int, int]]) -> list[str]:
 
 
 def _check_fingerprint(adapter: SparseDeltaAdapter, checkpoint: Checkpoint) -> None:
-    missing = sorted(set(adapter.config.tensors) - set(checkpoint.names()))
-    if missing:
-        raise ValueError(f"adapter tensors {missing[:5]} are not in {checkpoint.ref}; pass the adapter's base")
+    check_fits_base(adapter.config, {n: checkpoint.shape(n) for n in checkpoint.names()}, adapter.ref,
+                    checkpoint.ref)
     if not adapter.config.base_fingerprint:
         return
     found = fingerprint({name: tensor_sample(checkpoint.read(name)) for name in adapter.config.tensors})
@@ -192,9 +207,28 @@ def _check_unambiguous(model: torch.nn.Module, targets: list[str], whole: list[s
                                  "use the sparse-delta format")
 
 
-def _padded_support(adapter: SparseDeltaAdapter, name: str, sparsity: float) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """fp32 values (factors applied) and int32 indices of one module, zero-padded to PEFT's k at unused positions."""
+def _baked(adapter: SparseDeltaAdapter, checkpoint: Checkpoint, name: str) -> tuple[SparseDelta, int]:
+    """The effective delta (every factor applied) as values that stock PEFT, which casts them to the base dtype and
+    adds them in it, turns into the kernel's weights: the values themselves for an fp32 base; for a bf16/fp16 base
+    ``kernel(base + δ) − base``, or the neighbouring base-dtype number that rounds to the same weight. Also returns
+    how many entries no base-dtype value reproduces (they are off by the base-dtype rounding of their delta)."""
     delta = adapter.sparse_tensor(name)
+    dtype = checkpoint.dtype(name)
+    if dtype == torch.float32:
+        return delta, 0
+    base = checkpoint.read(name).reshape(-1)[delta.indices]
+    target = add_dense(base, delta.values)
+    values = target.float() - base.float()
+    exact = base + values.to(dtype) == target
+    for step in (1, -1):  # one unit in the last place of the base dtype, away from / towards zero
+        neighbour = (values.to(dtype).view(torch.int16) + step).view(dtype).float()
+        hit = ~exact & (values != 0) & (base + neighbour.to(dtype) == target)
+        values, exact = torch.where(hit, neighbour, values), exact | hit
+    return SparseDelta(delta.indices, values, delta.shape), int((~exact).sum())
+
+
+def _padded_support(delta: SparseDelta, sparsity: float) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """fp32 values and int32 indices of one module's delta, zero-padded to PEFT's k at unused positions."""
     numel = math.prod(delta.shape)
     pad = int(numel * (1 - sparsity)) - delta.nnz
     used = torch.zeros(numel, dtype=torch.bool)
@@ -207,7 +241,7 @@ def _padded_support(adapter: SparseDeltaAdapter, name: str, sparsity: float) -> 
 
 def _whole_module(adapter: SparseDeltaAdapter, checkpoint: Checkpoint, model: torch.nn.Module,
                   module: str) -> dict[str, torch.Tensor]:
-    """Every state entry of one module, base + delta added as our tuner layer does (in the base dtype)."""
+    """Every state entry of one module, base + delta added by the kernel (as our tuner layer does)."""
     out = {}
     for key in model.get_submodule(module).state_dict():
         name = f"{module}.{key}"
@@ -215,7 +249,6 @@ def _whole_module(adapter: SparseDeltaAdapter, checkpoint: Checkpoint, model: to
             raise ValueError(f"{name} is not in {checkpoint.ref}; cannot store module {module!r} whole")
         tensor = checkpoint.read(name)
         if name in adapter.config.tensors:
-            delta = adapter.sparse_tensor(name)
-            tensor = tensor.reshape(-1).index_add(0, delta.indices, delta.values.to(tensor.dtype)).reshape(tensor.shape)
+            tensor = add_sparse(tensor, [adapter.sparse_tensor(name)])
         out[key] = tensor
     return out

@@ -9,12 +9,15 @@ import torch
 from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
 from torch import nn
 
+from ..format.apply import add_sparse, effective_values
 from ..format.config import SparseDeltaConfig
-from ..format.encoding import EncodedTensor, scale_values
+from ..format.encoding import EncodedTensor
+from ..methods.base import SparseDelta
 
 
 class SparseDeltaStore(nn.Module):
-    """One adapter's stored deltas for one module: ``<param>_values``, ``<param>_index``, ``<param>_partition``."""
+    """One adapter's stored deltas for one module: ``<param>_values`` (fp32), ``<param>_index``,
+    ``<param>_partition`` and (format version 2) ``<param>_factors`` (fp32 ``[P, R]``)."""
 
     def __init__(self, records: dict[str, dict[str, Any]], factors: dict[str, list[float]]) -> None:
         super().__init__()
@@ -26,24 +29,22 @@ class SparseDeltaStore(nn.Module):
                 self.register_buffer(f"{param}_index", torch.zeros(record["index_bytes"], dtype=torch.uint8))
             if record.get("partition"):
                 self.register_buffer(f"{param}_partition", torch.zeros(record["nnz"], dtype=torch.uint8))
+            if record.get("factors"):
+                self.register_buffer(f"{param}_factors", torch.ones(record["factors"], dtype=torch.float32))
 
     def encoded(self, param: str) -> EncodedTensor:
         record = self.records[param]
         return EncodedTensor(
             encoding=record["encoding"], shape=tuple(record["shape"]), values=getattr(self, f"{param}_values"),
             index=getattr(self, f"{param}_index", None), partition=getattr(self, f"{param}_partition", None),
+            factors=getattr(self, f"{param}_factors", None),
         )
 
-    def scaled_values(self, param: str) -> torch.Tensor:
-        """Stored values times the amplification factor of their partition."""
+    def delta(self, param: str, device: torch.device) -> SparseDelta:
+        """The stored delta of one parameter with every factor applied (fp32 effective values, on ``device``)."""
         encoded = self.encoded(param)
-        return scale_values(encoded.values, encoded.partition, self.factors[param])
-
-    def add_to(self, param: str, target: torch.Tensor, sign: float = 1.0) -> torch.Tensor:
-        """``target + sign·δ`` for a parameter whose leading rows may be fewer than the delta's (resized vocab)."""
-        indices = self.encoded(param).indices().to(target.device)
-        values = (sign * self.scaled_values(param)).to(target.dtype)
-        return target.reshape(-1).index_add(0, indices, values).reshape(target.shape)
+        indices = encoded.indices().to(device)
+        return SparseDelta(indices, effective_values(encoded, self.factors[param], indices=indices), encoded.shape)
 
 
 class SparseDeltaLayer(nn.Module, BaseTunerLayer):
@@ -59,6 +60,7 @@ class SparseDeltaLayer(nn.Module, BaseTunerLayer):
         self.sparse_delta = nn.ModuleDict({})
         self._disable_adapters = False
         self.merged_adapters: list[str] = []
+        self._restore: list[dict[str, tuple[torch.Tensor, torch.Tensor]]] = []  # base values per merge call
         self._active_adapter = adapter_name
         self.update_layer(adapter_name, config)
 
@@ -72,15 +74,21 @@ class SparseDeltaLayer(nn.Module, BaseTunerLayer):
         self._move_adapter_to_device_of_base_layer(adapter_name)
         self.set_adapter(self.active_adapters, inference_mode=config.inference_mode)
 
-    def _effective_params(self, adapters: list[str]) -> dict[str, torch.Tensor]:
-        base = self.get_base_layer()
-        params: dict[str, torch.Tensor] = {}
-        for adapter in adapters:
-            store = self.sparse_delta[adapter]
-            for param in store.records:
-                current = params.get(param, getattr(base, param))
-                params[param] = store.add_to(param, current)
-        return params
+    def _move_adapter_to_device_of_base_layer(self, adapter_name: str, device: torch.device | None = None) -> None:
+        """Move to the base layer's device only: values and factors stay fp32 whatever the base dtype (PEFT would
+        cast them to it), so the kernel sees exactly what ``load_merged`` reads from the file."""
+        weights = [t for t in self.get_base_layer().parameters(recurse=False)]
+        device = device or (weights[0].device if weights else None)
+        store = self.sparse_delta[adapter_name] if adapter_name in self.sparse_delta else None
+        if device is None or store is None or any(t.device.type == "meta" for t in store.parameters()):
+            return
+        store.to(device)
+
+    def _deltas(self, adapters: list[str], param: str, device: torch.device) -> list[SparseDelta]:
+        return [self.sparse_delta[a].delta(param, device) for a in adapters if param in self.sparse_delta[a].records]
+
+    def _params_of(self, adapters: list[str]) -> list[str]:
+        return sorted({param for a in adapters for param in self.sparse_delta[a].records})
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         if self.disable_adapters:
@@ -90,37 +98,48 @@ class SparseDeltaLayer(nn.Module, BaseTunerLayer):
         active = [a for a in self.active_adapters if a in self.sparse_delta]
         if self.merged or not active:
             return self.base_layer(x, *args, **kwargs)
-        params = self._effective_params(active)
+        base = self.get_base_layer()
+        params = {}
+        for param in self._params_of(active):
+            weight = getattr(base, param)
+            params[param] = add_sparse(weight, self._deltas(active, param, weight.device))
         return torch.func.functional_call(self.base_layer, params, (x, *args), kwargs, strict=False)
 
     def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
-        """Add each adapter's deltas to the base parameters in place."""
+        """Add the adapters' deltas to the base parameters in place, all in one fp32 accumulation (``add_sparse``).
+
+        The base values at the touched positions are kept (outside the state dict, ``nnz`` values per merged
+        parameter), so ``unmerge`` restores the base bit for bit instead of subtracting in the base dtype.
+        """
         base = self.get_base_layer()
-        for adapter in check_adapters_to_merge(self, adapter_names):
-            if adapter not in self.sparse_delta:
-                continue
-            store = self.sparse_delta[adapter]
-            for param in store.records:
-                tensor = getattr(base, param)
-                merged = store.add_to(param, tensor.data)
-                if safe_merge and not torch.isfinite(merged).all():
-                    raise ValueError(f"non-finite values after merging adapter {adapter!r} into {self.module_name}")
-                tensor.data.copy_(merged)
-            self.merged_adapters.append(adapter)
+        adapters = [a for a in check_adapters_to_merge(self, adapter_names) if a in self.sparse_delta]
+        if not adapters:
+            return
+        saved: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        for param in self._params_of(adapters):
+            tensor = getattr(base, param)
+            deltas = self._deltas(adapters, param, tensor.device)
+            merged = add_sparse(tensor.data, deltas)
+            if safe_merge and not torch.isfinite(merged).all():
+                raise ValueError(f"non-finite values after merging adapters {adapters} into {self.module_name}")
+            touched = torch.cat([d.indices.long() for d in deltas])
+            saved[param] = (touched, tensor.data.reshape(-1)[touched].clone())
+            tensor.data.copy_(merged)
+        self._restore.append(saved)
+        self.merged_adapters.extend(adapters)
 
     def unmerge(self) -> None:
+        """Put back the exact base values saved by ``merge`` (newest merge first)."""
         if not self.merged:
             warnings.warn("Already unmerged. Nothing to do.")
             return
         base = self.get_base_layer()
-        while self.merged_adapters:
-            adapter = self.merged_adapters.pop()
-            store = self.sparse_delta[adapter]
-            for param in store.records:
-                tensor = getattr(base, param)
-                tensor.data.copy_(store.add_to(param, tensor.data, sign=-1.0))
+        while self._restore:
+            for param, (touched, original) in self._restore.pop().items():
+                getattr(base, param).data.view(-1)[touched] = original
+        self.merged_adapters.clear()
 
     def get_delta_weight(self, adapter_name: str) -> torch.Tensor:
-        """The dense delta of this module's weight for one adapter."""
+        """The dense delta of this module's weight for one adapter (in the weight's dtype)."""
         weight = self.get_base_layer().weight
-        return self.sparse_delta[adapter_name].add_to("weight", torch.zeros_like(weight))
+        return add_sparse(torch.zeros_like(weight), self._deltas([adapter_name], "weight", weight.device))

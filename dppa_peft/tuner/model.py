@@ -7,11 +7,13 @@ from peft.tuners.tuners_utils import BaseTuner
 from torch import nn
 
 from ..format.config import SparseDeltaConfig
+from ..format.validate import check_fits_base
+from ..errors import UserError
 from ..format.fingerprint import model_fingerprint
 from .layer import SparseDeltaLayer
 
 
-class BaseModelMismatchError(ValueError):
+class BaseModelMismatchError(UserError):
     """The adapter was made from a different base model."""
 
 
@@ -56,6 +58,9 @@ class SparseDeltaModel(BaseTuner):
         return peft_config
 
     def _pre_injection_hook(self, model: nn.Module, config: SparseDeltaConfig, adapter_name: str) -> None:
+        shapes = {n.replace(".base_layer.", "."): tuple(p.shape) for n, p in model.named_parameters()}
+        resized = any(isinstance(m, SparseDeltaLayer) for m in model.modules())  # another adapter may have grown it
+        check_fits_base(config, shapes, f"adapter {adapter_name!r}", "the model it is loaded on", resized)
         check_base(model, config)
         resize_vocabulary(model, config.vocab_size)
 

@@ -1,0 +1,427 @@
+"""Learned amplification: factors per output row (or coarser) of every pruned tensor, learned by distillation.
+
+Student = base + Σ_adapters w_a · scatter(values · scalar[partition] · f[partition, row]) (the kernel of
+``format.apply``, differentiable in ``f``); teacher = the dense fine-tune(s). The factors minimise the mean over
+teachers of KL(teacher ‖ student) of next-token distributions on each teacher's own calibration prompts plus its
+greedy continuations (computed once, ``build_teacher``); no labels. This is BitDelta's scale distillation
+(arXiv 2402.10193) applied to sparse deltas. N adapters and N teachers make a learned merge; one of each is learned
+amplification of a single adapter.
+
+Granularities (what one factor covers; partition ids always apply, so P = the tensor's partitions):
+
+- ``row`` (default): one factor per (partition, output row) of each pruned tensor: a ``[P, R]`` table;
+- ``tensor``: one per (partition, tensor): ``[P, 1]``;
+- ``partition``: one per partition, shared by every pruned tensor of an adapter;
+- ``global``: one per adapter.
+
+Every table is stored as the tensor's ``<param>_factors`` ``[P, R]`` (format version 2; ``R = 1`` below ``row``).
+Scaling: the teacher's log-probs are cached on the CPU (full vocabulary, or its top-k renormalised for large
+vocabularies), so the teacher is freed before the student is built and only one model is on the device; each step
+rebuilds the pruned weights from the frozen base weights (one extra copy of the pruned matrices in the model dtype
+plus the autograd graph over the kept values).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..errors import UserError
+from ..format.apply import add_sparse, effective_values
+from ..format.encoding import EncodedTensor
+from ..format.io import SparseDeltaAdapter
+from ..methods.base import SparseDelta
+from .calibration import Prompt, check_lengths
+from .partitions import Partitions
+
+GRANULARITIES = ("global", "partition", "tensor", "row")
+FULL_VOCAB_LIMIT = 8192  # teachers keep every log-prob up to this vocabulary size, else the top-k
+DEFAULT_TOP_K = 128
+
+
+@dataclass(frozen=True)
+class LearnParams:
+    """Settings of learned amplification (each field is a CLI option, used with ``--search learned``)."""
+
+    learn_granularity: str = field(default="row", metadata={
+        "help": "what one learned factor covers: 'row' = each output row of each pruned matrix (per partition), "
+                "'tensor' = each pruned tensor, 'partition' = each DPA partition, 'global' = the whole adapter",
+        "choices": GRANULARITIES})
+    learn_steps: int = field(default=100, metadata={"help": "Adam steps (one calibration batch per teacher each)"})
+    learn_lr: float = field(default=0.05, metadata={"help": "Adam learning rate of the factors (they start at 1)"})
+    learn_heldout: float = field(default=0.2, metadata={
+        "help": "fraction of the calibration prompts held out for early stopping and the reported KL"})
+    learn_eval_every: int = field(default=10, metadata={"help": "steps between held-out KL evaluations"})
+    learn_patience: int | None = field(default=None, metadata={
+        "help": "stop after this many held-out evaluations without improvement (default: run every step); the "
+                "factors with the lowest held-out KL are kept either way"})
+    learn_top_k: int | None = field(default=None, metadata={
+        "help": f"teacher log-probs cached per position (default: the full vocabulary up to {FULL_VOCAB_LIMIT} "
+                f"tokens, else the top {DEFAULT_TOP_K}, renormalised)"})
+    learn_seed: int = field(default=0, metadata={"help": "seed of the held-out split and the batch order"})
+
+    def __post_init__(self) -> None:
+        if self.learn_granularity not in GRANULARITIES:
+            raise UserError(f"unknown learn_granularity {self.learn_granularity!r}; choose one of {GRANULARITIES}")
+        if self.learn_steps < 0 or self.learn_eval_every < 1:
+            raise UserError(f"learn_steps must be >= 0 and learn_eval_every >= 1, got {self.learn_steps} and "
+                            f"{self.learn_eval_every}")
+        if not 0.0 < self.learn_heldout < 1.0:
+            raise UserError(f"learn_heldout must be a fraction in (0, 1), got {self.learn_heldout}")
+        if self.learn_lr <= 0 or (self.learn_top_k is not None and self.learn_top_k < 1):
+            raise UserError(f"learn_lr must be > 0 and learn_top_k >= 1, got {self.learn_lr} and {self.learn_top_k}")
+
+
+# teachers ----------------------------------------------------------------------------------------------------------
+
+@dataclass
+class TeacherBatch:
+    """Right-padded sequences and the teacher's log-probs at every real position (CPU, fp32)."""
+
+    ids: torch.Tensor  # [B, L] long
+    mask: torch.Tensor  # [B, L] long
+    log_probs: torch.Tensor  # [N, k]: N = mask.sum(); k = vocabulary or top-k (renormalised)
+    tokens: torch.Tensor | None  # [N, k] token ids of a top-k cache; None: the full vocabulary
+
+    @property
+    def positions(self) -> int:
+        return int(self.log_probs.shape[0])
+
+
+@dataclass
+class Teacher:
+    """One dense fine-tune's cached outputs on its calibration prompts, split into training and held-out batches."""
+
+    name: str
+    train: list[TeacherBatch]
+    heldout: list[TeacherBatch]
+    settings: dict[str, Any]
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, **self.settings,
+                "train_positions": sum(b.positions for b in self.train),
+                "heldout_positions": sum(b.positions for b in self.heldout)}
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _continue(model: nn.Module, ids: list[int], tokens: int, eos: int | None, pad: int) -> torch.Tensor:
+    """The prompt plus the model's greedy continuation of ``tokens`` tokens (stops at EOS)."""
+    prompt = torch.tensor([ids], device=_device(model))
+    if tokens == 0:
+        return prompt[0].cpu()
+    out = model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=tokens,
+                         do_sample=False, eos_token_id=eos, pad_token_id=pad, top_p=None, top_k=None,
+                         temperature=None)
+    sequence = out[0]
+    if eos is not None:  # generate pads after EOS; keep the EOS itself
+        after = (sequence[len(ids):] == eos).nonzero()
+        if after.numel():
+            sequence = sequence[: len(ids) + int(after[0]) + 1]
+    return sequence.cpu()
+
+
+def _pad(sequences: Sequence[torch.Tensor], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(s.numel() for s in sequences)
+    ids = torch.full((len(sequences), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, sequence in enumerate(sequences):
+        ids[row, : sequence.numel()] = sequence
+        mask[row, : sequence.numel()] = 1
+    return ids, mask
+
+
+def _log_probs(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, params: dict | None = None) -> torch.Tensor:
+    """fp32 log-probs at the real positions of a padded batch (``params`` replace model parameters)."""
+    device = _device(model)
+    kwargs = {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
+    output = model(**kwargs) if params is None else torch.func.functional_call(model, params, (), kwargs,
+                                                                               strict=False)
+    return torch.log_softmax(output.logits[mask.to(device).bool()].float(), dim=-1)
+
+
+def _split(count: int, heldout: float, seed: int) -> tuple[list[int], list[int]]:
+    if count < 2:
+        raise UserError(f"learned amplification needs at least 2 calibration prompts (one held out), got {count}")
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed)).tolist()
+    held = min(count - 1, max(1, round(heldout * count)))
+    return sorted(order[held:]), sorted(order[:held])
+
+
+def build_teacher(model: nn.Module, tokenizer: Any, prompts: Sequence[Prompt], *, continuation_tokens: int = 8,
+                  batch_size: int = 8, heldout: float = 0.2, top_k: int | None = None, seed: int = 0,
+                  name: str = "teacher") -> Teacher:
+    """Greedy continuations and log-probs of the dense fine-tune ``model`` on ``prompts``, computed once.
+
+    Prompts longer than the model's context (with the continuation) are refused before any forward pass. The
+    cache is ``positions × k`` fp32 on the CPU: k = vocabulary up to ``FULL_VOCAB_LIMIT`` tokens, else ``top_k``
+    (default ``DEFAULT_TOP_K``) with the kept probabilities renormalised.
+    """
+    context = int(getattr(model.config, "max_position_embeddings", 0) or 1 << 30)
+    token_ids = check_lengths(prompts, tokenizer, context, continuation_tokens)
+    vocab = int(model.config.vocab_size)
+    k = top_k if top_k is not None else (None if vocab <= FULL_VOCAB_LIMIT else DEFAULT_TOP_K)
+    k = None if k is not None and k >= vocab else k
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    train, held = _split(len(token_ids), heldout, seed)
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        sequences = [_continue(model, ids, continuation_tokens, tokenizer.eos_token_id, pad) for ids in token_ids]
+
+        def batches(rows: list[int]) -> list[TeacherBatch]:
+            out = []
+            for start in range(0, len(rows), batch_size):
+                ids, mask = _pad([sequences[r] for r in rows[start:start + batch_size]], pad)
+                log_p = _log_probs(model, ids, mask).cpu()
+                if k is None:
+                    out.append(TeacherBatch(ids, mask, log_p, None))
+                else:
+                    values, tokens = log_p.topk(k, dim=-1)
+                    out.append(TeacherBatch(ids, mask, values - values.logsumexp(-1, keepdim=True), tokens))
+            return out
+
+        teacher = Teacher(name, batches(train), batches(held), {
+            "prompts": len(prompts), "heldout_prompts": len(held), "continuation_tokens": continuation_tokens,
+            "top_k": k, "vocab_size": vocab, "source": prompts[0].source.rsplit(":", 1)[0] if prompts else None})
+    model.train(was_training)
+    return teacher
+
+
+def kl_divergence(teacher: TeacherBatch, log_q: torch.Tensor) -> torch.Tensor:
+    """Σ over positions of KL(teacher ‖ student) (over the teacher's cached top-k when it keeps one)."""
+    log_p = teacher.log_probs.to(log_q.device)
+    if teacher.tokens is not None:
+        log_q = log_q.gather(-1, teacher.tokens.to(log_q.device))
+    return (log_p.exp() * (log_p - log_q)).sum()
+
+
+# the student -------------------------------------------------------------------------------------------------------
+
+@dataclass
+class _Learned:
+    """One pruned adapter tensor whose factor table is learned."""
+
+    name: str
+    adapter: int
+    encoded: EncodedTensor  # on the model's device, fp32 values
+    indices: torch.Tensor
+    scalars: list[float]
+    weight: float
+    table: Any  # () -> [P, R] factors (differentiable)
+
+
+class Student:
+    """The base model plus N adapters whose pruned tensors take learned factor tables; ``params()`` rebuilds the
+    pruned weights (kernel arithmetic, differentiable in the factors) for ``torch.func.functional_call``."""
+
+    def __init__(self, model: nn.Module, adapters: Sequence[SparseDeltaAdapter], granularity: str,
+                 partitions: Sequence[Partitions | None] | None = None,
+                 weights: Sequence[float] | None = None) -> None:
+        self.model = model.requires_grad_(False).eval()
+        self.granularity = granularity
+        device = _device(model)
+        named = dict(model.named_parameters())
+        weights = [1.0] * len(adapters) if weights is None else [float(w) for w in weights]
+        partitions = list(partitions) if partitions is not None else [None] * len(adapters)
+        if len(weights) != len(adapters) or len(partitions) != len(adapters):
+            raise ValueError(f"pass one weight and one Partitions (or None) per adapter ({len(adapters)} adapters)")
+        self.parameters: list[nn.Parameter] = []
+        self.learned: list[_Learned] = []
+        fixed: dict[str, list[tuple[SparseDelta, float]]] = {}
+        for index, (adapter, parts, weight) in enumerate(zip(adapters, partitions, weights)):
+            shared: dict[str, nn.Parameter] = {}
+            for name, record in adapter.config.tensors.items():
+                if name not in named:
+                    raise UserError(f"adapter tensor {name!r} of {adapter.ref} is not a parameter of the model")
+                encoded = adapter.encoded(name)
+                ids = parts.ids.get(name) if parts is not None else None
+                ids = encoded.partition if ids is None else ids
+                count = 1 if ids is None else (parts.count if parts is not None else int(ids.max()) + 1)
+                scalars = adapter.config.tensor_factors(name)
+                indices = encoded.indices().to(device)
+                on_device = EncodedTensor(encoded.encoding, encoded.shape, encoded.values.to(device, torch.float32),
+                                          partition=None if ids is None else ids.to(device),
+                                          factors=None if encoded.factors is None else encoded.factors.to(device))
+                if not record.get("pruned") or encoded.nnz == 0:
+                    values = effective_values(on_device, scalars, indices=indices)
+                    fixed.setdefault(name, []).append((SparseDelta(indices, values, encoded.shape), weight))
+                    continue
+                if len(scalars) != count:
+                    scalars = [1.0] * count  # partitions re-derived, not the stored ones: no scalar factors yet
+                table = self._table(name, on_device, count, shared, device)
+                self.learned.append(_Learned(name, index, on_device, indices, scalars, weight, table))
+        with torch.no_grad():  # the tensors without learned factors are merged once, in place
+            for name, deltas in fixed.items():
+                named[name].copy_(add_sparse(named[name], [d for d, _ in deltas], [w for _, w in deltas]))
+        self._base = {name: named[name] for name in sorted({t.name for t in self.learned})}
+
+    def _new(self, shape: tuple[int, ...], device: torch.device, init: torch.Tensor | None = None) -> nn.Parameter:
+        data = torch.ones(shape, device=device) if init is None else init.detach().to(device, torch.float32).clone()
+        parameter = nn.Parameter(data)
+        self.parameters.append(parameter)
+        return parameter
+
+    def _table(self, name: str, encoded: EncodedTensor, count: int, shared: dict[str, nn.Parameter],
+               device: torch.device) -> Any:
+        """The factor table of one tensor as a function of the learned parameters (the granularity's sharing)."""
+        if self.granularity in ("row", "tensor"):
+            rows = encoded.shape[0] if self.granularity == "row" and len(encoded.shape) >= 2 else 1
+            stored = encoded.factors if encoded.factors is not None and tuple(encoded.factors.shape) == (count, rows) \
+                else None
+            parameter = self._new((count, rows), device, stored)
+            return lambda: parameter
+        size = count if self.granularity == "partition" else 1
+        if self.granularity not in shared:
+            shared[self.granularity] = self._new((size,), device)
+        parameter = shared[self.granularity]
+        if parameter.numel() != size:
+            raise UserError(f"{name} has {count} partitions but other tensors of its adapter have "
+                            f"{parameter.numel()}; partition granularity needs the same partitions everywhere")
+        return lambda: parameter.reshape(-1, 1).expand(count, 1)
+
+    def params(self) -> dict[str, torch.Tensor]:
+        """The pruned weights with the current factors (kernel: fp32 accumulation, one cast), by parameter name."""
+        deltas: dict[str, list[tuple[SparseDelta, float]]] = {}
+        for t in self.learned:
+            values = effective_values(t.encoded, t.scalars, t.table(), indices=t.indices)
+            deltas.setdefault(t.name, []).append((SparseDelta(t.indices, values, t.encoded.shape), t.weight))
+        return {name: add_sparse(self._base[name], [d for d, _ in pairs], [w for _, w in pairs])
+                for name, pairs in deltas.items()}
+
+    def tables(self) -> list[dict[str, torch.Tensor]]:
+        """Per adapter: tensor name -> its ``[P, R]`` fp32 factor table (CPU copies)."""
+        out: list[dict[str, torch.Tensor]] = [{} for _ in range(1 + max((t.adapter for t in self.learned),
+                                                                        default=-1))]
+        for t in self.learned:
+            out[t.adapter][t.name] = t.table().detach().float().cpu().contiguous().clone()
+        return out
+
+    def heldout_kl(self, teachers: Sequence[Teacher]) -> float:
+        """Mean over teachers of the KL per held-out position."""
+        with torch.no_grad():
+            params = self.params()
+            kls = []
+            for teacher in teachers:
+                total = sum(float(kl_divergence(b, _log_probs(self.model, b.ids, b.mask, params)))
+                            for b in teacher.heldout)
+                kls.append(total / max(1, sum(b.positions for b in teacher.heldout)))
+        return sum(kls) / len(kls)
+
+
+# learning ----------------------------------------------------------------------------------------------------------
+
+@dataclass
+class LearnResult:
+    """Learned factor tables and how they were found."""
+
+    factors: list[dict[str, torch.Tensor]]  # per adapter: tensor name -> [P, R] fp32
+    losses: list[float]  # training KL per step
+    heldout: list[tuple[int, float]]  # (step, held-out KL); step 0 = the starting factors
+    best_step: int
+    steps: int
+    seconds: float
+    settings: dict[str, Any]
+    teachers: list[dict[str, Any]]
+    stopped: str | None = None
+
+    @property
+    def heldout_kl_before(self) -> float:
+        return self.heldout[0][1]
+
+    @property
+    def heldout_kl_after(self) -> float:
+        return dict(self.heldout)[self.best_step]
+
+    def record(self) -> dict[str, Any]:
+        """The ``learned`` block of the adapter config's ``amplification``."""
+        values = torch.cat([t.reshape(-1) for tables in self.factors for t in tables.values()]) \
+            if any(self.factors) else torch.ones(1)
+        return {**self.settings, "steps_run": self.steps, "best_step": self.best_step, "stopped": self.stopped,
+                "seconds": round(self.seconds, 3), "heldout_kl_before": self.heldout_kl_before,
+                "heldout_kl_after": self.heldout_kl_after,
+                "loss_curve": [round(x, 6) for x in self.losses],
+                "heldout_curve": [[s, round(k, 6)] for s, k in self.heldout],
+                "factor_stats": {"count": values.numel(), "min": float(values.min()), "max": float(values.max()),
+                                 "mean": float(values.mean())},
+                "teachers": self.teachers}
+
+
+def _order(count: int, generator: torch.Generator) -> list[int]:
+    return torch.randperm(count, generator=generator).tolist()
+
+
+def learn_factors(model: nn.Module, adapters: Sequence[SparseDeltaAdapter], teachers: Sequence[Teacher],
+                  params: LearnParams = LearnParams(), *, partitions: Sequence[Partitions | None] | None = None,
+                  weights: Sequence[float] | None = None, progress: bool = True) -> LearnResult:
+    """Learn factor tables for the pruned tensors of ``adapters`` so that base + Σ w·δ(factors) matches the teachers.
+
+    ``model`` is the base model on the device to learn on (its parameters are frozen, and the adapters' tensors
+    without learned factors are merged into it in place). The loss of a step is the mean over ``teachers`` of the
+    KL per position on one training batch of each; every ``learn_eval_every`` steps the held-out KL is measured
+    and the factors with the lowest one are returned (step 0 = the starting factors: the stored tables, else 1).
+    ``partitions[a]`` gives DPA partition ids of adapter ``a`` (default: the ids stored in it). Seeded: two runs on
+    the CPU give identical factors.
+    """
+    if not adapters or not teachers:
+        raise ValueError("learn_factors needs at least one adapter and one teacher")
+    started = time.perf_counter()
+    student = Student(model, adapters, params.learn_granularity, partitions, weights)
+    generator = torch.Generator().manual_seed(params.learn_seed)
+    optimizer = torch.optim.Adam(student.parameters, lr=params.learn_lr) if student.parameters else None
+    queues: list[list[int]] = [[] for _ in teachers]
+    best = (student.heldout_kl(teachers), 0, student.tables())
+    heldout, losses, stopped, waited = [(0, best[0])], [], None, 0
+    bar = tqdm(range(1, params.learn_steps + 1), desc="learning factors", unit="step", disable=not progress,
+               leave=False)
+    for step in bar:
+        if optimizer is None:
+            break
+        optimizer.zero_grad()
+        weights_now = student.params()
+        loss = torch.zeros((), device=_device(model))
+        for queue, teacher in zip(queues, teachers):
+            if not queue:
+                queue.extend(_order(len(teacher.train), generator))
+            batch = teacher.train[queue.pop(0)]
+            loss = loss + kl_divergence(batch, _log_probs(model, batch.ids, batch.mask, weights_now)) / batch.positions
+        loss = loss / len(teachers)
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():
+            for parameter in student.parameters:
+                parameter.clamp_(min=0.0)
+        losses.append(loss.item())
+        if step % params.learn_eval_every == 0 or step == params.learn_steps:
+            kl = student.heldout_kl(teachers)
+            heldout.append((step, kl))
+            bar.set_postfix_str(f"train KL {losses[-1]:.4g} held-out KL {kl:.4g}")
+            if kl < best[0]:
+                best, waited = (kl, step, student.tables()), 0
+            else:
+                waited += 1
+                if params.learn_patience is not None and waited >= params.learn_patience:
+                    stopped = "patience"
+                    break
+    bar.close()
+    settings = {"strategy": "learned", "objective": "kl", **{k.removeprefix("learn_"): v
+                                                             for k, v in asdict(params).items()}}
+    return LearnResult(best[2], losses, heldout, best[1], len(losses), time.perf_counter() - started, settings,
+                       [t.describe() for t in teachers], stopped)
+
+
+def factor_bytes(factors: dict[str, torch.Tensor]) -> int:
+    """Stored size of factor tables (float32)."""
+    return sum(4 * t.numel() for t in factors.values())
+
+
+__all__ = ["GRANULARITIES", "LearnParams", "LearnResult", "Student", "Teacher", "TeacherBatch", "build_teacher",
+           "factor_bytes", "kl_divergence", "learn_factors"]

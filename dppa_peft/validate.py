@@ -1,0 +1,69 @@
+"""Small validators shared by every path: JSON files, finite numbers and tensors. Each raises a ``UserError``
+that names the file / option / tensor and says how to fix it."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import UserError
+
+
+def read_json(path: str | os.PathLike, kind: str = "JSON file", expect: type | None = dict) -> Any:
+    """Parse a JSON file; bad JSON or a value of the wrong type (e.g. a list for a config) names the file."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise UserError(f"{kind} {path} is not UTF-8 text ({err.reason}); restore or re-download it") from None
+    except json.JSONDecodeError as err:
+        raise UserError(f"{kind} {path} is not valid JSON (line {err.lineno}, column {err.colno}: {err.msg}); "
+                        "restore or re-download it") from None
+    if expect is not None and not isinstance(data, expect):
+        raise UserError(f"{kind} {path} holds a JSON {type(data).__name__}, not a JSON "
+                        f"{'object' if expect is dict else expect.__name__}; restore or re-download it")
+    return data
+
+
+def finite_number(value: Any, name: str) -> float:
+    """``value`` as a float, refusing NaN, ±inf and non-numbers (``name`` is the option, e.g. '--weight')."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise UserError(f"{name} must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise UserError(f"{name} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def finite_numbers(values: Iterable[Any] | None, name: str) -> list[float] | None:
+    """Every entry of a list option through ``finite_number`` (None stays None)."""
+    return None if values is None else [finite_number(v, f"{name}[{i}]") for i, v in enumerate(values)]
+
+
+def check_finite(tensor: torch.Tensor, name: str, where: str, fix: str) -> None:
+    """Refuse a tensor holding NaN or ±inf, with how many and where (``fix`` says what to do)."""
+    if not tensor.is_floating_point():
+        return
+    bad = ~torch.isfinite(tensor)
+    if bad.any():
+        count = int(bad.sum())
+        first = int(bad.reshape(-1).nonzero()[0])
+        raise UserError(f"tensor {name!r} of {where} holds {count} non-finite value(s) (NaN or inf; first at flat "
+                        f"position {first}); {fix}")
+
+
+def check_finite_params(params: Any, where: str) -> None:
+    """Every float (or list of floats) field of a parameter dataclass must be finite (``--lam nan`` etc.)."""
+    for field in dataclasses.fields(params):
+        value = getattr(params, field.name)
+        option = "--" + field.name.replace("_", "-")
+        if isinstance(value, float):
+            finite_number(value, f"{where} {option}")
+        elif isinstance(value, (list, tuple)) and any(isinstance(v, float) for v in value):
+            finite_numbers(value, f"{where} {option}")

@@ -1,0 +1,83 @@
+"""The command line's error contract: user errors print one ``error:`` line and exit 2; signals end cleanly."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from dppa_peft.cli import main
+from dppa_peft.errors import Interrupted, UserError
+from tests.hub_fixtures import REPO_ROOT
+
+
+def _prune_argv(pair, out, *extra):
+    base, ft = pair
+    return ["prune", "--base", str(base), "--finetuned", str(ft), "--method", "magnitude", "--out", str(out), *extra]
+
+
+def test_user_error_is_one_line_and_exit_2(tmp_path, capsys):
+    assert main(["prune", "--base", str(tmp_path / "nosuch"), "--finetuned", str(tmp_path / "x"),
+                 "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "error: no such folder" in err and "Traceback" not in err
+
+
+def test_debug_adds_the_traceback(tmp_path, capsys):
+    assert main(["prune", "--debug", "--base", str(tmp_path / "nosuch"), "--finetuned", str(tmp_path / "x"),
+                 "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "error: no such folder" in err
+
+
+def test_user_error_is_a_value_error():
+    assert issubclass(UserError, ValueError)
+    assert Interrupted(signal.SIGTERM, "SIGTERM").exit_status == 143
+
+
+def test_keyboard_interrupt_exits_130_and_removes_the_temp_folder(tmp_path, llama_pair, monkeypatch, capsys):
+    from dppa_peft import pipeline
+
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "_prune_one", stop)
+    assert main(_prune_argv(llama_pair, tmp_path / "out")) == 130
+    assert "stopped by SIGINT" in capsys.readouterr().err
+    assert os.listdir(tmp_path) == []
+
+
+SLOW_PRUNE = textwrap.dedent("""
+    import sys, time
+    from dppa_peft import pipeline
+    original = pipeline._prune_one
+    def slow(*args, **kwargs):
+        record = original(*args, **kwargs)
+        print("writing", flush=True)
+        time.sleep(60)
+        return record
+    pipeline._prune_one = slow
+    from dppa_peft.cli import main
+    raise SystemExit(main(sys.argv[1:]))
+""")
+
+
+@pytest.mark.parametrize("signum,status", [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)])
+def test_signal_mid_prune_leaves_nothing(tmp_path, llama_pair, signum, status):
+    """A real process stopped while it writes: clean exit status, no output, no temp folder with data."""
+    out_root = tmp_path / "outs"
+    out_root.mkdir()
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_PRUNE, *_prune_argv(llama_pair, out_root / "a")],
+                            cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    deadline = time.monotonic() + 60
+    while proc.stdout.readline().strip() != "writing":
+        assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read()
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == status, err
+    assert "unfinished outputs were removed" in err and "Traceback" not in err
+    assert os.listdir(out_root) == []
