@@ -15,11 +15,11 @@ from .tuner import BaseModelMismatchError, SparseDeltaConfig, SparseDeltaModel  
 from .publish.export import SupertuningExport, export_supertuning  # noqa: E402
 from .format.io import SparseDeltaAdapter  # noqa: E402
 from .amplify.api import amplify, prune_and_amplify  # noqa: E402
-from .merge import load_merged, merge_to_folder  # noqa: E402
+from .merge import load_merged, merge_to_adapter, merge_to_folder  # noqa: E402
 from .pipeline import PruneSummary, open_adapter, prune  # noqa: E402
 
 __all__ = [
     "BaseModelMismatchError", "PruneSummary", "SparseDeltaAdapter", "SparseDeltaConfig", "SparseDeltaModel",
-    "SupertuningExport", "__version__", "amplify", "export_supertuning", "load_merged", "merge_to_folder",
+    "SupertuningExport", "__version__", "amplify", "export_supertuning", "load_merged", "merge_to_adapter", "merge_to_folder",
     "open_adapter", "prune", "prune_and_amplify",
 ]

@@ -7,6 +7,25 @@ callers can catch it (or ``ValueError``) the usual way.
 
 from __future__ import annotations
 
+import os
+import re
+
+_URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]+@")
+_HF_TOKEN = re.compile(r"\bhf_[A-Za-z0-9]{8,}\b")
+TOKEN_VARIABLES = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
+
+
+def redact(text: str) -> str:
+    """``text`` without credentials: ``user:password@`` in URLs (e.g. inside HF_ENDPOINT), Hub tokens (``hf_...``)
+    and the value of HF_TOKEN become ``***``. Applied to every message the command line prints."""
+    text = _URL_CREDENTIALS.sub(r"\g<scheme>***@", text)
+    text = _HF_TOKEN.sub("***", text)
+    for name in TOKEN_VARIABLES:
+        secret = os.environ.get(name)
+        if secret and len(secret) >= 8:
+            text = text.replace(secret, "***")
+    return text
+
 
 class UserError(ValueError):
     """Bad input from the user: the message names what is wrong (file / key / tensor) and the fix."""
@@ -26,4 +45,4 @@ class Interrupted(KeyboardInterrupt):
         return 128 + self.signum
 
 
-__all__ = ["Interrupted", "UserError"]
+__all__ = ["Interrupted", "UserError", "redact"]

@@ -10,6 +10,8 @@ import contextlib
 from collections.abc import Iterator
 
 from huggingface_hub import constants
+
+from .errors import redact
 from huggingface_hub.errors import (
     EntryNotFoundError,
     GatedRepoError,
@@ -43,7 +45,7 @@ def status_code(err: BaseException) -> int | None:
 def describe_hub_error(err: BaseException, repo_id: str, revision: str | None = None) -> BaseException | None:
     """A FileNotFoundError/ValueError with a clear message for a huggingface_hub error; None for anything else."""
     where = f"{repo_id!r}" + (f" at revision {revision!r}" if revision else "")
-    endpoint = constants.ENDPOINT
+    endpoint = redact(constants.ENDPOINT)  # HF_ENDPOINT may carry user:password@
     if isinstance(err, RevisionNotFoundError):
         return ValueError(f"Hub repo {repo_id!r} has no revision {revision!r}; pass an existing branch, tag or "
                           "commit sha (or leave the revision out for 'main')")

@@ -86,7 +86,8 @@ def reference_weights(pair: Pair, deltas: list[dict[str, torch.Tensor]],
     return out
 
 
-def _load(pair: Pair) -> torch.nn.Module:
+def load_base(pair: Pair) -> torch.nn.Module:
+    """The pair's base model, in the pair's dtype."""
     return AutoModelForCausalLM.from_pretrained(pair.base, dtype=pair.dtype)
 
 
@@ -107,8 +108,8 @@ def check_peft_round_trip(method: str, pair: Pair, adapter: Path, other: Path) -
     first adapter working."""
     expected = reference_weights(pair, [reference_deltas(pair, 0, method)])
     reference_logits = logits_with(pair.base, expected, pair.dtype)
-    base_state = weights_of(_load(pair))
-    model = PeftModel.from_pretrained(_load(pair), str(adapter))
+    base_state = weights_of(load_base(pair))
+    model = PeftModel.from_pretrained(load_base(pair), str(adapter))
     assert torch.equal(logits(model), reference_logits), "PEFT forward vs reference"
     model.merge_adapter()
     assert_same_weights(weights_of(model.get_base_model()), expected, "merged weights vs reference")
@@ -129,7 +130,7 @@ def check_peft_round_trip(method: str, pair: Pair, adapter: Path, other: Path) -
 def check_merge_paths(method: str, pair: Pair, adapter: Path, out: Path) -> None:
     """``merge_and_unload``, ``load_merged`` and ``merge_to_folder`` give the reference weights, bit for bit."""
     expected = reference_weights(pair, [reference_deltas(pair, 0, method)])
-    peft = PeftModel.from_pretrained(_load(pair), str(adapter)).merge_and_unload()
+    peft = PeftModel.from_pretrained(load_base(pair), str(adapter)).merge_and_unload()
     assert_same_weights(weights_of(peft), expected, "merge_and_unload")
     in_memory = load_merged(pair.base, [adapter], dtype=pair.dtype, progress=False)
     assert_same_weights(weights_of(in_memory), expected, "load_merged")

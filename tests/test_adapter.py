@@ -9,13 +9,9 @@ from transformers import AutoModelForCausalLM
 import dppa_peft
 from dppa_peft import BaseModelMismatchError, SparseDeltaConfig, load_merged, merge_to_folder, prune
 from tests.expected import PROMPT, load_weights, logits_with, magnitude_merged_weights
+from tests.expected import logits as _logits
 from tests.hub_fixtures import run_python
 from tests.tiny_models import make_base, make_finetune
-
-
-def _logits(model):
-    with torch.no_grad():
-        return model(PROMPT).logits
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +121,8 @@ def test_merge_folder_copies_model_files(tmp_path, magnitude_adapter, llama_pair
     finally:
         (base / "tokenizer_config.json").unlink()
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["config.json", "generation_config.json", "model.safetensors", "tokenizer_config.json"]
+    assert names == ["README.md", "config.json", "dppa_merge.json", "generation_config.json", "model.safetensors",
+                     "tokenizer_config.json"]
 
 
 def test_wrong_base_is_a_clear_error(tmp_path, magnitude_adapter):

@@ -23,7 +23,8 @@ from dppa_peft.methods import METHODS, SparseDelta, create_method
 from dppa_peft.methods.dare import dare_keep_mask
 from dppa_peft.methods.magnitude import Magnitude
 from dppa_peft.scope import Scope
-from tests.expected import LINEAR_IN_BLOCK, PROMPT, load_weights, logits_with, top_k_reference
+from tests.expected import LINEAR_IN_BLOCK, load_weights, logits_with, top_k_reference
+from tests.expected import logits as _logits
 from tests.tiny_models import make_base, make_finetune, make_tokenizer
 
 PROMPTS = ["the cat sat on the mat", "hello world", "2 + 3 = 5", "once upon a time", "abc def ghi jkl"]
@@ -44,11 +45,6 @@ def partitioned(tmp_path_factory, llama_pair):
     base, ft = llama_pair
     out = tmp_path_factory.mktemp("partitioned") / "a"
     return prune(base, ft, out, method="magnitude", rate=0.7, partition_rates=[0.9, 0.8, 0.7], progress=False)[0]
-
-
-def _logits(model):
-    with torch.no_grad():
-        return model(PROMPT).logits
 
 
 def partition_reference(base, ft, densities, factors, unpruned=1.0):

@@ -63,3 +63,39 @@ def test_documented_method_from_the_cli(documented_method: dict, matrix: Matrix,
     assert config["method"]["name"] == NAME
     q = config["tensors"]["model.layers.0.self_attn.q_proj.weight"]
     assert q["nnz"] == 64 * 16  # 64 rows of 64, a quarter of each row
+
+
+MODE = "breadcrumbs_ties"
+
+
+@pytest.fixture
+def documented_mode() -> Iterator[dict]:
+    """Run the documented merge mode as a module of ``dppa_peft.merge`` would; unregister it afterwards."""
+    from dppa_peft.merge import MERGE_MODES
+
+    assert MODE not in MERGE_MODES
+    namespace = {"__name__": "dppa_peft.merge.breadcrumbs_ties", "__package__": "dppa_peft.merge"}
+    exec(compile(worked_example("merge-mode"), "CONTRIBUTING.md", "exec", dont_inherit=True), namespace)
+    try:
+        yield namespace
+    finally:
+        MERGE_MODES.pop(MODE, None)
+
+
+def test_documented_merge_mode_its_test_the_matrix_and_the_cli(documented_mode: dict, matrix: Matrix,
+                                                                 tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from dppa_peft.merge import MERGE_MODES
+    from tests.test_matrix import test_merge_mode_paths_bit_identical
+
+    assert MERGE_MODES[MODE] is documented_mode["BreadcrumbsTiesMode"]
+    tests: dict = {}
+    exec(compile(worked_example("merge-mode-test"), "CONTRIBUTING.md", "exec"), tests)
+    tests["test_breadcrumbs_ties_drops_outliers_then_elects"]()
+    for dtype in ("fp32", "bf16"):
+        test_merge_mode_paths_bit_identical(MODE, dtype, matrix, tmp_path / dtype)
+    pair = matrix.pairs["fp32"]
+    adapters = [str(matrix.adapter("magnitude", "fp32", which)) for which in (0, 1)]
+    assert main(["merge", "--base", str(pair.base), "--adapter", adapters[0], "--adapter", adapters[1], "--mode", MODE,
+                 "--density", "0.5", "--gamma", "0.1", "--out-adapter", str(tmp_path / "m")]) == 0
+    record = json.loads((tmp_path / "m" / "adapter_config.json").read_text())["merge"]
+    assert record["mode"] == MODE and record["params"]["gamma"] == 0.1

@@ -4,8 +4,10 @@ adapter, in fp32 and bf16 (PEFT's ``tests/testing_common.py`` does the same for 
 Per pruning method and dtype: prune a tiny Llama pair → ``PeftModel.from_pretrained`` → logits equal the base plus
 the method's delta recomputed independently from the safetensors files → merge/unmerge round trip exact →
 ``delete_adapter`` → ``merge_and_unload`` == ``load_merged`` == ``merge_to_folder``, bit for bit
-(docs/algorithms.md §13). Per merge mode and dtype: ``load_merged`` == ``merge_to_folder`` bit for bit, and the
-``sum`` mode equals ``W_B + Σ w_i·δ_i`` recomputed from the files. The parameters come from the registries, so a
+(docs/algorithms.md §13). Per merge mode and dtype (two adapters, weights 0.7 and 1.3, density 0.5 where the mode
+takes one): ``load_merged`` == ``merge_to_folder`` bit for bit == the ``merge_to_adapter`` adapter merged by PEFT
+(bit for bit for election modes, to fp32 rounding for sums, docs/algorithms.md §12.4), and ``sum`` equals
+``W_B + Σ w_i·δ_i`` recomputed from the files. The parameters come from the registries, so a
 newly registered method or mode is covered without editing this file. The models, references and checks are in
 ``tests/matrix.py``.
 """
@@ -17,13 +19,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from dppa_peft import load_merged, merge_to_folder
-from dppa_peft.merge import COMBINE_MODES
+from peft import PeftModel
+
+from dppa_peft import load_merged, merge_to_adapter, merge_to_folder
+from dppa_peft.merge import MERGE_MODES, mode_options
 from dppa_peft.methods import METHODS
 from tests.expected import load_weights
 from tests.matrix import (
-    DTYPES, MERGE_WEIGHTS, Matrix, assert_same_weights, check_merge_paths, check_peft_round_trip, reference_deltas,
-    reference_weights, weights_of,
+    DTYPES, MERGE_WEIGHTS, Matrix, assert_same_weights, check_merge_paths, check_peft_round_trip, load_base,
+    reference_deltas, reference_weights, weights_of,
 )
 
 
@@ -41,15 +45,27 @@ def test_method_merge_paths_bit_identical(method: str, dtype: str, matrix: Matri
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("mode", sorted(COMBINE_MODES))
+@pytest.mark.parametrize("mode", sorted(name for name, cls in MERGE_MODES.items() if name == cls.name))
 def test_merge_mode_paths_bit_identical(mode: str, dtype: str, matrix: Matrix, tmp_path: Path) -> None:
     pair = matrix.pairs[dtype]
     adapters = [matrix.adapter("magnitude", dtype, which) for which in (0, 1)]
-    in_memory = weights_of(load_merged(pair.base, adapters, MERGE_WEIGHTS, mode, dtype=pair.dtype, progress=False))
-    folder = merge_to_folder(pair.base, adapters, tmp_path / "merged", MERGE_WEIGHTS, mode, progress=False)
+    options = {"density": 0.5} if "density" in mode_options(mode) else {}
+    in_memory = weights_of(load_merged(pair.base, adapters, MERGE_WEIGHTS, mode, dtype=pair.dtype, progress=False,
+                                       **options))
+    folder = merge_to_folder(pair.base, adapters, tmp_path / "merged", MERGE_WEIGHTS, mode, progress=False,
+                             **options)
     assert_same_weights(load_weights(folder), in_memory, f"merge_to_folder vs load_merged ({mode})")
     base = load_weights(pair.base)
     assert all(not torch.equal(in_memory[name], base[name]) for name in base)  # every tensor was fine-tuned
+    merged = merge_to_adapter(pair.base, adapters, tmp_path / "adapter", MERGE_WEIGHTS, mode, progress=False,
+                              **options)
+    from_adapter = weights_of(PeftModel.from_pretrained(load_base(pair), str(merged.directory)).merge_and_unload())
+    if MERGE_MODES[mode].needs_dense():  # one merged delta per tensor: the same single addition
+        assert_same_weights(from_adapter, in_memory, f"merged adapter vs load_merged ({mode})")
+    else:  # Σ w_i·δ_i is summed before it meets the base (docs/algorithms.md §12.4): equal to fp32 rounding
+        for name, expected in in_memory.items():
+            torch.testing.assert_close(from_adapter[name].float(), expected.float(), atol=1e-6,
+                                       rtol=2 * torch.finfo(pair.dtype).eps, msg=f"merged adapter ({mode}): {name}")
     if mode == "sum":
         deltas = [reference_deltas(pair, which, "magnitude") for which in (0, 1)]
         assert_same_weights(in_memory, reference_weights(pair, deltas, MERGE_WEIGHTS), "sum vs W_B + Σ w_i·δ_i")

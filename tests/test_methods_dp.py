@@ -231,3 +231,17 @@ def test_centred_norm_guards() -> None:
     assert centred_norm([0.0, 0.0], 0.08) == [0.0, 0.0]
     assert centred_norm([1.0, 2.0, 4.0], 0.08) == pytest.approx([-0.064, -0.016, 0.08])
     assert centred_norm([1.0, 3.0], 0.1, weights=[3.0, 1.0]) == pytest.approx([-0.1 / 3, 0.1])
+
+
+def test_min_density_floor_keeps_every_module() -> None:
+    """At rate 0.95 the worked example's −λ terms plan density 0 for three matrices; a floor of 0.05 keeps them."""
+    plain = observe_all(create_method("dp", 0.95, lam=0.1), worked_items())
+    floored = observe_all(create_method("dp", 0.95, lam=0.1, min_density=0.05), worked_items())
+    infos = [info for info, _ in worked_items()]
+    assert [plain.plan(i).density for i in infos] == pytest.approx([0.23, 0.23, 0, 0, 0, 0.04], abs=1e-12)
+    assert [floored.plan(i).density for i in infos] == pytest.approx([0.23, 0.23, 0.05, 0.05, 0.05, 0.05], abs=1e-12)
+    assert [floored.plan(i).unclipped for i in infos] == pytest.approx([0.23, 0.23, -0.15, -0.06, -0.05, 0.04],
+                                                                       abs=1e-12)
+    assert floored.describe()["params"]["min_density"] == 0.05
+    with pytest.raises(ValueError, match="min_density must be a density in"):
+        create_method("dp", 0.9, min_density=1.5)

@@ -81,3 +81,31 @@ def test_signal_mid_prune_leaves_nothing(tmp_path, llama_pair, signum, status):
     assert proc.returncode == status, err
     assert "unfinished outputs were removed" in err and "Traceback" not in err
     assert os.listdir(out_root) == []
+
+
+def test_credentials_in_hf_endpoint_are_never_printed(tmp_path, monkeypatch, capsys):
+    """HF_ENDPOINT carrying user:password@ and a Hub error that repeats the URL: no password, no token printed."""
+    import huggingface_hub
+    from huggingface_hub import constants
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    endpoint = "http://alice:s3cr3tpass@127.0.0.1:9"
+    monkeypatch.setattr(constants, "ENDPOINT", endpoint)
+    monkeypatch.setenv("HF_TOKEN", "hf_abcdefghijklmnopqrstuvwx")
+
+    def unreachable(repo_id, **kwargs):
+        raise LocalEntryNotFoundError(f"cannot reach {endpoint}/api/models/{repo_id} (token hf_abcdefghijklmnopqrstuvwx)")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", unreachable)
+    code = main(["--debug", "prune", "--base", "someone/base", "--finetuned", "someone/ft",
+                 "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and "could not reach the Hub at http://***@127.0.0.1:9" in err
+    assert "Traceback" in err and "s3cr3tpass" not in err and "hf_abcdefghijklmnopqrstuvwx" not in err
+
+
+def test_redact():
+    from dppa_peft.errors import redact
+
+    assert redact("at https://u:p@host/x and hf_0123456789abcdef") == "at https://***@host/x and ***"
+    assert redact("plain http://host/path stays") == "plain http://host/path stays"

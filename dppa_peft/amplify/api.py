@@ -2,6 +2,9 @@
 
 Both write a new adapter folder whose config records the partitions, the factors and the whole search; the
 search loads the base model once and applies candidate factors in place (``candidate.AmplifiedModel``).
+``search="learned"`` instead learns factor tables per output row (``learned``) by distillation from the dense
+fine-tune, on any mask; they are stored with the tensors (format version 2) and recorded in
+``amplification.learned``.
 """
 
 from __future__ import annotations
@@ -22,11 +25,18 @@ from ..checkpoint import atomic_directory
 from ..validate import check_finite_params
 from ..pipeline import PruneSummary, open_adapter, prune
 from ..scope import DEFAULT_SCOPE_PATTERN
+from ..errors import UserError
+from .calibration import Prompt, check_lengths
 from .candidate import AmplifiedModel, load_base_model
 from .factors import PARTITION_COMBINE_MODES, amplification_block
-from .objectives import Objective, ObjectiveParams, build_objective, describe_objective
+from .learned import LearnParams, LearnResult, learn_factors, model_context, teacher_from_pretrained
+from .objectives import (Objective, ObjectiveParams, build_objective, calibration_prompts, describe_objective,
+                         load_tokenizer)
 from .partitions import Partitions, adapter_partitions, default_partition_rates
 from .search import DEFAULT_TOL, DPA_METHODS, STRATEGIES, SearchResult, default_bounds, search_factors
+
+LEARNED = "learned"
+SEARCHES = STRATEGIES + (LEARNED,)
 
 
 @dataclass(frozen=True)
@@ -46,8 +56,10 @@ class AmplifyParams:
     factors: list[float] | None = field(default=None, metadata={
         "help": "use these factors (one per partition) and skip the search; no objective is needed"})
     search: str = field(default="default", metadata={
-        "help": f"search strategy, one of {STRATEGIES}: 'default' = golden-section per partition within --bounds "
-                "to --tol; 'reference' = the released +0.1 greedy loop with its quirks"})
+        "help": f"search strategy, one of {SEARCHES}: 'default' = golden-section per partition within --bounds "
+                "to --tol; 'reference' = the released +0.1 greedy loop with its quirks; 'learned' = factors per "
+                "output row (--learn-granularity) learned by KL distillation from --finetuned on --calibration "
+                "prompts (any pruning method; one partition unless --partition-rates)", "choices": SEARCHES})
     dpa_method: int = field(default=1, metadata={
         "help": "DPA method: 1 = progressive (later partitions absent while a factor is searched), 2 = later "
                 "partitions present at factor 1"})
@@ -69,8 +81,12 @@ class AmplifyParams:
         check_finite_params(self, "DPA")
         if self.combine not in PARTITION_COMBINE_MODES:
             raise ValueError(f"unknown combine mode {self.combine!r}; choose one of {PARTITION_COMBINE_MODES}")
-        if self.search not in STRATEGIES:
-            raise ValueError(f"unknown search strategy {self.search!r}; choose one of {STRATEGIES}")
+        if self.search not in SEARCHES:
+            raise ValueError(f"unknown search strategy {self.search!r}; choose one of {SEARCHES}")
+        if self.search == LEARNED and (self.factors is not None or self.bounds is not None
+                                       or self.reference_init is not None or self.max_calls is not None):
+            raise UserError("search='learned' learns its factors: factors, bounds, reference_init and max_calls "
+                            "apply to the default and reference searches only")
         if self.dpa_method not in DPA_METHODS:
             raise ValueError(f"dpa_method must be one of {DPA_METHODS}, got {self.dpa_method!r}")
         if self.bounds is not None and (len(self.bounds) != 2 or not 0 <= self.bounds[0] < self.bounds[1]):
@@ -81,15 +97,28 @@ class AmplifyParams:
             raise ValueError("reference_init applies to search='reference'; the default search uses bounds")
 
 
-def split_options(options: dict[str, Any]) -> tuple[AmplifyParams, ObjectiveParams, Objective | None, dict[str, Any]]:
-    """DPA settings, objective settings, a callable objective (if given) and the options left for the method."""
+@dataclass(frozen=True)
+class DPAOptions:
+    """Every DPA setting of one run: search, objective, learned amplification, and a Python objective if given."""
+
+    dpa: AmplifyParams
+    objective: ObjectiveParams
+    learn: LearnParams
+    callable_objective: Objective | None = None
+
+
+def split_options(options: dict[str, Any]) -> tuple[DPAOptions, dict[str, Any]]:
+    """The DPA settings and the options left for the method."""
     options = dict(options)
     callable_objective = options.pop("objective") if callable(options.get("objective")) else None
     chosen = []
-    for cls in (AmplifyParams, ObjectiveParams):
+    for cls in _DPA_CLASSES:
         names = {f.name for f in dataclasses.fields(cls)}
         chosen.append(cls(**{k: options.pop(k) for k in list(options) if k in names}))
-    return chosen[0], chosen[1], callable_objective, options
+    parsed = DPAOptions(chosen[0], chosen[1], chosen[2], callable_objective)
+    if parsed.dpa.search != LEARNED and parsed.learn != LearnParams():
+        raise UserError("the learn_* options (--learn-*) apply to search='learned' (--search learned)")
+    return parsed, options
 
 
 def _rescaled(adapter: SparseDeltaAdapter) -> bool:
@@ -97,11 +126,12 @@ def _rescaled(adapter: SparseDeltaAdapter) -> bool:
     return bool(adapter.config.method.get("params", {}).get("rescale", False))
 
 
-def _search(adapter: SparseDeltaAdapter, partitions: Partitions, dpa: AmplifyParams, objective_params: ObjectiveParams,
-            objective: Objective | None, finetuned: Any, base: Any, revision: str | None, base_revision: str | None,
-            token: str | bool | None, progress: bool) -> tuple[SearchResult, dict[str, Any]]:
+def _search(adapter: SparseDeltaAdapter, partitions: Partitions, options: DPAOptions, finetuned: Any, base: Any,
+            revision: str | None, base_revision: str | None, token: str | bool | None,
+            progress: bool) -> tuple[SearchResult, dict[str, Any]]:
     """Search the factors with candidates built in place; returns the search and the objective's description."""
-    objective = objective or build_objective(objective_params, finetuned, base, dpa.model_dtype, dpa.device,
+    dpa, objective_params = options.dpa, options.objective
+    objective = options.callable_objective or build_objective(objective_params, finetuned, base, dpa.model_dtype, dpa.device,
                                              revision=revision, token=token)
     model = load_base_model(base, adapter, dpa.model_dtype, dpa.device, revision=base_revision, token=token)
     candidate = AmplifiedModel(model, adapter, partitions, dpa.combine, dpa.amplify_unpruned)
@@ -135,43 +165,100 @@ def write_amplified(adapter: SparseDeltaAdapter, folder: Path, partitions: Parti
     writer.close(config)
 
 
-def _amplify_into(folder: Path, adapter: SparseDeltaAdapter, options: dict[str, Any], finetuned: Any, base: Any,
-                  revision: str | None, base_revision: str | None, token: str | bool | None, progress: bool,
-                  provenance: dict[str, Any]) -> SearchResult | None:
-    dpa, objective_params, objective, rest = split_options(options)
+def _parse(options: dict[str, Any]) -> DPAOptions:
+    parsed, rest = split_options(options)
     if rest:
-        raise ValueError(f"no DPA option named {sorted(rest)}; the options are the fields of AmplifyParams and "
-                         "ObjectiveParams (see `dppa-peft amplify --help`)")
-    partitions = adapter_partitions(adapter, dpa.partition_rates)
-    result, search, raw = None, None, dpa.factors
-    if raw is None:
-        result, described = _search(adapter, partitions, dpa, objective_params, objective, finetuned,
-                                    base or adapter.config.base_model_name_or_path, revision, base_revision, token,
-                                    progress)
-        raw, search = result.factors, result.record(described)
-    block = amplification_block(partitions.rates, raw, dpa.combine, dpa.amplify_unpruned, search)
-    write_amplified(adapter, folder, partitions, block, {**provenance, "package_version": __version__})
+        raise ValueError(f"no DPA option named {sorted(rest)}; the options are the fields of AmplifyParams, "
+                         "ObjectiveParams and LearnParams (see `dppa-peft amplify --help`)")
+    return parsed
+
+
+def _calibration(options: DPAOptions, finetuned: Any, base: Any, revision: str | None,
+                 token: str | bool | None) -> tuple[list[Prompt], Any] | None:
+    """Learned amplification's prompts and tokenizer, checked (file, fields, lengths) before any model is loaded."""
+    if options.dpa.search != LEARNED:
+        return None
+    if finetuned is None:
+        raise UserError("search='learned' distils from the dense fine-tuned model; pass finetuned= (--finetuned)")
+    params = options.objective
+    prompts = calibration_prompts(params)
+    tokenizer = load_tokenizer([params.tokenizer] if params.tokenizer else [finetuned, base], token=token)
+    check_lengths(prompts, tokenizer, model_context(finetuned, revision, token), params.continuation_tokens)
+    return prompts, tokenizer
+
+
+def _learn(adapter: SparseDeltaAdapter, partitions: Partitions, options: DPAOptions,
+           calibration: tuple[list[Prompt], Any], finetuned: Any, base: Any, revision: str | None,
+           base_revision: str | None, token: str | bool | None, progress: bool) -> LearnResult:
+    """Learned amplification: the teacher's outputs cached and the teacher freed, then the factors learned on the
+    base model (one model on the device at a time)."""
+    dpa, params = options.dpa, options.objective
+    prompts, tokenizer = calibration
+    teacher = teacher_from_pretrained(finetuned, tokenizer, prompts, continuation_tokens=params.continuation_tokens,
+                                      batch_size=params.batch_size, params=options.learn, dtype=dpa.model_dtype,
+                                      device=dpa.device, revision=revision, token=token)
+    model = load_base_model(base, adapter, dpa.model_dtype, dpa.device, revision=base_revision, token=token)
+    return learn_factors(model, [adapter], [teacher], options.learn, partitions=[partitions], progress=progress)
+
+
+def _amplify_into(folder: Path, adapter: SparseDeltaAdapter, parsed: DPAOptions,
+                  calibration: tuple[list[Prompt], Any] | None, finetuned: Any, base: Any, revision: str | None,
+                  base_revision: str | None, token: str | bool | None, progress: bool,
+                  provenance: dict[str, Any]) -> SearchResult | LearnResult | None:
+    dpa = parsed.dpa
+    rate = float(adapter.config.method["rate"])
+    rates = dpa.partition_rates or ([rate] if dpa.search == LEARNED else None)
+    partitions = adapter_partitions(adapter, rates)
+    base = base or adapter.config.base_model_name_or_path
+    result: SearchResult | LearnResult | None = None
+    row_factors = None
+    if calibration is not None:
+        result = _learn(adapter, partitions, parsed, calibration, finetuned, base, revision, base_revision, token,
+                        progress)
+        raw, combine = _kept_scalars(adapter, partitions, dpa.combine)
+        block = amplification_block(partitions.rates, raw, combine, dpa.amplify_unpruned, None)
+        block["learned"] = result.record()
+        row_factors = result.factors[0]
+    else:
+        raw, search = dpa.factors, None
+        if raw is None:
+            result, described = _search(adapter, partitions, parsed, finetuned, base, revision, base_revision, token,
+                                        progress)
+            raw, search = result.factors, result.record(described)
+        block = amplification_block(partitions.rates, raw, dpa.combine, dpa.amplify_unpruned, search)
+    write_amplified(adapter, folder, partitions, block, {**provenance, "package_version": __version__}, row_factors)
     return result
+
+
+def _kept_scalars(adapter: SparseDeltaAdapter, partitions: Partitions, combine: str) -> tuple[list[float], str]:
+    """The partition factors learned amplification keeps (it learns on top of them): the adapter's own when its
+    partitions are these, else 1 each (the rule ``learned.Student`` applies)."""
+    stored = adapter.config.amplification or {}
+    if stored.get("partition_rates") == partitions.rates and len(stored.get("raw_factors", [])) == partitions.count:
+        return list(stored["raw_factors"]), stored.get("combine", combine)
+    return [1.0] * partitions.count, combine
 
 
 def amplify(adapter: str | os.PathLike | SparseDeltaAdapter, out: str | os.PathLike, *,
             finetuned: str | os.PathLike | None = None, base: str | os.PathLike | None = None,
             revision: str | None = None, base_revision: str | None = None, adapter_revision: str | None = None,
             token: str | bool | None = None, overwrite: bool = False, progress: bool = True,
-            command: str | None = None, **options: Any) -> tuple[SparseDeltaAdapter, SearchResult | None]:
+            command: str | None = None, **options: Any) -> tuple[SparseDeltaAdapter, SearchResult | LearnResult | None]:
     """DPA on an existing adapter: search one factor per partition and write the amplified adapter to ``out``.
 
     ``options`` are ``AmplifyParams`` and ``ObjectiveParams`` fields; ``objective`` may also be a Python callable
     ``model -> score``. ``base`` defaults to the base recorded in the adapter; ``finetuned`` (the dense fine-tune)
-    is needed by the ``kl`` and ``tasks`` objectives. Returns the new adapter and the search (None with
-    ``factors=``).
+    is needed by the ``kl`` and ``tasks`` objectives and by ``search="learned"``. Returns the new adapter and the
+    search (a ``LearnResult`` for ``search="learned"``; None with ``factors=``).
     """
     handle = open_adapter(adapter, revision=adapter_revision, token=token)
+    parsed = _parse(options)
+    calibration = _calibration(parsed, finetuned, base or handle.config.base_model_name_or_path, revision, token)
     provenance = {"command": command or f"dppa_peft.amplify({handle.ref!r})", "amplified_from": handle.ref}
     inputs = [handle.directory, finetuned, base or handle.config.base_model_name_or_path]
     with atomic_directory(out, overwrite=overwrite, inputs=inputs) as tmp:
-        result = _amplify_into(tmp, handle, options, finetuned, base, revision, base_revision, token, progress,
-                               provenance)
+        result = _amplify_into(tmp, handle, parsed, calibration, finetuned, base, revision, base_revision, token,
+                               progress, provenance)
     return SparseDeltaAdapter(out), result
 
 
@@ -181,24 +268,30 @@ def prune_and_amplify(base: str | os.PathLike, finetuned: str | os.PathLike, out
                       progress: bool = True, command: str | None = None,
                       scope_pattern: str = DEFAULT_SCOPE_PATTERN,
                       outside_scope: str = "dense", value_dtype: str = "auto",
-                      **options: Any) -> tuple[SparseDeltaAdapter, PruneSummary, SearchResult | None]:
+                      **options: Any) -> tuple[SparseDeltaAdapter, PruneSummary, SearchResult | LearnResult | None]:
     """Prune with ``method`` storing DPA partitions, then search the factors: DPPA when ``method='dp'``.
 
-    ``options`` mixes the method's parameters with ``AmplifyParams`` / ``ObjectiveParams`` fields.
+    ``options`` mixes the method's parameters with ``AmplifyParams`` / ``ObjectiveParams`` / ``LearnParams``
+    fields. With ``search="learned"`` any method works (one partition unless ``partition_rates`` are given).
     """
     dpa_options = {k: options.pop(k) for k in list(options) if k in _DPA_FIELDS}
-    rates: Sequence[float] = dpa_options.get("partition_rates") or default_partition_rates(rate)
+    learned = dpa_options.get("search") == LEARNED
+    rates: Sequence[float] = dpa_options.get("partition_rates") or ([rate] if learned else
+                                                                    default_partition_rates(rate))
     dpa_options["partition_rates"] = list(rates)
+    parsed = _parse(dpa_options)
+    calibration = _calibration(parsed, finetuned, base, revision, token)
     provenance = {"command": command or f"dppa_peft.prune_and_amplify(method={method!r}, rate={rate})"}
     with atomic_directory(out, overwrite=overwrite, inputs=[base, finetuned]) as tmp:
         pruned, summary = prune(base, finetuned, tmp / "pruned", method, rate, scope_pattern=scope_pattern,
                                 outside_scope=outside_scope, value_dtype=value_dtype, revision=revision,
                                 base_revision=base_revision, token=token, progress=progress,
                                 command=provenance["command"], partition_rates=rates, **options)
-        result = _amplify_into(tmp, pruned, dpa_options, finetuned, base, revision, base_revision, token, progress,
-                               provenance)
+        result = _amplify_into(tmp, pruned, parsed, calibration, finetuned, base, revision, base_revision, token,
+                               progress, provenance)
         shutil.rmtree(tmp / "pruned")
     return SparseDeltaAdapter(out), summary, result
 
 
-_DPA_FIELDS = {f.name for cls in (AmplifyParams, ObjectiveParams) for f in dataclasses.fields(cls)}
+_DPA_CLASSES = (AmplifyParams, ObjectiveParams, LearnParams)
+_DPA_FIELDS = {f.name for cls in _DPA_CLASSES for f in dataclasses.fields(cls)}

@@ -1,4 +1,4 @@
-"""Calibration prompts for the data-driven DPA objectives (``kl``, learned amplification).
+"""Calibration prompts for the data-driven DPA objectives (``kl``, learned amplification; docs/algorithms.md §11.3).
 
 Two sources, no labels needed:
 

@@ -1,4 +1,5 @@
-"""Learned amplification: factors per output row (or coarser) of every pruned tensor, learned by distillation.
+"""Learned amplification: factors per output row (or coarser) of every pruned tensor, learned by distillation
+(docs/algorithms.md §11).
 
 Student = base + Σ_adapters w_a · scatter(values · scalar[partition] · f[partition, row]) (the kernel of
 ``format.apply``, differentiable in ``f``); teacher = the dense fine-tune(s). The factors minimise the mean over
@@ -23,8 +24,10 @@ plus the autograd graph over the kept values).
 
 from __future__ import annotations
 
+import gc
+import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
@@ -32,6 +35,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..checkpoint import load_causal_lm
 from ..errors import UserError
 from ..format.apply import add_sparse, effective_values
 from ..format.encoding import EncodedTensor
@@ -54,7 +58,7 @@ class LearnParams:
                 "'tensor' = each pruned tensor, 'partition' = each DPA partition, 'global' = the whole adapter",
         "choices": GRANULARITIES})
     learn_steps: int = field(default=100, metadata={"help": "Adam steps (one calibration batch per teacher each)"})
-    learn_lr: float = field(default=0.05, metadata={"help": "Adam learning rate of the factors (they start at 1)"})
+    learn_lr: float = field(default=0.1, metadata={"help": "Adam learning rate of the factors (they start at 1)"})
     learn_heldout: float = field(default=0.2, metadata={
         "help": "fraction of the calibration prompts held out for early stopping and the reported KL"})
     learn_eval_every: int = field(default=10, metadata={"help": "steps between held-out KL evaluations"})
@@ -131,20 +135,26 @@ def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def _continue(model: nn.Module, ids: list[int], tokens: int, eos: int | None, pad: int) -> torch.Tensor:
-    """The prompt plus the model's greedy continuation of ``tokens`` tokens (stops at EOS)."""
-    prompt = torch.tensor([ids], device=_device(model))
-    if tokens == 0:
-        return prompt[0].cpu()
-    out = model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=tokens,
-                         do_sample=False, eos_token_id=eos, pad_token_id=pad, top_p=None, top_k=None,
-                         temperature=None)
-    sequence = out[0]
-    if eos is not None:  # generate pads after EOS; keep the EOS itself
-        after = (sequence[len(ids):] == eos).nonzero()
-        if after.numel():
-            sequence = sequence[: len(ids) + int(after[0]) + 1]
-    return sequence.cpu()
+def _continue(model: nn.Module, prompts: Sequence[list[int]], tokens: int, eos: int | None,
+              pad: int) -> list[torch.Tensor]:
+    """Each prompt plus the model's greedy continuation of up to ``tokens`` tokens (a sequence stops at EOS).
+
+    Batched without a KV cache: every step runs the right-padded batch and reads the logits at each sequence's last
+    real position (causal attention: the padding after it changes nothing)."""
+    sequences = [list(p) for p in prompts]
+    active = list(range(len(sequences)))
+    device = _device(model)
+    for _ in range(tokens):
+        if not active:
+            break
+        ids, mask = _pad([torch.tensor(sequences[i]) for i in active], pad)
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+        last = (mask.sum(dim=1) - 1).to(device)
+        chosen = logits[torch.arange(len(active), device=device), last].argmax(-1).tolist()
+        for i, token in zip(active, chosen):
+            sequences[i].append(int(token))
+        active = [i for i, token in zip(active, chosen) if eos is None or token != eos]
+    return [torch.tensor(s) for s in sequences]
 
 
 def _pad(sequences: Sequence[torch.Tensor], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -166,7 +176,8 @@ def _log_probs(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, params: 
     return torch.log_softmax(output.logits[mask.to(device).bool()].float(), dim=-1)
 
 
-def _split(count: int, heldout: float, seed: int) -> tuple[list[int], list[int]]:
+def split_indices(count: int, heldout: float, seed: int) -> tuple[list[int], list[int]]:
+    """(training, held-out) prompt indices, both ascending: a seeded ``heldout`` fraction (at least one) is held out."""
     if count < 2:
         raise UserError(f"learned amplification needs at least 2 calibration prompts (one held out), got {count}")
     order = torch.randperm(count, generator=torch.Generator().manual_seed(seed)).tolist()
@@ -189,11 +200,14 @@ def build_teacher(model: nn.Module, tokenizer: Any, prompts: Sequence[Prompt], *
     k = top_k if top_k is not None else (None if vocab <= FULL_VOCAB_LIMIT else DEFAULT_TOP_K)
     k = None if k is not None and k >= vocab else k
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
-    train, held = _split(len(token_ids), heldout, seed)
+    train, held = split_indices(len(token_ids), heldout, seed)
     was_training = model.training
     model.eval()
     with torch.no_grad():
-        sequences = [_continue(model, ids, continuation_tokens, tokenizer.eos_token_id, pad) for ids in token_ids]
+        sequences = []
+        for start in range(0, len(token_ids), batch_size):
+            sequences += _continue(model, token_ids[start:start + batch_size], continuation_tokens,
+                                   tokenizer.eos_token_id, pad)
 
         def batches(rows: list[int]) -> list[TeacherBatch]:
             out = []
@@ -214,12 +228,47 @@ def build_teacher(model: nn.Module, tokenizer: Any, prompts: Sequence[Prompt], *
     return teacher
 
 
+def model_context(ref: str | os.PathLike, revision: str | None = None, token: str | bool | None = None) -> int:
+    """The context length of a model folder or Hub id (``max_position_embeddings``; unbounded when absent)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(ref, revision=revision, token=token)
+    return int(getattr(config, "max_position_embeddings", 0) or 1 << 30)
+
+
+def teacher_from_pretrained(ref: str | os.PathLike, tokenizer: Any, prompts: Sequence[Prompt], *,
+                            continuation_tokens: int = 8, batch_size: int = 8, params: LearnParams = LearnParams(),
+                            dtype: str | torch.dtype = "auto", device: str | torch.device = "cpu",
+                            revision: str | None = None, token: str | bool | None = None,
+                            name: str | None = None) -> Teacher:
+    """Load the dense fine-tune ``ref`` on ``device``, cache its outputs (``build_teacher``) and free it again."""
+    model = load_causal_lm(ref, dtype=dtype, revision=revision, token=token).to(device)
+    try:
+        return build_teacher(model, tokenizer, prompts, continuation_tokens=continuation_tokens,
+                             batch_size=batch_size, heldout=params.learn_heldout, top_k=params.learn_top_k,
+                             seed=params.learn_seed, name=name or str(ref))
+    finally:
+        del model
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
 def kl_divergence(teacher: TeacherBatch, log_q: torch.Tensor) -> torch.Tensor:
     """Σ over positions of KL(teacher ‖ student) (over the teacher's cached top-k when it keeps one)."""
     log_p = teacher.log_probs.to(log_q.device)
     if teacher.tokens is not None:
         log_q = log_q.gather(-1, teacher.tokens.to(log_q.device))
     return (log_p.exp() * (log_p - log_q)).sum()
+
+
+def mean_kl(model: nn.Module, batches: Sequence[TeacherBatch], params: dict[str, torch.Tensor] | None = None,
+            loss: Callable[[TeacherBatch, torch.Tensor], torch.Tensor] = kl_divergence) -> float:
+    """KL(teacher ‖ model) (or another ``loss``, e.g. ``EntropyTarget.loss``) per position over ``batches`` (e.g. a
+    teacher's held-out ones), without gradients."""
+    with torch.no_grad():
+        total = sum(float(loss(b, _log_probs(model, b.ids, b.mask, params))) for b in batches)
+    return total / max(1, sum(b.positions for b in batches))
 
 
 # the student -------------------------------------------------------------------------------------------------------
@@ -324,15 +373,11 @@ class Student:
         return out
 
     def heldout_kl(self, teachers: Sequence[Teacher]) -> float:
-        """Mean over teachers of the loss (KL, or entropy for an ``EntropyTarget``) per held-out position."""
+        """Mean over teachers of their loss (``Teacher.loss``: KL, or entropy) per held-out position, with the
+        current factors."""
         with torch.no_grad():
             params = self.params()
-            kls = []
-            for teacher in teachers:
-                total = sum(float(teacher.loss(b, _log_probs(self.model, b.ids, b.mask, params)))
-                            for b in teacher.heldout)
-                kls.append(total / max(1, sum(b.positions for b in teacher.heldout)))
-        return sum(kls) / len(kls)
+            return sum(mean_kl(self.model, t.heldout, params, t.loss) for t in teachers) / len(teachers)
 
 
 # learning ----------------------------------------------------------------------------------------------------------
@@ -446,4 +491,5 @@ def factor_bytes(factors: dict[str, torch.Tensor]) -> int:
 
 
 __all__ = ["GRANULARITIES", "EntropyTarget", "LearnParams", "LearnResult", "Student", "Teacher", "TeacherBatch",
-           "build_teacher", "factor_bytes", "kl_divergence", "learn_factors"]
+           "build_teacher", "factor_bytes", "kl_divergence", "learn_factors", "mean_kl", "model_context",
+           "split_indices", "teacher_from_pretrained"]

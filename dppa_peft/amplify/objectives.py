@@ -22,7 +22,8 @@ import torch
 from torch import nn
 
 from ..checkpoint import load_causal_lm
-from .calibration import DEFAULT_TEXT_FIELD, read_prompts
+from ..errors import UserError
+from .calibration import DEFAULT_TEXT_FIELD, Prompt, read_prompts, task_prompts
 
 OBJECTIVES = ("kl", "tasks")
 
@@ -73,6 +74,16 @@ class ObjectiveParams:
 def read_texts(path: str | os.PathLike, text_field: str = DEFAULT_TEXT_FIELD) -> list[str]:
     """Calibration texts of a file (see ``calibration.read_prompts``)."""
     return [prompt.text for prompt in read_prompts(path, text_field)]
+
+
+def calibration_prompts(params: ObjectiveParams) -> list[Prompt]:
+    """The calibration prompts of ``params``: the --calibration file, else the docs of the lm-eval --tasks."""
+    if params.calibration is not None:
+        return read_prompts(params.calibration, params.text_field)
+    if params.tasks:
+        return task_prompts(params.tasks, params.include_path or ())
+    raise UserError("learned amplification needs unlabeled prompts: --calibration FILE (.txt or .jsonl) or lm-eval "
+                    "dev tasks (--tasks NAME_dev ...)")
 
 
 def _device(model: nn.Module) -> torch.device:

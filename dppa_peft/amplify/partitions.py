@@ -169,7 +169,8 @@ def adapter_partitions(adapter: SparseDeltaAdapter, rates: Sequence[float] | Non
             partitions.densities[name] = list(record["partition_densities"])
             continue
         unclipped = record["unclipped_density"]
-        densities = [min(1.0, max(0.0, unclipped + rate - r)) for r in rates]
+        floor = adapter.config.method.get("params", {}).get("min_density") or 0.0  # DP's optional density floor
+        densities = [min(1.0, max(floor, unclipped + rate - r)) for r in rates]
         members = _derive_members(adapter, name, densities)
         partitions.ids[name] = _ids_from_membership(members, record["nnz"], name)
         partitions.densities[name] = densities

@@ -11,7 +11,7 @@ import sys
 import traceback
 from collections.abc import Iterator
 
-from ..errors import Interrupted, UserError
+from ..errors import Interrupted, UserError, redact
 from ..hub_errors import PushError
 from . import amplify, demo, evaluate, export, inspect, merge, prune, push, run
 
@@ -43,7 +43,7 @@ class WarningLines(logging.Handler):
     """The package's log warnings (a likely wrong base, a removed stale temp folder) as ``warning: ...`` on stderr."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        print(f"warning: {record.getMessage()}", file=sys.stderr)  # sys.stderr looked up now, not at install
+        print(redact(f"warning: {record.getMessage()}"), file=sys.stderr)  # sys.stderr looked up now, not at install
 
 
 def show_warnings() -> None:
@@ -89,12 +89,12 @@ def main(argv: list[str] | None = None) -> int:
         reason = err.name if isinstance(err, Interrupted) else "SIGINT"
         print(f"dppa-peft {args.command}: stopped by {reason}; unfinished outputs were removed", file=sys.stderr)
         if debug:
-            traceback.print_exc()
+            print(redact(traceback.format_exc()), file=sys.stderr)
         return status
     except USER_FACING_ERRORS as err:
         if debug:
-            traceback.print_exc()
-        print(f"dppa-peft {args.command}: error: {str(err) or type(err).__name__}", file=sys.stderr)
+            print(redact(traceback.format_exc()), file=sys.stderr)
+        print(redact(f"dppa-peft {args.command}: error: {str(err) or type(err).__name__}"), file=sys.stderr)
         return EXIT_USER_ERROR
     return 0
 

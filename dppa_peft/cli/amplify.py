@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..amplify.api import AmplifyParams, amplify
+from ..amplify.learned import LearnParams, LearnResult
 from ..amplify.objectives import ObjectiveParams
 from ..amplify.search import SearchResult
 from .common import add_dataclass_options
@@ -19,6 +20,8 @@ def add_dpa_options(parser: argparse.ArgumentParser) -> dict[str, list[str]]:
     accepted = add_dataclass_options(parser.add_argument_group("DPA partitions and factor search"),
                                      {"DPA": AmplifyParams})
     accepted.update(add_dataclass_options(parser.add_argument_group("DPA objective"), {"objective": ObjectiveParams}))
+    accepted.update(add_dataclass_options(parser.add_argument_group("learned amplification (--search learned)"),
+                                          {"learned": LearnParams}))
     return accepted
 
 
@@ -27,10 +30,21 @@ def given_dpa_options(args: argparse.Namespace, accepted: dict[str, list[str]]) 
     return {name: getattr(args, name) for name in accepted if getattr(args, name) is not None}
 
 
-def describe_search(result: SearchResult | None, factors: list[float]) -> str:
+def describe_learned(result: LearnResult) -> str:
+    """One line for the terminal about learned amplification."""
+    record = result.record()
+    stats = record["factor_stats"]
+    return (f"learned {stats['count']} factors ({record['granularity']}; {stats['min']:.3g} to {stats['max']:.3g}, "
+            f"mean {stats['mean']:.3g}) in {result.steps} Adam steps, {result.seconds:.1f} s: held-out KL "
+            f"{result.heldout_kl_before:.4g} -> {result.heldout_kl_after:.4g} (best at step {result.best_step})")
+
+
+def describe_search(result: SearchResult | LearnResult | None, factors: list[float]) -> str:
     """A few lines for the terminal: the factors and, after a search, every evaluation."""
     if result is None:
         return f"factors {factors} (given, no search)"
+    if isinstance(result, LearnResult):
+        return describe_learned(result)
     settings = result.settings
     lines = [f"factors {factors}: {settings['strategy']} search, DPA method {settings['dpa_method']}, "
              f"{result.calls} objective calls in {result.seconds:.1f} s; score of these factors "

@@ -39,7 +39,8 @@ def add_dataclass_options(group: argparse._ArgumentGroup, owners: dict[str, type
             group.add_argument(flag, dest=name, type=typing.get_args(kind)[0], nargs="+", default=None,
                                help=help_text)
         else:
-            group.add_argument(flag, dest=name, type=kind, default=None, help=help_text)
+            group.add_argument(flag, dest=name, type=kind, default=None, choices=field.metadata.get("choices"),
+                               help=help_text)
     return accepted
 
 

@@ -31,7 +31,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         help=f"pruning method (default: dp); '{DPPA}' = dp, then DPA (same as --method dp --amplify)")
     parser.add_argument("--amplify", action="store_true",
                         help="after pruning, run DPA: store partition ids and search one factor per partition "
-                             "(the DPA options below; needs a nested method: dp, magnitude, dare)")
+                             "(the DPA options below; needs a nested method: dp, magnitude, dare); --search learned "
+                             "implies it and works with every method")
     parser.add_argument("--rate", type=float, default=0.9,
                         help="target pruning rate alpha in [0, 1]; 0.9 keeps 10%% of each pruned delta (default 0.9)")
     parser.add_argument("--scope-pattern", default=DEFAULT_SCOPE_PATTERN,
@@ -58,7 +59,7 @@ def run(args: argparse.Namespace) -> None:
     common = dict(scope_pattern=args.scope_pattern, outside_scope=args.outside_scope, value_dtype=args.value_dtype,
                   revision=args.revision, base_revision=args.base_revision, overwrite=args.overwrite,
                   command=args.command_line)
-    if not (args.amplify or args.method == DPPA):
+    if not (args.amplify or args.method == DPPA or dpa.get("search") == "learned"):
         if dpa:
             flags = ", ".join("--" + name.replace("_", "-") for name in sorted(dpa))
             raise ValueError(f"{flags} apply only to DPA: add --amplify (or use --method {DPPA})")

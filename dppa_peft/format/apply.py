@@ -1,4 +1,5 @@
-"""The one kernel that turns stored deltas into weights (TEAM decision 2; every load, merge and export path uses it).
+"""The one kernel that turns stored deltas into weights (docs/algorithms.md §13; every load, merge and export path
+uses it).
 
 Effective stored value (format version 2)::
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import enum
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from peft.config import PeftConfig
@@ -12,6 +14,13 @@ from peft.config import PeftConfig
 from ..errors import UserError
 
 FORMAT_VERSION = 2  # what this package writes; it reads 1 (absent field) and 2
+CardWriter = Callable[["SparseDeltaConfig", Path], object]
+_CARD_WRITERS: list[CardWriter] = []
+
+
+def register_card_writer(writer: CardWriter) -> None:
+    """Set the function that writes an adapter's ``README.md`` whenever its config is saved (``publish.card``)."""
+    _CARD_WRITERS[:] = [writer]
 
 
 class SparseDeltaType(str, enum.Enum):
@@ -36,6 +45,15 @@ class SparseDeltaConfig(PeftConfig):
     ``amplification`` (DPA, see ``dppa_peft.amplify``) holds ``partition_rates``, ``combine``, ``raw_factors``,
     ``factors`` (the effective factor per partition id that loading applies), ``amplify_unpruned``,
     ``unpruned_factor`` and ``search`` (strategy, bounds, calls, history, scores, objective).
+
+    ``merge`` (merged adapters only) is the record of the merge (``format.merge_record.MergeRecord``).
+
+    ``target_modules`` is always None: the changed modules are exactly those of ``tensors`` (``module_names``).
+    PEFT keys name heuristics on ``target_modules`` that must not apply to this type: its ``save_pretrained``
+    would add the base embeddings and lm_head when it sees ``lm_head`` there, and it condenses long lists.
+
+    Saving the config also writes the adapter's model card (``README.md``), so PEFT's own
+    ``PeftModel.save_pretrained`` writes dppa-peft's card rather than PEFT's template.
     """
 
     base_fingerprint: str | None = field(default=None, metadata={"help": "digest of sampled base weights"})
@@ -47,15 +65,21 @@ class SparseDeltaConfig(PeftConfig):
     vocab_size: int | None = field(default=None, metadata={"help": "resize the base embeddings to this size"})
     summary: dict[str, Any] = field(default_factory=dict, metadata={"help": "kept density and sizes"})
     provenance: dict[str, Any] = field(default_factory=dict, metadata={"help": "command/recipe, package version"})
-    target_modules: list[str] | None = field(default=None, metadata={"help": "modules holding stored deltas"})
+    merge: dict[str, Any] | None = field(default=None, metadata={"help": "merged adapters: the merge record"})
+    target_modules: list[str] | None = field(default=None, metadata={"help": "always None (see module_names)"})
     format_version: int | None = field(default=None, metadata={"help": "adapter format version (absent: 1)"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_format_version(self.format_version)
         self.peft_type = SparseDeltaType.SPARSE_DELTA
-        if self.target_modules is None:
-            self.target_modules = sorted({module_and_param(n)[0] for n in self.tensors})
+        self.target_modules = None
+
+    def save_pretrained(self, save_directory: str, **kwargs: Any) -> None:
+        """Write ``adapter_config.json`` and the model card (PEFT's ``PeftModel.save_pretrained`` calls this too)."""
+        super().save_pretrained(save_directory, **kwargs)
+        for writer in _CARD_WRITERS:
+            writer(self, Path(save_directory))
 
     @property
     def factors(self) -> list[float]:

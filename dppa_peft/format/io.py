@@ -13,14 +13,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from safetensors import safe_open
 
 from ..methods.base import SparseDelta
 from ..checkpoint import SafetensorsWriter, atomic_directory, describe_ref, resolve_repo
-from ..publish.card import write_model_card
+from ..safetensors_file import open_checked, read_header, safetensors_errors
 from .apply import effective_values
 from .config import FORMAT_VERSION, SparseDeltaConfig, module_and_param
 from .encoding import EncodedTensor
+from .validate import check_encoded, check_stored_parts, expected_parts, read_adapter_config
 
 if TYPE_CHECKING:
     from huggingface_hub import CommitInfo
@@ -35,6 +35,21 @@ def state_key(tensor_name: str, part: str) -> str:
     """Checkpoint key of one stored part ('values', 'index', 'partition' or 'factors') of a delta tensor."""
     module, param = module_and_param(tensor_name)
     return f"base_model.model.{module}.sparse_delta.{param}_{part}"
+
+
+def tensor_record(encoded: EncodedTensor, **extra: Any) -> dict[str, Any]:
+    """The config record of one stored tensor: ``extra`` fields plus its stored form (``dtype``: of the values;
+    ``factors``: the ``[P, R]`` shape of a stored factor table)."""
+    extra.pop("factors", None)
+    if encoded.factors is not None:
+        extra["factors"] = list(encoded.factors.shape)
+    return {
+        **extra, "shape": list(encoded.shape), "nnz": encoded.nnz, "encoding": encoded.encoding,
+        "dtype": str(encoded.values.dtype).removeprefix("torch."),
+        "index_bytes": 0 if encoded.index is None else encoded.index.numel(),
+        "partition": encoded.partition is not None, "stored_bytes": encoded.stored_bytes,
+        "density": encoded.nnz / encoded.numel if encoded.numel else 0.0,
+    }
 
 
 class AdapterWriter:
@@ -54,23 +69,14 @@ class AdapterWriter:
             self._weights.add(state_key(name, "partition"), encoded.partition)
         if encoded.factors is not None:
             self._weights.add(state_key(name, "factors"), encoded.factors.detach().float().cpu().contiguous())
-            record["factors"] = list(encoded.factors.shape)
-        else:
-            record.pop("factors", None)
-        self.records[name] = {
-            **record, "shape": list(encoded.shape), "nnz": encoded.nnz, "encoding": encoded.encoding,
-            "index_bytes": 0 if encoded.index is None else encoded.index.numel(),
-            "partition": encoded.partition is not None, "stored_bytes": encoded.stored_bytes,
-            "density": encoded.nnz / encoded.numel if encoded.numel else 0.0,
-        }
+        self.records[name] = tensor_record(encoded, **record)
         return self.records[name]
 
     def close(self, config: SparseDeltaConfig) -> None:
         """Finish the weights file and write the config (as the current format version) and the card."""
         self._weights.close()
         config.format_version = FORMAT_VERSION
-        config.save_pretrained(str(self.directory))
-        write_model_card(self.directory, config)
+        config.save_pretrained(str(self.directory))  # also writes the card
 
 
 class SparseDeltaAdapter:
@@ -85,9 +91,9 @@ class SparseDeltaAdapter:
         if not (self.directory / WEIGHTS_FILE).is_file():
             raise FileNotFoundError(f"{self.ref} has {CONFIG_FILE} but no {WEIGHTS_FILE}: the adapter is incomplete; "
                                     "prune (or push) it again")
-        self.config: SparseDeltaConfig = SparseDeltaConfig.from_pretrained(str(self.directory))
-        if not isinstance(self.config, SparseDeltaConfig):
-            raise ValueError(f"{self.ref} is a {self.config.peft_type} adapter, not a dppa-peft sparse delta adapter")
+        self.config: SparseDeltaConfig = read_adapter_config(self.directory / CONFIG_FILE, self.ref)
+        check_stored_parts(self.config, read_header(self.directory / WEIGHTS_FILE), state_key,
+                           self.directory / WEIGHTS_FILE)
         self._handle = None
 
     @classmethod
@@ -98,25 +104,32 @@ class SparseDeltaAdapter:
         return cls(folder, ref=describe_ref(ref, revision))
 
     def encoded(self, name: str) -> EncodedTensor:
-        """One stored delta exactly as stored: values in the stored dtype, index bytes, partition ids."""
+        """One stored delta exactly as stored: values in the stored dtype, index bytes, partition ids (checked)."""
+        return self._checked(name)[0]
+
+    def _checked(self, name: str) -> tuple[EncodedTensor, torch.Tensor]:
+        """The stored parts of one tensor and its decoded indices, after ``check_encoded``."""
+        weights = self.directory / WEIGHTS_FILE
         if self._handle is None:
-            self._handle = safe_open(self.directory / WEIGHTS_FILE, framework="pt")
+            self._handle = open_checked(weights)
         record = self.config.tensors[name]
-        keys = set(self._handle.keys())
-
-        def part(kind: str) -> torch.Tensor | None:
-            key = state_key(name, kind)
-            return self._handle.get_tensor(key) if key in keys else None
-
-        return EncodedTensor(record["encoding"], tuple(record["shape"]), part("values"), part("index"),
-                             part("partition"), part("factors"))
+        parts = expected_parts(record)
+        with safetensors_errors(weights):
+            stored = {kind: self._handle.get_tensor(state_key(name, kind)) for kind in parts}
+        encoded = EncodedTensor(record["encoding"], tuple(record["shape"]), stored["values"], stored.get("index"),
+                                stored.get("partition"), stored.get("factors"))
+        return encoded, check_encoded(name, encoded, len(self.config.tensor_factors(name)), self.ref)
 
     def sparse_tensor(self, name: str) -> SparseDelta:
         """One stored delta with every amplification factor applied (fp32 effective values, ``format.apply``)."""
-        encoded = self.encoded(name)
-        indices = encoded.indices()
+        encoded, indices = self._checked(name)
         return SparseDelta(indices, effective_values(encoded, self.config.tensor_factors(name), indices=indices),
                            encoded.shape)
+
+    def verify(self) -> None:
+        """Decode and check every stored tensor (``push`` does this before publishing)."""
+        for name in self.config.tensors:
+            self._checked(name)
 
     @property
     def nbytes(self) -> int:

@@ -1,16 +1,28 @@
-"""Does an adapter fit a base? Recorded shapes against the base's tensors, the vocabulary size, the fingerprint.
+"""Is an adapter intact, and does it fit a base? One validator per concern, each raising a clear ``UserError``.
 
-Every path that applies an adapter to a base (merge to a folder, load merged, PEFT loading, export, amplify) calls
-``check_fits_base`` before any work, so a wrong shape is one clear ``UserError`` instead of a zero-padded or
-truncated result.
+- ``read_adapter_config`` / ``check_config``: the config file (JSON object, peft_type, records, factors, vocab);
+- ``check_stored_parts``: the weights file holds every part each record needs, with the recorded lengths;
+- ``check_encoded``: one tensor's content (finite values, index inside the shape with ``nnz`` positions, partition
+  ids with a factor), when it is decoded;
+- ``check_fits_base``: recorded shapes against the base's tensors and the vocabulary size, called by every path
+  that applies an adapter to a base (merge to a folder, load merged, PEFT loading, export, amplify) before work;
+- ``require_fingerprint``: merging needs a recorded base fingerprint unless the caller opts out.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
 
 from ..errors import UserError
-from .config import SparseDeltaConfig
+from ..safetensors_file import TensorEntry
+from ..validate import check_finite, finite_number, finite_numbers, read_json
+from .config import SparseDeltaConfig, SparseDeltaType
+from .encoding import EncodedTensor
 
 VOCAB_FIX = "the adapter was made for another base (or its config was edited): use the base it was pruned from"
 
@@ -51,3 +63,142 @@ def require_fingerprint(config: SparseDeltaConfig, adapter: str, allow_unverifie
     raise UserError(f"adapter {adapter} records no base fingerprint (base_fingerprint is null), so nothing checks "
                     "that it is merged onto the right base; re-prune it with dppa-peft, or pass "
                     "--allow-unverified-base (allow_unverified_base=True) if you are sure of the base")
+
+
+# --- integrity of an adapter folder: its config, the stored parts, the decoded content ---------------------------
+
+ENCODING_NAMES = ("dense", "bitmask", "gaps")
+MAX_NUMEL = 1 << 48  # far above any real tensor; a larger recorded shape is a damaged or hostile config
+DAMAGED = "the adapter is damaged or was edited: prune (or download) it again"
+
+
+def read_adapter_config(path: Path, ref: str) -> SparseDeltaConfig:
+    """Load ``adapter_config.json`` with every check that needs no weights: a JSON object, our PEFT type, and
+    well-formed tensor records, factors and vocabulary size."""
+    data = read_json(path, "adapter config")
+    peft_type = data.get("peft_type")
+    if peft_type != SparseDeltaType.SPARSE_DELTA.value:
+        known = f"a PEFT {peft_type}" if isinstance(peft_type, str) and peft_type in _peft_types() else \
+            f"an unknown peft_type {peft_type!r}"
+        raise UserError(f"{path} describes {known} adapter, not a dppa-peft sparse delta adapter (peft_type "
+                        "SPARSE_DELTA); load it with PEFT itself, or pass an adapter written by `dppa-peft prune`")
+    check_config(data, ref)
+    try:
+        return SparseDeltaConfig.from_pretrained(str(path.parent))
+    except UserError:
+        raise
+    except (TypeError, ValueError, KeyError, AttributeError) as err:  # PEFT's own parsing of the fields
+        raise UserError(f"{path} cannot be read as a sparse delta adapter config ({type(err).__name__}: {err}); "
+                        f"{DAMAGED}") from None
+
+
+def _peft_types() -> set[str]:
+    from peft.utils import PeftType
+
+    return {t.value for t in PeftType}
+
+
+def check_config(data: dict[str, Any], ref: str) -> None:
+    """The fields of a parsed adapter config: well-formed records (shape, nnz, encoding, factors table), finite
+    factors, a plausible vocab_size and fingerprint (checked before PEFT builds the config object from them)."""
+    tensors = data.get("tensors")
+    if not isinstance(tensors, dict) or not tensors:
+        raise UserError(f"adapter {ref} records no tensors ('tensors' is empty or not an object); {DAMAGED}")
+    for name, record in tensors.items():
+        _check_record(name, record, ref)
+    if not isinstance(data.get("base_fingerprint"), (str, type(None))):
+        raise UserError(f"adapter {ref} has an invalid base_fingerprint {data['base_fingerprint']!r}; {DAMAGED}")
+    amplification = data.get("amplification")
+    if amplification is not None:
+        if not isinstance(amplification, dict) or not isinstance(amplification.get("factors"), list) or \
+                not amplification["factors"] or not isinstance(amplification.get("raw_factors", []), list):
+            raise UserError(f"adapter {ref}: 'amplification' lacks its lists of 'factors' / 'raw_factors'; {DAMAGED}")
+        finite_numbers(amplification["factors"], f"adapter {ref} amplification.factors")
+        finite_numbers(amplification.get("raw_factors"), f"adapter {ref} amplification.raw_factors")
+        finite_number(amplification.get("unpruned_factor", 1.0), f"adapter {ref} amplification.unpruned_factor")
+    size = data.get("vocab_size")
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+        raise UserError(f"adapter {ref} has an invalid vocab_size {size!r}; {DAMAGED}")
+
+
+def _check_record(name: str, record: Any, ref: str) -> None:
+    where = f"adapter {ref} tensor {name!r}"
+    if not isinstance(record, dict):
+        raise UserError(f"{where}: its record is not an object; {DAMAGED}")
+    shape, nnz, encoding = record.get("shape"), record.get("nnz"), record.get("encoding")
+    if not (isinstance(shape, list) and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
+            and math.prod(shape) <= MAX_NUMEL):
+        raise UserError(f"{where} has an invalid shape {shape!r}; {DAMAGED}")
+    numel = math.prod(shape)
+    if isinstance(nnz, bool) or not isinstance(nnz, int) or not 0 <= nnz <= numel:
+        raise UserError(f"{where} has nnz {nnz!r}, not a count between 0 and its {numel} entries; {DAMAGED}")
+    if encoding not in ENCODING_NAMES:
+        raise UserError(f"{where} has an unknown encoding {encoding!r} (known: {', '.join(ENCODING_NAMES)}); "
+                        f"{DAMAGED}")
+    if encoding == "dense" and nnz != numel:
+        raise UserError(f"{where} is dense but records {nnz} of {numel} values; {DAMAGED}")
+    factors = record.get("factors")
+    if factors is not None and not (isinstance(factors, list) and len(factors) == 2 and
+                                    all(isinstance(d, int) and d >= 1 for d in factors)):
+        raise UserError(f"{where} has an invalid factors table shape {factors!r} (expected [P, R]); {DAMAGED}")
+
+
+def expected_parts(record: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    """The stored parts a record needs in the weights file, with their shapes."""
+    parts = {"values": (record["nnz"],)}
+    if record["encoding"] != "dense":
+        parts["index"] = (record.get("index_bytes", -1),)
+    if record.get("partition"):
+        parts["partition"] = (record["nnz"],)
+    if record.get("factors"):
+        parts["factors"] = tuple(record["factors"])
+    return parts
+
+
+def check_stored_parts(config: SparseDeltaConfig, header: Mapping[str, TensorEntry], key: Callable[[str, str], str],
+                       weights: Path) -> None:
+    """Every part each record needs is in the weights file, with the recorded length (checked from the header)."""
+    for name, record in config.tensors.items():
+        for part, shape in expected_parts(record).items():
+            entry = header.get(key(name, part))
+            if entry is None:
+                raise UserError(f"{weights} lacks {key(name, part)!r}, the {part} of tensor {name!r}; {DAMAGED}")
+            if part == "index" and shape == (-1,):
+                shape = entry.shape  # version-1 records without index_bytes: checked when decoded
+            if entry.shape != shape:
+                raise UserError(f"{weights}: the {part} of tensor {name!r} has shape {list(entry.shape)}, but the "
+                                f"config records {list(shape)}; {DAMAGED}")
+            if part == "values" and not entry.dtype.is_floating_point:
+                raise UserError(f"{weights}: the values of tensor {name!r} are {entry.dtype}, not floating point; "
+                                f"{DAMAGED}")
+            if part in ("index", "partition") and entry.dtype != torch.uint8:
+                raise UserError(f"{weights}: the {part} of tensor {name!r} is {entry.dtype}, not uint8; {DAMAGED}")
+
+
+def check_encoded(name: str, encoded: EncodedTensor, factor_count: int, ref: str) -> torch.Tensor:
+    """Check one stored tensor's content and return its decoded flat indices: finite values (and factors), the
+    index decoding to exactly ``nnz`` ascending positions inside the shape, partition ids below ``factor_count``."""
+    where = f"adapter {ref} tensor {name!r}"
+    check_finite(encoded.values, name, f"adapter {ref}", DAMAGED)
+    if encoded.factors is not None:
+        check_finite(encoded.factors, f"{name} (factors)", f"adapter {ref}", DAMAGED)
+    if encoded.encoding == "bitmask" and encoded.index.numel() != -(-encoded.numel // 8):
+        raise UserError(f"{where}: its bitmask has {encoded.index.numel()} bytes for {encoded.numel} entries "
+                        f"(needs {-(-encoded.numel // 8)}); {DAMAGED}")
+    indices = encoded.indices()
+    if indices.numel() != encoded.nnz:
+        raise UserError(f"{where}: the index holds {indices.numel()} positions but {encoded.nnz} values are stored; "
+                        f"{DAMAGED}")
+    if indices.numel() and int(indices[-1]) >= encoded.numel:
+        raise UserError(f"{where}: the index reaches position {int(indices[-1])}, outside its {encoded.numel} "
+                        f"entries (shape {list(encoded.shape)}); {DAMAGED}")
+    partitions = 1 if encoded.partition is None or not encoded.partition.numel() else int(encoded.partition.max()) + 1
+    if encoded.partition is None and factor_count != 1 or partitions > factor_count:
+        raise UserError(f"{where}: {'no partition ids' if encoded.partition is None else f'partition id {partitions - 1}'}"
+                        f" for the {factor_count} amplification factors in the config; {DAMAGED}")
+    if encoded.factors is not None:
+        rows = encoded.shape[0] if len(encoded.shape) >= 2 else 1
+        if encoded.factors.shape[0] < partitions or encoded.factors.shape[1] not in (1, rows):
+            raise UserError(f"{where}: its factors table is {list(encoded.factors.shape)}, but it needs at least "
+                            f"{partitions} partitions and 1 or {rows} rows; {DAMAGED}")
+    return indices

@@ -1,9 +1,26 @@
-"""Merging: combine N sparse deltas onto a base, in memory (``load_merged``) or streamed (``merge_to_folder``).
+"""Merging: combine N sparse deltas onto a base, in memory (``load_merged``), streamed into a model folder
+(``merge_to_folder``) or into one merged sparse adapter (``merge_to_adapter``).
 
-``combine`` holds the per-tensor maths of every combine mode (sum, TIES, ...); ``loader`` applies it to models.
+``modes`` is the registry of merge modes (sum/linear, ties, magnitude_prune, dare_linear, dare_ties, della, ...:
+an optional sparsify step and a consensus step); ``combine`` holds the per-entry consensus maths (sum, TIES
+election); ``loader`` applies a mode to models and writes the outputs, their cards and merge records.
 """
 
-from .combine import COMBINE_MODES
-from .loader import combine_tensor, load_merged, merge_to_folder
+from typing import Any
 
-__all__ = ["COMBINE_MODES", "combine_tensor", "load_merged", "merge_to_folder"]
+from .combine import COMBINE_MODES
+from .modes import MERGE_MODES, MergeMode, create_mode, mode_options, register_mode
+
+_LOADER_NAMES = ("combine_tensor", "load_merged", "merge_to_adapter", "merge_to_folder", "replay")
+
+
+def __getattr__(name: str) -> Any:
+    """The loader's functions, imported on first use: ``tuner`` (which ``loader`` imports) uses ``modes``."""
+    if name in _LOADER_NAMES:
+        from . import loader
+
+        return getattr(loader, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+__all__ = ["COMBINE_MODES", "MERGE_MODES", "MergeMode", "combine_tensor", "create_mode", "load_merged",
+           "merge_to_adapter", "merge_to_folder", "mode_options", "register_mode", "replay"]

@@ -1,8 +1,11 @@
-"""Load a base model plus N sparse delta adapters as one merged model: ``W = W_B + combine(w_i, δ_i)``.
+"""Merge a base plus N sparse delta adapters: ``W = W_B + merged(δ_1..δ_N)`` with a merge mode (``merge.modes``;
+docs/algorithms.md §12.3–§12.5).
 
-The default combine mode, ``sum``, adds ``w_i·δ_i`` straight from the sparse form (no dense delta per adapter);
-election modes (TIES, ...) densify one tensor at a time. ``merge_to_folder`` streams the base checkpoint tensor by
-tensor into a new model folder that ``AutoModelForCausalLM.from_pretrained`` loads.
+Three outputs of the same per-tensor merge (``MergeMode.merge``), so they agree bit for bit:
+``load_merged`` (a transformers model in memory), ``merge_to_folder`` (a dense model folder, streamed tensor by
+tensor) and ``merge_to_adapter`` (a merged sparse adapter: union support, values = the combined delta). The folder
+and the adapter carry a model card and the record of the merge (``format.merge_record``); ``replay`` runs a record
+again. Every weight is written by the one kernel (``format.apply``): fp32 accumulation, one cast.
 """
 
 from __future__ import annotations
@@ -11,24 +14,27 @@ import json
 import os
 import shutil
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
-from ..format.apply import add_dense, add_sparse
-from ..format.fingerprint import fingerprint, tensor_sample
-from ..format.io import SparseDeltaAdapter
-from ..format.validate import check_fits_base, require_fingerprint
-from ..tuner.model import BaseModelMismatchError, check_base, resize_vocabulary
+from .. import __version__
 from ..checkpoint import HUB_PATTERNS, Checkpoint, ShardedWriter, atomic_directory, load_causal_lm, resolve_repo
+from ..format.encoding import encode
+from ..format.fingerprint import fingerprint, tensor_sample
+from ..format.io import AdapterWriter, SparseDeltaAdapter
+from ..format.merge_record import MergeRecord, MergeSource, merged_adapter_config, read_record, source_of
+from ..format.validate import check_fits_base, require_fingerprint
 from ..methods.base import SparseDelta
-from ..pipeline import open_adapter
+from ..pipeline import VALUE_DTYPES, open_adapter
+from ..publish.merge_card import write_merge_card
+from ..tuner.model import BaseModelMismatchError, check_base, resize_vocabulary
 from ..validate import finite_numbers
-from .combine import combine
+from .modes import MergedTensor, MergeMode, create_mode
 
-SPARSE_MODES = ("sum",)
 SKIPPED_FILES = (".safetensors", ".safetensors.index.json", ".bin", ".pt", ".pth", ".msgpack", ".h5", "README.md",
                  ".gitattributes")
 
@@ -36,19 +42,16 @@ AdapterRef = str | os.PathLike | SparseDeltaAdapter
 
 
 def combine_tensor(target: torch.Tensor, deltas: Sequence[SparseDelta], weights: Sequence[float],
-                   mode: str = "sum", **options: Any) -> torch.Tensor:
-    """``target + combine(mode, w, δ)`` for one tensor, computed in fp32 and returned in ``target``'s dtype
-    (the kernel of ``format.apply``: the same bits as the PEFT layer's merge for the ``sum`` mode)."""
-    if mode in SPARSE_MODES:
-        return add_sparse(target.detach(), deltas, weights)
-    # flat and zero-extended: a normal adapter's delta covers the leading rows of a vocabulary-grown tensor
-    dense = [torch.nn.functional.pad(d.to_dense().reshape(-1), (0, target.numel() - d.numel)) for d in deltas]
-    return add_dense(target.detach(), combine(mode, dense, list(weights), **options))
+                   mode: str | MergeMode = "sum", *, name: str = "", **options: Any) -> torch.Tensor:
+    """``target`` plus the merge of ``deltas`` (tensor ``name``: it seeds random drops), in ``target``'s dtype."""
+    merger = mode if isinstance(mode, MergeMode) else create_mode(mode, **options)
+    return merger.merge(name, deltas, weights).apply(target)
 
 
 def _prepare(adapters: Sequence[AdapterRef], weights: Sequence[float] | None, revisions: Sequence[str | None] | None,
              token: str | bool | None,
-             allow_unverified_base: bool = False) -> tuple[list[SparseDeltaAdapter], list[float]]:
+             allow_unverified_base: bool) -> tuple[list[SparseDeltaAdapter], list[float], list[MergeSource]]:
+    """Open the adapters (each must record a base fingerprint unless ``allow_unverified_base``) and describe them."""
     if not adapters:
         raise ValueError("pass at least one adapter")
     weights = [1.0] * len(adapters) if weights is None else finite_numbers(weights, "--weight")
@@ -61,17 +64,38 @@ def _prepare(adapters: Sequence[AdapterRef], weights: Sequence[float] | None, re
     handles = [open_adapter(a, revision=r, token=token) for a, r in zip(adapters, revisions)]
     for handle in handles:
         require_fingerprint(handle.config, handle.ref, allow_unverified_base)
-    return handles, weights
+    sources = []
+    for ref, revision, handle, weight in zip(adapters, revisions, handles, weights):
+        ref = handle.directory if isinstance(ref, SparseDeltaAdapter) else ref
+        source = source_of(ref, revision, handle.directory)
+        source.weight, source.method = weight, dict(handle.config.method)
+        source.base_model, source.fingerprint = handle.config.base_model_name_or_path, handle.config.base_fingerprint
+        sources.append(source)
+    return handles, weights, sources
 
 
 def _tensor_names(adapters: Sequence[SparseDeltaAdapter]) -> list[str]:
     return sorted({name for a in adapters for name in a.config.tensors})
 
 
-def _deltas_for(name: str, adapters: Sequence[SparseDeltaAdapter],
-                weights: Sequence[float]) -> tuple[list[SparseDelta], list[float]]:
+def _merged(merger: MergeMode, name: str, adapters: Sequence[SparseDeltaAdapter],
+            weights: Sequence[float]) -> MergedTensor:
+    """The merge of tensor ``name`` over the adapters that store it."""
     chosen = [(a.sparse_tensor(name), w) for a, w in zip(adapters, weights) if name in a.config.tensors]
-    return [d for d, _ in chosen], [w for _, w in chosen]
+    return merger.merge(name, [d for d, _ in chosen], [w for _, w in chosen])
+
+
+def _dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    """``"auto"``/None -> None (keep each tensor's dtype); a name or a torch dtype -> that dtype."""
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in VALUE_DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(VALUE_DTYPES)}")
+    return VALUE_DTYPES[dtype]
+
+
+def _dtype_name(dtype: torch.dtype | None) -> str | None:
+    return None if dtype is None else str(dtype).removeprefix("torch.")
 
 
 def load_merged(base: str | os.PathLike, adapters: Sequence[AdapterRef], weights: Sequence[float] | None = None,
@@ -80,10 +104,12 @@ def load_merged(base: str | os.PathLike, adapters: Sequence[AdapterRef], weights
                 progress: bool = True, allow_unverified_base: bool = False, **options: Any) -> torch.nn.Module:
     """Load ``base`` with transformers and merge every adapter into its weights in place; returns the model.
 
+    ``mode`` is a merge mode (``merge.modes.MERGE_MODES``) and ``options`` its options (e.g. ``density=0.5``).
     ``base`` and every adapter may be a local folder or a Hub id (``revision`` / ``adapter_revisions`` pick the
     versions; the base is downloaded once into the HF cache, and ``model.name_or_path`` is that local folder).
     """
-    handles, weights = _prepare(adapters, weights, adapter_revisions, token, allow_unverified_base)
+    merger = create_mode(mode, **options)
+    handles, weights, _ = _prepare(adapters, weights, adapter_revisions, token, allow_unverified_base)
     folder = resolve_repo(base, revision=revision, token=token,
                           allow_patterns=HUB_PATTERNS + ["*.py"] if trust_remote_code else None)
     model = load_causal_lm(folder, dtype=dtype, trust_remote_code=trust_remote_code)
@@ -94,46 +120,125 @@ def load_merged(base: str | os.PathLike, adapters: Sequence[AdapterRef], weights
     resize_vocabulary(model, max((h.config.vocab_size or 0 for h in handles), default=0) or None)
     params = dict(model.named_parameters())
     with torch.no_grad():
-        for name in tqdm(_tensor_names(handles), desc=f"merging ({mode})", unit="tensor", disable=not progress,
-                         leave=False):
+        for name in tqdm(_tensor_names(handles), desc=f"merging ({merger.name})", unit="tensor",
+                         disable=not progress, leave=False):
             if name not in params:
                 raise ValueError(f"adapter tensor {name!r} is not a parameter of {base}; the adapter does not fit")
-            deltas, used = _deltas_for(name, handles, weights)
-            params[name].copy_(combine_tensor(params[name], deltas, used, mode, **options))
+            params[name].copy_(_merged(merger, name, handles, weights).apply(params[name]))
     return model
 
 
 def merge_to_folder(base: str | os.PathLike, adapters: Sequence[AdapterRef], out: str | os.PathLike,
                     weights: Sequence[float] | None = None, mode: str = "sum", *, revision: str | None = None,
                     adapter_revisions: Sequence[str | None] | None = None, token: str | bool | None = None,
-                    dtype: torch.dtype | None = None, overwrite: bool = False, progress: bool = True,
-                    max_shard_bytes: int = 4 << 30, allow_unverified_base: bool = False, **options: Any) -> Path:
-    """Stream ``base`` tensor by tensor, add the combined deltas, and write a dense model folder to ``out``."""
-    handles, weights = _prepare(adapters, weights, adapter_revisions, token, allow_unverified_base)
-    checkpoint = Checkpoint.open(base, revision=revision, token=token)
-    shapes = {name: checkpoint.shape(name) for name in checkpoint.names()}
-    for handle in handles:
-        check_fits_base(handle.config, shapes, handle.ref, checkpoint.ref)
+                    dtype: str | torch.dtype | None = None, overwrite: bool = False, progress: bool = True,
+                    max_shard_bytes: int = 4 << 30, command: str | None = None, allow_unverified_base: bool = False,
+                    **options: Any) -> Path:
+    """Stream ``base`` tensor by tensor, add the merged deltas, and write a dense model folder to ``out``.
+
+    ``dtype`` (None/"auto": each base tensor's dtype) is the dtype of every written weight and of ``config.json``;
+    merged weights are computed in fp32 from the base values and cast once (a bf16 base merged to float32 is not
+    rounded to bf16 first). The folder also holds a model card and ``dppa_merge.json`` (the record ``replay`` runs).
+    """
+    merger = create_mode(mode, **options)
+    dtype = _dtype(dtype)
+    handles, weights, sources = _prepare(adapters, weights, adapter_revisions, token, allow_unverified_base)
+    checkpoint = _fitting_checkpoint(base, revision, token, handles)
     touched = set(_tensor_names(handles))
+    record = MergeRecord(output="model", base=source_of(base, revision, checkpoint.directory), adapters=sources,
+                         mode=merger.name, params=asdict(merger.params), dtype=_dtype_name(dtype),
+                         package_version=__version__, command=command)
     samples: dict[str, bytes] = {}
     inputs = [base, checkpoint.directory, *(h.directory for h in handles)]
     with atomic_directory(out, overwrite=overwrite, inputs=inputs) as tmp:
         writer = ShardedWriter(tmp, max_shard_bytes=max_shard_bytes)
-        for name in tqdm(checkpoint.names(), desc=f"merging ({mode})", unit="tensor", disable=not progress,
+        for name in tqdm(checkpoint.names(), desc=f"merging ({merger.name})", unit="tensor", disable=not progress,
                          leave=False):
             tensor = checkpoint.read(name)
             if name in touched:
                 samples[name] = tensor_sample(tensor)
-            tensor = tensor if dtype is None else tensor.to(dtype)  # before adding: round once, to the output dtype
-            if name in touched:
-                deltas, used = _deltas_for(name, handles, weights)
-                rows = max(d.shape[0] for d in deltas)  # any adapter may grow the vocabulary, in any order
-                tensor = combine_tensor(_grow_rows(tensor, rows), deltas, used, mode, **options)
-            writer.add(name, tensor)
+                merged = _merged(merger, name, handles, weights)
+                tensor = _grow_rows(tensor, merged.deltas[0].shape[0])
+                tensor = merged.apply(tensor if dtype is None else tensor.float())  # dtype: one cast, of the sum
+            writer.add(name, tensor if dtype is None else tensor.to(dtype))
         _verify_fingerprints(handles, samples, base)
         writer.close()
-        _copy_model_files(checkpoint.directory, tmp, vocab_size=max((h.config.vocab_size or 0) for h in handles))
+        _copy_model_files(checkpoint.directory, tmp, vocab_size=max((h.config.vocab_size or 0) for h in handles),
+                          dtype=record.dtype)
+        record.save(tmp)
+        write_merge_card(tmp, record)
     return Path(out)
+
+
+def merge_to_adapter(base: str | os.PathLike, adapters: Sequence[AdapterRef], out: str | os.PathLike,
+                     weights: Sequence[float] | None = None, mode: str = "sum", *, revision: str | None = None,
+                     adapter_revisions: Sequence[str | None] | None = None, token: str | bool | None = None,
+                     value_dtype: str = "float32", overwrite: bool = False, progress: bool = True,
+                     command: str | None = None, allow_unverified_base: bool = False,
+                     **options: Any) -> SparseDeltaAdapter:
+    """Write the merge as ONE sparse delta adapter: union support, values = the merged fp32 delta.
+
+    Every amplification factor is baked into the values, so the adapter loads like any other (PEFT, transformers'
+    ``load_adapter``, ``load_merged``) and gives the weights ``load_merged(base, adapters, weights, mode)`` gives:
+    bit for bit for election modes and for one adapter, to fp32 rounding for sums of several (the merged values
+    are summed before, not after, they meet the base). ``value_dtype`` (default float32, exact) may be bfloat16
+    or float16 for half the size. The base is read only to check the adapters' fingerprints and record its own.
+    """
+    merger = create_mode(mode, **options)
+    stored_dtype = _dtype(value_dtype)
+    if stored_dtype is None:
+        raise ValueError("value_dtype must be float32, bfloat16 or float16 for a merged adapter")
+    handles, weights, sources = _prepare(adapters, weights, adapter_revisions, token, allow_unverified_base)
+    checkpoint = _fitting_checkpoint(base, revision, token, handles)
+    names = _tensor_names(handles)
+    record = MergeRecord(output="adapter", base=source_of(base, revision, checkpoint.directory), adapters=sources,
+                         mode=merger.name, params=asdict(merger.params), value_dtype=_dtype_name(stored_dtype),
+                         package_version=__version__, command=command)
+    samples: dict[str, bytes] = {}
+    inputs = [base, checkpoint.directory, *(h.directory for h in handles)]
+    with atomic_directory(out, overwrite=overwrite, inputs=inputs) as tmp:
+        writer = AdapterWriter(tmp)
+        for name in tqdm(names, desc=f"merging ({merger.name})", unit="tensor", disable=not progress, leave=False):
+            samples[name] = tensor_sample(checkpoint.read(name))
+            delta = _merged(merger, name, handles, weights).as_delta()
+            pruned = any(h.config.tensors[name].get("pruned") for h in handles if name in h.config.tensors)
+            writer.add(name, encode(delta, stored_dtype, dense=delta.nnz == delta.numel), pruned=pruned)
+        _verify_fingerprints(handles, samples, base)
+        writer.close(merged_adapter_config(record, writer.records, fingerprint(samples),
+                                           vocab_size=max((h.config.vocab_size or 0) for h in handles) or None))
+    return SparseDeltaAdapter(out)
+
+
+def replay(source: str | os.PathLike | MergeRecord, out: str | os.PathLike, *, output: str | None = None,
+           overwrite: bool = False, progress: bool = True, token: str | bool | None = None,
+           command: str | None = None, allow_unverified_base: bool = False) -> Path:
+    """Run a recorded merge again (``dppa_merge.json``, a folder holding it, or a merged adapter) into ``out``.
+
+    ``output`` ("model" or "adapter") defaults to what the record made. Hub inputs load at their recorded commits.
+    """
+    record = source if isinstance(source, MergeRecord) else read_record(source)
+    output = output or record.output
+    common = dict(weights=[a.weight for a in record.adapters], mode=record.mode, revision=record.base.replay_revision,
+                  adapter_revisions=[a.replay_revision for a in record.adapters], token=token, overwrite=overwrite,
+                  progress=progress, command=command or record.command, allow_unverified_base=allow_unverified_base,
+                  **record.params)
+    adapters = [a.ref for a in record.adapters]
+    if output == "adapter":
+        return merge_to_adapter(record.base.ref, adapters, out, value_dtype=record.value_dtype or "float32",
+                                **common).directory
+    if output == "model":
+        return merge_to_folder(record.base.ref, adapters, out, dtype=record.dtype, **common)
+    raise ValueError(f"unknown merge output {output!r}; choose 'model' or 'adapter'")
+
+
+def _fitting_checkpoint(base: str | os.PathLike, revision: str | None, token: str | bool | None,
+                        handles: Sequence[SparseDeltaAdapter]) -> Checkpoint:
+    """Open the base checkpoint and check that every adapter fits its tensors (before any work)."""
+    checkpoint = Checkpoint.open(base, revision=revision, token=token)
+    shapes = {name: checkpoint.shape(name) for name in checkpoint.names()}
+    for handle in handles:
+        check_fits_base(handle.config, shapes, handle.ref, checkpoint.ref)
+    return checkpoint
 
 
 def _grow_rows(tensor: torch.Tensor, rows: int) -> torch.Tensor:
@@ -154,14 +259,19 @@ def _verify_fingerprints(handles: Sequence[SparseDeltaAdapter], samples: dict[st
             )
 
 
-def _copy_model_files(source: Path, target: Path, vocab_size: int) -> None:
-    """Copy config, generation config and tokenizer files; grow config.vocab_size when the vocabulary grew."""
+def _copy_model_files(source: Path, target: Path, vocab_size: int, dtype: str | None) -> None:
+    """Copy config, generation config and tokenizer files; grow ``vocab_size`` and set ``dtype`` in config.json."""
     for path in source.iterdir():
         if path.is_file() and not path.name.endswith(SKIPPED_FILES):
             shutil.copy2(path, target / path.name)
     config_path = target / "config.json"
-    if vocab_size and config_path.is_file():
-        config = json.loads(config_path.read_text())
-        if config.get("vocab_size", 0) < vocab_size:
-            config["vocab_size"] = vocab_size
-            config_path.write_text(json.dumps(config, indent=2))
+    if not config_path.is_file():
+        return
+    config = json.loads(config_path.read_text())
+    if vocab_size and config.get("vocab_size", 0) < vocab_size:
+        config["vocab_size"] = vocab_size
+    if dtype:
+        for key in ("dtype", "torch_dtype"):
+            if key in config or key == "dtype":
+                config[key] = dtype
+    config_path.write_text(json.dumps(config, indent=2))

@@ -36,9 +36,9 @@ class DensityPlan:
     unclipped: float
 
     @classmethod
-    def clipped(cls, unclipped: float) -> "DensityPlan":
-        """The plan for a computed density: clipped to [0, 1], the raw value kept for the record."""
-        return cls(density=min(1.0, max(0.0, unclipped)), unclipped=unclipped)
+    def clipped(cls, unclipped: float, floor: float | None = None) -> "DensityPlan":
+        """The plan for a computed density: clipped to [``floor`` or 0, 1], the raw value kept for the record."""
+        return cls(density=min(1.0, max(floor or 0.0, unclipped)), unclipped=unclipped)
 
 
 @dataclass

@@ -37,8 +37,13 @@ class DPParams:
         "help": "N for blocks, against the mean |delta| of the whole block (default: 3 for --dp-variant code, "
                 "5 for paper)"})
     tie_mode: str = field(default="index", metadata={"help": TIE_MODE_HELP})
+    min_density: float | None = field(default=None, metadata={
+        "help": "floor on every matrix's density, so DP cannot drop a whole module (default off: the paper's DP, "
+                "whose -lambda terms can plan density 0 at high rates); an improvement, recorded in the adapter"})
 
     def __post_init__(self) -> None:
+        if self.min_density is not None and not 0.0 <= self.min_density <= 1.0:
+            raise ValueError(f"min_density must be a density in [0, 1], got {self.min_density}")
         if self.dp_variant not in DP_VARIANTS:
             raise ValueError(f"unknown dp_variant {self.dp_variant!r}; choose one of {sorted(DP_VARIANTS)}")
         if self.lam < 0:
@@ -106,7 +111,7 @@ class DynamicPruning(PruningMethod):
         self._passes.require_complete(info.name)
         rate = self.rate if rate is None else rate
         block_term = self.block_terms()[self._linears[info.name].block]
-        return DensityPlan.clipped((1.0 - rate) + block_term + self.linear_terms()[info.name])
+        return DensityPlan.clipped((1.0 - rate) + block_term + self.linear_terms()[info.name], self.params.min_density)
 
     def prune(self, info: TensorInfo, delta: torch.Tensor, density: float) -> SparseDelta:
         return SparseDelta.from_mask(delta, magnitude_mask(delta, density, self.params.tie_mode))

@@ -9,12 +9,17 @@ given to ``push_to_hub(eval_results=...)`` / ``dppa-peft push --eval-results FIL
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from ..format.config import register_card_writer
+from ..format.merge_record import MergeRecord
+from .merge_card import build_merge_card
 
 if TYPE_CHECKING:
     from ..format.config import SparseDeltaConfig
@@ -46,6 +51,7 @@ fine-tuned model and its base, pruned with `{{ method }}` at rate {{ rate }}.
 {% if factors %}| DPA factors per partition | {{ factors }} |
 | DPA partitions (pruning rates) | {{ partition_rates }} |
 {% if search %}| DPA search | {{ search }} |
+{% endif %}{% if learned %}| learned amplification | {{ learned }} |
 {% endif %}{% endif %}{% if stock %}
 ## Stock PEFT format
 
@@ -90,6 +96,8 @@ def build_model_card(config: "SparseDeltaConfig", *, repo_id: str | None = None,
                      eval_results: Mapping[str, Mapping[str, Any]] | None = None,
                      stock: "SupertuningExport | None" = None) -> ModelCard:
     """The card of an adapter from its config, plus its Hub id, evaluation results and stock-PEFT export if given."""
+    if config.merge and not stock:
+        return build_merge_card(MergeRecord.from_dict(config.merge, origin="the adapter's merge record"))
     method = config.method.get("name", "unknown")
     summary = config.summary
     base = config.base_model_name_or_path
@@ -118,6 +126,7 @@ def build_model_card(config: "SparseDeltaConfig", *, repo_id: str | None = None,
         factors=", ".join(f"{f:.4g}" for f in config.amplification["factors"]) if config.amplification else None,
         partition_rates=config.amplification.get("partition_rates") if config.amplification else None,
         search=_search_line(config.amplification),
+        learned=_learned_line(config),
         stock=stock,
         stock_mib=f"{stock.nbytes / 2**20:.2f}" if stock else None,
         stock_ratio=f"{stock.size_ratio:.2f}x" if stock else None,
@@ -126,6 +135,21 @@ def build_model_card(config: "SparseDeltaConfig", *, repo_id: str | None = None,
         version=config.provenance.get("package_version", "?"),
         command=config.provenance.get("command", "python API"),
     )
+
+
+def _learned_line(config: "SparseDeltaConfig") -> str | None:
+    """One line about learned amplification (``amplification.learned``), or None."""
+    learned = (config.amplification or {}).get("learned")
+    if not learned:
+        return None
+    stats = learned["factor_stats"]
+    factor_bytes = 4 * sum(math.prod(r["factors"]) for r in config.tensors.values() if r.get("factors"))
+    total = sum(r["stored_bytes"] for r in config.tensors.values())
+    sources = ", ".join(f"`{t.get('source')}`" for t in learned.get("teachers", []))
+    return (f"{stats['count']} factors ({learned['granularity']} granularity; {stats['min']:.3g} to "
+            f"{stats['max']:.3g}, mean {stats['mean']:.3g}) learned by KL distillation from the dense fine-tune "
+            f"on {sources} in {learned['steps_run']} Adam steps; held-out KL {learned['heldout_kl_before']:.4g} -> "
+            f"{learned['heldout_kl_after']:.4g}; factor tables {factor_bytes / max(total, 1):.2%} of the adapter")
 
 
 def _search_line(amplification: dict | None) -> str | None:
@@ -143,6 +167,9 @@ def write_model_card(directory: str | os.PathLike, config: "SparseDeltaConfig", 
     path = Path(directory) / "README.md"
     build_model_card(config, **options).save(path)
     return path
+
+
+register_card_writer(lambda config, directory: write_model_card(directory, config))
 
 
 def load_eval_results(path: str | os.PathLike) -> dict[str, dict[str, Any]]:

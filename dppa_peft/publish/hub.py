@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from huggingface_hub import CommitInfo, CommitOperationAdd, HfApi, constants
 
+from ..errors import redact
 from ..hub_errors import PushError, TransportError, describe_hub_error
 from .card import write_model_card
 from .export import EXPORT_FORMATS, SupertuningExport, export_supertuning
@@ -39,6 +40,7 @@ def push_to_hub(adapter: "SparseDeltaAdapter", repo_id: str, *, private: bool = 
     """
     if export_format not in EXPORT_FORMATS:
         raise ValueError(f"unknown export format {export_format!r}; choose one of {EXPORT_FORMATS}")
+    adapter.verify()  # never publish a damaged adapter
     api = HfApi(token=token)
     with tempfile.TemporaryDirectory(prefix="dppa-push-") as tmp:
         staged = Path(tmp)
@@ -82,8 +84,8 @@ def _commit(api: HfApi, repo_id: str, operations: list[CommitOperationAdd], mess
 def _interrupted(api: HfApi, repo_id: str, revision: str | None, head: str | None, err: Exception) -> str:
     """What a broken connection left on the Hub, and what to do."""
     branch = revision or "main"
-    what = f"the connection to the Hub ({constants.ENDPOINT}) broke while pushing to {repo_id}@{branch} " \
-           f"({type(err).__name__}: {err})"
+    what = redact(f"the connection to the Hub ({constants.ENDPOINT}) broke while pushing to {repo_id}@{branch} "
+                  f"({type(err).__name__}: {err})")
     safe = "your adapter folder is unchanged; re-running the same command is safe (files already uploaded are reused)"
     if head is None:
         return f"{what}; no commit was attempted, so nothing was published; {safe}"

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import torch
 from peft.tuners.tuners_utils import BaseTuner
 from torch import nn
@@ -11,6 +14,7 @@ from ..format.validate import check_fits_base
 from ..errors import UserError
 from ..format.fingerprint import model_fingerprint
 from .layer import SparseDeltaLayer
+from .weighted import add_weighted_adapter
 
 
 class BaseModelMismatchError(UserError):
@@ -53,7 +57,7 @@ class SparseDeltaModel(BaseTuner):
     target_module_mapping: dict[str, list[str]] = {}
 
     def _prepare_adapter_config(self, peft_config: SparseDeltaConfig, model_config: dict) -> SparseDeltaConfig:
-        if not peft_config.target_modules:
+        if not peft_config.tensors:
             raise ValueError("this sparse delta adapter stores no tensors; nothing to apply")
         return peft_config
 
@@ -77,3 +81,32 @@ class SparseDeltaModel(BaseTuner):
         if adapter_name not in self.active_adapters:
             new_module.requires_grad_(False)
         self._replace_module(parent, target_name, new_module, target)
+
+    def add_weighted_adapter(self, adapters: Sequence[str], weights: Sequence[float], adapter_name: str,
+                             combination_type: str = "linear", density: float | None = None,
+                             majority_sign_method: str = "total", **options: Any) -> None:
+        """PEFT's ``add_weighted_adapter``: add ``adapter_name``, the merge of loaded ``adapters`` with ``weights``.
+
+        ``combination_type``: "linear", "ties", "dare_linear", "dare_ties", "magnitude_prune" (PEFT's meaning) or
+        any other merge mode (``dppa_peft.merge.MERGE_MODES``); see ``tuner.weighted``. The new adapter is a sparse
+        delta adapter on the union of the supports; activate it with ``set_adapter`` and save it like any other.
+        """
+        add_weighted_adapter(self, adapters, weights, adapter_name, combination_type, density, majority_sign_method,
+                             **options)
+
+    @classmethod
+    def _get_adapter_state_dict(cls, model: nn.Module, config: SparseDeltaConfig, adapter_name: str,
+                                state_dict: dict[str, torch.Tensor],
+                                unwanted_adapter_names: list[str]) -> dict[str, torch.Tensor]:
+        """PEFT's selection of the adapter's entries, with values back in their stored dtype (PEFT's own
+        ``save_pretrained`` then writes the same tensors as dppa-peft; in memory the values are fp32)."""
+        selected = super()._get_adapter_state_dict(model, config, adapter_name, state_dict, unwanted_adapter_names)
+        marker = f".{cls.prefix}.{adapter_name}."
+        for key, tensor in selected.items():
+            if not key.endswith("_values") or marker not in key:
+                continue
+            module, _, part = key.rpartition(marker)
+            record = config.tensors.get(f"{module.removeprefix('base_model.model.')}.{part.removesuffix('_values')}")
+            if record and record.get("dtype"):
+                selected[key] = tensor.to(getattr(torch, record["dtype"]))
+        return selected

@@ -1,0 +1,116 @@
+"""Merge outputs: the merged sparse adapter, the model folder's card, record and dtype, and replaying a record."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM
+
+from dppa_peft import load_merged, merge_to_adapter, merge_to_folder, prune
+from dppa_peft.cli import main
+from dppa_peft.merge import replay
+from tests.expected import load_weights
+from tests.tiny_models import make_base, make_finetune
+
+
+@pytest.fixture(scope="module")
+def adapters(tmp_path_factory, llama_pair, llama_finetunes):
+    base, _ = llama_pair
+    root = tmp_path_factory.mktemp("merge_inputs")
+    return [prune(base, ft, root / f"a{i}", method="magnitude", rate=0.8, progress=False)[0].directory
+            for i, ft in enumerate(llama_finetunes)]
+
+
+def state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def peft_merged(base, adapter) -> dict[str, torch.Tensor]:
+    return state(PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), str(adapter)).merge_and_unload())
+
+
+def assert_same(actual: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], atol: float = 0.0) -> None:
+    assert actual.keys() == expected.keys()
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name], rtol=0, atol=atol, msg=name)
+
+
+@pytest.mark.parametrize(("mode", "options"), [("ties", {}), ("dare_ties", {"density": 0.5, "seed": 7}),
+                                               ("sum", {})])
+def test_merged_adapter_loads_like_any_adapter(tmp_path, llama_pair, adapters, mode, options):
+    base, _ = llama_pair
+    weights = [0.6, 1.4]
+    out = merge_to_adapter(base, adapters, tmp_path / "m", weights, mode, progress=False, **options)
+    config = json.loads((out.directory / "adapter_config.json").read_text())
+    assert config["merge"]["mode"] == mode and config["merge"]["params"] == {**config["merge"]["params"], **options}
+    assert [a["weight"] for a in config["merge"]["adapters"]] == weights
+    assert config["method"]["name"] == "merge" and config["target_modules"] is None
+    union = {n: 0 for n in config["tensors"]}
+    for adapter in adapters:
+        for name, record in json.loads((adapter / "adapter_config.json").read_text())["tensors"].items():
+            union[name] += record["nnz"]
+    assert all(0 < config["tensors"][n]["nnz"] <= union[n] for n in union)  # union support, never dense in full
+
+    direct = state(load_merged(base, adapters, weights, mode, progress=False, **options))
+    via_peft = peft_merged(base, out.directory)
+    assert_same(state(load_merged(base, [out.directory], progress=False)), via_peft)  # one kernel, bit for bit
+    assert_same(via_peft, direct, atol=0.0 if mode != "sum" else 1e-6)  # sums: the merged values round once first
+    assert not torch.equal(direct["model.layers.0.mlp.up_proj.weight"],
+                           AutoModelForCausalLM.from_pretrained(base).state_dict()["model.layers.0.mlp.up_proj.weight"])
+
+    card = (out.directory / "README.md").read_text()
+    assert f"merge mode | `{mode}`" in card and "a0 (local folder)" in card and "| 1.4 |" in card
+    assert str(tmp_path) not in card  # no local paths in a card
+    again = replay(out.directory, tmp_path / "again", progress=False)
+    assert_same(load_weights(again), load_weights(out.directory))
+
+
+def test_merge_folder_card_record_dtype_and_replay(tmp_path, llama_pair, adapters):
+    base, _ = llama_pair
+    out = merge_to_folder(base, adapters, tmp_path / "m", [1.0, 0.5], "dare_linear", dtype="bfloat16",
+                          progress=False, density=0.5, seed=1)
+    config = json.loads((out / "config.json").read_text())
+    assert config["dtype"] == "bfloat16"
+    assert {t.dtype for t in load_weights(out).values()} == {torch.bfloat16}
+    record = json.loads((out / "dppa_merge.json").read_text())
+    assert record["output"] == "model" and record["mode"] == "dare_linear" and record["dtype"] == "bfloat16"
+    assert record["params"] == {"density": 0.5, "seed": 1, "rescale": True}
+    assert record["base"]["ref"] == str(base.resolve()) and record["adapters"][1]["weight"] == 0.5
+    assert record["adapters"][0]["method"] == {"name": "magnitude", "rate": 0.8, "params": {"tie_mode": "index"}}
+    card = (out / "README.md").read_text()
+    assert "library_name: transformers" in card and "- dare_linear" in card and "weights dtype | bfloat16" in card
+    assert main(["merge", "--from-record", str(out / "dppa_merge.json"), "--out", str(tmp_path / "again")]) == 0
+    assert_same(load_weights(tmp_path / "again"), load_weights(out))
+
+
+def test_float32_merge_of_a_bf16_base_is_not_rounded_to_bf16(tmp_path):
+    base = make_base(tmp_path / "base", dtype=torch.bfloat16)
+    adapter, _ = prune(base, make_finetune(base, tmp_path / "ft", steps=2), tmp_path / "a", method="magnitude",
+                       rate=0.5, progress=False)
+    out = merge_to_folder(base, [adapter.directory], tmp_path / "m", dtype="float32", progress=False)
+    assert json.loads((out / "config.json").read_text())["dtype"] == "float32"
+    name = "model.layers.0.mlp.down_proj.weight"
+    merged, base_w = load_weights(out)[name], load_weights(base)[name]
+    expected = base_w.float().reshape(-1).index_add(0, adapter.sparse_tensor(name).indices,
+                                                    adapter.sparse_tensor(name).values).reshape(base_w.shape)
+    assert merged.dtype == torch.float32
+    torch.testing.assert_close(merged, expected, rtol=0, atol=0)
+    assert not torch.equal(merged, merged.bfloat16().float())  # really fp32 values, not bf16 ones widened
+
+
+def test_cli_out_adapter_and_validation_before_work(tmp_path, llama_pair, adapters, capsys):
+    base, _ = llama_pair
+    args = ["merge", "--base", str(base), "--adapter", str(adapters[0]), "--adapter", str(adapters[1])]
+    assert main([*args, "--mode", "sum", "--density", "0.5", "--out-adapter", str(tmp_path / "x")]) == 2
+    assert "--density does not apply to merge mode 'sum'" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+    assert main([*args, "--out-adapter", str(tmp_path / "x"), "--mode", "linear", "--value-dtype", "bfloat16"]) == 0
+    assert "merged adapter (sum) of 2 adapter(s)" in capsys.readouterr().out
+    assert {t.dtype for k, t in load_weights(tmp_path / "x").items() if k.endswith("_values")} == {torch.bfloat16}
+    assert main(["merge", "--from-record", str(tmp_path / "x"), "--base", str(base), "--out", str(tmp_path / "y")]) == 2
+    assert "drop --base" in capsys.readouterr().err
+    assert main(["merge", "--base", str(base), "--adapter", str(adapters[0])]) == 2
+    assert "pass --out" in capsys.readouterr().err
