@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from ..merge import MERGE_MODES, merge_to_adapter, merge_to_folder, replay
+from ..merge import MERGE_MODES, create_mode, merge_to_adapter, merge_to_folder, replay
 from ..pipeline import VALUE_DTYPES
 from .common import add_dataclass_options, given_options
 
@@ -46,6 +46,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     inputs.add_argument("--allow-unverified-base", action="store_true",
                         help="merge adapters that record no base fingerprint (refused by default: nothing would check "
                              "that they fit this base)")
+    inputs.add_argument("--device", default="cpu",
+                        help="learned modes (learned, adamerging): device the factors are learned on, e.g. cuda "
+                             "(default cpu)")
     modes = parser.add_argument_group("merge mode")
     modes.add_argument("--mode", default="sum", choices=sorted(MERGE_MODES), help="; ".join(
         f"{name}: {cls.summary}" for name, cls in sorted(MERGE_MODES.items()) if name == cls.name))
@@ -73,10 +76,10 @@ def run(args: argparse.Namespace) -> None:
     if not args.base or not args.adapter:
         raise ValueError("pass --base and at least one --adapter (or --from-record FILE)")
     canonical = MERGE_MODES[args.mode].name
-    options = given_options(args, _ACCEPTED, canonical, "merge mode")
-    common = dict(weights=args.weight, mode=args.mode, revision=args.revision,
+    merger = create_mode(args.mode, **given_options(args, _ACCEPTED, canonical, "merge mode"))  # checked up front;
+    common = dict(weights=args.weight, mode=merger, revision=args.revision,  # one instance: a learned mode learns once
                   adapter_revisions=args.adapter_revision, overwrite=args.overwrite, command=command,
-                  allow_unverified_base=args.allow_unverified_base, **options)
+                  allow_unverified_base=args.allow_unverified_base, device=args.device)
     if args.out:
         out = merge_to_folder(args.base, args.adapter, args.out, dtype=args.dtype, **common)
         size = sum(p.stat().st_size for p in out.glob("*.safetensors"))

@@ -12,7 +12,7 @@
 
 Both run the one learning loop (``amplify.learned.learn_factors``): they differ only in the targets (dense teachers
 vs ``EntropyTarget``) and the granularity. The learned tables become the adapters' ``[P, R]`` factors in memory
-(``FactoredAdapter``), which every merge output then sums with the one kernel; the tensors that are not pruned
+(``SparseDeltaAdapter.with_factors``), which every merge output then sums with the one kernel; the tensors that are not pruned
 (embeddings, norms kept dense) are summed with weight 1.
 """
 
@@ -27,15 +27,12 @@ from typing import Any
 
 import torch
 
-from ..amplify.calibration import DEFAULT_TEXT_FIELD, Prompt, read_prompts
-from ..amplify.candidate import load_base_model
-from ..amplify.learned import EntropyTarget, LearnParams, LearnResult, Teacher, build_teacher, learn_factors
-from ..amplify.objectives import load_tokenizer
+from ..amplify.calibration import DEFAULT_TEXT_FIELD, Prompt, check_lengths, read_prompts
+from ..amplify.learned import (EntropyTarget, LearnParams, LearnResult, Teacher, build_teacher, learn_factors,
+                               model_context, teacher_from_pretrained)
 from ..errors import UserError
-from ..format.encoding import EncodedTensor
 from ..format.io import SparseDeltaAdapter
-from ..checkpoint import load_causal_lm
-from ..tuner.model import check_base, resize_vocabulary
+from .modes import MergeMode, register_mode
 
 ADAMERGING_GRANULARITIES = {"task": "global", "layer": "tensor"}
 
@@ -111,36 +108,11 @@ class AdaMergingParams(CalibrationParams):
             raise UserError(f"adamerging_max must be > 0, got {self.adamerging_max}")
 
 
-class FactoredAdapter(SparseDeltaAdapter):
-    """An adapter read with learned ``[P, R]`` factor tables in place of its stored ones (kept in memory)."""
-
-    def __init__(self, adapter: SparseDeltaAdapter, tables: dict[str, torch.Tensor]) -> None:  # noqa: D107
-        vars(self).update(vars(adapter))
-        self.tables = tables
-
-    def encoded(self, name: str) -> EncodedTensor:
-        encoded = super().encoded(name)
-        table = self.tables.get(name)
-        return encoded if table is None else dataclasses.replace(encoded, factors=table)
-
-
 def _release(model: torch.nn.Module) -> None:
     del model
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-
-
-def _teacher(ref: str | os.PathLike, tokenizer: Any, prompts: Sequence[Prompt], params: CalibrationParams,
-             device: str, dtype: str, name: str) -> Teacher:
-    """Load a model, cache its continuations and outputs on ``prompts`` (``build_teacher``), free it."""
-    model = load_causal_lm(ref, dtype=dtype).to(device)
-    try:
-        return build_teacher(model, tokenizer, prompts, continuation_tokens=params.continuation_tokens,
-                             batch_size=params.batch_size, heldout=params.learn_heldout, top_k=params.learn_top_k,
-                             seed=params.learn_seed, name=name)
-    finally:
-        _release(model)
 
 
 def recorded_finetuned(adapter: SparseDeltaAdapter) -> str:
@@ -154,16 +126,23 @@ def recorded_finetuned(adapter: SparseDeltaAdapter) -> str:
 
 def learn_merge(base: str | os.PathLike, adapters: Sequence[SparseDeltaAdapter], weights: Sequence[float],
                 params: LearnedMergeParams | AdaMergingParams, *, device: str = "cpu", dtype: str = "auto",
-                progress: bool = True) -> tuple[list[FactoredAdapter], LearnResult]:
+                progress: bool = True) -> tuple[list[SparseDeltaAdapter], LearnResult]:
     """Learn the factors of ``adapters`` for their weighted sum on ``base`` (mode ``learned`` or ``adamerging``).
 
     Prompts are read and their lengths checked before any model runs; teachers (or, for AdaMerging, the summed
     model) are loaded one at a time, their outputs cached and the model freed before the base is loaded to learn.
     Returns the adapters with the learned tables and the learning record.
     """
+    from ..amplify.candidate import load_base_model  # tuner-level imports: the merge package loads them lazily
+    from ..amplify.objectives import load_tokenizer
+    from ..tuner.model import check_base, resize_vocabulary
+
     adamerging = isinstance(params, AdaMergingParams)
     prompt_sets = params.prompt_sets(len(adapters), pooled=adamerging)
     tokenizer = load_tokenizer([params.tokenizer] if params.tokenizer else [base])
+    context = model_context(base)
+    for prompts in prompt_sets:  # every prompt fits, before any model runs
+        check_lengths(prompts, tokenizer, context, params.continuation_tokens)
     if adamerging:
         from .loader import load_merged
 
@@ -184,7 +163,9 @@ def learn_merge(base: str | os.PathLike, adapters: Sequence[SparseDeltaAdapter],
         if len(teachers) != len(adapters):
             raise UserError(f"got {len(teachers)} fine-tuned models (--finetuned) for {len(adapters)} adapters; pass "
                             "one per adapter, in --adapter order")
-        targets = [_teacher(ref, tokenizer, prompts, params, device, dtype, name=str(ref))
+        targets = [teacher_from_pretrained(ref, tokenizer, prompts, continuation_tokens=params.continuation_tokens,
+                                           batch_size=params.batch_size, params=params.learn_params(), dtype=dtype,
+                                           device=device, name=str(ref))
                    for ref, prompts in zip(teachers, prompt_sets)]
         learn, bound = params.learn_params(), None
     model = load_base_model(base, adapters[0], dtype, device)
@@ -197,4 +178,60 @@ def learn_merge(base: str | os.PathLike, adapters: Sequence[SparseDeltaAdapter],
     finally:
         _release(model)
     tables = result.factors + [{} for _ in range(len(adapters) - len(result.factors))]  # adapters with no pruned tensor
-    return [FactoredAdapter(a, t) for a, t in zip(adapters, tables)], result
+    return [a.with_factors(t) for a, t in zip(adapters, tables)], result
+
+
+class _LearnedMode(MergeMode):
+    """A merge mode that learns the adapters' factors first (``prepare``), then sums the factored adapters.
+
+    The learned adapters are kept for the inputs they were learned on, so one mode instance passed to several
+    outputs (``merge_to_folder`` and ``merge_to_adapter``) learns once.
+    """
+
+    consensus = "sum"
+
+    def __init__(self, params: Any = None) -> None:
+        super().__init__(params)
+        self._learned: tuple[tuple[Any, ...], list[SparseDeltaAdapter], LearnResult] | None = None
+
+    def prepare(self, base: str | os.PathLike, adapters: Sequence[SparseDeltaAdapter], weights: Sequence[float], *,
+                device: str = "cpu", progress: bool = True) -> list[SparseDeltaAdapter]:
+        key = (str(base), tuple(str(a.directory) for a in adapters), tuple(weights), device)
+        if self._learned is None or self._learned[0] != key:
+            factored, result = learn_merge(base, adapters, weights, self.params, device=device, progress=progress)
+            self._learned = (key, factored, result)
+        return list(self._learned[1])
+
+    def outcome(self) -> dict[str, Any] | None:
+        """The learning record (settings, loss curves, held-out loss before/after, factor statistics)."""
+        return None if self._learned is None else self._learned[2].record()
+
+
+@register_mode
+class LearnedMode(_LearnedMode):
+    name = "learned"
+    summary = ("learned merge: per-row factors of every adapter learned jointly by KL to each adapter's dense "
+               "fine-tune on its --calibration prompts, then summed")
+    Params = LearnedMergeParams
+
+
+@register_mode
+class AdaMergingMode(_LearnedMode):
+    name = "adamerging"
+    summary = ("AdaMerging: task-wise or layer-wise coefficients (--adamerging-granularity) learned by entropy "
+               "minimisation on unlabeled --calibration prompts, then summed")
+    Params = AdaMergingParams
+
+    def outcome(self) -> dict[str, Any] | None:
+        """The learning record plus the coefficients: per adapter one number (task) or tensor -> number (layer)."""
+        record = super().outcome()
+        if record is None or self._learned is None:
+            return record
+        _, adapters, result = self._learned
+        tables = result.factors + [{} for _ in range(len(adapters) - len(result.factors))]
+        if self.params.adamerging_granularity == "task":
+            record["coefficients"] = [float(next(iter(t.values())).reshape(-1)[0]) if t else None for t in tables]
+        else:
+            record["coefficients"] = [{name: [float(x) for x in table.reshape(-1)] for name, table in t.items()}
+                                      for t in tables]
+        return record

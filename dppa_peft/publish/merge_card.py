@@ -42,7 +42,16 @@ adapters below, combined with merge mode `{{ mode }}`. It loads with plain trans
 |---|---|---|---|---|---|
 {% for a in adapters %}| {{ loop.index }} | `{{ a.display }}` | {{ a.weight }} | `{{ a.method.get("name", "?") }}` | {{ a.method.get("rate") }} | `{{ a.base_model }}` |
 {% endfor %}
-## Use
+{% if learned %}## Learned factors
+
+Learned by `{{ mode }}` before summing: objective `{{ learned.objective }}`, granularity `{{ learned.granularity }}`,
+{{ learned.steps_run }} Adam steps (lr {{ learned.lr }}) in {{ "%.1f" % learned.seconds }} s; held-out {{ learned.objective }}
+{{ "%.4g" % learned.heldout_kl_before }} at the plain sum, {{ "%.4g" % learned.heldout_kl_after }} with the learned factors
+(step {{ learned.best_step }}); {{ learned.factor_stats.count }} factors in [{{ "%.3g" % learned.factor_stats.min }},
+{{ "%.3g" % learned.factor_stats.max }}], mean {{ "%.3g" % learned.factor_stats.mean }}. The loss curves are in the merge
+record.
+
+{% endif %}## Use
 
 ```python
 {% if adapter %}import dppa_peft  # registers the SPARSE_DELTA adapter type with PEFT
@@ -85,7 +94,7 @@ def build_merge_card(record: "MergeRecord") -> ModelCard:
         base=record.base.display, dtype=(record.value_dtype if adapter else record.dtype) or "as the base",
         adapters=record.adapters, record_file="adapter_config.json" if adapter else "dppa_merge.json",
         out_flag="--out-adapter" if adapter else "--out", version=record.package_version or "?",
-        command=record.command or "python API",
+        command=record.command or "python API", learned=record.learned,
     )
 
 
