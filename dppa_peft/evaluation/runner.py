@@ -38,11 +38,15 @@ class MergeSpec:
     mode: str = "sum"
     weights: Sequence[float] | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
+    label: str | None = None  # how reports name the merge (default: the adapters' methods and the mode)
 
 
 def method_label(adapter: SparseDeltaAdapter) -> str:
-    """The method as reports show it: 'dppa' for DP with amplification, 'dare+dpa' for DARE with it, else the name."""
+    """The method as reports show it: 'dppa' for DP with amplification, 'dare+dpa' for DARE with it, 'dp+learned' for
+    learned amplification, else the name."""
     name = adapter.config.method.get("name", "?")
+    if adapter.config.amplification and adapter.config.amplification.get("learned"):
+        return f"{name}+learned"
     if adapter.config.amplification:
         return "dppa" if name == "dp" else f"{name}+dpa"
     return name
@@ -108,7 +112,7 @@ def evaluate_all(base: str, domains: Sequence[DomainSpec], evaluator: Evaluator,
         adapters = [open_adapter(ref) for ref in spec.adapters.values()]
         model = load_merged(base, adapters, weights=spec.weights, mode=spec.mode, progress=False, **spec.options)
         labels = sorted({method_label(a) for a in adapters})
-        label = "+".join(labels) + ("" if spec.mode == "sum" else f" ({spec.mode})")
+        label = spec.label or "+".join(labels) + ("" if spec.mode == "sum" else f" ({spec.mode})")
         tasks = [t for name in spec.adapters for t in by_name[name].tasks]
         variant = Variant(label, float(adapters[0].config.method["rate"]), "merge", tuple(spec.adapters))
         variants.append(VariantScores(variant, evaluator.scores(model, tasks)))
