@@ -158,6 +158,12 @@ class Checkpoint:
         with safetensors_errors(self.directory / self._shard_of[name]):
             return handle.get_tensor(name).clone()
 
+    def read_rows(self, name: str, start: int, stop: int) -> torch.Tensor:
+        """Rows ``start:stop`` of a tensor of at least one dimension, read without loading the rest."""
+        handle = self._handle(name)
+        with safetensors_errors(self.directory / self._shard_of[name]):
+            return handle.get_slice(name)[start:stop].clone()
+
 
 def load_causal_lm(ref: str | os.PathLike, **kwargs: Any) -> torch.nn.Module:
     """``AutoModelForCausalLM.from_pretrained`` that only ever reads safetensors: a local folder is checked first

@@ -5,7 +5,7 @@ base: meta-llama/Llama-2-7b-hf          # folder or Hub id
 output_dir: llama2-dppa                  # adapters go to <output_dir>/<domain>, the merge to <output_dir>/merged
 prune: {method: dp, rate: 0.9, params: {dp_variant: code, lam: 0.08}}
 finetunes: {math: GAIR/Abel-7B-001, finance: AdaptLLM/finance-chat}
-merge: {mode: sum, weights: {math: 1.0, finance: 1.0}}   # optional
+merge: {mode: sum, weights: {math: 1.0, finance: 1.0}}   # optional; options: {density: 0.5} for modes that take it
 ```
 """
 
@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from .merge import COMBINE_MODES, merge_to_folder
+from .merge import create_mode, merge_to_folder
 from .methods import METHODS
 from .pipeline import PruneSummary, prune
 
@@ -36,6 +36,7 @@ class Recipe:
     rate: float = 0.9
     params: dict[str, Any] = field(default_factory=dict)
     merge_mode: str | None = None
+    merge_options: dict[str, Any] = field(default_factory=dict)  # the merge mode's options, e.g. density
     merge_weights: dict[str, float] = field(default_factory=dict)
 
     @classmethod
@@ -51,8 +52,12 @@ class Recipe:
         method = prune_cfg.get("method", "dp")
         if method not in METHODS:
             raise ValueError(f"{path}: unknown method {method!r}; choose one of {sorted(METHODS)}")
-        if merge_cfg is not None and merge_cfg.get("mode", "sum") not in COMBINE_MODES:
-            raise ValueError(f"{path}: unknown merge mode {merge_cfg.get('mode')!r}; choose one of {sorted(COMBINE_MODES)}")
+        merge_options = dict((merge_cfg or {}).get("options") or {})
+        if merge_cfg is not None:
+            try:  # the mode and its options are checked before any work
+                create_mode(merge_cfg.get("mode", "sum"), **merge_options)
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"{path}: merge: {err}") from None
         finetunes = {str(k): str(v) for k, v in (data["finetunes"] or {}).items()}
         if not finetunes:
             raise ValueError(f"{path}: 'finetunes' must map at least one domain name to a model")
@@ -62,7 +67,8 @@ class Recipe:
         base_dir = Path(path).resolve().parent
         return cls(base=str(data["base"]), output_dir=(base_dir / str(data["output_dir"])), finetunes=finetunes,
                    method=method, rate=float(prune_cfg.get("rate", 0.9)), params=dict(prune_cfg.get("params") or {}),
-                   merge_mode=None if merge_cfg is None else merge_cfg.get("mode", "sum"), merge_weights=weights)
+                   merge_mode=None if merge_cfg is None else merge_cfg.get("mode", "sum"), merge_weights=weights,
+                   merge_options=merge_options)
 
 
 def run_recipe(recipe: Recipe, overwrite: bool = False, command: str | None = None,
@@ -77,5 +83,5 @@ def run_recipe(recipe: Recipe, overwrite: bool = False, command: str | None = No
         domains = list(recipe.finetunes)
         merge_to_folder(recipe.base, [recipe.output_dir / d for d in domains], recipe.output_dir / "merged",
                         weights=[recipe.merge_weights.get(d, 1.0) for d in domains], mode=recipe.merge_mode,
-                        overwrite=overwrite, progress=progress)
+                        overwrite=overwrite, progress=progress, command=command, **recipe.merge_options)
     return summaries

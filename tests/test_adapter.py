@@ -186,6 +186,10 @@ def test_added_vocabulary_roundtrip(tmp_path, llama_pair):
     target = load_weights(tmp_path / "ft")
     assert torch.equal(merged.get_input_embeddings().weight, target["model.embed_tokens.weight"])
     assert torch.allclose(merged.lm_head.weight, target["lm_head.weight"])
+    # PEFT's own save adds the whole embeddings of a grown vocabulary (its rule) unless told not to
+    PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), str(adapter.directory)).save_pretrained(
+        tmp_path / "peft_saved", save_embedding_layers=False)
+    assert load_weights(tmp_path / "peft_saved").keys() == load_weights(adapter.directory).keys()
     folder = merge_to_folder(base, [adapter.directory], tmp_path / "m", progress=False)
     assert json.loads((folder / "config.json").read_text())["vocab_size"] == 140
     assert torch.equal(load_weights(folder)["model.embed_tokens.weight"], target["model.embed_tokens.weight"])

@@ -69,7 +69,7 @@ def test_learned_factors_beat_factors_one_on_heldout_kl(learned, llama_pair) -> 
         pytest.approx(result.heldout_kl_after, rel=1e-5)
 
 
-def test_adapter_stores_factor_tables_and_the_record(learned) -> None:
+def test_adapter_stores_factor_tables_and_the_record(learned, calibration) -> None:
     adapter, result = learned
     config = json.loads((adapter.directory / "adapter_config.json").read_text())
     assert config["format_version"] == 2
@@ -85,6 +85,9 @@ def test_adapter_stores_factor_tables_and_the_record(learned) -> None:
     assert learned_block["factor_stats"]["count"] == ROWS  # one factor per output row of every pruned matrix
     assert learned_block["heldout_kl_after"] == result.heldout_kl_after
     assert len(learned_block["loss_curve"]) == STEPS
+    teacher = learned_block["teachers"][0]
+    assert teacher["sources"] == [str(calibration[1])] and teacher["prompts"] == 15 and teacher["heldout_prompts"] == 3
+    assert Prompt("x", "demo_math_add_dev[7]").origin == "demo_math_add_dev"
     table = adapter.encoded("model.layers.0.mlp.up_proj.weight").factors
     assert table.dtype == torch.float32 and table.shape == (1, 128) and not torch.equal(table, torch.ones(1, 128))
     card = (adapter.directory / "README.md").read_text()

@@ -9,9 +9,10 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
-from dppa_peft import load_merged, merge_to_adapter, merge_to_folder, prune
+from dppa_peft import SparseDeltaAdapter, load_merged, merge_to_adapter, merge_to_folder, prune
 from dppa_peft.cli import main
 from dppa_peft.merge import replay
+from dppa_peft.publish.card import build_model_card
 from tests.expected import load_weights
 from tests.tiny_models import make_base, make_finetune
 
@@ -64,6 +65,8 @@ def test_merged_adapter_loads_like_any_adapter(tmp_path, llama_pair, adapters, m
     card = (out.directory / "README.md").read_text()
     assert f"merge mode | `{mode}`" in card and "a0 (local folder)" in card and "| 1.4 |" in card
     assert str(tmp_path) not in card  # no local paths in a card
+    published = str(build_model_card(out.config, repo_id="user/merged", eval_results={"gsm8k": {"acc,none": 0.5}}))
+    assert "model-index" in published and "| gsm8k | acc | 0.5 |" in published and '"user/merged")' in published
     again = replay(out.directory, tmp_path / "again", progress=False)
     assert_same(load_weights(again), load_weights(out.directory))
 
@@ -112,5 +115,56 @@ def test_cli_out_adapter_and_validation_before_work(tmp_path, llama_pair, adapte
     assert {t.dtype for k, t in load_weights(tmp_path / "x").items() if k.endswith("_values")} == {torch.bfloat16}
     assert main(["merge", "--from-record", str(tmp_path / "x"), "--base", str(base), "--out", str(tmp_path / "y")]) == 2
     assert "drop --base" in capsys.readouterr().err
+    card = (tmp_path / "x" / "README.md").read_text()
+    assert "dppa-peft merge --base base --adapter a0 --adapter a1 --out-adapter x" in card  # no local paths
+    assert str(tmp_path) in json.loads((tmp_path / "x" / "adapter_config.json").read_text())["merge"]["command"]
     assert main(["merge", "--base", str(base), "--adapter", str(adapters[0])]) == 2
     assert "pass --out" in capsys.readouterr().err
+
+
+def test_merged_adapter_bakes_the_amplification_factors(tmp_path, llama_pair):
+    base, ft = llama_pair
+    adapter, _ = prune(base, ft, tmp_path / "a", method="magnitude", rate=0.8, partition_rates=[0.9, 0.8],
+                       progress=False)
+    config_path = adapter.directory / "adapter_config.json"
+    config = json.loads(config_path.read_text())
+    config["amplification"]["factors"] = [1.5, 0.75]  # as a DPA search would leave them
+    config_path.write_text(json.dumps(config))
+    merged = merge_to_adapter(base, [adapter.directory], tmp_path / "m", progress=False)
+    stored = json.loads((merged.directory / "adapter_config.json").read_text())
+    assert stored["amplification"] is None and not any(r["partition"] for r in stored["tensors"].values())
+    assert_same(peft_merged(base, merged.directory), peft_merged(base, adapter.directory))
+    assert not torch.equal(load_weights(merged.directory)["base_model.model.model.layers.0.mlp.up_proj.sparse_delta."
+                                                          "weight_values"],
+                           load_weights(adapter.directory)["base_model.model.model.layers.0.mlp.up_proj.sparse_delta."
+                                                           "weight_values"])
+
+
+def test_hub_inputs_are_recorded_at_their_commit(local_hub, hub_repo_id, tmp_path, llama_pair, adapters):
+    base, _ = llama_pair
+    SparseDeltaAdapter(adapters[0]).push_to_hub(hub_repo_id)
+    out = merge_to_folder(base, [hub_repo_id, adapters[1]], tmp_path / "m", adapter_revisions=["main", None],
+                          progress=False)
+    record = json.loads((out / "dppa_merge.json").read_text())["adapters"]
+    assert record[0]["ref"] == hub_repo_id and record[0]["revision"] == "main"
+    assert len(record[0]["commit"]) == 40 and record[1]["commit"] is None
+    card = (out / "README.md").read_text()
+    assert f"`{hub_repo_id}@main`" in card and "`a1 (local folder)`" in card
+    again = replay(out, tmp_path / "again", progress=False)
+    assert_same(load_weights(again), load_weights(out))
+
+
+def test_checkpoint_sample_reads_rows_and_equals_the_full_sample(tmp_path):
+    from safetensors.torch import save_file
+
+    from dppa_peft.checkpoint import Checkpoint
+    from dppa_peft.format.fingerprint import checkpoint_sample, tensor_sample
+
+    g = torch.Generator().manual_seed(0)
+    tensors = {"a": torch.randn(300, 7, generator=g), "b": torch.randn(5, 7, 3, generator=g).bfloat16(),
+               "c": torch.randn(40, 1, generator=g), "d": torch.randn(9, generator=g), "e": torch.zeros(0, 4)}
+    save_file(tensors, tmp_path / "model.safetensors")
+    checkpoint = Checkpoint(tmp_path)
+    for name in tensors:
+        assert checkpoint_sample(checkpoint, name) == tensor_sample(checkpoint.read(name)), name
+    assert checkpoint.read_rows("a", 3, 5).tolist() == tensors["a"][3:5].tolist()

@@ -31,6 +31,9 @@ merge: {{mode: sum, weights: {{a: 0.5}}}}
     ("base: b\noutput_dir: o\nfinetunes: {a: x}\nprune: {method: nope}\n", "unknown method 'nope'"),
     ("base: b\noutput_dir: o\nfinetunes: {a: x}\nmerge: {weights: {z: 1}}\n", r"unknown domains \['z'\]"),
     ("base: b\noutput_dir: o\nfinetunes: {a: x}\ncolor: red\n", r"unknown keys \['color'\]"),
+    ("base: b\noutput_dir: o\nfinetunes: {a: x}\nmerge: {mode: mean}\n", "merge: unknown merge mode 'mean'"),
+    ("base: b\noutput_dir: o\nfinetunes: {a: x}\nmerge: {mode: sum, options: {density: 0.5}}\n",
+     r"merge: merge mode 'sum' has no option \['density'\]"),
 ])
 def test_bad_recipes_are_named(tmp_path, text, message):
     path = tmp_path / "bad.yaml"

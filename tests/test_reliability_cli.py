@@ -66,8 +66,27 @@ SLOW_PRUNE = textwrap.dedent("""
 
 
 @pytest.mark.parametrize("signum,status", [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)])
-def test_signal_mid_prune_leaves_nothing(tmp_path, llama_pair, signum, status):
-    """A real process stopped while it writes: clean exit status, no output, no temp folder with data."""
+def test_signal_delivered_mid_prune_in_process(tmp_path, llama_pair, signum, status, monkeypatch, capsys):
+    """A real signal to this process while the adapter is being written: exit 128+n, nothing left behind."""
+    from dppa_peft import pipeline
+
+    original = pipeline._prune_one
+
+    def signalled(*args, **kwargs):
+        record = original(*args, **kwargs)
+        os.kill(os.getpid(), signum)
+        return record
+
+    monkeypatch.setattr(pipeline, "_prune_one", signalled)
+    assert main(_prune_argv(llama_pair, tmp_path / "out")) == status
+    assert f"stopped by {signal.Signals(signum).name}" in capsys.readouterr().err
+    assert os.listdir(tmp_path) == []
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the handlers are restored
+
+
+def test_sigterm_to_a_real_process_mid_prune_leaves_nothing(tmp_path, llama_pair):
+    """A separate process killed with SIGTERM (whose default action skips all cleanup) while it writes."""
+    signum, status = signal.SIGTERM, 143
     out_root = tmp_path / "outs"
     out_root.mkdir()
     proc = subprocess.Popen([sys.executable, "-c", SLOW_PRUNE, *_prune_argv(llama_pair, out_root / "a")],
@@ -109,3 +128,18 @@ def test_redact():
 
     assert redact("at https://u:p@host/x and hf_0123456789abcdef") == "at https://***@host/x and ***"
     assert redact("plain http://host/path stays") == "plain http://host/path stays"
+
+
+def test_real_entry_point_on_a_damaged_checkpoint(tmp_path, llama_pair):
+    """``python -m dppa_peft`` itself: a truncated fine-tune file -> exit 2, one error line naming the file."""
+    import shutil
+
+    ft = shutil.copytree(llama_pair[1], tmp_path / "ft")
+    weights = ft / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    proc = subprocess.run([sys.executable, "-m", "dppa_peft", *_prune_argv((llama_pair[0], ft), tmp_path / "out")],
+                          cwd=REPO_ROOT, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert f"dppa-peft prune: error: {weights}: header length" in proc.stderr or "truncated" in proc.stderr
+    assert not (tmp_path / "out").exists()

@@ -33,6 +33,13 @@ class Prompt:
     text: str
     source: str
 
+    @property
+    def origin(self) -> str:
+        """The file or task the prompt came from (``source`` without its line or document number)."""
+        if self.source.endswith("]") and "[" in self.source:
+            return self.source[: self.source.rindex("[")]
+        return self.source.rsplit(":", 1)[0] if ":" in self.source else self.source
+
 
 def read_prompts(path: str | os.PathLike, text_field: str = DEFAULT_TEXT_FIELD) -> list[Prompt]:
     """The prompts of a calibration file; an empty file or a line without ``text_field`` is a ``UserError``."""

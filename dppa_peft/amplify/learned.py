@@ -57,8 +57,8 @@ class LearnParams:
         "help": "what one learned factor covers: 'row' = each output row of each pruned matrix (per partition), "
                 "'tensor' = each pruned tensor, 'partition' = each DPA partition, 'global' = the whole adapter",
         "choices": GRANULARITIES})
-    learn_steps: int = field(default=100, metadata={"help": "Adam steps (one calibration batch per teacher each)"})
-    learn_lr: float = field(default=0.1, metadata={"help": "Adam learning rate of the factors (they start at 1)"})
+    learn_steps: int = field(default=60, metadata={"help": "Adam steps (one calibration batch per teacher each)"})
+    learn_lr: float = field(default=0.2, metadata={"help": "Adam learning rate of the factors (they start at 1)"})
     learn_heldout: float = field(default=0.2, metadata={
         "help": "fraction of the calibration prompts held out for early stopping and the reported KL"})
     learn_eval_every: int = field(default=10, metadata={"help": "steps between held-out KL evaluations"})
@@ -223,7 +223,7 @@ def build_teacher(model: nn.Module, tokenizer: Any, prompts: Sequence[Prompt], *
 
         teacher = Teacher(name, batches(train), batches(held), {
             "prompts": len(prompts), "heldout_prompts": len(held), "continuation_tokens": continuation_tokens,
-            "top_k": k, "vocab_size": vocab, "source": prompts[0].source.rsplit(":", 1)[0] if prompts else None})
+            "top_k": k, "vocab_size": vocab, "sources": sorted({p.origin for p in prompts})})
     model.train(was_training)
     return teacher
 

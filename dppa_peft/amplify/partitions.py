@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..errors import UserError
 from ..format.encoding import EncodedTensor
 from ..format.io import SparseDeltaAdapter
 from ..methods.base import PruningMethod, SparseDelta
@@ -152,6 +153,9 @@ def _derive_members(adapter: SparseDeltaAdapter, name: str, densities: list[floa
 
 def adapter_partitions(adapter: SparseDeltaAdapter, rates: Sequence[float] | None = None) -> Partitions:
     """Partitions of an existing adapter's pruned tensors (default rates: 0.9, 0.8, … down to its rate)."""
+    if adapter.config.merge:
+        raise UserError(f"{adapter.ref} is a merged adapter (mode {adapter.config.merge.get('mode')!r}): it has no "
+                        "pruning rate to partition; amplify the adapters before merging them")
     rate = float(adapter.config.method["rate"])
     rates = check_partition_rates(default_partition_rates(rate) if rates is None else rates, rate)
     partitions = Partitions(rates)

@@ -7,22 +7,46 @@ different base is a clear error. Values are rounded to bf16 before hashing, so a
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import torch
 
+if TYPE_CHECKING:
+    from ..checkpoint import Checkpoint
+
 SAMPLES_PER_TENSOR = 16
+
+
+def sample_positions(numel: int) -> torch.Tensor:
+    """The flat positions a sample reads: 16 evenly spaced (all of them below 16 entries)."""
+    count = min(numel, SAMPLES_PER_TENSOR)
+    # float64: a float32 linspace cannot address positions above 2^24 (it rounds n - 1 up to n).
+    return torch.linspace(0, numel - 1, steps=count, dtype=torch.float64).round().long()
+
+
+def _sample_bytes(shape: tuple[int, ...], values: torch.Tensor) -> bytes:
+    values = values.to("cpu", torch.float32).to(torch.bfloat16).view(torch.int16)
+    return repr(tuple(shape)).encode() + values.numpy().tobytes()
 
 
 def tensor_sample(tensor: torch.Tensor) -> bytes:
     """Name-independent sample: shape plus 16 evenly spaced values rounded to bf16."""
     flat = tensor.detach().reshape(-1)
-    numel = flat.numel()
-    count = min(numel, SAMPLES_PER_TENSOR)
-    # float64: a float32 linspace cannot address positions above 2^24 (it rounds n - 1 up to n).
-    positions = torch.linspace(0, numel - 1, steps=count, dtype=torch.float64).round().long()
-    values = flat[positions].to("cpu", torch.float32).to(torch.bfloat16).view(torch.int16)
-    return repr(tuple(tensor.shape)).encode() + values.numpy().tobytes()
+    return _sample_bytes(tuple(tensor.shape), flat[sample_positions(flat.numel())])
+
+
+def checkpoint_sample(checkpoint: "Checkpoint", name: str) -> bytes:
+    """``tensor_sample(checkpoint.read(name))`` from the (at most 16) rows holding the sampled values."""
+    shape = tuple(checkpoint.shape(name))
+    numel = math.prod(shape)
+    if len(shape) < 2 or numel == 0:
+        return tensor_sample(checkpoint.read(name))
+    row = numel // shape[0]
+    values = [checkpoint.read_rows(name, p // row, p // row + 1).reshape(-1)[p % row]
+              for p in sample_positions(numel).tolist()]
+    return _sample_bytes(shape, torch.stack(values))
 
 
 def fingerprint(samples: Mapping[str, bytes]) -> str:

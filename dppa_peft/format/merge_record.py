@@ -40,13 +40,6 @@ class MergeSource:
         """The revision a replay loads: the resolved commit when known, else the recorded revision."""
         return self.commit or self.revision
 
-    @property
-    def display(self) -> str:
-        """How cards name the source: a Hub id with its revision, or a local folder's name (no local paths)."""
-        if Path(self.ref).is_absolute():
-            return f"{Path(self.ref).name} (local folder)"
-        return f"{self.ref}@{self.revision}" if self.revision else self.ref
-
 
 @dataclass
 class MergeRecord:

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from .. import __version__
 from ..checkpoint import HUB_PATTERNS, Checkpoint, ShardedWriter, atomic_directory, load_causal_lm, resolve_repo
 from ..format.encoding import encode
-from ..format.fingerprint import fingerprint, tensor_sample
+from ..format.fingerprint import checkpoint_sample, fingerprint, tensor_sample
 from ..format.io import AdapterWriter, SparseDeltaAdapter
 from ..format.merge_record import MergeRecord, MergeSource, merged_adapter_config, read_record, source_of
 from ..format.validate import check_fits_base, require_fingerprint
@@ -198,7 +198,7 @@ def merge_to_adapter(base: str | os.PathLike, adapters: Sequence[AdapterRef], ou
     ``load_adapter``, ``load_merged``) and gives the weights ``load_merged(base, adapters, weights, mode)`` gives:
     bit for bit for election modes and for one adapter, to fp32 rounding for sums of several (the merged values
     are summed before, not after, they meet the base). ``value_dtype`` (default float32, exact) may be bfloat16
-    or float16 for half the size. The base is read only to check the adapters' fingerprints and record its own.
+    or float16 for half the size. Of the base, only the rows holding the fingerprint samples are read.
     """
     stored_dtype = _dtype(value_dtype)
     if stored_dtype is None:
@@ -215,7 +215,7 @@ def merge_to_adapter(base: str | os.PathLike, adapters: Sequence[AdapterRef], ou
     with atomic_directory(out, overwrite=overwrite, inputs=inputs) as tmp:
         writer = AdapterWriter(tmp)
         for name in tqdm(names, desc=f"merging ({merger.name})", unit="tensor", disable=not progress, leave=False):
-            samples[name] = tensor_sample(checkpoint.read(name))
+            samples[name] = checkpoint_sample(checkpoint, name)  # a few rows, not the whole tensor
             delta = _merged(merger, name, handles, weights).as_delta()
             pruned = any(h.config.tensors[name].get("pruned") for h in handles if name in h.config.tensors)
             writer.add(name, encode(delta, stored_dtype, dense=delta.nnz == delta.numel), pruned=pruned)

@@ -147,10 +147,6 @@ class MergeMode:
         """Whether the mode densifies each tensor's deltas (an election); ``sum`` modes stay sparse."""
         return cls.consensus != "sum"
 
-    def describe(self) -> dict[str, Any]:
-        """Mode name and every option, as recorded in merge records, cards and adapter configs."""
-        return {"mode": self.name, "params": dataclasses.asdict(self.params)}
-
     def prepare(self, base: str | os.PathLike, adapters: Sequence[SparseDeltaAdapter], weights: Sequence[float], *,
                 device: str = "cpu", progress: bool = True) -> list[SparseDeltaAdapter]:
         """The adapters as this mode merges them: unchanged here; learned modes (``merge.learned``) learn their

@@ -19,6 +19,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from ..format.config import register_card_writer
 from ..format.merge_record import MergeRecord
+from .commands import public_command
 from .merge_card import build_merge_card
 
 if TYPE_CHECKING:
@@ -96,12 +97,13 @@ def build_model_card(config: "SparseDeltaConfig", *, repo_id: str | None = None,
                      eval_results: Mapping[str, Mapping[str, Any]] | None = None,
                      stock: "SupertuningExport | None" = None) -> ModelCard:
     """The card of an adapter from its config, plus its Hub id, evaluation results and stock-PEFT export if given."""
+    evals = eval_results_from_lm_eval(eval_results) if eval_results else None
     if config.merge and not stock:
-        return build_merge_card(MergeRecord.from_dict(config.merge, origin="the adapter's merge record"))
+        record = MergeRecord.from_dict(config.merge, origin="the adapter's merge record")
+        return build_merge_card(record, repo_id=repo_id, evals=evals)
     method = config.method.get("name", "unknown")
     summary = config.summary
     base = config.base_model_name_or_path
-    evals = eval_results_from_lm_eval(eval_results) if eval_results else None
     tags = ["dppa-peft", method, "sparse-delta"] + (["supertuning"] if stock else [])
     data = ModelCardData(
         base_model=base if _is_hub_id(base) else None, library_name="peft", tags=tags, eval_results=evals,
@@ -133,7 +135,7 @@ def build_model_card(config: "SparseDeltaConfig", *, repo_id: str | None = None,
         evals=evals,
         repo=repo_id or "<this repo or folder>",
         version=config.provenance.get("package_version", "?"),
-        command=config.provenance.get("command", "python API"),
+        command=public_command(config.provenance.get("command")),
     )
 
 
@@ -145,7 +147,7 @@ def _learned_line(config: "SparseDeltaConfig") -> str | None:
     stats = learned["factor_stats"]
     factor_bytes = 4 * sum(math.prod(r["factors"]) for r in config.tensors.values() if r.get("factors"))
     total = sum(r["stored_bytes"] for r in config.tensors.values())
-    sources = ", ".join(f"`{t.get('source')}`" for t in learned.get("teachers", []))
+    sources = ", ".join(f"`{source}`" for t in learned.get("teachers", []) for source in t.get("sources", []))
     return (f"{stats['count']} factors ({learned['granularity']} granularity; {stats['min']:.3g} to "
             f"{stats['max']:.3g}, mean {stats['mean']:.3g}) learned by KL distillation from the dense fine-tune "
             f"on {sources} in {learned['steps_run']} Adam steps; held-out KL {learned['heldout_kl_before']:.4g} -> "
