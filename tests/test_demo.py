@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -52,11 +53,12 @@ def test_reduced_demo_writes_the_paper_tables(tmp_path, zoo, zoo_cache):
     assert len(search["history"]) == search["calls"] > 1
     learned = json.loads((adapters / "magnitude+learned-90" / "adapter_config.json").read_text())
     assert learned["amplification"]["learned"]["steps_run"] == 4
-    assert learned["amplification"]["learned"]["teachers"][0]["source"].endswith("math_dev.jsonl")
+    [source] = learned["amplification"]["learned"]["teachers"][0]["sources"]
+    assert source.endswith("math_dev.jsonl")
     merges = tmp_path / "demo" / "merges"
     assert sorted(p.name for p in merges.iterdir()) == ["magnitude+learned-learned-90", "magnitude-adamerging-task-90"]
     record = json.loads((merges / "magnitude+learned-learned-90" / "adapter_config.json").read_text())["merge"]
-    assert record["mode"] == "learned" and [t["source"].rsplit("/", 1)[1] for t in record["learned"]["teachers"]] \
+    assert record["mode"] == "learned" and [Path(s).name for t in record["learned"]["teachers"] for s in t["sources"]] \
         == ["math_dev.jsonl", "finance_dev.jsonl", "law_dev.jsonl"]
     text = summary(run)
     assert "Pruning: Domain-Ratio (%)" in text and "Merging math + finance + law" in text

@@ -26,7 +26,7 @@ from ..pipeline import open_adapter, prune
 from .domains import DOMAINS, task_split
 from .lineup import MERGE_VARIANTS, PRUNE_VARIANTS, RATES
 from .tasks import domain_task_names
-from .zoo import Zoo, build_zoo
+from .zoo import Zoo, build_zoo, torch_threads
 
 @dataclass(frozen=True)
 class DemoSettings:
@@ -43,6 +43,7 @@ class DemoSettings:
     learn_steps: int = 100
     batch_size: int = 32
     limit: int | None = None
+    threads: int = 1  # torch threads after the zoo build: the models are tiny, and more threads crawl on a busy machine
 
     def __post_init__(self) -> None:
         unknown = [n for n in self.prunes if n not in PRUNE_VARIANTS] + [n for n in self.merges
@@ -141,17 +142,18 @@ def run_demo(out: str | Path, cache_dir: str | Path, settings: DemoSettings = De
 
     zoo = build_zoo(cache_dir, seed=settings.seed, size=settings.size, progress=progress)
     lap("zoo")
-    adapters = prune_zoo(zoo, settings, out, progress)
-    lap("prune")
-    merges = merge_zoo(zoo, settings, out, adapters, progress)
-    lap("merge")
-    test_tasks = domain_task_names("test")
-    domains = [DomainSpec(d, str(path), test_tasks[d]) for d, path in zoo.finetunes.items()]
-    prunes = [(d, path) for (d, _, _), path in adapters.items()]
-    evaluator = Evaluator(AutoTokenizer.from_pretrained(zoo.base), task_manager(), batch_size=settings.batch_size,
-                          limit=settings.limit)
-    results = evaluate_all(str(zoo.base), domains, evaluator, prunes=prunes, merges=merges, progress=progress)
-    lap("evaluate")
+    with torch_threads(settings.threads):
+        adapters = prune_zoo(zoo, settings, out, progress)
+        lap("prune")
+        merges = merge_zoo(zoo, settings, out, adapters, progress)
+        lap("merge")
+        test_tasks = domain_task_names("test")
+        domains = [DomainSpec(d, str(path), test_tasks[d]) for d, path in zoo.finetunes.items()]
+        prunes = [(d, path) for (d, _, _), path in adapters.items()]
+        evaluator = Evaluator(AutoTokenizer.from_pretrained(zoo.base), task_manager(), batch_size=settings.batch_size,
+                              limit=settings.limit)
+        results = evaluate_all(str(zoo.base), domains, evaluator, prunes=prunes, merges=merges, progress=progress)
+        lap("evaluate")
     report = write_report(results, out / "report")
     (report / "demo.json").write_text(json.dumps({"settings": asdict(settings), "seconds": seconds,
                                                   "zoo": str(zoo.root)}, indent=2))
