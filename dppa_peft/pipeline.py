@@ -18,6 +18,7 @@ from .format.fingerprint import fingerprint
 from .format.io import AdapterWriter, SparseDeltaAdapter
 from .amplify.factors import amplification_block
 from .amplify.partitions import check_partition_rates, partition_ids
+from .base_ref import base_id_record, portable_ref
 from .checkpoint import Checkpoint, atomic_directory
 from .delta import DeltaPair
 from .methods import DensityPlan, PruningMethod, SparseDelta, create_method
@@ -91,12 +92,15 @@ def prune(base: str | os.PathLike, finetuned: str | os.PathLike, out: str | os.P
           value_dtype: str = "auto", revision: str | None = None, base_revision: str | None = None,
           token: str | bool | None = None, overwrite: bool = False, progress: bool = True,
           command: str | None = None, partition_rates: Sequence[float] | None = None,
-          **params: Any) -> tuple[SparseDeltaAdapter, PruneSummary]:
+          base_model_id: str | None = None, **params: Any) -> tuple[SparseDeltaAdapter, PruneSummary]:
     """Prune ``finetuned − base`` with ``method`` at ``rate`` and write a sparse delta adapter folder to ``out``.
 
     ``params`` are the method's hyperparameters (see ``dppa-peft prune --help``). ``partition_rates`` (DPA, e.g.
     ``[0.9, 0.8]`` for rate 0.8) stores a partition id per kept entry and an ``amplification`` block with factors
-    1.0; ``dppa_peft.amplify`` then searches the factors. Returns the saved adapter and a summary of what was kept.
+    1.0; ``dppa_peft.amplify`` then searches the factors. ``base_model_id`` records the Hub id of a base given as a
+    local folder (checked against the Hub by sampled weights when it is reachable); the adapter stores the base as an
+    absolute path (or its Hub id), so it loads from any folder. Returns the saved adapter and a summary of what was
+    kept.
     """
     if outside_scope not in OUTSIDE_SCOPE_MODES:
         raise ValueError(f"outside_scope must be one of {OUTSIDE_SCOPE_MODES}, got {outside_scope!r}")
@@ -106,6 +110,7 @@ def prune(base: str | os.PathLike, finetuned: str | os.PathLike, out: str | os.P
     pruner = create_method(method, rate, **params)
     rates = None if partition_rates is None else check_partition_rates(partition_rates, rate)
     pair = open_pair(base, finetuned, scope_pattern, revision=revision, base_revision=base_revision, token=token)
+    base_id = base_id_record(base, pair.base, base_model_id, token=token)
     counts = {"kept": 0, "numel": 0, "pruned": 0, "dense": 0, "unchanged": 0, "stored": 0, "dense_bytes": 0}
     samples: dict[str, bytes] = {}
     inputs = [base, finetuned, pair.base.directory, pair.finetuned.directory]
@@ -136,7 +141,7 @@ def prune(base: str | os.PathLike, finetuned: str | os.PathLike, out: str | os.P
             seconds=time.perf_counter() - start,
         )
         config = SparseDeltaConfig(
-            base_model_name_or_path=str(base), revision=base_revision,
+            base_model_name_or_path=portable_ref(base), revision=base_revision,
             base_fingerprint=fingerprint(samples),
             method=pruner.describe(), scope_pattern=scope_pattern, outside_scope=outside_scope,
             tensors=writer.records, vocab_size=_vocab_size(pair), inference_mode=True, task_type="CAUSAL_LM",
@@ -144,7 +149,7 @@ def prune(base: str | os.PathLike, finetuned: str | os.PathLike, out: str | os.P
                      "adapter_bytes": summary.adapter_bytes, "dense_delta_bytes": summary.dense_delta_bytes},
             amplification=None if rates is None else amplification_block(rates, [1.0] * len(rates)),
             provenance={"command": command or f"dppa_peft.prune(method={method!r}, rate={rate})",
-                        "finetuned": str(finetuned), "package_version": __version__},
+                        "finetuned": portable_ref(finetuned), "package_version": __version__, **base_id},
         )
         writer.close(config)
     return SparseDeltaAdapter(out), summary

@@ -120,6 +120,7 @@ class Request:
     params: dict[str, str]
     user: str | None
     body: Iterator[bytes]
+    range: str | None = None  # the Range header ("bytes=START-END"), for partial downloads
 
     def read(self) -> bytes:
         return b"".join(self.body)
@@ -273,7 +274,12 @@ class HubApp:
             headers.update({"X-Linked-Etag": f'"{entry.sha256}"', "X-Linked-Size": str(entry.size)})
         if req.method == "HEAD":
             return Response(200, b"", {**headers, "Content-Length": str(entry.size)})
-        return Response(200, self.objects[entry.sha256], headers)
+        data = self.objects[entry.sha256]
+        match = re.fullmatch(r"bytes=(\d+)-(\d*)", req.range or "")
+        if match:  # one byte range, as huggingface_hub and range readers ask for
+            start, end = int(match[1]), min(int(match[2] or len(data) - 1), len(data) - 1)
+            return Response(206, data[start:end + 1], {**headers, "Content-Range": f"bytes {start}-{end}/{len(data)}"})
+        return Response(200, data, headers)
 
     # -- writing --------------------------------------------------------------------------------------------------
     def create_branch(self, req: Request) -> Response:
@@ -406,7 +412,7 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             if route == "unknown":
                 raise HubError(404, f"Not found: {self.command} {self.path}")
-            request = Request(self.command, params, self._user(), body)
+            request = Request(self.command, params, self._user(), body, self.headers.get("Range"))
             return getattr(hub.app, route)(request)
         except HubError as e:
             return Response.json({"error": e.message}, e.status, e.headers)

@@ -11,7 +11,7 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
-from dppa_peft import SparseDeltaAdapter, load_merged, merge_to_folder, prune
+from dppa_peft import SparseDeltaAdapter, amplify, load_merged, merge_to_folder, prune
 from dppa_peft.amplify.api import prune_and_amplify
 from dppa_peft.amplify.calibration import Prompt, read_prompts
 from dppa_peft.amplify.learned import LearnParams, Student, build_teacher, learn_factors, mean_kl
@@ -50,7 +50,7 @@ def learned(tmp_path_factory, llama_pair, calibration) -> tuple:
 
 def _teacher(ft, prompts=PROMPTS):
     return build_teacher(AutoModelForCausalLM.from_pretrained(ft), char_tokenizer(),
-                         [Prompt(p, f"p:{i}") for i, p in enumerate(prompts)], continuation_tokens=4)
+                         [Prompt(p, f"p:{i}") for i, p in enumerate(prompts)], continuation_tokens=4, name=str(ft))
 
 
 def test_learned_factors_beat_factors_one_on_heldout_kl(learned, llama_pair) -> None:
@@ -200,3 +200,27 @@ def test_bad_calibration_fails_before_any_work(llama_pair, calibration, tmp_path
     assert [p.text for p in read_prompts(tmp_path / "fields.jsonl", text_field="prompt")] == ["1+1=", "2+2="]
     with pytest.raises(UserError, match="needs unlabeled prompts"):
         prune_and_amplify(base, ft, tmp_path / "out", method="magnitude", search="learned", progress=False)
+
+
+def test_two_adapters_two_teachers_learn_a_merge(llama_pair, llama_finetunes, tmp_path) -> None:
+    """N adapters x N teachers: each teacher's prompts teach the summed model; the mean held-out KL drops."""
+    base, _ = llama_pair
+    adapters = [prune(base, ft, tmp_path / f"a{i}", method="magnitude", rate=0.9, progress=False)[0]
+                for i, ft in enumerate(llama_finetunes)]
+    teachers = [_teacher(ft, PROMPTS[i::2] * 2) for i, ft in enumerate(llama_finetunes)]
+    result = learn_factors(AutoModelForCausalLM.from_pretrained(base), adapters, teachers,
+                           LearnParams(learn_steps=10, learn_eval_every=5), progress=False)
+    assert len(result.factors) == 2 and all(len(tables) == 14 for tables in result.factors)
+    assert result.heldout_kl_after < 0.9 * result.heldout_kl_before
+    assert [t["name"] for t in result.teachers] == [str(ft) for ft in llama_finetunes]
+
+
+def test_given_partition_factors_keep_learned_tables(learned, llama_pair, tmp_path) -> None:
+    """DPA factors on a learned adapter multiply its stored row tables (value · 1.5 · row factor)."""
+    adapter, _ = learned
+    _, ft = llama_pair
+    again, result = amplify(adapter, tmp_path / "dpa", finetuned=ft, factors=[1.5], progress=False)
+    name = "model.layers.0.mlp.up_proj.weight"
+    assert result is None and again.config.factors == [1.5]
+    assert torch.equal(again.encoded(name).factors, adapter.encoded(name).factors)
+    assert torch.allclose(again.sparse_tensor(name).values, adapter.sparse_tensor(name).values * 1.5, rtol=1e-6, atol=0)

@@ -224,3 +224,13 @@ def test_merge_python_api_gives_the_same_errors(adapter, tmp_path, llama_pair):
     folder = _copy(adapter, tmp_path, tensors=lambda t: t[_q("index")].fill_(254))
     with pytest.raises(UserError, match="outside its 4096 entries"):
         merge_to_folder(llama_pair[0], [folder], tmp_path / "m", progress=False)
+
+
+@pytest.mark.parametrize("kind", ["index out of range", "NaN values", "negative nnz"])
+def test_peft_loading_checks_the_same(kind, adapter, tmp_path, llama_pair):
+    """PEFT's own entry point (PeftModel.from_pretrained, then a forward) meets the same validators."""
+    edits, message = BAD_ADAPTERS[kind]
+    folder = _copy(adapter, tmp_path, **edits)
+    with pytest.raises(UserError, match=message.split("'")[0] if "'" in message else message):
+        model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(llama_pair[0]), str(folder))
+        model(torch.tensor([[1, 2, 3]]))

@@ -172,3 +172,15 @@ def test_a_model_without_weights(tmp_path, llama_pair, capsys):
 def test_empty_safetensors_file_written_by_safetensors(tmp_path):
     save_file({}, tmp_path / WEIGHTS)
     assert Checkpoint(tmp_path).names() == []
+
+
+def test_sharded_checkpoint_with_linked_shards_reads(tmp_path, sharded):
+    """The Hugging Face cache layout: every shard a symlink to a blob outside the snapshot folder."""
+    blobs, snapshot = tmp_path / "blobs", tmp_path / "snapshots" / "abc"
+    blobs.mkdir()
+    snapshot.mkdir(parents=True)
+    for path in sharded.iterdir():
+        shutil.copy(path, blobs / path.name)
+        (snapshot / path.name).symlink_to(blobs / path.name)
+    checkpoint = Checkpoint(snapshot)
+    assert torch.equal(checkpoint.read("model.norm.weight"), Checkpoint(sharded).read("model.norm.weight"))

@@ -113,7 +113,8 @@ def test_credentials_in_hf_endpoint_are_never_printed(tmp_path, monkeypatch, cap
     monkeypatch.setenv("HF_TOKEN", "hf_abcdefghijklmnopqrstuvwx")
 
     def unreachable(repo_id, **kwargs):
-        raise LocalEntryNotFoundError(f"cannot reach {endpoint}/api/models/{repo_id} (token hf_abcdefghijklmnopqrstuvwx)")
+        raise LocalEntryNotFoundError(f"cannot reach {endpoint}/api/models/{repo_id} "
+                                      "(token hf_abcdefghijklmnopqrstuvwx)")
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", unreachable)
     code = main(["--debug", "prune", "--base", "someone/base", "--finetuned", "someone/ft",

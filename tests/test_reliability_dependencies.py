@@ -28,7 +28,8 @@ def _requirements() -> list[Requirement]:
     project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
     listed = list(project["dependencies"])
     for extra, requirements in project.get("optional-dependencies", {}).items():
-        if extra != "bench":  # mergekit brings its own world; installed only for benchmarks, not pinned
+        # mergekit (bench) and vLLM (vllm: its own torch, a GPU environment) bring their own worlds: not pinned here
+        if extra not in ("bench", "vllm"):
             listed += requirements
     return [Requirement(r) for r in listed]
 

@@ -23,7 +23,8 @@ from dppa_peft.checkpoint import Checkpoint
 from dppa_peft.errors import UserError
 from dppa_peft.format.io import state_key
 
-FUZZ = settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", 50)), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+FUZZ = settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", 50)), deadline=None,
+                suppress_health_check=[HealthCheck.function_scoped_fixture])
 Q = "model.layers.0.self_attn.q_proj.weight"
 CONFIG, WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
 

@@ -83,12 +83,26 @@ def test_json(tmp_path: Path) -> None:
     assert data["dense"] == DENSE and data["base"] == BASE
     assert data["variants"][4] == {
         "method": "dppa", "rate": 0.9, "kind": "merge", "domains": ["math", "finance"],
-        "scores": {"gsm8k": 0.3, "MATH": 0.1, "fiqa_sa": 0.5, "fpb": 0.2},
+        "scores": {"gsm8k": 0.3, "MATH": 0.1, "fiqa_sa": 0.5, "fpb": 0.2}, "stderr": {},
     }  # fmt: skip
     first = data["ratios"][0]
     assert (first["method"], first["rate"], first["kind"], first["domain"]) == ("dppa", 0.9, "prune", "math")
     assert first["domain_ratio"] == pytest.approx(math.sqrt(0.9))
     assert len(data["ratios"]) == 8
+
+
+def test_standard_errors_show_where_lm_eval_reports_them(tmp_path: Path) -> None:
+    variant = VariantScores(Variant("dppa", 0.9, "prune", ("math",)), {"gsm8k": 0.45, "MATH": 0.12},
+                            stderr={"gsm8k": 0.0123})
+    data = EvalResults(dense=DENSE, base=BASE, variants=[variant], dense_stderr={"math": {"gsm8k": 0.02}},
+                       base_stderr={"finance": {"fpb": 0.03}})
+    out = R.write_report(data, tmp_path / "rep")
+    md = (out / "report.md").read_text()
+    assert "| gsm8k | 90% | 0.4500 ± 0.0123 |" in md and "| MATH | 90% | 0.1200 |" in md
+    assert "| math | gsm8k | 0.2000 | 0.6000 ± 0.0200 | +0.4000 |" in md
+    assert "| finance | fpb | 0.6000 ± 0.0300 | 0.8000 | +0.2000 |" in md
+    saved = json.loads((out / "report.json").read_text())
+    assert saved["variants"][0]["stderr"] == {"gsm8k": 0.0123} and saved["dense_stderr"] == {"math": {"gsm8k": 0.02}}
 
 
 def test_plots_are_valid_pngs(tmp_path: Path) -> None:

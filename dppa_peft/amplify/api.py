@@ -146,12 +146,15 @@ def _search(adapter: SparseDeltaAdapter, partitions: Partitions, options: DPAOpt
 def write_amplified(adapter: SparseDeltaAdapter, folder: Path, partitions: Partitions, amplification: dict[str, Any],
                     provenance: dict[str, Any], row_factors: dict[str, torch.Tensor] | None = None) -> None:
     """The adapter's stored tensors with the partition ids, the amplification block and (format version 2) the
-    ``[P, R]`` factor tables of ``row_factors`` (tensors not in it store none), into ``folder``."""
+    ``[P, R]`` factor tables of ``row_factors`` (tensors not in it store none; None keeps the tables the adapter
+    already stores, which the searched partition factors then multiply), into ``folder``."""
     writer = AdapterWriter(folder)
-    row_factors = row_factors or {}
     for name, record in adapter.config.tensors.items():
-        encoded = dataclasses.replace(adapter.encoded(name), partition=partitions.ids.get(name),
-                                      factors=row_factors.get(name))
+        stored = adapter.encoded(name)
+        ids = partitions.ids.get(name)
+        tables = _kept_table(name, stored.factors, 1 if ids is None else partitions.count) if row_factors is None \
+            else row_factors.get(name)
+        encoded = dataclasses.replace(stored, partition=ids, factors=tables)
         extra = {k: v for k, v in record.items() if k != "partition_densities"}
         if name in partitions.densities:
             extra["partition_densities"] = partitions.densities[name]
@@ -228,6 +231,16 @@ def _amplify_into(folder: Path, adapter: SparseDeltaAdapter, parsed: DPAOptions,
         block = amplification_block(partitions.rates, raw, dpa.combine, dpa.amplify_unpruned, search)
     write_amplified(adapter, folder, partitions, block, {**provenance, "package_version": __version__}, row_factors)
     return result
+
+
+def _kept_table(name: str, table: torch.Tensor | None, count: int) -> torch.Tensor | None:
+    """A stored factor table for ``count`` partitions: as it is, or a one-partition table repeated for each."""
+    if table is None or table.shape[0] == count:
+        return table
+    if table.shape[0] == 1:
+        return table.expand(count, -1).contiguous()
+    raise UserError(f"{name} stores learned factors for {table.shape[0]} partitions, not {count}; amplify with the "
+                    "partition rates it was learned with, or learn again (--search learned)")
 
 
 def _kept_scalars(adapter: SparseDeltaAdapter, partitions: Partitions, combine: str) -> tuple[list[float], str]:

@@ -45,6 +45,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         help="dtype of stored values; 'auto' keeps the fine-tune's dtype (default)")
     parser.add_argument("--revision", default=None, help="revision of the fine-tuned model on the Hub")
     parser.add_argument("--base-revision", default=None, help="revision of the base model on the Hub")
+    parser.add_argument("--base-model-id", default=None, metavar="HUB_ID",
+                        help="the Hub id of a --base given as a local folder (checked against the Hub by sampled "
+                             "weights when it is reachable; never downloads): recorded in the adapter and its card")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     group = parser.add_argument_group("method parameters (each applies to the methods listed with it)")
     _ACCEPTED.update(add_dataclass_options(group, {name: cls.Params for name, cls in METHODS.items()}))
@@ -57,7 +60,8 @@ def run(args: argparse.Namespace) -> None:
     params = given_options(args, _ACCEPTED, method, "method")
     dpa = given_dpa_options(args, _DPA_ACCEPTED)
     common = dict(scope_pattern=args.scope_pattern, outside_scope=args.outside_scope, value_dtype=args.value_dtype,
-                  revision=args.revision, base_revision=args.base_revision, overwrite=args.overwrite,
+                  revision=args.revision, base_revision=args.base_revision, base_model_id=args.base_model_id,
+                  overwrite=args.overwrite,
                   command=args.command_line)
     if not (args.amplify or args.method == DPPA or dpa.get("search") == "learned"):
         if dpa:

@@ -34,6 +34,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         help="with --export-format supertuning: the adapter's base model, folder or Hub id (default: "
                              "the base recorded in the adapter)")
     parser.add_argument("--base-revision", default=None, help="Hub revision of --base")
+    parser.add_argument("--base-model-id", default=None, metavar="HUB_ID",
+                        help="the Hub id of the base when the adapter was pruned from a local copy (checked against "
+                             "the Hub by sampled weights when the local base is still there): the pushed config and "
+                             "card name the base by it, so Hub users can load the adapter")
     parser.add_argument("--eval-results", default=None, metavar="JSON",
                         help="lm-eval results JSON (as written by dppa-lm-eval --output_path) to put in the card's "
                              "model-index")
@@ -50,7 +54,7 @@ def run(args: argparse.Namespace) -> None:
     info = adapter.push_to_hub(
         args.repo_id, private=args.private, revision=args.revision, commit_message=args.commit_message,
         create_pr=args.create_pr, export_format=args.export_format, base=args.base, base_revision=args.base_revision,
-        eval_results=eval_results,
+        eval_results=eval_results, base_model_id=args.base_model_id,
     )
     print(f"pushed {adapter.ref} to {args.repo_id}@{args.revision or 'main'} as {args.export_format}: "
           f"commit {info.oid}")

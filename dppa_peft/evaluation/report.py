@@ -69,6 +69,7 @@ class VariantScores:
 
     variant: Variant
     scores: Mapping[str, float]
+    stderr: Mapping[str, float] = field(default_factory=dict)  # lm-eval's standard errors, where reported
 
 
 @dataclass(frozen=True)
@@ -77,13 +78,16 @@ class EvalResults:
 
     ``dense[domain][task]`` is the dense fine-tune of ``domain`` scored on ``task``; its key order is the
     display order of domains and tasks. ``base`` has the same shape, for the base model. ``metric`` names the
-    lm-eval metric the scores are (for the report's text only).
+    lm-eval metric the scores are (for the report's text only). ``dense_stderr`` and ``base_stderr`` hold lm-eval's
+    standard errors of those scores, where reported (same shape, entries may be missing).
     """
 
     dense: Mapping[str, Mapping[str, float]]
     base: Mapping[str, Mapping[str, float]]
     variants: Sequence[VariantScores] = field(default_factory=tuple)
     metric: str = "acc"
+    dense_stderr: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    base_stderr: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._check_domains()
@@ -205,15 +209,16 @@ def _method_rate_rows(variants: Sequence[Variant]) -> list[tuple[float, str]]:
 # ------------------------------------------------------------------------------------------------- tables
 
 
-def _score(value: float) -> str:
-    """A raw score with four decimals."""
-    return f"{value:.4f}"
+def _score(value: float, stderr: float | None = None) -> str:
+    """A raw score with four decimals, and ``± stderr`` when known."""
+    return f"{value:.4f}" if stderr is None else f"{value:.4f} ± {stderr:.4f}"
 
 
 def dense_base_table(results: EvalResults) -> Table:
     """(d) Base and dense fine-tune score per task, and the fine-tune's gain."""
     rows = tuple(
-        (domain, task, _score(base), _score(dense), f"{dense - base:+.4f}")
+        (domain, task, _score(base, results.base_stderr.get(domain, {}).get(task)),
+         _score(dense, results.dense_stderr.get(domain, {}).get(task)), f"{dense - base:+.4f}")
         for domain, tasks in results.dense.items()
         for task, dense in tasks.items()
         for base in [results.base[domain][task]]
@@ -251,7 +256,8 @@ def prune_scores_table(results: EvalResults) -> Table:
     """(c) Paper Tables 7/9: rows task x pruning rate, columns methods, cells raw scores."""
     pruned = [e for e in results.variants if e.variant.kind == "prune"]
     methods = _methods([e.variant for e in pruned])
-    cell = {(task, e.variant.rate, e.variant.method): _score(s) for e in pruned for task, s in e.scores.items()}
+    cell = {(task, e.variant.rate, e.variant.method): _score(s, e.stderr.get(task)) for e in pruned
+            for task, s in e.scores.items()}
     rows = tuple(
         (task, rate_label(rate), *(cell.get((task, rate, m), MISSING) for m in methods))
         for domain, tasks in results.dense.items()
@@ -267,7 +273,8 @@ def merge_scores_table(results: EvalResults, domains: tuple[str, ...]) -> Table:
               and e.variant.domains == domains}  # fmt: skip
     tasks = [task for domain in domains for task in results.dense[domain]]
     rows = tuple(
-        (f"{method} {rate_label(rate)}", *(_score(merged[(rate, method)].scores[t]) for t in tasks))
+        (f"{method} {rate_label(rate)}",
+         *(_score(merged[(rate, method)].scores[t], merged[(rate, method)].stderr.get(t)) for t in tasks))
         for rate, method in _method_rate_rows([e.variant for e in merged.values()])
     )
     return Table(f"Merging {' + '.join(domains)}: per-task scores ({results.metric})",
@@ -305,7 +312,8 @@ def render_markdown(results: EvalResults, plots: Sequence[str]) -> str:
         "# DPPA evaluation report\n\n"
         f"Scores are lm-eval `{results.metric}`. Task-Ratio = variant score / dense fine-tune score (paper eq. 7); "
         "Domain-Ratio = geometric mean of a domain's Task-Ratios (eq. 8), shown in %; 100 = as good as the dense "
-        f"fine-tune. `{MISSING}` = not evaluated; `{UNDEFINED}` = undefined, the dense fine-tune scored 0 on a task."
+        f"fine-tune. `{MISSING}` = not evaluated; `{UNDEFINED}` = undefined, the dense fine-tune scored 0 on a task. "
+        "Raw scores show lm-eval's standard error as `± stderr` where it reports one."
     )
     figures = "\n".join(f"![{name}]({name})" for name in plots)
     parts = [intro, *(render_table(t) for t in report_tables(results))]
@@ -323,7 +331,10 @@ def report_data(results: EvalResults) -> dict[str, Any]:
         "domains": {domain: list(tasks) for domain, tasks in results.dense.items()},
         "dense": {d: dict(t) for d, t in results.dense.items()},
         "base": {d: dict(t) for d, t in results.base.items()},
-        "variants": [{**variant_dict(e.variant), "scores": dict(e.scores)} for e in results.variants],
+        "dense_stderr": {d: dict(t) for d, t in results.dense_stderr.items()},
+        "base_stderr": {d: dict(t) for d, t in results.base_stderr.items()},
+        "variants": [{**variant_dict(e.variant), "scores": dict(e.scores), "stderr": dict(e.stderr)}
+                     for e in results.variants],
         "ratios": [
             {**variant_dict(r.variant), "domain": r.domain, "task_ratios": dict(r.task_ratios),
              "domain_ratio": r.domain_ratio}

@@ -6,6 +6,7 @@ finds them; the environment variable ``DPPA_EVAL_TASKS`` points elsewhere.
 
 from __future__ import annotations
 
+import difflib
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -15,6 +16,7 @@ import yaml
 from lm_eval.tasks import TaskManager
 from lm_eval.tasks._yaml_loader import load_yaml
 
+from ..errors import UserError
 from ..eval_tasks import TASKS_DIR
 
 TASKS_ENV_VAR = "DPPA_EVAL_TASKS"
@@ -49,11 +51,34 @@ def task_dirs(root: Path | None = None) -> list[Path]:
 
 
 def task_manager(
-    extra_paths: Iterable[str | Path] = (), metadata: dict[str, Any] | None = None
+    extra_paths: Iterable[str | Path] = (), metadata: dict[str, Any] | None = None, include_defaults: bool = False
 ) -> TaskManager:
-    """A TaskManager over every ``eval_tasks`` subfolder plus ``extra_paths``, without lm-eval's built-ins."""
+    """A TaskManager over every ``eval_tasks`` subfolder plus ``extra_paths``; lm-eval's built-ins only when asked."""
     paths = [str(p) for p in task_dirs()] + [str(p) for p in extra_paths]
-    return TaskManager(include_path=paths, include_defaults=False, metadata=metadata)
+    return TaskManager(include_path=paths, include_defaults=include_defaults, metadata=metadata)
+
+
+def resolve_tasks(names: Iterable[str], extra_paths: Iterable[str | Path] = (),
+                  metadata: dict[str, Any] | None = None) -> TaskManager:
+    """A TaskManager that knows every task or group in ``names``, checked before any model is loaded.
+
+    The package's task folders and ``extra_paths`` are indexed first (fast); lm-eval's ~10k built-in tasks (e.g.
+    ``hellaswag``) are indexed only when a name is not found there. Nothing is downloaded. An unknown name is a
+    clear error with the closest known names.
+    """
+    wanted = list(dict.fromkeys(names))
+    paths = list(extra_paths)
+    manager = task_manager(extra_paths=paths, metadata=metadata)
+    if all(name in manager.task_index for name in wanted):
+        return manager
+    manager = task_manager(extra_paths=paths, metadata=metadata, include_defaults=True)
+    unknown = [name for name in wanted if name not in manager.task_index]
+    if unknown:
+        hints = {name: difflib.get_close_matches(name, manager.all_tasks, n=3) for name in unknown}
+        listed = "; ".join(f"{name!r} (close: {', '.join(close) or 'none'})" for name, close in hints.items())
+        raise UserError(f"unknown lm-eval task or group {listed}: see `lm-eval ls tasks`, or add a folder of task "
+                        "YAMLs with --include-path")
+    return manager
 
 
 def _yaml_path(name: str, manager: TaskManager) -> Path:

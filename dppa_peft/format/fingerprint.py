@@ -26,7 +26,8 @@ def sample_positions(numel: int) -> torch.Tensor:
     return torch.linspace(0, numel - 1, steps=count, dtype=torch.float64).round().long()
 
 
-def _sample_bytes(shape: tuple[int, ...], values: torch.Tensor) -> bytes:
+def sample_bytes(shape: tuple[int, ...], values: torch.Tensor) -> bytes:
+    """The sample of a tensor of ``shape`` whose values at :func:`sample_positions` are ``values``."""
     values = values.to("cpu", torch.float32).to(torch.bfloat16).view(torch.int16)
     return repr(tuple(shape)).encode() + values.numpy().tobytes()
 
@@ -34,7 +35,7 @@ def _sample_bytes(shape: tuple[int, ...], values: torch.Tensor) -> bytes:
 def tensor_sample(tensor: torch.Tensor) -> bytes:
     """Name-independent sample: shape plus 16 evenly spaced values rounded to bf16."""
     flat = tensor.detach().reshape(-1)
-    return _sample_bytes(tuple(tensor.shape), flat[sample_positions(flat.numel())])
+    return sample_bytes(tuple(tensor.shape), flat[sample_positions(flat.numel())])
 
 
 def checkpoint_sample(checkpoint: "Checkpoint", name: str) -> bytes:
@@ -46,7 +47,7 @@ def checkpoint_sample(checkpoint: "Checkpoint", name: str) -> bytes:
     row = numel // shape[0]
     values = [checkpoint.read_rows(name, p // row, p // row + 1).reshape(-1)[p % row]
               for p in sample_positions(numel).tolist()]
-    return _sample_bytes(shape, torch.stack(values))
+    return sample_bytes(shape, torch.stack(values))
 
 
 def fingerprint(samples: Mapping[str, bytes]) -> str:

@@ -98,6 +98,9 @@ def _peft_types() -> set[str]:
     return {t.value for t in PeftType}
 
 
+CHECKED_FIELDS = ("tensors", "amplification", "vocab_size", "base_fingerprint")
+
+
 def check_config(data: dict[str, Any], ref: str) -> None:
     """The fields of a parsed adapter config: well-formed records (shape, nnz, encoding, factors table), finite
     factors, a plausible vocab_size and fingerprint (checked before PEFT builds the config object from them)."""
@@ -194,8 +197,8 @@ def check_encoded(name: str, encoded: EncodedTensor, factor_count: int, ref: str
                         f"entries (shape {list(encoded.shape)}); {DAMAGED}")
     partitions = 1 if encoded.partition is None or not encoded.partition.numel() else int(encoded.partition.max()) + 1
     if encoded.partition is None and factor_count != 1 or partitions > factor_count:
-        raise UserError(f"{where}: {'no partition ids' if encoded.partition is None else f'partition id {partitions - 1}'}"
-                        f" for the {factor_count} amplification factors in the config; {DAMAGED}")
+        stored = "no partition ids" if encoded.partition is None else f"partition id {partitions - 1}"
+        raise UserError(f"{where}: {stored} for the {factor_count} amplification factors in the config; {DAMAGED}")
     if encoded.factors is not None:
         rows = encoded.shape[0] if len(encoded.shape) >= 2 else 1
         if encoded.factors.shape[0] < partitions or encoded.factors.shape[1] not in (1, rows):

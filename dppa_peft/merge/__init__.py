@@ -13,7 +13,7 @@ from .combine import COMBINE_MODES
 from .modes import MERGE_MODES, MergeMode, create_mode, mode_options, register_mode
 from . import learned as _learned  # noqa: F401  (registers the learned merge modes)
 
-_LOADER_NAMES = ("combine_tensor", "load_merged", "merge_to_adapter", "merge_to_folder", "replay")
+_LOADER_NAMES = ("combine_tensor", "load_merged", "merge_into", "merge_to_adapter", "merge_to_folder", "replay")
 
 
 def __getattr__(name: str) -> Any:
@@ -24,5 +24,5 @@ def __getattr__(name: str) -> Any:
         return getattr(loader, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-__all__ = ["COMBINE_MODES", "MERGE_MODES", "MergeMode", "combine_tensor", "create_mode", "load_merged",
+__all__ = ["COMBINE_MODES", "MERGE_MODES", "MergeMode", "combine_tensor", "create_mode", "load_merged", "merge_into",
            "merge_to_adapter", "merge_to_folder", "mode_options", "register_mode", "replay"]

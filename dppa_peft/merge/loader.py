@@ -22,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import __version__
+from ..errors import UserError
 from ..checkpoint import HUB_PATTERNS, Checkpoint, ShardedWriter, atomic_directory, load_causal_lm, resolve_repo
 from ..format.encoding import encode
 from ..format.fingerprint import checkpoint_sample, fingerprint, tensor_sample
@@ -129,15 +130,41 @@ def load_merged(base: str | os.PathLike, adapters: Sequence[AdapterRef], weights
     folder = resolve_repo(base, revision=revision, token=token,
                           allow_patterns=HUB_PATTERNS + ["*.py"] if trust_remote_code else None)
     model = load_causal_lm(folder, dtype=dtype, trust_remote_code=trust_remote_code)
+    return _merge_handles(model, handles, weights, merger, str(base), progress)
+
+
+def merge_into(model: torch.nn.Module, adapters: Sequence[AdapterRef], weights: Sequence[float] | None = None,
+               mode: str = "sum", *, adapter_revisions: Sequence[str | None] | None = None,
+               token: str | bool | None = None, progress: bool = True, allow_unverified_base: bool = False,
+               **options: Any) -> torch.nn.Module:
+    """Merge every adapter into the weights of an already loaded ``model``, in place, on each weight's device.
+
+    As :func:`load_merged` for a model loaded elsewhere (e.g. by lm-eval, dispatched with ``device_map``). Weights
+    offloaded to the meta device (accelerate's cpu/disk offload) cannot be changed in place and are refused.
+    """
+    merger = create_mode(mode, **options)
+    handles, weights, _ = _prepare(adapters, weights, adapter_revisions, token, allow_unverified_base)
+    return _merge_handles(model, handles, weights, merger, str(getattr(model, "name_or_path", "") or "the model"),
+                          progress)
+
+
+def _merge_handles(model: torch.nn.Module, handles: Sequence[SparseDeltaAdapter], weights: Sequence[float],
+                   merger: MergeMode, base: str, progress: bool) -> torch.nn.Module:
+    """Check the adapters fit ``model`` and merge them into its weights in place."""
     shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
     for handle in handles:
-        check_fits_base(handle.config, shapes, handle.ref, str(base))
+        check_fits_base(handle.config, shapes, handle.ref, base)
         check_base(model, handle.config)
     resize_vocabulary(model, max((h.config.vocab_size or 0 for h in handles), default=0) or None)
     params = dict(model.named_parameters())
+    names = _tensor_names(handles)
+    offloaded = [name for name in names if name in params and params[name].device.type == "meta"]
+    if offloaded:
+        raise UserError(f"{len(offloaded)} weights the adapters change (e.g. {offloaded[0]}) are offloaded by the "
+                        "device map (meta device); merging needs them in memory: give the device map room for them "
+                        "(e.g. max_cpu_memory), or write the merged model once with `dppa-peft merge` and load that")
     with torch.no_grad():
-        for name in tqdm(_tensor_names(handles), desc=f"merging ({merger.name})", unit="tensor",
-                         disable=not progress, leave=False):
+        for name in tqdm(names, desc=f"merging ({merger.name})", unit="tensor", disable=not progress, leave=False):
             if name not in params:
                 raise ValueError(f"adapter tensor {name!r} is not a parameter of {base}; the adapter does not fit")
             params[name].copy_(_merged(merger, name, handles, weights).apply(params[name]))

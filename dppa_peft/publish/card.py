@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from ..base_ref import BASE_ID_KEY, is_hub_id
 from ..format.config import register_card_writer
 from ..format.merge_record import MergeRecord
 from .commands import public_command
@@ -103,10 +104,11 @@ def build_model_card(config: "SparseDeltaConfig", *, repo_id: str | None = None,
         return build_merge_card(record, repo_id=repo_id, evals=evals)
     method = config.method.get("name", "unknown")
     summary = config.summary
-    base = config.base_model_name_or_path
+    hub_base = base_hub_id(config)
+    base = hub_base or shown_ref(config.base_model_name_or_path)
     tags = ["dppa-peft", method, "sparse-delta"] + (["supertuning"] if stock else [])
     data = ModelCardData(
-        base_model=base if _is_hub_id(base) else None, library_name="peft", tags=tags, eval_results=evals,
+        base_model=hub_base, library_name="peft", tags=tags, eval_results=evals,
         model_name=(repo_id or "sparse-delta-adapter").split("/")[-1] if evals else None,
     )
     records = config.tensors.values()
@@ -116,7 +118,7 @@ def build_model_card(config: "SparseDeltaConfig", *, repo_id: str | None = None,
         template_str=CARD_TEMPLATE,
         title=f"Sparse delta adapter ({method}, rate {config.method.get('rate')})",
         base=base,
-        finetuned=config.provenance.get("finetuned", "unknown"),
+        finetuned=shown_ref(config.provenance.get("finetuned", "unknown")),
         method=method,
         params=config.method.get("params", {}),
         rate=config.method.get("rate"),
@@ -187,12 +189,16 @@ def load_eval_results(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
 
 
 def eval_results_from_lm_eval(results: Mapping[str, Mapping[str, Any]]) -> list[EvalResult]:
-    """One ``EvalResult`` per numeric metric of each task ('acc,none' -> metric 'acc'; stderr entries skipped)."""
+    """One ``EvalResult`` per metric of each task ('acc,none' -> metric 'acc').
+
+    lm-eval names every metric ``<metric>,<filter>``; other numeric entries (``sample_len``, ``samples``, ...) are
+    bookkeeping, and ``*_stderr`` entries are errors, not metrics: both are skipped.
+    """
     out = []
     for task, metrics in sorted(results.items()):
         name = str(metrics.get("alias", task)).strip() or task
         for key, value in sorted(metrics.items()):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or "_stderr" in key:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or "," not in key or "_stderr" in key:
                 continue
             metric, _, filter_name = key.partition(",")
             out.append(EvalResult(task_type="text-generation", dataset_type=task, dataset_name=name,
@@ -217,5 +223,15 @@ def _size_line(summary: Mapping[str, Any]) -> str:
     return line
 
 
-def _is_hub_id(ref: str | None) -> bool:
-    return bool(ref) and ref.count("/") == 1 and not ref.startswith((".", "/", "~")) and not Path(ref).exists()
+def base_hub_id(config: "SparseDeltaConfig") -> str | None:
+    """The base's Hub id: recorded by ``--base-model-id`` (or a Hub base), else the stored base if it is one."""
+    recorded = config.provenance.get(BASE_ID_KEY)
+    base = config.base_model_name_or_path
+    return recorded or (base if is_hub_id(base) else None)
+
+
+def shown_ref(ref: str | None) -> str:
+    """A model reference as a card shows it: a Hub id as is, a local path as ``<local>/<basename>``."""
+    if not ref or is_hub_id(ref):
+        return ref or "unknown"
+    return f"<local>/{Path(ref).name}"

@@ -8,6 +8,7 @@ whether anything was published (it checks the branch head) and that re-running i
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Mapping
@@ -18,7 +19,11 @@ from huggingface_hub import CommitInfo, CommitOperationAdd, HfApi, constants
 
 from ..errors import redact
 from ..hub_errors import PushError, TransportError, describe_hub_error
-from .card import write_model_card
+from ..base_ref import BASE_ID_KEY, base_id_record
+from ..checkpoint import Checkpoint
+from ..format.config import SparseDeltaConfig
+from .card import shown_ref, write_model_card
+from .commands import public_command
 from .export import EXPORT_FORMATS, SupertuningExport, export_supertuning
 from ..format.io import CARD_FILE, CONFIG_FILE, WEIGHTS_FILE
 
@@ -29,14 +34,16 @@ if TYPE_CHECKING:
 def push_to_hub(adapter: "SparseDeltaAdapter", repo_id: str, *, private: bool = False, revision: str | None = None,
                 commit_message: str | None = None, token: str | bool | None = None, create_pr: bool = False,
                 export_format: str = "sparse-delta", base: str | os.PathLike | None = None,
-                base_revision: str | None = None,
-                eval_results: Mapping[str, Mapping[str, Any]] | None = None) -> CommitInfo:
+                base_revision: str | None = None, eval_results: Mapping[str, Mapping[str, Any]] | None = None,
+                base_model_id: str | None = None) -> CommitInfo:
     """Push ``adapter`` to ``repo_id`` as one commit on ``revision`` (default 'main'); returns the commit info.
 
     ``export_format`` 'supertuning' pushes the stock-PEFT export instead (``base`` / ``base_revision`` locate the
     base it needs, default: the one recorded in the adapter). ``eval_results`` (lm-eval's ``results`` mapping) goes
     into the card's model-index. ``private`` applies when the repo is created; pushing with it to an existing public
-    repo is refused.
+    repo is refused. ``base_model_id`` names the Hub id of a base pruned from a local copy (checked against the Hub by
+    sampled weights when the local base is still there), unless prune recorded it already. The pushed config names
+    the base by its Hub id when one is known, and records the command without local paths.
     """
     if export_format not in EXPORT_FORMATS:
         raise ValueError(f"unknown export format {export_format!r}; choose one of {EXPORT_FORMATS}")
@@ -44,18 +51,51 @@ def push_to_hub(adapter: "SparseDeltaAdapter", repo_id: str, *, private: bool = 
     api = HfApi(token=token)
     with tempfile.TemporaryDirectory(prefix="dppa-push-") as tmp:
         staged = Path(tmp)
+        config_file = hub_config_file(adapter, staged / "config", base_model_id, token)
+        config = SparseDeltaConfig.from_pretrained(str(config_file.parent))
         stock = None
         if export_format == "supertuning":
             stock = export_supertuning(adapter, staged / "export", base=base, base_revision=base_revision,
                                        token=token, repo_id=repo_id, progress=False)
+            _set_base(stock.directory / CONFIG_FILE, config.base_model_name_or_path)
             files = {name: stock.directory / name for name in (CONFIG_FILE, WEIGHTS_FILE)}
         else:
-            files = {name: adapter.directory / name for name in (CONFIG_FILE, WEIGHTS_FILE)}
-        files[CARD_FILE] = write_model_card(staged, adapter.config, repo_id=repo_id, eval_results=eval_results,
-                                            stock=stock)
+            files = {CONFIG_FILE: config_file, WEIGHTS_FILE: adapter.directory / WEIGHTS_FILE}
+        files[CARD_FILE] = write_model_card(staged, config, repo_id=repo_id, eval_results=eval_results, stock=stock)
         operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(path)) for name, path in files.items()]
         message = commit_message or _default_message(adapter, stock)
         return _commit(api, repo_id, operations, message, private=private, revision=revision, create_pr=create_pr)
+
+
+def hub_config_file(adapter: "SparseDeltaAdapter", folder: Path, base_model_id: str | None = None,
+                    token: str | bool | None = None) -> Path:
+    """Write the ``adapter_config.json`` to publish into ``folder``: the base named by its Hub id when one is known
+    (``base_model_id``, checked; or recorded at prune), provenance without local paths. Returns the file."""
+    data = json.loads((adapter.directory / CONFIG_FILE).read_text())
+    provenance = dict(data.get("provenance") or {})
+    if base_model_id is not None:
+        base = data.get("base_model_name_or_path")
+        local = Path(base).is_dir() if base else False
+        record = base_id_record(base, Checkpoint.open(base), base_model_id, token) if local else \
+            {BASE_ID_KEY: base_model_id, "base_model_id_checked": False}
+        provenance.update(record)
+    if provenance.get(BASE_ID_KEY):
+        data["base_model_name_or_path"] = provenance[BASE_ID_KEY]
+    if "command" in provenance:
+        provenance["command"] = public_command(provenance["command"])
+    if "finetuned" in provenance:
+        provenance["finetuned"] = shown_ref(provenance["finetuned"])
+    data["provenance"] = provenance
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / CONFIG_FILE).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    return folder / CONFIG_FILE
+
+
+def _set_base(config_file: Path, base: str) -> None:
+    """Name ``base`` as the base model in an exported PEFT config file."""
+    data = json.loads(config_file.read_text())
+    data["base_model_name_or_path"] = base
+    config_file.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def _commit(api: HfApi, repo_id: str, operations: list[CommitOperationAdd], message: str, *, private: bool,

@@ -12,6 +12,7 @@ from torch import nn
 from ..format.apply import add_sparse, effective_values
 from ..format.config import SparseDeltaConfig
 from ..format.encoding import EncodedTensor
+from ..format.validate import check_encoded
 from ..methods.base import SparseDelta
 
 
@@ -43,7 +44,7 @@ class SparseDeltaStore(nn.Module):
     def delta(self, param: str, device: torch.device) -> SparseDelta:
         """The stored delta of one parameter with every factor applied (fp32 effective values, on ``device``)."""
         encoded = self.encoded(param)
-        indices = encoded.indices().to(device)
+        indices = check_encoded(param, encoded, len(self.factors[param]), "being applied").to(device)
         return SparseDelta(indices, effective_values(encoded, self.factors[param], indices=indices), encoded.shape)
 
 

@@ -10,7 +10,7 @@ from peft.tuners.tuners_utils import BaseTuner
 from torch import nn
 
 from ..format.config import SparseDeltaConfig
-from ..format.validate import check_fits_base
+from ..format.validate import CHECKED_FIELDS, check_config, check_fits_base
 from ..errors import UserError
 from ..format.fingerprint import model_fingerprint
 from .layer import SparseDeltaLayer
@@ -57,8 +57,7 @@ class SparseDeltaModel(BaseTuner):
     target_module_mapping: dict[str, list[str]] = {}
 
     def _prepare_adapter_config(self, peft_config: SparseDeltaConfig, model_config: dict) -> SparseDeltaConfig:
-        if not peft_config.tensors:
-            raise ValueError("this sparse delta adapter stores no tensors; nothing to apply")
+        check_config({name: getattr(peft_config, name) for name in CHECKED_FIELDS}, "being loaded")  # PEFT's own path
         return peft_config
 
     def _pre_injection_hook(self, model: nn.Module, config: SparseDeltaConfig, adapter_name: str) -> None:
