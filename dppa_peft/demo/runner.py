@@ -40,7 +40,7 @@ class DemoSettings:
     merges: tuple[str, ...] = tuple(MERGE_VARIANTS)
     merge_rates: tuple[float, ...] = (0.9,)
     objective: str = "tasks"
-    learn_steps: int = 100
+    learn_steps: int | None = None  # learned amplification / merges: Adam steps (None: the library default)
     batch_size: int = 32
     limit: int | None = None
     threads: int = 1  # torch threads after the zoo build: the models are tiny, and more threads crawl on a busy machine
@@ -84,6 +84,10 @@ def _dpa_options(settings: DemoSettings, out: Path, domain: str) -> dict:
     return {"objective": "tasks", "tasks": list(domain_task_names("dev")[domain]), "batch_size": settings.batch_size}
 
 
+def _learn_options(settings: DemoSettings) -> dict:
+    return {} if settings.learn_steps is None else {"learn_steps": settings.learn_steps}
+
+
 def _slug(label: str) -> str:
     """A folder name for a variant label: ``"magnitude (adamerging task)"`` -> ``"magnitude-adamerging-task"``."""
     return "-".join("".join(c if c.isalnum() or c in "+_" else " " for c in label).split())
@@ -101,7 +105,7 @@ def prune_zoo(zoo: Zoo, settings: DemoSettings, out: Path, progress: bool = True
             prune_and_amplify(zoo.base, zoo.finetunes[domain], path, **common, **_dpa_options(settings, out, domain))
         elif variant.amplification == "learned":
             prune_and_amplify(zoo.base, zoo.finetunes[domain], path, **common, search="learned",
-                              calibration=str(_calibration_file(out, domain)), learn_steps=settings.learn_steps)
+                              calibration=str(_calibration_file(out, domain)), **_learn_options(settings))
         else:
             prune(zoo.base, zoo.finetunes[domain], path, **common)
         adapters[(domain, variant.label, rate)] = path
@@ -121,7 +125,7 @@ def merge_zoo(zoo: Zoo, settings: DemoSettings, out: Path, adapters: Adapters,
             specs.append(MergeSpec(sources, variant.mode, options=variant.options, label=variant.label))
             continue
         mode = create_mode(variant.mode, calibration=[str(_calibration_file(out, d)) for d in sources],
-                           learn_steps=settings.learn_steps, **variant.options)
+                           **_learn_options(settings), **variant.options)
         handles = [open_adapter(path) for path in sources.values()]
         merge_to_adapter(zoo.base, handles, out / "merges" / f"{_slug(variant.label)}-{round(rate * 100)}",
                          mode=mode, overwrite=True, progress=False)
