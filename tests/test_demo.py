@@ -28,7 +28,7 @@ def zoo(zoo_cache):
 def test_reduced_demo_writes_the_paper_tables(tmp_path, zoo, zoo_cache):
     settings = DemoSettings(size="tiny", rates=(0.9,), prunes=("magnitude", "dare", "dppa", "magnitude+learned"),
                             merges=("dppa (sum)", "magnitude+learned (learned)", "magnitude (adamerging task)"),
-                            objective="kl", limit=20, learn_steps=4)
+                            objective="kl", limit=20, learn_steps=4, merge_learn_steps=4)
     run = run_demo(tmp_path / "demo", zoo_cache, settings, progress=False)
     report = tmp_path / "demo" / "report"
     assert sorted(p.name for p in report.iterdir()) == [
