@@ -28,6 +28,7 @@ from .lineup import MERGE_VARIANTS, PRUNE_VARIANTS, RATES
 from .tasks import domain_task_names
 from .zoo import Zoo, build_zoo, torch_threads
 
+
 @dataclass(frozen=True)
 class DemoSettings:
     """What the demo runs; the defaults are the README's main job. ``prunes`` and ``merges`` name entries of

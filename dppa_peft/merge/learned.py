@@ -28,8 +28,16 @@ from typing import Any
 import torch
 
 from ..amplify.calibration import DEFAULT_TEXT_FIELD, Prompt, check_lengths, read_prompts
-from ..amplify.learned import (EntropyTarget, LearnParams, LearnResult, Teacher, build_teacher, learn_factors,
-                               model_context, teacher_from_pretrained)
+from ..amplify.learned import (
+    EntropyTarget,
+    LearnParams,
+    LearnResult,
+    Teacher,
+    build_teacher,
+    learn_factors,
+    model_context,
+    teacher_from_pretrained,
+)
 from ..errors import UserError
 from ..format.io import SparseDeltaAdapter
 from .modes import MergeMode, register_mode
