@@ -26,24 +26,30 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import torch  # noqa: E402
-from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from dppa_peft import SparseDeltaAdapter, load_merged, prune  # noqa: E402
-from dppa_peft.amplify.api import write_amplified  # noqa: E402
-from dppa_peft.amplify.calibration import Prompt  # noqa: E402
-from dppa_peft.amplify.candidate import AmplifiedModel, load_base_model  # noqa: E402
-from dppa_peft.amplify.factors import amplification_block  # noqa: E402
-from dppa_peft.amplify.learned import LearnParams, build_teacher, learn_factors, mean_kl, split_indices  # noqa: E402
-from dppa_peft.amplify.objectives import KLObjective  # noqa: E402
-from dppa_peft.amplify.partitions import adapter_partitions  # noqa: E402
-from dppa_peft.amplify.search import default_bounds, search_factors  # noqa: E402
-from dppa_peft.demo.domains import DOMAINS, task_split  # noqa: E402
-from dppa_peft.demo.tasks import domain_task_names  # noqa: E402
-from dppa_peft.demo.zoo import build_zoo  # noqa: E402
-from dppa_peft.evaluation.ratios import domain_ratio, task_ratio  # noqa: E402
-from dppa_peft.evaluation.runner import Evaluator  # noqa: E402
-from dppa_peft.evaluation.tasks import task_manager  # noqa: E402
+from dppa_peft import SparseDeltaAdapter, load_merged, prune
+from dppa_peft.amplify.api import write_amplified
+from dppa_peft.amplify.calibration import Prompt
+from dppa_peft.amplify.candidate import AmplifiedModel, load_base_model
+from dppa_peft.amplify.factors import amplification_block
+from dppa_peft.amplify.learned import (
+    LearnParams,
+    build_teacher,
+    learn_factors,
+    mean_kl,
+    split_indices,
+)
+from dppa_peft.amplify.objectives import KLObjective
+from dppa_peft.amplify.partitions import adapter_partitions
+from dppa_peft.amplify.search import default_bounds, search_factors
+from dppa_peft.demo.domains import DOMAINS, task_split
+from dppa_peft.demo.tasks import domain_task_names
+from dppa_peft.demo.zoo import build_zoo
+from dppa_peft.evaluation.ratios import domain_ratio, task_ratio
+from dppa_peft.evaluation.runner import Evaluator
+from dppa_peft.evaluation.tasks import task_manager
 
 CONTINUATION = 8
 BATCH = 8

@@ -1,25 +1,91 @@
 """dppa-peft: sparse delta adapters (DP / DPA pruning and baselines) for fine-tuned LLMs, loadable with PEFT.
 
-Importing the package registers the ``SPARSE_DELTA`` adapter type with PEFT, so ``PeftModel.from_pretrained``,
-``load_adapter`` and ``merge_and_unload`` work on adapters written by ``dppa_peft.prune``.
+Importing the package registers the ``SPARSE_DELTA`` adapter type with PEFT (as soon as peft is imported), so
+``PeftModel.from_pretrained``, ``load_adapter`` and ``merge_and_unload`` work on adapters written by
+``dppa_peft.prune``. The public names below load their modules on first use, so ``import dppa_peft`` (and the
+command line's ``--help``) stay fast.
 """
 
+from __future__ import annotations
+
+import importlib
+import sys
+import types
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+from ._lazy import after_each_submodule, after_import, initializing
 
 try:
     __version__ = version("dppa-peft")
 except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0.0.0+source"
 
-from .tuner import BaseModelMismatchError, SparseDeltaConfig, SparseDeltaModel  # noqa: E402  (registers with PEFT)
-from .publish.export import SupertuningExport, export_supertuning  # noqa: E402
-from .format.io import SparseDeltaAdapter  # noqa: E402
-from .amplify.api import amplify, prune_and_amplify  # noqa: E402
-from .merge import load_merged, merge_to_adapter, merge_to_folder  # noqa: E402
-from .pipeline import PruneSummary, open_adapter, prune  # noqa: E402
+_EXPORTS = {
+    "BaseModelMismatchError": "tuner", "SparseDeltaConfig": "tuner", "SparseDeltaModel": "tuner",
+    "SupertuningExport": "publish.export", "export_supertuning": "publish.export",
+    "SparseDeltaAdapter": "format.io",
+    "amplify": "amplify.api", "prune_and_amplify": "amplify.api",
+    "load_merged": "merge", "merge_to_adapter": "merge", "merge_to_folder": "merge", "merge": "merge.api",
+    "PruneSummary": "pipeline", "open_adapter": "pipeline", "prune": "pipeline",
+    "evaluate": "evaluation.api",
+    "AmplifyParams": "specs", "AmplifySpec": "specs", "EvalSpec": "specs", "MergeSpec": "specs",
+    "ObjectiveParams": "specs", "PruneSpec": "specs", "Source": "specs",
+}
+__all__ = sorted([*_EXPORTS, "__version__"])
 
-__all__ = [
-    "BaseModelMismatchError", "PruneSummary", "SparseDeltaAdapter", "SparseDeltaConfig", "SparseDeltaModel",
-    "SupertuningExport", "__version__", "amplify", "export_supertuning", "load_merged", "merge_to_adapter", "merge_to_folder",
-    "open_adapter", "prune", "prune_and_amplify",
-]
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'dppa_peft' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__
+
+
+class _Package(types.ModuleType):
+    """``dppa_peft.amplify`` stays the function after the ``amplify`` subpackage is imported (the import system binds
+    a subpackage on its parent; the function's name wins, as with the eager imports this package used to do)."""
+
+    @property
+    def amplify(self) -> Any:
+        return __getattr__("amplify")
+
+    @amplify.setter
+    def amplify(self, value: Any) -> None:
+        if not isinstance(value, types.ModuleType):
+            raise AttributeError("dppa_peft.amplify is the DPA function")
+
+
+sys.modules[__name__].__class__ = _Package
+
+
+_PENDING: set[str] = set()  # submodules to import as soon as no module of this package is running
+
+
+def _import_when_quiet(module: str, finished: str | None = None) -> None:
+    """Import ``module`` now, or once the imports of this package now running (other than ``finished``) are done,
+    so it never meets a half-initialised module."""
+    if initializing(f"{__name__}.", exclude=finished):
+        _PENDING.add(module)
+    else:
+        importlib.import_module(module, __name__)
+
+
+def _submodule_loaded(name: str) -> None:
+    """After each submodule: the adapter config needs its card writer (``publish.card`` registers it); then run
+    what waited for a quiet moment."""
+    if name == f"{__name__}.format.config":
+        _PENDING.add(".publish.card")
+    if _PENDING and not initializing(f"{__name__}.", exclude=name):
+        while _PENDING:
+            importlib.import_module(_PENDING.pop(), __name__)
+
+
+after_each_submodule(__name__, _submodule_loaded)
+# ``tuner`` registers SPARSE_DELTA in PEFT's mappings: import it once peft is (format.config imports peft itself).
+after_import("peft", lambda: _import_when_quiet(".tuner"))

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,16 +18,18 @@ from .format.encoding import EncodedTensor, encode
 from .format.fingerprint import fingerprint
 from .format.io import AdapterWriter, SparseDeltaAdapter
 from .amplify.factors import amplification_block
-from .amplify.partitions import check_partition_rates, partition_ids
+from .amplify.partitions import partition_ids
 from .base_ref import base_id_record, portable_ref
 from .checkpoint import Checkpoint, atomic_directory
 from .delta import DeltaPair
 from .methods import DensityPlan, PruningMethod, SparseDelta, create_method
 from .methods.selection import magnitude_mask
 from .scope import DEFAULT_SCOPE_PATTERN, Scope, TensorInfo
+from .specs import PruneSpec, Source, torch_dtype
 
-OUTSIDE_SCOPE_MODES = ("dense", "magnitude", "drop")
-VALUE_DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+logger = logging.getLogger(__name__)
+DENSITY_FLOOR = 0.1  # warn for tensors planned below this fraction of the target density
+SHOWN_TENSORS = 5
 
 
 @dataclass
@@ -63,12 +66,12 @@ def collect_statistics(method: PruningMethod, pair: DeltaPair, progress: bool = 
             method.observe(info, delta, pass_index)
 
 
-def open_pair(base: str | os.PathLike, finetuned: str | os.PathLike, scope_pattern: str = DEFAULT_SCOPE_PATTERN,
-              revision: str | None = None, base_revision: str | None = None,
-              token: str | bool | None = None) -> DeltaPair:
-    """Open and check a base/fine-tune checkpoint pair (folders or Hub ids)."""
-    return DeltaPair(Checkpoint.open(base, revision=base_revision, token=token),
-                     Checkpoint.open(finetuned, revision=revision, token=token), Scope(scope_pattern))
+def open_pair(base: Source | str | os.PathLike, finetuned: Source | str | os.PathLike,
+              scope_pattern: str = DEFAULT_SCOPE_PATTERN, token: str | bool | None = None) -> DeltaPair:
+    """Open and check a base/fine-tune checkpoint pair (folders or Hub ids, with their revisions)."""
+    base, finetuned = Source.of(base), Source.of(finetuned)
+    return DeltaPair(Checkpoint.open(base.ref, revision=base.revision, token=token),
+                     Checkpoint.open(finetuned.ref, revision=finetuned.revision, token=token), Scope(scope_pattern))
 
 
 def plan_densities(pair: DeltaPair, method: str, rate: float, progress: bool = True,
@@ -87,42 +90,55 @@ def _outside_scope(delta: torch.Tensor, mode: str, rate: float) -> SparseDelta |
     return None
 
 
-def prune(base: str | os.PathLike, finetuned: str | os.PathLike, out: str | os.PathLike, method: str = "dp",
-          rate: float = 0.9, *, scope_pattern: str = DEFAULT_SCOPE_PATTERN, outside_scope: str = "dense",
-          value_dtype: str = "auto", revision: str | None = None, base_revision: str | None = None,
-          token: str | bool | None = None, overwrite: bool = False, progress: bool = True,
-          command: str | None = None, partition_rates: Sequence[float] | None = None,
-          base_model_id: str | None = None, **params: Any) -> tuple[SparseDeltaAdapter, PruneSummary]:
-    """Prune ``finetuned − base`` with ``method`` at ``rate`` and write a sparse delta adapter folder to ``out``.
+def prune(spec: PruneSpec | str | os.PathLike, finetuned: str | os.PathLike | Source | None = None,
+          out: str | os.PathLike | None = None, *, token: str | bool | None = None, progress: bool = True,
+          command: str | None = None, **options: Any) -> tuple[SparseDeltaAdapter, PruneSummary]:
+    """Prune ``finetuned − base`` as ``spec`` says and write a sparse delta adapter folder to ``spec.out``.
 
-    ``params`` are the method's hyperparameters (see ``dppa-peft prune --help``). ``partition_rates`` (DPA, e.g.
-    ``[0.9, 0.8]`` for rate 0.8) stores a partition id per kept entry and an ``amplification`` block with factors
-    1.0; ``dppa_peft.amplify`` then searches the factors. ``base_model_id`` records the Hub id of a base given as a
-    local folder (checked against the Hub by sampled weights when it is reachable); the adapter stores the base as an
-    absolute path (or its Hub id), so it loads from any folder. Returns the saved adapter and a summary of what was
-    kept.
+    Pass a :class:`~dppa_peft.specs.PruneSpec`, or its keyword form ``prune(base, finetuned, out, method="dp",
+    rate=0.9, **options)`` where ``options`` are spec fields and the method's hyperparameters by name (see
+    ``dppa-peft prune --help``). ``partition_rates`` (DPA, e.g. ``[0.9, 0.8]`` for rate 0.8) stores a partition id
+    per kept entry and an ``amplification`` block with factors 1.0; ``dppa_peft.amplify`` then searches the
+    factors (``prune_and_amplify`` does both). Returns the saved adapter and a summary of what was kept.
     """
-    if outside_scope not in OUTSIDE_SCOPE_MODES:
-        raise ValueError(f"outside_scope must be one of {OUTSIDE_SCOPE_MODES}, got {outside_scope!r}")
-    if value_dtype not in VALUE_DTYPES:
-        raise ValueError(f"value_dtype must be one of {sorted(VALUE_DTYPES)}, got {value_dtype!r}")
+    spec = as_prune_spec(spec, finetuned, out, options)
+    if spec.amplify:
+        raise UserError("this spec asks for DPA (amplify=True); run it with dppa_peft.prune_and_amplify(spec)")
+    return _prune(spec, spec.out, token=token, progress=progress, command=command)
+
+
+def as_prune_spec(spec: PruneSpec | str | os.PathLike, finetuned: Any, out: Any,
+                  options: dict[str, Any]) -> PruneSpec:
+    """A PruneSpec as given, or built from the keyword form."""
+    if isinstance(spec, PruneSpec):
+        if finetuned is not None or out is not None or options:
+            raise UserError("pass either a PruneSpec or base, finetuned, out and options, not both")
+        return spec
+    if finetuned is None or out is None:
+        raise UserError("prune needs a base, a fine-tuned model and an output folder (or a PruneSpec)")
+    return PruneSpec.build(spec, finetuned, out, **options)
+
+
+def _prune(spec: PruneSpec, out: str | os.PathLike, *, token: str | bool | None, progress: bool,
+           command: str | None) -> tuple[SparseDeltaAdapter, PruneSummary]:
+    """The pruning run itself, into ``out`` (``spec.out``, or a temp folder of ``prune_and_amplify``)."""
     start = time.perf_counter()
-    pruner = create_method(method, rate, **params)
-    rates = None if partition_rates is None else check_partition_rates(partition_rates, rate)
-    pair = open_pair(base, finetuned, scope_pattern, revision=revision, base_revision=base_revision, token=token)
-    base_id = base_id_record(base, pair.base, base_model_id, token=token)
+    pruner = create_method(spec.method, spec.rate, **spec.params)
+    rates = None if spec.partition_rates is None else list(spec.partition_rates)
+    pair = open_pair(spec.base, spec.finetuned, spec.scope_pattern, token=token)
+    base_id = base_id_record(spec.base.ref, pair.base, spec.base_model_id, token=token)
     counts = {"kept": 0, "numel": 0, "pruned": 0, "dense": 0, "unchanged": 0, "stored": 0, "dense_bytes": 0}
     samples: dict[str, bytes] = {}
-    inputs = [base, finetuned, pair.base.directory, pair.finetuned.directory]
-    with atomic_directory(out, overwrite=overwrite, inputs=inputs) as tmp:  # checked and locked before any work
+    inputs = [spec.base.ref, spec.finetuned.ref, pair.base.directory, pair.finetuned.directory]
+    with atomic_directory(out, overwrite=spec.overwrite, inputs=inputs) as tmp:  # checked and locked before any work
         collect_statistics(pruner, pair, progress)
         writer = AdapterWriter(tmp)
-        for info, delta in pair.deltas(desc=f"pruning ({method})", progress=progress):
+        for info, delta in pair.deltas(desc=f"pruning ({spec.method})", progress=progress):
             if not delta.any():
                 counts["unchanged"] += 1
                 continue
-            stored_dtype = VALUE_DTYPES[value_dtype] or pair.finetuned.dtype(info.name)
-            record = _prune_one(pruner, info, delta, outside_scope, stored_dtype, writer, rates)
+            stored_dtype = torch_dtype(spec.value_dtype) or pair.finetuned.dtype(info.name)
+            record = _prune_one(pruner, info, delta, spec.outside_scope, stored_dtype, writer, rates)
             if record is None:
                 continue
             samples[info.name] = pair.base_samples[info.name]
@@ -141,17 +157,18 @@ def prune(base: str | os.PathLike, finetuned: str | os.PathLike, out: str | os.P
             seconds=time.perf_counter() - start,
         )
         config = SparseDeltaConfig(
-            base_model_name_or_path=portable_ref(base), revision=base_revision,
+            base_model_name_or_path=portable_ref(spec.base.ref), revision=spec.base.revision,
             base_fingerprint=fingerprint(samples),
-            method=pruner.describe(), scope_pattern=scope_pattern, outside_scope=outside_scope,
+            method=pruner.describe(), scope_pattern=spec.scope_pattern, outside_scope=spec.outside_scope,
             tensors=writer.records, vocab_size=_vocab_size(pair), inference_mode=True, task_type="CAUSAL_LM",
             summary={"kept_density": summary.kept_density, "size_ratio": summary.size_ratio,
                      "adapter_bytes": summary.adapter_bytes, "dense_delta_bytes": summary.dense_delta_bytes},
             amplification=None if rates is None else amplification_block(rates, [1.0] * len(rates)),
-            provenance={"command": command or f"dppa_peft.prune(method={method!r}, rate={rate})",
-                        "finetuned": portable_ref(finetuned), "package_version": __version__, **base_id},
+            provenance={"command": command or f"dppa_peft.prune(method={spec.method!r}, rate={spec.rate})",
+                        "finetuned": portable_ref(spec.finetuned.ref), "package_version": __version__, **base_id},
         )
         writer.close(config)
+    warn_sparse_modules(writer.records, spec.rate)
     return SparseDeltaAdapter(out), summary
 
 
@@ -186,18 +203,35 @@ def _encode(info: TensorInfo, sparse: SparseDelta, dtype: torch.dtype, **options
     return encoded
 
 
+def warn_sparse_modules(records: Mapping[str, Mapping[str, Any]], rate: float) -> list[str]:
+    """Warn about pruned tensors planned below ``DENSITY_FLOOR`` × the target density (DP can plan 0 for a module).
+
+    Returns their names.
+    """
+    floor = DENSITY_FLOOR * (1.0 - rate)
+    low = [name for name, r in records.items() if r.get("pruned") and r.get("planned_density", 1.0) < floor]
+    if low:
+        shown = ", ".join(f"{n} ({records[n]['planned_density']:.4g})" for n in low[:SHOWN_TENSORS])
+        more = f" and {len(low) - SHOWN_TENSORS} more" if len(low) > SHOWN_TENSORS else ""
+        logger.warning("%d pruned tensors are planned below %.4g density (%.0f%% of the target %.4g): %s%s; check "
+                       "the method's lam / outlier settings (`dppa-peft inspect` shows the plan)", len(low), floor,
+                       100 * DENSITY_FLOOR, 1.0 - rate, shown, more)
+    return low
+
+
 def _vocab_size(pair: DeltaPair) -> int | None:
     if not pair.extra_rows:
         return None
     return max(pair.finetuned.shape(name)[0] for name in pair.extra_rows)
 
 
-def open_adapter(ref: str | os.PathLike | SparseDeltaAdapter, revision: str | None = None,
+def open_adapter(ref: Source | str | os.PathLike | SparseDeltaAdapter, revision: str | None = None,
                  token: str | bool | None = None) -> SparseDeltaAdapter:
-    """Accept an adapter handle, a local folder or a Hub id."""
+    """Accept an adapter handle, a Source, a local folder or a Hub id."""
     if isinstance(ref, SparseDeltaAdapter):
         return ref
-    return SparseDeltaAdapter.from_pretrained(ref, revision=revision, token=token)
+    source = Source.of(ref, revision)
+    return SparseDeltaAdapter.from_pretrained(source.ref, revision=source.revision, token=token)
 
 
-__all__ = ["PruneSummary", "open_adapter", "prune"]
+__all__ = ["PruneSummary", "as_prune_spec", "open_adapter", "prune"]

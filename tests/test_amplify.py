@@ -123,6 +123,21 @@ def test_dare_partitions_follow_the_nested_masks(tmp_path, llama_pair):
     assert torch.equal(derived.ids[name], encoded.partition)
 
 
+@pytest.mark.parametrize("method", ["ties", "owl"])
+def test_every_magnitude_ranked_method_derives_partitions_from_its_stored_values(tmp_path, llama_pair, method):
+    base, ft = llama_pair
+    stored = prune(base, ft, tmp_path / "stored", method=method, rate=0.8, partition_rates=[0.9, 0.8],
+                   progress=False)[0]
+    plain = prune(base, ft, tmp_path / "plain", method=method, rate=0.8, progress=False)[0]
+    derived = adapter_partitions(plain)
+    assert len(derived.ids) == 14
+    for name, ids in derived.ids.items():
+        assert torch.equal(ids, stored.encoded(name).partition), name
+        assert derived.densities[name] == pytest.approx(stored.config.tensors[name]["partition_densities"])
+    amplified, result = amplify(plain, tmp_path / "dpa", factors=[1.5, 1.0], progress=False)
+    assert result is None and amplified.config.amplification["factors"] == [1.5, 1.0]
+
+
 def test_non_nested_method_and_underivable_adapter_errors(tmp_path, llama_pair):
     class Shuffled(Magnitude):
         nested = False
@@ -130,7 +145,7 @@ def test_non_nested_method_and_underivable_adapter_errors(tmp_path, llama_pair):
     info = Scope().classify("model.layers.0.mlp.up_proj.weight", (2, 4))
     delta = torch.randn(2, 4)
     method = Shuffled(0.5)
-    with pytest.raises(ValueError, match=r"does not keep nested sets.*\(dp, magnitude, dare\)"):
+    with pytest.raises(ValueError, match=r"does not keep nested sets.*\(breadcrumbs, dare, della, dp, magnitude"):
         partition_ids(method, info, delta, method.prune(info, delta, 0.5), [0.75, 0.5])
     base, ft = llama_pair
     le = prune(base, ft, tmp_path / "le", method="magnitude", rate=0.8, tie_mode="threshold_le", progress=False)[0]

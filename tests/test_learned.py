@@ -14,7 +14,13 @@ from transformers import AutoModelForCausalLM
 from dppa_peft import SparseDeltaAdapter, amplify, load_merged, merge_to_folder, prune
 from dppa_peft.amplify.api import prune_and_amplify
 from dppa_peft.amplify.calibration import Prompt, read_prompts
-from dppa_peft.amplify.learned import LearnParams, Student, build_teacher, learn_factors, mean_kl
+from dppa_peft.amplify.learned import (
+    LearnParams,
+    Student,
+    build_teacher,
+    learn_factors,
+    mean_kl,
+)
 from dppa_peft.cli import main
 from dppa_peft.errors import UserError
 from dppa_peft.format.encoding import encode
@@ -146,24 +152,28 @@ def test_two_runs_learn_identical_factors(llama_pair, tmp_path) -> None:
     assert all(torch.equal(runs[0].factors[0][n], runs[1].factors[0][n]) for n in runs[0].factors[0])
 
 
-@pytest.mark.parametrize("granularity,shape", [("global", (2, 1)), ("partition", (2, 1)), ("tensor", (2, 1)),
-                                               ("row", (2, 64))])
+@pytest.mark.parametrize("granularity,shape", [("global", (2, 1)), ("block", (2, 1)), ("partition", (2, 1)),
+                                               ("tensor", (2, 1)), ("row", (2, 64))])
 def test_granularities_share_factors_as_documented(llama_pair, tmp_path, granularity, shape) -> None:
     base, ft = llama_pair
     adapter = prune(base, ft, tmp_path / "a", method="magnitude", rate=0.8, partition_rates=[0.9, 0.8],
                     progress=False)[0]
     student = Student(AutoModelForCausalLM.from_pretrained(base), [adapter], granularity)
-    sizes = {"global": 1, "partition": 2, "tensor": 14 * 2, "row": 2 * ROWS}
+    sizes = {"global": 1, "block": 2, "partition": 2, "tensor": 14 * 2, "row": 2 * ROWS}
     assert sum(p.numel() for p in student.parameters) == sizes[granularity]
     with torch.no_grad():
-        for parameter in student.parameters:
-            parameter.copy_(torch.arange(parameter.numel(), dtype=torch.float32).reshape(parameter.shape) + 2)
+        for i, parameter in enumerate(student.parameters):
+            parameter.copy_(torch.arange(parameter.numel(), dtype=torch.float32).reshape(parameter.shape) + 2 + 10 * i)
     tables = student.tables()[0]
     assert tables["model.layers.0.self_attn.q_proj.weight"].shape == shape
     if granularity in ("global", "partition"):  # one table shared by every tensor of the adapter
         first = tables["model.layers.0.self_attn.q_proj.weight"]
         assert first.tolist() == ([[2.0], [2.0]] if granularity == "global" else [[2.0], [3.0]])
         assert all(torch.equal(t, first) for t in tables.values())
+    if granularity == "block":  # one factor per block (2 and 12 here), the same for every partition and tensor
+        assert [tables[f"model.layers.{b}.mlp.down_proj.weight"].tolist() for b in (0, 1)] == [[[2.0], [2.0]],
+                                                                                             [[12.0], [12.0]]]
+        assert torch.equal(tables["model.layers.1.self_attn.q_proj.weight"], torch.tensor([[12.0], [12.0]]))
 
 
 def test_learned_works_on_any_mask_from_the_cli(llama_pair, calibration, tmp_path, capsys) -> None:
@@ -224,3 +234,19 @@ def test_given_partition_factors_keep_learned_tables(learned, llama_pair, tmp_pa
     assert result is None and again.config.factors == [1.5]
     assert torch.equal(again.encoded(name).factors, adapter.encoded(name).factors)
     assert torch.allclose(again.sparse_tensor(name).values, adapter.sparse_tensor(name).values * 1.5, rtol=1e-6, atol=0)
+
+
+def test_top_k_teacher_cache(llama_pair) -> None:
+    """A top-k cache keeps k log-probs and int32 ids per position (+ a rest bucket): 0 for the teacher itself, and
+    below the full-vocabulary KL for another model."""
+    _, ft = llama_pair
+    model = AutoModelForCausalLM.from_pretrained(ft)
+    prompts = [Prompt(p, f"p:{i}") for i, p in enumerate(PROMPTS[:4])]
+    teacher = build_teacher(model, char_tokenizer(), prompts, continuation_tokens=2, top_k=8)
+    batch = teacher.train[0]
+    assert teacher.settings["top_k"] == 8 and batch.tokens.dtype == torch.int32 and batch.log_probs.shape[1] == 8
+    assert (batch.log_probs.exp().sum(-1) < 1).all()
+    assert mean_kl(model, teacher.heldout) == pytest.approx(0.0, abs=1e-6)
+    full = build_teacher(model, char_tokenizer(), prompts, continuation_tokens=2)
+    other = AutoModelForCausalLM.from_pretrained(llama_pair[0])
+    assert 0 < mean_kl(other, teacher.heldout) < mean_kl(other, full.heldout)

@@ -2,9 +2,6 @@
 
 Both write a new adapter folder whose config records the partitions, the factors and the whole search; the
 search loads the base model once and applies candidate factors in place (``candidate.AmplifiedModel``).
-``search="learned"`` instead learns factor tables per output row (``learned``) by distillation from the dense
-fine-tune, on any mask; they are stored with the tensors (format version 2) and recorded in
-``amplification.learned``.
 """
 
 from __future__ import annotations
@@ -12,128 +9,42 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
-from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .. import __version__
-from ..format.io import AdapterWriter, SparseDeltaAdapter
 from ..checkpoint import atomic_directory
-from ..validate import check_finite_params
-from ..pipeline import PruneSummary, open_adapter, prune
-from ..scope import DEFAULT_SCOPE_PATTERN
-from ..errors import UserError
-from .calibration import Prompt, check_lengths
+from ..format.io import AdapterWriter, SparseDeltaAdapter
+from ..methods.registry import recorded_method
+from ..pipeline import PruneSummary, _prune, as_prune_spec, open_adapter
+from ..specs import LEARNED, AmplifyParams, AmplifySpec, LearnParams, ObjectiveParams, PruneSpec, Source, UserError
 from .candidate import AmplifiedModel, load_base_model
-from .factors import PARTITION_COMBINE_MODES, amplification_block
-from .learned import LearnParams, LearnResult, learn_factors, model_context, teacher_from_pretrained
-from .objectives import (Objective, ObjectiveParams, build_objective, calibration_prompts, describe_objective,
-                         load_tokenizer)
+from .factors import amplification_block
+from .calibration import Prompt, check_lengths
+from .learned import LearnResult, learn_factors, model_context, teacher_from_pretrained
+from .objectives import Objective, build_objective, calibration_prompts, describe_objective, load_tokenizer
 from .partitions import Partitions, adapter_partitions, default_partition_rates
-from .search import DEFAULT_TOL, DPA_METHODS, STRATEGIES, SearchResult, default_bounds, search_factors
+from .search import SearchResult, default_bounds, search_factors
 
-LEARNED = "learned"
-SEARCHES = STRATEGIES + (LEARNED,)
-
-
-@dataclass(frozen=True)
-class AmplifyParams:
-    """DPA settings (each field is a CLI option)."""
-
-    partition_rates: list[float] | None = field(default=None, metadata={
-        "help": "partition boundaries as pruning rates, most important first, ending at the target rate "
-                "(default: 0.9 0.8 ... down to the rate; rate 0.9 gives one partition)"})
-    combine: str = field(default="independent", metadata={
-        "help": f"how partition factors combine, one of {PARTITION_COMBINE_MODES}: 'independent' scales each partition by "
-                "its own factor; 'max' is the released code (a partition gets the max of its factor and every "
-                "later one's)"})
-    amplify_unpruned: bool = field(default=False, metadata={
-        "help": "also scale the tensors kept outside the pruning scope (embeddings, norms, lm_head) by the largest "
-                "factor, as the released code does"})
-    factors: list[float] | None = field(default=None, metadata={
-        "help": "use these factors (one per partition) and skip the search; no objective is needed"})
-    search: str = field(default="default", metadata={
-        "help": f"search strategy, one of {SEARCHES}: 'default' = golden-section per partition within --bounds "
-                "to --tol; 'reference' = the released +0.1 greedy loop with its quirks; 'learned' = factors per "
-                "output row (--learn-granularity) learned by KL distillation from --finetuned on --calibration "
-                "prompts (any pruning method; one partition unless --partition-rates)", "choices": SEARCHES})
-    dpa_method: int = field(default=1, metadata={
-        "help": "DPA method: 1 = progressive (later partitions absent while a factor is searched), 2 = later "
-                "partitions present at factor 1"})
-    bounds: list[float] | None = field(default=None, metadata={
-        "help": "default search: LO HI interval of every factor (default 0.5 3.0; 0.0 1.2 for methods that "
-                "already rescale kept values, like DARE, where DPA reduces)"})
-    tol: float = field(default=DEFAULT_TOL, metadata={
-        "help": "default search: each factor ends within this distance of its optimum for a unimodal objective "
-                "(sets the calls per partition: 10 on [0.5, 3.0] at 0.05)"})
-    max_calls: int | None = field(default=None, metadata={
-        "help": "most objective calls in total (default search: what --tol needs; reference loop: 100)"})
-    reference_init: list[float] | None = field(default=None, metadata={
-        "help": "reference search: start factors (default 1.8 then 0 for method 1, 1.8 then 1 for method 2)"})
-    device: str = field(default="cpu", metadata={"help": "device of the models during the search, e.g. cuda"})
-    model_dtype: str = field(default="auto", metadata={
-        "help": "dtype the base and fine-tuned models are loaded in for the search (auto, float32, bfloat16)"})
-
-    def __post_init__(self) -> None:
-        check_finite_params(self, "DPA")
-        if self.combine not in PARTITION_COMBINE_MODES:
-            raise ValueError(f"unknown combine mode {self.combine!r}; choose one of {PARTITION_COMBINE_MODES}")
-        if self.search not in SEARCHES:
-            raise ValueError(f"unknown search strategy {self.search!r}; choose one of {SEARCHES}")
-        if self.search == LEARNED and (self.factors is not None or self.bounds is not None
-                                       or self.reference_init is not None or self.max_calls is not None):
-            raise UserError("search='learned' learns its factors: factors, bounds, reference_init and max_calls "
-                            "apply to the default and reference searches only")
-        if self.dpa_method not in DPA_METHODS:
-            raise ValueError(f"dpa_method must be one of {DPA_METHODS}, got {self.dpa_method!r}")
-        if self.bounds is not None and (len(self.bounds) != 2 or not 0 <= self.bounds[0] < self.bounds[1]):
-            raise ValueError(f"bounds must be two numbers 0 <= LO < HI, got {self.bounds}")
-        if self.search == "reference" and self.bounds is not None:
-            raise ValueError("bounds apply to the default search; the reference loop has none (see reference_init)")
-        if self.search == "default" and self.reference_init is not None:
-            raise ValueError("reference_init applies to search='reference'; the default search uses bounds")
-
-
-@dataclass(frozen=True)
-class DPAOptions:
-    """Every DPA setting of one run: search, objective, learned amplification, and a Python objective if given."""
-
-    dpa: AmplifyParams
-    objective: ObjectiveParams
-    learn: LearnParams
-    callable_objective: Objective | None = None
-
-
-def split_options(options: dict[str, Any]) -> tuple[DPAOptions, dict[str, Any]]:
-    """The DPA settings and the options left for the method."""
-    options = dict(options)
-    callable_objective = options.pop("objective") if callable(options.get("objective")) else None
-    chosen = []
-    for cls in _DPA_CLASSES:
-        names = {f.name for f in dataclasses.fields(cls)}
-        chosen.append(cls(**{k: options.pop(k) for k in list(options) if k in names}))
-    parsed = DPAOptions(chosen[0], chosen[1], chosen[2], callable_objective)
-    if parsed.dpa.search != LEARNED and parsed.learn != LearnParams():
-        raise UserError("the learn_* options (--learn-*) apply to search='learned' (--search learned)")
-    return parsed, options
+__all__ = ["AmplifyParams", "LearnParams", "ObjectiveParams", "amplify", "prune_and_amplify"]
 
 
 def _rescaled(adapter: SparseDeltaAdapter) -> bool:
     """Whether the pruning method already rescaled the kept values (DARE), so DPA searches a reduction."""
-    return bool(adapter.config.method.get("params", {}).get("rescale", False))
+    cls, params = recorded_method(adapter.config.method)
+    return cls.rescales(params)
 
 
-def _search(adapter: SparseDeltaAdapter, partitions: Partitions, options: DPAOptions, finetuned: Any, base: Any,
-            revision: str | None, base_revision: str | None, token: str | bool | None,
+def _search(adapter: SparseDeltaAdapter, partitions: Partitions, spec: PruneSpec | AmplifySpec,
+            objective: Objective | None, base: Source, token: str | bool | None,
             progress: bool) -> tuple[SearchResult, dict[str, Any]]:
     """Search the factors with candidates built in place; returns the search and the objective's description."""
-    dpa, objective_params = options.dpa, options.objective
-    objective = options.callable_objective or build_objective(objective_params, finetuned, base, dpa.model_dtype, dpa.device,
-                                             revision=revision, token=token)
-    model = load_base_model(base, adapter, dpa.model_dtype, dpa.device, revision=base_revision, token=token)
+    dpa = spec.dpa
+    objective = objective or build_objective(spec.dpa_objective, spec.finetuned, base, spec.dtype, spec.device,
+                                             token=token)
+    model = load_base_model(base.ref, adapter, spec.dtype, spec.device, revision=base.revision, token=token)
     candidate = AmplifiedModel(model, adapter, partitions, dpa.combine, dpa.amplify_unpruned)
     result = search_factors(
         lambda factors: objective(candidate.apply(factors)), partitions.count, dpa.search, dpa.dpa_method,
@@ -168,69 +79,36 @@ def write_amplified(adapter: SparseDeltaAdapter, folder: Path, partitions: Parti
     writer.close(config)
 
 
-def _parse(options: dict[str, Any]) -> DPAOptions:
-    parsed, rest = split_options(options)
-    if rest:
-        raise ValueError(f"no DPA option named {sorted(rest)}; the options are the fields of AmplifyParams, "
-                         "ObjectiveParams and LearnParams (see `dppa-peft amplify --help`)")
-    return parsed
+Calibration = tuple[list[Prompt], Any]  # learned amplification's prompts and tokenizer
 
 
-def _calibration(options: DPAOptions, finetuned: Any, base: Any, revision: str | None,
-                 token: str | bool | None) -> tuple[list[Prompt], Any] | None:
+def _calibration(spec: PruneSpec | AmplifySpec, base: Source, token: str | bool | None) -> Calibration | None:
     """Learned amplification's prompts and tokenizer, checked (file, fields, lengths) before any model is loaded."""
-    if options.dpa.search != LEARNED:
+    if spec.dpa.search != LEARNED:
         return None
-    if finetuned is None:
+    if spec.finetuned is None:
         raise UserError("search='learned' distils from the dense fine-tuned model; pass finetuned= (--finetuned)")
-    params = options.objective
+    params = spec.dpa_objective
     prompts = calibration_prompts(params)
-    tokenizer = load_tokenizer([params.tokenizer] if params.tokenizer else [finetuned, base], token=token)
-    check_lengths(prompts, tokenizer, model_context(finetuned, revision, token), params.continuation_tokens)
+    candidates = [params.tokenizer] if params.tokenizer else [spec.finetuned.ref, base.ref]
+    tokenizer = load_tokenizer(candidates, token=token)
+    context = model_context(spec.finetuned.ref, spec.finetuned.revision, token)
+    check_lengths(prompts, tokenizer, context, params.continuation_tokens)
     return prompts, tokenizer
 
 
-def _learn(adapter: SparseDeltaAdapter, partitions: Partitions, options: DPAOptions,
-           calibration: tuple[list[Prompt], Any], finetuned: Any, base: Any, revision: str | None,
-           base_revision: str | None, token: str | bool | None, progress: bool) -> LearnResult:
+def _learn(adapter: SparseDeltaAdapter, partitions: Partitions, spec: PruneSpec | AmplifySpec,
+           calibration: Calibration, base: Source, token: str | bool | None, progress: bool) -> LearnResult:
     """Learned amplification: the teacher's outputs cached and the teacher freed, then the factors learned on the
     base model (one model on the device at a time)."""
-    dpa, params = options.dpa, options.objective
+    assert spec.finetuned is not None
     prompts, tokenizer = calibration
-    teacher = teacher_from_pretrained(finetuned, tokenizer, prompts, continuation_tokens=params.continuation_tokens,
-                                      batch_size=params.batch_size, params=options.learn, dtype=dpa.model_dtype,
-                                      device=dpa.device, revision=revision, token=token)
-    model = load_base_model(base, adapter, dpa.model_dtype, dpa.device, revision=base_revision, token=token)
-    return learn_factors(model, [adapter], [teacher], options.learn, partitions=[partitions], progress=progress)
-
-
-def _amplify_into(folder: Path, adapter: SparseDeltaAdapter, parsed: DPAOptions,
-                  calibration: tuple[list[Prompt], Any] | None, finetuned: Any, base: Any, revision: str | None,
-                  base_revision: str | None, token: str | bool | None, progress: bool,
-                  provenance: dict[str, Any]) -> SearchResult | LearnResult | None:
-    dpa = parsed.dpa
-    rate = float(adapter.config.method["rate"])
-    rates = dpa.partition_rates or ([rate] if dpa.search == LEARNED else None)
-    partitions = adapter_partitions(adapter, rates)
-    base = base or adapter.config.base_model_name_or_path
-    result: SearchResult | LearnResult | None = None
-    row_factors = None
-    if calibration is not None:
-        result = _learn(adapter, partitions, parsed, calibration, finetuned, base, revision, base_revision, token,
-                        progress)
-        raw, combine = _kept_scalars(adapter, partitions, dpa.combine)
-        block = amplification_block(partitions.rates, raw, combine, dpa.amplify_unpruned, None)
-        block["learned"] = result.record()
-        row_factors = result.factors[0]
-    else:
-        raw, search = dpa.factors, None
-        if raw is None:
-            result, described = _search(adapter, partitions, parsed, finetuned, base, revision, base_revision, token,
-                                        progress)
-            raw, search = result.factors, result.record(described)
-        block = amplification_block(partitions.rates, raw, dpa.combine, dpa.amplify_unpruned, search)
-    write_amplified(adapter, folder, partitions, block, {**provenance, "package_version": __version__}, row_factors)
-    return result
+    teacher = teacher_from_pretrained(spec.finetuned.ref, tokenizer, prompts,
+                                      continuation_tokens=spec.dpa_objective.continuation_tokens,
+                                      batch_size=spec.dpa_objective.batch_size, params=spec.learn, dtype=spec.dtype,
+                                      device=spec.device, revision=spec.finetuned.revision, token=token)
+    model = load_base_model(base.ref, adapter, spec.dtype, spec.device, revision=base.revision, token=token)
+    return learn_factors(model, [adapter], [teacher], spec.learn, partitions=[partitions], progress=progress)
 
 
 def _kept_table(name: str, table: torch.Tensor | None, count: int) -> torch.Tensor | None:
@@ -252,59 +130,89 @@ def _kept_scalars(adapter: SparseDeltaAdapter, partitions: Partitions, combine: 
     return [1.0] * partitions.count, combine
 
 
-def amplify(adapter: str | os.PathLike | SparseDeltaAdapter, out: str | os.PathLike, *,
-            finetuned: str | os.PathLike | None = None, base: str | os.PathLike | None = None,
-            revision: str | None = None, base_revision: str | None = None, adapter_revision: str | None = None,
-            token: str | bool | None = None, overwrite: bool = False, progress: bool = True,
-            command: str | None = None, **options: Any) -> tuple[SparseDeltaAdapter, SearchResult | LearnResult | None]:
-    """DPA on an existing adapter: search one factor per partition and write the amplified adapter to ``out``.
+def _amplify_into(folder: Path, adapter: SparseDeltaAdapter, spec: PruneSpec | AmplifySpec,
+                  objective: Objective | None, calibration: Calibration | None, base: Source,
+                  token: str | bool | None, progress: bool,
+                  provenance: dict[str, Any]) -> SearchResult | LearnResult | None:
+    dpa = spec.dpa
+    rate = float(adapter.config.method["rate"])
+    partitions = adapter_partitions(adapter, spec.partition_rates or ([rate] if dpa.search == LEARNED else None))
+    result: SearchResult | LearnResult | None = None
+    row_factors = None
+    if calibration is not None:
+        result = _learn(adapter, partitions, spec, calibration, base, token, progress)
+        raw, combine = _kept_scalars(adapter, partitions, dpa.combine)
+        block = amplification_block(partitions.rates, raw, combine, dpa.amplify_unpruned, None)
+        block["learned"] = result.record()
+        row_factors = result.factors[0]
+    else:
+        raw, search = dpa.factors, None
+        if raw is None:
+            result, described = _search(adapter, partitions, spec, objective, base, token, progress)
+            raw, search = result.factors, result.record(described)
+        block = amplification_block(partitions.rates, raw, dpa.combine, dpa.amplify_unpruned, search)
+    write_amplified(adapter, folder, partitions, block, {**provenance, "package_version": __version__}, row_factors)
+    return result
 
-    ``options`` are ``AmplifyParams`` and ``ObjectiveParams`` fields; ``objective`` may also be a Python callable
-    ``model -> score``. ``base`` defaults to the base recorded in the adapter; ``finetuned`` (the dense fine-tune)
-    is needed by the ``kl`` and ``tasks`` objectives and by ``search="learned"``. Returns the new adapter and the
-    search (a ``LearnResult`` for ``search="learned"``; None with ``factors=``).
+
+def amplify(spec: AmplifySpec | str | os.PathLike | SparseDeltaAdapter, out: str | os.PathLike | None = None, *,
+            token: str | bool | None = None, progress: bool = True, command: str | None = None,
+            objective: Objective | None = None, **options: Any) -> tuple[SparseDeltaAdapter, SearchResult | LearnResult | None]:
+    """DPA on an existing adapter: search one factor per partition and write the amplified adapter.
+
+    Pass an :class:`~dppa_peft.specs.AmplifySpec`, or its keyword form ``amplify(adapter, out, finetuned=...,
+    base=..., **options)`` where ``options`` are ``AmplifySpec``, ``AmplifyParams`` and ``ObjectiveParams`` fields.
+    ``objective`` may be a Python callable ``model -> score`` (or a name, 'kl' or 'tasks'). ``base`` defaults to the
+    base recorded in the adapter; ``finetuned`` (the dense fine-tune) is needed by the ``kl`` and ``tasks``
+    objectives. Returns the new adapter and the search (None with ``factors=``).
     """
-    handle = open_adapter(adapter, revision=adapter_revision, token=token)
-    parsed = _parse(options)
-    calibration = _calibration(parsed, finetuned, base or handle.config.base_model_name_or_path, revision, token)
+    handle = spec if isinstance(spec, SparseDeltaAdapter) else None
+    objective = _named_objective(objective, options)
+    if not isinstance(spec, AmplifySpec):
+        spec = AmplifySpec.build(spec if handle is None else handle.ref, out, **options)
+    elif out is not None or options:
+        raise UserError("pass either an AmplifySpec or an adapter, out and options, not both")
+    if objective is None:
+        spec.check_search_inputs()
+    handle = handle or open_adapter(spec.adapter, token=token)
     provenance = {"command": command or f"dppa_peft.amplify({handle.ref!r})", "amplified_from": handle.ref}
-    inputs = [handle.directory, finetuned, base or handle.config.base_model_name_or_path]
-    with atomic_directory(out, overwrite=overwrite, inputs=inputs) as tmp:
-        result = _amplify_into(tmp, handle, parsed, calibration, finetuned, base, revision, base_revision, token,
-                               progress, provenance)
-    return SparseDeltaAdapter(out), result
+    base = spec.base or Source(ref=handle.config.base_model_name_or_path, revision=handle.config.revision)
+    calibration = _calibration(spec, base, token)
+    inputs = [handle.directory, spec.finetuned and spec.finetuned.ref, base.ref]
+    with atomic_directory(spec.out, overwrite=spec.overwrite, inputs=inputs) as tmp:
+        result = _amplify_into(tmp, handle, spec, objective, calibration, base, token, progress, provenance)
+    return SparseDeltaAdapter(spec.out), result
 
 
-def prune_and_amplify(base: str | os.PathLike, finetuned: str | os.PathLike, out: str | os.PathLike,
-                      method: str = "dp", rate: float = 0.9, *, revision: str | None = None,
-                      base_revision: str | None = None, token: str | bool | None = None, overwrite: bool = False,
-                      progress: bool = True, command: str | None = None,
-                      scope_pattern: str = DEFAULT_SCOPE_PATTERN,
-                      outside_scope: str = "dense", value_dtype: str = "auto",
+def _named_objective(objective: Objective | str | None, options: dict[str, Any]) -> Objective | None:
+    """A callable objective, or None after moving a named one ('kl', 'tasks') into the spec options."""
+    if objective is None or callable(objective):
+        return objective
+    options["objective"] = objective
+    return None
+
+
+def prune_and_amplify(spec: PruneSpec | str | os.PathLike, finetuned: str | os.PathLike | Source | None = None,
+                      out: str | os.PathLike | None = None, *, token: str | bool | None = None,
+                      progress: bool = True, command: str | None = None, objective: Objective | None = None,
                       **options: Any) -> tuple[SparseDeltaAdapter, PruneSummary, SearchResult | LearnResult | None]:
-    """Prune with ``method`` storing DPA partitions, then search the factors: DPPA when ``method='dp'``.
+    """Prune storing DPA partitions, then search the factors: DPPA with ``method='dp'``.
 
-    ``options`` mixes the method's parameters with ``AmplifyParams`` / ``ObjectiveParams`` / ``LearnParams``
-    fields. With ``search="learned"`` any method works (one partition unless ``partition_rates`` are given).
+    Takes a :class:`~dppa_peft.specs.PruneSpec` (``amplify`` is implied) or the keyword form of ``prune``, whose
+    ``options`` may mix the method's parameters with ``AmplifyParams`` / ``ObjectiveParams`` fields.
     """
-    dpa_options = {k: options.pop(k) for k in list(options) if k in _DPA_FIELDS}
-    learned = dpa_options.get("search") == LEARNED
-    rates: Sequence[float] = dpa_options.get("partition_rates") or ([rate] if learned else
-                                                                    default_partition_rates(rate))
-    dpa_options["partition_rates"] = list(rates)
-    parsed = _parse(dpa_options)
-    calibration = _calibration(parsed, finetuned, base, revision, token)
-    provenance = {"command": command or f"dppa_peft.prune_and_amplify(method={method!r}, rate={rate})"}
-    with atomic_directory(out, overwrite=overwrite, inputs=[base, finetuned]) as tmp:
-        pruned, summary = prune(base, finetuned, tmp / "pruned", method, rate, scope_pattern=scope_pattern,
-                                outside_scope=outside_scope, value_dtype=value_dtype, revision=revision,
-                                base_revision=base_revision, token=token, progress=progress,
-                                command=provenance["command"], partition_rates=rates, **options)
-        result = _amplify_into(tmp, pruned, parsed, calibration, finetuned, base, revision, base_revision, token,
-                               progress, provenance)
+    objective = _named_objective(objective, options)
+    spec = as_prune_spec(spec, finetuned, out, {**options, "amplify": True} if options else options)
+    learned = spec.dpa.search == LEARNED
+    rates = spec.partition_rates or ([spec.rate] if learned else default_partition_rates(spec.rate))
+    spec = dataclasses.replace(spec, amplify=True, partition_rates=list(rates))
+    if objective is None:
+        spec.check_search_inputs()
+    calibration = _calibration(spec, spec.base, token)
+    provenance = {"command": command or f"dppa_peft.prune_and_amplify(method={spec.method!r}, rate={spec.rate})"}
+    with atomic_directory(spec.out, overwrite=spec.overwrite, inputs=[spec.base.ref, spec.finetuned.ref]) as tmp:
+        pruned, summary = _prune(spec, tmp / "pruned", token=token, progress=progress,
+                                 command=provenance["command"])
+        result = _amplify_into(tmp, pruned, spec, objective, calibration, spec.base, token, progress, provenance)
         shutil.rmtree(tmp / "pruned")
-    return SparseDeltaAdapter(out), summary, result
-
-
-_DPA_CLASSES = (AmplifyParams, ObjectiveParams, LearnParams)
-_DPA_FIELDS = {f.name for cls in _DPA_CLASSES for f in dataclasses.fields(cls)}
+    return SparseDeltaAdapter(spec.out), summary, result

@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..choices import DEFAULT_TEXT_FIELD
 from ..errors import UserError
 
 JSONL_SUFFIXES = (".jsonl", ".json")
-DEFAULT_TEXT_FIELD = "text"
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ def read_prompts(path: str | os.PathLike, text_field: str = DEFAULT_TEXT_FIELD) 
     return prompts
 
 
-def task_prompts(tasks: Sequence[str], include_path: Iterable[str | os.PathLike] = ()) -> list[Prompt]:
+def task_prompts(tasks: Sequence[str], include_path: Iterable[str | Path] = ()) -> list[Prompt]:
     """The evaluation documents of lm-eval ``tasks`` (use their dev variants) as prompts (``doc_to_text``)."""
     from lm_eval.tasks import get_task_dict
 

@@ -13,11 +13,12 @@ Granularities (what one factor covers; partition ids always apply, so P = the te
 - ``row`` (default): one factor per (partition, output row) of each pruned tensor: a ``[P, R]`` table;
 - ``tensor``: one per (partition, tensor): ``[P, 1]``;
 - ``partition``: one per partition, shared by every pruned tensor of an adapter;
-- ``global``: one per adapter.
+- ``block``: one per decoder block of an adapter (AdaMerging's layer-wise coefficients);
+- ``global``: one per adapter (AdaMerging's task-wise coefficient).
 
 Every table is stored as the tensor's ``<param>_factors`` ``[P, R]`` (format version 2; ``R = 1`` below ``row``).
-Scaling: the teacher's log-probs are cached on the CPU (full vocabulary, or its top-k renormalised for large
-vocabularies), so the teacher is freed before the student is built and only one model is on the device; each step
+Scaling: the teacher's log-probs are cached on the CPU (full vocabulary, or its top-k plus a "rest" bucket for
+large vocabularies), so the teacher is freed before the student is built and only one model is on the device; each step
 rebuilds the pruned weights from the frozen base weights (one extra copy of the pruned matrices in the model dtype
 plus the autograd graph over the kept values).
 """
@@ -28,7 +29,7 @@ import gc
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -36,51 +37,18 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..checkpoint import load_causal_lm
+from ..choices import FULL_VOCAB_LIMIT, GRANULARITIES
+from ..choices import TEACHER_TOP_K as DEFAULT_TOP_K
 from ..errors import UserError
 from ..format.apply import add_sparse, effective_values
 from ..format.encoding import EncodedTensor
 from ..format.io import SparseDeltaAdapter
 from ..methods.base import SparseDelta
+from ..specs import LearnParams
 from .calibration import Prompt, check_lengths
 from .partitions import Partitions
 
-GRANULARITIES = ("global", "partition", "tensor", "row")
-FULL_VOCAB_LIMIT = 8192  # teachers keep every log-prob up to this vocabulary size, else the top-k
-DEFAULT_TOP_K = 128
-
-
-@dataclass(frozen=True)
-class LearnParams:
-    """Settings of learned amplification (each field is a CLI option, used with ``--search learned``)."""
-
-    learn_granularity: str = field(default="row", metadata={
-        "help": "what one learned factor covers: 'row' = each output row of each pruned matrix (per partition), "
-                "'tensor' = each pruned tensor, 'partition' = each DPA partition, 'global' = the whole adapter",
-        "choices": GRANULARITIES})
-    learn_steps: int = field(default=60, metadata={"help": "Adam steps (one calibration batch per teacher each)"})
-    learn_lr: float = field(default=0.2, metadata={"help": "Adam learning rate of the factors (they start at 1)"})
-    learn_heldout: float = field(default=0.2, metadata={
-        "help": "fraction of the calibration prompts held out for early stopping and the reported KL"})
-    learn_eval_every: int = field(default=10, metadata={"help": "steps between held-out KL evaluations"})
-    learn_patience: int | None = field(default=None, metadata={
-        "help": "stop after this many held-out evaluations without improvement (default: run every step); the "
-                "factors with the lowest held-out KL are kept either way"})
-    learn_top_k: int | None = field(default=None, metadata={
-        "help": f"teacher log-probs cached per position (default: the full vocabulary up to {FULL_VOCAB_LIMIT} "
-                f"tokens, else the top {DEFAULT_TOP_K}, renormalised)"})
-    learn_seed: int = field(default=0, metadata={"help": "seed of the held-out split and the batch order"})
-
-    def __post_init__(self) -> None:
-        if self.learn_granularity not in GRANULARITIES:
-            raise UserError(f"unknown learn_granularity {self.learn_granularity!r}; choose one of {GRANULARITIES}")
-        if self.learn_steps < 0 or self.learn_eval_every < 1:
-            raise UserError(f"learn_steps must be >= 0 and learn_eval_every >= 1, got {self.learn_steps} and "
-                            f"{self.learn_eval_every}")
-        if not 0.0 < self.learn_heldout < 1.0:
-            raise UserError(f"learn_heldout must be a fraction in (0, 1), got {self.learn_heldout}")
-        if self.learn_lr <= 0 or (self.learn_top_k is not None and self.learn_top_k < 1):
-            raise UserError(f"learn_lr must be > 0 and learn_top_k >= 1, got {self.learn_lr} and {self.learn_top_k}")
-
+TAIL_FLOOR = 1e-12  # smallest probability of the top-k cache's "rest of the vocabulary" bucket
 
 # teachers ----------------------------------------------------------------------------------------------------------
 
@@ -90,8 +58,8 @@ class TeacherBatch:
 
     ids: torch.Tensor  # [B, L] long
     mask: torch.Tensor  # [B, L] long
-    log_probs: torch.Tensor  # [N, k]: N = mask.sum(); k = vocabulary or top-k (renormalised)
-    tokens: torch.Tensor | None  # [N, k] token ids of a top-k cache; None: the full vocabulary
+    log_probs: torch.Tensor  # [N, k]: N = mask.sum(); k = the vocabulary, or the top-k log-probs
+    tokens: torch.Tensor | None  # [N, k] int32 token ids of a top-k cache; None: the full vocabulary
 
     @property
     def positions(self) -> int:
@@ -192,11 +160,12 @@ def build_teacher(model: nn.Module, tokenizer: Any, prompts: Sequence[Prompt], *
 
     Prompts longer than the model's context (with the continuation) are refused before any forward pass. The
     cache is ``positions × k`` fp32 on the CPU: k = vocabulary up to ``FULL_VOCAB_LIMIT`` tokens, else ``top_k``
-    (default ``DEFAULT_TOP_K``) with the kept probabilities renormalised.
+    (default ``DEFAULT_TOP_K``) log-probs and their int32 token ids (``kl_divergence`` adds a bucket for the rest).
     """
-    context = int(getattr(model.config, "max_position_embeddings", 0) or 1 << 30)
+    config: Any = model.config
+    context = int(getattr(config, "max_position_embeddings", 0) or 1 << 30)
     token_ids = check_lengths(prompts, tokenizer, context, continuation_tokens)
-    vocab = int(model.config.vocab_size)
+    vocab = int(config.vocab_size)
     k = top_k if top_k is not None else (None if vocab <= FULL_VOCAB_LIMIT else DEFAULT_TOP_K)
     k = None if k is not None and k >= vocab else k
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
@@ -218,7 +187,7 @@ def build_teacher(model: nn.Module, tokenizer: Any, prompts: Sequence[Prompt], *
                     out.append(TeacherBatch(ids, mask, log_p, None))
                 else:
                     values, tokens = log_p.topk(k, dim=-1)
-                    out.append(TeacherBatch(ids, mask, values - values.logsumexp(-1, keepdim=True), tokens))
+                    out.append(TeacherBatch(ids, mask, values, tokens.to(torch.int32)))
             return out
 
         teacher = Teacher(name, batches(train), batches(held), {
@@ -237,11 +206,12 @@ def model_context(ref: str | os.PathLike, revision: str | None = None, token: st
 
 
 def teacher_from_pretrained(ref: str | os.PathLike, tokenizer: Any, prompts: Sequence[Prompt], *,
-                            continuation_tokens: int = 8, batch_size: int = 8, params: LearnParams = LearnParams(),
+                            continuation_tokens: int = 8, batch_size: int = 8, params: LearnParams | None = None,
                             dtype: str | torch.dtype = "auto", device: str | torch.device = "cpu",
                             revision: str | None = None, token: str | bool | None = None,
                             name: str | None = None) -> Teacher:
     """Load the dense fine-tune ``ref`` on ``device``, cache its outputs (``build_teacher``) and free it again."""
+    params = params or LearnParams()
     model = load_causal_lm(ref, dtype=dtype, revision=revision, token=token).to(device)
     try:
         return build_teacher(model, tokenizer, prompts, continuation_tokens=continuation_tokens,
@@ -255,11 +225,18 @@ def teacher_from_pretrained(ref: str | os.PathLike, tokenizer: Any, prompts: Seq
 
 
 def kl_divergence(teacher: TeacherBatch, log_q: torch.Tensor) -> torch.Tensor:
-    """Σ over positions of KL(teacher ‖ student) (over the teacher's cached top-k when it keeps one)."""
+    """Σ over positions of KL(teacher ‖ student). With a top-k cache, the KL over the k cached tokens plus one bucket
+    holding the rest of the vocabulary: exact for the coarsened distributions, 0 when the student equals the
+    teacher, a lower bound of the full KL that reaches it as k grows."""
     log_p = teacher.log_probs.to(log_q.device)
-    if teacher.tokens is not None:
-        log_q = log_q.gather(-1, teacher.tokens.to(log_q.device))
-    return (log_p.exp() * (log_p - log_q)).sum()
+    if teacher.tokens is None:
+        return (log_p.exp() * (log_p - log_q)).sum()
+    log_q = log_q.gather(-1, teacher.tokens.to(log_q.device, torch.long))
+    p = log_p.exp()
+    p_rest = (1.0 - p.sum(-1)).clamp_min(0.0)
+    q_rest = (1.0 - log_q.exp().sum(-1)).clamp_min(TAIL_FLOOR)
+    tail = torch.where(p_rest > 0, p_rest * (p_rest.clamp_min(TAIL_FLOOR).log() - q_rest.log()), 0.0)
+    return (p * (log_p - log_q)).sum() + tail.sum()
 
 
 def mean_kl(model: nn.Module, batches: Sequence[TeacherBatch], params: dict[str, torch.Tensor] | None = None,
@@ -312,8 +289,8 @@ class Student:
                 encoded = adapter.encoded(name)
                 ids = parts.ids.get(name) if parts is not None else None
                 ids = encoded.partition if ids is None else ids
-                count = 1 if ids is None else (parts.count if parts is not None else int(ids.max()) + 1)
                 scalars = adapter.config.tensor_factors(name)
+                count = 1 if ids is None else (parts.count if parts is not None else len(scalars))
                 indices = encoded.indices().to(device)
                 on_device = EncodedTensor(encoded.encoding, encoded.shape, encoded.values.to(device, torch.float32),
                                           partition=None if ids is None else ids.to(device),
@@ -324,7 +301,7 @@ class Student:
                     continue
                 if len(scalars) != count:
                     scalars = [1.0] * count  # partitions re-derived, not the stored ones: no scalar factors yet
-                table = self._table(name, on_device, count, shared, device)
+                table = self._table(name, on_device, count, shared, device, record.get("block"))
                 self.learned.append(_Learned(name, index, on_device, indices, scalars, weight, table))
         with torch.no_grad():  # the tensors without learned factors are merged once, in place
             for name, deltas in fixed.items():
@@ -338,7 +315,7 @@ class Student:
         return parameter
 
     def _table(self, name: str, encoded: EncodedTensor, count: int, shared: dict[str, nn.Parameter],
-               device: torch.device) -> Any:
+               device: torch.device, block: int | None) -> Any:
         """The factor table of one tensor as a function of the learned parameters (the granularity's sharing)."""
         if self.granularity in ("row", "tensor"):
             rows = encoded.shape[0] if self.granularity == "row" and len(encoded.shape) >= 2 else 1
@@ -347,9 +324,10 @@ class Student:
             parameter = self._new((count, rows), device, stored)
             return lambda: parameter
         size = count if self.granularity == "partition" else 1
-        if self.granularity not in shared:
-            shared[self.granularity] = self._new((size,), device)
-        parameter = shared[self.granularity]
+        key = f"block {block}" if self.granularity == "block" else self.granularity
+        if key not in shared:
+            shared[key] = self._new((size,), device)
+        parameter = shared[key]
         if parameter.numel() != size:
             raise UserError(f"{name} has {count} partitions but other tensors of its adapter have "
                             f"{parameter.numel()}; partition granularity needs the same partitions everywhere")
@@ -423,7 +401,7 @@ def _order(count: int, generator: torch.Generator) -> list[int]:
 
 
 def learn_factors(model: nn.Module, adapters: Sequence[SparseDeltaAdapter], teachers: Sequence[Teacher],
-                  params: LearnParams = LearnParams(), *, partitions: Sequence[Partitions | None] | None = None,
+                  params: LearnParams | None = None, *, partitions: Sequence[Partitions | None] | None = None,
                   weights: Sequence[float] | None = None, max_factor: float | None = None,
                   progress: bool = True) -> LearnResult:
     """Learn factor tables for the pruned tensors of ``adapters`` so that base + Σ w·δ(factors) matches the teachers.
@@ -440,6 +418,7 @@ def learn_factors(model: nn.Module, adapters: Sequence[SparseDeltaAdapter], teac
         raise ValueError("learn_factors needs at least one adapter and one teacher")
     if len({t.objective for t in teachers}) > 1:
         raise ValueError(f"teachers mix objectives {sorted({t.objective for t in teachers})}; use one kind")
+    params = params or LearnParams()
     started = time.perf_counter()
     student = Student(model, adapters, params.learn_granularity, partitions, weights)
     generator = torch.Generator().manual_seed(params.learn_seed)

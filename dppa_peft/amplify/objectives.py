@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -23,52 +22,10 @@ from torch import nn
 
 from ..checkpoint import load_causal_lm
 from ..errors import UserError
+from ..specs import ObjectiveParams, Source
 from .calibration import DEFAULT_TEXT_FIELD, Prompt, read_prompts, task_prompts
 
-OBJECTIVES = ("kl", "tasks")
-
-Objective = Callable[[nn.Module], float]
-
-
-@dataclass(frozen=True)
-class ObjectiveParams:
-    """Settings of the provided objectives (each field is a CLI option)."""
-
-    objective: str = field(default="kl", metadata={
-        "help": "what the DPA search maximises: 'kl' = -KL(dense fine-tune || candidate) of next-token "
-                "distributions on --calibration prompts (no labels); 'tasks' = Domain-Ratio (geometric mean of "
-                "task score / dense score) of lm-eval --tasks on their dev split"})
-    calibration: str | None = field(default=None, metadata={
-        "help": "kl and learned: calibration prompts, a .jsonl/.json file with a --text-field per line or a plain "
-                "text file with one prompt per line"})
-    text_field: str = field(default=DEFAULT_TEXT_FIELD, metadata={
-        "help": "the JSON field holding the prompt in a .jsonl/.json --calibration file"})
-    continuation_tokens: int = field(default=8, metadata={
-        "help": "kl: greedy tokens the dense fine-tune appends to each prompt; they are scored too"})
-    max_length: int = field(default=128, metadata={
-        "help": "kl: prompts are cut to max_length - continuation_tokens tokens"})
-    batch_size: int = field(default=8, metadata={"help": "sequences per forward pass (kl) or lm-eval batch size"})
-    tokenizer: str | None = field(default=None, metadata={
-        "help": "tokenizer folder or Hub id (default: the fine-tuned model's, else the base model's)"})
-    tasks: list[str] | None = field(default=None, metadata={
-        "help": "tasks: lm-eval task (or group) names on a dev split, e.g. synthetic_math_dev"})
-    include_path: list[str] | None = field(default=None, metadata={
-        "help": "tasks: folders with the lm-eval task YAMLs (lm-eval's built-in tasks are not indexed)"})
-    metric: str = field(default="acc", metadata={"help": "tasks: the lm-eval metric each task reports, e.g. acc"})
-    limit: int | None = field(default=None, metadata={"help": "tasks: evaluate at most this many documents per task"})
-    split: str = field(default="dev", metadata={
-        "help": "tasks: the name of the split the --tasks read, recorded in the adapter config"})
-
-    def __post_init__(self) -> None:
-        if self.objective not in OBJECTIVES:
-            raise ValueError(f"unknown objective {self.objective!r}; choose one of {OBJECTIVES} (or pass a Python "
-                             "callable model -> score to the API)")
-        for name in ("continuation_tokens", "max_length", "batch_size"):
-            if getattr(self, name) < (0 if name == "continuation_tokens" else 1):
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.continuation_tokens >= self.max_length:
-            raise ValueError(f"continuation_tokens ({self.continuation_tokens}) must be below max_length "
-                             f"({self.max_length})")
+Objective = Callable[["nn.Module"], float]
 
 
 def read_texts(path: str | os.PathLike, text_field: str = DEFAULT_TEXT_FIELD) -> list[str]:
@@ -198,18 +155,18 @@ def load_tokenizer(candidates: Sequence[str | os.PathLike | None], revision: str
     raise ValueError(f"no tokenizer found in {tried}; pass a tokenizer folder (--tokenizer)")
 
 
-def build_objective(params: ObjectiveParams, finetuned: str | os.PathLike | None, base: str | os.PathLike | None,
-                    dtype: str | torch.dtype = "auto", device: str | torch.device = "cpu",
-                    revision: str | None = None, token: str | bool | None = None) -> Objective:
+def build_objective(params: ObjectiveParams, finetuned: Source | str | os.PathLike | None,
+                    base: Source | str | os.PathLike | None, dtype: str | torch.dtype = "auto",
+                    device: str | torch.device = "cpu", revision: str | None = None,
+                    token: str | bool | None = None) -> Objective:
     """The ``kl`` or ``tasks`` objective against the dense fine-tuned model (loaded once, then released)."""
-    if finetuned is None:
-        raise ValueError(f"the {params.objective!r} objective compares against the dense fine-tuned model; pass "
-                         "finetuned= (--finetuned)")
-    if params.objective == "kl" and params.calibration is None:
-        raise ValueError("the kl objective needs calibration prompts (--calibration FILE)")
+    source = None if finetuned is None else Source.of(finetuned, revision)
+    params.require_inputs(source)
+    assert source is not None
     texts = read_texts(params.calibration, params.text_field) if params.objective == "kl" else None
-    tokenizer = load_tokenizer([params.tokenizer] if params.tokenizer else [finetuned, base], token=token)
-    reference = load_causal_lm(finetuned, dtype=dtype, revision=revision, token=token)
+    base_ref = None if base is None else Source.of(base).ref
+    tokenizer = load_tokenizer([params.tokenizer] if params.tokenizer else [source.ref, base_ref], token=token)
+    reference = load_causal_lm(source.ref, dtype=dtype, revision=source.revision, token=token)
     reference = reference.to(device).eval()
     if params.objective == "kl":
         return KLObjective(reference, tokenizer, texts, params.continuation_tokens, params.max_length,

@@ -9,12 +9,11 @@ Two ways to get them, one per situation:
 
 - while pruning (``partition_ids``): the method prunes at every boundary density and the kept sets must nest;
 - from an existing adapter (``adapter_partitions``): stored ids when the adapter has them for these rates, else
-  re-derived from the stored entries: magnitude-ranked methods (``magnitude``, ``dp`` with ``tie_mode='index'``)
-  rank ``|stored value|`` with the lowest index first among ties (the pruning ranking; for values stored in bf16 or
-  fp16, entries whose magnitudes round to the same stored value are ordered by index); DARE recomputes its uniform
-  draws from (seed, tensor name). Boundary densities come from the recorded ``unclipped_density`` shifted by the
-  rate difference, which is the plan of every method whose adjustment does not depend on the rate (magnitude,
-  DARE, DP).
+  re-derived from the stored entries by the method's own ``stored_members`` (its ``ranking`` capability):
+  magnitude-ranked methods (magnitude, ties, dp, owl with ``tie_mode='index'``) rank ``|stored value|`` with the
+  lowest index first among ties; DARE recomputes its uniform draws from (seed, tensor name). Boundary densities
+  come from the recorded ``unclipped_density`` shifted by the rate difference, valid for every method whose
+  ``plan_shifts_with_rate``.
 """
 
 from __future__ import annotations
@@ -24,18 +23,15 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..errors import UserError
-from ..format.encoding import EncodedTensor
 from ..format.io import SparseDeltaAdapter
+from ..errors import UserError
 from ..methods.base import PruningMethod, SparseDelta
-from ..methods.dare import dare_keep_mask
-from ..methods.selection import keep_count
+from ..methods.registry import recorded_method
 from ..scope import TensorInfo
 
 TOP_RATE = 0.9
 RATE_STEP = 0.1
 MAX_PARTITIONS = 256  # partition ids are stored as uint8
-MAGNITUDE_RANKED = ("magnitude", "dp")
 RATE_TOLERANCE = 1e-9
 
 
@@ -64,12 +60,19 @@ def check_partition_rates(rates: Sequence[float], rate: float) -> list[float]:
     return out
 
 
+def nested_methods() -> list[str]:
+    """The registered methods whose kept sets nest across densities."""
+    from ..methods.registry import METHODS
+
+    return sorted(name for name, cls in METHODS.items() if cls.nested)
+
+
 def require_nested(method: PruningMethod) -> None:
     """DPA needs kept sets that nest across rates; say which methods do when this one does not."""
     if not method.nested:
         raise ValueError(
             f"pruning method {method.name!r} does not keep nested sets across pruning rates, so DPA partitions are "
-            "undefined for it; amplify an adapter pruned with a nested method (dp, magnitude, dare)"
+            f"undefined for it; amplify an adapter pruned with a nested method ({', '.join(nested_methods())})"
         )
 
 
@@ -119,36 +122,11 @@ class Partitions:
         return len(self.rates)
 
 
-def _magnitude_members(encoded: EncodedTensor, densities: Sequence[float]) -> list[torch.Tensor]:
-    order = torch.sort(encoded.values.float().abs(), descending=True, stable=True).indices
-    rank = torch.empty_like(order)
-    rank[order] = torch.arange(order.numel())
-    return [rank < keep_count(d, encoded.numel) for d in densities[:-1]]
-
-
-def _dare_members(name: str, encoded: EncodedTensor, densities: Sequence[float], seed: int) -> list[torch.Tensor]:
-    info = TensorInfo(name=name, shape=encoded.shape)
-    indices = encoded.indices()
-    if not bool(dare_keep_mask(info, densities[-1], seed).reshape(-1)[indices].all()):
-        raise ValueError(f"{name}: the stored entries are not DARE's draw for seed {seed}; was the adapter edited?")
-    return [dare_keep_mask(info, d, seed).reshape(-1)[indices] for d in densities[:-1]]
-
-
 def _derive_members(adapter: SparseDeltaAdapter, name: str, densities: list[float]) -> list[torch.Tensor]:
-    method = adapter.config.method
-    params = method.get("params", {})
+    """Boundary membership re-derived from the stored entries, as the adapter's pruning method ranks them."""
+    cls, params = recorded_method(adapter.config.method)
     encoded = adapter.encoded(name)
-    if method.get("name") in MAGNITUDE_RANKED and params.get("tie_mode", "index") == "index":
-        if encoded.nnz > keep_count(densities[-1], encoded.numel):
-            raise ValueError(f"{name} stores {encoded.nnz} entries, more than the top-k plan; not a top-k adapter")
-        return _magnitude_members(encoded, densities)
-    if method.get("name") == "dare":
-        return _dare_members(name, encoded, densities, int(params.get("seed", 0)))
-    raise ValueError(
-        f"cannot derive DPA partitions from the stored values of a {method.get('name')!r} adapter "
-        f"(parameters {params}); prune again with partitions stored: `dppa-peft prune --method "
-        f"{method.get('name')} --amplify ...` or prune(..., partition_rates=[...])"
-    )
+    return cls.stored_members(name, encoded.shape, encoded.indices(), encoded.values, densities, params)
 
 
 def adapter_partitions(adapter: SparseDeltaAdapter, rates: Sequence[float] | None = None) -> Partitions:
@@ -172,6 +150,9 @@ def adapter_partitions(adapter: SparseDeltaAdapter, rates: Sequence[float] | Non
             partitions.ids[name] = adapter.encoded(name).partition
             partitions.densities[name] = list(record["partition_densities"])
             continue
+        if not recorded_method(adapter.config.method)[0].plan_shifts_with_rate:
+            raise UserError(f"{name}: the {adapter.config.method.get('name')!r} plan does not shift with the rate, so "
+                            "partition densities cannot be re-derived; prune again with partitions stored")
         unclipped = record["unclipped_density"]
         floor = adapter.config.method.get("params", {}).get("min_density") or 0.0  # DP's optional density floor
         densities = [min(1.0, max(floor, unclipped + rate - r)) for r in rates]

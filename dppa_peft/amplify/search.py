@@ -35,11 +35,10 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-STRATEGIES = ("default", "reference")
-DPA_METHODS = (1, 2)
+from ..choices import DEFAULT_TOL, DPA_METHODS, STRATEGIES
+
 AMPLIFY_BOUNDS = (0.5, 3.0)
 REDUCE_BOUNDS = (0.0, 1.2)
-DEFAULT_TOL = 0.05
 REFERENCE_START = 1.8
 REFERENCE_STEP = 0.1
 REFERENCE_MAX_CALLS = 100

@@ -1,4 +1,7 @@
-"""``dppa-peft``: a thin command line over the Python API. One module per subcommand."""
+"""``dppa-peft``: a thin command line over the Python API. One module per subcommand.
+
+Options are generated from the specs and checked before any work. torch is deferred while the options are parsed
+(``--help`` answers without loading it); each command imports what it needs when it runs."""
 
 from __future__ import annotations
 
@@ -10,15 +13,16 @@ import signal
 import sys
 import traceback
 from collections.abc import Iterator
+from importlib import import_module
 
+from .._lazy import defer
 from ..errors import Interrupted, UserError, redact
-from ..hub_errors import PushError
-from . import amplify, demo, evaluate, export, inspect, merge, prune, push, run
 
-SUBCOMMANDS = [demo, prune, amplify, merge, inspect, evaluate, push, export, run]
+SUBCOMMANDS = ("demo", "prune", "amplify", "merge", "inspect", "evaluate", "push", "export", "run")  # modules
 # Errors that come from the user's input or environment (paths, permissions, disk, network, bad values): printed as
 # one "error:" line with exit status 2. OSError covers FileNotFoundError, FileExistsError, PermissionError, ENOSPC.
-USER_FACING_ERRORS = (UserError, ValueError, OSError, PushError)
+# A Hub push error too, when the Hub code was loaded (see user_facing_errors).
+USER_FACING_ERRORS: tuple[type[BaseException], ...] = (UserError, ValueError, OSError)
 STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
 EXIT_USER_ERROR = 2
 DEBUG_FLAG = "--debug"
@@ -34,9 +38,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(DEBUG_FLAG, action="store_true",
                         help="on an error, print the full Python traceback too (also accepted after the subcommand)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in SUBCOMMANDS:
-        module.add_parser(sub)
+    for name in SUBCOMMANDS:
+        import_module(f".{name}", __name__).add_parser(sub)
     return parser
+
+
+def user_facing_errors() -> tuple[type[BaseException], ...]:
+    """``USER_FACING_ERRORS`` plus ``PushError`` once the Hub code is loaded (it is not, at parse time)."""
+    hub_errors = sys.modules.get("dppa_peft.hub_errors")
+    return USER_FACING_ERRORS + ((hub_errors.PushError,) if hub_errors is not None else ())
 
 
 class WarningLines(logging.Handler):
@@ -78,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     debug = DEBUG_FLAG in argv
     argv = [a for a in argv if a != DEBUG_FLAG]
+    defer("torch")
     args = build_parser().parse_args(argv)
     args.command_line = shlex.join(["dppa-peft", *argv])  # provenance for adapter configs and model cards
     show_warnings()
@@ -91,7 +102,9 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             print(redact(traceback.format_exc()), file=sys.stderr)
         return status
-    except USER_FACING_ERRORS as err:
+    except Exception as err:
+        if not isinstance(err, user_facing_errors()):
+            raise
         if debug:
             print(redact(traceback.format_exc()), file=sys.stderr)
         print(redact(f"dppa-peft {args.command}: error: {str(err) or type(err).__name__}"), file=sys.stderr)

@@ -1,33 +1,16 @@
-"""``dppa-peft amplify``: DPA on an existing adapter (partitions, factor search) -> a new adapter folder."""
+"""``dppa-peft amplify``: DPA on an existing adapter -> a new adapter folder (options from ``AmplifySpec``)."""
 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
-from ..amplify.api import AmplifyParams, amplify
-from ..amplify.learned import LearnParams, LearnResult
-from ..amplify.objectives import ObjectiveParams
-from ..amplify.search import SearchResult
-from .common import add_dataclass_options
+from ..specs import AmplifySpec
+from .common import add_spec_command
 
-_ACCEPTED: dict[str, list[str]] = {}
-
-
-def add_dpa_options(parser: argparse.ArgumentParser) -> dict[str, list[str]]:
-    """The DPA and objective options (generated from ``AmplifyParams`` and ``ObjectiveParams``)."""
-    accepted = add_dataclass_options(parser.add_argument_group("DPA partitions and factor search"),
-                                     {"DPA": AmplifyParams})
-    accepted.update(add_dataclass_options(parser.add_argument_group("DPA objective"), {"objective": ObjectiveParams}))
-    accepted.update(add_dataclass_options(parser.add_argument_group("learned amplification (--search learned)"),
-                                          {"learned": LearnParams}))
-    return accepted
-
-
-def given_dpa_options(args: argparse.Namespace, accepted: dict[str, list[str]]) -> dict[str, Any]:
-    """The DPA options the user set."""
-    return {name: getattr(args, name) for name in accepted if getattr(args, name) is not None}
+if TYPE_CHECKING:
+    from ..amplify.learned import LearnResult
+    from ..amplify.search import SearchResult
 
 
 def describe_learned(result: LearnResult) -> str:
@@ -41,6 +24,8 @@ def describe_learned(result: LearnResult) -> str:
 
 def describe_search(result: SearchResult | LearnResult | None, factors: list[float]) -> str:
     """A few lines for the terminal: the factors and, after a search, every evaluation."""
+    from ..amplify.learned import LearnResult
+
     if result is None:
         return f"factors {factors} (given, no search)"
     if isinstance(result, LearnResult):
@@ -58,37 +43,18 @@ def describe_search(result: SearchResult | LearnResult | None, factors: list[flo
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser(
-        "amplify", help="DPA: search partition factors for an existing adapter and write the amplified adapter",
+    add_spec_command(
+        sub, "amplify", AmplifySpec, run=run,
+        help="DPA: search partition factors for an existing adapter and write the amplified adapter",
         description="Dynamic Partition Amplification on an adapter written by `dppa-peft prune`: split its kept "
                     "entries into partitions by pruning rate (0.9, 0.8, ... down to its rate), search one factor "
                     "per partition against an objective (the base model is loaded once and candidates are applied "
                     "in place), and write a new adapter whose config records the factors and every evaluation.",
     )
-    parser.add_argument("adapter", help="adapter folder or Hub id (from `dppa-peft prune`)")
-    parser.add_argument("--base", default=None, help="base model: folder or Hub id (default: the adapter's base)")
-    parser.add_argument("--finetuned", default=None,
-                        help="the dense fine-tuned model the objective compares with (needed by kl and tasks)")
-    parser.add_argument("--out", default=None,
-                        help="output adapter folder (default: ADAPTER-dpa next to a local ADAPTER folder)")
-    parser.add_argument("--revision", default=None, help="revision of the fine-tuned model on the Hub")
-    parser.add_argument("--base-revision", default=None, help="revision of the base model on the Hub")
-    parser.add_argument("--adapter-revision", default=None, help="revision of the adapter on the Hub")
-    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
-    _ACCEPTED.update(add_dpa_options(parser))
-    parser.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> None:
-    out = args.out
-    if out is None:
-        if not Path(args.adapter).is_dir():
-            raise ValueError(f"{args.adapter} is not a local folder; pass --out")
-        source = Path(args.adapter)
-        out = source.with_name(f"{source.name}-dpa")
-    adapter, result = amplify(
-        args.adapter, out, finetuned=args.finetuned, base=args.base, revision=args.revision,
-        base_revision=args.base_revision, adapter_revision=args.adapter_revision, overwrite=args.overwrite,
-        command=args.command_line, **given_dpa_options(args, _ACCEPTED),
-    )
+def run(spec: AmplifySpec, args: argparse.Namespace) -> None:
+    from ..amplify.api import amplify
+
+    adapter, result = amplify(spec, command=args.command_line)
     print(f"wrote {adapter.directory}: {describe_search(result, adapter.config.amplification['raw_factors'])}")

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..publish.export import EXPORT_FORMATS, export_supertuning
-from ..format.io import SparseDeltaAdapter
+from ..choices import EXPORT_FORMATS
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -21,7 +20,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("out", metavar="OUT", help="output folder (written atomically)")
     parser.add_argument("--format", dest="export_format", default="supertuning", choices=EXPORT_FORMATS,
                         help="output format (default: supertuning)")
-    parser.add_argument("--revision", default=None, help="Hub revision of DIR when it is a Hub id")
+    parser.add_argument("--adapter-revision", default=None, help="Hub revision of DIR when it is a Hub id")
     parser.add_argument("--base", default=None,
                         help="the adapter's base model, folder or Hub id (default: the base recorded in the adapter)")
     parser.add_argument("--base-revision", default=None, help="Hub revision of --base")
@@ -30,7 +29,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    adapter = SparseDeltaAdapter.from_pretrained(args.adapter, revision=args.revision)
+    from ..format.io import SparseDeltaAdapter
+    from ..publish.export import export_supertuning
+
+    adapter = SparseDeltaAdapter.from_pretrained(args.adapter, revision=args.adapter_revision)
     if args.export_format == "sparse-delta":
         out = adapter.save_pretrained(args.out, overwrite=args.overwrite)
         print(f"wrote {out}: {adapter.nbytes / 2**20:.2f} MiB (sparse-delta)")

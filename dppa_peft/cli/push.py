@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..publish.card import load_eval_results
-from ..publish.export import EXPORT_FORMATS
-from ..format.io import SparseDeltaAdapter
+from ..choices import EXPORT_FORMATS
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -45,6 +43,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    from ..format.io import SparseDeltaAdapter
+    from ..publish.card import load_eval_results
+
     if args.base_revision and not args.base:
         raise ValueError("--base-revision needs --base")
     if args.base and args.export_format != "supertuning":

@@ -1,8 +1,8 @@
 """What the demo compares: the pruned variants of each domain fine-tune and the three-domain merges.
 
-A :class:`PruneVariant` is a pruning method plus an optional amplification: ``dpa`` (the paper's DPA: partition
+A :class:`PruneJob` is a pruning method plus an optional amplification: ``dpa`` (the paper's DPA: partition
 factors searched on the dev tasks) or ``learned`` (per-row factors learned by KL to the dense fine-tune on the dev
-prompts). A :class:`MergeVariant` merges the three domains' adapters of one prune variant with one merge mode (the
+prompts). A :class:`MergeJob` merges the three domains' adapters of one prune variant with one merge mode (the
 learned modes learn on the dev prompts too). Labels are what the report shows; nothing here reads the test split.
 """
 
@@ -17,7 +17,7 @@ DELLA_EPSILON = 0.07  # DELLA's default half-window, narrowed where the density 
 
 
 @dataclass(frozen=True)
-class PruneVariant:
+class PruneJob:
     """``method`` at each demo rate (or only at ``rates``), then ``amplification``."""
 
     label: str
@@ -34,10 +34,10 @@ class PruneVariant:
 
 
 @dataclass(frozen=True)
-class MergeVariant:
+class MergeJob:
     """The three domains' ``source`` adapters merged with merge mode ``mode`` (and its ``options``)."""
 
-    source: str  # the PruneVariant label whose adapters are merged
+    source: str  # the PruneJob label whose adapters are merged
     mode: str = "sum"
     options: dict[str, Any] = field(default_factory=dict)
     suffix: str = ""
@@ -53,23 +53,23 @@ class MergeVariant:
 
 
 PRUNE_VARIANTS = {v.label: v for v in (
-    PruneVariant("magnitude", "magnitude"),
-    PruneVariant("owl", "owl"),
-    PruneVariant("dare", "dare"),
-    PruneVariant("della", "della"),
-    PruneVariant("dp", "dp"),
-    PruneVariant("dppa", "dp", "dpa", rates=(0.8, 0.9, 0.95, 0.99)),  # 0.5 = 5 partitions: 51 dev-task evaluations
-    PruneVariant("magnitude+learned", "magnitude", "learned"),
-    PruneVariant("dp+learned", "dp", "learned", rates=(0.9, 0.95, 0.99)),
+    PruneJob("magnitude", "magnitude"),
+    PruneJob("owl", "owl"),
+    PruneJob("dare", "dare"),
+    PruneJob("della", "della"),
+    PruneJob("dp", "dp"),
+    PruneJob("dppa", "dp", "dpa", rates=(0.8, 0.9, 0.95, 0.99)),  # 0.5 = 5 partitions: 51 dev-task evaluations
+    PruneJob("magnitude+learned", "magnitude", "learned"),
+    PruneJob("dp+learned", "dp", "learned", rates=(0.9, 0.95, 0.99)),
 )}
 MERGE_VARIANTS = {v.label: v for v in (
-    MergeVariant("dare"),
-    MergeVariant("dppa"),
-    MergeVariant("magnitude", "ties"),
-    MergeVariant("dare", "dare_ties"),
-    MergeVariant("della", "della"),
-    MergeVariant("magnitude+learned"),
-    MergeVariant("magnitude+learned", "learned"),  # starts from the single-domain learned factors
-    MergeVariant("magnitude", "adamerging", {"adamerging_granularity": "task"}, "task"),
-    MergeVariant("magnitude", "adamerging", {"adamerging_granularity": "layer"}, "layer"),
+    MergeJob("dare"),
+    MergeJob("dppa"),
+    MergeJob("magnitude", "ties"),
+    MergeJob("dare", "dare_ties"),
+    MergeJob("della", "della"),
+    MergeJob("magnitude+learned"),
+    MergeJob("magnitude+learned", "learned"),  # starts from the single-domain learned factors
+    MergeJob("magnitude", "adamerging", {"adamerging_granularity": "task"}, "task"),
+    MergeJob("magnitude", "adamerging", {"adamerging_granularity": "layer"}, "layer"),
 )}

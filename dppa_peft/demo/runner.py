@@ -19,10 +19,11 @@ from transformers import AutoTokenizer
 
 from ..amplify.api import prune_and_amplify
 from ..evaluation.report import EvalResults, render_table, report_tables, write_report
-from ..evaluation.runner import DomainSpec, Evaluator, MergeSpec, evaluate_all
+from ..evaluation.runner import Evaluator, MergeVariant, evaluate_all
 from ..evaluation.tasks import task_manager
 from ..merge import create_mode, merge_to_adapter
 from ..pipeline import open_adapter, prune
+from ..specs import Domain
 from .domains import DOMAINS, task_split
 from .lineup import MERGE_VARIANTS, PRUNE_VARIANTS, RATES
 from .tasks import domain_task_names
@@ -117,7 +118,7 @@ def prune_zoo(zoo: Zoo, settings: DemoSettings, out: Path, progress: bool = True
 
 
 def merge_zoo(zoo: Zoo, settings: DemoSettings, out: Path, adapters: Adapters,
-              progress: bool = True) -> list[MergeSpec]:
+              progress: bool = True) -> list[MergeVariant]:
     """The three-domain merges to evaluate; a learned mode learns here (on the dev prompts) and its merged adapter,
     with the record of what it learned, is written under ``out/merges``."""
     jobs = [(MERGE_VARIANTS[name], r) for r in settings.merge_rates for name in settings.merges
@@ -126,7 +127,7 @@ def merge_zoo(zoo: Zoo, settings: DemoSettings, out: Path, adapters: Adapters,
     for variant, rate in tqdm(jobs, desc="merging", unit="merge", disable=not progress):
         sources = {d: adapters[(d, variant.source, rate)] for d in zoo.finetunes}
         if not variant.learns:
-            specs.append(MergeSpec(sources, variant.mode, options=variant.options, label=variant.label))
+            specs.append(MergeVariant(sources, variant.mode, options=variant.options, label=variant.label))
             continue
         mode = create_mode(variant.mode, calibration=[str(_calibration_file(out, d)) for d in sources],
                            **_learn_options(settings, merge=True), **variant.options)
@@ -134,7 +135,7 @@ def merge_zoo(zoo: Zoo, settings: DemoSettings, out: Path, adapters: Adapters,
         merge_to_adapter(zoo.base, handles, out / "merges" / f"{_slug(variant.label)}-{round(rate * 100)}",
                          mode=mode, overwrite=True, progress=False)
         learned = mode.prepare(zoo.base, handles, [1.0] * len(handles), progress=False)  # learned once, reused
-        specs.append(MergeSpec(dict(zip(sources, learned)), label=variant.label))
+        specs.append(MergeVariant(dict(zip(sources, learned)), label=variant.label))
     return specs
 
 
@@ -156,7 +157,7 @@ def run_demo(out: str | Path, cache_dir: str | Path, settings: DemoSettings = De
         merges = merge_zoo(zoo, settings, out, adapters, progress)
         lap("merge")
         test_tasks = domain_task_names("test")
-        domains = [DomainSpec(d, str(path), test_tasks[d]) for d, path in zoo.finetunes.items()]
+        domains = [Domain(name=d, finetuned=str(path), tasks=test_tasks[d]) for d, path in zoo.finetunes.items()]
         prunes = [(d, path) for (d, _, _), path in adapters.items()]
         evaluator = Evaluator(AutoTokenizer.from_pretrained(zoo.base), task_manager(), batch_size=settings.batch_size,
                               limit=settings.limit)

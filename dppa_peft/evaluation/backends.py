@@ -21,7 +21,7 @@ from typing import Any
 
 from ..errors import UserError
 
-BACKENDS = ("hf", "vllm")
+from ..choices import BACKENDS
 VLLM_INSTALL = "pip install 'dppa-peft[vllm]'"
 
 
@@ -126,14 +126,13 @@ def lm_eval_model(source: ModelSource, settings: BackendSettings) -> Iterator[tu
 def _merged_folder(source: ModelSource, settings: BackendSettings) -> Path:
     """Write ``source`` as one dense model folder under ``settings.work_dir`` (once per variant)."""
     from ..merge import merge_to_folder
-    from ..pipeline import VALUE_DTYPES
 
     if settings.work_dir is None:
         raise UserError("the vllm backend writes merged models: set BackendSettings.work_dir")
     Path(settings.work_dir).mkdir(parents=True, exist_ok=True)
     out = Path(settings.work_dir) / folder_name(source.label)
     return merge_to_folder(source.pretrained, list(source.adapters), out, weights=source.weights, mode=source.mode,
-                           dtype=VALUE_DTYPES.get(settings.dtype), overwrite=True, progress=False,
+                           dtype=settings.dtype, overwrite=True, progress=False,
                            **dict(source.options))
 
 

@@ -14,7 +14,9 @@ import torch
 from tqdm.auto import tqdm
 
 from ..format.io import SparseDeltaAdapter
+from ..methods.registry import METHODS
 from ..pipeline import open_adapter
+from ..specs import Domain
 from .backends import BackendSettings, ModelSource, lm_eval_model
 from .report import EvalResults, Variant, VariantScores
 
@@ -24,16 +26,7 @@ Score = tuple[float, float | None]
 
 
 @dataclass(frozen=True)
-class DomainSpec:
-    """A domain: its dense fine-tune (folder or Hub id) and the lm-eval tasks that measure it."""
-
-    name: str
-    finetuned: str
-    tasks: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class MergeSpec:
+class MergeVariant:
     """Adapters merged into one model: domain -> adapter, combine mode and optional weights."""
 
     adapters: Mapping[str, AdapterRef]
@@ -44,14 +37,15 @@ class MergeSpec:
 
 
 def method_label(adapter: SparseDeltaAdapter) -> str:
-    """The method as reports show it: 'dppa' for DP with amplification, 'dare+dpa' for DARE with it, 'dp+learned' for
-    learned amplification, else the name."""
-    name = adapter.config.method.get("name", "?")
-    if adapter.config.amplification and adapter.config.amplification.get("learned"):
+    """The method as reports show it (the method's ``label``: 'dppa' for DP with amplification, 'dare+dpa', ...;
+    '<method>+learned' for learned amplification)."""
+    name = str(adapter.config.method.get("name", "?"))
+    amplification = adapter.config.amplification or {}
+    if amplification.get("learned"):
         return f"{name}+learned"
-    if adapter.config.amplification:
-        return "dppa" if name == "dp" else f"{name}+dpa"
-    return name
+    if name not in METHODS:
+        return name
+    return METHODS[name].label(bool(amplification))
 
 
 @dataclass
@@ -114,8 +108,8 @@ class Evaluator:
         return scores
 
 
-def evaluate_all(base: str, domains: Sequence[DomainSpec], evaluator: Evaluator,
-                 prunes: Sequence[tuple[str, AdapterRef]] = (), merges: Sequence[MergeSpec] = (),
+def evaluate_all(base: str, domains: Sequence[Domain], evaluator: Evaluator,
+                 prunes: Sequence[tuple[str, AdapterRef]] = (), merges: Sequence[MergeVariant] = (),
                  progress: bool = True) -> EvalResults:
     """Scores of the base and dense fine-tunes on every domain's tasks, and of every pruned and merged variant.
 
@@ -130,7 +124,7 @@ def evaluate_all(base: str, domains: Sequence[DomainSpec], evaluator: Evaluator,
     bar.update()
     dense = {}
     for domain in domains:
-        dense[domain.name] = evaluator.measure(ModelSource(str(domain.finetuned), label=domain.name), domain.tasks)
+        dense[domain.name] = evaluator.measure(ModelSource(domain.finetuned.ref, label=domain.name), domain.tasks)
         bar.update()
     variants = []
     for domain_name, ref in prunes:

@@ -1,1 +1,1 @@
-"""The adapter on disk: compact encoding, config, fingerprint, folder I/O."""
+"""The adapter on disk: compact encoding, config, fingerprint, folder I/O, and the kernel that applies a delta."""

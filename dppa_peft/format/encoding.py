@@ -11,24 +11,31 @@ optional float32 amplification factors ``[P, R]`` per tensor (see ``apply``).
 
 from __future__ import annotations
 
+import functools
+
 from dataclasses import dataclass
 
 import torch
 
 from ..methods.base import SparseDelta
 
-_BITS = torch.arange(8, dtype=torch.uint8)
+
+
+@functools.cache
+def _bits() -> torch.Tensor:
+    """Bit positions 0..7 (built on first use: importing this module does not load torch)."""
+    return torch.arange(8, dtype=torch.uint8)
 _ESCAPE = 255
 
 
 def bitmask_encode(indices: torch.Tensor, numel: int) -> torch.Tensor:
     mask = torch.zeros(-(-numel // 8) * 8, dtype=torch.uint8)
     mask[indices] = 1
-    return (mask.reshape(-1, 8) << _BITS).sum(dim=1, dtype=torch.uint8)
+    return (mask.reshape(-1, 8) << _bits()).sum(dim=1, dtype=torch.uint8)
 
 
 def bitmask_decode(packed: torch.Tensor, numel: int) -> torch.Tensor:
-    bits = (packed.reshape(-1, 1) >> _BITS) & 1
+    bits = (packed.reshape(-1, 1) >> _bits()) & 1
     return bits.reshape(-1)[:numel].nonzero().reshape(-1)
 
 

@@ -14,11 +14,11 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-CombineFn = Callable[..., torch.Tensor]
+from ..choices import CONSENSUS, SEMANTICS
+
+CombineFn = Callable[..., "torch.Tensor"]
 COMBINE_CHUNK = 1 << 20  # entries combined at once
 COMBINE_MODES: dict[str, CombineFn] = {}
-CONSENSUS = ("sum", "count")
-SEMANTICS = ("mergekit", "peft")
 
 
 def register_combine(name: str) -> Callable[[CombineFn], CombineFn]:

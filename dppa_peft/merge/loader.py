@@ -30,7 +30,8 @@ from ..format.io import AdapterWriter, SparseDeltaAdapter
 from ..format.merge_record import MergeRecord, MergeSource, merged_adapter_config, read_record, source_of
 from ..format.validate import check_fits_base, require_fingerprint
 from ..methods.base import SparseDelta
-from ..pipeline import VALUE_DTYPES, open_adapter
+from ..pipeline import open_adapter
+from ..specs import torch_dtype
 from ..publish.merge_card import write_merge_card
 from ..tuner.model import BaseModelMismatchError, check_base, resize_vocabulary
 from ..validate import finite_numbers
@@ -103,9 +104,7 @@ def _dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
     """``"auto"``/None -> None (keep each tensor's dtype); a name or a torch dtype -> that dtype."""
     if dtype is None or isinstance(dtype, torch.dtype):
         return dtype
-    if dtype not in VALUE_DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(VALUE_DTYPES)}")
-    return VALUE_DTYPES[dtype]
+    return torch_dtype(dtype)
 
 
 def _dtype_name(dtype: torch.dtype | None) -> str | None:

@@ -9,6 +9,12 @@ A method never reads files: the pipeline streams ``(TensorInfo, fp32 delta)`` pa
                 method.observe(info, delta, pass_index)
     for info, delta in in_scope_deltas():
         sparse = method.prune(info, delta, method.plan(info).density)
+
+A method also declares what it can do, as class attributes and class methods that the rest of the package reads
+instead of lists of names: how it ranks kept entries (``ranking``), whether kept sets nest across densities
+(``nested``), whether its plan shifts with the rate (``plan_shifts_with_rate``), whether it rescales kept values
+(``rescales``), how DPA partitions are re-derived from a stored adapter (``stored_members``) and how reports name it
+(``label``). A new method is one module with a ``@register``-ed subclass (``methods/__init__`` imports every module).
 """
 
 from __future__ import annotations
@@ -20,7 +26,11 @@ from typing import Any, ClassVar
 
 import torch
 
+from ..errors import UserError
 from ..scope import TensorInfo
+from .selection import keep_count
+
+RANKINGS = ("magnitude", "random", "none")
 
 
 @dataclass(frozen=True)
@@ -61,7 +71,9 @@ class SparseDelta:
     def density(self) -> float:
         return self.nnz / self.numel if self.numel else 0.0
 
-    def to_dense(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    def to_dense(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The dense delta (fp32 unless ``dtype`` says otherwise)."""
+        dtype = dtype or torch.float32
         out = torch.zeros(self.numel, dtype=dtype)
         out[self.indices] = self.values.to(dtype)
         return out.reshape(self.shape)
@@ -91,6 +103,19 @@ class PruningMethod(ABC):
     needs_statistics: ClassVar[bool] = False
     statistics_passes: ClassVar[int] = 1  # full passes of observe over every in-scope delta (when needs_statistics)
     nested: ClassVar[bool] = True  # kept sets are nested across densities (DPA partitions rely on it)
+    #: how kept entries are ranked: 'magnitude' (top-k |delta|, lowest index first among ties: partitions re-derive
+    #: from the stored values when tie_mode is 'index'), 'random' (a seeded draw: the method overrides
+    #: ``stored_members``), 'none' (DPA partitions only when stored while pruning)
+    ranking: ClassVar[str] = "none"
+    #: ``plan(info, r)`` is ``plan(info)`` moved by ``rate - r`` before clipping (the term added to ``1 - rate``
+    #: does not depend on the rate), so partition densities re-derive from the recorded ``unclipped_density``
+    plan_shifts_with_rate: ClassVar[bool] = True
+    amplified_label: ClassVar[str | None] = None  # how reports name it with DPA (default '<name>+dpa')
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.ranking not in RANKINGS:
+            raise TypeError(f"{cls.__name__}.ranking must be one of {RANKINGS}, got {cls.ranking!r}")
 
     def __init__(self, rate: float, params: Any = None) -> None:
         if not 0.0 <= rate <= 1.0:
@@ -116,3 +141,43 @@ class PruningMethod(ABC):
     def describe(self) -> dict[str, Any]:
         """Method name, rate and every hyperparameter, as recorded in the adapter config."""
         return {"name": self.name, "rate": self.rate, "params": dataclasses.asdict(self.params)}
+
+    @classmethod
+    def rescales(cls, params: Any) -> bool:
+        """Whether kept values are already scaled up (DARE's 1/d), so DPA searches a reduction, not an amplification."""
+        return False
+
+    @classmethod
+    def label(cls, amplified: bool) -> str:
+        """The method's name in reports ('dppa' for DP with DPA)."""
+        return (cls.amplified_label or f"{cls.name}+dpa") if amplified else cls.name
+
+    @classmethod
+    def stored_members(cls, name: str, shape: tuple[int, ...], indices: torch.Tensor, values: torch.Tensor,
+                       densities: list[float], params: Any) -> list[torch.Tensor]:
+        """Which stored entries each inner partition boundary keeps (one bool mask per ``densities[:-1]``).
+
+        ``indices`` and ``values`` are the adapter's stored entries of tensor ``name``; ``densities`` the boundary
+        densities, most important first, ending at the stored density. Raises when this method cannot re-derive
+        its ranking from what is stored.
+        """
+        if cls.ranking == "magnitude" and getattr(params, "tie_mode", "index") == "index":
+            return magnitude_members(name, shape, values, densities)
+        raise UserError(f"cannot derive DPA partitions from the stored values of a {cls.name!r} adapter (parameters "
+                        f"{dataclasses.asdict(params)}); prune again with partitions stored: `dppa-peft prune "
+                        f"--method {cls.name} --amplify ...` or prune(..., partition_rates=[...])")
+
+
+def magnitude_members(name: str, shape: tuple[int, ...], values: torch.Tensor,
+                      densities: list[float]) -> list[torch.Tensor]:
+    """Boundary membership of a top-k adapter's stored entries: ranked by ``|stored value|``, lowest index first.
+
+    For values stored in bf16 or fp16, entries whose magnitudes round to the same stored value are ordered by index.
+    """
+    numel = int(torch.Size(shape).numel())
+    if values.numel() > keep_count(densities[-1], numel):
+        raise UserError(f"{name} stores {values.numel()} entries, more than the top-k plan; not a top-k adapter")
+    order = torch.sort(values.float().abs(), descending=True, stable=True).indices
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(order.numel())
+    return [rank < keep_count(d, numel) for d in densities[:-1]]

@@ -42,7 +42,7 @@ class BreadcrumbsParams:
 class Breadcrumbs(PruningMethod):
     name = "breadcrumbs"
     summary = "Model Breadcrumbs: drop the top gamma of |delta| as outliers, keep the next d, drop the rest"
-    Params = BreadcrumbsParams
+    Params = BreadcrumbsParams  # ranking 'none': the dropped outlier count can change with the density
 
     def prune(self, info: TensorInfo, delta: torch.Tensor, density: float) -> SparseDelta:
         return SparseDelta.from_mask(delta, breadcrumbs_mask(delta, density, self.params.gamma))

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..errors import UserError
 from ..scope import TensorInfo
 from .base import PruningMethod, SparseDelta
 from .registry import register
@@ -41,6 +42,21 @@ class Dare(PruningMethod):
     name = "dare"
     summary = "drop entries at random (keep probability d) and rescale the rest by 1/d"
     Params = DareParams
+    ranking = "random"
+
+    @classmethod
+    def rescales(cls, params: DareParams) -> bool:
+        return bool(params.rescale)
+
+    @classmethod
+    def stored_members(cls, name: str, shape: tuple[int, ...], indices: torch.Tensor, values: torch.Tensor,
+                       densities: list[float], params: DareParams) -> list[torch.Tensor]:
+        """DARE's uniform draws recomputed from (seed, tensor name), read at the stored entries."""
+        info = TensorInfo(name=name, shape=shape)
+        if not bool(dare_keep_mask(info, densities[-1], params.seed).reshape(-1)[indices].all()):
+            raise UserError(f"{name}: the stored entries are not DARE's draw for seed {params.seed}; was the adapter "
+                            "edited?")
+        return [dare_keep_mask(info, d, params.seed).reshape(-1)[indices] for d in densities[:-1]]
 
     def prune(self, info: TensorInfo, delta: torch.Tensor, density: float) -> SparseDelta:
         keep = dare_keep_mask(info, density, self.params.seed)

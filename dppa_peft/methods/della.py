@@ -84,7 +84,11 @@ class DellaParams:
 class Della(PruningMethod):
     name = "della"
     summary = "DELLA MagPrune: row-wise rank-based keep probability d-eps..d+eps, random drop, rescale 1/q"
-    Params = DellaParams
+    Params = DellaParams  # ranking 'none': the keep probabilities depend on the dense delta's row ranks
+
+    @classmethod
+    def rescales(cls, params: DellaParams) -> bool:
+        return bool(params.rescale)
 
     def __init__(self, rate: float, params: DellaParams | None = None) -> None:
         super().__init__(rate, params)

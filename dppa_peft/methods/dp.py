@@ -76,6 +76,8 @@ class DynamicPruning(PruningMethod):
     name = "dp"
     summary = "DPPA Dynamic Pruning: per-linear densities from block and linear outlier significance of |delta|"
     Params = DPParams
+    ranking = "magnitude"
+    amplified_label = "dppa"
     needs_statistics = True
     statistics_passes = 2  # pass 0: per-matrix significance and block sums of |delta|; pass 1: block outliers
 

@@ -25,6 +25,7 @@ class Magnitude(PruningMethod):
     name = "magnitude"
     summary = "keep the largest |delta| of every tensor (uniform density)"
     Params = MagnitudeParams
+    ranking = "magnitude"
 
     def prune(self, info: TensorInfo, delta: torch.Tensor, density: float) -> SparseDelta:
         return SparseDelta.from_mask(delta, magnitude_mask(delta, density, self.params.tie_mode))

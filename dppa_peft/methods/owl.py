@@ -53,6 +53,7 @@ class Owl(PruningMethod):
     name = "owl"
     summary = "OWL-magnitude on deltas: block densities from the block outlier ratio (min-max to 2*lambda)"
     Params = OwlParams
+    ranking = "magnitude"  # every matrix keeps its top-k |delta| at its block's density
     needs_statistics = True
     statistics_passes = 2  # pass 0: block sums of |delta|; pass 1: outliers against the block mean
 

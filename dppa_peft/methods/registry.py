@@ -26,6 +26,13 @@ def get_method(name: str) -> type[PruningMethod]:
         raise ValueError(f"unknown pruning method {name!r}; choose one of {sorted(METHODS)}") from None
 
 
+def recorded_method(record: dict[str, Any]) -> tuple[type[PruningMethod], Any]:
+    """The method class and parameters of an adapter config's ``method`` record."""
+    cls = get_method(str(record.get("name")))
+    known = {f.name for f in dataclasses.fields(cls.Params)}
+    return cls, cls.Params(**{k: v for k, v in (record.get("params") or {}).items() if k in known})
+
+
 def create_method(name: str, rate: float, **params: Any) -> PruningMethod:
     """Instantiate method ``name`` at ``rate`` with its hyperparameters (unknown ones are an error)."""
     cls = get_method(name)

@@ -24,6 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..checkpoint import Checkpoint, SafetensorsWriter
+from ..choices import EXPORT_FORMATS
 from ..output import atomic_directory, check_output
 from .card import write_model_card
 from ..format.apply import add_dense, add_sparse
@@ -33,7 +34,6 @@ from ..format.validate import check_fits_base
 from ..methods.base import SparseDelta
 from ..tuner.model import BaseModelMismatchError
 
-EXPORT_FORMATS = ("sparse-delta", "supertuning")  # ours (a copy) and stock PEFT's
 PREFIX = "base_model.model."
 SPARSE_ENTRY_BYTES = 8  # fp32 value + int32 index
 
