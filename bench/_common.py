@@ -72,7 +72,7 @@ def measure(code: str, setup: str = "", env: dict[str, str] | None = None) -> di
     out = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, env=full_env)
     if out.returncode != 0:
         raise RuntimeError(out.stderr[-3000:])
-    line = next(l for l in out.stdout.splitlines() if l.startswith("MEASURE"))
+    line = next(row for row in out.stdout.splitlines() if row.startswith("MEASURE"))
     return json.loads(line[len("MEASURE"):])
 
 

@@ -6,7 +6,7 @@ import logging
 from collections.abc import Iterator
 
 import torch
-from tqdm.auto import tqdm
+from .progress import progress_bar
 
 from .format.fingerprint import tensor_sample
 from .checkpoint import Checkpoint
@@ -138,6 +138,6 @@ class DeltaPair:
                progress: bool = True) -> Iterator[tuple[TensorInfo, torch.Tensor]]:
         """Yield (info, fp32 delta) one tensor at a time."""
         infos = self.infos if infos is None else infos
-        for info in tqdm(infos, desc=desc, unit="tensor", disable=not progress, leave=False):
+        for info in progress_bar(infos, desc=desc, unit="tensor", disable=not progress):
             yield info, self.delta(info.name)
         self.check_likeness()

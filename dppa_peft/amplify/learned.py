@@ -34,7 +34,7 @@ from typing import Any, ClassVar
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from ..progress import progress_bar
 
 from ..checkpoint import load_causal_lm
 from ..choices import FULL_VOCAB_LIMIT, GRANULARITIES
@@ -426,8 +426,7 @@ def learn_factors(model: nn.Module, adapters: Sequence[SparseDeltaAdapter], teac
     queues: list[list[int]] = [[] for _ in teachers]
     best = (student.heldout_kl(teachers), 0, student.tables())
     heldout, losses, stopped, waited = [(0, best[0])], [], None, 0
-    bar = tqdm(range(1, params.learn_steps + 1), desc="learning factors", unit="step", disable=not progress,
-               leave=False)
+    bar = progress_bar(range(1, params.learn_steps + 1), desc="learning factors", unit="step", disable=not progress)
     for step in bar:
         if optimizer is None:
             break

@@ -14,7 +14,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from tqdm.auto import tqdm
+from ..progress import progress_bar
 from transformers import AutoTokenizer
 
 from ..amplify.api import prune_and_amplify
@@ -103,7 +103,7 @@ def prune_zoo(zoo: Zoo, settings: DemoSettings, out: Path, progress: bool = True
     jobs = [(d, PRUNE_VARIANTS[name], r) for d in zoo.finetunes for r in settings.rates for name in settings.prunes
             if PRUNE_VARIANTS[name].runs_at(r)]
     adapters: Adapters = {}
-    for domain, variant, rate in tqdm(jobs, desc="pruning", unit="adapter", disable=not progress):
+    for domain, variant, rate in progress_bar(jobs, desc="pruning", unit="adapter", disable=not progress):
         path = out / "adapters" / domain / f"{_slug(variant.label)}-{round(rate * 100)}"
         common = dict(method=variant.method, rate=rate, overwrite=True, progress=False, **variant.params(rate))
         if variant.amplification == "dpa":
@@ -124,7 +124,7 @@ def merge_zoo(zoo: Zoo, settings: DemoSettings, out: Path, adapters: Adapters,
     jobs = [(MERGE_VARIANTS[name], r) for r in settings.merge_rates for name in settings.merges
             if all((d, MERGE_VARIANTS[name].source, r) in adapters for d in zoo.finetunes)]
     specs = []
-    for variant, rate in tqdm(jobs, desc="merging", unit="merge", disable=not progress):
+    for variant, rate in progress_bar(jobs, desc="merging", unit="merge", disable=not progress):
         sources = {d: adapters[(d, variant.source, rate)] for d in zoo.finetunes}
         if not variant.learns:
             specs.append(MergeVariant(sources, variant.mode, options=variant.options, label=variant.label))

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
+from ..progress import progress_bar
 
 from .. import __version__
 from ..errors import UserError
@@ -163,7 +163,7 @@ def _merge_handles(model: torch.nn.Module, handles: Sequence[SparseDeltaAdapter]
                         "device map (meta device); merging needs them in memory: give the device map room for them "
                         "(e.g. max_cpu_memory), or write the merged model once with `dppa-peft merge` and load that")
     with torch.no_grad():
-        for name in tqdm(names, desc=f"merging ({merger.name})", unit="tensor", disable=not progress, leave=False):
+        for name in progress_bar(names, desc=f"merging ({merger.name})", unit="tensor", disable=not progress):
             if name not in params:
                 raise ValueError(f"adapter tensor {name!r} is not a parameter of {base}; the adapter does not fit")
             params[name].copy_(_merged(merger, name, handles, weights).apply(params[name]))
@@ -194,8 +194,7 @@ def merge_to_folder(base: str | os.PathLike, adapters: Sequence[AdapterRef], out
     inputs = [base, checkpoint.directory, *(h.directory for h in handles)]
     with atomic_directory(out, overwrite=overwrite, inputs=inputs) as tmp:
         writer = ShardedWriter(tmp, max_shard_bytes=max_shard_bytes)
-        for name in tqdm(checkpoint.names(), desc=f"merging ({merger.name})", unit="tensor", disable=not progress,
-                         leave=False):
+        for name in progress_bar(checkpoint.names(), desc=f"merging ({merger.name})", unit="tensor", disable=not progress):
             tensor = checkpoint.read(name)
             if name in touched:
                 samples[name] = tensor_sample(tensor)
@@ -240,7 +239,7 @@ def merge_to_adapter(base: str | os.PathLike, adapters: Sequence[AdapterRef], ou
     inputs = [base, checkpoint.directory, *(h.directory for h in handles)]
     with atomic_directory(out, overwrite=overwrite, inputs=inputs) as tmp:
         writer = AdapterWriter(tmp)
-        for name in tqdm(names, desc=f"merging ({merger.name})", unit="tensor", disable=not progress, leave=False):
+        for name in progress_bar(names, desc=f"merging ({merger.name})", unit="tensor", disable=not progress):
             samples[name] = checkpoint_sample(checkpoint, name)  # a few rows, not the whole tensor
             delta = _merged(merger, name, handles, weights).as_delta()
             pruned = any(h.config.tensors[name].get("pruned") for h in handles if name in h.config.tensors)
