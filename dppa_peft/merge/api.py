@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..specs import MergeSpec
 
@@ -31,10 +32,10 @@ def merge(spec: MergeSpec, *, token: str | bool | None = None, progress: bool = 
         return [MergeOutput(Path(out), kind) for out, kind in outputs]
     assert spec.base is not None
     mode = create_mode(spec.mode, **spec.params)  # one instance for both outputs: a learned mode learns once
-    common = dict(weights=spec.weights, mode=mode, revision=spec.base.revision,
-                  adapter_revisions=[a.revision for a in spec.adapters], token=token, overwrite=spec.overwrite,
-                  progress=progress, command=command, allow_unverified_base=spec.allow_unverified_base,
-                  device=spec.device)
+    common: dict[str, Any] = dict(weights=spec.weights, mode=mode, revision=spec.base.revision,
+                                  adapter_revisions=[a.revision for a in spec.adapters], token=token,
+                                  overwrite=spec.overwrite, progress=progress, command=command,
+                                  allow_unverified_base=spec.allow_unverified_base, device=spec.device)
     refs = [a.ref for a in spec.adapters]
     written = []
     if spec.out:
