@@ -677,6 +677,8 @@ class MergeSpec(Spec):
     allow_unverified_base: bool = option(False, group="inputs", help=(
         "merge adapters that record no base fingerprint (refused by default: nothing would check that they fit "
         "this base)"))
+    device: str = option("cpu", group="device", help=(
+        "learned merge modes (learned, adamerging): device the factors are learned on: cpu, cuda, cuda:1"))
     mode: str = option("sum", choices=merge_mode_choices, group="merge mode", help=(
         "how the deltas combine (each mode's options are listed under it)"))
     params: dict[str, Any] = option(default_factory=dict, group="merge mode options", help=(

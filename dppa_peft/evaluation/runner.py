@@ -33,14 +33,19 @@ class MergeVariant:
     mode: str = "sum"
     weights: Sequence[float] | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
+    label: str | None = None  # how reports name the merge (default: the adapters' methods and the mode)
 
 
 def method_label(adapter: SparseDeltaAdapter) -> str:
-    """The method as reports show it (the method's ``label``: 'dppa' for DP with amplification, 'dare+dpa', ...)."""
+    """The method as reports show it (the method's ``label``: 'dppa' for DP with amplification, 'dare+dpa', ...;
+    '<method>+learned' for learned amplification)."""
     name = str(adapter.config.method.get("name", "?"))
+    amplification = adapter.config.amplification or {}
+    if amplification.get("learned"):
+        return f"{name}+learned"
     if name not in METHODS:
         return name
-    return METHODS[name].label(bool(adapter.config.amplification))
+    return METHODS[name].label(bool(amplification))
 
 
 @dataclass
@@ -129,7 +134,7 @@ def evaluate_all(base: str, domains: Sequence[Domain], evaluator: Evaluator,
     for spec in merges:
         adapters = tuple(open_adapter(ref) for ref in spec.adapters.values())
         labels = sorted({method_label(a) for a in adapters})
-        label = "+".join(labels) + ("" if spec.mode == "sum" else f" ({spec.mode})")
+        label = spec.label or "+".join(labels) + ("" if spec.mode == "sum" else f" ({spec.mode})")
         tasks = [t for name in spec.adapters for t in by_name[name].tasks]
         variant = Variant(label, float(adapters[0].config.method["rate"]), "merge", tuple(spec.adapters))
         source = ModelSource(str(base), adapters, None if spec.weights is None else tuple(spec.weights), spec.mode,
