@@ -8,7 +8,7 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: demo test setup
+.PHONY: demo test setup check
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,5 +24,10 @@ setup: $(VENV)/.installed
 demo: setup
 	$(BIN)/dppa-peft demo
 
-test: setup
+# lint and type check (settings in pyproject.toml), run by `make test` before the tests
+check: setup
+	$(BIN)/python -m ruff check dppa_peft tests bench
+	$(BIN)/python -m mypy
+
+test: check
 	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest -n 2 --dist loadfile tests

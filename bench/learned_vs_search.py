@@ -33,7 +33,7 @@ from dppa_peft import SparseDeltaAdapter, load_merged, prune
 from dppa_peft.amplify.api import write_amplified
 from dppa_peft.amplify.calibration import Prompt
 from dppa_peft.amplify.candidate import AmplifiedModel, load_base_model
-from dppa_peft.amplify.factors import amplification_block
+from dppa_peft.amplify.factors import amplification_record
 from dppa_peft.amplify.learned import (
     LearnParams,
     build_teacher,
@@ -126,7 +126,7 @@ def bench_domain(zoo, domain: str, method: str, rate: float, evaluator: Evaluato
     seconds = (teacher_seconds[0] + spent[0], teacher_seconds[1] + spent[1])
     folder = root / f"{domain}-{method}-learned"
     folder.mkdir()
-    block = amplification_block([rate], [1.0])
+    block = amplification_record([rate], [1.0])
     block["learned"] = learned.record()
     write_amplified(adapter, folder, partitions, block, {}, learned.factors[0])
     model = load_merged(zoo.base, [SparseDeltaAdapter(folder)], progress=False)

@@ -17,8 +17,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
 from .methods.base import DensityPlan
 from .scope import Scope, TensorInfo
@@ -231,18 +233,41 @@ def format_density_table(grid: DensityGrid) -> str:
     return "\n".join(lines)
 
 
+MAX_LABELLED_CELLS = 600  # above this, cell values would not be readable: the colour bar carries them alone
+
+
 def density_heatmap(grid: DensityGrid, path: str | Path | None = None, title: str = "kept density") -> Figure:
-    """Heatmap of kept density, blocks × modules (the view of the paper's Figure 3); saved as PNG when ``path``."""
+    """Heatmap of kept density, blocks × modules (the view of the paper's Figure 3); saved as PNG when ``path``.
+
+    Each cell shows its density (when the grid is small enough to read them); cells whose planned density was
+    clipped to [0, 1] are hatched and their value starred; the colour bar spans the grid's own range, at a fixed
+    readable height.
+    """
     matrix = grid.matrix().numpy()
-    figure = Figure(figsize=(1.2 + 0.9 * len(grid.modules), 1.2 + 0.25 * len(grid.blocks)), layout="constrained")
+    rows, cols = len(grid.blocks), len(grid.modules)
+    figure = Figure(figsize=(2.5 + 1.0 * cols, 1.8 + 0.32 * max(rows, 6)), layout="constrained")
     axes = figure.add_subplot()
-    image = axes.imshow(matrix, aspect="auto", cmap="viridis", interpolation="nearest")
-    axes.set_xticks(range(len(grid.modules)), grid.modules, rotation=45, ha="right")
-    axes.set_yticks(range(len(grid.blocks)), [str(b) for b in grid.blocks])
+    finite = matrix[~np.isnan(matrix)]
+    low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    if high - low < 1e-9:
+        low, high = max(0.0, low - 0.05), min(1.0, high + 0.05)
+    image = axes.imshow(matrix, aspect="auto", cmap="viridis", interpolation="nearest", vmin=low, vmax=high)
+    axes.set_xticks(range(cols), grid.modules, rotation=45, ha="right")
+    axes.set_yticks(range(rows), [str(b) for b in grid.blocks])
     axes.set_xlabel("module")
     axes.set_ylabel("block")
-    axes.set_title(title)
-    figure.colorbar(image, ax=axes, label="density")
+    axes.set_title(title + (" (* / hatched: clipped to [0, 1])" if grid.clipped else ""))
+    for (block, module) in grid.clipped:
+        r, c = grid.blocks.index(block), grid.modules.index(module)
+        axes.add_patch(Rectangle((c - 0.5, r - 0.5), 1, 1, fill=False, hatch="//", edgecolor="white", linewidth=0))
+    if rows * cols <= MAX_LABELLED_CELLS:
+        middle = (low + high) / 2
+        for (block, module), value in grid.density.items():
+            r, c = grid.blocks.index(block), grid.modules.index(module)
+            star = "*" if (block, module) in grid.clipped else ""
+            axes.text(c, r, f"{value:.3f}{star}", ha="center", va="center", fontsize=7,
+                      color="black" if value > middle else "white")
+    figure.colorbar(image, ax=axes, label="kept density", fraction=0.05, aspect=20)
     if path is not None:
         figure.savefig(path, format="png", dpi=120)
     return figure

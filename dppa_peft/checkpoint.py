@@ -9,7 +9,6 @@ the end, then renames it into place.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -22,7 +21,7 @@ from typing import Any
 import torch
 
 from .errors import UserError
-from .output import atomic_directory  # re-exported: the one way results are written (see output.py)
+from .output import atomic_directory  # noqa: F401  (re-exported: the one way results are written, see output.py)
 from .safetensors_file import DTYPE_TO_ST, TensorEntry, read_header, read_tensor
 from .validate import read_json
 
@@ -232,11 +231,6 @@ class SafetensorsWriter:
             if tmp.exists():
                 tmp.unlink()
         return self.path
-
-    def abort(self) -> None:
-        self._data.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self._data.name)
 
 
 class ShardedWriter:

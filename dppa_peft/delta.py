@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from .progress import progress_bar
 
 from .format.fingerprint import tensor_sample
 from .checkpoint import Checkpoint
@@ -160,6 +160,6 @@ class DeltaPair:
         """Yield (info, delta) one tensor at a time: computed in fp32 on the CPU, then moved to ``device`` (None:
         stay) in ``dtype``, so only one delta at a time occupies the device."""
         infos = self.infos if infos is None else infos
-        for info in tqdm(infos, desc=desc, unit="tensor", disable=not progress, leave=False):
+        for info in progress_bar(infos, desc=desc, unit="tensor", disable=not progress):
             yield info, self.delta(info.name).to(device=device, dtype=dtype)
         self.check_likeness()

@@ -17,7 +17,7 @@ from .errors import UserError
 from .format.encoding import EncodedTensor, encode, encode_dense
 from .format.fingerprint import fingerprint
 from .format.io import AdapterWriter, SparseDeltaAdapter
-from .amplify.factors import amplification_block
+from .amplify.factors import amplification_record
 from .amplify.partitions import partition_ids
 from .base_ref import base_id_record, portable_ref
 from .checkpoint import Checkpoint, atomic_directory
@@ -170,7 +170,7 @@ def _prune(spec: PruneSpec, out: str | os.PathLike, *, token: str | bool | None,
             tensors=writer.records, vocab_size=_vocab_size(pair), inference_mode=True, task_type="CAUSAL_LM",
             summary={"kept_density": summary.kept_density, "size_ratio": summary.size_ratio,
                      "adapter_bytes": summary.adapter_bytes, "dense_delta_bytes": summary.dense_delta_bytes},
-            amplification=None if rates is None else amplification_block(rates, [1.0] * len(rates)),
+            amplification=None if rates is None else amplification_record(rates, [1.0] * len(rates)),
             provenance={"command": command or f"dppa_peft.prune(method={spec.method!r}, rate={spec.rate})",
                         "finetuned": portable_ref(spec.finetuned.ref), "package_version": __version__, **base_id,
                         "device": on.type, "compute_dtype": str(compute).removeprefix("torch.")},

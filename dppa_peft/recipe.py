@@ -5,7 +5,7 @@ base: meta-llama/Llama-2-7b-hf          # folder or Hub id, or {ref: ..., revisi
 output_dir: llama2-dppa                  # adapters go to <output_dir>/<domain>, the merge to <output_dir>/merged
 prune: {method: dp, rate: 0.9, params: {dp_variant: code, lam: 0.08}}   # any PruneSpec field but base/finetuned/out
 finetunes: {math: GAIR/Abel-7B-001, finance: AdaptLLM/finance-chat}
-merge: {mode: ties, weights: {math: 1.0}, params: {density: 0.5}}   # optional; any MergeSpec field but base/adapters/out
+merge: {mode: ties, weights: {math: 1.0}, params: {density: 0.5}}   # optional; MergeSpec fields but base/adapters/out
 ```
 
 A recipe is a list of specs (one ``PruneSpec`` per fine-tune, then a ``MergeSpec``), built with the specs' strict
@@ -181,8 +181,9 @@ def run_recipe(recipe: Recipe, overwrite: bool = False, command: str | None = No
             summary = run(spec, command=command, progress=progress)[1]
             yield f"{name.removeprefix('prune ')}: {summary.line()}"
         else:
+            assert isinstance(spec, MergeSpec)
             merge(spec, progress=progress, command=command)
-            yield f"merged ({spec.mode}) -> {spec.out}"  # type: ignore[attr-defined]
+            yield f"merged ({spec.mode}) -> {spec.out}"
         redone = True
         state[name] = record
         _save_state(recipe.output_dir, state)

@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from .choices import (
-    BACKENDS, DEFAULT_TEXT_FIELD, DEFAULT_TOL, DPA_METHODS, DTYPES, FULL_VOCAB_LIMIT, GRANULARITIES, LEARNED, OBJECTIVES,
+    BACKENDS, DEFAULT_TEXT_FIELD, DEFAULT_TOL, DPA_METHODS, DTYPES, FULL_VOCAB_LIMIT, GRANULARITIES, LEARNED,
+    OBJECTIVES,
     OUTSIDE_SCOPE_MODES, PARTITION_COMBINE_MODES, SEARCHES, TEACHER_TOP_K,
 )
 from .scope import DEFAULT_SCOPE_PATTERN
@@ -180,7 +181,7 @@ def convert(value: Any, hint: Any, path: str, extra: Mapping[str, Any] | None = 
         if len(errors) == 1:
             raise ValueError(errors[0])
         _fail(f"{path}: expected {_type_name(hint)}, got {type(value).__name__} {value!r}")
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         if isinstance(value, hint):
             return value
         if hint is Source and isinstance(value, (str, Path)):
@@ -257,7 +258,7 @@ def _convert_dataclass(value: Any, cls: type, path: str, extra: Mapping[str, Any
         _fail(message if message.startswith(path) else f"{path}: {message}")
 
 
-# --- the specs ---------------------------------------------------------------------------------------------------------
+# --- the specs --------------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True, kw_only=True)
 class Source(Spec):
@@ -559,10 +560,10 @@ def _changed(spec: Spec) -> list[str]:
     return [f.name for f in dataclasses.fields(spec) if getattr(spec, f.name) != getattr(default, f.name)]
 
 
-def split_dpa_options(options: dict[str, Any]) -> tuple[dict[str, Spec], dict[str, Any]]:
+def split_dpa_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """The nested DPA specs (``dpa``, ``dpa_objective``, ``learn``) from flat field names, and the options left
     (method parameters)."""
-    nested: dict[str, Spec] = {}
+    nested: dict[str, Any] = {}
     for key, cls in (("dpa", AmplifyParams), ("dpa_objective", ObjectiveParams), ("learn", LearnParams)):
         names = {f.name for f in dataclasses.fields(cls)}
         nested[key] = cls(**{k: options.pop(k) for k in list(options) if k in names})
@@ -676,6 +677,9 @@ class MergeSpec(Spec):
     allow_unverified_base: bool = option(False, group="inputs", help=(
         "merge adapters that record no base fingerprint (refused by default: nothing would check that they fit "
         "this base)"))
+    device: str = option("cpu", group="device", help=(
+        "device the merge runs on (cpu, cuda, cuda:1, auto): where --out merges each touched tensor, and where "
+        "learned merge modes (learned, adamerging) learn their factors"))
     mode: str = option("sum", choices=merge_mode_choices, group="merge mode", help=(
         "how the deltas combine (each mode's options are listed under it)"))
     params: dict[str, Any] = option(default_factory=dict, group="merge mode options", help=(
@@ -689,8 +693,6 @@ class MergeSpec(Spec):
         "--out: dtype of the written weights and of config.json; 'auto' keeps each base tensor's dtype"))
     value_dtype: str = option("float32", choices=ADAPTER_VALUE_DTYPES, group="outputs (at least one)", help=(
         "--out-adapter: dtype of the stored values (float32: exact)"))
-    device: str = option("cpu", group="device", help=(
-        "--out: device each touched tensor is merged on, one at a time: cpu, cuda, cuda:1 or auto"))
     overwrite: bool = option(False, help="replace the output folders if they exist")
 
     def validate(self) -> None:
@@ -859,5 +861,8 @@ class EvalSpec(Spec):
                   merges=[{name: Source.of(ref) for name, ref in merge.items()} for merge in self.merges])
 
 
-__all__ = ["DTYPES", "UserError", "torch_dtype", "AmplifyParams", "AmplifySpec", "Domain", "EvalOptions", "EvalSpec", "InspectSpec", "LearnParams", "MergeSpec", "ObjectiveParams",
-           "PruneSpec", "RunOptions", "Source", "Spec", "SpecError", "convert", "method_params", "option"]
+__all__ = [
+    "AmplifyParams", "AmplifySpec", "DTYPES", "Domain", "EvalOptions", "EvalSpec", "InspectSpec", "LearnParams",
+    "MergeSpec", "ObjectiveParams", "PruneSpec", "RunOptions", "Source", "Spec", "SpecError", "UserError",
+    "convert", "method_params", "option", "torch_dtype"
+]

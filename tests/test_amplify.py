@@ -11,7 +11,7 @@ from dppa_peft import SparseDeltaAdapter, amplify, prune, prune_and_amplify
 from dppa_peft.format.apply import effective_values
 from dppa_peft.format.encoding import EncodedTensor
 from dppa_peft.amplify.candidate import AmplifiedModel, load_base_model
-from dppa_peft.amplify.factors import amplification_block, effective_factors
+from dppa_peft.amplify.factors import amplification_record, effective_factors
 from dppa_peft.amplify.objectives import KLObjective, TaskRatioObjective, read_texts
 from dppa_peft.evaluation.runner import Evaluator
 from dppa_peft.amplify.partitions import (
@@ -179,9 +179,9 @@ def test_max_combine_reproduces_the_released_table(raw, expected):
 def test_independent_combine_and_unpruned_factor():
     assert _combined((1.0, 1.3), "independent") == pytest.approx([0.9, -0.65, 0, 0, 0])
     assert _combined((1.8, 1.0), "independent") == pytest.approx([1.62, -0.5, 0, 0, 0])
-    block = amplification_block([0.9, 0.8], [1.0, 1.3], "max", amplify_unpruned=True)
+    block = amplification_record([0.9, 0.8], [1.0, 1.3], "max", amplify_unpruned=True)
     assert block["factors"] == [1.3, 1.3] and block["raw_factors"] == [1.0, 1.3] and block["unpruned_factor"] == 1.3
-    assert amplification_block([0.9, 0.8], [1.8, 0.0])["unpruned_factor"] == 1.0
+    assert amplification_record([0.9, 0.8], [1.8, 0.0])["unpruned_factor"] == 1.0
     with pytest.raises(ValueError, match="finite numbers >= 0"):
         effective_factors([1.0, -0.5])
 

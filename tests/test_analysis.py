@@ -135,3 +135,15 @@ def test_density_heatmap(tmp_path) -> None:
     torch.testing.assert_close(shown, torch.tensor([[0.0, 0.18], [math.nan, 0.1]]), equal_nan=True)
     assert [t.get_text() for t in figure.axes[0].get_xticklabels()] == [UP, Q]
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 1000
+
+
+def test_heatmap_shows_values_and_marks_clipped_cells(tmp_path):
+    from dppa_peft.analysis import DensityGrid, density_heatmap
+
+    grid = DensityGrid((0, 1), ("k", "q"), {(0, "k"): 0.1, (0, "q"): 0.1, (1, "k"): 0.12, (1, "q"): 0.0},
+                       frozenset({(1, "q")}))
+    figure = density_heatmap(grid, tmp_path / "h.png")
+    axes = figure.axes[0]
+    assert sorted(t.get_text() for t in axes.texts) == ["0.000*", "0.100", "0.100", "0.120"]
+    assert [p.get_hatch() for p in axes.patches] == ["//"]
+    assert figure.axes[1].get_ylim() == pytest.approx((0.0, 0.12))  # the colour bar spans the grid's own range

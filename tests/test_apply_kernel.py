@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM
 from dppa_peft import SparseDeltaAdapter, load_merged, merge_to_folder, prune
 from dppa_peft.amplify.api import write_amplified
 from dppa_peft.amplify.candidate import AmplifiedModel
-from dppa_peft.amplify.factors import amplification_block
+from dppa_peft.amplify.factors import amplification_record
 from dppa_peft.amplify.partitions import adapter_partitions
 from dppa_peft.format.apply import add_sparse, effective_values, row_of
 from dppa_peft.format.encoding import EncodedTensor
@@ -64,7 +64,7 @@ def amplified(request, tmp_path_factory) -> tuple:
     rows = {name: 0.5 + torch.rand(2, record["shape"][0], generator=generator)
             for name, record in pruned.config.tensors.items() if record["pruned"]}
     (root / "amplified").mkdir()
-    write_amplified(pruned, root / "amplified", partitions, amplification_block([0.9, 0.8], SCALARS), {}, rows)
+    write_amplified(pruned, root / "amplified", partitions, amplification_record([0.9, 0.8], SCALARS), {}, rows)
     return base, dtype, SparseDeltaAdapter(root / "amplified"), root
 
 

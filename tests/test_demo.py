@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -25,15 +26,17 @@ def zoo(zoo_cache):
 
 
 def test_reduced_demo_writes_the_paper_tables(tmp_path, zoo, zoo_cache):
-    settings = DemoSettings(size="tiny", rates=(0.9,), methods=("magnitude", "dare", "dppa"),
-                            merge_methods=("dppa",), objective="kl", limit=20)
+    settings = DemoSettings(size="tiny", rates=(0.9,), prunes=("magnitude", "dare", "dppa", "magnitude+learned"),
+                            merges=("dppa (sum)", "magnitude+learned (learned)", "magnitude (adamerging task)"),
+                            objective="kl", limit=20, learn_steps=4, merge_learn_steps=4)
     run = run_demo(tmp_path / "demo", zoo_cache, settings, progress=False)
     report = tmp_path / "demo" / "report"
     assert sorted(p.name for p in report.iterdir()) == [
         "demo.json", "domain_ratio_vs_rate.png", "merge_math-finance-law.png", "report.json", "report.md"]
     data = json.loads((report / "report.json").read_text())
-    assert len(data["variants"]) == 3 * 3 + 1  # 3 domains x 3 methods at one rate, and one merge
-    assert [v["method"] for v in data["variants"][:3]] == ["magnitude", "dare", "dppa"]
+    assert len(data["variants"]) == 3 * 4 + 3  # 3 domains x 4 prune variants at one rate, and three merges
+    assert [v["method"] for v in data["variants"][:4]] == ["magnitude", "dare", "dppa", "magnitude+learned"]
+    assert [v["method"] for v in data["variants"][12:]] == list(settings.merges)
     for ratio in data["ratios"]:  # Domain-Ratio = geometric mean of the Task-Ratios of the raw scores
         variant = next(v for v in data["variants"] if v["method"] == ratio["method"] and v["kind"] == ratio["kind"]
                        and ratio["domain"] in v["domains"])
@@ -43,10 +46,20 @@ def test_reduced_demo_writes_the_paper_tables(tmp_path, zoo, zoo_cache):
             continue
         task_ratios = [variant["scores"][t] / dense[t] for t in dense]
         assert ratio["domain_ratio"] == pytest.approx(math.prod(task_ratios) ** (1 / len(task_ratios)))
-    dppa = json.loads((tmp_path / "demo" / "adapters" / "math" / "dppa-90" / "adapter_config.json").read_text())
+    adapters = tmp_path / "demo" / "adapters" / "math"
+    dppa = json.loads((adapters / "dppa-90" / "adapter_config.json").read_text())
     search = dppa["amplification"]["search"]
     assert search["objective"]["name"] == "kl" and search["objective"]["split"].endswith("math_dev.jsonl")
     assert len(search["history"]) == search["calls"] > 1
+    learned = json.loads((adapters / "magnitude+learned-90" / "adapter_config.json").read_text())
+    assert learned["amplification"]["learned"]["steps_run"] == 4
+    [source] = learned["amplification"]["learned"]["teachers"][0]["sources"]
+    assert source.endswith("math_dev.jsonl")
+    merges = tmp_path / "demo" / "merges"
+    assert sorted(p.name for p in merges.iterdir()) == ["magnitude+learned-learned-90", "magnitude-adamerging-task-90"]
+    record = json.loads((merges / "magnitude+learned-learned-90" / "adapter_config.json").read_text())["merge"]
+    assert record["mode"] == "learned" and [Path(s).name for t in record["learned"]["teachers"] for s in t["sources"]] \
+        == ["math_dev.jsonl", "finance_dev.jsonl", "law_dev.jsonl"]
     text = summary(run)
     assert "Pruning: Domain-Ratio (%)" in text and "Merging math + finance + law" in text
 

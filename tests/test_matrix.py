@@ -22,9 +22,10 @@ import torch
 from peft import PeftModel
 
 from dppa_peft import load_merged, merge_to_adapter, merge_to_folder
-from dppa_peft.merge import MERGE_MODES, mode_options
+from dppa_peft.merge import MERGE_MODES, MergeMode, create_mode, mode_options
 from dppa_peft.methods import METHODS
 from tests.expected import load_weights
+from tests.tiny_models import make_tokenizer
 from tests.matrix import (
     DTYPES, MERGE_WEIGHTS, Matrix, assert_same_weights, check_merge_paths, check_peft_round_trip, load_base,
     reference_deltas, reference_weights, weights_of,
@@ -44,12 +45,23 @@ def test_method_merge_paths_bit_identical(method: str, dtype: str, matrix: Matri
     check_merge_paths(method, matrix.pairs[dtype], matrix.adapter(method, dtype), tmp_path / "merged")
 
 
+def _learned_once(mode: str, folder: Path) -> str | MergeMode:
+    """A mode that learns factors (it needs unlabeled prompts) as ONE instance, so that every output sums the same
+    learned factors (a few steps; the learning itself is tested in test_learned_merge.py); other modes by name."""
+    if "calibration" not in mode_options(mode):
+        return mode
+    (folder / "prompts.txt").write_text("1+2=3;\n4+5=9;\n6+7=13;\n")
+    return create_mode(mode, calibration=[str(folder / "prompts.txt")] * 2, learn_steps=2, continuation_tokens=2,
+                       tokenizer=str(make_tokenizer(folder / "tokenizer")))
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("mode", sorted(name for name, cls in MERGE_MODES.items() if name == cls.name))
 def test_merge_mode_paths_bit_identical(mode: str, dtype: str, matrix: Matrix, tmp_path: Path) -> None:
     pair = matrix.pairs[dtype]
     adapters = [matrix.adapter("magnitude", dtype, which) for which in (0, 1)]
     options = {"density": 0.5} if "density" in mode_options(mode) else {}
+    mode = _learned_once(mode, tmp_path)
     in_memory = weights_of(load_merged(pair.base, adapters, MERGE_WEIGHTS, mode, dtype=pair.dtype, progress=False,
                                        **options))
     folder = merge_to_folder(pair.base, adapters, tmp_path / "merged", MERGE_WEIGHTS, mode, progress=False,
@@ -60,7 +72,7 @@ def test_merge_mode_paths_bit_identical(mode: str, dtype: str, matrix: Matrix, t
     merged = merge_to_adapter(pair.base, adapters, tmp_path / "adapter", MERGE_WEIGHTS, mode, progress=False,
                               **options)
     from_adapter = weights_of(PeftModel.from_pretrained(load_base(pair), str(merged.directory)).merge_and_unload())
-    if MERGE_MODES[mode].needs_dense():  # one merged delta per tensor: the same single addition
+    if MERGE_MODES[str(getattr(mode, "name", mode))].needs_dense():  # one merged delta per tensor: the same single addition
         assert_same_weights(from_adapter, in_memory, f"merged adapter vs load_merged ({mode})")
     else:  # Σ w_i·δ_i is summed before it meets the base (docs/algorithms.md §12.4): equal to fp32 rounding
         for name, expected in in_memory.items():

@@ -40,8 +40,8 @@ def exact(actual: torch.Tensor, expected: torch.Tensor) -> None:
 
 
 def test_registry_names_options_and_aliases() -> None:
-    assert sorted(MERGE_MODES) == ["dare_linear", "dare_ties", "della", "della_linear", "linear", "magnitude_prune",
-                                   "sum", "task_arithmetic", "ties"]
+    assert sorted(MERGE_MODES) == ["adamerging", "dare_linear", "dare_ties", "della", "della_linear", "learned",
+                                   "linear", "magnitude_prune", "sum", "task_arithmetic", "ties"]
     assert MERGE_MODES["linear"] is MERGE_MODES["sum"] is MERGE_MODES["task_arithmetic"]
     assert mode_options("sum") == [] and mode_options("magnitude_prune") == ["density"]
     assert mode_options("ties") == ["consensus", "semantics", "density"]

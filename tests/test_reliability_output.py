@@ -11,7 +11,6 @@ import pytest
 
 from dppa_peft import output, pipeline
 from dppa_peft.cli import main
-from dppa_peft.errors import UserError
 from dppa_peft.format.io import SparseDeltaAdapter
 from dppa_peft.output import atomic_directory
 from tests.hub_fixtures import REPO_ROOT

@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from dppa_peft.evaluation import report as R
+from dppa_peft.evaluation import plots
 from dppa_peft.evaluation.report import EvalResults, Variant, VariantScores
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -142,7 +143,7 @@ def test_failed_write_keeps_the_old_report(tmp_path: Path, monkeypatch: pytest.M
     def broken(*args: object) -> None:
         raise RuntimeError("plot failed")
 
-    monkeypatch.setattr(R, "plot_prune", broken)
+    monkeypatch.setattr(plots, "plot_prune", broken)  # the plots module draws them
     with pytest.raises(RuntimeError, match="plot failed"):
         R.write_report(results(), target)
     assert (target / "report.md").read_text() == "old"

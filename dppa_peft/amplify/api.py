@@ -21,7 +21,7 @@ from ..methods.registry import recorded_method
 from ..pipeline import PruneSummary, _prune, as_prune_spec, open_adapter
 from ..specs import LEARNED, AmplifyParams, AmplifySpec, LearnParams, ObjectiveParams, PruneSpec, Source, UserError
 from .candidate import AmplifiedModel, load_base_model
-from .factors import amplification_block
+from .factors import amplification_record
 from .calibration import Prompt, check_lengths
 from .learned import LearnResult, learn_factors, model_context, teacher_from_pretrained
 from .objectives import Objective, build_objective, calibration_prompts, describe_objective, load_tokenizer
@@ -142,22 +142,23 @@ def _amplify_into(folder: Path, adapter: SparseDeltaAdapter, spec: PruneSpec | A
     if calibration is not None:
         result = _learn(adapter, partitions, spec, calibration, base, token, progress)
         raw, combine = _kept_scalars(adapter, partitions, dpa.combine)
-        block = amplification_block(partitions.rates, raw, combine, dpa.amplify_unpruned, None)
-        block["learned"] = result.record()
+        record = amplification_record(partitions.rates, raw, combine, dpa.amplify_unpruned, None)
+        record["learned"] = result.record()
         row_factors = result.factors[0]
     else:
         raw, search = dpa.factors, None
         if raw is None:
             result, described = _search(adapter, partitions, spec, objective, base, token, progress)
             raw, search = result.factors, result.record(described)
-        block = amplification_block(partitions.rates, raw, dpa.combine, dpa.amplify_unpruned, search)
-    write_amplified(adapter, folder, partitions, block, {**provenance, "package_version": __version__}, row_factors)
+        record = amplification_record(partitions.rates, raw, dpa.combine, dpa.amplify_unpruned, search)
+    write_amplified(adapter, folder, partitions, record, {**provenance, "package_version": __version__}, row_factors)
     return result
 
 
 def amplify(spec: AmplifySpec | str | os.PathLike | SparseDeltaAdapter, out: str | os.PathLike | None = None, *,
             token: str | bool | None = None, progress: bool = True, command: str | None = None,
-            objective: Objective | None = None, **options: Any) -> tuple[SparseDeltaAdapter, SearchResult | LearnResult | None]:
+            objective: Objective | None = None,
+            **options: Any) -> tuple[SparseDeltaAdapter, SearchResult | LearnResult | None]:
     """DPA on an existing adapter: search one factor per partition and write the amplified adapter.
 
     Pass an :class:`~dppa_peft.specs.AmplifySpec`, or its keyword form ``amplify(adapter, out, finetuned=...,

@@ -28,13 +28,13 @@ from __future__ import annotations
 import gc
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from ..progress import progress_bar
 
 from ..checkpoint import load_causal_lm
 from ..choices import FULL_VOCAB_LIMIT, GRANULARITIES
@@ -75,10 +75,28 @@ class Teacher:
     heldout: list[TeacherBatch]
     settings: dict[str, Any]
 
+    objective: ClassVar[str] = "kl"
+
+    def loss(self, batch: TeacherBatch, log_q: torch.Tensor) -> torch.Tensor:
+        """What the student minimises on ``batch``, summed over its positions: KL(teacher ‖ student)."""
+        return kl_divergence(batch, log_q)
+
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, **self.settings,
+        return {"name": self.name, "objective": self.objective, **self.settings,
                 "train_positions": sum(b.positions for b in self.train),
                 "heldout_positions": sum(b.positions for b in self.heldout)}
+
+
+@dataclass
+class EntropyTarget(Teacher):
+    """No teacher: the student's own next-token entropy on the batches' sequences (AdaMerging's label-free
+    objective); the cached log-probs are not used."""
+
+    objective: ClassVar[str] = "entropy"
+
+    def loss(self, batch: TeacherBatch, log_q: torch.Tensor) -> torch.Tensor:
+        """Σ over positions of the entropy ``−Σ_v q_v log q_v`` of the student's predictions."""
+        return -(log_q.exp() * log_q).sum()
 
 
 def _device(model: nn.Module) -> torch.device:
@@ -221,10 +239,12 @@ def kl_divergence(teacher: TeacherBatch, log_q: torch.Tensor) -> torch.Tensor:
     return (p * (log_p - log_q)).sum() + tail.sum()
 
 
-def mean_kl(model: nn.Module, batches: Sequence[TeacherBatch], params: dict[str, torch.Tensor] | None = None) -> float:
-    """KL(teacher ‖ model) per position over ``batches`` (e.g. a teacher's held-out ones), without gradients."""
+def mean_kl(model: nn.Module, batches: Sequence[TeacherBatch], params: dict[str, torch.Tensor] | None = None,
+            loss: Callable[[TeacherBatch, torch.Tensor], torch.Tensor] = kl_divergence) -> float:
+    """KL(teacher ‖ model) (or another ``loss``, e.g. ``EntropyTarget.loss``) per position over ``batches`` (e.g. a
+    teacher's held-out ones), without gradients."""
     with torch.no_grad():
-        total = sum(float(kl_divergence(b, _log_probs(model, b.ids, b.mask, params))) for b in batches)
+        total = sum(float(loss(b, _log_probs(model, b.ids, b.mask, params))) for b in batches)
     return total / max(1, sum(b.positions for b in batches))
 
 
@@ -331,10 +351,11 @@ class Student:
         return out
 
     def heldout_kl(self, teachers: Sequence[Teacher]) -> float:
-        """Mean over teachers of the KL per held-out position, with the current factors."""
+        """Mean over teachers of their loss (``Teacher.loss``: KL, or entropy) per held-out position, with the
+        current factors."""
         with torch.no_grad():
             params = self.params()
-            return sum(mean_kl(self.model, t.heldout, params) for t in teachers) / len(teachers)
+            return sum(mean_kl(self.model, t.heldout, params, t.loss) for t in teachers) / len(teachers)
 
 
 # learning ----------------------------------------------------------------------------------------------------------
@@ -381,18 +402,22 @@ def _order(count: int, generator: torch.Generator) -> list[int]:
 
 def learn_factors(model: nn.Module, adapters: Sequence[SparseDeltaAdapter], teachers: Sequence[Teacher],
                   params: LearnParams | None = None, *, partitions: Sequence[Partitions | None] | None = None,
-                  weights: Sequence[float] | None = None, progress: bool = True) -> LearnResult:
+                  weights: Sequence[float] | None = None, max_factor: float | None = None,
+                  progress: bool = True) -> LearnResult:
     """Learn factor tables for the pruned tensors of ``adapters`` so that base + Σ w·δ(factors) matches the teachers.
 
     ``model`` is the base model on the device to learn on (its parameters are frozen, and the adapters' tensors
-    without learned factors are merged into it in place). The loss of a step is the mean over ``teachers`` of the
-    KL per position on one training batch of each; every ``learn_eval_every`` steps the held-out KL is measured
-    and the factors with the lowest one are returned (step 0 = the starting factors: the stored tables, else 1).
-    ``partitions[a]`` gives DPA partition ids of adapter ``a`` (default: the ids stored in it). Seeded: two runs on
-    the CPU give identical factors.
+    without learned factors are merged into it in place). The loss of a step is the mean over ``teachers`` of their
+    loss per position (``Teacher.loss``: KL, or the student's entropy for ``EntropyTarget``) on one training batch
+    of each; every ``learn_eval_every`` steps the held-out loss is measured and the factors with the lowest one are
+    returned (step 0 = the starting factors: the stored tables, else 1). Factors stay in ``[0, max_factor]``
+    (no upper bound by default). ``partitions[a]`` gives DPA partition ids of adapter ``a`` (default: the ids
+    stored in it). Seeded: two runs on the CPU give identical factors.
     """
     if not adapters or not teachers:
         raise ValueError("learn_factors needs at least one adapter and one teacher")
+    if len({t.objective for t in teachers}) > 1:
+        raise ValueError(f"teachers mix objectives {sorted({t.objective for t in teachers})}; use one kind")
     params = params or LearnParams()
     started = time.perf_counter()
     student = Student(model, adapters, params.learn_granularity, partitions, weights)
@@ -401,8 +426,7 @@ def learn_factors(model: nn.Module, adapters: Sequence[SparseDeltaAdapter], teac
     queues: list[list[int]] = [[] for _ in teachers]
     best = (student.heldout_kl(teachers), 0, student.tables())
     heldout, losses, stopped, waited = [(0, best[0])], [], None, 0
-    bar = tqdm(range(1, params.learn_steps + 1), desc="learning factors", unit="step", disable=not progress,
-               leave=False)
+    bar = progress_bar(range(1, params.learn_steps + 1), desc="learning factors", unit="step", disable=not progress)
     for step in bar:
         if optimizer is None:
             break
@@ -413,13 +437,13 @@ def learn_factors(model: nn.Module, adapters: Sequence[SparseDeltaAdapter], teac
             if not queue:
                 queue.extend(_order(len(teacher.train), generator))
             batch = teacher.train[queue.pop(0)]
-            loss = loss + kl_divergence(batch, _log_probs(model, batch.ids, batch.mask, weights_now)) / batch.positions
+            loss = loss + teacher.loss(batch, _log_probs(model, batch.ids, batch.mask, weights_now)) / batch.positions
         loss = loss / len(teachers)
         loss.backward()
         optimizer.step()
         with torch.no_grad():
             for parameter in student.parameters:
-                parameter.clamp_(min=0.0)
+                parameter.clamp_(min=0.0, max=max_factor)
         losses.append(loss.item())
         if step % params.learn_eval_every == 0 or step == params.learn_steps:
             kl = student.heldout_kl(teachers)
@@ -433,7 +457,7 @@ def learn_factors(model: nn.Module, adapters: Sequence[SparseDeltaAdapter], teac
                     stopped = "patience"
                     break
     bar.close()
-    settings = {"strategy": "learned", "objective": "kl", **{k.removeprefix("learn_"): v
+    settings = {"strategy": "learned", "objective": teachers[0].objective, "max_factor": max_factor, **{k.removeprefix("learn_"): v
                                                              for k, v in asdict(params).items()}}
     return LearnResult(best[2], losses, heldout, best[1], len(losses), time.perf_counter() - started, settings,
                        [t.describe() for t in teachers], stopped)
@@ -444,6 +468,6 @@ def factor_bytes(factors: dict[str, torch.Tensor]) -> int:
     return sum(4 * t.numel() for t in factors.values())
 
 
-__all__ = ["GRANULARITIES", "LearnParams", "LearnResult", "Student", "Teacher", "TeacherBatch", "build_teacher",
-           "factor_bytes", "kl_divergence", "learn_factors", "mean_kl", "model_context", "split_indices",
-           "teacher_from_pretrained"]
+__all__ = ["GRANULARITIES", "EntropyTarget", "LearnParams", "LearnResult", "Student", "Teacher", "TeacherBatch",
+           "build_teacher", "factor_bytes", "kl_divergence", "learn_factors", "mean_kl", "model_context",
+           "split_indices", "teacher_from_pretrained"]

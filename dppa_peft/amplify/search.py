@@ -30,10 +30,10 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from tqdm.auto import tqdm
+from ..progress import progress_bar
 
 from ..choices import DEFAULT_TOL, DPA_METHODS, STRATEGIES
 
@@ -99,7 +99,7 @@ class _BudgetExhausted(Exception):
     """Raised inside a strategy when ``max_calls`` objective calls were made."""
 
 
-class Evaluator:
+class ScoredCalls:
     """Scores each factor vector once, logs every (factors, score) pair and shows them in a progress bar."""
 
     def __init__(self, score: ScoreFn, total: int | None, max_calls: int, progress: bool, desc: str) -> None:
@@ -107,7 +107,7 @@ class Evaluator:
         self.max_calls = max_calls
         self.history: list[Evaluation] = []
         self._cache: dict[tuple[float, ...], float] = {}
-        self._bar = tqdm(total=total, desc=desc, unit="call", disable=not progress, leave=False)
+        self._bar = progress_bar(total=total, desc=desc, unit="call", disable=not progress)
 
     def __call__(self, factors: Sequence[float], partition: int | None) -> float:
         key = tuple(round(float(f), FACTOR_DIGITS) for f in factors)
@@ -154,7 +154,7 @@ def golden_section(f: Callable[[float], float], lo: float, hi: float, calls: int
             fd = f(d)
 
 
-def _default_search(evaluate: Evaluator, k: int, dpa_method: int, bounds: tuple[float, float],
+def _default_search(evaluate: ScoredCalls, k: int, dpa_method: int, bounds: tuple[float, float],
                      calls: int) -> list[float]:
     evaluate([1.0] * k, None)
     later = 0.0 if dpa_method == 1 else 1.0
@@ -173,7 +173,7 @@ def _round1(factors: Sequence[float]) -> list[float]:
     return [float("%.1f" % f) for f in factors]
 
 
-def _reference_loop(evaluate: Evaluator, start: Sequence[float]) -> list[float]:
+def _reference_loop(evaluate: ScoredCalls, start: Sequence[float]) -> list[float]:
     """``python_contral.py``: greedy +0.1 coordinate ascent (see the module docstring for its quirks)."""
     r = [float(f) for f in start]
     k = len(r)
@@ -235,7 +235,7 @@ def search_factors(score: ScoreFn, n_partitions: int, strategy: str = "default",
         cap = REFERENCE_MAX_CALLS if max_calls is None else int(max_calls)
         settings.update(init=start, step=REFERENCE_STEP, max_calls=cap)
         total = None
-    evaluate = Evaluator(score, total, cap, progress, desc=f"DPA search ({strategy}, method {dpa_method})")
+    evaluate = ScoredCalls(score, total, cap, progress, desc=f"DPA search ({strategy}, method {dpa_method})")
     started, stopped = time.perf_counter(), None
     try:
         if strategy == "default":

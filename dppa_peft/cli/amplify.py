@@ -57,4 +57,4 @@ def run(spec: AmplifySpec, args: argparse.Namespace) -> None:
     from ..amplify.api import amplify
 
     adapter, result = amplify(spec, command=args.command_line)
-    print(f"wrote {adapter.directory}: {describe_search(result, adapter.config.amplification['raw_factors'])}")
+    print(f"wrote {adapter.directory}: {describe_search(result, (adapter.config.amplification or {})['raw_factors'])}")

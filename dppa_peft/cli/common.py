@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import shutil
 import types
 import typing
 from collections.abc import Callable
@@ -241,6 +242,14 @@ def _instantiate(cls: type, values: dict[str, Any]) -> Any:
     return cls(**kwargs)
 
 
+class CompactHelp(argparse.HelpFormatter):
+    """Help at up to 120 columns (not the 80 of a pipe), options and their help on one line where they fit."""
+
+    def __init__(self, prog: str) -> None:
+        width = min(120, max(100, shutil.get_terminal_size((120, 24)).columns))
+        super().__init__(prog, width=width, max_help_position=34)
+
+
 def add_spec_command(sub: argparse._SubParsersAction, name: str, spec: type[Spec], *, help: str, description: str,
                      run: Callable[[Any, argparse.Namespace], None],
                      extra: Callable[[argparse.Namespace], dict[str, Any]] | None = None) -> SpecOptions:
@@ -248,7 +257,7 @@ def add_spec_command(sub: argparse._SubParsersAction, name: str, spec: type[Spec
 
     ``extra(args)`` gives the values of fields the command line spells in its own way (e.g. ``NAME=VALUE`` pairs).
     """
-    parser = sub.add_parser(name, help=help.replace("%", "%%"), description=description)
+    parser = sub.add_parser(name, help=help.replace("%", "%%"), description=description, formatter_class=CompactHelp)
     options = SpecOptions(spec, parser)
     parser.set_defaults(func=lambda args: run(options.build(args, **(extra(args) if extra else {})), args))
     return options

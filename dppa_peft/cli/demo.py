@@ -13,10 +13,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "demo", help="offline demo: build a tiny model zoo, prune/merge it with every method, evaluate, report",
         description="Builds (once; cached) a small Llama base pretrained on synthetic text and three domain "
-                    "fine-tunes (math: heavily fine-tuned, finance, law; two tasks each), prunes each with "
-                    "magnitude, OWL, DARE, DP and DPPA at 80% and 90% (DPA factors tuned on the dev split), merges "
-                    "the three domains with DARE and with DPPA, evaluates everything with lm-eval on the test split "
-                    "and writes Task-/Domain-Ratio tables and plots. No network access.",
+                    "fine-tunes (math: heavily fine-tuned, finance, law; two tasks each), prunes each at 50%, 80%, "
+                    "90%, 95% and 99% with magnitude, OWL, DARE, DELLA, DP, DPPA (DPA factors tuned on the dev "
+                    "split; not at 50%) and learned amplification on magnitude and DP masks (per-row factors "
+                    "learned by KL to the dense fine-tune on the dev prompts; DP masks at 90% and above), merges "
+                    "the three domains at 90% (sum, TIES, DARE-TIES, DELLA, learned, AdaMerging task/layer; the "
+                    "learned ones on the dev prompts), evaluates everything with lm-eval on the test split and "
+                    "writes Task-/Domain-Ratio tables and plots. No network access.",
     )
     parser.add_argument("--out", default="demo_output", help="output folder (default demo_output)")
     parser.add_argument("--cache-dir", default=str(DEFAULT_CACHE / "zoo"),

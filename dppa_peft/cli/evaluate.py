@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..specs import Domain, EvalSpec
+from ..specs import Domain, EvalSpec, Source
 from .common import add_spec_command, pairs
 
 
@@ -35,7 +35,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def _structured(args: argparse.Namespace) -> dict[str, Any]:
     """The domains, adapters and merges from their NAME=VALUE options."""
     tasks = {name: tuple(t for t in value.split(",") if t) for name, value in pairs(args.tasks, "--tasks")}
-    domains = [Domain(name=name, finetuned=ft, tasks=tasks.get(name, ())) for name, ft in pairs(args.domain,
+    domains = [Domain(name=name, finetuned=Source(ref=ft), tasks=tasks.get(name, ())) for name, ft in pairs(args.domain,
                                                                                                   "--domain")]
     merges = [dict(pairs(value.split(","), "--merge")) for value in args.merge or []]
     return {"domains": domains, "adapters": pairs(args.adapter, "--adapter"), "merges": merges,

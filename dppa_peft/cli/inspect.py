@@ -33,6 +33,7 @@ def run(spec: InspectSpec, args: argparse.Namespace) -> None:
         grid = density_grid_from_config(densities, Scope(adapter.config.scope_pattern or DEFAULT_SCOPE_PATTERN))
         title = f"{adapter.config.method.get('name')} at rate {adapter.config.method.get('rate')}"
     else:
+        assert spec.base is not None and spec.finetuned is not None  # InspectSpec checks they come together
         pair = open_pair(spec.base, spec.finetuned, spec.scope_pattern)
         grid = density_grid(plan_densities(pair, spec.method, spec.rate, **spec.params))
         title = f"{spec.method} at rate {spec.rate}"

@@ -31,4 +31,4 @@ def run(spec: PruneSpec, args: argparse.Namespace) -> None:
         return
     adapter, summary, result = prune_and_amplify(spec, command=args.command_line)
     print(f"wrote {adapter.directory}: {summary.line()}\n"
-          f"{describe_search(result, adapter.config.amplification['raw_factors'])}")
+          f"{describe_search(result, (adapter.config.amplification or {})['raw_factors'])}")

@@ -1,8 +1,10 @@
 """``dppa-peft demo``: the paper's experiment in miniature, offline, on the demo zoo.
 
-Builds (or reuses) the zoo, prunes every domain fine-tune with each method at each rate (DPPA's factors tuned on the
-dev split), merges the three domains with DARE and with DPPA, evaluates everything through lm-eval on the test split
-and writes the report (Tables 1/5/7-style Markdown and JSON, plots).
+Builds (or reuses) the zoo, prunes every domain fine-tune with each variant of ``lineup`` at each rate (baselines,
+DPPA with its factors searched on the dev tasks, learned amplification on magnitude and DP masks learned on the dev
+prompts), merges the three domains with every merge variant (sum, TIES, DARE-TIES, DELLA, learned, AdaMerging; the
+learned ones on the dev prompts), evaluates everything through lm-eval on the test split and writes the report
+(Tables 1/5/7-style Markdown and JSON, plots).
 """
 
 from __future__ import annotations
@@ -12,34 +14,50 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from tqdm.auto import tqdm
+from ..progress import progress_bar
 from transformers import AutoTokenizer
 
 from ..amplify.api import prune_and_amplify
 from ..evaluation.report import EvalResults, render_table, report_tables, write_report
 from ..evaluation.runner import Evaluator, MergeVariant, evaluate_all
-from ..specs import Domain
 from ..evaluation.tasks import task_manager
-from ..pipeline import prune
+from ..merge import create_mode, merge_to_adapter
+from ..pipeline import open_adapter, prune
+from ..specs import Domain
 from .domains import DOMAINS, task_split
+from .lineup import MERGE_VARIANTS, PRUNE_VARIANTS, RATES
 from .tasks import domain_task_names
-from .zoo import Zoo, build_zoo
-
-DPPA = "dppa"
+from .zoo import Zoo, build_zoo, torch_threads
 
 
 @dataclass(frozen=True)
 class DemoSettings:
-    """What the demo runs; the defaults are the README's main job."""
+    """What the demo runs; the defaults are the README's main job. ``prunes`` and ``merges`` name entries of
+    ``lineup.PRUNE_VARIANTS`` and ``lineup.MERGE_VARIANTS``; merges run at ``merge_rates``."""
 
     size: str = "default"
     seed: int = 0
-    rates: tuple[float, ...] = (0.8, 0.9)
-    methods: tuple[str, ...] = ("magnitude", "owl", "dare", "dp", DPPA)
-    merge_methods: tuple[str, ...] = ("dare", DPPA)
+    rates: tuple[float, ...] = RATES
+    prunes: tuple[str, ...] = tuple(PRUNE_VARIANTS)
+    merges: tuple[str, ...] = tuple(MERGE_VARIANTS)
+    merge_rates: tuple[float, ...] = (0.9,)
     objective: str = "tasks"
+    learn_steps: int | None = None  # learned amplification: Adam steps (None: the library default)
+    merge_learn_steps: int | None = 200  # learned merges: N adapters at once need more (held-out dev KL still
+    # falls at the default 60 steps; the factors of the best held-out step are kept)
     batch_size: int = 32
     limit: int | None = None
+    threads: int = 1  # torch threads after the zoo build: the models are tiny, and more threads crawl on a busy machine
+
+    def __post_init__(self) -> None:
+        unknown = [n for n in self.prunes if n not in PRUNE_VARIANTS] + [n for n in self.merges
+                                                                          if n not in MERGE_VARIANTS]
+        if unknown:
+            raise ValueError(f"unknown demo variants {unknown}; choose from {list(PRUNE_VARIANTS)} (prunes) and "
+                             f"{list(MERGE_VARIANTS)} (merges)")
+        missing = sorted({MERGE_VARIANTS[n].source for n in self.merges} - set(self.prunes))
+        if missing:
+            raise ValueError(f"merges {list(self.merges)} need the prune variants {missing}; add them to prunes")
 
 
 @dataclass
@@ -52,8 +70,11 @@ class DemoRun:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
+Adapters = dict[tuple[str, str, float], Path]  # (domain, prune variant, rate) -> adapter folder
+
+
 def _calibration_file(out: Path, domain: str) -> Path:
-    """The dev-split prompts of a domain as JSONL (the kl objective's calibration texts)."""
+    """The dev-split prompts of a domain as JSONL (the calibration texts of the kl objective and learned factors)."""
     path = out / "calibration" / f"{domain}_dev.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
     rows = [{"text": ex.prompt} for task in DOMAINS[domain] for ex in task_split(task, "dev")]
@@ -67,20 +88,55 @@ def _dpa_options(settings: DemoSettings, out: Path, domain: str) -> dict:
     return {"objective": "tasks", "tasks": list(domain_task_names("dev")[domain]), "batch_size": settings.batch_size}
 
 
-def prune_zoo(zoo: Zoo, settings: DemoSettings, out: Path, progress: bool = True) -> dict[tuple[str, str, float], Path]:
-    """Every (domain, method, rate) adapter, written under ``out/adapters``."""
-    jobs = [(d, m, r) for d in zoo.finetunes for r in settings.rates for m in settings.methods]
-    adapters = {}
-    for domain, method, rate in tqdm(jobs, desc="pruning", unit="adapter", disable=not progress):
-        path = out / "adapters" / domain / f"{method}-{round(rate * 100)}"
-        finetuned = zoo.finetunes[domain]
-        if method == DPPA:
-            prune_and_amplify(zoo.base, finetuned, path, method="dp", rate=rate, overwrite=True, progress=False,
-                              **_dpa_options(settings, out, domain))
+def _learn_options(settings: DemoSettings, merge: bool = False) -> dict:
+    steps = settings.merge_learn_steps if merge else settings.learn_steps
+    return {} if steps is None else {"learn_steps": steps}
+
+
+def _slug(label: str) -> str:
+    """A folder name for a variant label: ``"magnitude (adamerging task)"`` -> ``"magnitude-adamerging-task"``."""
+    return "-".join("".join(c if c.isalnum() or c in "+_" else " " for c in label).split())
+
+
+def prune_zoo(zoo: Zoo, settings: DemoSettings, out: Path, progress: bool = True) -> Adapters:
+    """Every (domain, prune variant, rate) adapter, written under ``out/adapters``."""
+    jobs = [(d, PRUNE_VARIANTS[name], r) for d in zoo.finetunes for r in settings.rates for name in settings.prunes
+            if PRUNE_VARIANTS[name].runs_at(r)]
+    adapters: Adapters = {}
+    for domain, variant, rate in progress_bar(jobs, desc="pruning", unit="adapter", disable=not progress):
+        path = out / "adapters" / domain / f"{_slug(variant.label)}-{round(rate * 100)}"
+        common = dict(method=variant.method, rate=rate, overwrite=True, progress=False, **variant.params(rate))
+        if variant.amplification == "dpa":
+            prune_and_amplify(zoo.base, zoo.finetunes[domain], path, **common, **_dpa_options(settings, out, domain))
+        elif variant.amplification == "learned":
+            prune_and_amplify(zoo.base, zoo.finetunes[domain], path, **common, search="learned",
+                              calibration=str(_calibration_file(out, domain)), **_learn_options(settings))
         else:
-            prune(zoo.base, finetuned, path, method=method, rate=rate, overwrite=True, progress=False)
-        adapters[(domain, method, rate)] = path
+            prune(zoo.base, zoo.finetunes[domain], path, **common)
+        adapters[(domain, variant.label, rate)] = path
     return adapters
+
+
+def merge_zoo(zoo: Zoo, settings: DemoSettings, out: Path, adapters: Adapters,
+              progress: bool = True) -> list[MergeVariant]:
+    """The three-domain merges to evaluate; a learned mode learns here (on the dev prompts) and its merged adapter,
+    with the record of what it learned, is written under ``out/merges``."""
+    jobs = [(MERGE_VARIANTS[name], r) for r in settings.merge_rates for name in settings.merges
+            if all((d, MERGE_VARIANTS[name].source, r) in adapters for d in zoo.finetunes)]
+    specs = []
+    for variant, rate in progress_bar(jobs, desc="merging", unit="merge", disable=not progress):
+        sources = {d: adapters[(d, variant.source, rate)] for d in zoo.finetunes}
+        if not variant.learns:
+            specs.append(MergeVariant(sources, variant.mode, options=variant.options, label=variant.label))
+            continue
+        mode = create_mode(variant.mode, calibration=[str(_calibration_file(out, d)) for d in sources],
+                           **_learn_options(settings, merge=True), **variant.options)
+        handles = [open_adapter(path) for path in sources.values()]
+        merge_to_adapter(zoo.base, handles, out / "merges" / f"{_slug(variant.label)}-{round(rate * 100)}",
+                         mode=mode, overwrite=True, progress=False)
+        learned = mode.prepare(zoo.base, handles, [1.0] * len(handles), progress=False)  # learned once, reused
+        specs.append(MergeVariant(dict(zip(sources, learned)), label=variant.label))
+    return specs
 
 
 def run_demo(out: str | Path, cache_dir: str | Path, settings: DemoSettings = DemoSettings(),
@@ -89,19 +145,24 @@ def run_demo(out: str | Path, cache_dir: str | Path, settings: DemoSettings = De
     out = Path(out)
     seconds: dict[str, float] = {}
     start = time.perf_counter()
+
+    def lap(phase: str) -> None:
+        seconds[phase] = time.perf_counter() - start - sum(seconds.values())
+
     zoo = build_zoo(cache_dir, seed=settings.seed, size=settings.size, progress=progress)
-    seconds["zoo"] = time.perf_counter() - start
-    adapters = prune_zoo(zoo, settings, out, progress)
-    seconds["prune"] = time.perf_counter() - start - sum(seconds.values())
-    test_tasks = domain_task_names("test")
-    domains = [Domain(name=d, finetuned=str(path), tasks=test_tasks[d]) for d, path in zoo.finetunes.items()]
-    prunes = [(d, path) for (d, _, _), path in adapters.items()]
-    merges = [MergeVariant({d: adapters[(d, m, r)] for d in zoo.finetunes}) for m in settings.merge_methods
-              for r in settings.rates]
-    evaluator = Evaluator(AutoTokenizer.from_pretrained(zoo.base), task_manager(), batch_size=settings.batch_size,
-                          limit=settings.limit)
-    results = evaluate_all(str(zoo.base), domains, evaluator, prunes=prunes, merges=merges, progress=progress)
-    seconds["evaluate"] = time.perf_counter() - start - sum(seconds.values())
+    lap("zoo")
+    with torch_threads(settings.threads):
+        adapters = prune_zoo(zoo, settings, out, progress)
+        lap("prune")
+        merges = merge_zoo(zoo, settings, out, adapters, progress)
+        lap("merge")
+        test_tasks = domain_task_names("test")
+        domains = [Domain(name=d, finetuned=str(path), tasks=test_tasks[d]) for d, path in zoo.finetunes.items()]
+        prunes = [(d, path) for (d, _, _), path in adapters.items()]
+        evaluator = Evaluator(AutoTokenizer.from_pretrained(zoo.base), task_manager(), batch_size=settings.batch_size,
+                              limit=settings.limit)
+        results = evaluate_all(str(zoo.base), domains, evaluator, prunes=prunes, merges=merges, progress=progress)
+        lap("evaluate")
     report = write_report(results, out / "report")
     (report / "demo.json").write_text(json.dumps({"settings": asdict(settings), "seconds": seconds,
                                                   "zoo": str(zoo.root)}, indent=2))

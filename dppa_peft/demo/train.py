@@ -8,7 +8,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
-from tqdm.auto import tqdm
+from ..progress import progress_bar
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 
 from .domains import DOMAINS, generic_stream, task_split
@@ -116,7 +116,7 @@ def train(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerBase, rows: Ite
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(schedule, step))
     model.train()
     tail: list[float] = []
-    bar = tqdm(range(schedule.steps), desc=desc, disable=not progress, leave=False)
+    bar = progress_bar(range(schedule.steps), desc=desc, disable=not progress)
     for step in bar:
         batch = encode_batch(tokenizer, [next(rows) for _ in range(schedule.batch_size)])
         loss = model(**batch).loss

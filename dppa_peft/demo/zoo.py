@@ -126,7 +126,8 @@ def _is_complete(root: Path, digest: str) -> bool:
 
 
 @contextmanager
-def _threads(count: int) -> Iterator[None]:
+def torch_threads(count: int) -> Iterator[None]:
+    """Run the block with ``count`` torch threads (restored afterwards)."""
     previous = torch.get_num_threads()
     torch.set_num_threads(count)
     try:
@@ -192,7 +193,7 @@ def build_zoo(cache_dir: str | Path, seed: int = 0, size: str = "default", force
         building = Path(tempfile.mkdtemp(prefix=f".building-{root.name}-", dir=cache_dir))
         try:
             log.info("building the %s demo zoo (seed %d) in %s", size, seed, root)
-            with _threads(num_threads):
+            with torch_threads(num_threads):
                 _build(building, config, digest, progress)
             if not force and _is_complete(root, digest):
                 log.info("another process completed %s first; using it", root)

@@ -11,16 +11,16 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
+from ..progress import progress_bar
 
 from ..format.io import SparseDeltaAdapter
 from ..methods.registry import METHODS
 from ..pipeline import open_adapter
-from ..specs import Domain
+from ..specs import Domain, Source
 from .backends import BackendSettings, ModelSource, lm_eval_model
 from .report import EvalResults, Variant, VariantScores
 
-AdapterRef = str | os.PathLike | SparseDeltaAdapter
+AdapterRef = str | os.PathLike | SparseDeltaAdapter | Source
 #: One task's score and its standard error (None when lm-eval reports none).
 Score = tuple[float, float | None]
 
@@ -33,14 +33,19 @@ class MergeVariant:
     mode: str = "sum"
     weights: Sequence[float] | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
+    label: str | None = None  # how reports name the merge (default: the adapters' methods and the mode)
 
 
 def method_label(adapter: SparseDeltaAdapter) -> str:
-    """The method as reports show it (the method's ``label``: 'dppa' for DP with amplification, 'dare+dpa', ...)."""
+    """The method as reports show it (the method's ``label``: 'dppa' for DP with amplification, 'dare+dpa', ...;
+    '<method>+learned' for learned amplification)."""
     name = str(adapter.config.method.get("name", "?"))
+    amplification = adapter.config.amplification or {}
+    if amplification.get("learned"):
+        return f"{name}+learned"
     if name not in METHODS:
         return name
-    return METHODS[name].label(bool(adapter.config.amplification))
+    return METHODS[name].label(bool(amplification))
 
 
 @dataclass
@@ -53,7 +58,6 @@ class Evaluator:
     metric: str = "acc"
     batch_size: int = 16
     limit: int | float | None = None
-    gen_kwargs: Mapping[str, Any] | None = None
     num_fewshot: int | None = None
     device: str = "cpu"
     bootstrap_iters: int = 1000
@@ -83,8 +87,7 @@ class Evaluator:
         return simple_evaluate(model=model, model_args=model_args, tasks=list(tasks), task_manager=self.task_manager,
                                num_fewshot=self.num_fewshot, batch_size=self.batch_size,
                                device=self.device if self.backend.backend == "hf" else None,  # vLLM places itself
-                               limit=self.limit, gen_kwargs=dict(self.gen_kwargs) if self.gen_kwargs else None,
-                               bootstrap_iters=bootstrap_iters, log_samples=False, verbosity=verbosity)
+                               limit=self.limit, bootstrap_iters=bootstrap_iters, log_samples=False, verbosity=verbosity)
 
     def _extract(self, output: Mapping[str, Any], tasks: Sequence[str]) -> dict[str, Score]:
         """task -> (value, stderr) of ``metric`` (its first filter); stderr None when lm-eval reports 'N/A'."""
@@ -112,7 +115,7 @@ def evaluate_all(base: str, domains: Sequence[Domain], evaluator: Evaluator,
     with its adapters merged in (at load with the hf backend; as a merged folder with vLLM).
     """
     by_name = {d.name: d for d in domains}
-    bar = tqdm(total=1 + len(domains) + len(prunes) + len(merges), desc="evaluating", unit="model",
+    bar = progress_bar(total=1 + len(domains) + len(prunes) + len(merges), desc="evaluating", unit="model",
                disable=not progress)
     all_tasks = [t for d in domains for t in d.tasks]
     base_all = evaluator.measure(ModelSource(str(base), label="base"), all_tasks)
@@ -131,7 +134,7 @@ def evaluate_all(base: str, domains: Sequence[Domain], evaluator: Evaluator,
     for spec in merges:
         adapters = tuple(open_adapter(ref) for ref in spec.adapters.values())
         labels = sorted({method_label(a) for a in adapters})
-        label = "+".join(labels) + ("" if spec.mode == "sum" else f" ({spec.mode})")
+        label = spec.label or "+".join(labels) + ("" if spec.mode == "sum" else f" ({spec.mode})")
         tasks = [t for name in spec.adapters for t in by_name[name].tasks]
         variant = Variant(label, float(adapters[0].config.method["rate"]), "merge", tuple(spec.adapters))
         source = ModelSource(str(base), adapters, None if spec.weights is None else tuple(spec.weights), spec.mode,

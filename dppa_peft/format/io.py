@@ -7,6 +7,8 @@ Layout (PEFT's): ``adapter_config.json``, ``adapter_model.safetensors`` (keys
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import os
 import shutil
 from pathlib import Path
@@ -95,6 +97,14 @@ class SparseDeltaAdapter:
         check_stored_parts(self.config, read_header(self.directory / WEIGHTS_FILE), state_key,
                            self.directory / WEIGHTS_FILE)
         self._handle = None
+        self._factor_tables: dict[str, torch.Tensor] = {}
+
+    def with_factors(self, tables: dict[str, torch.Tensor]) -> "SparseDeltaAdapter":
+        """This adapter read with ``tables`` (tensor name -> fp32 ``[P, R]`` factors) in place of its stored factor
+        tables, in memory (e.g. the factors a learned merge learned for it); its files are not changed."""
+        view = copy.copy(self)
+        view._factor_tables = {**self._factor_tables, **tables}
+        return view
 
     @classmethod
     def from_pretrained(cls, ref: str | os.PathLike, revision: str | None = None,
@@ -118,7 +128,9 @@ class SparseDeltaAdapter:
             stored = {kind: self._handle.get_tensor(state_key(name, kind)) for kind in parts}
         encoded = EncodedTensor(record["encoding"], tuple(record["shape"]), stored["values"], stored.get("index"),
                                 stored.get("partition"), stored.get("factors"))
-        return encoded, check_encoded(name, encoded, len(self.config.tensor_factors(name)), self.ref)
+        indices = check_encoded(name, encoded, len(self.config.tensor_factors(name)), self.ref)
+        table = self._factor_tables.get(name)
+        return (encoded if table is None else dataclasses.replace(encoded, factors=table)), indices
 
     def sparse_tensor(self, name: str) -> SparseDelta:
         """One stored delta with every amplification factor applied (fp32 effective values, ``format.apply``)."""

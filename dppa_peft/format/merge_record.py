@@ -54,6 +54,7 @@ class MergeRecord:
     value_dtype: str | None = None  # adapter output: dtype of the stored values
     package_version: str | None = None
     command: str | None = None
+    learned: dict[str, Any] | None = None  # learned modes: what was learned (settings, loss curves); a replay re-learns
     version: int = RECORD_VERSION
 
     def to_dict(self) -> dict[str, Any]:

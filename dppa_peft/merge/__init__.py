@@ -3,13 +3,15 @@
 
 ``modes`` is the registry of merge modes (sum/linear, ties, magnitude_prune, dare_linear, dare_ties, della, ...:
 an optional sparsify step and a consensus step); ``combine`` holds the per-entry consensus maths (sum, TIES
-election); ``loader`` applies a mode to models and writes the outputs, their cards and merge records.
+election); ``learned`` adds the modes that learn the adapters' factors first (``learned``, ``adamerging``);
+``loader`` applies a mode to models and writes the outputs, their cards and merge records.
 """
 
 from typing import Any
 
 from .combine import COMBINE_MODES
 from .modes import MERGE_MODES, MergeMode, create_mode, mode_options, register_mode
+from . import learned as _learned  # noqa: F401  (registers the learned merge modes)
 
 _LOADER_NAMES = ("combine_tensor", "load_merged", "merge_into", "merge_to_adapter", "merge_to_folder", "replay")
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
+from ..progress import progress_bar
 
 from .. import __version__
 from ..errors import UserError
@@ -77,6 +77,19 @@ def _prepare(adapters: Sequence[AdapterRef], weights: Sequence[float] | None, re
     return handles, weights, sources
 
 
+def _setup(base: str | os.PathLike, mode: str | MergeMode, options: dict[str, Any], adapters: Sequence[AdapterRef],
+           weights: Sequence[float] | None, revisions: Sequence[str | None] | None, token: str | bool | None,
+           allow_unverified_base: bool, device: str,
+           progress: bool) -> tuple[MergeMode, list[SparseDeltaAdapter], list[float], list[MergeSource]]:
+    """The merge mode (a name and its options, or a mode instance), and the adapters as it merges them
+    (``MergeMode.prepare``: learned modes learn their factors here, once per instance and inputs)."""
+    if isinstance(mode, MergeMode) and options:
+        raise ValueError(f"pass the options of merge mode {mode.name!r} when creating it, not with the instance")
+    merger = mode if isinstance(mode, MergeMode) else create_mode(mode, **options)
+    handles, weights, sources = _prepare(adapters, weights, revisions, token, allow_unverified_base)
+    return merger, merger.prepare(base, handles, weights, device=device, progress=progress), weights, sources
+
+
 def _tensor_names(adapters: Sequence[SparseDeltaAdapter]) -> list[str]:
     return sorted({name for a in adapters for name in a.config.tensors})
 
@@ -102,19 +115,18 @@ def _dtype_name(dtype: torch.dtype | None) -> str | None:
 def load_merged(base: str | os.PathLike, adapters: Sequence[AdapterRef], weights: Sequence[float] | None = None,
                 mode: str = "sum", *, revision: str | None = None, adapter_revisions: Sequence[str | None] | None = None,
                 token: str | bool | None = None, dtype: str | torch.dtype = "auto", trust_remote_code: bool = False,
-                progress: bool = True, allow_unverified_base: bool = False, device: str | torch.device = "cpu",
+                progress: bool = True, allow_unverified_base: bool = False, device: str = "cpu",
                 **options: Any) -> torch.nn.Module:
     """Load ``base`` with transformers and merge every adapter into its weights in place; returns the model.
 
-    ``device`` ("cuda", "auto", ...): the model is loaded straight onto it and merged there (only the entries the
-    adapters touch are read and written: no second copy of any weight).
-
-    ``mode`` is a merge mode (``merge.modes.MERGE_MODES``) and ``options`` its options (e.g. ``density=0.5``).
+    ``mode`` is a merge mode (``merge.modes.MERGE_MODES``) and ``options`` its options (e.g. ``density=0.5``), or
+    a mode instance (``create_mode``). Learned modes (``learned``, ``adamerging``) first learn the adapters' factors
+    on ``device`` (``merge.learned``).
     ``base`` and every adapter may be a local folder or a Hub id (``revision`` / ``adapter_revisions`` pick the
     versions; the base is downloaded once into the HF cache, and ``model.name_or_path`` is that local folder).
     """
-    merger = create_mode(mode, **options)
-    handles, weights, _ = _prepare(adapters, weights, adapter_revisions, token, allow_unverified_base)
+    merger, handles, weights, _ = _setup(base, mode, options, adapters, weights, adapter_revisions, token,
+                                         allow_unverified_base, device, progress)
     folder = resolve_repo(base, revision=revision, token=token,
                           allow_patterns=HUB_PATTERNS + ["*.py"] if trust_remote_code else None)
     on = resolve_device(device)
@@ -154,7 +166,7 @@ def _merge_handles(model: torch.nn.Module, handles: Sequence[SparseDeltaAdapter]
                         "device map (meta device); merging needs them in memory: give the device map room for them "
                         "(e.g. max_cpu_memory), or write the merged model once with `dppa-peft merge` and load that")
     with torch.no_grad():
-        for name in tqdm(names, desc=f"merging ({merger.name})", unit="tensor", disable=not progress, leave=False):
+        for name in progress_bar(names, desc=f"merging ({merger.name})", unit="tensor", disable=not progress):
             if name not in params:
                 raise ValueError(f"adapter tensor {name!r} is not a parameter of {base}; the adapter does not fit")
             _merged(merger, name, handles, weights).apply_(params[name].data)
@@ -162,11 +174,11 @@ def _merge_handles(model: torch.nn.Module, handles: Sequence[SparseDeltaAdapter]
 
 
 def merge_to_folder(base: str | os.PathLike, adapters: Sequence[AdapterRef], out: str | os.PathLike,
-                    weights: Sequence[float] | None = None, mode: str = "sum", *, revision: str | None = None,
+                    weights: Sequence[float] | None = None, mode: str | MergeMode = "sum", *, revision: str | None = None,
                     adapter_revisions: Sequence[str | None] | None = None, token: str | bool | None = None,
                     dtype: str | torch.dtype | None = None, overwrite: bool = False, progress: bool = True,
                     max_shard_bytes: int = 4 << 30, command: str | None = None, allow_unverified_base: bool = False,
-                    device: str | torch.device = "cpu", **options: Any) -> Path:
+                    device: str = "cpu", **options: Any) -> Path:
     """Stream ``base`` tensor by tensor, add the merged deltas, and write a dense model folder to ``out``.
 
     ``dtype`` (None/"auto": each base tensor's dtype) is the dtype of every written weight and of ``config.json``;
@@ -174,20 +186,19 @@ def merge_to_folder(base: str | os.PathLike, adapters: Sequence[AdapterRef], out
     rounded to bf16 first). The folder also holds a model card and ``dppa_merge.json`` (the record ``replay`` runs).
     ``device`` ("cuda", "auto", ...) is where each touched tensor is merged, one at a time.
     """
-    merger = create_mode(mode, **options)
     dtype, on = _dtype(dtype), resolve_device(device)
-    handles, weights, sources = _prepare(adapters, weights, adapter_revisions, token, allow_unverified_base)
+    merger, handles, weights, sources = _setup(base, mode, options, adapters, weights, adapter_revisions, token,
+                                               allow_unverified_base, device, progress)
     checkpoint = _fitting_checkpoint(base, revision, token, handles)
     touched = set(_tensor_names(handles))
     record = MergeRecord(output="model", base=source_of(base, revision, checkpoint.directory), adapters=sources,
                          mode=merger.name, params=asdict(merger.params), dtype=_dtype_name(dtype),
-                         package_version=__version__, command=command)
+                         package_version=__version__, command=command, learned=merger.outcome())
     samples: dict[str, bytes] = {}
     inputs = [base, checkpoint.directory, *(h.directory for h in handles)]
     with atomic_directory(out, overwrite=overwrite, inputs=inputs) as tmp:
         writer = ShardedWriter(tmp, max_shard_bytes=max_shard_bytes)
-        for name in tqdm(checkpoint.names(), desc=f"merging ({merger.name})", unit="tensor", disable=not progress,
-                         leave=False):
+        for name in progress_bar(checkpoint.names(), desc=f"merging ({merger.name})", unit="tensor", disable=not progress):
             tensor = checkpoint.read(name)
             if name in touched:
                 samples[name] = tensor_sample(tensor)
@@ -206,10 +217,10 @@ def merge_to_folder(base: str | os.PathLike, adapters: Sequence[AdapterRef], out
 
 
 def merge_to_adapter(base: str | os.PathLike, adapters: Sequence[AdapterRef], out: str | os.PathLike,
-                     weights: Sequence[float] | None = None, mode: str = "sum", *, revision: str | None = None,
+                     weights: Sequence[float] | None = None, mode: str | MergeMode = "sum", *, revision: str | None = None,
                      adapter_revisions: Sequence[str | None] | None = None, token: str | bool | None = None,
                      value_dtype: str = "float32", overwrite: bool = False, progress: bool = True,
-                     command: str | None = None, allow_unverified_base: bool = False,
+                     command: str | None = None, allow_unverified_base: bool = False, device: str = "cpu",
                      **options: Any) -> SparseDeltaAdapter:
     """Write the merge as ONE sparse delta adapter: union support, values = the merged fp32 delta.
 
@@ -219,21 +230,21 @@ def merge_to_adapter(base: str | os.PathLike, adapters: Sequence[AdapterRef], ou
     are summed before, not after, they meet the base). ``value_dtype`` (default float32, exact) may be bfloat16
     or float16 for half the size. Of the base, only the rows holding the fingerprint samples are read.
     """
-    merger = create_mode(mode, **options)
     stored_dtype = _dtype(value_dtype)
     if stored_dtype is None:
         raise ValueError("value_dtype must be float32, bfloat16 or float16 for a merged adapter")
-    handles, weights, sources = _prepare(adapters, weights, adapter_revisions, token, allow_unverified_base)
+    merger, handles, weights, sources = _setup(base, mode, options, adapters, weights, adapter_revisions, token,
+                                               allow_unverified_base, device, progress)
     checkpoint = _fitting_checkpoint(base, revision, token, handles)
     names = _tensor_names(handles)
     record = MergeRecord(output="adapter", base=source_of(base, revision, checkpoint.directory), adapters=sources,
                          mode=merger.name, params=asdict(merger.params), value_dtype=_dtype_name(stored_dtype),
-                         package_version=__version__, command=command)
+                         package_version=__version__, command=command, learned=merger.outcome())
     samples: dict[str, bytes] = {}
     inputs = [base, checkpoint.directory, *(h.directory for h in handles)]
     with atomic_directory(out, overwrite=overwrite, inputs=inputs) as tmp:
         writer = AdapterWriter(tmp)
-        for name in tqdm(names, desc=f"merging ({merger.name})", unit="tensor", disable=not progress, leave=False):
+        for name in progress_bar(names, desc=f"merging ({merger.name})", unit="tensor", disable=not progress):
             samples[name] = checkpoint_sample(checkpoint, name)  # a few rows, not the whole tensor
             delta = _merged(merger, name, handles, weights).as_delta()
             pruned = any(h.config.tensors[name].get("pruned") for h in handles if name in h.config.tensors)

@@ -33,6 +33,7 @@ the processing order, and different for each adapter.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -40,6 +41,7 @@ from typing import Any, ClassVar
 import torch
 
 from ..format.apply import add_sparse, add_sparse_
+from ..format.io import SparseDeltaAdapter
 from ..methods.base import SparseDelta
 from ..methods.della import check_window
 from ..methods.registry import create_method, get_method
@@ -148,6 +150,16 @@ class MergeMode:
     def needs_dense(cls) -> bool:
         """Whether the mode densifies each tensor's deltas (an election); ``sum`` modes stay sparse."""
         return cls.consensus != "sum"
+
+    def prepare(self, base: str | os.PathLike, adapters: Sequence[SparseDeltaAdapter], weights: Sequence[float], *,
+                device: str = "cpu", progress: bool = True) -> list[SparseDeltaAdapter]:
+        """The adapters as this mode merges them: unchanged here; learned modes (``merge.learned``) learn their
+        factors on ``base`` (on ``device``) and return the adapters with them."""
+        return list(adapters)
+
+    def outcome(self) -> dict[str, Any] | None:
+        """What ``prepare`` learned (settings, loss curves), recorded with the merge; None for the other modes."""
+        return None
 
     def merge(self, name: str, deltas: Sequence[SparseDelta], weights: Sequence[float]) -> MergedTensor:
         """Combine the deltas of tensor ``name`` (one per adapter that stores it) with their weights."""

@@ -86,11 +86,12 @@ class DynamicPruning(PruningMethod):
         self._passes = StatisticsPasses(self.name, self.statistics_passes)
         self._blocks = BlockOutliers(self.params.block_factor, self.params.significance_kind)
         self._linears: dict[str, _LinearStat] = {}
-        self._terms: tuple[dict[int, float], dict[str, float]] | None = None
+        self._terms: tuple[dict[int, float], dict[str, float]] | None = None  # computed once, after the passes
 
     def observe(self, info: TensorInfo, delta: torch.Tensor, pass_index: int) -> None:
         block = require_in_scope(info, self.name)
         self._passes.record(info.name, pass_index)
+        self._terms = None
         abs_delta = delta.float().abs()
         abs_sum, sig = matrix_significance(abs_delta, self.params.outlier_factor, self.params.significance_kind)
         self._linears[info.name] = _LinearStat(block, abs_delta.numel(), sig)
@@ -112,10 +113,10 @@ class DynamicPruning(PruningMethod):
         self._passes.require_complete(info.name)
         rate = self.rate if rate is None else rate
         if self._terms is None:
-            self._terms = self.block_terms(), self.linear_terms()
+            self._terms = (self.block_terms(), self.linear_terms())
         blocks, linears = self._terms
-        return DensityPlan.clipped((1.0 - rate) + blocks[self._linears[info.name].block] + linears[info.name],
-                                   self.params.min_density)
+        block_term = blocks[self._linears[info.name].block]
+        return DensityPlan.clipped((1.0 - rate) + block_term + linears[info.name], self.params.min_density)
 
     def prune(self, info: TensorInfo, delta: torch.Tensor, density: float) -> SparseDelta:
         return SparseDelta.from_indices(delta, magnitude_indices(delta, density, self.params.tie_mode))

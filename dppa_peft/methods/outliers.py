@@ -18,6 +18,13 @@ from ..scope import TensorInfo
 SIGNIFICANCE_KINDS = ("count", "magnitude")
 
 
+def check_kind(kind: str) -> str:
+    """``kind`` when it is a significance kind; an error naming the kinds otherwise."""
+    if kind not in SIGNIFICANCE_KINDS:
+        raise ValueError(f"unknown significance kind {kind!r}; choose one of {SIGNIFICANCE_KINDS}")
+    return kind
+
+
 def outlier_amount(abs_delta: torch.Tensor, threshold: float, kind: str) -> float:
     """How many entries exceed ``threshold`` (``count``) or their summed magnitude (``magnitude``)."""
     above = abs_delta > threshold
@@ -34,6 +41,7 @@ def significance(amount: float, numel: int, abs_sum: float, kind: str) -> float:
 
 def matrix_significance(abs_delta: torch.Tensor, factor: float, kind: str) -> tuple[float, float]:
     """``(Σ|δ|, significance)`` of one matrix against its own mean (one pass)."""
+    check_kind(kind)
     numel = abs_delta.numel()
     abs_sum = float(abs_delta.sum(dtype=torch.float64))
     threshold = factor * abs_sum / numel if numel else 0.0
@@ -101,7 +109,7 @@ class BlockOutliers:
 
     def __init__(self, factor: float, kind: str) -> None:
         self.factor = factor
-        self.kind = kind
+        self.kind = check_kind(kind)
         self.numel: dict[int, int] = {}
         self.abs_sum: dict[int, float] = {}
         self.amount: dict[int, float] = {}

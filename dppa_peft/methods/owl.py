@@ -61,10 +61,12 @@ class Owl(PruningMethod):
         super().__init__(rate, params)
         self._passes = StatisticsPasses(self.name, self.statistics_passes)
         self._blocks = BlockOutliers(self.params.block_outlier_factor, "count")
+        self._adjustments: dict[int, float] | None = None  # computed once, after the passes
 
     def observe(self, info: TensorInfo, delta: torch.Tensor, pass_index: int) -> None:
         block = require_in_scope(info, self.name)
         self._passes.record(info.name, pass_index)
+        self._adjustments = None
         abs_delta = delta.float().abs()
         self._blocks.add(block, abs_delta, float(abs_delta.sum(dtype=torch.float64)))
 
@@ -76,7 +78,9 @@ class Owl(PruningMethod):
     def plan(self, info: TensorInfo, rate: float | None = None) -> DensityPlan:
         self._passes.require_complete(info.name)
         rate = self.rate if rate is None else rate
-        return DensityPlan.clipped((1.0 - rate) + self.adjustments()[info.block])
+        if self._adjustments is None:
+            self._adjustments = self.adjustments()
+        return DensityPlan.clipped((1.0 - rate) + self._adjustments[info.block])
 
     def prune(self, info: TensorInfo, delta: torch.Tensor, density: float) -> SparseDelta:
         return SparseDelta.from_indices(delta, magnitude_indices(delta, density, self.params.tie_mode))

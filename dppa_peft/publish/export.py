@@ -22,10 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
+from ..progress import progress_bar
 
 from ..checkpoint import Checkpoint, SafetensorsWriter
-from ..choices import EXPORT_FORMATS
 from ..output import atomic_directory, check_output
 from .card import write_model_card
 from ..format.apply import add_dense, add_sparse
@@ -96,14 +95,14 @@ def export_supertuning(adapter: SparseDeltaAdapter, out: str | os.PathLike, *, b
     kept = padding = inexact = 0
     with atomic_directory(out, overwrite=overwrite, inputs=inputs) as tmp:
         writer = SafetensorsWriter(tmp / WEIGHTS_FILE)
-        for module in tqdm(targets, desc="export (sparse)", unit="module", disable=not progress, leave=False):
+        for module in progress_bar(targets, desc="export (sparse)", unit="module", disable=not progress):
             delta, off = _baked(adapter, checkpoint, f"{module}.weight")
             values, indices, pad = _padded_support(delta, sparsity)
             inexact += off
             writer.add(f"{PREFIX}{module}.supertuning_values", values)
             writer.add(f"{PREFIX}{module}.supertuning_indices", indices)
             kept, padding = kept + values.numel() - pad, padding + pad
-        for module in tqdm(whole, desc="export (whole)", unit="module", disable=not progress, leave=False):
+        for module in progress_bar(whole, desc="export (whole)", unit="module", disable=not progress):
             for key, tensor in _whole_module(adapter, checkpoint, model, module).items():
                 writer.add(f"{PREFIX}{module}.{key}", tensor)
         writer.close()

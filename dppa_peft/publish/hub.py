@@ -24,7 +24,8 @@ from ..checkpoint import Checkpoint
 from ..format.config import SparseDeltaConfig
 from .card import shown_ref, write_model_card
 from .commands import public_command
-from .export import EXPORT_FORMATS, SupertuningExport, export_supertuning
+from ..choices import EXPORT_FORMATS
+from .export import SupertuningExport, export_supertuning
 from ..format.io import CARD_FILE, CONFIG_FILE, WEIGHTS_FILE
 
 if TYPE_CHECKING:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
@@ -50,7 +50,16 @@ adapter{{ "s" if n != 1 }} below, combined with merge mode `{{ mode }}`. It load
 |---|---|---|
 {% for e in evals %}| {{ e.dataset_name }} | {{ e.metric_type }}{{ " (%s)" % e.metric_config if e.metric_config }} | {{ e.metric_value }} |
 {% endfor %}{% endif %}
-## Use
+{% if learned %}## Learned factors
+
+Learned by `{{ mode }}` before summing: objective `{{ learned.objective }}`, granularity `{{ learned.granularity }}`,
+{{ learned.steps_run }} Adam steps (lr {{ learned.lr }}) in {{ "%.1f" % learned.seconds }} s; held-out {{ learned.objective }}
+{{ "%.4g" % learned.heldout_kl_before }} at the plain sum, {{ "%.4g" % learned.heldout_kl_after }} with the learned factors
+(step {{ learned.best_step }}); {{ learned.factor_stats.count }} factors in [{{ "%.3g" % learned.factor_stats.min }},
+{{ "%.3g" % learned.factor_stats.max }}], mean {{ "%.3g" % learned.factor_stats.mean }}. The loss curves are in the merge
+record.
+
+{% endif %}## Use
 
 ```python
 {% if adapter %}import dppa_peft  # registers the SPARSE_DELTA adapter type with PEFT
@@ -92,12 +101,13 @@ def build_merge_card(record: "MergeRecord", *, repo_id: str | None = None,
         data, template_str=MERGE_CARD_TEMPLATE,
         title=f"{'Merged sparse delta adapter' if adapter else 'Merged model'} ({record.mode}, "
               f"{len(record.adapters)} adapter{'s' if len(record.adapters) != 1 else ''})",
-        adapter=adapter, n=len(record.adapters), mode=record.mode, params=record.params,
+        adapter=adapter, n=len(record.adapters), mode=record.mode, params=_public(record.params),
         base=_shown(record.base.ref, record.base.revision), base_id=base or "path/to/base", shown=_shown,
         dtype=(record.value_dtype if adapter else record.dtype) or "as the base",
         adapters=record.adapters, record_file="adapter_config.json" if adapter else "dppa_merge.json",
         out_flag="--out-adapter" if adapter else "--out", version=record.package_version or "?",
         command=public_command(record.command), evals=evals, repo=repo_id or "<this repo or folder>",
+        learned=record.learned,
     )
 
 
@@ -113,6 +123,15 @@ def _shown(ref: str | None, revision: str | None = None) -> str:
     if ref and Path(ref).is_absolute():
         return f"{Path(ref).name} (local folder)"
     return f"{ref}@{revision}" if revision else str(ref)
+
+
+def _public(value: Any) -> Any:
+    """Mode options as a card shows them: absolute paths (a learned mode's calibration files) by their name only."""
+    if isinstance(value, dict):
+        return {key: _public(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_public(item) for item in value]
+    return Path(value).name if isinstance(value, str) and Path(value).is_absolute() else value
 
 
 def _is_hub_id(source: object) -> bool:
