@@ -27,6 +27,7 @@ demo: setup
 # lint and type check (settings in pyproject.toml), run by `make test` before the tests
 check: setup
 	$(BIN)/python -m ruff check dppa_peft tests bench
+	$(BIN)/python -m ruff format --check dppa_peft tests bench
 	$(BIN)/python -m mypy
 
 test: check

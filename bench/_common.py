@@ -19,8 +19,15 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 def make_llama(path: Path, layers: int, hidden: int, seed: int = 0, dtype: torch.dtype = torch.bfloat16) -> Path:
     """A random Llama checkpoint (no training: benches measure I/O and arithmetic, not quality)."""
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=4096, hidden_size=hidden, intermediate_size=int(hidden * 2.75), num_hidden_layers=layers,
-                         num_attention_heads=8, num_key_value_heads=8, tie_word_embeddings=False)
+    config = LlamaConfig(
+        vocab_size=4096,
+        hidden_size=hidden,
+        intermediate_size=int(hidden * 2.75),
+        num_hidden_layers=layers,
+        num_attention_heads=8,
+        num_key_value_heads=8,
+        tie_word_embeddings=False,
+    )
     AutoModelForCausalLM.from_config(config).to(dtype).save_pretrained(path)
     return path
 
@@ -79,8 +86,8 @@ def measure(code: str, setup: str = "", env: dict[str, str] | None = None) -> di
         stdout, stderr = out.read(), err.read()
     if child.returncode != 0:
         raise RuntimeError(stderr[-3000:])
-    line = next(l for l in stdout.splitlines() if l.startswith("MEASURE"))
-    return {**json.loads(line[len("MEASURE"):]), "peak_rss_mib": usage.ru_maxrss / 1024}
+    line = next(row for row in stdout.splitlines() if row.startswith("MEASURE"))
+    return {**json.loads(line[len("MEASURE") :]), "peak_rss_mib": usage.ru_maxrss / 1024}
 
 
 def folder_mib(path: Path, pattern: str = "*.safetensors") -> float:

@@ -61,7 +61,7 @@ def build_tiny_pair(root: Path, layers: int, steps: int) -> tuple[Path, Path, Pa
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     texts = arithmetic_texts(steps * 8, seed=0)
     for step in range(steps):
-        batch = tokenizer(texts[step * 8:(step + 1) * 8], padding=True, return_tensors="pt")
+        batch = tokenizer(texts[step * 8 : (step + 1) * 8], padding=True, return_tensors="pt")
         labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
         model(**batch, labels=labels).loss.backward()
         optimizer.step()
@@ -100,38 +100,77 @@ def main() -> None:
             base, finetuned, calibration, heldout = build_tiny_pair(root, args.layers, args.steps)
         else:
             base, finetuned, calibration, heldout = args.base, args.finetuned, args.calibration, args.heldout
-        adapter = prune(base, finetuned, root / "adapter", method=args.method, rate=args.rate,
-                        partition_rates=default_partition_rates(args.rate), progress=False)[0]
-        common = dict(objective=args.objective, tokenizer=args.tokenizer, include_path=args.include_path,
-                      continuation_tokens=4, max_length=64)
-        search_objective = build_objective(ObjectiveParams(calibration=calibration and str(calibration),
-                                                           tasks=args.tasks, **common), finetuned, base)
-        heldout_objective = build_objective(ObjectiveParams(calibration=heldout and str(heldout),
-                                                            tasks=args.heldout_tasks, split="test", **common),
-                                            finetuned, base)
+        adapter = prune(
+            base,
+            finetuned,
+            root / "adapter",
+            method=args.method,
+            rate=args.rate,
+            partition_rates=default_partition_rates(args.rate),
+            progress=False,
+        )[0]
+        common = dict(
+            objective=args.objective,
+            tokenizer=args.tokenizer,
+            include_path=args.include_path,
+            continuation_tokens=4,
+            max_length=64,
+        )
+        search_objective = build_objective(
+            ObjectiveParams(calibration=calibration and str(calibration), tasks=args.tasks, **common), finetuned, base
+        )
+        heldout_objective = build_objective(
+            ObjectiveParams(calibration=heldout and str(heldout), tasks=args.heldout_tasks, split="test", **common),
+            finetuned,
+            base,
+        )
         partitions = adapter_partitions(adapter)
         candidate = AmplifiedModel(load_base_model(base, adapter), adapter, partitions)
         bounds = default_bounds(bool(adapter.config.method["params"].get("rescale", False)))
-        rows = [{"strategy": "none (factors 1)", "dpa_method": "-", "calls": 0, "seconds": 0.0,
-                 "factors": [1.0] * partitions.count}]
+        rows = [
+            {
+                "strategy": "none (factors 1)",
+                "dpa_method": "-",
+                "calls": 0,
+                "seconds": 0.0,
+                "factors": [1.0] * partitions.count,
+            }
+        ]
         for strategy in ("default", "reference"):
             for dpa_method in (1, 2):
-                result = search_factors(lambda f: search_objective(candidate.apply(f)), partitions.count, strategy,
-                                        dpa_method, bounds=bounds, progress=False)
-                rows.append({"strategy": strategy, "dpa_method": dpa_method, "calls": result.calls,
-                             "seconds": result.seconds, "factors": result.factors})
+                result = search_factors(
+                    lambda f: search_objective(candidate.apply(f)),
+                    partitions.count,
+                    strategy,
+                    dpa_method,
+                    bounds=bounds,
+                    progress=False,
+                )
+                rows.append(
+                    {
+                        "strategy": strategy,
+                        "dpa_method": dpa_method,
+                        "calls": result.calls,
+                        "seconds": result.seconds,
+                        "factors": result.factors,
+                    }
+                )
         for row in rows:
             model = candidate.apply(row["factors"])
             row["search_score"] = search_objective(model)
             row["heldout_score"] = heldout_objective(model)
 
-    print(f"method {args.method}, rate {args.rate}, partitions {partitions.rates}, objective {args.objective}, "
-          f"bounds {list(bounds)}, torch threads {torch.get_num_threads()}")
+    print(
+        f"method {args.method}, rate {args.rate}, partitions {partitions.rates}, objective {args.objective}, "
+        f"bounds {list(bounds)}, torch threads {torch.get_num_threads()}"
+    )
     print("| strategy | DPA method | calls | search s | factors | search score | held-out score |")
     print("|---|---|---|---|---|---|---|")
     for row in rows:
-        print(f"| {row['strategy']} | {row['dpa_method']} | {row['calls']} | {row['seconds']:.2f} | "
-              f"{row['factors']} | {row['search_score']:.5f} | {row['heldout_score']:.5f} |")
+        print(
+            f"| {row['strategy']} | {row['dpa_method']} | {row['calls']} | {row['seconds']:.2f} | "
+            f"{row['factors']} | {row['search_score']:.5f} | {row['heldout_score']:.5f} |"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
 

@@ -68,8 +68,9 @@ class Clock:
         return spent
 
 
-def domain_ratios(evaluator: Evaluator, model: torch.nn.Module, dense: dict[str, dict[str, float]],
-                  domain: str) -> dict[str, float]:
+def domain_ratios(
+    evaluator: Evaluator, model: torch.nn.Module, dense: dict[str, dict[str, float]], domain: str
+) -> dict[str, float]:
     """Domain-Ratio of ``model`` on the domain's dev and test tasks."""
     out = {}
     for split in ("dev", "test"):
@@ -79,25 +80,49 @@ def domain_ratios(evaluator: Evaluator, model: torch.nn.Module, dense: dict[str,
     return out
 
 
-def bench_domain(zoo, domain: str, method: str, rate: float, evaluator: Evaluator, params: LearnParams,
-                 root: Path, **method_params: float) -> list[dict]:
+def bench_domain(
+    zoo,
+    domain: str,
+    method: str,
+    rate: float,
+    evaluator: Evaluator,
+    params: LearnParams,
+    root: Path,
+    **method_params: float,
+) -> list[dict]:
     finetuned = zoo.finetunes[domain]
     tokenizer = AutoTokenizer.from_pretrained(finetuned)
-    prompts = [Prompt(ex.prompt, f"{task}[{i}]") for task in DOMAINS[domain]
-               for i, ex in enumerate(task_split(task, "dev"))]
+    prompts = [
+        Prompt(ex.prompt, f"{task}[{i}]") for task in DOMAINS[domain] for i, ex in enumerate(task_split(task, "dev"))
+    ]
     train, _ = split_indices(len(prompts), params.learn_heldout, params.learn_seed)
     dense_model = AutoModelForCausalLM.from_pretrained(finetuned)
     dense = {s: evaluator.scores(dense_model, domain_task_names(s)[domain]) for s in ("dev", "test")}
-    adapter = prune(zoo.base, finetuned, root / f"{domain}-{method}", method=method, rate=rate, progress=False,
-                    **method_params)[0]
+    adapter = prune(
+        zoo.base, finetuned, root / f"{domain}-{method}", method=method, rate=rate, progress=False, **method_params
+    )[0]
     partitions = adapter_partitions(adapter, [rate])
 
     clock = Clock()
-    teacher = build_teacher(dense_model, tokenizer, prompts, continuation_tokens=CONTINUATION, batch_size=BATCH,
-                            heldout=params.learn_heldout, seed=params.learn_seed, name=domain)
+    teacher = build_teacher(
+        dense_model,
+        tokenizer,
+        prompts,
+        continuation_tokens=CONTINUATION,
+        batch_size=BATCH,
+        heldout=params.learn_heldout,
+        seed=params.learn_seed,
+        name=domain,
+    )
     teacher_seconds = clock.lap()
-    objective = KLObjective(dense_model, tokenizer, [prompts[i].text for i in train], CONTINUATION,
-                            max_length=dense_model.config.max_position_embeddings, batch_size=BATCH)
+    objective = KLObjective(
+        dense_model,
+        tokenizer,
+        [prompts[i].text for i in train],
+        CONTINUATION,
+        max_length=dense_model.config.max_position_embeddings,
+        batch_size=BATCH,
+    )
     objective_seconds = clock.lap()
     del dense_model
 
@@ -109,15 +134,24 @@ def bench_domain(zoo, domain: str, method: str, rate: float, evaluator: Evaluato
             factors, calls, seconds = [1.0] * partitions.count, 0, (0.0, 0.0)
         else:
             clock.lap()
-            result = search_factors(lambda f: objective(candidate.apply(f)), partitions.count, strategy, 1,
-                                    bounds=bounds, progress=False)
+            result = search_factors(
+                lambda f: objective(candidate.apply(f)), partitions.count, strategy, 1, bounds=bounds, progress=False
+            )
             spent = clock.lap()
             factors, calls = result.factors, result.calls
             seconds = (objective_seconds[0] + spent[0], objective_seconds[1] + spent[1])
         model = candidate.apply(factors)
-        rows.append({"domain": domain, "strategy": strategy, "work": f"{calls} calls", "seconds": seconds,
-                     "factors": str(factors), "heldout_kl": mean_kl(model, teacher.heldout),
-                     **domain_ratios(evaluator, model, dense, domain)})
+        rows.append(
+            {
+                "domain": domain,
+                "strategy": strategy,
+                "work": f"{calls} calls",
+                "seconds": seconds,
+                "factors": str(factors),
+                "heldout_kl": mean_kl(model, teacher.heldout),
+                **domain_ratios(evaluator, model, dense, domain),
+            }
+        )
 
     student = load_base_model(zoo.base, adapter)
     clock.lap()
@@ -131,10 +165,17 @@ def bench_domain(zoo, domain: str, method: str, rate: float, evaluator: Evaluato
     write_amplified(adapter, folder, partitions, block, {}, learned.factors[0])
     model = load_merged(zoo.base, [SparseDeltaAdapter(folder)], progress=False)
     stats = learned.record()["factor_stats"]
-    rows.append({"domain": domain, "strategy": f"learned ({params.learn_granularity})",
-                 "work": f"{learned.steps} steps", "seconds": seconds,
-                 "factors": f"{stats['count']} in [{stats['min']:.2f}, {stats['max']:.2f}]",
-                 "heldout_kl": mean_kl(model, teacher.heldout), **domain_ratios(evaluator, model, dense, domain)})
+    rows.append(
+        {
+            "domain": domain,
+            "strategy": f"learned ({params.learn_granularity})",
+            "work": f"{learned.steps} steps",
+            "seconds": seconds,
+            "factors": f"{stats['count']} in [{stats['min']:.2f}, {stats['max']:.2f}]",
+            "heldout_kl": mean_kl(model, teacher.heldout),
+            **domain_ratios(evaluator, model, dense, domain),
+        }
+    )
     assert abs(rows[-1]["heldout_kl"] - learned.heldout_kl_after) <= 1e-4 * max(1e-6, learned.heldout_kl_after)
     return rows
 
@@ -161,20 +202,26 @@ def main() -> None:
             extra = {} if args.min_density is None else {"min_density": args.min_density}
             rows += bench_domain(zoo, domain, args.method, args.rate, evaluator, params, Path(tmp), **extra)
     floor = "" if args.min_density is None else f" (min density {args.min_density})"
-    print(f"demo zoo {args.size}, method {args.method}{floor}, rate {args.rate}, torch threads {torch.get_num_threads()}; "
-          f"held-out = {params.learn_heldout:.0%} of each domain's dev prompts, unseen by every strategy")
+    print(
+        f"demo zoo {args.size}, method {args.method}{floor}, rate {args.rate}, torch threads {torch.get_num_threads()}; "
+        f"held-out = {params.learn_heldout:.0%} of each domain's dev prompts, unseen by every strategy"
+    )
     print("| domain | strategy | calls / steps | wall s | CPU s | factors | held-out KL | Domain-Ratio dev | test |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['domain']} | {r['strategy']} | {r['work']} | {r['seconds'][0]:.1f} | {r['seconds'][1]:.1f} | "
-              f"{r['factors']} | {r['heldout_kl']:.4f} | {r['dev']:.3f} | {r['test']:.3f} |")
+        print(
+            f"| {r['domain']} | {r['strategy']} | {r['work']} | {r['seconds'][0]:.1f} | {r['seconds'][1]:.1f} | "
+            f"{r['factors']} | {r['heldout_kl']:.4f} | {r['dev']:.3f} | {r['test']:.3f} |"
+        )
     for domain in args.domains:
         by = {r["strategy"].split(" ")[0]: r for r in rows if r["domain"] == domain}
         learned, golden = by["learned"], by["default"]
         wall, cpu = (learned["seconds"][i] / golden["seconds"][i] for i in (0, 1))
-        print(f"{domain}: learned / golden-section: wall time {wall:.2f}x, CPU time {cpu:.2f}x, held-out KL "
-              f"{learned['heldout_kl'] / golden['heldout_kl']:.3f}x, test Domain-Ratio {learned['test']:.3f} vs "
-              f"{golden['test']:.3f} (reference {by['reference']['test']:.3f}, factors 1.0 {by['none']['test']:.3f})")
+        print(
+            f"{domain}: learned / golden-section: wall time {wall:.2f}x, CPU time {cpu:.2f}x, held-out KL "
+            f"{learned['heldout_kl'] / golden['heldout_kl']:.3f}x, test Domain-Ratio {learned['test']:.3f} vs "
+            f"{golden['test']:.3f} (reference {by['reference']['test']:.3f}, factors 1.0 {by['none']['test']:.3f})"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
 

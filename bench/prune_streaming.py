@@ -32,25 +32,44 @@ def main() -> None:
             root = Path(tmp) / f"l{layers}"
             base = make_llama(root / "base", layers=layers, hidden=512)
             ft = make_finetune(base, root / "ft", scale=0.002, seed=1)
-            raw = measure(f"""
+            raw = measure(
+                f"""
                 from safetensors import safe_open
-                for path in {[str(base / 'model.safetensors'), str(ft / 'model.safetensors')]!r}:
+                for path in {[str(base / "model.safetensors"), str(ft / "model.safetensors")]!r}:
                     with safe_open(path, framework="pt") as f:
                         for name in f.keys():
                             f.get_tensor(name).float()
-            """, setup=IMPORTS)
-            run = measure(f"""
-                dppa_peft.prune({str(base)!r}, {str(ft)!r}, {str(root / 'adapter')!r}, method={args.method!r},
+            """,
+                setup=IMPORTS,
+            )
+            run = measure(
+                f"""
+                dppa_peft.prune({str(base)!r}, {str(ft)!r}, {str(root / "adapter")!r}, method={args.method!r},
                                 rate={args.rate}, progress=False)
-            """, setup=IMPORTS)
-            rows.append((layers, folder_mib(base), run["seconds"], raw["seconds"], run["peak_anon_mib"] - baseline,
-                         raw["peak_anon_mib"] - baseline, folder_mib(root / "adapter")))
+            """,
+                setup=IMPORTS,
+            )
+            rows.append(
+                (
+                    layers,
+                    folder_mib(base),
+                    run["seconds"],
+                    raw["seconds"],
+                    run["peak_anon_mib"] - baseline,
+                    raw["peak_anon_mib"] - baseline,
+                    folder_mib(root / "adapter"),
+                )
+            )
     print(f"method {args.method}, rate {args.rate}; interpreter+imports baseline {baseline:.0f} MiB")
-    print("| layers | checkpoint MiB | prune s | raw read s | prune/read | prune peak MiB | read peak MiB | adapter MiB |")
+    print(
+        "| layers | checkpoint MiB | prune s | raw read s | prune/read | prune peak MiB | read peak MiB | adapter MiB |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for layers, size, prune_s, read_s, prune_peak, read_peak, adapter in rows:
-        print(f"| {layers} | {size:.0f} | {prune_s:.2f} | {read_s:.2f} | {prune_s / read_s:.2f}x | "
-              f"{prune_peak:.0f} | {read_peak:.0f} | {adapter:.1f} |")
+        print(
+            f"| {layers} | {size:.0f} | {prune_s:.2f} | {read_s:.2f} | {prune_s / read_s:.2f}x | "
+            f"{prune_peak:.0f} | {read_peak:.0f} | {adapter:.1f} |"
+        )
     growth = (rows[-1][4] - rows[0][4]) / (rows[-1][1] - rows[0][1]) if len(rows) > 1 else float("nan")
     print(f"peak-memory growth per MiB of checkpoint: {growth:.3f} (0 = fully streamed; 1 = whole model in memory)")
 

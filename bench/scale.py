@@ -37,10 +37,12 @@ WEIGHT_STD = 0.02
 RELATIVE_DELTA = 1e-3
 SHARD_BYTES = 1 << 30
 SIZES = {
-    "1b": dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=16, num_attention_heads=16,
-               num_key_value_heads=16),
-    "3b": dict(hidden_size=3072, intermediate_size=8192, num_hidden_layers=28, num_attention_heads=24,
-               num_key_value_heads=8),
+    "1b": dict(
+        hidden_size=2048, intermediate_size=5632, num_hidden_layers=16, num_attention_heads=16, num_key_value_heads=16
+    ),
+    "3b": dict(
+        hidden_size=3072, intermediate_size=8192, num_hidden_layers=28, num_attention_heads=24, num_key_value_heads=8
+    ),
 }
 OURS = "import torch, transformers, peft, dppa_peft"
 MERGEKIT = "import torch, transformers, yaml, mergekit.config, mergekit.merge"
@@ -89,7 +91,8 @@ def step(code: str, setup: str = OURS) -> Step:
 
 
 def read_limit(base: Path, ft: Path) -> Step:
-    return step(f"""
+    return step(
+        f"""
         from pathlib import Path
         from safetensors import safe_open
         for folder in {[str(base), str(ft)]!r}:
@@ -97,26 +100,36 @@ def read_limit(base: Path, ft: Path) -> Step:
                 with safe_open(shard, framework="pt") as handle:
                     for name in handle.keys():
                         handle.get_tensor(name).float()
-    """, setup="import torch, safetensors")
+    """,
+        setup="import torch, safetensors",
+    )
 
 
 def prune(base: Path, ft: Path, out: Path, method: str) -> Step:
-    return step(f"dppa_peft.prune({str(base)!r}, {str(ft)!r}, {str(out)!r}, method={method!r}, rate=0.9, "
-                "progress=False)")
+    return step(
+        f"dppa_peft.prune({str(base)!r}, {str(ft)!r}, {str(out)!r}, method={method!r}, rate=0.9, progress=False)"
+    )
 
 
 def mergekit_ties(root: Path, base: Path, ft: Path) -> Step:
-    config = {"merge_method": "ties", "base_model": str(base), "dtype": "bfloat16",
-              "parameters": {"normalize": True},
-              "models": [{"model": str(ft), "parameters": {"density": 0.1, "weight": 1.0}}]}
+    config = {
+        "merge_method": "ties",
+        "base_model": str(base),
+        "dtype": "bfloat16",
+        "parameters": {"normalize": True},
+        "models": [{"model": str(ft), "parameters": {"density": 0.1, "weight": 1.0}}],
+    }
     (root / "ties.yml").write_text(json.dumps(config))
     out = root / "mergekit"
     shutil.rmtree(out, ignore_errors=True)
-    result = step(f"""
-        config = mergekit.config.MergeConfiguration.model_validate(yaml.safe_load(open({str(root / 'ties.yml')!r})))
+    result = step(
+        f"""
+        config = mergekit.config.MergeConfiguration.model_validate(yaml.safe_load(open({str(root / "ties.yml")!r})))
         mergekit.merge.run_merge(config, {str(out)!r},
                                  mergekit.merge.MergeOptions(copy_tokenizer=False, write_model_card=False, quiet=True))
-    """, setup=MERGEKIT)
+    """,
+        setup=MERGEKIT,
+    )
     shutil.rmtree(out, ignore_errors=True)
     return result
 
@@ -155,11 +168,15 @@ def run_size(root: Path, size: str) -> dict:
 def report(results: list[dict]) -> str:
     """The markdown tables and ratios (with the targets) of every size."""
     lines = ["| pair | step | wall s | peak RSS MiB |", "|---|---|---|---|"]
-    names = {"read": "read limit (safetensors, both checkpoints, fp32)", "magnitude": "prune magnitude 0.9",
-             "dp": "prune dp 0.9", "mergekit": "mergekit 0.1.5 ties density 0.1",
-             "load_base": "from_pretrained(base) (lazy)",
-             "load_touched": "from_pretrained(base) + read every weight once",
-             "load_merged": "load_merged(base, 3 adapters: magnitude, dp, magnitude)"}
+    names = {
+        "read": "read limit (safetensors, both checkpoints, fp32)",
+        "magnitude": "prune magnitude 0.9",
+        "dp": "prune dp 0.9",
+        "mergekit": "mergekit 0.1.5 ties density 0.1",
+        "load_base": "from_pretrained(base) (lazy)",
+        "load_touched": "from_pretrained(base) + read every weight once",
+        "load_merged": "load_merged(base, 3 adapters: magnitude, dp, magnitude)",
+    }
     for r in results:
         label = f"{r['size']} ({r['params'] / 1e9:.2f}B, {r['checkpoint_mib'] / 1024:.1f} GiB bf16)"
         for key, name in names.items():
@@ -173,31 +190,41 @@ def report(results: list[dict]) -> str:
             ("dp / mergekit ties (peak RSS)", r["dp"].rss_mib / r["mergekit"].rss_mib, 1.0),
             ("magnitude / mergekit ties (peak RSS)", r["magnitude"].rss_mib / r["mergekit"].rss_mib, 1.0),
             ("load_merged / from_pretrained (time)", r["load_merged"].seconds / r["load_base"].seconds, 1.3),
-            ("load_merged / (from_pretrained + read every weight) (time)",
-             r["load_merged"].seconds / r["load_touched"].seconds, None),
+            (
+                "load_merged / (from_pretrained + read every weight) (time)",
+                r["load_merged"].seconds / r["load_touched"].seconds,
+                None,
+            ),
             ("load_merged / from_pretrained (peak RSS)", r["load_merged"].rss_mib / r["load_base"].rss_mib, None),
         ]
         for method, mib in r["adapter_mib"].items():
             ratios.append((f"adapter {method} / dense bf16 delta (size)", mib / r["checkpoint_mib"], None))
         for name, value, target in ratios:
             met = "" if target is None else ("yes" if value <= target else f"no (+{value / target - 1:.0%})")
-            lines.append(f"| {r['size']} | {name} | {value:.2f}x | {'' if target is None else f'<= {target}x'} | "
-                         f"{met} |")
+            lines.append(
+                f"| {r['size']} | {name} | {value:.2f}x | {'' if target is None else f'<= {target}x'} | {met} |"
+            )
     if len(results) > 1:
         first, last = results[0], results[-1]
         lines.append("")
         for key in ("magnitude", "dp", "load_merged", "mergekit"):
-            lines.append(f"peak RSS {key}: {first[key].rss_mib:.0f} MiB at {first['size']} -> {last[key].rss_mib:.0f} "
-                         f"MiB at {last['size']} ({last[key].rss_mib / first[key].rss_mib:.2f}x for "
-                         f"{last['params'] / first['params']:.2f}x the parameters)")
+            lines.append(
+                f"peak RSS {key}: {first[key].rss_mib:.0f} MiB at {first['size']} -> {last[key].rss_mib:.0f} "
+                f"MiB at {last['size']} ({last[key].rss_mib / first[key].rss_mib:.2f}x for "
+                f"{last['params'] / first['params']:.2f}x the parameters)"
+            )
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", nargs="+", default=["1b", "3b"], choices=sorted(SIZES), help="pairs to run")
-    parser.add_argument("--workdir", type=Path, default=None,
-                        help="where the pairs are built (reused when already there); default a temp folder")
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="where the pairs are built (reused when already there); default a temp folder",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the pairs and adapters after the run")
     args = parser.parse_args()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="dppa-scale-"))

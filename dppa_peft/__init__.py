@@ -22,15 +22,29 @@ except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0.0.0+source"
 
 _EXPORTS = {
-    "BaseModelMismatchError": "tuner", "SparseDeltaConfig": "tuner", "SparseDeltaModel": "tuner",
-    "SupertuningExport": "publish.export", "export_supertuning": "publish.export",
+    "BaseModelMismatchError": "tuner",
+    "SparseDeltaConfig": "tuner",
+    "SparseDeltaModel": "tuner",
+    "SupertuningExport": "publish.export",
+    "export_supertuning": "publish.export",
     "SparseDeltaAdapter": "format.io",
-    "amplify": "amplify.api", "prune_and_amplify": "amplify.api",
-    "load_merged": "merge", "merge_to_adapter": "merge", "merge_to_folder": "merge", "merge": "merge.api",
-    "PruneSummary": "pipeline", "open_adapter": "pipeline", "prune": "pipeline",
+    "amplify": "amplify.api",
+    "prune_and_amplify": "amplify.api",
+    "load_merged": "merge",
+    "merge_to_adapter": "merge",
+    "merge_to_folder": "merge",
+    "merge": "merge.api",
+    "PruneSummary": "pipeline",
+    "open_adapter": "pipeline",
+    "prune": "pipeline",
     "evaluate": "evaluation.api",
-    "AmplifyParams": "specs", "AmplifySpec": "specs", "EvalSpec": "specs", "MergeSpec": "specs",
-    "ObjectiveParams": "specs", "PruneSpec": "specs", "Source": "specs",
+    "AmplifyParams": "specs",
+    "AmplifySpec": "specs",
+    "EvalSpec": "specs",
+    "MergeSpec": "specs",
+    "ObjectiveParams": "specs",
+    "PruneSpec": "specs",
+    "Source": "specs",
 }
 __all__ = sorted([*_EXPORTS, "__version__"])
 

@@ -1,2 +1,3 @@
 from dppa_peft.cli import main
+
 raise SystemExit(main())

@@ -105,9 +105,13 @@ def after_each_submodule(package: str, hook: Callable[[str], None]) -> None:
 
 def initializing(prefix: str, exclude: str | None = None) -> list[str]:
     """The modules under ``prefix`` whose code is running right now (an import in progress)."""
-    return [name for name, module in list(sys.modules.items())
-            if name.startswith(prefix) and name != exclude
-            and getattr(getattr(module, "__spec__", None), "_initializing", False)]
+    return [
+        name
+        for name, module in list(sys.modules.items())
+        if name.startswith(prefix)
+        and name != exclude
+        and getattr(getattr(module, "__spec__", None), "_initializing", False)
+    ]
 
 
 def after_import(name: str, hook: Callable[[], None]) -> None:

@@ -109,8 +109,7 @@ class StreamingQuantiles:
 
     def quantiles(self, levels: Sequence[float] = QUANTILE_LEVELS) -> list[float]:
         """The quantiles at ``levels`` of every value seen so far (exact or within the bound above)."""
-        return [(b.low + b.high) / 2.0 if b.exact_value() is None else b.exact_value()
-                for b in self.rank_bins(levels)]
+        return [(b.low + b.high) / 2.0 if b.exact_value() is None else b.exact_value() for b in self.rank_bins(levels)]
 
 
 def tensor_quantiles(values: torch.Tensor, levels: Sequence[float] = QUANTILE_LEVELS) -> list[float]:
@@ -144,8 +143,9 @@ class DeltaStats:
     exact: bool = True
 
 
-def delta_statistics(deltas: Iterable[tuple[TensorInfo, torch.Tensor]],
-                     bits: int = 20) -> tuple[list[DeltaStats], DeltaStats]:
+def delta_statistics(
+    deltas: Iterable[tuple[TensorInfo, torch.Tensor]], bits: int = 20
+) -> tuple[list[DeltaStats], DeltaStats]:
     """Per-tensor rows (exact) and the model-wide row (``StreamingQuantiles``) over the in-scope deltas.
 
     ``deltas`` is consumed once, one tensor at a time; out-of-scope tensors are skipped.
@@ -191,8 +191,12 @@ class DensityGrid:
 def _grid(cells: dict[tuple[int, str], float], clipped: frozenset[tuple[int, str]]) -> DensityGrid:
     if not cells:
         raise ValueError("no in-scope tensor to show; the density table covers linear weights inside decoder blocks")
-    return DensityGrid(blocks=tuple(sorted({b for b, _ in cells})), modules=tuple(sorted({m for _, m in cells})),
-                       density=cells, clipped=clipped)
+    return DensityGrid(
+        blocks=tuple(sorted({b for b, _ in cells})),
+        modules=tuple(sorted({m for _, m in cells})),
+        density=cells,
+        clipped=clipped,
+    )
 
 
 def density_grid(plans: Iterable[tuple[TensorInfo, DensityPlan]]) -> DensityGrid:
@@ -257,7 +261,7 @@ def density_heatmap(grid: DensityGrid, path: str | Path | None = None, title: st
     axes.set_xlabel("module")
     axes.set_ylabel("block")
     axes.set_title(title + (" (* / hatched: clipped to [0, 1])" if grid.clipped else ""))
-    for (block, module) in grid.clipped:
+    for block, module in grid.clipped:
         r, c = grid.blocks.index(block), grid.modules.index(module)
         axes.add_patch(Rectangle((c - 0.5, r - 0.5), 1, 1, fill=False, hatch="//", edgecolor="white", linewidth=0))
     if rows * cols <= MAX_LABELLED_CELLS:
@@ -265,8 +269,15 @@ def density_heatmap(grid: DensityGrid, path: str | Path | None = None, title: st
         for (block, module), value in grid.density.items():
             r, c = grid.blocks.index(block), grid.modules.index(module)
             star = "*" if (block, module) in grid.clipped else ""
-            axes.text(c, r, f"{value:.3f}{star}", ha="center", va="center", fontsize=7,
-                      color="black" if value > middle else "white")
+            axes.text(
+                c,
+                r,
+                f"{value:.3f}{star}",
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="black" if value > middle else "white",
+            )
     figure.colorbar(image, ax=axes, label="kept density", fraction=0.05, aspect=20)
     if path is not None:
         figure.savefig(path, format="png", dpi=120)

@@ -22,20 +22,25 @@ import torch
 
 from .errors import UserError
 from .output import atomic_directory  # noqa: F401  (re-exported: the one way results are written, see output.py)
-from .safetensors_file import DTYPE_TO_ST, TensorEntry, read_header, read_tensor
+from .safetensors_file import TensorEntry, read_header, read_tensor, st_name
 from .validate import read_json
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 HUB_PATTERNS = ["*.safetensors", "*.json", "*.txt", "*.model", "*.jinja", "README.md"]
 
+
 def looks_like_local_path(ref: str) -> bool:
     """A reference that can only be meant as a path (absolute, ./, ../, ~ or more than one '/')."""
     return ref.startswith((".", "/", "~")) or ref.count("/") > 1 or os.sep != "/" and os.sep in ref
 
 
-def resolve_repo(ref: str | os.PathLike, revision: str | None = None, token: str | bool | None = None,
-                 allow_patterns: list[str] | None = None) -> Path:
+def resolve_repo(
+    ref: str | os.PathLike,
+    revision: str | None = None,
+    token: str | bool | None = None,
+    allow_patterns: list[str] | None = None,
+) -> Path:
     """Return a local folder for ``ref``: an existing folder as is, else a Hub repo id downloaded into the HF cache.
 
     ``revision`` (branch, tag or commit sha) applies to Hub ids only. With ``HF_HUB_OFFLINE=1`` a Hub id is served
@@ -103,13 +108,17 @@ class Checkpoint:
         """The index's tensor -> shard map, every shard confined to the folder and holding what the index says."""
         weight_map = read_json(index, "checkpoint index").get("weight_map")
         if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
-            raise UserError(f"{index} has no 'weight_map' object mapping tensor names to shard files; re-download "
-                            "the checkpoint or re-save it with save_pretrained")
+            raise UserError(
+                f"{index} has no 'weight_map' object mapping tensor names to shard files; re-download "
+                "the checkpoint or re-save it with save_pretrained"
+            )
         for shard in sorted(set(weight_map.values())):
             # judged by the name, not by resolving links: the Hugging Face cache links every file to a blob outside
             if Path(shard).is_absolute() or ".." in Path(shard).parts or not Path(shard).parts:
-                raise UserError(f"{index} names shard {shard!r} outside the checkpoint folder; an index may only name "
-                                "files inside its own folder: fix the index or re-download the checkpoint")
+                raise UserError(
+                    f"{index} names shard {shard!r} outside the checkpoint folder; an index may only name "
+                    "files inside its own folder: fix the index or re-download the checkpoint"
+                )
         missing = sorted({f for f in weight_map.values() if not (self.directory / f).is_file()})
         if missing:
             raise FileNotFoundError(f"{self.ref}: shards {missing} named in {INDEX_FILE} are missing; re-download it")
@@ -119,9 +128,11 @@ class Checkpoint:
                     self._entries[name] = entry
         wrong = sorted(set(weight_map) - set(self._entries))
         if wrong:
-            raise UserError(f"{index} maps tensors {wrong[:5]} to shards that do not hold them (e.g. "
-                            f"{weight_map[wrong[0]]!r}); the index does not match the shards: re-download the "
-                            "checkpoint")
+            raise UserError(
+                f"{index} maps tensors {wrong[:5]} to shards that do not hold them (e.g. "
+                f"{weight_map[wrong[0]]!r}); the index does not match the shards: re-download the "
+                "checkpoint"
+            )
         return dict(weight_map)
 
     @property
@@ -153,8 +164,12 @@ class Checkpoint:
         start, stop, _ = slice(start, stop).indices(entry.shape[0])
         stop = max(start, stop)
         row_bytes = math.prod(entry.shape[1:]) * entry.dtype.itemsize
-        rows = TensorEntry((stop - start, *entry.shape[1:]), entry.dtype, entry.start + start * row_bytes,
-                           entry.start + stop * row_bytes)
+        rows = TensorEntry(
+            (stop - start, *entry.shape[1:]),
+            entry.dtype,
+            entry.start + start * row_bytes,
+            entry.start + stop * row_bytes,
+        )
         return read_tensor(self.directory / self._shard_of[name], rows)
 
 
@@ -203,7 +218,7 @@ class SafetensorsWriter:
         raw = tensor.reshape(-1).view(torch.uint8).numpy()
         self._data.write(memoryview(raw))
         self._entries[name] = {
-            "dtype": DTYPE_TO_ST[tensor.dtype],
+            "dtype": st_name(tensor.dtype),
             "shape": list(tensor.shape),
             "data_offsets": [self._offset, self._offset + raw.nbytes],
         }

@@ -17,14 +17,21 @@ from .validate import all_finite, check_finite
 from .scope import Scope, TensorInfo
 
 ARCHITECTURE_FIELDS = (
-    "model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
-    "intermediate_size", "head_dim",
+    "model_type",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "intermediate_size",
+    "head_dim",
 )
 VOCAB_TENSOR_HINTS = ("embed", "lm_head", "wte", "word_embeddings", "output.weight")
 UNRELATED_COSINE = 0.2  # cos(W_ft, W_B) below this: the "fine-tune" barely resembles the base (a wrong base?)
 SAMPLE = 65536  # entries per tensor that the wrong-base check looks at
-FINITE_FIX = "the checkpoint is corrupt or its training diverged: fix or re-export it (NaN would be dropped " \
-             "silently and inf would make every merged logit non-finite)"
+FINITE_FIX = (
+    "the checkpoint is corrupt or its training diverged: fix or re-export it (NaN would be dropped "
+    "silently and inf would make every merged logit non-finite)"
+)
 logger = logging.getLogger(__name__)
 
 
@@ -145,18 +152,27 @@ class DeltaPair:
             return None
         self._likeness_checked = True
         cosine = dot / (ft_sq * base_sq) ** 0.5
-        relative = max(ft_sq - 2 * dot + base_sq, 0.0) ** 0.5 / base_sq ** 0.5
+        relative = max(ft_sq - 2 * dot + base_sq, 0.0) ** 0.5 / base_sq**0.5
         if cosine < UNRELATED_COSINE:
             logger.warning(
                 "%s looks unrelated to the base %s: cosine similarity %.3f between their weights, delta norm %.2fx "
                 "the base weights' (relative norm); a fine-tune of this base would be strongly correlated with it. "
                 "Check --base: the adapter will only fit the base it was computed from",
-                self.finetuned.ref, self.base.ref, cosine, relative)
+                self.finetuned.ref,
+                self.base.ref,
+                cosine,
+                relative,
+            )
         return cosine
 
-    def deltas(self, infos: list[TensorInfo] | None = None, desc: str = "deltas", progress: bool = True,
-               device: torch.device | None = None,
-               dtype: torch.dtype = torch.float32) -> Iterator[tuple[TensorInfo, torch.Tensor]]:
+    def deltas(
+        self,
+        infos: list[TensorInfo] | None = None,
+        desc: str = "deltas",
+        progress: bool = True,
+        device: torch.device | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> Iterator[tuple[TensorInfo, torch.Tensor]]:
         """Yield (info, delta) one tensor at a time: computed in fp32 on the CPU, then moved to ``device`` (None:
         stay) in ``dtype``, so only one delta at a time occupies the device."""
         infos = self.infos if infos is None else infos

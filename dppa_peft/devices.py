@@ -11,8 +11,7 @@ import torch
 from .errors import UserError
 
 AUTO = "auto"
-COMPUTE_DTYPES = {"auto": torch.float32, "float32": torch.float32, "bfloat16": torch.bfloat16,
-                  "float16": torch.float16}
+COMPUTE_DTYPES = {"auto": torch.float32, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -31,8 +30,10 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         available = getattr(module, "is_available", lambda: False)()
         count = getattr(module, "device_count", lambda: 1)() if available else 0
         if not available or (resolved.index is not None and resolved.index >= count):
-            raise UserError(f"--device {device!r}: no such {resolved.type} device here ({count} available); "
-                            "pass --device cpu or auto")
+            raise UserError(
+                f"--device {device!r}: no such {resolved.type} device here ({count} available); "
+                "pass --device cpu or auto"
+            )
     return resolved
 
 

@@ -47,23 +47,29 @@ def describe_hub_error(err: BaseException, repo_id: str, revision: str | None = 
     where = f"{repo_id!r}" + (f" at revision {revision!r}" if revision else "")
     endpoint = redact(constants.ENDPOINT)  # HF_ENDPOINT may carry user:password@
     if isinstance(err, RevisionNotFoundError):
-        return ValueError(f"Hub repo {repo_id!r} has no revision {revision!r}; pass an existing branch, tag or "
-                          "commit sha (or leave the revision out for 'main')")
+        return ValueError(
+            f"Hub repo {repo_id!r} has no revision {revision!r}; pass an existing branch, tag or "
+            "commit sha (or leave the revision out for 'main')"
+        )
     if isinstance(err, GatedRepoError):
-        return ValueError(f"Hub repo {repo_id!r} is gated: request access on its page, then {TOKEN_HINT} with that "
-                          "account")
+        return ValueError(
+            f"Hub repo {repo_id!r} is gated: request access on its page, then {TOKEN_HINT} with that account"
+        )
     if isinstance(err, RepositoryNotFoundError):
         return FileNotFoundError(
             f"{repo_id!r} is neither a local folder nor a Hub repo visible at {endpoint}; check the id (user/name), "
-            f"and for a private repo {TOKEN_HINT} with an account that can read it")
+            f"and for a private repo {TOKEN_HINT} with an account that can read it"
+        )
     if isinstance(err, LocalEntryNotFoundError):
         if constants.HF_HUB_OFFLINE:
             return FileNotFoundError(
                 f"{where} is not in the local Hugging Face cache ({constants.HF_HUB_CACHE}) and HF_HUB_OFFLINE=1 "
-                "forbids downloading it; run once online (without HF_HUB_OFFLINE) to fill the cache")
+                "forbids downloading it; run once online (without HF_HUB_OFFLINE) to fill the cache"
+            )
         return FileNotFoundError(
             f"could not reach the Hub at {endpoint} for {where}, and it is not in the local cache; check the network "
-            "(and HF_ENDPOINT) and try again")
+            "(and HF_ENDPOINT) and try again"
+        )
     if isinstance(err, EntryNotFoundError):
         return FileNotFoundError(f"Hub repo {where} lacks a file it needs: {err}")
     if isinstance(err, HFValidationError):
@@ -71,11 +77,15 @@ def describe_hub_error(err: BaseException, repo_id: str, revision: str | None = 
     if isinstance(err, HfHubHTTPError):
         status = status_code(err)
         if status == 401:
-            return ValueError(f"the Hub at {endpoint} refused the token for {where} (401 Unauthorized): the token "
-                              f"is invalid or expired; {TOKEN_HINT} again (the token is never shown)")
+            return ValueError(
+                f"the Hub at {endpoint} refused the token for {where} (401 Unauthorized): the token "
+                f"is invalid or expired; {TOKEN_HINT} again (the token is never shown)"
+            )
         if status == 403:
-            return ValueError(f"the Hub at {endpoint} forbids this on {where} (403 Forbidden): use a token with "
-                              f"write access to that namespace ({TOKEN_HINT}) or push under your own user name")
+            return ValueError(
+                f"the Hub at {endpoint} forbids this on {where} (403 Forbidden): use a token with "
+                f"write access to that namespace ({TOKEN_HINT}) or push under your own user name"
+            )
         message = getattr(err, "server_message", None) or str(err).splitlines()[0]
         return ValueError(f"the Hub at {endpoint} answered {status} for {where}: {message}")
     return None

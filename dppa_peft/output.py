@@ -31,9 +31,13 @@ logger = logging.getLogger(__name__)
 
 PathRef = str | os.PathLike
 INSIDE_PREFIX = ".dppa-peft"  # temp/old/lock names inside an existing target folder
-WRITE_ERRNOS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
-                errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
-                errno.EPERM: "operation not permitted"}
+WRITE_ERRNOS = {
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is exceeded",
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+}
 
 
 def _local(path: PathRef) -> Path:
@@ -60,13 +64,17 @@ def check_output(target: PathRef, inputs: Iterable[PathRef | None] = (), overwri
     source = overlapping_input(path, inputs)
     if source is not None:
         relation = "is" if _local(path) == source else "overlaps"
-        raise UserError(f"output folder {path} {relation} the input {source}; writing there would destroy an "
-                        "input (even with --overwrite). Choose an output folder outside every input")
+        raise UserError(
+            f"output folder {path} {relation} the input {source}; writing there would destroy an "
+            "input (even with --overwrite). Choose an output folder outside every input"
+        )
     if path.exists() and not path.is_dir():
         raise UserError(f"output {path} exists and is a file, not a folder; choose another output folder")
     if path.is_dir() and _user_entries(path) and not overwrite:
-        raise UserError(f"output folder {path} exists and is not empty; choose another folder or pass --overwrite "
-                        "(overwrite=True) to replace its content")
+        raise UserError(
+            f"output folder {path} exists and is not empty; choose another folder or pass --overwrite "
+            "(overwrite=True) to replace its content"
+        )
     writable = path if path.is_dir() else next(p for p in path.absolute().parents if p.exists())
     if not os.access(writable, os.W_OK | os.X_OK):
         raise UserError(f"cannot write output folder {path}: {writable} is not writable; choose a writable folder")
@@ -98,8 +106,10 @@ def output_lock(lock_path: Path, target: Path) -> Iterator[None]:
         except BlockingIOError:
             holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
             os.close(fd)
-            raise UserError(f"another dppa-peft run (pid {holder}) is writing {target} right now; wait for it to "
-                            "finish or choose another output folder") from None
+            raise UserError(
+                f"another dppa-peft run (pid {holder}) is writing {target} right now; wait for it to "
+                "finish or choose another output folder"
+            ) from None
         with contextlib.suppress(FileNotFoundError):
             if os.stat(lock_path).st_ino == os.fstat(fd).st_ino:
                 break  # still the file at that path (not one a finishing run just removed)
@@ -126,13 +136,14 @@ def _translate_write_error(err: OSError, target: Path) -> UserError | None:
     if reason is None:
         return None
     where = f" ({err.filename})" if err.filename else ""
-    return UserError(f"could not write output folder {target}: {reason}{where}; nothing was written there. Free "
-                     "space or choose a writable folder, then run again")
+    return UserError(
+        f"could not write output folder {target}: {reason}{where}; nothing was written there. Free "
+        "space or choose a writable folder, then run again"
+    )
 
 
 @contextlib.contextmanager
-def atomic_directory(target: PathRef, overwrite: bool = False,
-                     inputs: Iterable[PathRef | None] = ()) -> Iterator[Path]:
+def atomic_directory(target: PathRef, overwrite: bool = False, inputs: Iterable[PathRef | None] = ()) -> Iterator[Path]:
     """Yield an empty temp folder; on success its content becomes ``target``, on error or signal it is removed.
 
     ``inputs`` are the folders the result is computed from (base, fine-tune, adapters): ``target`` must not equal,

@@ -51,35 +51,51 @@ class PruneSummary:
         return self.adapter_bytes / self.dense_delta_bytes if self.dense_delta_bytes else 0.0
 
     def line(self) -> str:
-        return (f"kept density {self.kept_density:.4f} over {self.pruned_tensors} pruned tensors "
-                f"({self.dense_tensors} dense, {self.unchanged_tensors} unchanged); pruned tensors stored in "
-                f"{self.adapter_bytes / 2**20:.2f} MiB = {self.size_ratio:.1%} of their dense delta "
-                f"({self.dense_delta_bytes / 2**20:.2f} MiB); {self.seconds:.1f} s")
+        return (
+            f"kept density {self.kept_density:.4f} over {self.pruned_tensors} pruned tensors "
+            f"({self.dense_tensors} dense, {self.unchanged_tensors} unchanged); pruned tensors stored in "
+            f"{self.adapter_bytes / 2**20:.2f} MiB = {self.size_ratio:.1%} of their dense delta "
+            f"({self.dense_delta_bytes / 2**20:.2f} MiB); {self.seconds:.1f} s"
+        )
 
 
-def collect_statistics(method: PruningMethod, pair: DeltaPair, progress: bool = True,
-                       device: torch.device | None = None, dtype: torch.dtype = torch.float32) -> None:
+def collect_statistics(
+    method: PruningMethod,
+    pair: DeltaPair,
+    progress: bool = True,
+    device: torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> None:
     """The global statistics passes of methods like DP and OWL, streamed tensor by tensor, block after block (each
     delta on ``device`` in ``dtype``)."""
     if not method.needs_statistics:
         return
     in_scope = sorted((i for i in pair.infos if i.in_scope), key=lambda info: info.block)
     for pass_index in range(method.statistics_passes):
-        for info, delta in pair.deltas(in_scope, desc=f"statistics {pass_index + 1}", progress=progress,
-                                       device=device, dtype=dtype):
+        for info, delta in pair.deltas(
+            in_scope, desc=f"statistics {pass_index + 1}", progress=progress, device=device, dtype=dtype
+        ):
             method.observe(info, delta, pass_index)
 
 
-def open_pair(base: Source | str | os.PathLike, finetuned: Source | str | os.PathLike,
-              scope_pattern: str = DEFAULT_SCOPE_PATTERN, token: str | bool | None = None) -> DeltaPair:
+def open_pair(
+    base: Source | str | os.PathLike,
+    finetuned: Source | str | os.PathLike,
+    scope_pattern: str = DEFAULT_SCOPE_PATTERN,
+    token: str | bool | None = None,
+) -> DeltaPair:
     """Open and check a base/fine-tune checkpoint pair (folders or Hub ids, with their revisions)."""
     base, finetuned = Source.of(base), Source.of(finetuned)
-    return DeltaPair(Checkpoint.open(base.ref, revision=base.revision, token=token),
-                     Checkpoint.open(finetuned.ref, revision=finetuned.revision, token=token), Scope(scope_pattern))
+    return DeltaPair(
+        Checkpoint.open(base.ref, revision=base.revision, token=token),
+        Checkpoint.open(finetuned.ref, revision=finetuned.revision, token=token),
+        Scope(scope_pattern),
+    )
 
 
-def plan_densities(pair: DeltaPair, method: str, rate: float, progress: bool = True,
-                   **params: Any) -> list[tuple[TensorInfo, DensityPlan]]:
+def plan_densities(
+    pair: DeltaPair, method: str, rate: float, progress: bool = True, **params: Any
+) -> list[tuple[TensorInfo, DensityPlan]]:
     """The density a method would keep for every in-scope tensor (runs its statistics passes, prunes nothing)."""
     pruner = create_method(method, rate, **params)
     collect_statistics(pruner, pair, progress)
@@ -95,9 +111,16 @@ def _outside_scope(delta: torch.Tensor, mode: str, rate: float, stored_dtype: to
     return None
 
 
-def prune(spec: PruneSpec | str | os.PathLike, finetuned: str | os.PathLike | Source | None = None,
-          out: str | os.PathLike | None = None, *, token: str | bool | None = None, progress: bool = True,
-          command: str | None = None, **options: Any) -> tuple[SparseDeltaAdapter, PruneSummary]:
+def prune(
+    spec: PruneSpec | str | os.PathLike,
+    finetuned: str | os.PathLike | Source | None = None,
+    out: str | os.PathLike | None = None,
+    *,
+    token: str | bool | None = None,
+    progress: bool = True,
+    command: str | None = None,
+    **options: Any,
+) -> tuple[SparseDeltaAdapter, PruneSummary]:
     """Prune ``finetuned − base`` as ``spec`` says and write a sparse delta adapter folder to ``spec.out``.
 
     Pass a :class:`~dppa_peft.specs.PruneSpec`, or its keyword form ``prune(base, finetuned, out, method="dp",
@@ -112,8 +135,7 @@ def prune(spec: PruneSpec | str | os.PathLike, finetuned: str | os.PathLike | So
     return _prune(spec, spec.out, token=token, progress=progress, command=command)
 
 
-def as_prune_spec(spec: PruneSpec | str | os.PathLike, finetuned: Any, out: Any,
-                  options: dict[str, Any]) -> PruneSpec:
+def as_prune_spec(spec: PruneSpec | str | os.PathLike, finetuned: Any, out: Any, options: dict[str, Any]) -> PruneSpec:
     """A PruneSpec as given, or built from the keyword form."""
     if isinstance(spec, PruneSpec):
         if finetuned is not None or out is not None or options:
@@ -124,8 +146,9 @@ def as_prune_spec(spec: PruneSpec | str | os.PathLike, finetuned: Any, out: Any,
     return PruneSpec.build(spec, finetuned, out, **options)
 
 
-def _prune(spec: PruneSpec, out: str | os.PathLike, *, token: str | bool | None, progress: bool,
-           command: str | None) -> tuple[SparseDeltaAdapter, PruneSummary]:
+def _prune(
+    spec: PruneSpec, out: str | os.PathLike, *, token: str | bool | None, progress: bool, command: str | None
+) -> tuple[SparseDeltaAdapter, PruneSummary]:
     """The pruning run itself, into ``out`` (``spec.out``, or a temp folder of ``prune_and_amplify``)."""
     start = time.perf_counter()
     on, compute = resolve_device(spec.device), compute_dtype(spec.dtype)
@@ -139,8 +162,7 @@ def _prune(spec: PruneSpec, out: str | os.PathLike, *, token: str | bool | None,
     with atomic_directory(out, overwrite=spec.overwrite, inputs=inputs) as tmp:  # checked and locked before any work
         collect_statistics(pruner, pair, progress, on, compute)
         writer = AdapterWriter(tmp)
-        for info, delta in pair.deltas(desc=f"pruning ({spec.method})", progress=progress, device=on,
-                                       dtype=compute):
+        for info, delta in pair.deltas(desc=f"pruning ({spec.method})", progress=progress, device=on, dtype=compute):
             if not is_changed(delta):
                 counts["unchanged"] += 1
                 continue
@@ -159,30 +181,54 @@ def _prune(spec: PruneSpec, out: str | os.PathLike, *, token: str | bool | None,
                 counts["dense"] += 1
         summary = PruneSummary(
             kept_density=counts["kept"] / counts["numel"] if counts["numel"] else 0.0,
-            pruned_tensors=counts["pruned"], dense_tensors=counts["dense"], unchanged_tensors=counts["unchanged"],
-            adapter_bytes=counts["stored"], dense_delta_bytes=counts["dense_bytes"],
+            pruned_tensors=counts["pruned"],
+            dense_tensors=counts["dense"],
+            unchanged_tensors=counts["unchanged"],
+            adapter_bytes=counts["stored"],
+            dense_delta_bytes=counts["dense_bytes"],
             seconds=time.perf_counter() - start,
         )
         config = SparseDeltaConfig(
-            base_model_name_or_path=portable_ref(spec.base.ref), revision=spec.base.revision,
+            base_model_name_or_path=portable_ref(spec.base.ref),
+            revision=spec.base.revision,
             base_fingerprint=fingerprint(samples),
-            method=pruner.describe(), scope_pattern=spec.scope_pattern, outside_scope=spec.outside_scope,
-            tensors=writer.records, vocab_size=_vocab_size(pair), inference_mode=True, task_type="CAUSAL_LM",
-            summary={"kept_density": summary.kept_density, "size_ratio": summary.size_ratio,
-                     "adapter_bytes": summary.adapter_bytes, "dense_delta_bytes": summary.dense_delta_bytes},
+            method=pruner.describe(),
+            scope_pattern=spec.scope_pattern,
+            outside_scope=spec.outside_scope,
+            tensors=writer.records,
+            vocab_size=_vocab_size(pair),
+            inference_mode=True,
+            task_type="CAUSAL_LM",
+            summary={
+                "kept_density": summary.kept_density,
+                "size_ratio": summary.size_ratio,
+                "adapter_bytes": summary.adapter_bytes,
+                "dense_delta_bytes": summary.dense_delta_bytes,
+            },
             amplification=None if rates is None else amplification_record(rates, [1.0] * len(rates)),
-            provenance={"command": command or f"dppa_peft.prune(method={spec.method!r}, rate={spec.rate})",
-                        "finetuned": portable_ref(spec.finetuned.ref), "package_version": __version__, **base_id,
-                        "device": on.type, "compute_dtype": str(compute).removeprefix("torch.")},
+            provenance={
+                "command": command or f"dppa_peft.prune(method={spec.method!r}, rate={spec.rate})",
+                "finetuned": portable_ref(spec.finetuned.ref),
+                "package_version": __version__,
+                **base_id,
+                "device": on.type,
+                "compute_dtype": str(compute).removeprefix("torch."),
+            },
         )
         writer.close(config)
     warn_sparse_modules(writer.records, spec.rate)
     return SparseDeltaAdapter(out), summary
 
 
-def _prune_one(pruner: PruningMethod, info: TensorInfo, delta: torch.Tensor, outside_scope: str,
-               stored_dtype: torch.dtype, writer: AdapterWriter,
-               partition_rates: list[float] | None) -> dict[str, Any] | None:
+def _prune_one(
+    pruner: PruningMethod,
+    info: TensorInfo,
+    delta: torch.Tensor,
+    outside_scope: str,
+    stored_dtype: torch.dtype,
+    writer: AdapterWriter,
+    partition_rates: list[float] | None,
+) -> dict[str, Any] | None:
     """Prune (or keep dense) one delta and write it (with DPA partition ids); None when the policy drops it."""
     if info.in_scope:
         plan = pruner.plan(info)
@@ -194,9 +240,16 @@ def _prune_one(pruner: PruningMethod, info: TensorInfo, delta: torch.Tensor, out
         sparse = sparse.to("cpu")
         ids = None if ids is None else ids.cpu()
         encoded = _checked(info, encode(sparse, stored_dtype, partition=ids), sparse.values)
-        return writer.add(info.name, encoded, pruned=True, block=info.block,
-                          module=info.module, planned_density=plan.density, unclipped_density=plan.unclipped,
-                          **extra)
+        return writer.add(
+            info.name,
+            encoded,
+            pruned=True,
+            block=info.block,
+            module=info.module,
+            planned_density=plan.density,
+            unclipped_density=plan.unclipped,
+            **extra,
+        )
     encoded = _outside_scope(delta, outside_scope, pruner.rate, stored_dtype)
     if encoded is None:
         return None
@@ -209,8 +262,10 @@ def _checked(info: TensorInfo, encoded: EncodedTensor, values: torch.Tensor) -> 
         big = float(values.abs().max())
         dtype = encoded.values.dtype
         kind = str(dtype).removeprefix("torch.")
-        raise UserError(f"tensor {info.name!r}: delta values up to {big:.4g} overflow --value-dtype {kind} (largest "
-                        f"finite {torch.finfo(dtype).max:.4g}); use --value-dtype bfloat16 or float32")
+        raise UserError(
+            f"tensor {info.name!r}: delta values up to {big:.4g} overflow --value-dtype {kind} (largest "
+            f"finite {torch.finfo(dtype).max:.4g}); use --value-dtype bfloat16 or float32"
+        )
     return encoded
 
 
@@ -224,9 +279,16 @@ def warn_sparse_modules(records: Mapping[str, Mapping[str, Any]], rate: float) -
     if low:
         shown = ", ".join(f"{n} ({records[n]['planned_density']:.4g})" for n in low[:SHOWN_TENSORS])
         more = f" and {len(low) - SHOWN_TENSORS} more" if len(low) > SHOWN_TENSORS else ""
-        logger.warning("%d pruned tensors are planned below %.4g density (%.0f%% of the target %.4g): %s%s; check "
-                       "the method's lam / outlier settings (`dppa-peft inspect` shows the plan)", len(low), floor,
-                       100 * DENSITY_FLOOR, 1.0 - rate, shown, more)
+        logger.warning(
+            "%d pruned tensors are planned below %.4g density (%.0f%% of the target %.4g): %s%s; check "
+            "the method's lam / outlier settings (`dppa-peft inspect` shows the plan)",
+            len(low),
+            floor,
+            100 * DENSITY_FLOOR,
+            1.0 - rate,
+            shown,
+            more,
+        )
     return low
 
 
@@ -236,8 +298,9 @@ def _vocab_size(pair: DeltaPair) -> int | None:
     return max(pair.finetuned.shape(name)[0] for name in pair.extra_rows)
 
 
-def open_adapter(ref: Source | str | os.PathLike | SparseDeltaAdapter, revision: str | None = None,
-                 token: str | bool | None = None) -> SparseDeltaAdapter:
+def open_adapter(
+    ref: Source | str | os.PathLike | SparseDeltaAdapter, revision: str | None = None, token: str | bool | None = None
+) -> SparseDeltaAdapter:
     """Accept an adapter handle, a Source, a local folder or a Hub id."""
     if isinstance(ref, SparseDeltaAdapter):
         return ref

@@ -61,8 +61,15 @@ def _length(iterable: Iterable[Any] | None) -> int | None:
         return None
 
 
-def progress_bar(iterable: Iterable[Any] | None = None, *, desc: str = "", total: int | None = None,
-                 unit: str = "it", disable: bool = False, **kwargs: Any) -> Any:
+def progress_bar(
+    iterable: Iterable[Any] | None = None,
+    *,
+    desc: str = "",
+    total: int | None = None,
+    unit: str = "it",
+    disable: bool = False,
+    **kwargs: Any,
+) -> Any:
     """A kept tqdm bar on a terminal, a :class:`SummaryLine` elsewhere, nothing with ``disable``."""
     if disable:
         return tqdm(iterable, total=total, disable=True)

@@ -97,8 +97,10 @@ def _read_yaml(path: Path) -> Any:
 def _inside(output_dir: Path, name: str, what: str) -> Path:
     """``output_dir/name`` for a plain folder name; anything that could leave ``output_dir`` is refused."""
     if not DOMAIN_NAME.match(name) or name == MERGED:
-        raise SpecError(f"{what}: {name!r} is not a usable domain name (letters, digits, '.', '_', '-'; not "
-                        f"{MERGED!r}); it names the output folder inside output_dir")
+        raise SpecError(
+            f"{what}: {name!r} is not a usable domain name (letters, digits, '.', '_', '-'; not "
+            f"{MERGED!r}); it names the output folder inside output_dir"
+        )
     target = (output_dir / name).resolve()
     if target.parent != output_dir:
         raise SpecError(f"{what}: {name!r} would write outside output_dir {output_dir}")
@@ -119,9 +121,16 @@ def _merge_step(top: RecipeFile, output_dir: Path) -> MergeSpec:
         raise SpecError(f"merge.weights.{unknown[0]}: unknown domain; the domains are {sorted(top.finetunes)}")
     domains = list(top.finetunes)
     adapters = [str(_inside(output_dir, d, f"recipe.finetunes.{d}")) for d in domains]
-    spec: MergeSpec = MergeSpec.from_dict(options, "merge", base=top.base, adapters=adapters,
-                                          weights=[weights.get(d, 1.0) for d in domains],
-                                          out=str(output_dir / MERGED), out_adapter=None, from_record=None)
+    spec: MergeSpec = MergeSpec.from_dict(
+        options,
+        "merge",
+        base=top.base,
+        adapters=adapters,
+        weights=[weights.get(d, 1.0) for d in domains],
+        out=str(output_dir / MERGED),
+        out_adapter=None,
+        from_record=None,
+    )
     return spec
 
 
@@ -159,8 +168,9 @@ def _complete(spec: Spec) -> bool:
     return (out / "config.json").is_file() and any(out.glob("*.safetensors"))
 
 
-def run_recipe(recipe: Recipe, overwrite: bool = False, command: str | None = None,
-               progress: bool = True) -> Iterator[str]:
+def run_recipe(
+    recipe: Recipe, overwrite: bool = False, command: str | None = None, progress: bool = True
+) -> Iterator[str]:
     """Run the recipe's steps, yielding one line per step; finished, unchanged steps are skipped."""
     from .amplify.api import prune_and_amplify
     from .merge.api import merge
@@ -187,4 +197,3 @@ def run_recipe(recipe: Recipe, overwrite: bool = False, command: str | None = No
         redone = True
         state[name] = record
         _save_state(recipe.output_dir, state)
-

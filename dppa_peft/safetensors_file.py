@@ -24,12 +24,32 @@ from safetensors import SafetensorError, safe_open
 from .errors import UserError
 
 MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit
-ST_DTYPES: dict[str, torch.dtype] = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-    "BOOL": torch.bool,
+# safetensors dtype name -> torch dtype attribute (names, so importing this module does not load torch)
+ST_DTYPE_NAMES: dict[str, str] = {
+    "F64": "float64",
+    "F32": "float32",
+    "F16": "float16",
+    "BF16": "bfloat16",
+    "I64": "int64",
+    "I32": "int32",
+    "I16": "int16",
+    "I8": "int8",
+    "U8": "uint8",
+    "BOOL": "bool",
 }
-DTYPE_TO_ST = {v: k for k, v in ST_DTYPES.items()}
+
+
+def st_dtype(name: str) -> torch.dtype:
+    """The torch dtype of a safetensors dtype name ('BF16' -> torch.bfloat16)."""
+    return getattr(torch, ST_DTYPE_NAMES[name])
+
+
+def st_name(dtype: torch.dtype) -> str:
+    """The safetensors dtype name of a torch dtype (torch.bfloat16 -> 'BF16')."""
+    wanted = str(dtype).removeprefix("torch.")
+    return next(k for k, v in ST_DTYPE_NAMES.items() if v == wanted)
+
+
 FIX = "the file is damaged or not a safetensors file: re-download or re-save it"
 
 
@@ -65,8 +85,11 @@ def read_header(path: str | os.PathLike) -> dict[str, TensorEntry]:
     if not isinstance(header, dict):
         raise _fail(path, "the header is not a JSON object")
     data_bytes = size - 8 - length
-    entries = {name: _entry(path, name, spec, data_bytes, 8 + length)
-               for name, spec in header.items() if name != "__metadata__"}
+    entries = {
+        name: _entry(path, name, spec, data_bytes, 8 + length)
+        for name, spec in header.items()
+        if name != "__metadata__"
+    }
     _check_layout(path, header, data_bytes)
     return entries
 
@@ -75,30 +98,45 @@ def _entry(path: Path, name: str, spec: Any, data_bytes: int, data_start: int) -
     if not isinstance(spec, dict) or not {"dtype", "shape", "data_offsets"} <= set(spec):
         raise _fail(path, f"tensor {name!r} has a malformed header entry {str(spec)[:80]}")
     dtype, shape, offsets = spec["dtype"], spec["shape"], spec["data_offsets"]
-    if dtype not in ST_DTYPES:
+    if dtype not in ST_DTYPE_NAMES:
         if isinstance(dtype, str) and dtype.startswith("F8"):
-            raise _fail(path, f"tensor {name!r} is stored as {dtype} (float8), which dppa-peft does not read",
-                        "save the checkpoint in bfloat16, float16 or float32 (e.g. dequantize it) first")
-        raise _fail(path, f"tensor {name!r} has dtype {dtype!r}, which dppa-peft does not read",
-                    f"use one of {sorted(ST_DTYPES)}")
+            raise _fail(
+                path,
+                f"tensor {name!r} is stored as {dtype} (float8), which dppa-peft does not read",
+                "save the checkpoint in bfloat16, float16 or float32 (e.g. dequantize it) first",
+            )
+        raise _fail(
+            path,
+            f"tensor {name!r} has dtype {dtype!r}, which dppa-peft does not read",
+            f"use one of {sorted(ST_DTYPE_NAMES)}",
+        )
     if not (isinstance(shape, list) and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
         raise _fail(path, f"tensor {name!r} has an invalid shape {shape!r}")
-    if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)
-            and 0 <= offsets[0] <= offsets[1] <= data_bytes):
-        raise _fail(path, f"tensor {name!r} has data offsets {offsets!r} outside the {data_bytes} data bytes "
-                          "(truncated file or bad offsets)")
-    expected = math.prod(shape) * ST_DTYPES[dtype].itemsize
+    if not (
+        isinstance(offsets, list)
+        and len(offsets) == 2
+        and all(isinstance(o, int) for o in offsets)
+        and 0 <= offsets[0] <= offsets[1] <= data_bytes
+    ):
+        raise _fail(
+            path,
+            f"tensor {name!r} has data offsets {offsets!r} outside the {data_bytes} data bytes "
+            "(truncated file or bad offsets)",
+        )
+    expected = math.prod(shape) * st_dtype(dtype).itemsize
     if offsets[1] - offsets[0] != expected:
-        raise _fail(path, f"tensor {name!r} of shape {shape} ({dtype}) needs {expected} bytes but its data offsets "
-                          f"span {offsets[1] - offsets[0]}")
-    return TensorEntry(tuple(shape), ST_DTYPES[dtype], data_start + offsets[0], data_start + offsets[1])
+        raise _fail(
+            path,
+            f"tensor {name!r} of shape {shape} ({dtype}) needs {expected} bytes but its data offsets "
+            f"span {offsets[1] - offsets[0]}",
+        )
+    return TensorEntry(tuple(shape), st_dtype(dtype), data_start + offsets[0], data_start + offsets[1])
 
 
 def _check_layout(path: Path, header: dict[str, Any], data_bytes: int) -> None:
     """Tensors must not overlap, and the metadata must map strings to strings (as safetensors requires)."""
     metadata = header.get("__metadata__")
-    if metadata is not None and not (isinstance(metadata, dict) and
-                                     all(isinstance(v, str) for v in metadata.values())):
+    if metadata is not None and not (isinstance(metadata, dict) and all(isinstance(v, str) for v in metadata.values())):
         raise _fail(path, "the header's __metadata__ is not a mapping of strings")
     spans = sorted(tuple(s["data_offsets"]) for n, s in header.items() if n != "__metadata__")
     end = 0
@@ -119,8 +157,10 @@ def read_tensor(path: str | os.PathLike, entry: TensorEntry) -> torch.Tensor:
         while done < len(view):
             count = handle.readinto(view[done:])
             if not count:
-                raise _fail(Path(path), f"the file ends inside a tensor (bytes {entry.start}..{entry.end}; truncated "
-                                        "after it was opened)")
+                raise _fail(
+                    Path(path),
+                    f"the file ends inside a tensor (bytes {entry.start}..{entry.end}; truncated after it was opened)",
+                )
             done += count
     return buffer.view(entry.dtype).reshape(entry.shape)
 

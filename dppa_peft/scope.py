@@ -41,7 +41,9 @@ class Scope:
         try:
             self._regex = re.compile(pattern)
         except re.error as err:
-            raise ValueError(f"invalid scope pattern {pattern!r}: {err}; pass a valid Python regular expression") from err
+            raise ValueError(
+                f"invalid scope pattern {pattern!r}: {err}; pass a valid Python regular expression"
+            ) from err
         missing = {"block", "module"} - set(self._regex.groupindex)
         if missing:
             raise ValueError(

@@ -24,9 +24,19 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from .choices import (
-    BACKENDS, DEFAULT_TEXT_FIELD, DEFAULT_TOL, DPA_METHODS, DTYPES, FULL_VOCAB_LIMIT, GRANULARITIES, LEARNED,
+    BACKENDS,
+    DEFAULT_TEXT_FIELD,
+    DEFAULT_TOL,
+    DPA_METHODS,
+    DTYPES,
+    FULL_VOCAB_LIMIT,
+    GRANULARITIES,
+    LEARNED,
     OBJECTIVES,
-    OUTSIDE_SCOPE_MODES, PARTITION_COMBINE_MODES, SEARCHES, TEACHER_TOP_K,
+    OUTSIDE_SCOPE_MODES,
+    PARTITION_COMBINE_MODES,
+    SEARCHES,
+    TEACHER_TOP_K,
 )
 from .scope import DEFAULT_SCOPE_PATTERN
 
@@ -61,11 +71,19 @@ def prune_method_choices() -> list[str]:
     return [*method_names(), DPPA]
 
 
-
-
-def option(default: Any = MISSING, *, help: str, choices: Sequence[Any] | Callable[[], Sequence[Any]] | None = None,
-           group: str | None = None, flag: str | None = None, metavar: str | None = None, positional: bool = False,
-           cli: bool = True, default_factory: Callable[[], Any] | Any = MISSING, **registry: Any) -> Any:
+def option(
+    default: Any = MISSING,
+    *,
+    help: str,
+    choices: Sequence[Any] | Callable[[], Sequence[Any]] | None = None,
+    group: str | None = None,
+    flag: str | None = None,
+    metavar: str | None = None,
+    positional: bool = False,
+    cli: bool = True,
+    default_factory: Callable[[], Any] | Any = MISSING,
+    **registry: Any,
+) -> Any:
     """A spec field with its CLI metadata: ``help``, allowed ``choices`` (checked on build), option ``group``.
 
     ``flag`` overrides the generated ``--field-name``; ``positional`` makes it a positional argument; ``cli=False``
@@ -73,8 +91,16 @@ def option(default: Any = MISSING, *, help: str, choices: Sequence[Any] | Callab
     entry (a pruning method's, a merge mode's) names the registry: ``params_of`` (name -> class with ``Params`` and
     ``summary``), ``resolve`` (an alias to its canonical name) and ``selector`` (the field that picks the entry).
     """
-    metadata = {"help": help, "choices": choices, "group": group, "flag": flag, "metavar": metavar,
-                "positional": positional, "cli": cli, **registry}
+    metadata = {
+        "help": help,
+        "choices": choices,
+        "group": group,
+        "flag": flag,
+        "metavar": metavar,
+        "positional": positional,
+        "cli": cli,
+        **registry,
+    }
     if default_factory is not MISSING:
         return field(default_factory=default_factory, metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -154,6 +180,7 @@ def _plain(value: Any) -> Any:
 
 # --- plain data -> typed values, with the key's path in every message -------------------------------------------------
 
+
 def _type_name(hint: Any) -> str:
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
@@ -226,8 +253,10 @@ def _scalar(value: Any, hint: Any, path: str) -> Any:
 
 def _convert_dataclass(value: Any, cls: type, path: str, extra: Mapping[str, Any]) -> Any:
     if not isinstance(value, Mapping):
-        _fail(f"{path}: expected a mapping with keys {[f.name for f in dataclasses.fields(cls)]}, got "
-              f"{type(value).__name__} {value!r}")
+        _fail(
+            f"{path}: expected a mapping with keys {[f.name for f in dataclasses.fields(cls)]}, got "
+            f"{type(value).__name__} {value!r}"
+        )
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     fixed = [k for k in value if k in extra]
@@ -247,8 +276,9 @@ def _convert_dataclass(value: Any, cls: type, path: str, extra: Mapping[str, Any
             name = f.metadata["resolve"](chosen) if chosen in f.metadata["choices_all"]() else None
             if name is not None and name in entries:
                 kwargs[f.name] = dataclasses.asdict(convert(kwargs[f.name], entries[name].Params, f"{path}.{f.name}"))
-    missing = [n for n, f in fields.items() if n not in kwargs and f.default is MISSING
-               and f.default_factory is MISSING]
+    missing = [
+        n for n, f in fields.items() if n not in kwargs and f.default is MISSING and f.default_factory is MISSING
+    ]
     if missing:
         _fail(f"{path}: missing key {missing[0]!r}")
     try:
@@ -259,6 +289,7 @@ def _convert_dataclass(value: Any, cls: type, path: str, extra: Mapping[str, Any
 
 
 # --- the specs --------------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True, kw_only=True)
 class Source(Spec):
@@ -302,39 +333,88 @@ class AmplifyParams(Spec):
     """How DPA searches the partition factors (each field is a CLI option of ``prune --amplify`` and ``amplify``)."""
 
     key: ClassVar[str] = "dpa"
-    combine: str = option("independent", choices=PARTITION_COMBINE_MODES, group="DPA search", help=(
-        "how partition factors combine: 'independent' scales each partition by its own factor; 'max' is the "
-        "released code (a partition gets the max of its factor and every later one's)"))
-    amplify_unpruned: bool = option(False, group="DPA search", help=(
-        "also scale the tensors kept outside the pruning scope (embeddings, norms, lm_head) by the largest factor, "
-        "as the released code does"))
-    factors: list[float] | None = option(None, group="DPA search", help=(
-        "use these factors (one per partition) and skip the search; no objective is needed"))
-    search: str = option("default", choices=SEARCHES, group="DPA search", help=(
-        "'default' = golden-section per partition within --bounds to --tol; 'reference' = the released +0.1 greedy "
-        "loop with its quirks; 'learned' = factors per output row (--learn-granularity) learned by KL distillation "
-        "from --finetuned on --calibration prompts (any pruning method; one partition unless --partition-rates; "
-        "implies --amplify)"))
-    dpa_method: int = option(1, choices=DPA_METHODS, group="DPA search", help=(
-        "1 = progressive (later partitions absent while a factor is searched), 2 = later partitions present at "
-        "factor 1"))
-    bounds: list[float] | None = option(None, group="DPA search", metavar="LO HI", help=(
-        "default search: interval of every factor (default 0.5 3.0; 0.0 1.2 for methods that already rescale "
-        "kept values, like DARE, where DPA reduces)"))
-    tol: float = option(DEFAULT_TOL, group="DPA search", help=(
-        "default search: each factor ends within this distance of its optimum for a unimodal objective (sets the "
-        "calls per partition: 10 on [0.5, 3.0] at 0.05)"))
-    max_calls: int | None = option(None, group="DPA search", help=(
-        "most objective calls in total (default search: what --tol needs; reference loop: 100)"))
-    reference_init: list[float] | None = option(None, group="DPA search", help=(
-        "reference search: start factors (default 1.8 then 0 for method 1, 1.8 then 1 for method 2)"))
+    combine: str = option(
+        "independent",
+        choices=PARTITION_COMBINE_MODES,
+        group="DPA search",
+        help=(
+            "how partition factors combine: 'independent' scales each partition by its own factor; 'max' is the "
+            "released code (a partition gets the max of its factor and every later one's)"
+        ),
+    )
+    amplify_unpruned: bool = option(
+        False,
+        group="DPA search",
+        help=(
+            "also scale the tensors kept outside the pruning scope (embeddings, norms, lm_head) by the largest factor, "
+            "as the released code does"
+        ),
+    )
+    factors: list[float] | None = option(
+        None,
+        group="DPA search",
+        help=("use these factors (one per partition) and skip the search; no objective is needed"),
+    )
+    search: str = option(
+        "default",
+        choices=SEARCHES,
+        group="DPA search",
+        help=(
+            "'default' = golden-section per partition within --bounds to --tol; 'reference' = the released +0.1 greedy "
+            "loop with its quirks; 'learned' = factors per output row (--learn-granularity) learned by KL distillation "
+            "from --finetuned on --calibration prompts (any pruning method; one partition unless --partition-rates; "
+            "implies --amplify)"
+        ),
+    )
+    dpa_method: int = option(
+        1,
+        choices=DPA_METHODS,
+        group="DPA search",
+        help=(
+            "1 = progressive (later partitions absent while a factor is searched), 2 = later partitions present at "
+            "factor 1"
+        ),
+    )
+    bounds: list[float] | None = option(
+        None,
+        group="DPA search",
+        metavar="LO HI",
+        help=(
+            "default search: interval of every factor (default 0.5 3.0; 0.0 1.2 for methods that already rescale "
+            "kept values, like DARE, where DPA reduces)"
+        ),
+    )
+    tol: float = option(
+        DEFAULT_TOL,
+        group="DPA search",
+        help=(
+            "default search: each factor ends within this distance of its optimum for a unimodal objective (sets the "
+            "calls per partition: 10 on [0.5, 3.0] at 0.05)"
+        ),
+    )
+    max_calls: int | None = option(
+        None,
+        group="DPA search",
+        help=("most objective calls in total (default search: what --tol needs; reference loop: 100)"),
+    )
+    reference_init: list[float] | None = option(
+        None,
+        group="DPA search",
+        help=("reference search: start factors (default 1.8 then 0 for method 1, 1.8 then 1 for method 2)"),
+    )
 
     def validate(self) -> None:
         check_finite_params(self, "DPA")
-        if self.search == LEARNED and (self.factors is not None or self.bounds is not None
-                                       or self.reference_init is not None or self.max_calls is not None):
-            _fail("search='learned' learns its factors: factors, bounds, reference_init and max_calls apply to the "
-                  "default and reference searches only")
+        if self.search == LEARNED and (
+            self.factors is not None
+            or self.bounds is not None
+            or self.reference_init is not None
+            or self.max_calls is not None
+        ):
+            _fail(
+                "search='learned' learns its factors: factors, bounds, reference_init and max_calls apply to the "
+                "default and reference searches only"
+            )
         if self.bounds is not None and (len(self.bounds) != 2 or not 0 <= self.bounds[0] < self.bounds[1]):
             _fail(f"dpa.bounds must be two numbers 0 <= LO < HI, got {self.bounds}")
         if self.search == "reference" and self.bounds is not None:
@@ -353,43 +433,74 @@ class ObjectiveParams(Spec):
     """What the DPA search maximises (the provided objectives; the API also takes a callable)."""
 
     key: ClassVar[str] = "dpa_objective"
-    objective: str = option("kl", choices=OBJECTIVES, group="DPA objective", help=(
-        "'kl' = -KL(dense fine-tune || candidate) of next-token distributions on --calibration prompts (no "
-        "labels); 'tasks' = Domain-Ratio (geometric mean of task score / dense score) of lm-eval --tasks on their "
-        "dev split"))
-    calibration: str | None = option(None, group="DPA objective", metavar="FILE", help=(
-        "kl and learned: calibration prompts, a .jsonl/.json file with a --text-field per line or a plain text file "
-        "with one prompt per line"))
-    text_field: str = option(DEFAULT_TEXT_FIELD, group="DPA objective", help=(
-        "the JSON field holding the prompt in a .jsonl/.json --calibration file"))
-    continuation_tokens: int = option(8, group="DPA objective", help=(
-        "kl: greedy tokens the dense fine-tune appends to each prompt; they are scored too"))
-    max_length: int = option(128, group="DPA objective", help=(
-        "kl: prompts are cut to max_length - continuation_tokens tokens"))
+    objective: str = option(
+        "kl",
+        choices=OBJECTIVES,
+        group="DPA objective",
+        help=(
+            "'kl' = -KL(dense fine-tune || candidate) of next-token distributions on --calibration prompts (no "
+            "labels); 'tasks' = Domain-Ratio (geometric mean of task score / dense score) of lm-eval --tasks on their "
+            "dev split"
+        ),
+    )
+    calibration: str | None = option(
+        None,
+        group="DPA objective",
+        metavar="FILE",
+        help=(
+            "kl and learned: calibration prompts, a .jsonl/.json file with a --text-field per line or a plain text file "
+            "with one prompt per line"
+        ),
+    )
+    text_field: str = option(
+        DEFAULT_TEXT_FIELD,
+        group="DPA objective",
+        help=("the JSON field holding the prompt in a .jsonl/.json --calibration file"),
+    )
+    continuation_tokens: int = option(
+        8,
+        group="DPA objective",
+        help=("kl: greedy tokens the dense fine-tune appends to each prompt; they are scored too"),
+    )
+    max_length: int = option(
+        128, group="DPA objective", help=("kl: prompts are cut to max_length - continuation_tokens tokens")
+    )
     batch_size: int = option(8, group="DPA objective", help="sequences per forward pass (kl) or lm-eval batch size")
-    tokenizer: str | None = option(None, group="DPA objective", help=(
-        "tokenizer folder or Hub id (default: the fine-tuned model's, else the base model's)"))
-    tasks: list[str] | None = option(None, group="DPA objective", help=(
-        "tasks: lm-eval task (or group) names on a dev split, e.g. demo_math_dev"))
-    include_path: list[str] | None = option(None, group="DPA objective", help=(
-        "tasks: extra folders with lm-eval task YAMLs"))
+    tokenizer: str | None = option(
+        None,
+        group="DPA objective",
+        help=("tokenizer folder or Hub id (default: the fine-tuned model's, else the base model's)"),
+    )
+    tasks: list[str] | None = option(
+        None, group="DPA objective", help=("tasks: lm-eval task (or group) names on a dev split, e.g. demo_math_dev")
+    )
+    include_path: list[str] | None = option(
+        None, group="DPA objective", help=("tasks: extra folders with lm-eval task YAMLs")
+    )
     metric: str = option("acc", group="DPA objective", help="tasks: the lm-eval metric each task reports, e.g. acc")
     limit: int | None = option(None, group="DPA objective", help="tasks: evaluate at most this many documents per task")
-    split: str = option("dev", group="DPA objective", help=(
-        "tasks: the name of the split the --tasks read, recorded in the adapter config"))
+    split: str = option(
+        "dev",
+        group="DPA objective",
+        help=("tasks: the name of the split the --tasks read, recorded in the adapter config"),
+    )
 
     def validate(self) -> None:
         _positive(self, "max_length", "batch_size", "limit")
         _positive(self, "continuation_tokens", minimum=0)
         if self.continuation_tokens >= self.max_length:
-            _fail(f"dpa_objective.continuation_tokens ({self.continuation_tokens}) must be below max_length "
-                  f"({self.max_length})")
+            _fail(
+                f"dpa_objective.continuation_tokens ({self.continuation_tokens}) must be below max_length "
+                f"({self.max_length})"
+            )
 
     def require_inputs(self, finetuned: Source | None) -> None:
         """The inputs a search with this objective needs (checked before any pruning)."""
         if finetuned is None:
-            _fail(f"the {self.objective!r} objective compares against the dense fine-tuned model; pass finetuned "
-                  "(--finetuned)")
+            _fail(
+                f"the {self.objective!r} objective compares against the dense fine-tuned model; pass finetuned "
+                "(--finetuned)"
+            )
         if self.objective == "kl" and self.calibration is None:
             _fail("the kl objective needs calibration prompts (--calibration FILE)")
         if self.objective == "tasks" and not self.tasks:
@@ -401,31 +512,56 @@ class LearnParams(Spec):
     """Settings of learned amplification (used with ``search='learned'``)."""
 
     key: ClassVar[str] = "learn"
-    learn_granularity: str = option("row", choices=GRANULARITIES, group="learned amplification (--search learned)",
-                                    help="what one learned factor covers: 'row' = each output row of each pruned "
-                                         "matrix (per partition), 'tensor' = each pruned tensor, 'partition' = each "
-                                         "DPA partition, 'block' = each decoder block, 'global' = the whole adapter")
-    learn_steps: int = option(60, group="learned amplification (--search learned)",
-                              help="Adam steps (one calibration batch per teacher each)")
-    learn_lr: float = option(0.2, group="learned amplification (--search learned)",
-                             help="Adam learning rate of the factors (they start at 1)")
-    learn_heldout: float = option(0.2, group="learned amplification (--search learned)", help=(
-        "fraction of the calibration prompts held out for early stopping and the reported KL"))
-    learn_eval_every: int = option(10, group="learned amplification (--search learned)",
-                                   help="steps between held-out KL evaluations")
-    learn_patience: int | None = option(None, group="learned amplification (--search learned)", help=(
-        "stop after this many held-out evaluations without improvement (default: run every step); the factors "
-        "with the lowest held-out KL are kept either way"))
-    learn_top_k: int | None = option(None, group="learned amplification (--search learned)", help=(
-        f"teacher log-probs cached per position (default: the full vocabulary up to {FULL_VOCAB_LIMIT} tokens, "
-        f"else the top {TEACHER_TOP_K}, renormalised)"))
-    learn_seed: int = option(0, group="learned amplification (--search learned)",
-                             help="seed of the held-out split and the batch order")
+    learn_granularity: str = option(
+        "row",
+        choices=GRANULARITIES,
+        group="learned amplification (--search learned)",
+        help="what one learned factor covers: 'row' = each output row of each pruned "
+        "matrix (per partition), 'tensor' = each pruned tensor, 'partition' = each "
+        "DPA partition, 'block' = each decoder block, 'global' = the whole adapter",
+    )
+    learn_steps: int = option(
+        60, group="learned amplification (--search learned)", help="Adam steps (one calibration batch per teacher each)"
+    )
+    learn_lr: float = option(
+        0.2,
+        group="learned amplification (--search learned)",
+        help="Adam learning rate of the factors (they start at 1)",
+    )
+    learn_heldout: float = option(
+        0.2,
+        group="learned amplification (--search learned)",
+        help=("fraction of the calibration prompts held out for early stopping and the reported KL"),
+    )
+    learn_eval_every: int = option(
+        10, group="learned amplification (--search learned)", help="steps between held-out KL evaluations"
+    )
+    learn_patience: int | None = option(
+        None,
+        group="learned amplification (--search learned)",
+        help=(
+            "stop after this many held-out evaluations without improvement (default: run every step); the factors "
+            "with the lowest held-out KL are kept either way"
+        ),
+    )
+    learn_top_k: int | None = option(
+        None,
+        group="learned amplification (--search learned)",
+        help=(
+            f"teacher log-probs cached per position (default: the full vocabulary up to {FULL_VOCAB_LIMIT} tokens, "
+            f"else the top {TEACHER_TOP_K}, renormalised)"
+        ),
+    )
+    learn_seed: int = option(
+        0, group="learned amplification (--search learned)", help="seed of the held-out split and the batch order"
+    )
 
     def validate(self) -> None:
         if self.learn_steps < 0 or self.learn_eval_every < 1:
-            _fail(f"learn_steps must be >= 0 and learn_eval_every >= 1, got {self.learn_steps} and "
-                  f"{self.learn_eval_every}")
+            _fail(
+                f"learn_steps must be >= 0 and learn_eval_every >= 1, got {self.learn_steps} and "
+                f"{self.learn_eval_every}"
+            )
         if not 0.0 < self.learn_heldout < 1.0:
             _fail(f"learn_heldout must be a fraction in (0, 1), got {self.learn_heldout}")
         if self.learn_lr <= 0 or (self.learn_top_k is not None and self.learn_top_k < 1):
@@ -455,12 +591,15 @@ class RunOptions(Spec):
     """Where the work runs (shared by every operation that loads a model)."""
 
     device: str = option("cpu", group="device", help="device the models run on: cpu, cuda, cuda:1 or auto")
-    dtype: str = option("auto", choices=DTYPES, group="device", help=(
-        "dtype models are loaded in ('auto': the checkpoint's)"))
+    dtype: str = option(
+        "auto", choices=DTYPES, group="device", help=("dtype models are loaded in ('auto': the checkpoint's)")
+    )
 
 
-PARTITION_HELP = ("DPA partition boundaries as pruning rates, most important first, ending at the target rate "
-                  "(default: 0.9 0.8 ... down to the rate; rate 0.9 gives one partition)")
+PARTITION_HELP = (
+    "DPA partition boundaries as pruning rates, most important first, ending at the target rate "
+    "(default: 0.9 0.8 ... down to the rate; rate 0.9 gives one partition)"
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -471,26 +610,59 @@ class PruneSpec(RunOptions):
     base: Source = option(help="base model: folder or Hub id")
     finetuned: Source = option(help="fine-tuned model of the same base: folder or Hub id")
     out: str = option(help="output adapter folder (written atomically)")
-    base_model_id: str | None = option(None, metavar="HUB_ID", help=(
-        "the Hub id of a --base given as a local folder (checked against the Hub by sampled weights when it is "
-        "reachable; never downloads): recorded in the adapter and its card"))
-    method: str = option("dp", choices=prune_method_choices, help=(
-        f"pruning method; '{DPPA}' = dp, then DPA (same as --method dp --amplify)"))
+    base_model_id: str | None = option(
+        None,
+        metavar="HUB_ID",
+        help=(
+            "the Hub id of a --base given as a local folder (checked against the Hub by sampled weights when it is "
+            "reachable; never downloads): recorded in the adapter and its card"
+        ),
+    )
+    method: str = option(
+        "dp",
+        choices=prune_method_choices,
+        help=(f"pruning method; '{DPPA}' = dp, then DPA (same as --method dp --amplify)"),
+    )
     rate: float = option(0.9, help="target pruning rate alpha in [0, 1]; 0.9 keeps 10% of each pruned delta")
-    params: dict[str, Any] = option(default_factory=dict, group="method", help=(
-        "the method's hyperparameters (the options listed under each method)"), params_of=methods,
-        resolve=canonical_method, selector="method", choices_all=prune_method_choices)
-    scope_pattern: str = option(DEFAULT_SCOPE_PATTERN, group="scope and storage", help=(
-        "regex with named groups 'block' and 'module' selecting the pruned tensors (2-D weights inside numbered "
-        "decoder blocks by default)"))
-    outside_scope: str = option("dense", choices=OUTSIDE_SCOPE_MODES, group="scope and storage", help=(
-        "changed tensors outside the scope (embeddings, lm_head, norms, biases): keep 'dense', prune with "
-        "'magnitude' at the base rate, or 'drop'"))
-    value_dtype: str = option("auto", choices=DTYPES, group="scope and storage", help=(
-        "dtype of stored values; 'auto' keeps the fine-tune's dtype"))
+    params: dict[str, Any] = option(
+        default_factory=dict,
+        group="method",
+        help=("the method's hyperparameters (the options listed under each method)"),
+        params_of=methods,
+        resolve=canonical_method,
+        selector="method",
+        choices_all=prune_method_choices,
+    )
+    scope_pattern: str = option(
+        DEFAULT_SCOPE_PATTERN,
+        group="scope and storage",
+        help=(
+            "regex with named groups 'block' and 'module' selecting the pruned tensors (2-D weights inside numbered "
+            "decoder blocks by default)"
+        ),
+    )
+    outside_scope: str = option(
+        "dense",
+        choices=OUTSIDE_SCOPE_MODES,
+        group="scope and storage",
+        help=(
+            "changed tensors outside the scope (embeddings, lm_head, norms, biases): keep 'dense', prune with "
+            "'magnitude' at the base rate, or 'drop'"
+        ),
+    )
+    value_dtype: str = option(
+        "auto",
+        choices=DTYPES,
+        group="scope and storage",
+        help=("dtype of stored values; 'auto' keeps the fine-tune's dtype"),
+    )
     partition_rates: list[float] | None = option(None, group="DPA search", help=PARTITION_HELP)
-    amplify: bool = option(False, help=(
-        "after pruning, run DPA: store partition ids and search one factor per partition (the DPA options below)"))
+    amplify: bool = option(
+        False,
+        help=(
+            "after pruning, run DPA: store partition ids and search one factor per partition (the DPA options below)"
+        ),
+    )
     dpa: AmplifyParams = option(default_factory=AmplifyParams, help="DPA search settings")
     dpa_objective: ObjectiveParams = option(default_factory=ObjectiveParams, help="DPA objective settings")
     learn: LearnParams = option(default_factory=LearnParams, help="learned amplification settings")
@@ -503,8 +675,13 @@ class PruneSpec(RunOptions):
             self._set(amplify=True)
         if not (isinstance(self.rate, (int, float)) and 0.0 <= self.rate <= 1.0):
             _fail(f"prune.rate: pruning rate must be in [0, 1], got {self.rate!r}; e.g. 0.9 keeps 10% of each delta")
-        self._set(base=Source.of(self.base), finetuned=Source.of(self.finetuned), out=str(self.out),
-                  rate=float(self.rate), params=dataclasses.asdict(self.method_params()))
+        self._set(
+            base=Source.of(self.base),
+            finetuned=Source.of(self.finetuned),
+            out=str(self.out),
+            rate=float(self.rate),
+            params=dataclasses.asdict(self.method_params()),
+        )
         _check_partition_rates(self, self.rate)
         _check_learn(self)
         if not self.amplify:
@@ -523,14 +700,28 @@ class PruneSpec(RunOptions):
         return method_params(self.method, self.params, f"{self.key}.params")
 
     @classmethod
-    def build(cls, base: Any, finetuned: Any, out: Any, *, revision: str | None = None,
-              base_revision: str | None = None, **options: Any) -> PruneSpec:
+    def build(
+        cls,
+        base: Any,
+        finetuned: Any,
+        out: Any,
+        *,
+        revision: str | None = None,
+        base_revision: str | None = None,
+        **options: Any,
+    ) -> PruneSpec:
         """The spec of the keyword API: spec fields, plus any method parameter and DPA option by name."""
         fields = {f.name for f in dataclasses.fields(cls)}
         spec_options = {k: options.pop(k) for k in list(options) if k in fields}
         nested, params = split_dpa_options(options)
-        return cls(base=Source.of(base, base_revision), finetuned=Source.of(finetuned, revision), out=str(out),
-                   params={**spec_options.pop("params", {}), **params}, **nested, **spec_options)
+        return cls(
+            base=Source.of(base, base_revision),
+            finetuned=Source.of(finetuned, revision),
+            out=str(out),
+            params={**spec_options.pop("params", {}), **params},
+            **nested,
+            **spec_options,
+        )
 
 
 def method_params(method: str, params: Mapping[str, Any], path: str = "params") -> Any:
@@ -544,8 +735,10 @@ def method_params(method: str, params: Mapping[str, Any], path: str = "params") 
     known = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(params) - set(known))
     if unknown:
-        _fail(f"{path}.{unknown[0]}: method {method!r} has no parameter {unknown[0]!r}; its parameters are "
-              f"{known or 'none'}")
+        _fail(
+            f"{path}.{unknown[0]}: method {method!r} has no parameter {unknown[0]!r}; its parameters are "
+            f"{known or 'none'}"
+        )
     try:
         chosen = cls(**params)
     except (TypeError, ValueError) as err:
@@ -576,11 +769,13 @@ class AmplifySpec(RunOptions):
 
     key: ClassVar[str] = "amplify"
     adapter: Source = option(positional=True, help="adapter folder or Hub id (from `dppa-peft prune`)")
-    out: str | None = option(None, help=f"output adapter folder (default: ADAPTER{AMPLIFIED_SUFFIX} next to a "
-                                        "local ADAPTER folder)")
+    out: str | None = option(
+        None, help=f"output adapter folder (default: ADAPTER{AMPLIFIED_SUFFIX} next to a local ADAPTER folder)"
+    )
     base: Source | None = option(None, help="base model: folder or Hub id (default: the adapter's base)")
-    finetuned: Source | None = option(None, help=(
-        "the dense fine-tuned model the objective compares with (needed by kl and tasks)"))
+    finetuned: Source | None = option(
+        None, help=("the dense fine-tuned model the objective compares with (needed by kl and tasks)")
+    )
     partition_rates: list[float] | None = option(None, group="DPA search", help=PARTITION_HELP)
     dpa: AmplifyParams = option(default_factory=AmplifyParams, help="DPA search settings")
     dpa_objective: ObjectiveParams = option(default_factory=ObjectiveParams, help="DPA objective settings")
@@ -592,11 +787,16 @@ class AmplifySpec(RunOptions):
         out = self.out
         if out is None:
             if adapter.local_dir is None:
-                _fail(f"amplify.out: {adapter.ref} is not a local folder, so there is no default output; pass out "
-                      "(--out)")
+                _fail(
+                    f"amplify.out: {adapter.ref} is not a local folder, so there is no default output; pass out (--out)"
+                )
             out = str(adapter.local_dir.with_name(adapter.local_dir.name + AMPLIFIED_SUFFIX))
-        self._set(adapter=adapter, out=str(out), base=None if self.base is None else Source.of(self.base),
-                  finetuned=None if self.finetuned is None else Source.of(self.finetuned))
+        self._set(
+            adapter=adapter,
+            out=str(out),
+            base=None if self.base is None else Source.of(self.base),
+            finetuned=None if self.finetuned is None else Source.of(self.finetuned),
+        )
         _check_learn(self)
 
     def check_search_inputs(self) -> None:
@@ -605,19 +805,35 @@ class AmplifySpec(RunOptions):
             self.dpa_objective.require_inputs(self.finetuned)
 
     @classmethod
-    def build(cls, adapter: Any, out: Any = None, *, finetuned: Any = None, base: Any = None,
-              revision: str | None = None, base_revision: str | None = None, adapter_revision: str | None = None,
-              **options: Any) -> AmplifySpec:
+    def build(
+        cls,
+        adapter: Any,
+        out: Any = None,
+        *,
+        finetuned: Any = None,
+        base: Any = None,
+        revision: str | None = None,
+        base_revision: str | None = None,
+        adapter_revision: str | None = None,
+        **options: Any,
+    ) -> AmplifySpec:
         """The spec of the keyword API (``revision`` is the fine-tune's, as in ``prune``)."""
         fields = {f.name for f in dataclasses.fields(cls)}
         spec_options = {k: options.pop(k) for k in list(options) if k in fields}
         nested, rest = split_dpa_options(options)
         if rest:
-            _fail(f"amplify: no option named {sorted(rest)}; the options are the fields of AmplifySpec, "
-                  "AmplifyParams, ObjectiveParams and LearnParams (see `dppa-peft amplify --help`)")
-        return cls(adapter=Source.of(adapter, adapter_revision), out=None if out is None else str(out),
-                   finetuned=None if finetuned is None else Source.of(finetuned, revision),
-                   base=None if base is None else Source.of(base, base_revision), **nested, **spec_options)
+            _fail(
+                f"amplify: no option named {sorted(rest)}; the options are the fields of AmplifySpec, "
+                "AmplifyParams, ObjectiveParams and LearnParams (see `dppa-peft amplify --help`)"
+            )
+        return cls(
+            adapter=Source.of(adapter, adapter_revision),
+            out=None if out is None else str(out),
+            finetuned=None if finetuned is None else Source.of(finetuned, revision),
+            base=None if base is None else Source.of(base, base_revision),
+            **nested,
+            **spec_options,
+        )
 
 
 def merge_modes() -> dict[str, Any]:
@@ -650,8 +866,9 @@ def mode_params(mode: str, params: Mapping[str, Any], path: str = "merge.params"
     known = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(params) - set(known))
     if unknown:
-        _fail(f"{path}.{unknown[0]}: merge mode {mode!r} has no option {unknown[0]!r}; its options are "
-              f"{known or 'none'}")
+        _fail(
+            f"{path}.{unknown[0]}: merge mode {mode!r} has no option {unknown[0]!r}; its options are {known or 'none'}"
+        )
     try:
         return cls(**params)
     except (TypeError, ValueError) as err:
@@ -667,32 +884,77 @@ class MergeSpec(Spec):
 
     key: ClassVar[str] = "merge"
     base: Source | None = option(None, group="inputs", help="base model: folder or Hub id")
-    adapters: list[Source] = option(default_factory=list, flag="--adapter", group="inputs", help=(
-        "adapter folder or Hub id; repeat for several adapters"))
-    weights: list[float] | None = option(None, flag="--weight", group="inputs", help=(
-        "weight w_i of each adapter, in --adapter order (default 1.0 each)"))
-    from_record: str | None = option(None, group="inputs", metavar="FILE", help=(
-        "replay a recorded merge: a dppa_merge.json, a merged model folder or a merged adapter (replaces --base, "
-        "--adapter, --weight, --mode and the mode options)"))
-    allow_unverified_base: bool = option(False, group="inputs", help=(
-        "merge adapters that record no base fingerprint (refused by default: nothing would check that they fit "
-        "this base)"))
-    device: str = option("cpu", group="device", help=(
-        "device the merge runs on (cpu, cuda, cuda:1, auto): where --out merges each touched tensor, and where "
-        "learned merge modes (learned, adamerging) learn their factors"))
-    mode: str = option("sum", choices=merge_mode_choices, group="merge mode", help=(
-        "how the deltas combine (each mode's options are listed under it)"))
-    params: dict[str, Any] = option(default_factory=dict, group="merge mode options", help=(
-        "the merge mode's options"), params_of=merge_modes, resolve=canonical_mode, selector="mode", label="merge mode",
-        choices_all=merge_mode_choices)
-    out: str | None = option(None, group="outputs (at least one)", help=(
-        "output dense model folder (written atomically)"))
-    out_adapter: str | None = option(None, group="outputs (at least one)", help=(
-        "output merged sparse adapter folder (written atomically)"))
-    dtype: str = option("auto", choices=DTYPES, group="outputs (at least one)", help=(
-        "--out: dtype of the written weights and of config.json; 'auto' keeps each base tensor's dtype"))
-    value_dtype: str = option("float32", choices=ADAPTER_VALUE_DTYPES, group="outputs (at least one)", help=(
-        "--out-adapter: dtype of the stored values (float32: exact)"))
+    adapters: list[Source] = option(
+        default_factory=list,
+        flag="--adapter",
+        group="inputs",
+        help=("adapter folder or Hub id; repeat for several adapters"),
+    )
+    weights: list[float] | None = option(
+        None,
+        flag="--weight",
+        group="inputs",
+        help=("weight w_i of each adapter, in --adapter order (default 1.0 each)"),
+    )
+    from_record: str | None = option(
+        None,
+        group="inputs",
+        metavar="FILE",
+        help=(
+            "replay a recorded merge: a dppa_merge.json, a merged model folder or a merged adapter (replaces --base, "
+            "--adapter, --weight, --mode and the mode options)"
+        ),
+    )
+    allow_unverified_base: bool = option(
+        False,
+        group="inputs",
+        help=(
+            "merge adapters that record no base fingerprint (refused by default: nothing would check that they fit "
+            "this base)"
+        ),
+    )
+    device: str = option(
+        "cpu",
+        group="device",
+        help=(
+            "device the merge runs on (cpu, cuda, cuda:1, auto): where --out merges each touched tensor, and where "
+            "learned merge modes (learned, adamerging) learn their factors"
+        ),
+    )
+    mode: str = option(
+        "sum",
+        choices=merge_mode_choices,
+        group="merge mode",
+        help=("how the deltas combine (each mode's options are listed under it)"),
+    )
+    params: dict[str, Any] = option(
+        default_factory=dict,
+        group="merge mode options",
+        help=("the merge mode's options"),
+        params_of=merge_modes,
+        resolve=canonical_mode,
+        selector="mode",
+        label="merge mode",
+        choices_all=merge_mode_choices,
+    )
+    out: str | None = option(
+        None, group="outputs (at least one)", help=("output dense model folder (written atomically)")
+    )
+    out_adapter: str | None = option(
+        None, group="outputs (at least one)", help=("output merged sparse adapter folder (written atomically)")
+    )
+    dtype: str = option(
+        "auto",
+        choices=DTYPES,
+        group="outputs (at least one)",
+        help=("--out: dtype of the written weights and of config.json; 'auto' keeps each base tensor's dtype"),
+    )
+    value_dtype: str = option(
+        "float32",
+        choices=ADAPTER_VALUE_DTYPES,
+        group="outputs (at least one)",
+        help=("--out-adapter: dtype of the stored values (float32: exact)"),
+    )
     overwrite: bool = option(False, help="replace the output folders if they exist")
 
     def validate(self) -> None:
@@ -700,8 +962,16 @@ class MergeSpec(Spec):
             _fail("merge: pass --out (a model folder), --out-adapter (a merged adapter) or both (out / out_adapter)")
         adapters = [Source.of(a) for a in self.adapters]
         if self.from_record is not None:
-            given = [flag for flag, value in (("--base", self.base), ("--adapter", adapters),
-                                              ("--weight", self.weights), ("mode options", self.params)) if value]
+            given = [
+                flag
+                for flag, value in (
+                    ("--base", self.base),
+                    ("--adapter", adapters),
+                    ("--weight", self.weights),
+                    ("mode options", self.params),
+                )
+                if value
+            ]
             if given:
                 _fail(f"merge: --from-record replays the recorded inputs; drop {', '.join(given)}")
             return
@@ -710,26 +980,45 @@ class MergeSpec(Spec):
         weights = finite_numbers(self.weights, "--weight")
         if weights is not None and len(weights) != len(adapters):
             _fail(f"merge.weights: got {len(weights)} weights for {len(adapters)} adapters; pass one per adapter")
-        self._set(base=Source.of(self.base), adapters=adapters, weights=weights, mode=canonical_mode(self.mode),
-                  params=dataclasses.asdict(mode_params(self.mode, self.params)))
+        self._set(
+            base=Source.of(self.base),
+            adapters=adapters,
+            weights=weights,
+            mode=canonical_mode(self.mode),
+            params=dataclasses.asdict(mode_params(self.mode, self.params)),
+        )
 
     @classmethod
-    def build(cls, base: Any, adapters: Sequence[Any], out: Any = None, *, revision: str | None = None,
-              adapter_revisions: Sequence[str | None] | None = None, **options: Any) -> MergeSpec:
+    def build(
+        cls,
+        base: Any,
+        adapters: Sequence[Any],
+        out: Any = None,
+        *,
+        revision: str | None = None,
+        adapter_revisions: Sequence[str | None] | None = None,
+        **options: Any,
+    ) -> MergeSpec:
         """The spec of the keyword API: spec fields, plus the mode's options by name."""
         adapters = list(adapters or [])
         revisions = list(adapter_revisions) if adapter_revisions else [None] * len(adapters)
         if len(revisions) != len(adapters):
-            _fail(f"merge: got {len(revisions)} adapter revisions for {len(adapters)} adapters; pass one per adapter "
-                  "('main' for the default branch)")
+            _fail(
+                f"merge: got {len(revisions)} adapter revisions for {len(adapters)} adapters; pass one per adapter "
+                "('main' for the default branch)"
+            )
         fields = {f.name for f in dataclasses.fields(cls)}
         spec_options = {k: options.pop(k) for k in list(options) if k in fields}
         if "dtype" in spec_options:  # a torch dtype, a name or None
             dtype = spec_options["dtype"]
             spec_options["dtype"] = "auto" if dtype is None else str(dtype).removeprefix("torch.")
-        return cls(base=Source.of(base, revision), out=None if out is None else str(out),
-                   adapters=[Source.of(a, r) for a, r in zip(adapters, revisions)],
-                   params={**spec_options.pop("params", {}), **options}, **spec_options)
+        return cls(
+            base=Source.of(base, revision),
+            out=None if out is None else str(out),
+            adapters=[Source.of(a, r) for a, r in zip(adapters, revisions)],
+            params={**spec_options.pop("params", {}), **options},
+            **spec_options,
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -742,9 +1031,15 @@ class InspectSpec(Spec):
     finetuned: Source | None = option(None, group="plan of a method", help="fine-tuned model: folder or Hub id")
     method: str = option("dp", choices=method_names, group="plan of a method", help="method whose plan to show")
     rate: float = option(0.9, group="plan of a method", help="target pruning rate")
-    params: dict[str, Any] = option(default_factory=dict, group="method", help="the method's hyperparameters",
-                                    params_of=methods, resolve=canonical_method, selector="method",
-                                    choices_all=method_names)
+    params: dict[str, Any] = option(
+        default_factory=dict,
+        group="method",
+        help="the method's hyperparameters",
+        params_of=methods,
+        resolve=canonical_method,
+        selector="method",
+        choices_all=method_names,
+    )
     scope_pattern: str = option(DEFAULT_SCOPE_PATTERN, group="plan of a method", help="regex selecting pruned tensors")
     no_stats: bool = option(False, group="plan of a method", help="skip the delta statistics pass")
     png: str | None = option(None, help="write the kept-density heatmap to this PNG file")
@@ -781,28 +1076,56 @@ class EvalOptions(Spec):
     """How ``dppa-peft eval`` runs lm-eval: backend, device, dtype, batch size, few-shot, limit, stderr."""
 
     key: ClassVar[str] = "lm_eval"
-    backend: str = option("hf", choices=BACKENDS, group=LM_EVAL, help=(
-        "lm-eval backend: 'hf' (adapters merged into the base at load, in memory) or 'vllm' (lm-eval's vLLM backend "
-        "on a merged export written once per variant; needs the vllm extra and a GPU)"))
+    backend: str = option(
+        "hf",
+        choices=BACKENDS,
+        group=LM_EVAL,
+        help=(
+            "lm-eval backend: 'hf' (adapters merged into the base at load, in memory) or 'vllm' (lm-eval's vLLM backend "
+            "on a merged export written once per variant; needs the vllm extra and a GPU)"
+        ),
+    )
     device: str = option("cpu", group=LM_EVAL, help="torch device for the hf backend: cpu, cuda, cuda:1, ...")
     dtype: str = option("auto", choices=DTYPES, group=LM_EVAL, help="model dtype")
-    device_map: str | None = option(None, group=LM_EVAL, help=(
-        "hf backend: accelerate device map for big models, e.g. 'auto' (lm-eval's parallelize=True)"))
+    device_map: str | None = option(
+        None,
+        group=LM_EVAL,
+        help=("hf backend: accelerate device map for big models, e.g. 'auto' (lm-eval's parallelize=True)"),
+    )
     batch_size: int = option(16, group=LM_EVAL, help="lm-eval batch size")
-    num_fewshot: int | None = option(None, group=LM_EVAL, help=(
-        "few-shot examples per prompt (default: the task's own setting)"))
-    limit: float | None = option(None, group=LM_EVAL, help=(
-        "evaluate only the first N examples of each task (a fraction < 1: that share of each task)"))
-    bootstrap_iters: int = option(1000, group=LM_EVAL, help=(
-        "bootstrap iterations for the standard errors lm-eval reports (mean metrics use a closed form); 0 = no "
-        "stderr"))
+    num_fewshot: int | None = option(
+        None, group=LM_EVAL, help=("few-shot examples per prompt (default: the task's own setting)")
+    )
+    limit: float | None = option(
+        None,
+        group=LM_EVAL,
+        help=("evaluate only the first N examples of each task (a fraction < 1: that share of each task)"),
+    )
+    bootstrap_iters: int = option(
+        1000,
+        group=LM_EVAL,
+        help=(
+            "bootstrap iterations for the standard errors lm-eval reports (mean metrics use a closed form); 0 = no "
+            "stderr"
+        ),
+    )
     metric: str = option("acc", group=LM_EVAL, help="metric reported per task")
-    keep_merged: bool = option(False, group=LM_EVAL, help=(
-        "vllm backend: keep the merged model folders (in OUT-merged/, next to OUT) instead of removing each after "
-        "use"))
-    model_args: str | None = option(None, group=LM_EVAL, help=(
-        "extra lm-eval model_args for every model, KEY=VALUE[,KEY=VALUE] (e.g. "
-        "gpu_memory_utilization=0.8,tensor_parallel_size=2 for vllm, max_cpu_memory=8GB for hf)"))
+    keep_merged: bool = option(
+        False,
+        group=LM_EVAL,
+        help=(
+            "vllm backend: keep the merged model folders (in OUT-merged/, next to OUT) instead of removing each after "
+            "use"
+        ),
+    )
+    model_args: str | None = option(
+        None,
+        group=LM_EVAL,
+        help=(
+            "extra lm-eval model_args for every model, KEY=VALUE[,KEY=VALUE] (e.g. "
+            "gpu_memory_utilization=0.8,tensor_parallel_size=2 for vllm, max_cpu_memory=8GB for hf)"
+        ),
+    )
 
     def validate(self) -> None:
         from .evaluation.backends import parse_model_args
@@ -836,13 +1159,22 @@ class EvalSpec(Spec):
     key: ClassVar[str] = "eval"
     base: Source = option(help="base model: local folder or Hub id")
     domains: list[Domain] = option(cli=False, help="the domains (CLI: --domain NAME=FINETUNED, --tasks NAME=TASKS)")
-    adapters: list[tuple[str, Source]] = option(default_factory=list, cli=False, help=(
-        "pruned adapters as (domain, adapter) pairs (CLI: --adapter NAME=ADAPTER)"))
-    merges: list[dict[str, Source]] = option(default_factory=list, cli=False, help=(
-        "merged variants, each domain -> adapter (CLI: --merge NAME=ADAPTER[,NAME=ADAPTER...])"))
+    adapters: list[tuple[str, Source]] = option(
+        default_factory=list,
+        cli=False,
+        help=("pruned adapters as (domain, adapter) pairs (CLI: --adapter NAME=ADAPTER)"),
+    )
+    merges: list[dict[str, Source]] = option(
+        default_factory=list,
+        cli=False,
+        help=("merged variants, each domain -> adapter (CLI: --merge NAME=ADAPTER[,NAME=ADAPTER...])"),
+    )
     merge_mode: str = option("sum", choices=merge_mode_choices, help="merge mode of every --merge")
-    include_path: list[str] = option(default_factory=list, cli=False, help=(
-        "extra folders of lm-eval task YAMLs (the package's tasks are always included)"))
+    include_path: list[str] = option(
+        default_factory=list,
+        cli=False,
+        help=("extra folders of lm-eval task YAMLs (the package's tasks are always included)"),
+    )
     out: str = option(help="report folder (replaced atomically)")
     lm_eval: EvalOptions = option(default_factory=EvalOptions, help="how lm-eval runs")
 
@@ -856,13 +1188,33 @@ class EvalSpec(Spec):
         unknown = sorted(named - set(labels))
         if unknown:
             _fail(f"eval: adapters name unknown domain(s) {unknown}; declare them with --domain NAME=FINETUNED")
-        self._set(base=Source.of(self.base), out=str(self.out),
-                  adapters=[(name, Source.of(ref)) for name, ref in self.adapters],
-                  merges=[{name: Source.of(ref) for name, ref in merge.items()} for merge in self.merges])
+        self._set(
+            base=Source.of(self.base),
+            out=str(self.out),
+            adapters=[(name, Source.of(ref)) for name, ref in self.adapters],
+            merges=[{name: Source.of(ref) for name, ref in merge.items()} for merge in self.merges],
+        )
 
 
 __all__ = [
-    "AmplifyParams", "AmplifySpec", "DTYPES", "Domain", "EvalOptions", "EvalSpec", "InspectSpec", "LearnParams",
-    "MergeSpec", "ObjectiveParams", "PruneSpec", "RunOptions", "Source", "Spec", "SpecError", "UserError",
-    "convert", "method_params", "option", "torch_dtype"
+    "AmplifyParams",
+    "AmplifySpec",
+    "DTYPES",
+    "Domain",
+    "EvalOptions",
+    "EvalSpec",
+    "InspectSpec",
+    "LearnParams",
+    "MergeSpec",
+    "ObjectiveParams",
+    "PruneSpec",
+    "RunOptions",
+    "Source",
+    "Spec",
+    "SpecError",
+    "UserError",
+    "convert",
+    "method_params",
+    "option",
+    "torch_dtype",
 ]

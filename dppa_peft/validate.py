@@ -24,11 +24,15 @@ def read_json(path: str | os.PathLike, kind: str = "JSON file", expect: type | N
     except UnicodeDecodeError as err:
         raise UserError(f"{kind} {path} is not UTF-8 text ({err.reason}); restore or re-download it") from None
     except json.JSONDecodeError as err:
-        raise UserError(f"{kind} {path} is not valid JSON (line {err.lineno}, column {err.colno}: {err.msg}); "
-                        "restore or re-download it") from None
+        raise UserError(
+            f"{kind} {path} is not valid JSON (line {err.lineno}, column {err.colno}: {err.msg}); "
+            "restore or re-download it"
+        ) from None
     if expect is not None and not isinstance(data, expect):
-        raise UserError(f"{kind} {path} holds a JSON {type(data).__name__}, not a JSON "
-                        f"{'object' if expect is dict else expect.__name__}; restore or re-download it")
+        raise UserError(
+            f"{kind} {path} holds a JSON {type(data).__name__}, not a JSON "
+            f"{'object' if expect is dict else expect.__name__}; restore or re-download it"
+        )
     return data
 
 
@@ -62,8 +66,10 @@ def check_finite(tensor: torch.Tensor, name: str, where: str, fix: str) -> None:
     if bad.any():
         count = int(bad.sum())
         first = int(bad.reshape(-1).nonzero()[0])
-        raise UserError(f"tensor {name!r} of {where} holds {count} non-finite value(s) (NaN or inf; first at flat "
-                        f"position {first}); {fix}")
+        raise UserError(
+            f"tensor {name!r} of {where} holds {count} non-finite value(s) (NaN or inf; first at flat "
+            f"position {first}); {fix}"
+        )
 
 
 def check_finite_params(params: Any, where: str) -> None:

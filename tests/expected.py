@@ -30,8 +30,9 @@ def top_k_reference(delta: torch.Tensor, density: float) -> torch.Tensor:
     return out.reshape(delta.shape)
 
 
-def magnitude_merged_weights(base: Path, finetuned: Path, density: float, weight: float = 1.0,
-                             start: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+def magnitude_merged_weights(
+    base: Path, finetuned: Path, density: float, weight: float = 1.0, start: dict[str, torch.Tensor] | None = None
+) -> dict[str, torch.Tensor]:
     """W_B + w·prune(δ): in-block 2-D linears pruned by exact top-k, everything else dense."""
     base_w, ft_w = load_weights(base), load_weights(finetuned)
     out = dict(start) if start is not None else {k: v.float().clone() for k, v in base_w.items()}

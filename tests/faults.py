@@ -45,5 +45,6 @@ def run_cli(capsys, *argv: object) -> tuple[int, str]:
 
 def prune_cli(capsys, base: Path, finetuned: Path, out: Path, *extra: object) -> tuple[int, str]:
     """``dppa-peft prune --method magnitude`` (fast) on a pair."""
-    return run_cli(capsys, "prune", "--base", base, "--finetuned", finetuned, "--method", "magnitude", "--out", out,
-                   *extra)
+    return run_cli(
+        capsys, "prune", "--base", base, "--finetuned", finetuned, "--method", "magnitude", "--out", out, *extra
+    )

@@ -62,11 +62,17 @@ def configure_hub_environment() -> None:
     atexit.register(shutil.rmtree, hf_home, True)
     for name in _CLEARED_VARIABLES:
         os.environ.pop(name, None)
-    os.environ.update({
-        "HF_ENDPOINT": f"http://127.0.0.1:{_port}", "HF_HOME": hf_home, "HF_TOKEN": HUB_TOKEN,
-        "HF_HUB_DISABLE_XET": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-        "HF_HUB_DISABLE_UPDATE_CHECK": "1",
-    })
+    os.environ.update(
+        {
+            "HF_ENDPOINT": f"http://127.0.0.1:{_port}",
+            "HF_HOME": hf_home,
+            "HF_TOKEN": HUB_TOKEN,
+            "HF_HUB_DISABLE_XET": "1",
+            "HF_HUB_DISABLE_TELEMETRY": "1",
+            "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+            "HF_HUB_DISABLE_UPDATE_CHECK": "1",
+        }
+    )
 
 
 def run_python(

@@ -234,23 +234,39 @@ class HubApp:
     def repo_info(self, req: Request) -> Response:
         repo = self._readable(req)
         commit = self._commit_at(repo, req.params.get("rev") or "main")
-        siblings = [{"rfilename": path, "size": e.size, "blobId": e.oid, **e.lfs_info("sha256")}
-                    for path, e in sorted(commit.files.items())]
-        return Response.json({"id": req.repo_id, "author": req.params["ns"], "sha": commit.oid, "private": repo.private,
-                              "lastModified": commit.date, "createdAt": repo.created, "tags": [],
-                              "siblings": siblings})
+        siblings = [
+            {"rfilename": path, "size": e.size, "blobId": e.oid, **e.lfs_info("sha256")}
+            for path, e in sorted(commit.files.items())
+        ]
+        return Response.json(
+            {
+                "id": req.repo_id,
+                "author": req.params["ns"],
+                "sha": commit.oid,
+                "private": repo.private,
+                "lastModified": commit.date,
+                "createdAt": repo.created,
+                "tags": [],
+                "siblings": siblings,
+            }
+        )
 
     def tree(self, req: Request) -> Response:
         """Every file under ``path`` (a recursive listing; the repos of our tests have no folders)."""
         commit = self._commit_at(self._readable(req), req.params["rev"])
         prefix = (req.params.get("path") or "").strip("/")
-        files = [{"type": "file", "path": path, "oid": e.oid, "size": e.size, **e.lfs_info("oid")}
-                 for path, e in sorted(commit.files.items()) if not prefix or path.startswith(prefix + "/")]
+        files = [
+            {"type": "file", "path": path, "oid": e.oid, "size": e.size, **e.lfs_info("oid")}
+            for path, e in sorted(commit.files.items())
+            if not prefix or path.startswith(prefix + "/")
+        ]
         return Response.json(files)
 
     def refs(self, req: Request) -> Response:
-        branches = [{"name": name, "ref": f"refs/heads/{name}", "targetCommit": oid}
-                    for name, oid in sorted(self._readable(req).refs.items())]
+        branches = [
+            {"name": name, "ref": f"refs/heads/{name}", "targetCommit": oid}
+            for name, oid in sorted(self._readable(req).refs.items())
+        ]
         return Response.json({"branches": branches, "tags": [], "converts": [], "pullRequests": []})
 
     def commits(self, req: Request) -> Response:
@@ -258,8 +274,15 @@ class HubApp:
         commit: Commit | None = self._commit_at(repo, req.params["rev"])
         history = []
         while commit is not None:
-            history.append({"id": commit.oid, "title": commit.title, "message": "", "date": commit.date,
-                            "authors": [{"user": commit.author}]})
+            history.append(
+                {
+                    "id": commit.oid,
+                    "title": commit.title,
+                    "message": "",
+                    "date": commit.date,
+                    "authors": [{"user": commit.author}],
+                }
+            )
             commit = repo.commits.get(commit.parent) if commit.parent else None
         return Response.json(history)
 
@@ -278,7 +301,9 @@ class HubApp:
         match = re.fullmatch(r"bytes=(\d+)-(\d*)", req.range or "")
         if match:  # one byte range, as huggingface_hub and range readers ask for
             start, end = int(match[1]), min(int(match[2] or len(data) - 1), len(data) - 1)
-            return Response(206, data[start:end + 1], {**headers, "Content-Range": f"bytes {start}-{end}/{len(data)}"})
+            return Response(
+                206, data[start : end + 1], {**headers, "Content-Range": f"bytes {start}-{end}/{len(data)}"}
+            )
         return Response(200, data, headers)
 
     # -- writing --------------------------------------------------------------------------------------------------
@@ -296,8 +321,14 @@ class HubApp:
         for item in req.json().get("files", []):
             current = files.get(item["path"])
             remote = None if current is None else (current.sha256 if current.lfs else current.oid)
-            answers.append({"path": item["path"], "uploadMode": "lfs" if _is_lfs(item["path"]) else "regular",
-                            "shouldIgnore": False, "oid": remote})
+            answers.append(
+                {
+                    "path": item["path"],
+                    "uploadMode": "lfs" if _is_lfs(item["path"]) else "regular",
+                    "shouldIgnore": False,
+                    "oid": remote,
+                }
+            )
         return Response.json({"files": answers})
 
     def commit(self, req: Request) -> Response:
@@ -501,8 +532,9 @@ class LocalHub:
 
     def count(self, route: str, method: str | None = None, status: int | None = None) -> int:
         """How many logged requests hit ``route`` (optionally with this method and answered status)."""
-        return sum(1 for r in self.requests
-                   if r.route == route and method in (None, r.method) and status in (None, r.status))
+        return sum(
+            1 for r in self.requests if r.route == route and method in (None, r.method) and status in (None, r.status)
+        )
 
     def clear_log(self) -> None:
         with self._lock:

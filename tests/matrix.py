@@ -50,8 +50,9 @@ class Matrix:
         if key not in self._adapters:
             pair = self.pairs[dtype]
             out = self.root / dtype / f"{method}-{which}"
-            self._adapters[key] = prune(pair.base, pair.finetunes[which], out, method=method, rate=RATE,
-                                        progress=False)[0].directory
+            self._adapters[key] = prune(
+                pair.base, pair.finetunes[which], out, method=method, rate=RATE, progress=False
+            )[0].directory
         return self._adapters[key]
 
 
@@ -73,8 +74,9 @@ def reference_deltas(pair: Pair, which: int, method: str) -> dict[str, torch.Ten
     return out
 
 
-def reference_weights(pair: Pair, deltas: list[dict[str, torch.Tensor]],
-                      weights: list[float] | None = None) -> dict[str, torch.Tensor]:
+def reference_weights(
+    pair: Pair, deltas: list[dict[str, torch.Tensor]], weights: list[float] | None = None
+) -> dict[str, torch.Tensor]:
     """``cast(W_B.float() + Σ w_i·δ_i)``, accumulated in fp32 in adapter order (docs/algorithms.md §13)."""
     weights = [1.0] * len(deltas) if weights is None else weights
     out = {}
@@ -99,8 +101,11 @@ def assert_same_weights(actual: dict[str, torch.Tensor], expected: dict[str, tor
 
 def weights_of(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """A copy of the model's own weights (names as in the checkpoint, inside an adapter-wrapped model too)."""
-    return {name.replace(".base_layer", ""): tensor.detach().clone() for name, tensor in model.state_dict().items()
-            if ".sparse_delta." not in name}
+    return {
+        name.replace(".base_layer", ""): tensor.detach().clone()
+        for name, tensor in model.state_dict().items()
+        if ".sparse_delta." not in name
+    }
 
 
 def check_peft_round_trip(method: str, pair: Pair, adapter: Path, other: Path) -> None:
@@ -134,8 +139,9 @@ def check_merge_paths(method: str, pair: Pair, adapter: Path, out: Path) -> None
     assert_same_weights(weights_of(peft), expected, "merge_and_unload")
     in_memory = load_merged(pair.base, [adapter], dtype=pair.dtype, progress=False)
     assert_same_weights(weights_of(in_memory), expected, "load_merged")
-    assert_same_weights(load_weights(merge_to_folder(pair.base, [adapter], out, progress=False)), expected,
-                         "merge_to_folder")
+    assert_same_weights(
+        load_weights(merge_to_folder(pair.base, [adapter], out, progress=False)), expected, "merge_to_folder"
+    )
 
 
 def check_method(method: str, matrix: Matrix) -> None:

@@ -83,8 +83,10 @@ def test_fresh_process_loads_with_stock_peft_entry_points(magnitude_adapter, lla
 
 def test_several_adapters_active_and_merged(tmp_path, llama_pair, llama_finetunes):
     base, _ = llama_pair
-    dirs = [prune(base, ft, tmp_path / f"a{i}", method="magnitude", rate=0.8, progress=False)[0].directory
-            for i, ft in enumerate(llama_finetunes)]
+    dirs = [
+        prune(base, ft, tmp_path / f"a{i}", method="magnitude", rate=0.8, progress=False)[0].directory
+        for i, ft in enumerate(llama_finetunes)
+    ]
     weights = magnitude_merged_weights(base, llama_finetunes[0], 0.2)
     weights = magnitude_merged_weights(base, llama_finetunes[1], 0.2, start=weights)
     expected = logits_with(base, weights)
@@ -103,8 +105,10 @@ def test_several_adapters_active_and_merged(tmp_path, llama_pair, llama_finetune
 
 def test_weighted_merge(tmp_path, llama_pair, llama_finetunes):
     base, _ = llama_pair
-    dirs = [prune(base, ft, tmp_path / f"a{i}", method="magnitude", rate=0.5, progress=False)[0].directory
-            for i, ft in enumerate(llama_finetunes)]
+    dirs = [
+        prune(base, ft, tmp_path / f"a{i}", method="magnitude", rate=0.5, progress=False)[0].directory
+        for i, ft in enumerate(llama_finetunes)
+    ]
     weights = magnitude_merged_weights(base, llama_finetunes[0], 0.5, weight=0.3)
     weights = magnitude_merged_weights(base, llama_finetunes[1], 0.5, weight=0.7, start=weights)
     merged = load_merged(base, dirs, weights=[0.3, 0.7], progress=False)
@@ -121,8 +125,14 @@ def test_merge_folder_copies_model_files(tmp_path, magnitude_adapter, llama_pair
     finally:
         (base / "tokenizer_config.json").unlink()
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["README.md", "config.json", "dppa_merge.json", "generation_config.json", "model.safetensors",
-                     "tokenizer_config.json"]
+    assert names == [
+        "README.md",
+        "config.json",
+        "dppa_merge.json",
+        "generation_config.json",
+        "model.safetensors",
+        "tokenizer_config.json",
+    ]
 
 
 def test_wrong_base_is_a_clear_error(tmp_path, magnitude_adapter):
@@ -188,7 +198,8 @@ def test_added_vocabulary_roundtrip(tmp_path, llama_pair):
     assert torch.allclose(merged.lm_head.weight, target["lm_head.weight"])
     # PEFT's own save adds the whole embeddings of a grown vocabulary (its rule) unless told not to
     PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), str(adapter.directory)).save_pretrained(
-        tmp_path / "peft_saved", save_embedding_layers=False)
+        tmp_path / "peft_saved", save_embedding_layers=False
+    )
     assert load_weights(tmp_path / "peft_saved").keys() == load_weights(adapter.directory).keys()
     folder = merge_to_folder(base, [adapter.directory], tmp_path / "m", progress=False)
     assert json.loads((folder / "config.json").read_text())["vocab_size"] == 140
@@ -206,5 +217,5 @@ def test_two_pass_methods_keep_the_top_entries_of_the_true_delta(tmp_path, llama
         sparse = adapter.sparse_tensor(name)
         assert torch.equal(sparse.values, delta[sparse.indices]), name
         if record["pruned"]:
-            top = torch.sort(delta.abs(), descending=True, stable=True).indices[:sparse.nnz].sort().values
+            top = torch.sort(delta.abs(), descending=True, stable=True).indices[: sparse.nnz].sort().values
             assert torch.equal(sparse.indices, top), name

@@ -15,7 +15,11 @@ from dppa_peft.amplify.factors import amplification_record, effective_factors
 from dppa_peft.amplify.objectives import KLObjective, TaskRatioObjective, read_texts
 from dppa_peft.evaluation.runner import Evaluator
 from dppa_peft.amplify.partitions import (
-    Partitions, adapter_partitions, check_partition_rates, default_partition_rates, partition_ids,
+    Partitions,
+    adapter_partitions,
+    check_partition_rates,
+    default_partition_rates,
+    partition_ids,
 )
 from dppa_peft.amplify.search import calls_for_tolerance, search_factors
 from dppa_peft.cli import main
@@ -67,6 +71,7 @@ def partition_reference(base, ft, densities, factors, unpruned=1.0):
 
 # partitions -------------------------------------------------------------------------------------------------------
 
+
 def test_default_partition_rates_and_validation():
     assert default_partition_rates(0.9) == [0.9]
     assert default_partition_rates(0.8) == [0.9, 0.8]
@@ -111,8 +116,9 @@ def test_partitions_derived_from_stored_values_match_pruning_time(tmp_path, llam
 
 def test_dare_partitions_follow_the_nested_masks(tmp_path, llama_pair):
     base, ft = llama_pair
-    stored = prune(base, ft, tmp_path / "stored", method="dare", rate=0.8, seed=5, partition_rates=[0.9, 0.8],
-                   progress=False)[0]
+    stored = prune(
+        base, ft, tmp_path / "stored", method="dare", rate=0.8, seed=5, partition_rates=[0.9, 0.8], progress=False
+    )[0]
     plain = prune(base, ft, tmp_path / "plain", method="dare", rate=0.8, seed=5, progress=False)[0]
     derived = adapter_partitions(plain)
     name = "model.layers.1.mlp.down_proj.weight"
@@ -126,8 +132,9 @@ def test_dare_partitions_follow_the_nested_masks(tmp_path, llama_pair):
 @pytest.mark.parametrize("method", ["ties", "owl"])
 def test_every_magnitude_ranked_method_derives_partitions_from_its_stored_values(tmp_path, llama_pair, method):
     base, ft = llama_pair
-    stored = prune(base, ft, tmp_path / "stored", method=method, rate=0.8, partition_rates=[0.9, 0.8],
-                   progress=False)[0]
+    stored = prune(base, ft, tmp_path / "stored", method=method, rate=0.8, partition_rates=[0.9, 0.8], progress=False)[
+        0
+    ]
     plain = prune(base, ft, tmp_path / "plain", method=method, rate=0.8, progress=False)[0]
     derived = adapter_partitions(plain)
     assert len(derived.ids) == 14
@@ -166,12 +173,15 @@ def _combined(raw, combine):
     return kept.to_dense().tolist()
 
 
-@pytest.mark.parametrize("raw,expected", [
-    ((1.8, 1.0), [1.62, -0.5, 0, 0, 0]),
-    ((1.8, 0.0), [1.62, 0, 0, 0, 0]),
-    ((1.0, 1.3), [1.17, -0.65, 0, 0, 0]),  # r_B > r_A: P_A takes r_B
-    ((1.5, 1.2), [1.35, -0.6, 0, 0, 0]),
-])
+@pytest.mark.parametrize(
+    "raw,expected",
+    [
+        ((1.8, 1.0), [1.62, -0.5, 0, 0, 0]),
+        ((1.8, 0.0), [1.62, 0, 0, 0, 0]),
+        ((1.0, 1.3), [1.17, -0.65, 0, 0, 0]),  # r_B > r_A: P_A takes r_B
+        ((1.5, 1.2), [1.35, -0.6, 0, 0, 0]),
+    ],
+)
 def test_max_combine_reproduces_the_released_table(raw, expected):
     assert _combined(raw, "max") == pytest.approx(expected)
 
@@ -188,6 +198,7 @@ def test_independent_combine_and_unpruned_factor():
 
 # search strategies ------------------------------------------------------------------------------------------------
 
+
 def _toy(opt_a, opt_b):
     return lambda f: 10.0 - (f[0] - opt_a) ** 2 - (f[1] - opt_b) ** 2
 
@@ -198,15 +209,24 @@ def _evaluated(result):
 
 def test_reference_loop_replays_the_released_sequence():
     result = search_factors(_toy(2.1, 1.3), 2, strategy="reference", progress=False)
-    assert _evaluated(result) == [[1.8, 0.0], [1.9, 0.0], [2.0, 0.0], [2.1, 0.0], [2.2, 0.0],
-                                  [2.1, 1.0], [2.1, 1.1], [2.1, 1.2], [2.1, 1.3], [2.1, 1.4]]
+    assert _evaluated(result) == [
+        [1.8, 0.0],
+        [1.9, 0.0],
+        [2.0, 0.0],
+        [2.1, 0.0],
+        [2.2, 0.0],
+        [2.1, 1.0],
+        [2.1, 1.1],
+        [2.1, 1.2],
+        [2.1, 1.3],
+        [2.1, 1.4],
+    ]
     assert result.factors == [2.1, 1.3] and result.settings["init"] == [1.8, 0.0]
 
 
 def test_reference_loop_quirks():
     # best carries over: the first r_B trial (1.0) must beat phase 1's best; it does not, and r_B stays 1.0
-    harmful_b = search_factors(lambda f: 10.0 - (f[0] - 2.1) ** 2 - f[1] ** 2, 2, strategy="reference",
-                               progress=False)
+    harmful_b = search_factors(lambda f: 10.0 - (f[0] - 2.1) ** 2 - f[1] ** 2, 2, strategy="reference", progress=False)
     assert _evaluated(harmful_b)[-1] == [2.1, 1.0] and harmful_b.calls == 6
     assert harmful_b.factors == [2.1, 1.0] and harmful_b.score == 9.0
     assert harmful_b.best.factors == [2.1, 0.0]  # the final factors are not the best evaluated ones
@@ -214,8 +234,13 @@ def test_reference_loop_quirks():
     below = search_factors(_toy(1.2, 1.0), 2, strategy="reference", progress=False)
     assert _evaluated(below) == [[1.8, 0.0], [1.9, 0.0], [1.8, 1.0], [1.8, 1.1]] and below.factors == [1.8, 1.0]
     # a failed factor <= 1 does not step back: the final model is built with the failed trial
-    low = search_factors(lambda f: 10.0 - (f[0] - 0.5) ** 2 - f[1] ** 2, 2, strategy="reference",
-                         reference_init=[0.5, 0.0], progress=False)
+    low = search_factors(
+        lambda f: 10.0 - (f[0] - 0.5) ** 2 - f[1] ** 2,
+        2,
+        strategy="reference",
+        reference_init=[0.5, 0.0],
+        progress=False,
+    )
     assert _evaluated(low) == [[0.5, 0.0], [0.6, 0.0], [0.6, 1.0]] and low.factors == [0.6, 1.0]
     # Method 2 starts the later partition at 1 (then 1.1 when its turn comes)
     method2 = search_factors(_toy(2.0, 1.0), 2, strategy="reference", dpa_method=2, progress=False)
@@ -248,6 +273,7 @@ def test_default_search_never_worse_than_baseline_and_flags_bounds():
 
 # objectives and in-place candidates -------------------------------------------------------------------------------
 
+
 def test_read_texts(tmp_path):
     (tmp_path / "a.txt").write_text("one\n\ntwo\n")
     assert read_texts(tmp_path / "a.txt") == ["one", "two"]
@@ -260,8 +286,9 @@ def test_kl_objective_and_amplification_of_a_90_percent_pruned_delta(tmp_path, l
     base, ft = llama_pair
     tokenizer_dir, calib = calibration
     dense = AutoModelForCausalLM.from_pretrained(ft).eval()
-    objective = KLObjective(dense, AutoTokenizer.from_pretrained(tokenizer_dir), read_texts(calib),
-                            continuation_tokens=4, source=str(calib))
+    objective = KLObjective(
+        dense, AutoTokenizer.from_pretrained(tokenizer_dir), read_texts(calib), continuation_tokens=4, source=str(calib)
+    )
     assert objective.describe()["texts"] == 5 and objective.positions > 5 * 4
     assert abs(objective(AutoModelForCausalLM.from_pretrained(ft).eval())) <= 1e-6
     full = prune(base, ft, tmp_path / "full", method="magnitude", rate=0.0, progress=False)[0]
@@ -277,12 +304,14 @@ def test_kl_objective_and_amplification_of_a_90_percent_pruned_delta(tmp_path, l
 def test_in_place_candidates_equal_reloading_the_adapter(tmp_path, llama_pair, partitioned):
     base, _ = llama_pair
     partitions = adapter_partitions(partitioned)
-    candidate = AmplifiedModel(load_base_model(base, partitioned), partitioned, partitions, combine="max",
-                               amplify_unpruned=True)
+    candidate = AmplifiedModel(
+        load_base_model(base, partitioned), partitioned, partitions, combine="max", amplify_unpruned=True
+    )
     candidate.apply([2.5, 2.5, 2.5])
     in_place = _logits(candidate.apply([1.7, 0.6, 1.2]))  # rewrites from the kept base values, not cumulative
-    written, result = amplify(partitioned, tmp_path / "fixed", factors=[1.7, 0.6, 1.2], combine="max",
-                              amplify_unpruned=True, progress=False)
+    written, result = amplify(
+        partitioned, tmp_path / "fixed", factors=[1.7, 0.6, 1.2], combine="max", amplify_unpruned=True, progress=False
+    )
     assert result is None and written.config.amplification["factors"] == [1.7, 1.2, 1.2]
     reloaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), str(written.directory))
     assert torch.allclose(_logits(reloaded), in_place, atol=1e-6)
@@ -292,8 +321,9 @@ def test_in_place_candidates_equal_reloading_the_adapter(tmp_path, llama_pair, p
 def test_in_place_candidates_match_the_layer_in_bf16(tmp_path):
     base = make_base(tmp_path / "base", dtype=torch.bfloat16)
     ft = make_finetune(base, tmp_path / "ft", steps=2)
-    adapter = prune(base, ft, tmp_path / "a", method="magnitude", rate=0.8, partition_rates=[0.9, 0.8],
-                    progress=False)[0]
+    adapter = prune(base, ft, tmp_path / "a", method="magnitude", rate=0.8, partition_rates=[0.9, 0.8], progress=False)[
+        0
+    ]
     candidate = AmplifiedModel(load_base_model(base, adapter), adapter, adapter_partitions(adapter))
     in_place = _logits(candidate.apply([1.7, 0.6]))  # 1.7 is not a bf16 number: scaling happens in fp32
     written = amplify(adapter, tmp_path / "w", factors=[1.7, 0.6], progress=False)[0]
@@ -307,12 +337,14 @@ def test_tasks_objective_is_a_domain_ratio_against_the_dense_model(tmp_path, lla
 
     _, ft = llama_pair
     data = tmp_path / "toy.jsonl"
-    data.write_text("".join(json.dumps({"q": f"{a}+{a}=", "choices": [str(2 * a), str(a)], "answer": 0}) + "\n"
-                            for a in range(4)))
+    data.write_text(
+        "".join(json.dumps({"q": f"{a}+{a}=", "choices": [str(2 * a), str(a)], "answer": 0}) + "\n" for a in range(4))
+    )
     (tmp_path / "toy.yaml").write_text(
         f"task: toy_dev\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    validation: {data}\n"
         "validation_split: validation\noutput_type: multiple_choice\ndoc_to_text: '{{q}}'\n"
-        "doc_to_choice: '{{choices}}'\ndoc_to_target: '{{answer}}'\nmetric_list:\n  - metric: acc\n")
+        "doc_to_choice: '{{choices}}'\ndoc_to_target: '{{answer}}'\nmetric_list:\n  - metric: acc\n"
+    )
     manager = TaskManager(include_path=str(tmp_path), include_defaults=False)
     tokenizer = AutoTokenizer.from_pretrained(calibration[0])
     evaluator = Evaluator(tokenizer, manager, metric="acc", batch_size=8)
@@ -325,12 +357,22 @@ def test_tasks_objective_is_a_domain_ratio_against_the_dense_model(tmp_path, lla
 
 # API and CLI ------------------------------------------------------------------------------------------------------
 
+
 def test_dare_plus_dpa_searches_a_reduction(tmp_path, llama_pair, calibration):
     base, ft = llama_pair
     tokenizer_dir, calib = calibration
-    adapter, _, result = prune_and_amplify(base, ft, tmp_path / "dare", method="dare", rate=0.9, seed=1,
-                                           calibration=str(calib), tokenizer=str(tokenizer_dir),
-                                           continuation_tokens=2, progress=False)
+    adapter, _, result = prune_and_amplify(
+        base,
+        ft,
+        tmp_path / "dare",
+        method="dare",
+        rate=0.9,
+        seed=1,
+        calibration=str(calib),
+        tokenizer=str(tokenizer_dir),
+        continuation_tokens=2,
+        progress=False,
+    )
     search = adapter.config.amplification["search"]
     assert search["bounds"] == [0.0, 1.2] and search["calls"] == 1 + 8
     assert all(0.0 <= e["factors"][0] <= 1.2 for e in search["history"])
@@ -341,9 +383,36 @@ def test_cli_prune_amplify_end_to_end_loads_with_peft(tmp_path, llama_pair, cali
     base, ft = llama_pair
     tokenizer_dir, calib = calibration
     out = tmp_path / "dpa"
-    assert main(["prune", "--base", str(base), "--finetuned", str(ft), "--method", "magnitude", "--amplify",
-                 "--rate", "0.8", "--objective", "kl", "--calibration", str(calib), "--tokenizer", str(tokenizer_dir),
-                 "--continuation-tokens", "2", "--combine", "max", "--amplify-unpruned", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "prune",
+                "--base",
+                str(base),
+                "--finetuned",
+                str(ft),
+                "--method",
+                "magnitude",
+                "--amplify",
+                "--rate",
+                "0.8",
+                "--objective",
+                "kl",
+                "--calibration",
+                str(calib),
+                "--tokenizer",
+                str(tokenizer_dir),
+                "--continuation-tokens",
+                "2",
+                "--combine",
+                "max",
+                "--amplify-unpruned",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "default search, DPA method 1, 21 objective calls" in printed and "call  21" in printed
     config = json.loads((out / "adapter_config.json").read_text())
@@ -363,9 +432,27 @@ def test_cli_amplify_an_existing_adapter_with_the_reference_loop(tmp_path, llama
     base, ft = llama_pair
     tokenizer_dir, calib = calibration
     plain = prune(base, ft, tmp_path / "plain", method="magnitude", rate=0.8, progress=False)[0]
-    assert main(["amplify", str(plain.directory), "--finetuned", str(ft), "--calibration", str(calib),
-                 "--tokenizer", str(tokenizer_dir), "--continuation-tokens", "2", "--search", "reference",
-                 "--dpa-method", "2"]) == 0
+    assert (
+        main(
+            [
+                "amplify",
+                str(plain.directory),
+                "--finetuned",
+                str(ft),
+                "--calibration",
+                str(calib),
+                "--tokenizer",
+                str(tokenizer_dir),
+                "--continuation-tokens",
+                "2",
+                "--search",
+                "reference",
+                "--dpa-method",
+                "2",
+            ]
+        )
+        == 0
+    )
     assert "reference search, DPA method 2" in capsys.readouterr().out
     written = SparseDeltaAdapter(tmp_path / "plain-dpa")
     block = written.config.amplification
@@ -374,8 +461,24 @@ def test_cli_amplify_an_existing_adapter_with_the_reference_loop(tmp_path, llama
     expected = partition_reference(base, ft, [0.1, 0.2], raw)
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), str(written.directory))
     assert torch.allclose(_logits(model), logits_with(base, expected), atol=1e-5)
-    assert main(["prune", "--base", str(base), "--finetuned", str(ft), "--method", "magnitude", "--tol", "0.1",
-                 "--out", str(tmp_path / "x")]) == 2
+    assert (
+        main(
+            [
+                "prune",
+                "--base",
+                str(base),
+                "--finetuned",
+                str(ft),
+                "--method",
+                "magnitude",
+                "--tol",
+                "0.1",
+                "--out",
+                str(tmp_path / "x"),
+            ]
+        )
+        == 2
+    )
     assert "--tol apply only to DPA: add --amplify" in capsys.readouterr().err
     with pytest.raises(ValueError, match="bounds apply to the default search"):
         amplify(plain, tmp_path / "y", search="reference", bounds=[0.5, 2.0], progress=False)
@@ -386,9 +489,30 @@ def test_method_dppa_is_dp_then_dpa(tmp_path, llama_pair, calibration):
         pytest.skip("the dp method is not registered on this branch yet")
     base, ft = llama_pair
     tokenizer_dir, calib = calibration
-    assert main(["prune", "--base", str(base), "--finetuned", str(ft), "--method", "dppa", "--rate", "0.8",
-                 "--calibration", str(calib), "--tokenizer", str(tokenizer_dir), "--continuation-tokens", "2",
-                 "--out", str(tmp_path / "dppa")]) == 0
+    assert (
+        main(
+            [
+                "prune",
+                "--base",
+                str(base),
+                "--finetuned",
+                str(ft),
+                "--method",
+                "dppa",
+                "--rate",
+                "0.8",
+                "--calibration",
+                str(calib),
+                "--tokenizer",
+                str(tokenizer_dir),
+                "--continuation-tokens",
+                "2",
+                "--out",
+                str(tmp_path / "dppa"),
+            ]
+        )
+        == 0
+    )
     config = json.loads((tmp_path / "dppa" / "adapter_config.json").read_text())
     assert config["method"]["name"] == "dp" and config["amplification"]["search"]["calls"] == 21
     assert create_method("dp", 0.8).nested

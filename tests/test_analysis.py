@@ -50,8 +50,11 @@ def test_tensor_quantiles_above_2_pow_24() -> None:
 
 def model_stream(seed: int = 0) -> list[torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    return [torch.randn(300, 200, generator=g) * 1e-3, torch.randn(5000, generator=g) ** 3 * 1e-2,
-            torch.rand(1000, generator=g) - 0.2]
+    return [
+        torch.randn(300, 200, generator=g) * 1e-3,
+        torch.randn(5000, generator=g) ** 3 * 1e-2,
+        torch.rand(1000, generator=g) - 0.2,
+    ]
 
 
 def test_streaming_quantiles_within_bound_and_order_free() -> None:
@@ -76,8 +79,10 @@ def test_streaming_quantiles_within_bound_and_order_free() -> None:
 
 def test_streaming_quantiles_exact_on_bf16_values() -> None:
     g = torch.Generator().manual_seed(1)
-    stream = [(torch.randn(4000, generator=g) * 1e-3).bfloat16().float() * (torch.rand(4000, generator=g) > 0.3)
-              for _ in range(3)]
+    stream = [
+        (torch.randn(4000, generator=g) * 1e-3).bfloat16().float() * (torch.rand(4000, generator=g) > 0.3)
+        for _ in range(3)
+    ]
     histogram = StreamingQuantiles()
     for t in stream:
         histogram.update(t)
@@ -86,25 +91,58 @@ def test_streaming_quantiles_exact_on_bf16_values() -> None:
 
 
 def test_delta_statistics_rows() -> None:
-    items = [(info(0, Q), torch.tensor([[0.5, -1.0], [0.25, 0.0]])),
-             (TensorInfo("lm_head.weight", (1, 2)), torch.full((1, 2), 9.0)),
-             (info(1, UP), torch.tensor([[2.0, -0.5], [0.125, 1.0]]))]
+    items = [
+        (info(0, Q), torch.tensor([[0.5, -1.0], [0.25, 0.0]])),
+        (TensorInfo("lm_head.weight", (1, 2)), torch.full((1, 2), 9.0)),
+        (info(1, UP), torch.tensor([[2.0, -0.5], [0.125, 1.0]])),
+    ]
     rows, model = delta_statistics(iter(items))
     assert [r.name for r in rows] == [items[0][0].name, items[2][0].name]
     assert rows[0].values == (-1.0, -1.0, -1.0, -1.0, 0.0, 0.0, 0.0, 0.25, 0.25, 0.25, 0.5)
     assert model.numel == 8 and not model.exact
     assert model.values == (-1.0, -1.0, -0.5, 0.0, 0.0, 0.125, 0.25, 0.25, 0.5, 1.0, 2.0)
     table = format_statistics_table(rows + [model]).splitlines()
-    assert table[0].split() == ["tensor", "numel", "min", "10%", "20%", "30%", "40%", "50%", "60%", "70%", "80%",
-                                "90%", "max"]
-    assert table[3].split() == ["~all", "in-scope", "8", "-1", "-1", "-0.5", "0", "0", "0.125", "0.25", "0.25",
-                                "0.5", "1", "2"]
+    assert table[0].split() == [
+        "tensor",
+        "numel",
+        "min",
+        "10%",
+        "20%",
+        "30%",
+        "40%",
+        "50%",
+        "60%",
+        "70%",
+        "80%",
+        "90%",
+        "max",
+    ]
+    assert table[3].split() == [
+        "~all",
+        "in-scope",
+        "8",
+        "-1",
+        "-1",
+        "-0.5",
+        "0",
+        "0",
+        "0.125",
+        "0.25",
+        "0.25",
+        "0.5",
+        "1",
+        "2",
+    ]
     with pytest.raises(ValueError, match="no in-scope delta"):
         delta_statistics([items[1]])
 
 
-PLANS = [(info(0, Q), DensityPlan(0.18, 0.18)), (info(0, UP), DensityPlan(0.0, -0.02)),
-         (info(1, Q), DensityPlan(0.1, 0.1)), (TensorInfo("model.embed_tokens.weight", (3, 2)), DensityPlan(1, 1))]
+PLANS = [
+    (info(0, Q), DensityPlan(0.18, 0.18)),
+    (info(0, UP), DensityPlan(0.0, -0.02)),
+    (info(1, Q), DensityPlan(0.1, 0.1)),
+    (TensorInfo("model.embed_tokens.weight", (3, 2)), DensityPlan(1, 1)),
+]
 
 
 def test_density_table_from_plans() -> None:
@@ -114,7 +152,8 @@ def test_density_table_from_plans() -> None:
         "block mlp.up_proj self_attn.q_proj\n"
         "    0     0.0000*           0.1800\n"
         "    1           -           0.1000\n"
-        "* planned density outside [0, 1], clipped")
+        "* planned density outside [0, 1], clipped"
+    )
 
 
 def test_density_grid_from_config_matches_plans() -> None:
@@ -140,8 +179,9 @@ def test_density_heatmap(tmp_path) -> None:
 def test_heatmap_shows_values_and_marks_clipped_cells(tmp_path):
     from dppa_peft.analysis import DensityGrid, density_heatmap
 
-    grid = DensityGrid((0, 1), ("k", "q"), {(0, "k"): 0.1, (0, "q"): 0.1, (1, "k"): 0.12, (1, "q"): 0.0},
-                       frozenset({(1, "q")}))
+    grid = DensityGrid(
+        (0, 1), ("k", "q"), {(0, "k"): 0.1, (0, "q"): 0.1, (1, "k"): 0.12, (1, "q"): 0.0}, frozenset({(1, "q")})
+    )
     figure = density_heatmap(grid, tmp_path / "h.png")
     axes = figure.axes[0]
     assert sorted(t.get_text() for t in axes.texts) == ["0.000*", "0.100", "0.100", "0.120"]

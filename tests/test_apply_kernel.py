@@ -27,9 +27,13 @@ SCALARS = [1.7, 0.6]  # 1.7 is not a bf16 number: it must be applied in fp32
 
 def test_effective_values_apply_partition_then_row_factors() -> None:
     # a 3x4 tensor, kept entries at flat 1 (row 0), 6 (row 1), 11 (row 2); partitions 0, 1, 0
-    encoded = EncodedTensor("gaps", (3, 4), torch.tensor([1.0, -2.0, 4.0]).bfloat16(),
-                            partition=torch.tensor([0, 1, 0], dtype=torch.uint8),
-                            factors=torch.tensor([[1.0, 2.0, 0.5], [3.0, 0.25, 1.0]]))
+    encoded = EncodedTensor(
+        "gaps",
+        (3, 4),
+        torch.tensor([1.0, -2.0, 4.0]).bfloat16(),
+        partition=torch.tensor([0, 1, 0], dtype=torch.uint8),
+        factors=torch.tensor([[1.0, 2.0, 0.5], [3.0, 0.25, 1.0]]),
+    )
     indices = torch.tensor([1, 6, 11])
     assert row_of(indices, (3, 4)).tolist() == [0, 1, 2]
     values = effective_values(encoded, [2.0, 10.0], indices=indices)
@@ -57,12 +61,16 @@ def amplified(request, tmp_path_factory) -> tuple:
     root = tmp_path_factory.mktemp(f"kernel_{str(dtype).split('.')[-1]}")
     base = make_base(root / "base", layers=1, dtype=dtype)
     ft = make_finetune(base, root / "ft", steps=3)
-    pruned, _ = prune(base, ft, root / "pruned", method="magnitude", rate=0.8, partition_rates=[0.9, 0.8],
-                      progress=False)
+    pruned, _ = prune(
+        base, ft, root / "pruned", method="magnitude", rate=0.8, partition_rates=[0.9, 0.8], progress=False
+    )
     partitions = adapter_partitions(pruned, [0.9, 0.8])
     generator = torch.Generator().manual_seed(0)
-    rows = {name: 0.5 + torch.rand(2, record["shape"][0], generator=generator)
-            for name, record in pruned.config.tensors.items() if record["pruned"]}
+    rows = {
+        name: 0.5 + torch.rand(2, record["shape"][0], generator=generator)
+        for name, record in pruned.config.tensors.items()
+        if record["pruned"]
+    }
     (root / "amplified").mkdir()
     write_amplified(pruned, root / "amplified", partitions, amplification_record([0.9, 0.8], SCALARS), {}, rows)
     return base, dtype, SparseDeltaAdapter(root / "amplified"), root
@@ -105,13 +113,17 @@ def test_every_path_gives_the_same_bits(amplified) -> None:
     merge_to_folder(base, [adapter], root / "merged", progress=False)
     _assert_same_bits(load_weights(root / "merged"), reference, "merge_to_folder")
 
-    candidate = AmplifiedModel(AutoModelForCausalLM.from_pretrained(base, dtype=dtype), adapter,
-                               adapter_partitions(adapter, [0.9, 0.8]))
+    candidate = AmplifiedModel(
+        AutoModelForCausalLM.from_pretrained(base, dtype=dtype), adapter, adapter_partitions(adapter, [0.9, 0.8])
+    )
     _assert_same_bits(_state(candidate.apply(SCALARS)), reference, "DPA candidate")
 
     export = export_supertuning(adapter, root / "export", base=base, progress=False, overwrite=True)
-    stock = _state(PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=dtype),
-                                             str(root / "export")).merge_and_unload())
+    stock = _state(
+        PeftModel.from_pretrained(
+            AutoModelForCausalLM.from_pretrained(base, dtype=dtype), str(root / "export")
+        ).merge_and_unload()
+    )
     if dtype == torch.float32:
         assert export.inexact == 0
         _assert_same_bits(stock, reference, "SUPERTUNING export")
@@ -131,8 +143,10 @@ def test_unmerge_restores_the_base_exactly(amplified) -> None:
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=dtype), str(adapter.directory))
     before = _state(model.get_base_model())
     model.merge_adapter()
-    assert not torch.equal(model.get_base_model().state_dict()["model.layers.0.mlp.up_proj.base_layer.weight"],
-                           before["model.layers.0.mlp.up_proj.base_layer.weight"])
+    assert not torch.equal(
+        model.get_base_model().state_dict()["model.layers.0.mlp.up_proj.base_layer.weight"],
+        before["model.layers.0.mlp.up_proj.base_layer.weight"],
+    )
     model.unmerge_adapter()
     _assert_same_bits(_state(model.get_base_model()), before, "unmerge")
 

@@ -24,16 +24,37 @@ def test_every_option_of_every_subcommand_has_help():
 
 
 def test_help_runs_as_a_program():
-    out = subprocess.run([sys.executable, "-m", "dppa_peft", "prune", "--help"], cwd=REPO_ROOT,
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "dppa_peft", "prune", "--help"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     for flag in ("--base", "--finetuned", "--method", "--rate", "--out", "--seed", "--tie-mode", "--outside-scope"):
         assert flag in out
 
 
 def test_prune_then_merge_from_the_command_line(tmp_path, llama_pair, capsys):
     base, ft = llama_pair
-    assert main(["prune", "--base", str(base), "--finetuned", str(ft), "--method", "magnitude", "--rate", "0.9",
-                 "--out", str(tmp_path / "a")]) == 0
+    assert (
+        main(
+            [
+                "prune",
+                "--base",
+                str(base),
+                "--finetuned",
+                str(ft),
+                "--method",
+                "magnitude",
+                "--rate",
+                "0.9",
+                "--out",
+                str(tmp_path / "a"),
+            ]
+        )
+        == 0
+    )
     line = capsys.readouterr().out
     assert "kept density 0.0999" in line and "of their dense delta" in line
     assert main(["merge", "--base", str(base), "--adapter", str(tmp_path / "a"), "--out", str(tmp_path / "m")]) == 0
@@ -47,8 +68,26 @@ def test_prune_then_merge_from_the_command_line(tmp_path, llama_pair, capsys):
 def test_dare_seed_reaches_the_method(tmp_path, llama_pair):
     base, ft = llama_pair
     for seed in ("1", "2"):
-        assert main(["prune", "--base", str(base), "--finetuned", str(ft), "--method", "dare", "--rate", "0.5",
-                     "--seed", seed, "--out", str(tmp_path / seed)]) == 0
+        assert (
+            main(
+                [
+                    "prune",
+                    "--base",
+                    str(base),
+                    "--finetuned",
+                    str(ft),
+                    "--method",
+                    "dare",
+                    "--rate",
+                    "0.5",
+                    "--seed",
+                    seed,
+                    "--out",
+                    str(tmp_path / seed),
+                ]
+            )
+            == 0
+        )
     import json
 
     configs = [json.loads((tmp_path / s / "adapter_config.json").read_text()) for s in ("1", "2")]
@@ -56,12 +95,29 @@ def test_dare_seed_reaches_the_method(tmp_path, llama_pair):
     assert "dppa-peft prune" in configs[0]["provenance"]["command"]
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["prune", "--base", "/nonexistent/base", "--finetuned", "/nonexistent/ft", "--method", "magnitude",
-      "--out", "OUT"], "no such folder"),
-    (["prune", "--base", "B", "--finetuned", "F", "--method", "magnitude", "--seed", "3", "--out", "OUT"],
-     "--seed does not apply to method 'magnitude'"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (
+            [
+                "prune",
+                "--base",
+                "/nonexistent/base",
+                "--finetuned",
+                "/nonexistent/ft",
+                "--method",
+                "magnitude",
+                "--out",
+                "OUT",
+            ],
+            "no such folder",
+        ),
+        (
+            ["prune", "--base", "B", "--finetuned", "F", "--method", "magnitude", "--seed", "3", "--out", "OUT"],
+            "--seed does not apply to method 'magnitude'",
+        ),
+    ],
+)
 def test_bad_input_gets_a_clear_error(argv, message, tmp_path, capsys, llama_pair):
     argv = [str(tmp_path / "out") if a == "OUT" else a for a in argv]
     argv = [str(llama_pair[0]) if a == "B" else str(llama_pair[1]) if a == "F" else a for a in argv]
@@ -73,14 +129,46 @@ def test_bad_input_gets_a_clear_error(argv, message, tmp_path, capsys, llama_pai
 def test_inspect_pair_and_adapter(tmp_path, llama_pair, capsys):
     base, ft = llama_pair
     png = tmp_path / "plan.png"
-    assert main(["inspect", "--base", str(base), "--finetuned", str(ft), "--method", "magnitude", "--rate", "0.8",
-                 "--png", str(png)]) == 0
+    assert (
+        main(
+            [
+                "inspect",
+                "--base",
+                str(base),
+                "--finetuned",
+                str(ft),
+                "--method",
+                "magnitude",
+                "--rate",
+                "0.8",
+                "--png",
+                str(png),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "~all in-scope" in out and "self_attn.q_proj" in out
     assert out.count("0.2000") == 14  # 2 blocks x 7 modules at uniform density 0.2
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert main(["prune", "--base", str(base), "--finetuned", str(ft), "--method", "magnitude", "--rate", "0.8",
-                 "--out", str(tmp_path / "a")]) == 0
+    assert (
+        main(
+            [
+                "prune",
+                "--base",
+                str(base),
+                "--finetuned",
+                str(ft),
+                "--method",
+                "magnitude",
+                "--rate",
+                "0.8",
+                "--out",
+                str(tmp_path / "a"),
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     assert main(["inspect", str(tmp_path / "a")]) == 0
     table = capsys.readouterr().out

@@ -19,8 +19,9 @@ print(json.dumps(loaded), file=sys.stderr)
 
 
 def _loaded(*argv: str) -> dict[str, str]:
-    out = subprocess.run([sys.executable, "-c", PROBE, *argv], cwd=REPO_ROOT, capture_output=True, text=True,
-                         check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE, *argv], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+    )
     return json.loads(out.stderr.strip().splitlines()[-1])
 
 
@@ -34,8 +35,9 @@ def test_help_imports_no_heavy_library():
 def test_a_typo_fails_before_any_work(capsys):
     from dppa_peft.cli import main
 
-    assert main(["prune", "--base", "B", "--finetuned", "F", "--out", "O", "--method", "dp", "--dp-variant",
-                 "papr"]) == 2
+    assert (
+        main(["prune", "--base", "B", "--finetuned", "F", "--out", "O", "--method", "dp", "--dp-variant", "papr"]) == 2
+    )
     assert "dp_variant" in capsys.readouterr().err
 
 

@@ -31,13 +31,16 @@ def test_trim_vectors() -> None:
         close(actual, expected)
 
 
-@pytest.mark.parametrize(("weights", "options", "expected"), [
-    ([1, 1, 1], {}, [0.5, -0.4, -0.3, 0.2, -0.3]),
-    ([1, 1, 1], {"semantics": "peft"}, [0.5, -0.4, -0.3, 0.2, -0.3]),
-    ([1, 1, 1], {"consensus": "count"}, [0.5, -0.4, 0.2, 0.2, -0.3]),
-    ([1, 0.5, 2], {"semantics": "peft"}, [0.5, -0.7, -0.6, 0.4, -0.3]),
-    ([1, 0.5, 2], {}, [0.5, -0.466667, -0.3, 0.2, -0.3]),
-])
+@pytest.mark.parametrize(
+    ("weights", "options", "expected"),
+    [
+        ([1, 1, 1], {}, [0.5, -0.4, -0.3, 0.2, -0.3]),
+        ([1, 1, 1], {"semantics": "peft"}, [0.5, -0.4, -0.3, 0.2, -0.3]),
+        ([1, 1, 1], {"consensus": "count"}, [0.5, -0.4, 0.2, 0.2, -0.3]),
+        ([1, 0.5, 2], {"semantics": "peft"}, [0.5, -0.7, -0.6, 0.4, -0.3]),
+        ([1, 0.5, 2], {}, [0.5, -0.466667, -0.3, 0.2, -0.3]),
+    ],
+)
 def test_ties_vectors(weights: list[float], options: dict, expected: list[float]) -> None:
     close(combine("ties", [torch.tensor(t) for t in TRIMMED], weights, **options), expected)
 
@@ -78,8 +81,9 @@ def test_ties_matches_peft(seed: int, consensus: str, peft_method: str) -> None:
 @pytest.mark.parametrize("weights", [[1.0, 1.0, 1.0], [0.7, -1.3, 0.4]])
 def test_sum_matches_peft_task_arithmetic(weights: list[float]) -> None:
     deltas = random_deltas(2, shape=(4, 3, 5))
-    torch.testing.assert_close(combine("sum", deltas, weights),
-                               merge_utils.task_arithmetic(deltas, torch.tensor(weights)))
+    torch.testing.assert_close(
+        combine("sum", deltas, weights), merge_utils.task_arithmetic(deltas, torch.tensor(weights))
+    )
 
 
 def test_inputs_are_checked() -> None:

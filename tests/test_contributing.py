@@ -57,8 +57,24 @@ def test_documented_method_passes_the_common_matrix(documented_method: dict, mat
 
 def test_documented_method_from_the_cli(documented_method: dict, matrix: Matrix, tmp_path: Path) -> None:
     pair = matrix.pairs["fp32"]
-    assert main(["prune", "--base", str(pair.base), "--finetuned", str(pair.finetunes[0]), "--method", NAME,
-                 "--rate", "0.75", "--out", str(tmp_path / "a")]) == 0
+    assert (
+        main(
+            [
+                "prune",
+                "--base",
+                str(pair.base),
+                "--finetuned",
+                str(pair.finetunes[0]),
+                "--method",
+                NAME,
+                "--rate",
+                "0.75",
+                "--out",
+                str(tmp_path / "a"),
+            ]
+        )
+        == 0
+    )
     config = json.loads((tmp_path / "a" / "adapter_config.json").read_text())
     assert config["method"]["name"] == NAME
     q = config["tensors"]["model.layers.0.self_attn.q_proj.weight"]
@@ -82,8 +98,9 @@ def documented_mode() -> Iterator[dict]:
         MERGE_MODES.pop(MODE, None)
 
 
-def test_documented_merge_mode_its_test_the_matrix_and_the_cli(documented_mode: dict, matrix: Matrix,
-                                                                 tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_documented_merge_mode_its_test_the_matrix_and_the_cli(
+    documented_mode: dict, matrix: Matrix, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     from dppa_peft.merge import MERGE_MODES
     from tests.test_matrix import test_merge_mode_paths_bit_identical
 
@@ -95,7 +112,27 @@ def test_documented_merge_mode_its_test_the_matrix_and_the_cli(documented_mode: 
         test_merge_mode_paths_bit_identical(MODE, dtype, matrix, tmp_path / dtype)
     pair = matrix.pairs["fp32"]
     adapters = [str(matrix.adapter("magnitude", "fp32", which)) for which in (0, 1)]
-    assert main(["merge", "--base", str(pair.base), "--adapter", adapters[0], "--adapter", adapters[1], "--mode", MODE,
-                 "--density", "0.5", "--gamma", "0.1", "--out-adapter", str(tmp_path / "m")]) == 0
+    assert (
+        main(
+            [
+                "merge",
+                "--base",
+                str(pair.base),
+                "--adapter",
+                adapters[0],
+                "--adapter",
+                adapters[1],
+                "--mode",
+                MODE,
+                "--density",
+                "0.5",
+                "--gamma",
+                "0.1",
+                "--out-adapter",
+                str(tmp_path / "m"),
+            ]
+        )
+        == 0
+    )
     record = json.loads((tmp_path / "m" / "adapter_config.json").read_text())["merge"]
     assert record["mode"] == MODE and record["params"]["gamma"] == 0.1

@@ -42,7 +42,9 @@ def test_different_tensor_names_are_listed(tmp_path):
 def test_shape_mismatch_outside_vocabulary_is_an_error(tmp_path):
     name = "model.layers.0.mlp.up_proj.weight"
     with pytest.raises(CheckpointMismatchError, match="only embedding/lm_head rows may grow"):
-        DeltaPair(_folder(tmp_path / "b", {name: torch.zeros(2, 2)}), _folder(tmp_path / "f", {name: torch.zeros(3, 2)}))
+        DeltaPair(
+            _folder(tmp_path / "b", {name: torch.zeros(2, 2)}), _folder(tmp_path / "f", {name: torch.zeros(3, 2)})
+        )
 
 
 def test_added_vocabulary_rows_are_stored_whole(tmp_path):

@@ -26,20 +26,35 @@ def zoo(zoo_cache):
 
 
 def test_reduced_demo_writes_the_paper_tables(tmp_path, zoo, zoo_cache):
-    settings = DemoSettings(size="tiny", rates=(0.9,), prunes=("magnitude", "dare", "dppa", "magnitude+learned"),
-                            merges=("dppa (sum)", "magnitude+learned (learned)", "magnitude (adamerging task)"),
-                            objective="kl", limit=20, learn_steps=4, merge_learn_steps=4)
+    settings = DemoSettings(
+        size="tiny",
+        rates=(0.9,),
+        prunes=("magnitude", "dare", "dppa", "magnitude+learned"),
+        merges=("dppa (sum)", "magnitude+learned (learned)", "magnitude (adamerging task)"),
+        objective="kl",
+        limit=20,
+        learn_steps=4,
+        merge_learn_steps=4,
+    )
     run = run_demo(tmp_path / "demo", zoo_cache, settings, progress=False)
     report = tmp_path / "demo" / "report"
     assert sorted(p.name for p in report.iterdir()) == [
-        "demo.json", "domain_ratio_vs_rate.png", "merge_math-finance-law.png", "report.json", "report.md"]
+        "demo.json",
+        "domain_ratio_vs_rate.png",
+        "merge_math-finance-law.png",
+        "report.json",
+        "report.md",
+    ]
     data = json.loads((report / "report.json").read_text())
     assert len(data["variants"]) == 3 * 4 + 3  # 3 domains x 4 prune variants at one rate, and three merges
     assert [v["method"] for v in data["variants"][:4]] == ["magnitude", "dare", "dppa", "magnitude+learned"]
     assert [v["method"] for v in data["variants"][12:]] == list(settings.merges)
     for ratio in data["ratios"]:  # Domain-Ratio = geometric mean of the Task-Ratios of the raw scores
-        variant = next(v for v in data["variants"] if v["method"] == ratio["method"] and v["kind"] == ratio["kind"]
-                       and ratio["domain"] in v["domains"])
+        variant = next(
+            v
+            for v in data["variants"]
+            if v["method"] == ratio["method"] and v["kind"] == ratio["kind"] and ratio["domain"] in v["domains"]
+        )
         dense = data["dense"][ratio["domain"]]
         if 0.0 in dense.values():  # undefined Task-Ratio: the tiny zoo may score 0 on a task
             assert ratio["domain_ratio"] is None
@@ -58,27 +73,39 @@ def test_reduced_demo_writes_the_paper_tables(tmp_path, zoo, zoo_cache):
     merges = tmp_path / "demo" / "merges"
     assert sorted(p.name for p in merges.iterdir()) == ["magnitude+learned-learned-90", "magnitude-adamerging-task-90"]
     record = json.loads((merges / "magnitude+learned-learned-90" / "adapter_config.json").read_text())["merge"]
-    assert record["mode"] == "learned" and [Path(s).name for t in record["learned"]["teachers"] for s in t["sources"]] \
-        == ["math_dev.jsonl", "finance_dev.jsonl", "law_dev.jsonl"]
+    assert record["mode"] == "learned" and [
+        Path(s).name for t in record["learned"]["teachers"] for s in t["sources"]
+    ] == ["math_dev.jsonl", "finance_dev.jsonl", "law_dev.jsonl"]
     text = summary(run)
     assert "Pruning: Domain-Ratio (%)" in text and "Merging math + finance + law" in text
 
 
 def test_lm_eval_cli_model_and_stock_hf_on_the_merged_export_agree(tmp_path, zoo):
-    adapter, _ = prune(zoo.base, zoo.finetunes["finance"], tmp_path / "a", method="magnitude", rate=0.9,
-                       progress=False)
+    adapter, _ = prune(zoo.base, zoo.finetunes["finance"], tmp_path / "a", method="magnitude", rate=0.9, progress=False)
     merged = merge_to_folder(zoo.base, [adapter.directory], tmp_path / "merged", progress=False)
-    common = ["--tasks", "demo_finance_sentiment", "--include_path", SYNTHETIC, "--device", "cpu", "--limit", "20",
-              "--batch_size", "8"]
+    common = [
+        "--tasks",
+        "demo_finance_sentiment",
+        "--include_path",
+        SYNTHETIC,
+        "--device",
+        "cpu",
+        "--limit",
+        "20",
+        "--batch_size",
+        "8",
+    ]
     plugin = run_python(
         "import sys; from dppa_peft.evaluation.lm_model import cli\n"
         f"sys.argv = ['dppa-lm-eval', '--model', 'dppa', '--model_args', "
         f"'pretrained={zoo.base},adapters={adapter.directory}', '--output_path', '{tmp_path / 'plugin'}', "
-        f"*{common!r}]\ncli()")
+        f"*{common!r}]\ncli()"
+    )
     stock = run_python(
         "import sys; from lm_eval.__main__ import cli_evaluate\n"
         f"sys.argv = ['lm_eval', '--model', 'hf', '--model_args', 'pretrained={merged}', "
-        f"'--output_path', '{tmp_path / 'stock'}', *{common!r}]\ncli_evaluate()")
+        f"'--output_path', '{tmp_path / 'stock'}', *{common!r}]\ncli_evaluate()"
+    )
     scores = []
     for folder in ("plugin", "stock"):
         [result] = list((tmp_path / folder).rglob("results_*.json"))
@@ -89,13 +116,45 @@ def test_lm_eval_cli_model_and_stock_hf_on_the_merged_export_agree(tmp_path, zoo
 
 def test_eval_command_writes_a_report(tmp_path, zoo, capsys):
     adapter, _ = prune(zoo.base, zoo.finetunes["law"], tmp_path / "a", method="magnitude", rate=0.8, progress=False)
-    assert main(["eval", "--base", str(zoo.base), "--domain", f"law={zoo.finetunes['law']}",
-                 "--tasks", "law=demo_law_clause,demo_law_verdict", "--adapter", f"law={adapter.directory}",
-                 "--limit", "10", "--out", str(tmp_path / "report")]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--base",
+                str(zoo.base),
+                "--domain",
+                f"law={zoo.finetunes['law']}",
+                "--tasks",
+                "law=demo_law_clause,demo_law_verdict",
+                "--adapter",
+                f"law={adapter.directory}",
+                "--limit",
+                "10",
+                "--out",
+                str(tmp_path / "report"),
+            ]
+        )
+        == 0
+    )
     assert "1 variants" in capsys.readouterr().out
     data = json.loads((tmp_path / "report" / "report.json").read_text())
     assert "magnitude" in json.dumps(data)
-    assert main(["eval", "--base", str(zoo.base), "--domain", f"law={zoo.finetunes['law']}",
-                 "--tasks", "law=demo_law_clause", "--adapter", f"math={adapter.directory}",
-                 "--out", str(tmp_path / "r2")]) == 2
+    assert (
+        main(
+            [
+                "eval",
+                "--base",
+                str(zoo.base),
+                "--domain",
+                f"law={zoo.finetunes['law']}",
+                "--tasks",
+                "law=demo_law_clause",
+                "--adapter",
+                f"math={adapter.directory}",
+                "--out",
+                str(tmp_path / "r2"),
+            ]
+        )
+        == 2
+    )
     assert "unknown domain(s) ['math']" in capsys.readouterr().err

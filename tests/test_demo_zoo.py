@@ -33,9 +33,16 @@ def tiny_zoo(tmp_path_factory: pytest.TempPathFactory) -> Zoo:
 def micro_size(monkeypatch: pytest.MonkeyPatch) -> str:
     """A "tiny" zoo with a few steps per run, for tests that only compare builds."""
     tiny = SIZES["tiny"]
-    monkeypatch.setitem(SIZES, "tiny", dataclasses.replace(
-        tiny, pretrain=Schedule(6, 8, 3e-3, warmup=2), light=Schedule(3, 8, 1e-3, warmup=1),
-        heavy=Schedule(4, 8, 3e-3, warmup=1)))
+    monkeypatch.setitem(
+        SIZES,
+        "tiny",
+        dataclasses.replace(
+            tiny,
+            pretrain=Schedule(6, 8, 3e-3, warmup=2),
+            light=Schedule(3, 8, 1e-3, warmup=1),
+            heavy=Schedule(4, 8, 3e-3, warmup=1),
+        ),
+    )
     return "tiny"
 
 
@@ -53,6 +60,7 @@ def zoo_digest(zoo: Zoo) -> str:
 
 
 # --- synthetic data, scoring, tokenizer ---------------------------------------------------------------------------
+
 
 def test_splits_are_deterministic_disjoint_and_balanced() -> None:
     for task, spec in TASKS.items():
@@ -90,10 +98,17 @@ def test_tokenizer_round_trips_every_text_without_unknown_tokens() -> None:
         assert ids[0] == tok.bos_token_id and tok.unk_token_id not in ids
         assert tok.decode(ids, skip_special_tokens=True) == text
     assert tok.convert_ids_to_tokens(tok.encode("Answer: 105", add_special_tokens=False)) == [
-        "▁Answer", ":", "▁", "1", "0", "5"]
+        "▁Answer",
+        ":",
+        "▁",
+        "1",
+        "0",
+        "5",
+    ]
 
 
 # --- the zoo ------------------------------------------------------------------------------------------------------
+
 
 def test_zoo_folders_are_standard_hf_models(tiny_zoo: Zoo) -> None:
     assert tiny_zoo.domains == ("math", "finance", "law") and tiny_zoo.heavy == "math"
@@ -145,6 +160,7 @@ def test_builds_are_deterministic_per_seed(micro_size: str, tmp_path: Path) -> N
 
 # --- the synthetic lm-eval tasks ----------------------------------------------------------------------------------
 
+
 @pytest.fixture()
 def task_manager(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     from lm_eval.tasks import TaskManager
@@ -177,11 +193,15 @@ def test_finetunes_beat_the_base_in_lm_eval(tiny_zoo: Zoo, task_manager) -> None
     positive = [e for e in task_split("finance_sentiment", "test") if e.answer == "positive"][:8]
     for name, folder in (("base", tiny_zoo.base), ("finance", tiny_zoo.finetunes["finance"])):
         lm = HFLM(pretrained=AutoModelForCausalLM.from_pretrained(folder), tokenizer=tok, batch_size=64, device="cpu")
-        results = lm_eval.simple_evaluate(model=lm, tasks=["demo_finance"], task_manager=task_manager, limit=50,
-                                          verbosity="ERROR")["results"]
+        results = lm_eval.simple_evaluate(
+            model=lm, tasks=["demo_finance"], task_manager=task_manager, limit=50, verbosity="ERROR"
+        )["results"]
         scores[name] = {task: results[task]["acc,none"] for task in domain_task_names()["finance"]}
-        requests = [Instance("loglikelihood", {}, (e.prompt, f" {label}"), i)
-                    for i, e in enumerate(positive) for label in ("positive", "negative")]
+        requests = [
+            Instance("loglikelihood", {}, (e.prompt, f" {label}"), i)
+            for i, e in enumerate(positive)
+            for label in ("positive", "negative")
+        ]
         values = [logprob for logprob, _ in lm.loglikelihood(requests)]
         loglikelihoods[name] = sum(values[0::2]) - sum(values[1::2])  # correct minus wrong label
         assert len(lm.tokenizer) == lm.model.config.vocab_size  # lm-eval added no token

@@ -21,8 +21,9 @@ from tests.expected import PROMPT, load_weights
 @pytest.fixture(scope="module")
 def magnitude_adapter(tmp_path_factory, llama_pair) -> tuple:
     base, ft = llama_pair
-    return prune(base, ft, tmp_path_factory.mktemp("devices") / "magnitude", method="magnitude", rate=0.9,
-                 progress=False)
+    return prune(
+        base, ft, tmp_path_factory.mktemp("devices") / "magnitude", method="magnitude", rate=0.9, progress=False
+    )
 
 
 def test_device_names_resolve_or_fail_clearly():
@@ -43,8 +44,9 @@ def test_device_names_resolve_or_fail_clearly():
 def test_prune_on_a_device_gives_the_same_adapter(tmp_path, llama_pair, method):
     base, ft = llama_pair
     default = prune(base, ft, tmp_path / "default", method=method, rate=0.8, progress=False)[0]
-    placed = prune(base, ft, tmp_path / "placed", method=method, rate=0.8, device="auto", dtype="float32",
-                   progress=False)[0]
+    placed = prune(
+        base, ft, tmp_path / "placed", method=method, rate=0.8, device="auto", dtype="float32", progress=False
+    )[0]
     for name in default.config.tensors:
         assert torch.equal(placed.sparse_tensor(name).indices, default.sparse_tensor(name).indices)
         assert torch.equal(placed.sparse_tensor(name).values, default.sparse_tensor(name).values)
@@ -120,12 +122,14 @@ def test_adapter_on_a_disk_offloaded_base(tmp_path, llama_pair, magnitude_adapte
     adapted model with the same ``max_memory``/``offload_folder``: forward and merge_and_unload stay exact."""
     base, _ = llama_pair
     memory = {"cpu": "100KB"}
-    model = AutoModelForCausalLM.from_pretrained(base, device_map="auto", max_memory=memory,
-                                                 offload_folder=str(tmp_path / "offload"))
+    model = AutoModelForCausalLM.from_pretrained(
+        base, device_map="auto", max_memory=memory, offload_folder=str(tmp_path / "offload")
+    )
     assert "disk" in set(model.hf_device_map.values())
     assert any(p.device.type == "meta" for p in model.parameters())
-    peft_model = PeftModel.from_pretrained(model, str(magnitude_adapter[0].directory), max_memory=memory,
-                                           offload_folder=str(tmp_path / "offload-adapted"))
+    peft_model = PeftModel.from_pretrained(
+        model, str(magnitude_adapter[0].directory), max_memory=memory, offload_folder=str(tmp_path / "offload-adapted")
+    )
     with torch.no_grad():
         assert torch.equal(peft_model(PROMPT).logits, reference[0])
         merged = peft_model.merge_and_unload()
@@ -143,10 +147,38 @@ def test_cli_prune_and_merge_take_device_and_dtype(tmp_path, llama_pair):
     from dppa_peft.cli import main
 
     base, ft = llama_pair
-    main(["prune", "--base", str(base), "--finetuned", str(ft), "--out", str(tmp_path / "a"), "--method",
-          "magnitude", "--device", "auto", "--dtype", "float32"])
+    main(
+        [
+            "prune",
+            "--base",
+            str(base),
+            "--finetuned",
+            str(ft),
+            "--out",
+            str(tmp_path / "a"),
+            "--method",
+            "magnitude",
+            "--device",
+            "auto",
+            "--dtype",
+            "float32",
+        ]
+    )
     config = json.loads((tmp_path / "a" / "adapter_config.json").read_text())
     assert config["provenance"]["device"] == resolve_device("auto").type
-    main(["merge", "--base", str(base), "--adapter", str(tmp_path / "a"), "--out", str(tmp_path / "m"), "--device",
-          "auto", "--dtype", "bfloat16"])
+    main(
+        [
+            "merge",
+            "--base",
+            str(base),
+            "--adapter",
+            str(tmp_path / "a"),
+            "--out",
+            str(tmp_path / "m"),
+            "--device",
+            "auto",
+            "--dtype",
+            "bfloat16",
+        ]
+    )
     assert json.loads((tmp_path / "m" / "config.json").read_text())["dtype"] == "bfloat16"

@@ -2,7 +2,13 @@ import pytest
 import torch
 
 from dppa_peft.format.encoding import (
-    bitmask_decode, bitmask_encode, encode, encode_dense, gaps_decode, gaps_encode, gaps_size,
+    bitmask_decode,
+    bitmask_encode,
+    encode,
+    encode_dense,
+    gaps_decode,
+    gaps_encode,
+    gaps_size,
 )
 from dppa_peft.methods.base import SparseDelta
 

@@ -73,8 +73,11 @@ def test_supertuning_loads_exactly_without_dppa_peft(sources, llama_pair, hub_re
     config = json.loads((tmp_path / "dare" / "adapter_config.json").read_text())
     assert config["peft_type"] == "SUPERTUNING" and config["save_precomputed_indices"] is True
 
-    sources_for_child = {"magnitude": hub_repo_id, "dare": str(tmp_path / "dare"),
-                         "amplified": str(tmp_path / "amplified")}
+    sources_for_child = {
+        "magnitude": hub_repo_id,
+        "dare": str(tmp_path / "dare"),
+        "amplified": str(tmp_path / "amplified"),
+    }
     script = textwrap.dedent(f"""
         import sys, torch
         from peft import PeftModel
@@ -133,9 +136,16 @@ def test_export_refuses_what_stock_peft_cannot_load_exactly(sources, llama_pair,
     with pytest.raises(ValueError, match="grows the vocabulary"):
         export_supertuning(adapter, tmp_path / "x", progress=False)
 
-    tied = AutoModelForCausalLM.from_config(LlamaConfig(
-        vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
-        tie_word_embeddings=True))
+    tied = AutoModelForCausalLM.from_config(
+        LlamaConfig(
+            vocab_size=128,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            tie_word_embeddings=True,
+        )
+    )
     tied.save_pretrained(tmp_path / "tied")
     ft = make_finetune(tmp_path / "tied", tmp_path / "tied-ft", steps=1)
     adapter = prune(tmp_path / "tied", ft, tmp_path / "a-tied", method="magnitude", progress=False)[0]

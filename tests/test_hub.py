@@ -46,8 +46,16 @@ def hub_models(local_hub: LocalHub, llama_pair, llama_finetunes, tmp_path_factor
     adapters = {
         "main": prune(ids["base"], ids["ft"], root / "main", method="magnitude", rate=0.9, progress=False)[0],
         "a0": prune(ids["base"], ids["fts"], root / "a0", method="magnitude", rate=0.8, progress=False)[0],
-        "a1": prune(ids["base"], ids["fts"], root / "a1", method="magnitude", rate=0.8, revision="dev",
-                    base_revision=base_sha, progress=False)[0],
+        "a1": prune(
+            ids["base"],
+            ids["fts"],
+            root / "a1",
+            method="magnitude",
+            rate=0.8,
+            revision="dev",
+            base_revision=base_sha,
+            progress=False,
+        )[0],
     }
     return {"ids": ids, "adapters": adapters, "base": base}
 
@@ -68,8 +76,9 @@ def test_pruning_by_hub_id_and_revision_matches_local_pruning(hub_models, llama_
 
 def test_push_makes_one_commit_with_files_and_card(hub_models, hub_repo_id, local_hub, tmp_path, capsys):
     adapter = hub_models["adapters"]["main"]
-    results = {"results": {"paper_gsm8k": {"alias": "gsm8k", "exact_match,strict": 0.25,
-                                           "exact_match_stderr,strict": 0.01}}}
+    results = {
+        "results": {"paper_gsm8k": {"alias": "gsm8k", "exact_match,strict": 0.25, "exact_match_stderr,strict": 0.01}}
+    }
     (tmp_path / "results.json").write_text(json.dumps(results))
     local_hub.clear_log()
 
@@ -149,8 +158,22 @@ def test_revisions_branch_and_older_commit(hub_models, hub_repo_id, tmp_path, ca
     old = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), hub_repo_id, revision=first)
     local = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), str(a0.directory))
     assert torch.equal(logits(old), logits(local))
-    assert main(["merge", "--base", hub_models["ids"]["base"], "--adapter", hub_repo_id, "--adapter-revision", first,
-                 "--out", str(tmp_path / "m")]) == 0
+    assert (
+        main(
+            [
+                "merge",
+                "--base",
+                hub_models["ids"]["base"],
+                "--adapter",
+                hub_repo_id,
+                "--adapter-revision",
+                first,
+                "--out",
+                str(tmp_path / "m"),
+            ]
+        )
+        == 0
+    )
     expected = load_merged(base, [a0.directory], progress=False)
     assert torch.equal(logits(AutoModelForCausalLM.from_pretrained(tmp_path / "m")), logits(expected))
 
@@ -178,16 +201,37 @@ def test_clear_errors(hub_models, hub_repo_id, tmp_path, capsys):
         open_adapter(missing)
     assert main(["merge", "--base", base_id, "--adapter", missing, "--out", str(tmp_path / "m")]) == 2
     assert "no-such-adapter' is neither a local folder nor a Hub repo" in capsys.readouterr().err
-    assert main(["prune", "--base", base_id, "--finetuned", base_id, "--base-revision", "v9", "--method",
-                 "magnitude", "--out", str(tmp_path / "p")]) == 2
+    assert (
+        main(
+            [
+                "prune",
+                "--base",
+                base_id,
+                "--finetuned",
+                base_id,
+                "--base-revision",
+                "v9",
+                "--method",
+                "magnitude",
+                "--out",
+                str(tmp_path / "p"),
+            ]
+        )
+        == 2
+    )
     assert "has no revision 'v9'" in capsys.readouterr().err
 
     HfApi().create_repo(hub_repo_id)
-    HfApi().upload_file(path_or_fileobj=str(adapter.directory / "adapter_config.json"),
-                        path_in_repo="adapter_config.json", repo_id=hub_repo_id)
+    HfApi().upload_file(
+        path_or_fileobj=str(adapter.directory / "adapter_config.json"),
+        path_in_repo="adapter_config.json",
+        repo_id=hub_repo_id,
+    )
     with pytest.raises(FileNotFoundError, match="no adapter_model.safetensors: the adapter is incomplete"):
         open_adapter(hub_repo_id)
-    uncached = unique_repo_id("uncached")  # (a cached copy would be served despite the bad token, as huggingface_hub does)
+    uncached = unique_repo_id(
+        "uncached"
+    )  # (a cached copy would be served despite the bad token, as huggingface_hub does)
     HfApi().create_repo(uncached)
     with pytest.raises(ValueError, match=r"refused the token .*401 Unauthorized"):
         open_adapter(uncached, token="hf_not_a_valid_token")
@@ -209,8 +253,7 @@ def test_wrong_base_for_a_hub_adapter(hub_models, hub_repo_id, tmp_path):
         load_merged(other, [hub_repo_id], progress=False)
 
 
-def test_push_interrupted_mid_commit_publishes_nothing_and_retry_succeeds(hub_models, hub_repo_id, local_hub,
-                                                                          capsys):
+def test_push_interrupted_mid_commit_publishes_nothing_and_retry_succeeds(hub_models, hub_repo_id, local_hub, capsys):
     adapter = hub_models["adapters"]["main"]
     before = _folder_digest(adapter.directory)
     local_hub.clear_log()
@@ -244,8 +287,26 @@ def test_merge_at_load_from_two_hub_repos(hub_models, tmp_path):
 
     merged = load_merged(base_id, repos, weights=[0.5, 1.0], adapter_revisions=["main", "main"], progress=False)
     assert torch.equal(logits(merged), expected)
-    assert main(["merge", "--base", base_id, "--adapter", repos[0], "--adapter", repos[1], "--weight", "0.5",
-                 "--weight", "1.0", "--out", str(tmp_path / "m")]) == 0
+    assert (
+        main(
+            [
+                "merge",
+                "--base",
+                base_id,
+                "--adapter",
+                repos[0],
+                "--adapter",
+                repos[1],
+                "--weight",
+                "0.5",
+                "--weight",
+                "1.0",
+                "--out",
+                str(tmp_path / "m"),
+            ]
+        )
+        == 0
+    )
     assert torch.equal(logits(AutoModelForCausalLM.from_pretrained(tmp_path / "m")), expected)
     folder = merge_to_folder(base_id, repos, tmp_path / "m2", weights=[0.5, 1.0], progress=False)
     assert torch.equal(logits(AutoModelForCausalLM.from_pretrained(folder)), expected)
@@ -259,7 +320,12 @@ def test_lm_eval_model_takes_hub_ids_and_revisions(hub_models, hub_repo_id):
     assert _push(a0, hub_repo_id) == 0
     first = HfApi().repo_info(hub_repo_id).sha
     assert _push(a1, hub_repo_id) == 0
-    lm = DppaLM(pretrained=hub_models["ids"]["base"], adapters=hub_repo_id, adapter_revisions=first,
-                tokenizer=char_tokenizer(), batch_size=1)
+    lm = DppaLM(
+        pretrained=hub_models["ids"]["base"],
+        adapters=hub_repo_id,
+        adapter_revisions=first,
+        tokenizer=char_tokenizer(),
+        batch_size=1,
+    )
     expected = load_merged(hub_models["base"], [a0.directory], progress=False)
     assert torch.equal(logits(lm.model), logits(expected))

@@ -28,7 +28,9 @@ def test_push_and_pull_by_branch_and_commit(local_hub: LocalHub, hub_repo_id: st
 
     assert local_hub.count("lfs_upload", "PUT", 200) == 2 and local_hub.count("commit", status=200) == 2
     assert {b.name: b.target_commit for b in api.list_repo_refs(hub_repo_id).branches} == {
-        "main": first.oid, "dev": second.oid}
+        "main": first.oid,
+        "dev": second.oid,
+    }
     assert api.list_repo_files(hub_repo_id) == [".gitattributes", "config.json", "model.safetensors"]
     for revision, seed in ((None, 1), ("dev", 2), (first.oid, 1), (second.oid, 2)):
         weights = hf_hub_download(hub_repo_id, "model.safetensors", revision=revision)

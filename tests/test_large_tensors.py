@@ -37,9 +37,16 @@ RATE = 0.9
 def big_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict[str, torch.Tensor]]:
     """A 1-block bf16 Llama with a 32768 x 520 vocabulary, a fine-tune (base + small noise) and the fp32 deltas."""
     root = tmp_path_factory.mktemp("big")
-    config = LlamaConfig(vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=128, num_hidden_layers=1,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                         tie_word_embeddings=False)
+    config = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=HIDDEN,
+        intermediate_size=128,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        tie_word_embeddings=False,
+    )
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config).to(torch.bfloat16)
     model.save_pretrained(root / "base")
@@ -59,13 +66,14 @@ def reference_top_k(flat: torch.Tensor, k: int) -> torch.Tensor:
     scores = flat.abs()
     threshold = scores.kthvalue(scores.numel() - k + 1).values
     mask = scores > threshold
-    mask[(scores == threshold).nonzero().reshape(-1)[:k - int(mask.sum())]] = True
+    mask[(scores == threshold).nonzero().reshape(-1)[: k - int(mask.sum())]] = True
     indices = mask.nonzero().reshape(-1)
     return indices[flat[indices] != 0]
 
 
-def expected_kept(method: str, info: TensorInfo, delta: torch.Tensor,
-                  density: float) -> tuple[torch.Tensor, torch.Tensor] | None:
+def expected_kept(
+    method: str, info: TensorInfo, delta: torch.Tensor, density: float
+) -> tuple[torch.Tensor, torch.Tensor] | None:
     """Independent (indices, values) for every method whose choice is deterministic given the delta (not DELLA)."""
     flat = delta.reshape(-1)
     n = flat.numel()
@@ -116,9 +124,12 @@ def adapters(big_pair, tmp_path_factory) -> dict:
     """magnitude (embedding and lm_head magnitude-pruned outside the scope) and dp (kept dense)."""
     base, ft, _ = big_pair
     root = tmp_path_factory.mktemp("big_adapters")
-    return {"magnitude": prune(base, ft, root / "magnitude", method="magnitude", rate=RATE,
-                               outside_scope="magnitude", progress=False)[0],
-            "dp": prune(base, ft, root / "dp", method="dp", rate=RATE, progress=False)[0]}
+    return {
+        "magnitude": prune(
+            base, ft, root / "magnitude", method="magnitude", rate=RATE, outside_scope="magnitude", progress=False
+        )[0],
+        "dp": prune(base, ft, root / "dp", method="dp", rate=RATE, progress=False)[0],
+    }
 
 
 def test_prune_stores_tensors_above_2_24_exactly(adapters, big_pair):
@@ -138,8 +149,9 @@ def test_peft_load_load_merged_merge_to_folder_and_export_agree(adapters, big_pa
     base, _, _ = big_pair
     adapter = adapters["magnitude"]
     base_weights = load_weights(base)
-    expected = {name: (base_weights[name].float() + adapter.sparse_tensor(name).to_dense()).bfloat16()
-                for name in (EMBED, HEAD)}
+    expected = {
+        name: (base_weights[name].float() + adapter.sparse_tensor(name).to_dense()).bfloat16() for name in (EMBED, HEAD)
+    }
     peft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), str(adapter.directory))
     merged = peft_model.merge_and_unload().state_dict()
     in_memory = load_merged(base, [adapter], progress=False).state_dict()
@@ -151,7 +163,9 @@ def test_peft_load_load_merged_merge_to_folder_and_export_agree(adapters, big_pa
     for name in (EMBED, HEAD):
         for weights in (merged, in_memory, folder, stock_merged):
             assert torch.equal(weights[name], expected[name]), name
-    indices = load_file(tmp_path / "stock" / "adapter_model.safetensors")["base_model.model.lm_head.supertuning_indices"]
+    indices = load_file(tmp_path / "stock" / "adapter_model.safetensors")[
+        "base_model.model.lm_head.supertuning_indices"
+    ]
     assert indices.dtype == torch.int32 and int(indices.max()) > 2**24
 
 

@@ -48,15 +48,30 @@ def learned(tmp_path_factory, llama_pair, calibration) -> tuple:
     base, ft = llama_pair
     tokenizer, prompts = calibration
     out = tmp_path_factory.mktemp("learned") / "adapter"
-    adapter, _, result = prune_and_amplify(base, ft, out, method="magnitude", rate=0.9, search="learned",
-                                           calibration=str(prompts), tokenizer=str(tokenizer), learn_steps=STEPS,
-                                           continuation_tokens=4, progress=False)
+    adapter, _, result = prune_and_amplify(
+        base,
+        ft,
+        out,
+        method="magnitude",
+        rate=0.9,
+        search="learned",
+        calibration=str(prompts),
+        tokenizer=str(tokenizer),
+        learn_steps=STEPS,
+        continuation_tokens=4,
+        progress=False,
+    )
     return adapter, result
 
 
 def _teacher(ft, prompts=PROMPTS):
-    return build_teacher(AutoModelForCausalLM.from_pretrained(ft), char_tokenizer(),
-                         [Prompt(p, f"p:{i}") for i, p in enumerate(prompts)], continuation_tokens=4, name=str(ft))
+    return build_teacher(
+        AutoModelForCausalLM.from_pretrained(ft),
+        char_tokenizer(),
+        [Prompt(p, f"p:{i}") for i, p in enumerate(prompts)],
+        continuation_tokens=4,
+        name=str(ft),
+    )
 
 
 def test_learned_factors_beat_factors_one_on_heldout_kl(learned, llama_pair) -> None:
@@ -69,10 +84,12 @@ def test_learned_factors_beat_factors_one_on_heldout_kl(learned, llama_pair) -> 
     teacher = _teacher(ft)
     assert teacher.settings["heldout_prompts"] == 3 and teacher.settings["top_k"] is None  # vocab 128: full
     plain = prune(base, ft, adapter.directory.parent / "plain", method="magnitude", rate=0.9, progress=False)[0]
-    assert mean_kl(load_merged(base, [plain], progress=False), teacher.heldout) == \
-        pytest.approx(result.heldout_kl_before, rel=1e-5)
-    assert mean_kl(load_merged(base, [adapter], progress=False), teacher.heldout) == \
-        pytest.approx(result.heldout_kl_after, rel=1e-5)
+    assert mean_kl(load_merged(base, [plain], progress=False), teacher.heldout) == pytest.approx(
+        result.heldout_kl_before, rel=1e-5
+    )
+    assert mean_kl(load_merged(base, [adapter], progress=False), teacher.heldout) == pytest.approx(
+        result.heldout_kl_after, rel=1e-5
+    )
 
 
 def test_adapter_stores_factor_tables_and_the_record(learned, calibration) -> None:
@@ -146,18 +163,29 @@ def test_two_runs_learn_identical_factors(llama_pair, tmp_path) -> None:
     base, ft = llama_pair
     adapter = prune(base, ft, tmp_path / "a", method="magnitude", rate=0.9, progress=False)[0]
     teacher = _teacher(ft)
-    runs = [learn_factors(AutoModelForCausalLM.from_pretrained(base), [adapter], [teacher],
-                          LearnParams(learn_steps=6, learn_eval_every=3), progress=False) for _ in range(2)]
+    runs = [
+        learn_factors(
+            AutoModelForCausalLM.from_pretrained(base),
+            [adapter],
+            [teacher],
+            LearnParams(learn_steps=6, learn_eval_every=3),
+            progress=False,
+        )
+        for _ in range(2)
+    ]
     assert runs[0].losses == runs[1].losses and runs[0].heldout == runs[1].heldout
     assert all(torch.equal(runs[0].factors[0][n], runs[1].factors[0][n]) for n in runs[0].factors[0])
 
 
-@pytest.mark.parametrize("granularity,shape", [("global", (2, 1)), ("block", (2, 1)), ("partition", (2, 1)),
-                                               ("tensor", (2, 1)), ("row", (2, 64))])
+@pytest.mark.parametrize(
+    "granularity,shape",
+    [("global", (2, 1)), ("block", (2, 1)), ("partition", (2, 1)), ("tensor", (2, 1)), ("row", (2, 64))],
+)
 def test_granularities_share_factors_as_documented(llama_pair, tmp_path, granularity, shape) -> None:
     base, ft = llama_pair
-    adapter = prune(base, ft, tmp_path / "a", method="magnitude", rate=0.8, partition_rates=[0.9, 0.8],
-                    progress=False)[0]
+    adapter = prune(base, ft, tmp_path / "a", method="magnitude", rate=0.8, partition_rates=[0.9, 0.8], progress=False)[
+        0
+    ]
     student = Student(AutoModelForCausalLM.from_pretrained(base), [adapter], granularity)
     sizes = {"global": 1, "block": 2, "partition": 2, "tensor": 14 * 2, "row": 2 * ROWS}
     assert sum(p.numel() for p in student.parameters) == sizes[granularity]
@@ -171,24 +199,68 @@ def test_granularities_share_factors_as_documented(llama_pair, tmp_path, granula
         assert first.tolist() == ([[2.0], [2.0]] if granularity == "global" else [[2.0], [3.0]])
         assert all(torch.equal(t, first) for t in tables.values())
     if granularity == "block":  # one factor per block (2 and 12 here), the same for every partition and tensor
-        assert [tables[f"model.layers.{b}.mlp.down_proj.weight"].tolist() for b in (0, 1)] == [[[2.0], [2.0]],
-                                                                                             [[12.0], [12.0]]]
+        assert [tables[f"model.layers.{b}.mlp.down_proj.weight"].tolist() for b in (0, 1)] == [
+            [[2.0], [2.0]],
+            [[12.0], [12.0]],
+        ]
         assert torch.equal(tables["model.layers.1.self_attn.q_proj.weight"], torch.tensor([[12.0], [12.0]]))
 
 
 def test_learned_works_on_any_mask_from_the_cli(llama_pair, calibration, tmp_path, capsys) -> None:
     base, ft = llama_pair
     tokenizer, prompts = calibration
-    code = main(["prune", "--base", str(base), "--finetuned", str(ft), "--method", "ties", "--rate", "0.9",
-                 "--search", "learned", "--calibration", str(prompts), "--tokenizer", str(tokenizer),
-                 "--learn-steps", "3", "--learn-granularity", "tensor", "--continuation-tokens", "2",
-                 "--out", str(tmp_path / "ties")])
+    code = main(
+        [
+            "prune",
+            "--base",
+            str(base),
+            "--finetuned",
+            str(ft),
+            "--method",
+            "ties",
+            "--rate",
+            "0.9",
+            "--search",
+            "learned",
+            "--calibration",
+            str(prompts),
+            "--tokenizer",
+            str(tokenizer),
+            "--learn-steps",
+            "3",
+            "--learn-granularity",
+            "tensor",
+            "--continuation-tokens",
+            "2",
+            "--out",
+            str(tmp_path / "ties"),
+        ]
+    )
     assert code == 0
     assert "learned 14 factors (tensor;" in capsys.readouterr().out
-    assert SparseDeltaAdapter(tmp_path / "ties").config.tensors["model.layers.0.mlp.up_proj.weight"]["factors"] == \
-        [1, 1]
-    assert main(["prune", "--base", str(base), "--finetuned", str(ft), "--method", "magnitude", "--amplify",
-                 "--learn-steps", "3", "--out", str(tmp_path / "no")]) == 2
+    assert SparseDeltaAdapter(tmp_path / "ties").config.tensors["model.layers.0.mlp.up_proj.weight"]["factors"] == [
+        1,
+        1,
+    ]
+    assert (
+        main(
+            [
+                "prune",
+                "--base",
+                str(base),
+                "--finetuned",
+                str(ft),
+                "--method",
+                "magnitude",
+                "--amplify",
+                "--learn-steps",
+                "3",
+                "--out",
+                str(tmp_path / "no"),
+            ]
+        )
+        == 2
+    )
     assert "apply to search='learned'" in capsys.readouterr().err
 
 
@@ -198,14 +270,26 @@ def test_bad_calibration_fails_before_any_work(llama_pair, calibration, tmp_path
     (tmp_path / "empty.txt").write_text("\n  \n")
     (tmp_path / "fields.jsonl").write_text('{"prompt": "1+1="}\n{"prompt": "2+2="}\n')
     (tmp_path / "long.txt").write_text("1+1=\n" + "9" * 130 + "\n")
-    cases = [("empty.txt", {}, "empty.txt holds no prompts"),
-             ("fields.jsonl", {}, r"fields.jsonl:1 has no 'text' field \(found \['prompt'\]\)"),
-             ("long.txt", {}, r"long.txt:2 has 130 tokens, but the model's context of 128 leaves 124 after 4")]
+    cases = [
+        ("empty.txt", {}, "empty.txt holds no prompts"),
+        ("fields.jsonl", {}, r"fields.jsonl:1 has no 'text' field \(found \['prompt'\]\)"),
+        ("long.txt", {}, r"long.txt:2 has 130 tokens, but the model's context of 128 leaves 124 after 4"),
+    ]
     for name, extra, message in cases:
         with pytest.raises(UserError, match=message):
-            prune_and_amplify(base, ft, tmp_path / "out", method="magnitude", rate=0.9, search="learned",
-                              calibration=str(tmp_path / name), tokenizer=str(tokenizer), continuation_tokens=4,
-                              progress=False, **extra)
+            prune_and_amplify(
+                base,
+                ft,
+                tmp_path / "out",
+                method="magnitude",
+                rate=0.9,
+                search="learned",
+                calibration=str(tmp_path / name),
+                tokenizer=str(tokenizer),
+                continuation_tokens=4,
+                progress=False,
+                **extra,
+            )
         assert not (tmp_path / "out").exists()  # nothing was pruned
     assert [p.text for p in read_prompts(tmp_path / "fields.jsonl", text_field="prompt")] == ["1+1=", "2+2="]
     with pytest.raises(UserError, match="needs unlabeled prompts"):
@@ -215,11 +299,18 @@ def test_bad_calibration_fails_before_any_work(llama_pair, calibration, tmp_path
 def test_two_adapters_two_teachers_learn_a_merge(llama_pair, llama_finetunes, tmp_path) -> None:
     """N adapters x N teachers: each teacher's prompts teach the summed model; the mean held-out KL drops."""
     base, _ = llama_pair
-    adapters = [prune(base, ft, tmp_path / f"a{i}", method="magnitude", rate=0.9, progress=False)[0]
-                for i, ft in enumerate(llama_finetunes)]
+    adapters = [
+        prune(base, ft, tmp_path / f"a{i}", method="magnitude", rate=0.9, progress=False)[0]
+        for i, ft in enumerate(llama_finetunes)
+    ]
     teachers = [_teacher(ft, PROMPTS[i::2] * 2) for i, ft in enumerate(llama_finetunes)]
-    result = learn_factors(AutoModelForCausalLM.from_pretrained(base), adapters, teachers,
-                           LearnParams(learn_steps=10, learn_eval_every=5), progress=False)
+    result = learn_factors(
+        AutoModelForCausalLM.from_pretrained(base),
+        adapters,
+        teachers,
+        LearnParams(learn_steps=10, learn_eval_every=5),
+        progress=False,
+    )
     assert len(result.factors) == 2 and all(len(tables) == 14 for tables in result.factors)
     assert result.heldout_kl_after < 0.9 * result.heldout_kl_before
     assert [t["name"] for t in result.teachers] == [str(ft) for ft in llama_finetunes]

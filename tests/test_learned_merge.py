@@ -21,8 +21,10 @@ from tests.expected import PROMPT
 from tests.tiny_models import char_tokenizer, make_tokenizer
 
 STEPS = 20
-PROMPTS = ([f"{a}+{b}={a + b};" for a, b in zip(range(3, 63, 4), range(40, 10, -2))],  # 15 prompts each, 3 held out
-           [f"{a}*{b}={a * b};" for a, b in zip(range(2, 17), range(9, 1, -1))])
+PROMPTS = (
+    [f"{a}+{b}={a + b};" for a, b in zip(range(3, 63, 4), range(40, 10, -2))],  # 15 prompts each, 3 held out
+    [f"{a}*{b}={a * b};" for a, b in zip(range(2, 17), range(9, 1, -1))],
+)
 PRUNED_TENSORS = 14  # q, k, v, o, gate, up, down in 2 blocks
 
 
@@ -36,29 +38,59 @@ def inputs(tmp_path_factory, llama_pair, llama_finetunes) -> dict:
         adapters.append(prune(base, ft, root / f"a{i}", method="magnitude", rate=0.9, progress=False)[0].directory)
         (root / f"c{i}.txt").write_text("\n".join(prompts) + "\n")
         calibration.append(root / f"c{i}.txt")
-    return {"root": root, "base": base, "finetuned": llama_finetunes, "adapters": adapters,
-            "calibration": calibration, "tokenizer": make_tokenizer(root / "tokenizer")}
+    return {
+        "root": root,
+        "base": base,
+        "finetuned": llama_finetunes,
+        "adapters": adapters,
+        "calibration": calibration,
+        "tokenizer": make_tokenizer(root / "tokenizer"),
+    }
 
 
 @pytest.fixture(scope="module")
 def learned(inputs) -> dict:
     """``dppa-peft merge --mode learned`` writing a model folder and a merged adapter in one command."""
     root = inputs["root"]
-    args = ["merge", "--mode", "learned", "--base", str(inputs["base"]), "--out", str(root / "model"),
-            "--out-adapter", str(root / "merged"), "--calibration", *map(str, inputs["calibration"]),
-            "--finetuned", *map(str, inputs["finetuned"]), "--tokenizer", str(inputs["tokenizer"]),
-            "--learn-steps", str(STEPS), "--continuation-tokens", "4"]
+    args = [
+        "merge",
+        "--mode",
+        "learned",
+        "--base",
+        str(inputs["base"]),
+        "--out",
+        str(root / "model"),
+        "--out-adapter",
+        str(root / "merged"),
+        "--calibration",
+        *map(str, inputs["calibration"]),
+        "--finetuned",
+        *map(str, inputs["finetuned"]),
+        "--tokenizer",
+        str(inputs["tokenizer"]),
+        "--learn-steps",
+        str(STEPS),
+        "--continuation-tokens",
+        "4",
+    ]
     for adapter in inputs["adapters"]:
         args += ["--adapter", str(adapter)]
     assert main(args) == 0
-    return {"model": root / "model", "adapter": root / "merged",
-            "record": json.loads((root / "model" / "dppa_merge.json").read_text())}
+    return {
+        "model": root / "model",
+        "adapter": root / "merged",
+        "record": json.loads((root / "model" / "dppa_merge.json").read_text()),
+    }
 
 
 def _teachers(inputs) -> list:
     """The two teachers rebuilt independently (same prompts, same held-out split and continuations)."""
-    return [build_teacher(AutoModelForCausalLM.from_pretrained(ft), char_tokenizer(), read_prompts(path),
-                          continuation_tokens=4) for ft, path in zip(inputs["finetuned"], inputs["calibration"])]
+    return [
+        build_teacher(
+            AutoModelForCausalLM.from_pretrained(ft), char_tokenizer(), read_prompts(path), continuation_tokens=4
+        )
+        for ft, path in zip(inputs["finetuned"], inputs["calibration"])
+    ]
 
 
 def test_learned_merge_beats_the_plain_sum_on_heldout_kl(inputs, learned) -> None:
@@ -93,14 +125,20 @@ def test_merged_adapter_loads_with_peft_and_equals_the_merged_folder(inputs, lea
 
 @pytest.mark.parametrize(("granularity", "count"), [("task", 2), ("layer", 2 * PRUNED_TENSORS)])
 def test_adamerging_learns_and_records_coefficients(inputs, granularity, count) -> None:
-    mode = create_mode("adamerging", calibration=[str(p) for p in inputs["calibration"]],
-                       adamerging_granularity=granularity, tokenizer=str(inputs["tokenizer"]), learn_steps=STEPS,
-                       continuation_tokens=4)
+    mode = create_mode(
+        "adamerging",
+        calibration=[str(p) for p in inputs["calibration"]],
+        adamerging_granularity=granularity,
+        tokenizer=str(inputs["tokenizer"]),
+        learn_steps=STEPS,
+        continuation_tokens=4,
+    )
     out = inputs["root"] / f"ada-{granularity}"
     adapter = merge_to_adapter(inputs["base"], inputs["adapters"], out, mode=mode, progress=False)
     record = adapter.config.merge["learned"]
-    assert record["objective"] == "entropy" and record["granularity"] == {"task": "global", "layer": "tensor"}[
-        granularity]
+    assert (
+        record["objective"] == "entropy" and record["granularity"] == {"task": "global", "layer": "tensor"}[granularity]
+    )
     assert record["factor_stats"]["count"] == 2 * PRUNED_TENSORS  # table entries: one per adapter and tensor
     assert record["heldout_kl_after"] < record["heldout_kl_before"]  # held-out entropy went down
     coefficients = record["coefficients"]
@@ -116,13 +154,25 @@ def test_adamerging_learns_and_records_coefficients(inputs, granularity, count) 
 def test_bad_learned_merge_options_fail_before_any_work(inputs, tmp_path) -> None:
     calibration = [str(p) for p in inputs["calibration"]]
     with pytest.raises(UserError, match="2 calibration files for 3 adapters"):
-        load_merged(inputs["base"], [*inputs["adapters"], inputs["adapters"][0]], mode="learned",
-                    calibration=calibration, tokenizer=str(inputs["tokenizer"]), progress=False)
+        load_merged(
+            inputs["base"],
+            [*inputs["adapters"], inputs["adapters"][0]],
+            mode="learned",
+            calibration=calibration,
+            tokenizer=str(inputs["tokenizer"]),
+            progress=False,
+        )
     with pytest.raises(UserError, match="needs unlabeled calibration prompts"):
         create_mode("learned")
     with pytest.raises(UserError, match="--adamerging-granularity"):
         create_mode("adamerging", calibration=calibration, learn_granularity="tensor")
     (tmp_path / "long.txt").write_text("x" * 200 + "\n")
     with pytest.raises(UserError, match="long.txt:1 has 200 tokens"):
-        load_merged(inputs["base"], inputs["adapters"], mode="adamerging", calibration=[str(tmp_path / "long.txt")],
-                    tokenizer=str(inputs["tokenizer"]), progress=False)
+        load_merged(
+            inputs["base"],
+            inputs["adapters"],
+            mode="adamerging",
+            calibration=[str(tmp_path / "long.txt")],
+            tokenizer=str(inputs["tokenizer"]),
+            progress=False,
+        )

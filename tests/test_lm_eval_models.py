@@ -69,13 +69,24 @@ def test_dppa_model_honours_device_and_accelerate_device_maps(tiny, merged_logit
         return original(cls, *args, **kwargs)
 
     monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", classmethod(spy))
-    lm = DppaLM(pretrained=str(tiny["base"]), adapters=str(tiny["adapter"]), parallelize=True,
-                max_cpu_memory="1GB", device="cpu", offload_folder=str(tmp_path / "offload"))
+    lm = DppaLM(
+        pretrained=str(tiny["base"]),
+        adapters=str(tiny["adapter"]),
+        parallelize=True,
+        max_cpu_memory="1GB",
+        device="cpu",
+        offload_folder=str(tmp_path / "offload"),
+    )
     assert (seen[-1]["device_map"], seen[-1]["max_memory"]) == ("auto", {"cpu": 10**9})  # accelerate's loading
     assert lm.device == torch.device("cpu") and torch.equal(_logits(lm.model), merged_logits)
     with pytest.raises(ValueError, match="offloaded by the device map"):  # no room in memory: all on disk
-        DppaLM(pretrained=str(tiny["base"]), adapters=str(tiny["adapter"]), parallelize=True, device="cpu",
-               offload_folder=str(tmp_path / "offload2"))
+        DppaLM(
+            pretrained=str(tiny["base"]),
+            adapters=str(tiny["adapter"]),
+            parallelize=True,
+            device="cpu",
+            offload_folder=str(tmp_path / "offload2"),
+        )
     if not torch.cuda.is_available():  # the device reaches transformers instead of being dropped
         with pytest.raises((AssertionError, RuntimeError), match="CUDA"):
             DppaLM(pretrained=str(tiny["base"]), adapters=str(tiny["adapter"]), device="cuda")
@@ -96,15 +107,35 @@ def test_lm_eval_hf_with_peft_sparse_delta_equals_stock_hf_on_the_merged_model(t
     from dppa_peft.evaluation.tasks import task_manager
 
     merged = merge_to_folder(tiny["base"], [tiny["adapter"]], tmp_path / "merged", progress=False)
-    monkeypatch.setattr("sys.argv", [
-        "dppa-lm-eval", "--model", "hf", "--model_args", f"pretrained={tiny['base']},peft={tiny['adapter']}",
-        "--tasks", TASK, "--device", "cpu", "--limit", "8",  # the package's tasks are included by dppa-lm-eval
-        "--output_path", str(tmp_path / "out")])
+    monkeypatch.setattr(
+        "sys.argv",
+        [
+            "dppa-lm-eval",
+            "--model",
+            "hf",
+            "--model_args",
+            f"pretrained={tiny['base']},peft={tiny['adapter']}",
+            "--tasks",
+            TASK,
+            "--device",
+            "cpu",
+            "--limit",
+            "8",  # the package's tasks are included by dppa-lm-eval
+            "--output_path",
+            str(tmp_path / "out"),
+        ],
+    )
     cli()  # lm-eval's own command line, in this process
     [result] = list((tmp_path / "out").rglob("results_*.json"))
     got = json.loads(result.read_text())["results"][TASK]
-    stock = simple_evaluate(model="hf", model_args={"pretrained": str(merged), "device": "cpu"}, tasks=[TASK],
-                            task_manager=task_manager(), limit=8, log_samples=False)["results"][TASK]
+    stock = simple_evaluate(
+        model="hf",
+        model_args={"pretrained": str(merged), "device": "cpu"},
+        tasks=[TASK],
+        task_manager=task_manager(),
+        limit=8,
+        log_samples=False,
+    )["results"][TASK]
     assert got["acc,none"] == stock["acc,none"] and got["acc_stderr,none"] == stock["acc_stderr,none"]
 
 
@@ -117,12 +148,21 @@ def test_builtin_tasks_resolve_without_downloading_and_typos_are_clear():
 
 def test_hf_backend_model_args():
     source = backends.ModelSource("B", (Path("/a/x"), "user/y"), (0.5, 1.0), "ties", {"consensus": "count"})
-    settings = backends.BackendSettings(dtype="bfloat16", device_map="auto", tokenizer=Path("/tok"),
-                                        model_args={"max_cpu_memory": "8GB"})
+    settings = backends.BackendSettings(
+        dtype="bfloat16", device_map="auto", tokenizer=Path("/tok"), model_args={"max_cpu_memory": "8GB"}
+    )
     assert backends.hf_model_args(source, settings) == {
-        "pretrained": "B", "dtype": "bfloat16", "tokenizer": "/tok", "adapters": ["/a/x", "user/y"], "mode": "ties",
-        "weights": [0.5, 1.0], "mode_options": {"consensus": "count"}, "parallelize": True, "device_map": "auto",
-        "max_cpu_memory": "8GB"}
+        "pretrained": "B",
+        "dtype": "bfloat16",
+        "tokenizer": "/tok",
+        "adapters": ["/a/x", "user/y"],
+        "mode": "ties",
+        "weights": [0.5, 1.0],
+        "mode_options": {"consensus": "count"},
+        "parallelize": True,
+        "device_map": "auto",
+        "max_cpu_memory": "8GB",
+    }
 
 
 def _fake_simple_evaluate(calls: list, tasks_seen: list):
@@ -132,15 +172,32 @@ def _fake_simple_evaluate(calls: list, tasks_seen: list):
         calls.append((model, dict(model_args), files, kwargs))
         tasks_seen.append(list(tasks))
         return {"results": {t: {"acc,none": 0.5, "acc_stderr,none": 0.125} for t in tasks}}
+
     return fake
 
 
 def test_vllm_backend_wiring_without_vllm(tiny, tmp_path, monkeypatch, capsys):
     import lm_eval
 
-    common = ["eval", "--base", str(tiny["base"]), "--domain", f"fin={tiny['ft']}", "--tasks", f"fin={TASK}",
-              "--adapter", f"fin={tiny['adapter']}", "--backend", "vllm", "--dtype", "bfloat16", "--num-fewshot", "2",
-              "--model-args", "gpu_memory_utilization=0.8,tensor_parallel_size=2"]
+    common = [
+        "eval",
+        "--base",
+        str(tiny["base"]),
+        "--domain",
+        f"fin={tiny['ft']}",
+        "--tasks",
+        f"fin={TASK}",
+        "--adapter",
+        f"fin={tiny['adapter']}",
+        "--backend",
+        "vllm",
+        "--dtype",
+        "bfloat16",
+        "--num-fewshot",
+        "2",
+        "--model-args",
+        "gpu_memory_utilization=0.8,tensor_parallel_size=2",
+    ]
     assert main([*common, "--out", str(tmp_path / "r0")]) == 2  # vLLM is not installed here
     assert "pip install 'dppa-peft[vllm]'" in capsys.readouterr().err
     calls, tasks_seen = [], []
@@ -149,8 +206,13 @@ def test_vllm_backend_wiring_without_vllm(tiny, tmp_path, monkeypatch, capsys):
     assert main([*common, "--out", str(tmp_path / "r1")]) == 0
     assert [c[0] for c in calls] == ["vllm"] * 3
     (_, base_args, _, kwargs), (_, ft_args, _, _), (_, variant_args, files, _) = calls
-    assert base_args == {"pretrained": str(tiny["base"]), "dtype": "bfloat16", "tokenizer": str(tiny["base"]),
-                         "gpu_memory_utilization": 0.8, "tensor_parallel_size": 2}
+    assert base_args == {
+        "pretrained": str(tiny["base"]),
+        "dtype": "bfloat16",
+        "tokenizer": str(tiny["base"]),
+        "gpu_memory_utilization": 0.8,
+        "tensor_parallel_size": 2,
+    }
     assert ft_args["pretrained"] == str(tiny["ft"]) and kwargs["num_fewshot"] == 2 and tasks_seen[0] == [TASK]
     assert kwargs["device"] is None and kwargs["bootstrap_iters"] == 1000  # vLLM places the model itself
     merged = Path(variant_args["pretrained"])
@@ -162,7 +224,7 @@ def test_vllm_backend_wiring_without_vllm(tiny, tmp_path, monkeypatch, capsys):
     assert main([*common, "--out", str(tmp_path / "r2"), "--keep-merged"]) == 0
     kept = Path(calls[2][1]["pretrained"])
     assert kept.parent == tmp_path / "r2-merged" and (kept / "model.safetensors").is_file()
-    expected = merge_to_folder(tiny["base"], [tiny["adapter"]], tmp_path / "m", dtype=torch.bfloat16,
-                               progress=False)
-    assert torch.equal(_logits(AutoModelForCausalLM.from_pretrained(kept)),
-                       _logits(AutoModelForCausalLM.from_pretrained(expected)))
+    expected = merge_to_folder(tiny["base"], [tiny["adapter"]], tmp_path / "m", dtype=torch.bfloat16, progress=False)
+    assert torch.equal(
+        _logits(AutoModelForCausalLM.from_pretrained(kept)), _logits(AutoModelForCausalLM.from_pretrained(expected))
+    )

@@ -27,16 +27,25 @@ from dppa_peft.methods import METHODS
 from tests.expected import load_weights
 from tests.tiny_models import make_tokenizer
 from tests.matrix import (
-    DTYPES, MERGE_WEIGHTS, Matrix, assert_same_weights, check_merge_paths, check_peft_round_trip, load_base,
-    reference_deltas, reference_weights, weights_of,
+    DTYPES,
+    MERGE_WEIGHTS,
+    Matrix,
+    assert_same_weights,
+    check_merge_paths,
+    check_peft_round_trip,
+    load_base,
+    reference_deltas,
+    reference_weights,
+    weights_of,
 )
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_method_through_peft(method: str, dtype: str, matrix: Matrix) -> None:
-    check_peft_round_trip(method, matrix.pairs[dtype], matrix.adapter(method, dtype, 0),
-                          matrix.adapter(method, dtype, 1))
+    check_peft_round_trip(
+        method, matrix.pairs[dtype], matrix.adapter(method, dtype, 0), matrix.adapter(method, dtype, 1)
+    )
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -51,8 +60,13 @@ def _learned_once(mode: str, folder: Path) -> str | MergeMode:
     if "calibration" not in mode_options(mode):
         return mode
     (folder / "prompts.txt").write_text("1+2=3;\n4+5=9;\n6+7=13;\n")
-    return create_mode(mode, calibration=[str(folder / "prompts.txt")] * 2, learn_steps=2, continuation_tokens=2,
-                       tokenizer=str(make_tokenizer(folder / "tokenizer")))
+    return create_mode(
+        mode,
+        calibration=[str(folder / "prompts.txt")] * 2,
+        learn_steps=2,
+        continuation_tokens=2,
+        tokenizer=str(make_tokenizer(folder / "tokenizer")),
+    )
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -62,22 +76,28 @@ def test_merge_mode_paths_bit_identical(mode: str, dtype: str, matrix: Matrix, t
     adapters = [matrix.adapter("magnitude", dtype, which) for which in (0, 1)]
     options = {"density": 0.5} if "density" in mode_options(mode) else {}
     mode = _learned_once(mode, tmp_path)
-    in_memory = weights_of(load_merged(pair.base, adapters, MERGE_WEIGHTS, mode, dtype=pair.dtype, progress=False,
-                                       **options))
-    folder = merge_to_folder(pair.base, adapters, tmp_path / "merged", MERGE_WEIGHTS, mode, progress=False,
-                             **options)
+    in_memory = weights_of(
+        load_merged(pair.base, adapters, MERGE_WEIGHTS, mode, dtype=pair.dtype, progress=False, **options)
+    )
+    folder = merge_to_folder(pair.base, adapters, tmp_path / "merged", MERGE_WEIGHTS, mode, progress=False, **options)
     assert_same_weights(load_weights(folder), in_memory, f"merge_to_folder vs load_merged ({mode})")
     base = load_weights(pair.base)
     assert all(not torch.equal(in_memory[name], base[name]) for name in base)  # every tensor was fine-tuned
-    merged = merge_to_adapter(pair.base, adapters, tmp_path / "adapter", MERGE_WEIGHTS, mode, progress=False,
-                              **options)
+    merged = merge_to_adapter(pair.base, adapters, tmp_path / "adapter", MERGE_WEIGHTS, mode, progress=False, **options)
     from_adapter = weights_of(PeftModel.from_pretrained(load_base(pair), str(merged.directory)).merge_and_unload())
-    if MERGE_MODES[str(getattr(mode, "name", mode))].needs_dense():  # one merged delta per tensor: the same single addition
+    if MERGE_MODES[
+        str(getattr(mode, "name", mode))
+    ].needs_dense():  # one merged delta per tensor: the same single addition
         assert_same_weights(from_adapter, in_memory, f"merged adapter vs load_merged ({mode})")
     else:  # Σ w_i·δ_i is summed before it meets the base (docs/algorithms.md §12.4): equal to fp32 rounding
         for name, expected in in_memory.items():
-            torch.testing.assert_close(from_adapter[name].float(), expected.float(), atol=1e-6,
-                                       rtol=2 * torch.finfo(pair.dtype).eps, msg=f"merged adapter ({mode}): {name}")
+            torch.testing.assert_close(
+                from_adapter[name].float(),
+                expected.float(),
+                atol=1e-6,
+                rtol=2 * torch.finfo(pair.dtype).eps,
+                msg=f"merged adapter ({mode}): {name}",
+            )
     if mode == "sum":
         deltas = [reference_deltas(pair, which, "magnitude") for which in (0, 1)]
         assert_same_weights(in_memory, reference_weights(pair, deltas, MERGE_WEIGHTS), "sum vs W_B + Σ w_i·δ_i")

@@ -40,8 +40,19 @@ def exact(actual: torch.Tensor, expected: torch.Tensor) -> None:
 
 
 def test_registry_names_options_and_aliases() -> None:
-    assert sorted(MERGE_MODES) == ["adamerging", "dare_linear", "dare_ties", "della", "della_linear", "learned",
-                                   "linear", "magnitude_prune", "sum", "task_arithmetic", "ties"]
+    assert sorted(MERGE_MODES) == [
+        "adamerging",
+        "dare_linear",
+        "dare_ties",
+        "della",
+        "della_linear",
+        "learned",
+        "linear",
+        "magnitude_prune",
+        "sum",
+        "task_arithmetic",
+        "ties",
+    ]
     assert MERGE_MODES["linear"] is MERGE_MODES["sum"] is MERGE_MODES["task_arithmetic"]
     assert mode_options("sum") == [] and mode_options("magnitude_prune") == ["density"]
     assert mode_options("ties") == ["consensus", "semantics", "density"]
@@ -68,8 +79,10 @@ def test_linear_is_peft_task_arithmetic(weights: list[float]) -> None:
 @pytest.mark.parametrize("density", [0.3, 0.5])
 def test_magnitude_prune_is_peft(density: float) -> None:
     tensors, weights = deltas(2), [0.5, 1.5, -1.0]
-    exact(merged("magnitude_prune", tensors, weights, density=density),
-          merge_utils.magnitude_prune(tensors, torch.tensor(weights), density))
+    exact(
+        merged("magnitude_prune", tensors, weights, density=density),
+        merge_utils.magnitude_prune(tensors, torch.tensor(weights), density),
+    )
 
 
 @pytest.mark.parametrize(("consensus", "peft_method"), [("sum", "total"), ("count", "frequency")])
@@ -92,18 +105,25 @@ def test_dare_modes_are_peft_on_the_documented_drop() -> None:
     dropped = dare_dropped(tensors, 0.5, seed=3)
     kept = sum(int((d != 0).sum()) for d in dropped)
     assert 70 < kept < 110  # ~half of 180 entries survive
-    exact(merged("dare_linear", tensors, weights, density=0.5, seed=3),
-          merge_utils.task_arithmetic(dropped, torch.tensor(weights)))
-    exact(merged("dare_ties", tensors, weights, density=0.5, seed=3, semantics="peft"),
-          merge_utils.ties(dropped, torch.tensor(weights), 1.0))
-    assert not torch.equal(merged("dare_linear", tensors, weights, density=0.5, seed=4),
-                           merged("dare_linear", tensors, weights, density=0.5, seed=3))
+    exact(
+        merged("dare_linear", tensors, weights, density=0.5, seed=3),
+        merge_utils.task_arithmetic(dropped, torch.tensor(weights)),
+    )
+    exact(
+        merged("dare_ties", tensors, weights, density=0.5, seed=3, semantics="peft"),
+        merge_utils.ties(dropped, torch.tensor(weights), 1.0),
+    )
+    assert not torch.equal(
+        merged("dare_linear", tensors, weights, density=0.5, seed=4),
+        merged("dare_linear", tensors, weights, density=0.5, seed=3),
+    )
 
 
 def test_della_without_window_is_dare_ties_and_prefers_large_entries() -> None:
     tensors, weights = deltas(6, shape=(8, 200)), [1.0, 0.5, 2.0]
-    exact(merged("della", tensors, weights, density=0.5, epsilon=0.0),
-          merged("dare_ties", tensors, weights, density=0.5))
+    exact(
+        merged("della", tensors, weights, density=0.5, epsilon=0.0), merged("dare_ties", tensors, weights, density=0.5)
+    )
     survivors = create_mode("della_linear", density=0.5, epsilon=0.4).merge(NAME, sparse(tensors[:1]), [1.0])
     kept = torch.zeros(tensors[0].numel(), dtype=torch.bool)
     kept[survivors.as_delta().indices] = True

@@ -21,8 +21,10 @@ from tests.tiny_models import make_base, make_finetune
 def adapters(tmp_path_factory, llama_pair, llama_finetunes):
     base, _ = llama_pair
     root = tmp_path_factory.mktemp("merge_inputs")
-    return [prune(base, ft, root / f"a{i}", method="magnitude", rate=0.8, progress=False)[0].directory
-            for i, ft in enumerate(llama_finetunes)]
+    return [
+        prune(base, ft, root / f"a{i}", method="magnitude", rate=0.8, progress=False)[0].directory
+        for i, ft in enumerate(llama_finetunes)
+    ]
 
 
 def state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -39,8 +41,7 @@ def assert_same(actual: dict[str, torch.Tensor], expected: dict[str, torch.Tenso
         torch.testing.assert_close(actual[name], expected[name], rtol=0, atol=atol, msg=name)
 
 
-@pytest.mark.parametrize(("mode", "options"), [("ties", {}), ("dare_ties", {"density": 0.5, "seed": 7}),
-                                               ("sum", {})])
+@pytest.mark.parametrize(("mode", "options"), [("ties", {}), ("dare_ties", {"density": 0.5, "seed": 7}), ("sum", {})])
 def test_merged_adapter_loads_like_any_adapter(tmp_path, llama_pair, adapters, mode, options):
     base, _ = llama_pair
     weights = [0.6, 1.4]
@@ -59,8 +60,10 @@ def test_merged_adapter_loads_like_any_adapter(tmp_path, llama_pair, adapters, m
     via_peft = peft_merged(base, out.directory)
     assert_same(state(load_merged(base, [out.directory], progress=False)), via_peft)  # one kernel, bit for bit
     assert_same(via_peft, direct, atol=0.0 if mode != "sum" else 1e-6)  # sums: the merged values round once first
-    assert not torch.equal(direct["model.layers.0.mlp.up_proj.weight"],
-                           AutoModelForCausalLM.from_pretrained(base).state_dict()["model.layers.0.mlp.up_proj.weight"])
+    assert not torch.equal(
+        direct["model.layers.0.mlp.up_proj.weight"],
+        AutoModelForCausalLM.from_pretrained(base).state_dict()["model.layers.0.mlp.up_proj.weight"],
+    )
 
     card = (out.directory / "README.md").read_text()
     assert f"merge mode | `{mode}`" in card and "a0 (local folder)" in card and "| 1.4 |" in card
@@ -73,8 +76,9 @@ def test_merged_adapter_loads_like_any_adapter(tmp_path, llama_pair, adapters, m
 
 def test_merge_folder_card_record_dtype_and_replay(tmp_path, llama_pair, adapters):
     base, _ = llama_pair
-    out = merge_to_folder(base, adapters, tmp_path / "m", [1.0, 0.5], "dare_linear", dtype="bfloat16",
-                          progress=False, density=0.5, seed=1)
+    out = merge_to_folder(
+        base, adapters, tmp_path / "m", [1.0, 0.5], "dare_linear", dtype="bfloat16", progress=False, density=0.5, seed=1
+    )
     config = json.loads((out / "config.json").read_text())
     assert config["dtype"] == "bfloat16"
     assert {t.dtype for t in load_weights(out).values()} == {torch.bfloat16}
@@ -91,14 +95,24 @@ def test_merge_folder_card_record_dtype_and_replay(tmp_path, llama_pair, adapter
 
 def test_float32_merge_of_a_bf16_base_is_not_rounded_to_bf16(tmp_path):
     base = make_base(tmp_path / "base", dtype=torch.bfloat16)
-    adapter, _ = prune(base, make_finetune(base, tmp_path / "ft", steps=2), tmp_path / "a", method="magnitude",
-                       rate=0.5, progress=False)
+    adapter, _ = prune(
+        base,
+        make_finetune(base, tmp_path / "ft", steps=2),
+        tmp_path / "a",
+        method="magnitude",
+        rate=0.5,
+        progress=False,
+    )
     out = merge_to_folder(base, [adapter.directory], tmp_path / "m", dtype="float32", progress=False)
     assert json.loads((out / "config.json").read_text())["dtype"] == "float32"
     name = "model.layers.0.mlp.down_proj.weight"
     merged, base_w = load_weights(out)[name], load_weights(base)[name]
-    expected = base_w.float().reshape(-1).index_add(0, adapter.sparse_tensor(name).indices,
-                                                    adapter.sparse_tensor(name).values).reshape(base_w.shape)
+    expected = (
+        base_w.float()
+        .reshape(-1)
+        .index_add(0, adapter.sparse_tensor(name).indices, adapter.sparse_tensor(name).values)
+        .reshape(base_w.shape)
+    )
     assert merged.dtype == torch.float32
     torch.testing.assert_close(merged, expected, rtol=0, atol=0)
     assert not torch.equal(merged, merged.bfloat16().float())  # really fp32 values, not bf16 ones widened
@@ -124,8 +138,9 @@ def test_cli_out_adapter_and_validation_before_work(tmp_path, llama_pair, adapte
 
 def test_merged_adapter_bakes_the_amplification_factors(tmp_path, llama_pair):
     base, ft = llama_pair
-    adapter, _ = prune(base, ft, tmp_path / "a", method="magnitude", rate=0.8, partition_rates=[0.9, 0.8],
-                       progress=False)
+    adapter, _ = prune(
+        base, ft, tmp_path / "a", method="magnitude", rate=0.8, partition_rates=[0.9, 0.8], progress=False
+    )
     config_path = adapter.directory / "adapter_config.json"
     config = json.loads(config_path.read_text())
     config["amplification"]["factors"] = [1.5, 0.75]  # as a DPA search would leave them
@@ -134,17 +149,18 @@ def test_merged_adapter_bakes_the_amplification_factors(tmp_path, llama_pair):
     stored = json.loads((merged.directory / "adapter_config.json").read_text())
     assert stored["amplification"] is None and not any(r["partition"] for r in stored["tensors"].values())
     assert_same(peft_merged(base, merged.directory), peft_merged(base, adapter.directory))
-    assert not torch.equal(load_weights(merged.directory)["base_model.model.model.layers.0.mlp.up_proj.sparse_delta."
-                                                          "weight_values"],
-                           load_weights(adapter.directory)["base_model.model.model.layers.0.mlp.up_proj.sparse_delta."
-                                                           "weight_values"])
+    assert not torch.equal(
+        load_weights(merged.directory)["base_model.model.model.layers.0.mlp.up_proj.sparse_delta.weight_values"],
+        load_weights(adapter.directory)["base_model.model.model.layers.0.mlp.up_proj.sparse_delta.weight_values"],
+    )
 
 
 def test_hub_inputs_are_recorded_at_their_commit(local_hub, hub_repo_id, tmp_path, llama_pair, adapters):
     base, _ = llama_pair
     SparseDeltaAdapter(adapters[0]).push_to_hub(hub_repo_id)
-    out = merge_to_folder(base, [hub_repo_id, adapters[1]], tmp_path / "m", adapter_revisions=["main", None],
-                          progress=False)
+    out = merge_to_folder(
+        base, [hub_repo_id, adapters[1]], tmp_path / "m", adapter_revisions=["main", None], progress=False
+    )
     record = json.loads((out / "dppa_merge.json").read_text())["adapters"]
     assert record[0]["ref"] == hub_repo_id and record[0]["revision"] == "main"
     assert len(record[0]["commit"]) == 40 and record[1]["commit"] is None
@@ -161,8 +177,13 @@ def test_checkpoint_sample_reads_rows_and_equals_the_full_sample(tmp_path):
     from dppa_peft.format.fingerprint import checkpoint_sample, tensor_sample
 
     g = torch.Generator().manual_seed(0)
-    tensors = {"a": torch.randn(300, 7, generator=g), "b": torch.randn(5, 7, 3, generator=g).bfloat16(),
-               "c": torch.randn(40, 1, generator=g), "d": torch.randn(9, generator=g), "e": torch.zeros(0, 4)}
+    tensors = {
+        "a": torch.randn(300, 7, generator=g),
+        "b": torch.randn(5, 7, 3, generator=g).bfloat16(),
+        "c": torch.randn(40, 1, generator=g),
+        "d": torch.randn(9, generator=g),
+        "e": torch.zeros(0, 4),
+    }
     save_file(tensors, tmp_path / "model.safetensors")
     checkpoint = Checkpoint(tmp_path)
     for name in tensors:

@@ -29,6 +29,7 @@ def outlier_blocks(outliers_per_block: list[int]) -> list:
 
 # --- OWL ---------------------------------------------------------------------------------------------------------
 
+
 def test_owl_vs_dppa_normalisation_example() -> None:
     owl = [0.3 + a for a in owl_adjustments([1.0, 2.0, 4.0], 0.08)]
     dppa = [0.3 + a for a in centred_norm([1.0, 2.0, 4.0], 0.08)]
@@ -64,6 +65,7 @@ def test_owl_all_zero_and_order() -> None:
 
 
 # --- DELLA -------------------------------------------------------------------------------------------------------
+
 
 def close(actual: torch.Tensor, expected: list) -> None:
     torch.testing.assert_close(actual, torch.tensor(expected), rtol=0, atol=1e-6)
@@ -116,24 +118,25 @@ def test_della_seeded_per_tensor_and_nested() -> None:
 
 # --- TIES trim and Breadcrumbs -----------------------------------------------------------------------------------
 
+
 def test_ties_trim_is_magnitude() -> None:
     assert issubclass(METHODS["ties"], Magnitude)
     info, delta = linear_info(0, Q, (1, 5)), torch.tensor([[0.5, -0.2, 0.1, 0.0, -0.3]])
     assert kept_values(create_method("ties", 0.4), info, delta, 0.6) == [-0.3, -0.2, 0.5]
 
 
-BREADCRUMBS = torch.tensor([.05, -.4, .2, .1, -.3, .01, .6, -.02, .15, .08])
+BREADCRUMBS = torch.tensor([0.05, -0.4, 0.2, 0.1, -0.3, 0.01, 0.6, -0.02, 0.15, 0.08])
 
 
 def test_breadcrumbs_vector() -> None:
     kept = BREADCRUMBS.reshape(-1)[breadcrumbs_indices(BREADCRUMBS, 0.5, 0.1)]
-    assert sorted(kept.tolist()) == pytest.approx(sorted([-.4, .2, .1, -.3, .15]))
+    assert sorted(kept.tolist()) == pytest.approx(sorted([-0.4, 0.2, 0.1, -0.3, 0.15]))
 
 
 def test_breadcrumbs_without_outliers_is_magnitude_not_zero() -> None:
     for gamma in (0.0, 0.01):  # int(0.01·10) = 0: mergekit zeroes the tensor here
         kept = BREADCRUMBS.reshape(-1)[breadcrumbs_indices(BREADCRUMBS, 0.5, gamma)]
-        assert sorted(kept.tolist()) == pytest.approx(sorted([-.4, .2, -.3, .6, .15]))
+        assert sorted(kept.tolist()) == pytest.approx(sorted([-0.4, 0.2, -0.3, 0.6, 0.15]))
 
 
 def test_breadcrumbs_deficit_drops_fewer_outliers() -> None:
@@ -151,14 +154,16 @@ def test_threshold_le_position_ignores_float_noise() -> None:
 
 # --- every method ------------------------------------------------------------------------------------------------
 
+
 def prepared(name: str, items: list, rate: float = 0.5, **params: object):
     return observe_all(create_method(name, rate, **params), items)
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_density_zero_and_one(name: str) -> None:
-    items = [(linear_info(b, Q, (6, 5)), torch.randn(6, 5, generator=torch.Generator().manual_seed(b)))
-             for b in range(2)]
+    items = [
+        (linear_info(b, Q, (6, 5)), torch.randn(6, 5, generator=torch.Generator().manual_seed(b))) for b in range(2)
+    ]
     method = prepared(name, items, **({"gamma": 0.1} if name == "breadcrumbs" else {}))
     for info, delta in items:
         assert method.prune(info, delta, 0.0).nnz == 0

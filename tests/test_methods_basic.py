@@ -37,7 +37,7 @@ def test_top_k_on_large_tensors_is_exact_whatever_the_sample_sees(fill):
         scores[: n - 500] = 0.0
     if fill == "sorted":
         scores = torch.arange(n, dtype=torch.float32)
-        scores[-k - 3:] = 1e9  # k + 3 equal maxima: the sample sees almost none of them
+        scores[-k - 3 :] = 1e9  # k + 3 equal maxima: the sample sees almost none of them
     order = torch.sort(scores, descending=True, stable=True).indices[:k]
     assert torch.equal(top_k_indices(scores, k), order.sort().values)
 

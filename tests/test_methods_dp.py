@@ -11,12 +11,21 @@ from dppa_peft.methods.outliers import BlockOutliers, centred_norm, matrix_signi
 
 Q, UP = "self_attn.q_proj", "mlp.up_proj"
 WORKED = {
-    (0, Q): [[.011, -.021, .032, -.013], [.024, .500, -.015, .026]],
-    (0, UP): [[.012, .022, -.033, .041, .014, -.025, .036, .600], [-.700, .017, .028, -.019, .031, .023, -.044, .016]],
-    (1, Q): [[.051, -.042, .033, -.054], [.045, -.036, .057, .048]],
-    (1, UP): [[.021, -.027, .034, .013, -.018, .029, .022, -.035], [.015, .400, -.026, .011, .037, -.019, .024, .012]],
-    (2, Q): [[.180, -.092, .083, -.074], [.065, -.056, .047, .038]],
-    (2, UP): [[.300, -.012, .013, .014, -.015, .016, .017, -.018], [.019, .020, -.021, .022, .023, -.024, .025, .026]],
+    (0, Q): [[0.011, -0.021, 0.032, -0.013], [0.024, 0.500, -0.015, 0.026]],
+    (0, UP): [
+        [0.012, 0.022, -0.033, 0.041, 0.014, -0.025, 0.036, 0.600],
+        [-0.700, 0.017, 0.028, -0.019, 0.031, 0.023, -0.044, 0.016],
+    ],
+    (1, Q): [[0.051, -0.042, 0.033, -0.054], [0.045, -0.036, 0.057, 0.048]],
+    (1, UP): [
+        [0.021, -0.027, 0.034, 0.013, -0.018, 0.029, 0.022, -0.035],
+        [0.015, 0.400, -0.026, 0.011, 0.037, -0.019, 0.024, 0.012],
+    ],
+    (2, Q): [[0.180, -0.092, 0.083, -0.074], [0.065, -0.056, 0.047, 0.038]],
+    (2, UP): [
+        [0.300, -0.012, 0.013, 0.014, -0.015, 0.016, 0.017, -0.018],
+        [0.019, 0.020, -0.021, 0.022, 0.023, -0.024, 0.025, 0.026],
+    ],
 }
 ORDER = [(0, Q), (0, UP), (1, Q), (1, UP), (2, Q), (2, UP)]
 
@@ -40,8 +49,9 @@ def test_worked_example_statistics() -> None:
     blocks = BlockOutliers(3.0, "count")
     for info, delta in items:
         blocks.add_magnitude(info.block, delta.numel(), float(delta.abs().sum(dtype=torch.float64)))
-    assert [blocks.abs_sum[b] / blocks.numel[b] for b in range(3)] == pytest.approx([0.0959583, 0.0462083, 0.0508333],
-                                                                                    abs=1e-7)
+    assert [blocks.abs_sum[b] / blocks.numel[b] for b in range(3)] == pytest.approx(
+        [0.0959583, 0.0462083, 0.0508333], abs=1e-7
+    )
     for info, delta in items:
         blocks.add_outliers(info.block, delta.abs())
     assert list(blocks.significance().values()) == pytest.approx([12.5, 4.166667, 8.333333], abs=1e-6)
@@ -60,12 +70,12 @@ def test_worked_example_code_variant_kept_values(tie_mode: str) -> None:
     method, items = worked_dp(tie_mode=tie_mode)
     kept = [kept_values(method, info, delta, method.plan(info).density) for info, delta in items]
     assert kept == [
-        [.024, .026, .032, .5],
-        sorted([-.033, .041, -.025, .036, .6, -.7, .028, .031, -.044]),
-        [.057],
-        [-.035, .034, .037, .4],
-        [-.092, .18],
-        [-.024, .022, .023, .025, .026, .3],
+        [0.024, 0.026, 0.032, 0.5],
+        sorted([-0.033, 0.041, -0.025, 0.036, 0.6, -0.7, 0.028, 0.031, -0.044]),
+        [0.057],
+        [-0.035, 0.034, 0.037, 0.4],
+        [-0.092, 0.18],
+        [-0.024, 0.022, 0.023, 0.025, 0.026, 0.3],
     ]
 
 
@@ -73,14 +83,18 @@ def test_worked_example_count_with_block_factor_5() -> None:
     """The "count, N_block = 5" row of docs/algorithms.md §5.6: count significance with N = 5 at both levels."""
     method, items = worked_dp(block_outlier_factor=5.0)
     assert list(method.block_terms().values()) == pytest.approx([0.1, -0.05, -0.05], abs=1e-12)
-    assert [method.plan(info).density for info, _ in items] == pytest.approx([.58, .58, .25, .34, .25, .34],
-                                                                             abs=1e-12)
+    assert [method.plan(info).density for info, _ in items] == pytest.approx(
+        [0.58, 0.58, 0.25, 0.34, 0.25, 0.34], abs=1e-12
+    )
 
 
-@pytest.mark.parametrize(("tie_mode", "q1_kept", "q2_kept"), [
-    ("index", [-.054, .057], [-.092, .18]),
-    ("threshold_le", [.057], [.18]),  # n·θ = 8·0.75 = 6 exactly: the released rule prunes the tie at t too
-])
+@pytest.mark.parametrize(
+    ("tie_mode", "q1_kept", "q2_kept"),
+    [
+        ("index", [-0.054, 0.057], [-0.092, 0.18]),
+        ("threshold_le", [0.057], [0.18]),  # n·θ = 8·0.75 = 6 exactly: the released rule prunes the tie at t too
+    ],
+)
 def test_worked_example_off_by_one(tie_mode: str, q1_kept: list, q2_kept: list) -> None:
     method, items = worked_dp(block_outlier_factor=5.0, tie_mode=tie_mode)
     (q1, d1), (q2, d2) = items[2], items[4]
@@ -102,7 +116,7 @@ def test_worked_example_paper_variant() -> None:
     assert densities == pytest.approx([0.557638, 0.558416, 0.267999, 0.376966, 0.232001, 0.335799], abs=1e-6)
     kept = [kept_values(method, info, delta, d) for (info, delta), d in zip(items, densities)]
     assert [len(k) for k in kept] == [4, 8, 2, 6, 1, 5]
-    assert kept[4] == [.18] and kept[2] == [-.054, .057]
+    assert kept[4] == [0.18] and kept[2] == [-0.054, 0.057]
 
 
 def test_variant_defaults() -> None:
@@ -148,8 +162,10 @@ def test_rates_shift_densities_and_nest_masks(variant: str) -> None:
     for info, delta in items:
         at_09, at_08 = method.plan(info, 0.9), method.plan(info, 0.8)
         assert at_08.unclipped == pytest.approx(at_09.unclipped + 0.1, abs=1e-12)
-        kept = [set(method.prune(info, delta, method.plan(info, rate).density).indices.tolist())
-                for rate in (0.95, 0.9, 0.8, 0.5)]
+        kept = [
+            set(method.prune(info, delta, method.plan(info, rate).density).indices.tolist())
+            for rate in (0.95, 0.9, 0.8, 0.5)
+        ]
         assert kept[0] <= kept[1] <= kept[2] <= kept[3]
         assert len(kept[2]) > len(kept[1])
 
@@ -199,7 +215,10 @@ def test_all_zero_model_and_zero_block() -> None:
 
 
 def test_tiny_tensors() -> None:
-    items = [(linear_info(0, Q, (1, 1)), torch.tensor([[0.5]])), (linear_info(1, Q, (1, 2)), torch.tensor([[.1, -.3]]))]
+    items = [
+        (linear_info(0, Q, (1, 1)), torch.tensor([[0.5]])),
+        (linear_info(1, Q, (1, 2)), torch.tensor([[0.1, -0.3]])),
+    ]
     method = observe_all(create_method("dp", 0.5), items)
     for info, delta in items:
         plan = method.plan(info)
@@ -255,8 +274,9 @@ def test_min_density_floor_keeps_every_module() -> None:
     infos = [info for info, _ in worked_items()]
     assert [plain.plan(i).density for i in infos] == pytest.approx([0.23, 0.23, 0, 0, 0, 0.04], abs=1e-12)
     assert [floored.plan(i).density for i in infos] == pytest.approx([0.23, 0.23, 0.05, 0.05, 0.05, 0.05], abs=1e-12)
-    assert [floored.plan(i).unclipped for i in infos] == pytest.approx([0.23, 0.23, -0.15, -0.06, -0.05, 0.04],
-                                                                       abs=1e-12)
+    assert [floored.plan(i).unclipped for i in infos] == pytest.approx(
+        [0.23, 0.23, -0.15, -0.06, -0.05, 0.04], abs=1e-12
+    )
     assert floored.describe()["params"]["min_density"] == 0.05
     with pytest.raises(ValueError, match="min_density must be a density in"):
         create_method("dp", 0.9, min_density=1.5)

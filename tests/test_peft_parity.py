@@ -22,8 +22,10 @@ UP = "model.layers.1.mlp.up_proj.weight"
 def adapters(tmp_path_factory, llama_pair, llama_finetunes):
     base, _ = llama_pair
     root = tmp_path_factory.mktemp("parity")
-    return [prune(base, ft, root / f"a{i}", method="magnitude", rate=0.7, progress=False)[0].directory
-            for i, ft in enumerate(llama_finetunes)]
+    return [
+        prune(base, ft, root / f"a{i}", method="magnitude", rate=0.7, progress=False)[0].directory
+        for i, ft in enumerate(llama_finetunes)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -49,13 +51,19 @@ def dense_deltas(adapters, name: str) -> list[torch.Tensor]:
     return [SparseDeltaAdapter(a).sparse_tensor(name).to_dense() for a in adapters]
 
 
-@pytest.mark.parametrize(("combination", "kwargs", "reference"), [
-    ("linear", {}, lambda d, w: merge_utils.task_arithmetic(d, w)),
-    ("magnitude_prune", {"density": 0.2}, lambda d, w: merge_utils.magnitude_prune(d, w, 0.2)),
-    ("ties", {"density": 0.2}, lambda d, w: merge_utils.ties(d, w, 0.2, "total")),
-    ("ties", {"density": 0.25, "majority_sign_method": "frequency"},
-     lambda d, w: merge_utils.ties(d, w, 0.25, "frequency")),
-])
+@pytest.mark.parametrize(
+    ("combination", "kwargs", "reference"),
+    [
+        ("linear", {}, lambda d, w: merge_utils.task_arithmetic(d, w)),
+        ("magnitude_prune", {"density": 0.2}, lambda d, w: merge_utils.magnitude_prune(d, w, 0.2)),
+        ("ties", {"density": 0.2}, lambda d, w: merge_utils.ties(d, w, 0.2, "total")),
+        (
+            "ties",
+            {"density": 0.25, "majority_sign_method": "frequency"},
+            lambda d, w: merge_utils.ties(d, w, 0.25, "frequency"),
+        ),
+    ],
+)
 def test_add_weighted_adapter_is_peft_merge_utils(tmp_path, llama_pair, adapters, combination, kwargs, reference):
     base, _ = llama_pair
     weights = [0.6, 1.4]
@@ -118,8 +126,11 @@ def test_peft_save_pretrained_writes_the_same_compact_files(tmp_path, llama_pair
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), str(bf16_adapter))
     model.save_pretrained(tmp_path / "saved")
     ours, peft_written = bf16_adapter, tmp_path / "saved"
-    assert sorted(p.name for p in peft_written.iterdir()) == ["README.md", "adapter_config.json",
-                                                              "adapter_model.safetensors"]
+    assert sorted(p.name for p in peft_written.iterdir()) == [
+        "README.md",
+        "adapter_config.json",
+        "adapter_model.safetensors",
+    ]
     for name in ("README.md", "adapter_config.json"):
         assert (peft_written / name).read_text() == (ours / name).read_text(), name
     mine, theirs = load_file(ours / "adapter_model.safetensors"), load_file(peft_written / "adapter_model.safetensors")

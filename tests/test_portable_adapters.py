@@ -55,8 +55,9 @@ def test_relative_base_is_stored_absolute_and_loads_from_any_folder(llama_pair, 
 
 def test_base_model_id_is_checked_against_the_hub_and_recorded(llama_pair, base_on_hub, tmp_path):
     base, finetuned = llama_pair
-    adapter, _ = prune(base, finetuned, tmp_path / "a", method="magnitude", rate=0.9, progress=False,
-                       base_model_id=base_on_hub)
+    adapter, _ = prune(
+        base, finetuned, tmp_path / "a", method="magnitude", rate=0.9, progress=False, base_model_id=base_on_hub
+    )
     provenance = adapter.config.provenance
     assert (provenance["base_model_id"], provenance["base_model_id_checked"]) == (base_on_hub, True)
     assert adapter.config.base_model_name_or_path == str(base.resolve())  # still loads offline, from the copy
@@ -68,11 +69,24 @@ def test_a_wrong_base_model_id_fails_before_any_work(llama_pair, local_hub, tmp_
     HfApi().create_repo(other)
     HfApi().upload_folder(repo_id=other, folder_path=make_base(tmp_path / "other", seed=7))
     with pytest.raises(BaseIdMismatchError, match="other weights"):
-        prune(llama_pair[0], llama_pair[1], tmp_path / "a", method="dp", rate=0.9, progress=False,
-              base_model_id=other)
+        prune(llama_pair[0], llama_pair[1], tmp_path / "a", method="dp", rate=0.9, progress=False, base_model_id=other)
     assert not (tmp_path / "a").exists()
-    assert main(["prune", "--base", str(llama_pair[0]), "--finetuned", str(llama_pair[1]), "--out",
-                 str(tmp_path / "b"), "--base-model-id", f"{HUB_USER}/no-such-repo"]) == 2
+    assert (
+        main(
+            [
+                "prune",
+                "--base",
+                str(llama_pair[0]),
+                "--finetuned",
+                str(llama_pair[1]),
+                "--out",
+                str(tmp_path / "b"),
+                "--base-model-id",
+                f"{HUB_USER}/no-such-repo",
+            ]
+        )
+        == 2
+    )
 
 
 def test_an_unreachable_hub_records_the_id_unchecked(llama_pair, tmp_path, monkeypatch):
@@ -82,8 +96,15 @@ def test_an_unreachable_hub_records_the_id_unchecked(llama_pair, tmp_path, monke
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{port}")
-    adapter, _ = prune(llama_pair[0], llama_pair[1], tmp_path / "a", method="magnitude", rate=0.9, progress=False,
-                       base_model_id="meta-llama/Llama-2-7b-hf")
+    adapter, _ = prune(
+        llama_pair[0],
+        llama_pair[1],
+        tmp_path / "a",
+        method="magnitude",
+        rate=0.9,
+        progress=False,
+        base_model_id="meta-llama/Llama-2-7b-hf",
+    )
     assert adapter.config.provenance["base_model_id_checked"] is False
 
 
@@ -92,11 +113,20 @@ def test_push_names_the_hub_base_and_hides_local_paths(llama_pair, base_on_hub, 
 
     base, finetuned = llama_pair
     out = tmp_path / "adapter"
-    assert main(["prune", "--base", str(base), "--finetuned", str(finetuned), "--out", str(out), "--method",
-                 "magnitude"]) == 0
+    assert (
+        main(["prune", "--base", str(base), "--finetuned", str(finetuned), "--out", str(out), "--method", "magnitude"])
+        == 0
+    )
     results = tmp_path / "results.json"
-    results.write_text(json.dumps({"results": {"toy": {"alias": "toy", "acc,none": 0.75, "acc_stderr,none": 0.1,
-                                                       "sample_len": 40, "samples": 40}}}))
+    results.write_text(
+        json.dumps(
+            {
+                "results": {
+                    "toy": {"alias": "toy", "acc,none": 0.75, "acc_stderr,none": 0.1, "sample_len": 40, "samples": 40}
+                }
+            }
+        )
+    )
     assert main(["push", str(out), hub_repo_id, "--base-model-id", base_on_hub, "--eval-results", str(results)]) == 0
     folder = Path(HfApi().snapshot_download(hub_repo_id))
     config = json.loads((folder / "adapter_config.json").read_text())

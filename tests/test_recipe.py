@@ -49,30 +49,39 @@ def test_changed_step_is_not_silently_replaced(tmp_path, llama_pair, llama_finet
     assert config["method"]["rate"] == 0.5
 
 
-@pytest.mark.parametrize("text,message", [
-    ("base: b\nfinetunes: {a: x}\n", "recipe: missing key 'output_dir'"),
-    ("base: b\noutput_dir: o\nfinetunes: {a: x}\nprune: {method: nope}\n", "prune.method: 'nope' is not one of"),
-    ("base: b\noutput_dir: o\nfinetunes: {a: x}\nmerge: {weights: {z: 1}}\n", "merge.weights.z: unknown domain"),
-    ("base: b\noutput_dir: o\nfinetunes: {a: x}\ncolor: red\n", "recipe.color: unknown key"),
-    ("base: b\noutput_dir: o\nfinetunes: {a: x}\nprune: {method: dp, params: {methd: 1}}\n",
-     "prune.params.methd: unknown key"),
-    ("base: b\noutput_dir: o\nfinetunes: {a: x}\nprune: {ratee: 0.5}\n", "prune.ratee: unknown key"),
-    ("base: b\noutput_dir: o\nfinetunes: {a: x}\nmerge: {weigths: {a: 1}}\n", "merge.weigths: unknown key"),
-    ("base: b\noutput_dir: o\nfinetunes: {a: x}\nprune: {rate: high}\n", "prune.rate: expected float, got str"),
-    ("base: b\noutput_dir: o\nfinetunes: {a: x}\nprune: {dpa: {tol: [1]}}\n", "prune.dpa.tol: expected float"),
-    ("base: b\noutput_dir: o\nfinetunes: [a, b]\n", "recipe.finetunes: expected a mapping"),
-    ("base: b\noutput_dir: o\nfinetunes: {a: x}\nmerge: {weights: {a: one}}\n", "merge.weights.a: expected float"),
-    ("base: b\noutput_dir: o\nfinetunes: {../../x: y}\n", "'../../x' is not a usable domain name"),
-    ("base: b\noutput_dir: o\nfinetunes: {merged: y}\n", "'merged' is not a usable domain name"),
-    ("base: b\noutput_dir: o\nfinetunes: {a: x}\nprune: {out: elsewhere}\n", "prune.out: set by the recipe"),
-    ("base: b\noutput_dir: o\nfinetunes: {a: x\n", r"bad.yaml:4:1: YAML syntax error"),
-    ("- a\n- b\n", "a recipe is a YAML mapping"),
-    ("base: b\noutput_dir: o\nfinetunes: {a: x}\nmerge: {mode: mean}\n", "merge.mode: 'mean' is not one of"),
-    ("base: b\noutput_dir: o\nfinetunes: {a: x}\nmerge: {mode: sum, params: {density: 0.5}}\n",
-     "merge.params.density: unknown key"),
-    ("base: b\noutput_dir: o\nfinetunes: {a: x}\nmerge: {mode: ties, params: {density: 2.0}}\n",
-     "merge density must be in"),
-])
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("base: b\nfinetunes: {a: x}\n", "recipe: missing key 'output_dir'"),
+        ("base: b\noutput_dir: o\nfinetunes: {a: x}\nprune: {method: nope}\n", "prune.method: 'nope' is not one of"),
+        ("base: b\noutput_dir: o\nfinetunes: {a: x}\nmerge: {weights: {z: 1}}\n", "merge.weights.z: unknown domain"),
+        ("base: b\noutput_dir: o\nfinetunes: {a: x}\ncolor: red\n", "recipe.color: unknown key"),
+        (
+            "base: b\noutput_dir: o\nfinetunes: {a: x}\nprune: {method: dp, params: {methd: 1}}\n",
+            "prune.params.methd: unknown key",
+        ),
+        ("base: b\noutput_dir: o\nfinetunes: {a: x}\nprune: {ratee: 0.5}\n", "prune.ratee: unknown key"),
+        ("base: b\noutput_dir: o\nfinetunes: {a: x}\nmerge: {weigths: {a: 1}}\n", "merge.weigths: unknown key"),
+        ("base: b\noutput_dir: o\nfinetunes: {a: x}\nprune: {rate: high}\n", "prune.rate: expected float, got str"),
+        ("base: b\noutput_dir: o\nfinetunes: {a: x}\nprune: {dpa: {tol: [1]}}\n", "prune.dpa.tol: expected float"),
+        ("base: b\noutput_dir: o\nfinetunes: [a, b]\n", "recipe.finetunes: expected a mapping"),
+        ("base: b\noutput_dir: o\nfinetunes: {a: x}\nmerge: {weights: {a: one}}\n", "merge.weights.a: expected float"),
+        ("base: b\noutput_dir: o\nfinetunes: {../../x: y}\n", "'../../x' is not a usable domain name"),
+        ("base: b\noutput_dir: o\nfinetunes: {merged: y}\n", "'merged' is not a usable domain name"),
+        ("base: b\noutput_dir: o\nfinetunes: {a: x}\nprune: {out: elsewhere}\n", "prune.out: set by the recipe"),
+        ("base: b\noutput_dir: o\nfinetunes: {a: x\n", r"bad.yaml:4:1: YAML syntax error"),
+        ("- a\n- b\n", "a recipe is a YAML mapping"),
+        ("base: b\noutput_dir: o\nfinetunes: {a: x}\nmerge: {mode: mean}\n", "merge.mode: 'mean' is not one of"),
+        (
+            "base: b\noutput_dir: o\nfinetunes: {a: x}\nmerge: {mode: sum, params: {density: 0.5}}\n",
+            "merge.params.density: unknown key",
+        ),
+        (
+            "base: b\noutput_dir: o\nfinetunes: {a: x}\nmerge: {mode: ties, params: {density: 2.0}}\n",
+            "merge density must be in",
+        ),
+    ],
+)
 def test_bad_recipes_are_named(tmp_path, text, message):
     path = tmp_path / "bad.yaml"
     path.write_text(text)
@@ -82,8 +91,10 @@ def test_bad_recipes_are_named(tmp_path, text, message):
 
 def test_every_input_is_checked_before_the_first_prune(tmp_path, llama_pair, llama_finetunes, capsys):
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(f"base: {llama_pair[0]}\noutput_dir: out\nprune: {{method: magnitude}}\n"
-                      f"finetunes: {{a: {llama_finetunes[0]}, b: {tmp_path / 'missing'}}}\n")
+    recipe.write_text(
+        f"base: {llama_pair[0]}\noutput_dir: out\nprune: {{method: magnitude}}\n"
+        f"finetunes: {{a: {llama_finetunes[0]}, b: {tmp_path / 'missing'}}}\n"
+    )
     assert main(["run", str(recipe)]) == 2
     assert "missing" in capsys.readouterr().err
     assert not (tmp_path / "out" / "a").exists()

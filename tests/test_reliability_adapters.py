@@ -57,27 +57,37 @@ def _q(part):
 
 
 BAD_ADAPTERS = {
-    "NaN values": (dict(tensors=lambda t: t[_q("values")].__setitem__(0, math.nan)),
-                   f"tensor {Q!r} of adapter"),
+    "NaN values": (dict(tensors=lambda t: t[_q("values")].__setitem__(0, math.nan)), f"tensor {Q!r} of adapter"),
     "inf values": (dict(tensors=lambda t: t[_q("values")].__setitem__(1, math.inf)), "non-finite value"),
-    "NaN DPA factors": (dict(config=lambda c: c.update(amplification={"factors": [math.nan], "raw_factors": [1.0]})),
-                        "amplification.factors[0] must be a finite number, got nan"),
+    "NaN DPA factors": (
+        dict(config=lambda c: c.update(amplification={"factors": [math.nan], "raw_factors": [1.0]})),
+        "amplification.factors[0] must be a finite number, got nan",
+    ),
     "index out of range": (dict(tensors=lambda t: t[_q("index")].fill_(254)), "outside its 4096 entries"),
-    "too many values": (dict(tensors=lambda t: t.__setitem__(_q("values"), torch.cat([t[_q("values")],
-                                                                                       torch.ones(3)]))),
-                        "has shape [412], but the config records [409]"),
+    "too many values": (
+        dict(tensors=lambda t: t.__setitem__(_q("values"), torch.cat([t[_q("values")], torch.ones(3)]))),
+        "has shape [412], but the config records [409]",
+    ),
     "too few values (config agrees)": (
-        dict(tensors=lambda t: t.__setitem__(_q("values"), t[_q("values")][:-1]),
-             config=lambda c: c["tensors"][Q].update(nnz=c["tensors"][Q]["nnz"] - 1)),
-        "the index holds 409 positions but 408 values are stored"),
+        dict(
+            tensors=lambda t: t.__setitem__(_q("values"), t[_q("values")][:-1]),
+            config=lambda c: c["tensors"][Q].update(nnz=c["tensors"][Q]["nnz"] - 1),
+        ),
+        "the index holds 409 positions but 408 values are stored",
+    ),
     "missing index tensor": (dict(tensors=lambda t: t.pop(_q("index"))), f"lacks {_q('index')!r}"),
     "missing values tensor": (dict(tensors=lambda t: t.pop(_q("values"))), f"lacks {_q('values')!r}"),
-    "index of the wrong dtype": (dict(tensors=lambda t: t.__setitem__(_q("index"), t[_q("index")].to(torch.int32))),
-                                 "is torch.int32, not uint8"),
+    "index of the wrong dtype": (
+        dict(tensors=lambda t: t.__setitem__(_q("index"), t[_q("index")].to(torch.int32))),
+        "is torch.int32, not uint8",
+    ),
     "partition id without factor": (
-        dict(tensors=lambda t: t.__setitem__(_q("partition"), torch.full(t[_q("values")].shape, 7, dtype=torch.uint8)),
-             config=lambda c: c["tensors"][Q].update(partition=True)),
-        "partition id 7 for the 1 amplification factors"),
+        dict(
+            tensors=lambda t: t.__setitem__(_q("partition"), torch.full(t[_q("values")].shape, 7, dtype=torch.uint8)),
+            config=lambda c: c["tensors"][Q].update(partition=True),
+        ),
+        "partition id 7 for the 1 amplification factors",
+    ),
     "truncated weights file": (dict(raw=lambda b: b[: len(b) - 100]), "truncated"),
     "unknown encoding": (dict(config=lambda c: c["tensors"][Q].update(encoding="zip")), "unknown encoding 'zip'"),
     "negative nnz": (dict(config=lambda c: c["tensors"][Q].update(nnz=-1)), "has nnz -1"),
@@ -87,9 +97,12 @@ BAD_ADAPTERS = {
     "newer format version": (dict(config=lambda c: c.update(format_version=99)), "newer dppa-peft"),
     "empty tensor table": (dict(config=lambda c: c.update(tensors={})), "records no tensors"),
     "NaN row factors (v2)": (
-        dict(tensors=lambda t: t.__setitem__(_q("factors"), torch.full((1, 1), math.nan)),
-             config=lambda c: c["tensors"][Q].update(factors=[1, 1])),
-        f"tensor '{Q} (factors)' of adapter"),
+        dict(
+            tensors=lambda t: t.__setitem__(_q("factors"), torch.full((1, 1), math.nan)),
+            config=lambda c: c["tensors"][Q].update(factors=[1, 1]),
+        ),
+        f"tensor '{Q} (factors)' of adapter",
+    ),
 }
 
 
@@ -143,14 +156,16 @@ def test_recorded_shapes_must_fit_the_base(kind, adapter, tmp_path, llama_pair, 
         PeftModel.from_pretrained(base_model, str(folder))
 
 
-@pytest.mark.parametrize("vocab_size,message", [(None, "but its vocab_size is None"),
-                                                 (150, "but its vocab_size is 150")])
+@pytest.mark.parametrize(
+    "vocab_size,message", [(None, "but its vocab_size is None"), (150, "but its vocab_size is 150")]
+)
 def test_grown_rows_must_match_vocab_size(vocab_size, message):
     from dppa_peft.format.config import SparseDeltaConfig
     from dppa_peft.format.validate import check_fits_base
 
-    config = SparseDeltaConfig(tensors={EMBED: {"shape": [200, 64], "nnz": 12800, "encoding": "dense"}},
-                               vocab_size=vocab_size)
+    config = SparseDeltaConfig(
+        tensors={EMBED: {"shape": [200, 64], "nnz": 12800, "encoding": "dense"}}, vocab_size=vocab_size
+    )
     with pytest.raises(UserError, match=message):
         check_fits_base(config, {EMBED: (128, 64)}, "a", "b")
     check_fits_base(SparseDeltaConfig(tensors=config.tensors, vocab_size=200), {EMBED: (128, 64)}, "a", "b")
@@ -166,8 +181,9 @@ def test_unverified_base_is_refused_for_merge_unless_allowed(adapter, tmp_path, 
     assert code == 0
     reference = tmp_path / "ref"
     assert _merge(capsys, llama_pair[0], adapter, reference)[0] == 0
-    assert torch.equal(load_file(tmp_path / "m" / "model.safetensors")[Q],
-                       load_file(reference / "model.safetensors")[Q])
+    assert torch.equal(
+        load_file(tmp_path / "m" / "model.safetensors")[Q], load_file(reference / "model.safetensors")[Q]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -189,12 +205,29 @@ def test_vocabulary_growing_adapter_merges_in_either_order(grown, adapter, tmp_p
     assert _merge(capsys, base, adapter, tmp_path / "ab", "--adapter", grown)[0] == 0
     assert _merge(capsys, base, grown, tmp_path / "ba", "--adapter", adapter)[0] == 0
     first, second = (load_file(tmp_path / n / "model.safetensors") for n in ("ab", "ba"))
-    assert first[EMBED].shape == (132, 64) and json.loads((tmp_path / "ab" / "config.json").read_text())[
-        "vocab_size"] == 132
+    assert (
+        first[EMBED].shape == (132, 64)
+        and json.loads((tmp_path / "ab" / "config.json").read_text())["vocab_size"] == 132
+    )
     for name in first:
         assert torch.allclose(first[name], second[name], atol=1e-7), name
-    ties = [run_cli(capsys, "merge", "--base", base, "--adapter", a, "--adapter", b, "--mode", "ties",
-                    "--out", tmp_path / f"t{i}")[0] for i, (a, b) in enumerate([(adapter, grown), (grown, adapter)])]
+    ties = [
+        run_cli(
+            capsys,
+            "merge",
+            "--base",
+            base,
+            "--adapter",
+            a,
+            "--adapter",
+            b,
+            "--mode",
+            "ties",
+            "--out",
+            tmp_path / f"t{i}",
+        )[0]
+        for i, (a, b) in enumerate([(adapter, grown), (grown, adapter)])
+    ]
     assert ties == [0, 0]
     t0, t1 = (load_file(tmp_path / f"t{i}" / "model.safetensors")[EMBED] for i in range(2))
     assert torch.allclose(t0, t1, atol=1e-7)

@@ -37,9 +37,9 @@ def _header_len(raw):
 
 def _rewrite_header(raw, edit):
     length = _header_len(raw)
-    header = json.loads(raw[8:8 + length])
+    header = json.loads(raw[8 : 8 + length])
     edit(header)
-    return raw_safetensors(header, raw[8 + length:])
+    return raw_safetensors(header, raw[8 + length :])
 
 
 DAMAGES = {
@@ -47,11 +47,17 @@ DAMAGES = {
     "garbled header": (lambda raw: raw[:8] + b"\xff{garbage" + raw[18:], "not valid JSON"),
     "header length 2^62": (lambda raw: struct.pack("<Q", 2**62) + raw[8:], "header length 4611686018427387904"),
     "empty file": (lambda raw: b"", "only 0 bytes"),
-    "bad offsets": (lambda raw: _rewrite_header(raw, lambda h: h[sorted(k for k in h if k != "__metadata__")[0]]
-                                                .update(data_offsets=[0, 10**12])), "data offsets"),
+    "bad offsets": (
+        lambda raw: _rewrite_header(
+            raw, lambda h: h[sorted(k for k in h if k != "__metadata__")[0]].update(data_offsets=[0, 10**12])
+        ),
+        "data offsets",
+    ),
     "header is a list": (lambda raw: raw_safetensors([1, 2, 3]), "not a JSON object"),
-    "wrong byte count": (lambda raw: _rewrite_header(raw, lambda h: h["model.norm.weight"].update(shape=[65])),
-                         "needs 260 bytes"),
+    "wrong byte count": (
+        lambda raw: _rewrite_header(raw, lambda h: h["model.norm.weight"].update(shape=[65])),
+        "needs 260 bytes",
+    ),
 }
 
 
@@ -65,16 +71,26 @@ def test_damaged_safetensors_is_a_clear_error(kind, tmp_path, llama_pair, capsys
 
 
 def test_float8_tensor_is_refused_by_name(tmp_path, llama_pair, capsys):
-    ft = copy_model(llama_pair[1], tmp_path / "ft",
-                    lambda t: t.update({"model.norm.weight": t["model.norm.weight"].to(torch.float8_e4m3fn)}))
+    ft = copy_model(
+        llama_pair[1],
+        tmp_path / "ft",
+        lambda t: t.update({"model.norm.weight": t["model.norm.weight"].to(torch.float8_e4m3fn)}),
+    )
     code, err = prune_cli(capsys, llama_pair[0], ft, tmp_path / "out")
     assert code == 2 and "'model.norm.weight' is stored as F8_E4M3 (float8)" in err
 
 
 def test_overlapping_tensors_are_refused(tmp_path):
     path = tmp_path / "x.safetensors"
-    path.write_bytes(raw_safetensors({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
-                                      "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}, b"\0" * 12))
+    path.write_bytes(
+        raw_safetensors(
+            {
+                "a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+                "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]},
+            },
+            b"\0" * 12,
+        )
+    )
     with pytest.raises(UserError, match="overlap"):
         read_header(path)
 
@@ -83,10 +99,13 @@ def _index(folder):
     return folder / "model.safetensors.index.json"
 
 
-@pytest.mark.parametrize("shard,message", [
-    ("../other/model.safetensors", "outside the checkpoint folder"),
-    ("/etc/passwd", "outside the checkpoint folder"),
-])
+@pytest.mark.parametrize(
+    "shard,message",
+    [
+        ("../other/model.safetensors", "outside the checkpoint folder"),
+        ("/etc/passwd", "outside the checkpoint folder"),
+    ],
+)
 def test_shard_index_paths_stay_inside_the_folder(shard, message, tmp_path, sharded):
     folder = shutil.copytree(sharded, tmp_path / "base")
     (tmp_path / "other").mkdir()
@@ -109,10 +128,13 @@ def test_index_mapping_a_tensor_to_the_wrong_shard(tmp_path, sharded):
         Checkpoint(folder)
 
 
-@pytest.mark.parametrize("edit,message", [
-    (lambda d: d.pop("weight_map"), "no 'weight_map'"),
-    (lambda d: d.update(weight_map=["a"]), "no 'weight_map'"),
-])
+@pytest.mark.parametrize(
+    "edit,message",
+    [
+        (lambda d: d.pop("weight_map"), "no 'weight_map'"),
+        (lambda d: d.update(weight_map=["a"]), "no 'weight_map'"),
+    ],
+)
 def test_index_without_weight_map(edit, message, tmp_path, sharded):
     folder = shutil.copytree(sharded, tmp_path / "base")
     edit_json(_index(folder), edit)
@@ -120,8 +142,9 @@ def test_index_without_weight_map(edit, message, tmp_path, sharded):
         Checkpoint(folder)
 
 
-@pytest.mark.parametrize("name,kind", [("model.safetensors.index.json", "checkpoint index"),
-                                       ("config.json", "model config")])
+@pytest.mark.parametrize(
+    "name,kind", [("model.safetensors.index.json", "checkpoint index"), ("config.json", "model config")]
+)
 def test_bad_json_names_the_file(name, kind, tmp_path, sharded, capsys):
     folder = shutil.copytree(sharded, tmp_path / "base")
     (folder / name).write_text('{"weight_map": {')
@@ -157,8 +180,11 @@ def test_a_file_instead_of_a_folder(tmp_path, llama_pair, capsys):
 
 
 def test_integer_tensor_against_a_float_base(tmp_path, llama_pair, capsys):
-    ft = copy_model(llama_pair[1], tmp_path / "ft",
-                    lambda t: t.update({"model.norm.weight": t["model.norm.weight"].to(torch.int32)}))
+    ft = copy_model(
+        llama_pair[1],
+        tmp_path / "ft",
+        lambda t: t.update({"model.norm.weight": t["model.norm.weight"].to(torch.int32)}),
+    )
     code, err = prune_cli(capsys, llama_pair[0], ft, tmp_path / "out")
     assert code == 2 and "'model.norm.weight' is int32 in the fine-tune" in err and "float32 in the base" in err
 

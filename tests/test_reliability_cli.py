@@ -20,15 +20,40 @@ def _prune_argv(pair, out, *extra):
 
 
 def test_user_error_is_one_line_and_exit_2(tmp_path, capsys):
-    assert main(["prune", "--base", str(tmp_path / "nosuch"), "--finetuned", str(tmp_path / "x"),
-                 "--out", str(tmp_path / "o")]) == 2
+    assert (
+        main(
+            [
+                "prune",
+                "--base",
+                str(tmp_path / "nosuch"),
+                "--finetuned",
+                str(tmp_path / "x"),
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "error: no such folder" in err and "Traceback" not in err
 
 
 def test_debug_adds_the_traceback(tmp_path, capsys):
-    assert main(["prune", "--debug", "--base", str(tmp_path / "nosuch"), "--finetuned", str(tmp_path / "x"),
-                 "--out", str(tmp_path / "o")]) == 2
+    assert (
+        main(
+            [
+                "prune",
+                "--debug",
+                "--base",
+                str(tmp_path / "nosuch"),
+                "--finetuned",
+                str(tmp_path / "x"),
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "Traceback" in err and "error: no such folder" in err
 
@@ -89,9 +114,14 @@ def test_sigterm_to_a_real_process_mid_prune_leaves_nothing(tmp_path, llama_pair
     signum, status = signal.SIGTERM, 143
     out_root = tmp_path / "outs"
     out_root.mkdir()
-    proc = subprocess.Popen([sys.executable, "-c", SLOW_PRUNE, *_prune_argv(llama_pair, out_root / "a")],
-                            cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SLOW_PRUNE, *_prune_argv(llama_pair, out_root / "a")],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+    )
     deadline = time.monotonic() + 60
     while proc.stdout.readline().strip() != "writing":
         assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read()
@@ -113,12 +143,14 @@ def test_credentials_in_hf_endpoint_are_never_printed(tmp_path, monkeypatch, cap
     monkeypatch.setenv("HF_TOKEN", "hf_abcdefghijklmnopqrstuvwx")
 
     def unreachable(repo_id, **kwargs):
-        raise LocalEntryNotFoundError(f"cannot reach {endpoint}/api/models/{repo_id} "
-                                      "(token hf_abcdefghijklmnopqrstuvwx)")
+        raise LocalEntryNotFoundError(
+            f"cannot reach {endpoint}/api/models/{repo_id} (token hf_abcdefghijklmnopqrstuvwx)"
+        )
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", unreachable)
-    code = main(["--debug", "prune", "--base", "someone/base", "--finetuned", "someone/ft",
-                 "--out", str(tmp_path / "out")])
+    code = main(
+        ["--debug", "prune", "--base", "someone/base", "--finetuned", "someone/ft", "--out", str(tmp_path / "out")]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "could not reach the Hub at http://***@127.0.0.1:9" in err
     assert "Traceback" in err and "s3cr3tpass" not in err and "hf_abcdefghijklmnopqrstuvwx" not in err
@@ -138,9 +170,14 @@ def test_real_entry_point_on_a_damaged_checkpoint(tmp_path, llama_pair):
     ft = shutil.copytree(llama_pair[1], tmp_path / "ft")
     weights = ft / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])
-    proc = subprocess.run([sys.executable, "-m", "dppa_peft", *_prune_argv((llama_pair[0], ft), tmp_path / "out")],
-                          cwd=REPO_ROOT, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "dppa_peft", *_prune_argv((llama_pair[0], ft), tmp_path / "out")],
+        cwd=REPO_ROOT,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert f"dppa-peft prune: error: {weights}: header length" in proc.stderr or "truncated" in proc.stderr
     assert not (tmp_path / "out").exists()

@@ -42,8 +42,9 @@ REQUIREMENTS = _requirements()
 def test_every_range_admits_its_pin(requirement):
     pin = PINS.get(canonicalize_name(requirement.name))
     assert pin is not None, f"{requirement.name} is a dependency but constraints.txt does not pin it"
-    assert requirement.specifier.contains(pin, prereleases=True), \
+    assert requirement.specifier.contains(pin, prereleases=True), (
         f"pyproject says {requirement}, constraints.txt pins {pin}: they disagree"
+    )
 
 
 @pytest.mark.parametrize("requirement", REQUIREMENTS, ids=str)
@@ -52,16 +53,18 @@ def test_installed_versions_are_in_range(requirement):
         installed = Version(metadata.version(requirement.name))
     except metadata.PackageNotFoundError:
         pytest.fail(f"{requirement.name} is required but not installed: pip install -c constraints.txt -e '.[test]'")
-    assert requirement.specifier.contains(installed, prereleases=True), \
+    assert requirement.specifier.contains(installed, prereleases=True), (
         f"installed {requirement.name} {installed} is outside {requirement}; reinstall with -c constraints.txt"
+    )
 
 
 def test_installed_transformers_accepts_installed_peft():
     from transformers.integrations.peft import MIN_PEFT_VERSION
 
     peft = Version(metadata.version("peft"))
-    assert peft >= Version(MIN_PEFT_VERSION), \
+    assert peft >= Version(MIN_PEFT_VERSION), (
         f"transformers {metadata.version('transformers')} needs peft >= {MIN_PEFT_VERSION}, found {peft}"
+    )
 
 
 def test_the_pinned_pair_excludes_the_known_bad_combination():

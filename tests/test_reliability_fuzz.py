@@ -23,16 +23,25 @@ from dppa_peft.checkpoint import Checkpoint
 from dppa_peft.errors import UserError
 from dppa_peft.format.io import state_key
 
-FUZZ = settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", 50)), deadline=None,
-                suppress_health_check=[HealthCheck.function_scoped_fixture])
+FUZZ = settings(
+    max_examples=int(os.environ.get("FUZZ_EXAMPLES", 50)),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 Q = "model.layers.0.self_attn.q_proj.weight"
 CONFIG, WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
 
 
 def _valid_safetensors() -> bytes:
     with tempfile.TemporaryDirectory() as tmp:
-        save_file({"a": torch.arange(6, dtype=torch.float32).reshape(2, 3), "b": torch.ones(4, dtype=torch.bfloat16),
-                   "c": torch.zeros(3, dtype=torch.int64)}, f"{tmp}/x.safetensors")
+        save_file(
+            {
+                "a": torch.arange(6, dtype=torch.float32).reshape(2, 3),
+                "b": torch.ones(4, dtype=torch.bfloat16),
+                "c": torch.zeros(3, dtype=torch.int64),
+            },
+            f"{tmp}/x.safetensors",
+        )
         return Path(f"{tmp}/x.safetensors").read_bytes()
 
 
@@ -84,9 +93,11 @@ def test_safetensors_reader_on_mutated_files(tmp_path, mutations):
         pass
 
 
-JSON = st.recursive(st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats() | st.text(max_size=8),
-                    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
-                                                                                max_size=4), max_leaves=12)
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
 
 
 @FUZZ
@@ -116,14 +127,30 @@ def _load_and_decode(folder: Path) -> None:
         handle.sparse_tensor(name)
 
 
-FIELDS = ["peft_type", "tensors", "amplification", "vocab_size", "base_fingerprint", "format_version", "method",
-          "target_modules", "task_type", "inference_mode", "summary"]
+FIELDS = [
+    "peft_type",
+    "tensors",
+    "amplification",
+    "vocab_size",
+    "base_fingerprint",
+    "format_version",
+    "method",
+    "target_modules",
+    "task_type",
+    "inference_mode",
+    "summary",
+]
 RECORD_FIELDS = ["shape", "nnz", "encoding", "partition", "index_bytes", "factors", "pruned"]
 
 
 @FUZZ
-@given(field=st.sampled_from(FIELDS), value=JSON, record_field=st.sampled_from(RECORD_FIELDS), record_value=JSON,
-       drop=st.booleans())
+@given(
+    field=st.sampled_from(FIELDS),
+    value=JSON,
+    record_field=st.sampled_from(RECORD_FIELDS),
+    record_value=JSON,
+    drop=st.booleans(),
+)
 def test_adapter_config_parser_on_edited_configs(tmp_path, adapter, field, value, record_field, record_value, drop):
     folder = tmp_path / "c"
     shutil.rmtree(folder, ignore_errors=True)
@@ -155,10 +182,11 @@ def test_adapter_config_parser_on_arbitrary_json(tmp_path, adapter, config):
 
 PARTS = ["values", "index", "partition"]
 STORED = st.one_of(
-    st.binary(max_size=600).map(lambda b: torch.frombuffer(bytearray(b), dtype=torch.uint8) if b else
-                                torch.zeros(0, dtype=torch.uint8)),
+    st.binary(max_size=600).map(
+        lambda b: torch.frombuffer(bytearray(b), dtype=torch.uint8) if b else torch.zeros(0, dtype=torch.uint8)
+    ),
     st.lists(st.floats(width=32), max_size=600).map(lambda v: torch.tensor(v, dtype=torch.float32)),
-    st.lists(st.integers(-2**31, 2**31 - 1), max_size=50).map(lambda v: torch.tensor(v, dtype=torch.int32)),
+    st.lists(st.integers(-(2**31), 2**31 - 1), max_size=50).map(lambda v: torch.tensor(v, dtype=torch.int32)),
 )
 
 

@@ -18,8 +18,22 @@ from tests.hub_fixtures import REPO_ROOT
 
 def _prune(pair, out, *extra):
     base, ft = pair
-    return main(["prune", "--base", str(base), "--finetuned", str(ft), "--method", "magnitude", "--rate", "0.9",
-                 "--out", str(out), *extra])
+    return main(
+        [
+            "prune",
+            "--base",
+            str(base),
+            "--finetuned",
+            str(ft),
+            "--method",
+            "magnitude",
+            "--rate",
+            "0.9",
+            "--out",
+            str(out),
+            *extra,
+        ]
+    )
 
 
 def _tree(folder):
@@ -75,8 +89,12 @@ def test_prune_refuses_a_symlink_to_an_input(pair_copy, tmp_path, capsys):
 def test_merge_refuses_out_equal_to_base_or_adapter(pair_copy, adapter_dir, capsys):
     for out in (pair_copy[0], adapter_dir):
         before = _tree(out)
-        assert main(["merge", "--base", str(pair_copy[0]), "--adapter", str(adapter_dir), "--out", str(out),
-                     "--overwrite"]) == 2
+        assert (
+            main(
+                ["merge", "--base", str(pair_copy[0]), "--adapter", str(adapter_dir), "--out", str(out), "--overwrite"]
+            )
+            == 2
+        )
         assert "destroy an input" in capsys.readouterr().err
         assert _tree(out) == before
 
@@ -91,8 +109,12 @@ def test_amplify_refuses_out_equal_to_the_adapter(adapter_dir, capsys):
 @pytest.mark.parametrize("fmt", ["sparse-delta", "supertuning"])
 def test_export_refuses_out_equal_to_the_adapter(pair_copy, adapter_dir, fmt, capsys):
     before = _tree(adapter_dir)
-    assert main(["export", str(adapter_dir), str(adapter_dir), "--format", fmt, "--base", str(pair_copy[0]),
-                 "--overwrite"]) == 2
+    assert (
+        main(
+            ["export", str(adapter_dir), str(adapter_dir), "--format", fmt, "--base", str(pair_copy[0]), "--overwrite"]
+        )
+        == 2
+    )
     assert "destroy an input" in capsys.readouterr().err
     assert _tree(adapter_dir) == before
 
@@ -106,8 +128,10 @@ def test_output_exists_is_checked_before_the_statistics_passes(pair_copy, tmp_pa
 
     monkeypatch.setattr(pipeline, "collect_statistics", never)
     base, ft = pair_copy
-    assert main(["prune", "--base", str(base), "--finetuned", str(ft), "--method", "dp", "--out",
-                 str(tmp_path / "out")]) == 2
+    assert (
+        main(["prune", "--base", str(base), "--finetuned", str(ft), "--method", "dp", "--out", str(tmp_path / "out")])
+        == 2
+    )
     assert "exists and is not empty" in capsys.readouterr().err
     assert (tmp_path / "out" / "keep.txt").read_text() == "user data"
 
@@ -138,11 +162,25 @@ def test_second_writer_of_the_same_out_fails_at_once(pair_copy, tmp_path, capsys
 def test_concurrent_prunes_in_two_processes(pair_copy, tmp_path):
     """Two real processes started together: exactly one writes, the other reports the lock or the finished output."""
     base, ft = pair_copy
-    argv = [sys.executable, "-m", "dppa_peft", "prune", "--base", str(base), "--finetuned", str(ft), "--method",
-            "magnitude", "--out", str(tmp_path / "out")]
+    argv = [
+        sys.executable,
+        "-m",
+        "dppa_peft",
+        "prune",
+        "--base",
+        str(base),
+        "--finetuned",
+        str(ft),
+        "--method",
+        "magnitude",
+        "--out",
+        str(tmp_path / "out"),
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    procs = [subprocess.Popen(argv, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True) for _ in range(2)]
+    procs = [
+        subprocess.Popen(argv, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
     results = [(p.wait(timeout=120), p.stderr.read()) for p in procs]
     assert sorted(code for code, _ in results) == [0, 2], results
     loser = next(err for code, err in results if code == 2)
@@ -239,4 +277,3 @@ def test_read_only_out_folder_for_real(pair_copy, tmp_path, capsys):
     (tmp_path / "ro").mkdir(mode=0o500)
     assert _prune(pair_copy, tmp_path / "ro" / "out") == 2
     assert "not writable" in capsys.readouterr().err
-

@@ -19,6 +19,7 @@ Q = "model.layers.0.self_attn.q_proj.weight"
 def _poke(name, value):
     def edit(tensors):
         tensors[name].reshape(-1)[3] = value
+
     return edit
 
 
@@ -36,16 +37,29 @@ def test_non_finite_base_is_refused_by_tensor(tmp_path, llama_pair, capsys):
     assert code == 2 and f"tensor 'lm_head.weight' of the base {base} holds 1 non-finite" in err
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["--rate", "nan"], "pruning rate must be in [0, 1], got nan"),
-    (["--method", "dp", "--lam", "nan"], "method 'dp' --lam must be a finite number, got nan"),
-    (["--method", "dp", "--lam", "inf"], "method 'dp' --lam must be a finite number, got inf"),
-    (["--method", "dp", "--amplify", "--factors", "nan"], "DPA --factors[0] must be a finite number, got nan"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--rate", "nan"], "pruning rate must be in [0, 1], got nan"),
+        (["--method", "dp", "--lam", "nan"], "method 'dp' --lam must be a finite number, got nan"),
+        (["--method", "dp", "--lam", "inf"], "method 'dp' --lam must be a finite number, got inf"),
+        (["--method", "dp", "--amplify", "--factors", "nan"], "DPA --factors[0] must be a finite number, got nan"),
+    ],
+)
 def test_non_finite_options_are_refused(argv, message, tmp_path, llama_pair, capsys):
     base, ft = llama_pair
-    code, err = run_cli(capsys, "prune", "--base", base, "--finetuned", ft, "--out", tmp_path / "out",
-                        *(["--method", "magnitude"] if "--method" not in argv else []), *argv)
+    code, err = run_cli(
+        capsys,
+        "prune",
+        "--base",
+        base,
+        "--finetuned",
+        ft,
+        "--out",
+        tmp_path / "out",
+        *(["--method", "magnitude"] if "--method" not in argv else []),
+        *argv,
+    )
     assert code == 2 and message in err, err
 
 
@@ -53,8 +67,9 @@ def test_non_finite_options_are_refused(argv, message, tmp_path, llama_pair, cap
 def test_non_finite_merge_weight_is_refused(weight, tmp_path, llama_pair, capsys):
     base, ft = llama_pair
     assert prune_cli(capsys, base, ft, tmp_path / "a")[0] == 0
-    code, err = run_cli(capsys, "merge", "--base", base, "--adapter", tmp_path / "a", f"--weight={weight}",
-                        "--out", tmp_path / "m")
+    code, err = run_cli(
+        capsys, "merge", "--base", base, "--adapter", tmp_path / "a", f"--weight={weight}", "--out", tmp_path / "m"
+    )
     assert code == 2 and f"--weight[0] must be a finite number, got {float(weight)}" in err
     assert not (tmp_path / "m").exists()
 
@@ -125,7 +140,20 @@ def test_amplify_never_unpickles_a_bin_fine_tune(tmp_path, llama_pair, capsys, m
     monkeypatch.setattr(torch, "load", refuse)
     calibration = tmp_path / "prompts.txt"
     calibration.write_text("hello world\n")
-    code, err = run_cli(capsys, "amplify", tmp_path / "a", "--base", base, "--finetuned", pickled, "--calibration",
-                        calibration, "--tokenizer", make_tokenizer(tmp_path / "tok"), "--out", tmp_path / "b")
+    code, err = run_cli(
+        capsys,
+        "amplify",
+        tmp_path / "a",
+        "--base",
+        base,
+        "--finetuned",
+        pickled,
+        "--calibration",
+        calibration,
+        "--tokenizer",
+        make_tokenizer(tmp_path / "tok"),
+        "--out",
+        tmp_path / "b",
+    )
     assert code == 2 and f"{pickled} holds only pickled weights" in err and "Traceback" not in err, err
     assert not (tmp_path / "b").exists()

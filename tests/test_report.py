@@ -93,10 +93,16 @@ def test_json(tmp_path: Path) -> None:
 
 
 def test_standard_errors_show_where_lm_eval_reports_them(tmp_path: Path) -> None:
-    variant = VariantScores(Variant("dppa", 0.9, "prune", ("math",)), {"gsm8k": 0.45, "MATH": 0.12},
-                            stderr={"gsm8k": 0.0123})
-    data = EvalResults(dense=DENSE, base=BASE, variants=[variant], dense_stderr={"math": {"gsm8k": 0.02}},
-                       base_stderr={"finance": {"fpb": 0.03}})
+    variant = VariantScores(
+        Variant("dppa", 0.9, "prune", ("math",)), {"gsm8k": 0.45, "MATH": 0.12}, stderr={"gsm8k": 0.0123}
+    )
+    data = EvalResults(
+        dense=DENSE,
+        base=BASE,
+        variants=[variant],
+        dense_stderr={"math": {"gsm8k": 0.02}},
+        base_stderr={"finance": {"fpb": 0.03}},
+    )
     out = R.write_report(data, tmp_path / "rep")
     md = (out / "report.md").read_text()
     assert "| gsm8k | 90% | 0.4500 ± 0.0123 |" in md and "| MATH | 90% | 0.1200 |" in md

@@ -25,8 +25,9 @@ def _run(args: list[str], cwd: Path, timeout: float = 120) -> subprocess.Complet
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
     result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     if result.returncode != 0:
-        pytest.fail(f"{args[0]} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}",
-                    pytrace=False)
+        pytest.fail(
+            f"{args[0]} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}", pytrace=False
+        )
     return result
 
 
@@ -38,30 +39,73 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     shutil.copytree(REPO_ROOT / "dppa_peft", source / "dppa_peft", ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(REPO_ROOT / name, source / name)
-    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q", "-w",
-          str(root / "dist"), str(source)], cwd=root)
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "-q",
+            "-w",
+            str(root / "dist"),
+            str(source),
+        ],
+        cwd=root,
+    )
     [wheel] = list((root / "dist").glob("dppa_peft-*.whl"))
     venv = root / "venv"
     _run([sys.executable, "-m", "venv", "--without-pip", str(venv)], cwd=root)
     python = venv / "bin" / "python"
-    _run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--no-index", "-q",
-          str(wheel)], cwd=root)
-    purelib = Path(_run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                        cwd=root).stdout.strip())
+    _run(
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--no-index", "-q", str(wheel)],
+        cwd=root,
+    )
+    purelib = Path(
+        _run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], cwd=root).stdout.strip()
+    )
     (purelib / "shared-dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     return venv / "bin"
 
 
 def test_installed_wheel_finds_its_tasks_and_evaluates_from_outside_the_repo(installed, tmp_path):
-    origin = Path(_run([str(installed / "python"), "-c", "import importlib.util as u; "
-                        "print(u.find_spec('dppa_peft').origin)"], cwd=tmp_path).stdout.strip())
+    origin = Path(
+        _run(
+            [str(installed / "python"), "-c", "import importlib.util as u; print(u.find_spec('dppa_peft').origin)"],
+            cwd=tmp_path,
+        ).stdout.strip()
+    )
     assert origin.is_relative_to(installed.parent)  # the wheel's copy, not this checkout (import not run: fast)
     assert (origin.parent / "eval_tasks" / "synthetic" / f"{TASK}.yaml").is_file()
     assert "--num-fewshot" in _run([str(installed / "dppa-peft"), "eval", "--help"], cwd=tmp_path).stdout
     base = make_tokenizer(make_base(tmp_path / "base"))
     finetuned = make_finetune(base, tmp_path / "ft", steps=2)
-    _run([str(installed / "dppa-peft"), "eval", "--base", "base", "--domain", "fin=ft", "--tasks", f"fin={TASK}",
-          "--limit", "4", "--batch-size", "4", "--num-fewshot", "1", "--dtype", "float32", "--device", "cpu",
-          "--out", "report"], cwd=finetuned.parent)
+    _run(
+        [
+            str(installed / "dppa-peft"),
+            "eval",
+            "--base",
+            "base",
+            "--domain",
+            "fin=ft",
+            "--tasks",
+            f"fin={TASK}",
+            "--limit",
+            "4",
+            "--batch-size",
+            "4",
+            "--num-fewshot",
+            "1",
+            "--dtype",
+            "float32",
+            "--device",
+            "cpu",
+            "--out",
+            "report",
+        ],
+        cwd=finetuned.parent,
+    )
     report = json.loads((tmp_path / "report" / "report.json").read_text())
     assert list(report["dense"]["fin"]) == [TASK] and TASK in report["dense_stderr"]["fin"]

@@ -9,20 +9,47 @@ from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen2
 
 VOCAB = 128
 CONFIGS = {
-    "llama": lambda layers: LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128,
-                                        num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-                                        max_position_embeddings=128, tie_word_embeddings=False),
-    "qwen2": lambda layers: Qwen2Config(vocab_size=VOCAB, hidden_size=64, intermediate_size=128,
-                                        num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-                                        max_position_embeddings=128, tie_word_embeddings=False),
-    "mistral": lambda layers: MistralConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128,
-                                            num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-                                            max_position_embeddings=128, tie_word_embeddings=False),
+    "llama": lambda layers: LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        tie_word_embeddings=False,
+    ),
+    "qwen2": lambda layers: Qwen2Config(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        tie_word_embeddings=False,
+    ),
+    "mistral": lambda layers: MistralConfig(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        tie_word_embeddings=False,
+    ),
 }
 
 
-def make_base(path: Path, arch: str = "llama", layers: int = 2, seed: int = 0, dtype: torch.dtype = torch.float32,
-              max_shard_size: str | None = None) -> Path:
+def make_base(
+    path: Path,
+    arch: str = "llama",
+    layers: int = 2,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    max_shard_size: str | None = None,
+) -> Path:
     """A randomly initialised tiny model saved as safetensors (optionally sharded)."""
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(CONFIGS[arch](layers)).to(dtype)
@@ -31,8 +58,9 @@ def make_base(path: Path, arch: str = "llama", layers: int = 2, seed: int = 0, d
     return path
 
 
-def make_finetune(base: Path, path: Path, steps: int = 5, lr: float = 1e-2, seed: int = 1,
-                  max_shard_size: str | None = None) -> Path:
+def make_finetune(
+    base: Path, path: Path, steps: int = 5, lr: float = 1e-2, seed: int = 1, max_shard_size: str | None = None
+) -> Path:
     """A fine-tune of ``base`` made by a few Adam steps on random tokens (all parameters change)."""
     model = AutoModelForCausalLM.from_pretrained(base)
     dtype = next(model.parameters()).dtype
@@ -64,8 +92,9 @@ def char_tokenizer():
     tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
     tokenizer.decoder = decoders.Fuse()
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
-                                   pad_token="<pad>")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>"
+    )
 
 
 def make_tokenizer(path: Path) -> Path:

@@ -37,25 +37,44 @@ def _rescaled(adapter: SparseDeltaAdapter) -> bool:
     return cls.rescales(params)
 
 
-def _search(adapter: SparseDeltaAdapter, partitions: Partitions, spec: PruneSpec | AmplifySpec,
-            objective: Objective | None, base: Source, token: str | bool | None,
-            progress: bool) -> tuple[SearchResult, dict[str, Any]]:
+def _search(
+    adapter: SparseDeltaAdapter,
+    partitions: Partitions,
+    spec: PruneSpec | AmplifySpec,
+    objective: Objective | None,
+    base: Source,
+    token: str | bool | None,
+    progress: bool,
+) -> tuple[SearchResult, dict[str, Any]]:
     """Search the factors with candidates built in place; returns the search and the objective's description."""
     dpa = spec.dpa
-    objective = objective or build_objective(spec.dpa_objective, spec.finetuned, base, spec.dtype, spec.device,
-                                             token=token)
+    objective = objective or build_objective(
+        spec.dpa_objective, spec.finetuned, base, spec.dtype, spec.device, token=token
+    )
     model = load_base_model(base.ref, adapter, spec.dtype, spec.device, revision=base.revision, token=token)
     candidate = AmplifiedModel(model, adapter, partitions, dpa.combine, dpa.amplify_unpruned)
     result = search_factors(
-        lambda factors: objective(candidate.apply(factors)), partitions.count, dpa.search, dpa.dpa_method,
-        bounds=dpa.bounds or default_bounds(_rescaled(adapter)), tol=dpa.tol, max_calls=dpa.max_calls,
-        reference_init=dpa.reference_init, progress=progress,
+        lambda factors: objective(candidate.apply(factors)),
+        partitions.count,
+        dpa.search,
+        dpa.dpa_method,
+        bounds=dpa.bounds or default_bounds(_rescaled(adapter)),
+        tol=dpa.tol,
+        max_calls=dpa.max_calls,
+        reference_init=dpa.reference_init,
+        progress=progress,
     )
     return result, describe_objective(objective)
 
 
-def write_amplified(adapter: SparseDeltaAdapter, folder: Path, partitions: Partitions, amplification: dict[str, Any],
-                    provenance: dict[str, Any], row_factors: dict[str, torch.Tensor] | None = None) -> None:
+def write_amplified(
+    adapter: SparseDeltaAdapter,
+    folder: Path,
+    partitions: Partitions,
+    amplification: dict[str, Any],
+    provenance: dict[str, Any],
+    row_factors: dict[str, torch.Tensor] | None = None,
+) -> None:
     """The adapter's stored tensors with the partition ids, the amplification block and (format version 2) the
     ``[P, R]`` factor tables of ``row_factors`` (tensors not in it store none; None keeps the tables the adapter
     already stores, which the searched partition factors then multiply), into ``folder``."""
@@ -63,8 +82,11 @@ def write_amplified(adapter: SparseDeltaAdapter, folder: Path, partitions: Parti
     for name, record in adapter.config.tensors.items():
         stored = adapter.encoded(name)
         ids = partitions.ids.get(name)
-        tables = _kept_table(name, stored.factors, 1 if ids is None else partitions.count) if row_factors is None \
+        tables = (
+            _kept_table(name, stored.factors, 1 if ids is None else partitions.count)
+            if row_factors is None
             else row_factors.get(name)
+        )
         encoded = dataclasses.replace(stored, partition=ids, factors=tables)
         extra = {k: v for k, v in record.items() if k != "partition_densities"}
         if name in partitions.densities:
@@ -74,8 +96,13 @@ def write_amplified(adapter: SparseDeltaAdapter, folder: Path, partitions: Parti
     stored = sum(r["stored_bytes"] for r in writer.records.values() if r.get("pruned"))
     if summary.get("dense_delta_bytes"):
         summary.update(adapter_bytes=stored, size_ratio=stored / summary["dense_delta_bytes"])
-    config = dataclasses.replace(adapter.config, tensors=writer.records, amplification=amplification,
-                                 summary=summary, provenance={**adapter.config.provenance, **provenance})
+    config = dataclasses.replace(
+        adapter.config,
+        tensors=writer.records,
+        amplification=amplification,
+        summary=summary,
+        provenance={**adapter.config.provenance, **provenance},
+    )
     writer.close(config)
 
 
@@ -97,16 +124,31 @@ def _calibration(spec: PruneSpec | AmplifySpec, base: Source, token: str | bool 
     return prompts, tokenizer
 
 
-def _learn(adapter: SparseDeltaAdapter, partitions: Partitions, spec: PruneSpec | AmplifySpec,
-           calibration: Calibration, base: Source, token: str | bool | None, progress: bool) -> LearnResult:
+def _learn(
+    adapter: SparseDeltaAdapter,
+    partitions: Partitions,
+    spec: PruneSpec | AmplifySpec,
+    calibration: Calibration,
+    base: Source,
+    token: str | bool | None,
+    progress: bool,
+) -> LearnResult:
     """Learned amplification: the teacher's outputs cached and the teacher freed, then the factors learned on the
     base model (one model on the device at a time)."""
     assert spec.finetuned is not None
     prompts, tokenizer = calibration
-    teacher = teacher_from_pretrained(spec.finetuned.ref, tokenizer, prompts,
-                                      continuation_tokens=spec.dpa_objective.continuation_tokens,
-                                      batch_size=spec.dpa_objective.batch_size, params=spec.learn, dtype=spec.dtype,
-                                      device=spec.device, revision=spec.finetuned.revision, token=token)
+    teacher = teacher_from_pretrained(
+        spec.finetuned.ref,
+        tokenizer,
+        prompts,
+        continuation_tokens=spec.dpa_objective.continuation_tokens,
+        batch_size=spec.dpa_objective.batch_size,
+        params=spec.learn,
+        dtype=spec.dtype,
+        device=spec.device,
+        revision=spec.finetuned.revision,
+        token=token,
+    )
     model = load_base_model(base.ref, adapter, spec.dtype, spec.device, revision=base.revision, token=token)
     return learn_factors(model, [adapter], [teacher], spec.learn, partitions=[partitions], progress=progress)
 
@@ -117,8 +159,10 @@ def _kept_table(name: str, table: torch.Tensor | None, count: int) -> torch.Tens
         return table
     if table.shape[0] == 1:
         return table.expand(count, -1).contiguous()
-    raise UserError(f"{name} stores learned factors for {table.shape[0]} partitions, not {count}; amplify with the "
-                    "partition rates it was learned with, or learn again (--search learned)")
+    raise UserError(
+        f"{name} stores learned factors for {table.shape[0]} partitions, not {count}; amplify with the "
+        "partition rates it was learned with, or learn again (--search learned)"
+    )
 
 
 def _kept_scalars(adapter: SparseDeltaAdapter, partitions: Partitions, combine: str) -> tuple[list[float], str]:
@@ -130,10 +174,17 @@ def _kept_scalars(adapter: SparseDeltaAdapter, partitions: Partitions, combine: 
     return [1.0] * partitions.count, combine
 
 
-def _amplify_into(folder: Path, adapter: SparseDeltaAdapter, spec: PruneSpec | AmplifySpec,
-                  objective: Objective | None, calibration: Calibration | None, base: Source,
-                  token: str | bool | None, progress: bool,
-                  provenance: dict[str, Any]) -> SearchResult | LearnResult | None:
+def _amplify_into(
+    folder: Path,
+    adapter: SparseDeltaAdapter,
+    spec: PruneSpec | AmplifySpec,
+    objective: Objective | None,
+    calibration: Calibration | None,
+    base: Source,
+    token: str | bool | None,
+    progress: bool,
+    provenance: dict[str, Any],
+) -> SearchResult | LearnResult | None:
     dpa = spec.dpa
     rate = float(adapter.config.method["rate"])
     partitions = adapter_partitions(adapter, spec.partition_rates or ([rate] if dpa.search == LEARNED else None))
@@ -155,10 +206,16 @@ def _amplify_into(folder: Path, adapter: SparseDeltaAdapter, spec: PruneSpec | A
     return result
 
 
-def amplify(spec: AmplifySpec | str | os.PathLike | SparseDeltaAdapter, out: str | os.PathLike | None = None, *,
-            token: str | bool | None = None, progress: bool = True, command: str | None = None,
-            objective: Objective | None = None,
-            **options: Any) -> tuple[SparseDeltaAdapter, SearchResult | LearnResult | None]:
+def amplify(
+    spec: AmplifySpec | str | os.PathLike | SparseDeltaAdapter,
+    out: str | os.PathLike | None = None,
+    *,
+    token: str | bool | None = None,
+    progress: bool = True,
+    command: str | None = None,
+    objective: Objective | None = None,
+    **options: Any,
+) -> tuple[SparseDeltaAdapter, SearchResult | LearnResult | None]:
     """DPA on an existing adapter: search one factor per partition and write the amplified adapter.
 
     Pass an :class:`~dppa_peft.specs.AmplifySpec`, or its keyword form ``amplify(adapter, out, finetuned=...,
@@ -193,10 +250,17 @@ def _named_objective(objective: Objective | str | None, options: dict[str, Any])
     return None
 
 
-def prune_and_amplify(spec: PruneSpec | str | os.PathLike, finetuned: str | os.PathLike | Source | None = None,
-                      out: str | os.PathLike | None = None, *, token: str | bool | None = None,
-                      progress: bool = True, command: str | None = None, objective: Objective | None = None,
-                      **options: Any) -> tuple[SparseDeltaAdapter, PruneSummary, SearchResult | LearnResult | None]:
+def prune_and_amplify(
+    spec: PruneSpec | str | os.PathLike,
+    finetuned: str | os.PathLike | Source | None = None,
+    out: str | os.PathLike | None = None,
+    *,
+    token: str | bool | None = None,
+    progress: bool = True,
+    command: str | None = None,
+    objective: Objective | None = None,
+    **options: Any,
+) -> tuple[SparseDeltaAdapter, PruneSummary, SearchResult | LearnResult | None]:
     """Prune storing DPA partitions, then search the factors: DPPA with ``method='dp'``.
 
     Takes a :class:`~dppa_peft.specs.PruneSpec` (``amplify`` is implied) or the keyword form of ``prune``, whose
@@ -212,8 +276,7 @@ def prune_and_amplify(spec: PruneSpec | str | os.PathLike, finetuned: str | os.P
     calibration = _calibration(spec, spec.base, token)
     provenance = {"command": command or f"dppa_peft.prune_and_amplify(method={spec.method!r}, rate={spec.rate})"}
     with atomic_directory(spec.out, overwrite=spec.overwrite, inputs=[spec.base.ref, spec.finetuned.ref]) as tmp:
-        pruned, summary = _prune(spec, tmp / "pruned", token=token, progress=progress,
-                                 command=provenance["command"])
+        pruned, summary = _prune(spec, tmp / "pruned", token=token, progress=progress, command=provenance["command"])
         result = _amplify_into(tmp, pruned, spec, objective, calibration, spec.base, token, progress, provenance)
         shutil.rmtree(tmp / "pruned")
     return SparseDeltaAdapter(spec.out), summary, result

@@ -56,12 +56,15 @@ def read_prompts(path: str | os.PathLike, text_field: str = DEFAULT_TEXT_FIELD) 
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
-            raise UserError(f"{path}:{number} is not valid JSON; a .jsonl calibration file holds one JSON object "
-                            "per line") from None
+            raise UserError(
+                f"{path}:{number} is not valid JSON; a .jsonl calibration file holds one JSON object per line"
+            ) from None
         if not isinstance(row, dict) or text_field not in row:
             keys = sorted(row) if isinstance(row, dict) else type(row).__name__
-            raise UserError(f"{path}:{number} has no {text_field!r} field (found {keys}); pass the field holding "
-                            "the prompt with --text-field") from None
+            raise UserError(
+                f"{path}:{number} has no {text_field!r} field (found {keys}); pass the field holding "
+                "the prompt with --text-field"
+            ) from None
         prompts.append(Prompt(str(row[text_field]), f"{path}:{number}"))
     if not prompts:
         raise UserError(f"calibration file {path} holds no prompts; write one prompt per line")
@@ -106,8 +109,10 @@ def check_lengths(prompts: Sequence[Prompt], tokenizer: Any, context: int, conti
         if not ids:
             raise UserError(f"calibration prompt {prompt.source} has no tokens; remove the empty prompt")
         if len(ids) > limit:
-            raise UserError(f"calibration prompt {prompt.source} has {len(ids)} tokens, but the model's context of "
-                            f"{context} leaves {limit} after {continuation_tokens} continuation tokens; shorten it "
-                            "or lower the continuation length")
+            raise UserError(
+                f"calibration prompt {prompt.source} has {len(ids)} tokens, but the model's context of "
+                f"{context} leaves {limit} after {continuation_tokens} continuation tokens; shorten it "
+                "or lower the continuation length"
+            )
         out.append(ids)
     return out

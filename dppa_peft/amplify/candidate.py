@@ -37,9 +37,14 @@ class _Entry:
     applied: list[float] | None = None
 
 
-def load_base_model(base: str | os.PathLike, adapter: SparseDeltaAdapter, dtype: str | torch.dtype = "auto",
-                    device: str | torch.device = "cpu", revision: str | None = None,
-                    token: str | bool | None = None) -> nn.Module:
+def load_base_model(
+    base: str | os.PathLike,
+    adapter: SparseDeltaAdapter,
+    dtype: str | torch.dtype = "auto",
+    device: str | torch.device = "cpu",
+    revision: str | None = None,
+    token: str | bool | None = None,
+) -> nn.Module:
     """The adapter's base model, checked against its fingerprint and with the vocabulary the adapter needs."""
     model = load_causal_lm(base, dtype=dtype, revision=revision, token=token)
     check_fits_base(adapter.config, {n: tuple(p.shape) for n, p in model.named_parameters()}, adapter.ref, str(base))
@@ -51,8 +56,14 @@ def load_base_model(base: str | os.PathLike, adapter: SparseDeltaAdapter, dtype:
 class AmplifiedModel:
     """A base model with an adapter merged in place; ``apply(factors)`` switches to another candidate cheaply."""
 
-    def __init__(self, model: nn.Module, adapter: SparseDeltaAdapter, partitions: Partitions,
-                 combine: str = "independent", amplify_unpruned: bool = False) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        adapter: SparseDeltaAdapter,
+        partitions: Partitions,
+        combine: str = "independent",
+        amplify_unpruned: bool = False,
+    ) -> None:
         self.model = model
         self.partitions = partitions
         self.combine = combine
@@ -62,8 +73,9 @@ class AmplifiedModel:
         with torch.no_grad():
             for name, record in adapter.config.tensors.items():
                 if name not in params:
-                    raise ValueError(f"adapter tensor {name!r} is not a parameter of the model; the adapter does not "
-                                     "fit this base")
+                    raise ValueError(
+                        f"adapter tensor {name!r} is not a parameter of the model; the adapter does not fit this base"
+                    )
                 param = params[name]
                 if not param.is_contiguous():
                     raise ValueError(f"parameter {name!r} is not contiguous; cannot update it in place")
@@ -76,11 +88,21 @@ class AmplifiedModel:
                 if ids is None and record.get("pruned") and partitions.count > 1:
                     raise ValueError(f"pruned tensor {name!r} has no partition ids for rates {partitions.rates}")
                 on_device = EncodedTensor(
-                    encoded.encoding, encoded.shape, encoded.values.to(flat.device, torch.float32),
+                    encoded.encoding,
+                    encoded.shape,
+                    encoded.values.to(flat.device, torch.float32),
                     partition=None if ids is None else ids.to(flat.device),
-                    factors=None if encoded.factors is None else encoded.factors.to(flat.device))
-                self._entries.append(_Entry(flat=flat, indices=indices, encoded=on_device,
-                                            base_values=flat[indices].clone(), pruned=bool(record.get("pruned"))))
+                    factors=None if encoded.factors is None else encoded.factors.to(flat.device),
+                )
+                self._entries.append(
+                    _Entry(
+                        flat=flat,
+                        indices=indices,
+                        encoded=on_device,
+                        base_values=flat[indices].clone(),
+                        pruned=bool(record.get("pruned")),
+                    )
+                )
         self.factors: list[float] | None = None
         self.apply([1.0] * partitions.count)
 

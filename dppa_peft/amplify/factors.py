@@ -42,8 +42,13 @@ def unpruned_factor(raw: Sequence[float], amplify_unpruned: bool) -> float:
     return max(check_factors(raw)) if amplify_unpruned else 1.0
 
 
-def amplification_record(partition_rates: Sequence[float], raw: Sequence[float], combine: str = "independent",
-                        amplify_unpruned: bool = False, search: dict[str, Any] | None = None) -> dict[str, Any]:
+def amplification_record(
+    partition_rates: Sequence[float],
+    raw: Sequence[float],
+    combine: str = "independent",
+    amplify_unpruned: bool = False,
+    search: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """The ``amplification`` entry of an adapter config."""
     if len(raw) != len(partition_rates):
         raise ValueError(f"got {len(raw)} factors for {len(partition_rates)} partitions; pass one per partition")

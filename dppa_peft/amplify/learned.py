@@ -52,6 +52,7 @@ TAIL_FLOOR = 1e-12  # smallest probability of the top-k cache's "rest of the voc
 
 # teachers ----------------------------------------------------------------------------------------------------------
 
+
 @dataclass
 class TeacherBatch:
     """Right-padded sequences and the teacher's log-probs at every real position (CPU, fp32)."""
@@ -82,9 +83,13 @@ class Teacher:
         return kl_divergence(batch, log_q)
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "objective": self.objective, **self.settings,
-                "train_positions": sum(b.positions for b in self.train),
-                "heldout_positions": sum(b.positions for b in self.heldout)}
+        return {
+            "name": self.name,
+            "objective": self.objective,
+            **self.settings,
+            "train_positions": sum(b.positions for b in self.train),
+            "heldout_positions": sum(b.positions for b in self.heldout),
+        }
 
 
 @dataclass
@@ -103,8 +108,9 @@ def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def _continue(model: nn.Module, prompts: Sequence[list[int]], tokens: int, eos: int | None,
-              pad: int) -> list[torch.Tensor]:
+def _continue(
+    model: nn.Module, prompts: Sequence[list[int]], tokens: int, eos: int | None, pad: int
+) -> list[torch.Tensor]:
     """Each prompt plus the model's greedy continuation of up to ``tokens`` tokens (a sequence stops at EOS).
 
     Batched without a KV cache: every step runs the right-padded batch and reads the logits at each sequence's last
@@ -139,8 +145,7 @@ def _log_probs(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, params: 
     """fp32 log-probs at the real positions of a padded batch (``params`` replace model parameters)."""
     device = _device(model)
     kwargs = {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
-    output = model(**kwargs) if params is None else torch.func.functional_call(model, params, (), kwargs,
-                                                                               strict=False)
+    output = model(**kwargs) if params is None else torch.func.functional_call(model, params, (), kwargs, strict=False)
     return torch.log_softmax(output.logits[mask.to(device).bool()].float(), dim=-1)
 
 
@@ -153,9 +158,18 @@ def split_indices(count: int, heldout: float, seed: int) -> tuple[list[int], lis
     return sorted(order[held:]), sorted(order[:held])
 
 
-def build_teacher(model: nn.Module, tokenizer: Any, prompts: Sequence[Prompt], *, continuation_tokens: int = 8,
-                  batch_size: int = 8, heldout: float = 0.2, top_k: int | None = None, seed: int = 0,
-                  name: str = "teacher") -> Teacher:
+def build_teacher(
+    model: nn.Module,
+    tokenizer: Any,
+    prompts: Sequence[Prompt],
+    *,
+    continuation_tokens: int = 8,
+    batch_size: int = 8,
+    heldout: float = 0.2,
+    top_k: int | None = None,
+    seed: int = 0,
+    name: str = "teacher",
+) -> Teacher:
     """Greedy continuations and log-probs of the dense fine-tune ``model`` on ``prompts``, computed once.
 
     Prompts longer than the model's context (with the continuation) are refused before any forward pass. The
@@ -175,13 +189,14 @@ def build_teacher(model: nn.Module, tokenizer: Any, prompts: Sequence[Prompt], *
     with torch.no_grad():
         sequences = []
         for start in range(0, len(token_ids), batch_size):
-            sequences += _continue(model, token_ids[start:start + batch_size], continuation_tokens,
-                                   tokenizer.eos_token_id, pad)
+            sequences += _continue(
+                model, token_ids[start : start + batch_size], continuation_tokens, tokenizer.eos_token_id, pad
+            )
 
         def batches(rows: list[int]) -> list[TeacherBatch]:
             out = []
             for start in range(0, len(rows), batch_size):
-                ids, mask = _pad([sequences[r] for r in rows[start:start + batch_size]], pad)
+                ids, mask = _pad([sequences[r] for r in rows[start : start + batch_size]], pad)
                 log_p = _log_probs(model, ids, mask).cpu()
                 if k is None:
                     out.append(TeacherBatch(ids, mask, log_p, None))
@@ -190,9 +205,19 @@ def build_teacher(model: nn.Module, tokenizer: Any, prompts: Sequence[Prompt], *
                     out.append(TeacherBatch(ids, mask, values, tokens.to(torch.int32)))
             return out
 
-        teacher = Teacher(name, batches(train), batches(held), {
-            "prompts": len(prompts), "heldout_prompts": len(held), "continuation_tokens": continuation_tokens,
-            "top_k": k, "vocab_size": vocab, "sources": sorted({p.origin for p in prompts})})
+        teacher = Teacher(
+            name,
+            batches(train),
+            batches(held),
+            {
+                "prompts": len(prompts),
+                "heldout_prompts": len(held),
+                "continuation_tokens": continuation_tokens,
+                "top_k": k,
+                "vocab_size": vocab,
+                "sources": sorted({p.origin for p in prompts}),
+            },
+        )
     model.train(was_training)
     return teacher
 
@@ -205,18 +230,35 @@ def model_context(ref: str | os.PathLike, revision: str | None = None, token: st
     return int(getattr(config, "max_position_embeddings", 0) or 1 << 30)
 
 
-def teacher_from_pretrained(ref: str | os.PathLike, tokenizer: Any, prompts: Sequence[Prompt], *,
-                            continuation_tokens: int = 8, batch_size: int = 8, params: LearnParams | None = None,
-                            dtype: str | torch.dtype = "auto", device: str | torch.device = "cpu",
-                            revision: str | None = None, token: str | bool | None = None,
-                            name: str | None = None) -> Teacher:
+def teacher_from_pretrained(
+    ref: str | os.PathLike,
+    tokenizer: Any,
+    prompts: Sequence[Prompt],
+    *,
+    continuation_tokens: int = 8,
+    batch_size: int = 8,
+    params: LearnParams | None = None,
+    dtype: str | torch.dtype = "auto",
+    device: str | torch.device = "cpu",
+    revision: str | None = None,
+    token: str | bool | None = None,
+    name: str | None = None,
+) -> Teacher:
     """Load the dense fine-tune ``ref`` on ``device``, cache its outputs (``build_teacher``) and free it again."""
     params = params or LearnParams()
     model = load_causal_lm(ref, dtype=dtype, revision=revision, token=token).to(device)
     try:
-        return build_teacher(model, tokenizer, prompts, continuation_tokens=continuation_tokens,
-                             batch_size=batch_size, heldout=params.learn_heldout, top_k=params.learn_top_k,
-                             seed=params.learn_seed, name=name or str(ref))
+        return build_teacher(
+            model,
+            tokenizer,
+            prompts,
+            continuation_tokens=continuation_tokens,
+            batch_size=batch_size,
+            heldout=params.learn_heldout,
+            top_k=params.learn_top_k,
+            seed=params.learn_seed,
+            name=name or str(ref),
+        )
     finally:
         del model
         gc.collect()
@@ -239,8 +281,12 @@ def kl_divergence(teacher: TeacherBatch, log_q: torch.Tensor) -> torch.Tensor:
     return (p * (log_p - log_q)).sum() + tail.sum()
 
 
-def mean_kl(model: nn.Module, batches: Sequence[TeacherBatch], params: dict[str, torch.Tensor] | None = None,
-            loss: Callable[[TeacherBatch, torch.Tensor], torch.Tensor] = kl_divergence) -> float:
+def mean_kl(
+    model: nn.Module,
+    batches: Sequence[TeacherBatch],
+    params: dict[str, torch.Tensor] | None = None,
+    loss: Callable[[TeacherBatch, torch.Tensor], torch.Tensor] = kl_divergence,
+) -> float:
     """KL(teacher ‖ model) (or another ``loss``, e.g. ``EntropyTarget.loss``) per position over ``batches`` (e.g. a
     teacher's held-out ones), without gradients."""
     with torch.no_grad():
@@ -249,6 +295,7 @@ def mean_kl(model: nn.Module, batches: Sequence[TeacherBatch], params: dict[str,
 
 
 # the student -------------------------------------------------------------------------------------------------------
+
 
 @dataclass
 class _Learned:
@@ -267,9 +314,14 @@ class Student:
     """The base model plus N adapters whose pruned tensors take learned factor tables; ``params()`` rebuilds the
     pruned weights (kernel arithmetic, differentiable in the factors) for ``torch.func.functional_call``."""
 
-    def __init__(self, model: nn.Module, adapters: Sequence[SparseDeltaAdapter], granularity: str,
-                 partitions: Sequence[Partitions | None] | None = None,
-                 weights: Sequence[float] | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        adapters: Sequence[SparseDeltaAdapter],
+        granularity: str,
+        partitions: Sequence[Partitions | None] | None = None,
+        weights: Sequence[float] | None = None,
+    ) -> None:
         self.model = model.requires_grad_(False).eval()
         self.granularity = granularity
         device = _device(model)
@@ -292,9 +344,13 @@ class Student:
                 scalars = adapter.config.tensor_factors(name)
                 count = 1 if ids is None else (parts.count if parts is not None else len(scalars))
                 indices = encoded.indices().to(device)
-                on_device = EncodedTensor(encoded.encoding, encoded.shape, encoded.values.to(device, torch.float32),
-                                          partition=None if ids is None else ids.to(device),
-                                          factors=None if encoded.factors is None else encoded.factors.to(device))
+                on_device = EncodedTensor(
+                    encoded.encoding,
+                    encoded.shape,
+                    encoded.values.to(device, torch.float32),
+                    partition=None if ids is None else ids.to(device),
+                    factors=None if encoded.factors is None else encoded.factors.to(device),
+                )
                 if not record.get("pruned") or encoded.nnz == 0:
                     values = effective_values(on_device, scalars, indices=indices)
                     fixed.setdefault(name, []).append((SparseDelta(indices, values, encoded.shape), weight))
@@ -314,13 +370,23 @@ class Student:
         self.parameters.append(parameter)
         return parameter
 
-    def _table(self, name: str, encoded: EncodedTensor, count: int, shared: dict[str, nn.Parameter],
-               device: torch.device, block: int | None) -> Any:
+    def _table(
+        self,
+        name: str,
+        encoded: EncodedTensor,
+        count: int,
+        shared: dict[str, nn.Parameter],
+        device: torch.device,
+        block: int | None,
+    ) -> Any:
         """The factor table of one tensor as a function of the learned parameters (the granularity's sharing)."""
         if self.granularity in ("row", "tensor"):
             rows = encoded.shape[0] if self.granularity == "row" and len(encoded.shape) >= 2 else 1
-            stored = encoded.factors if encoded.factors is not None and tuple(encoded.factors.shape) == (count, rows) \
+            stored = (
+                encoded.factors
+                if encoded.factors is not None and tuple(encoded.factors.shape) == (count, rows)
                 else None
+            )
             parameter = self._new((count, rows), device, stored)
             return lambda: parameter
         size = count if self.granularity == "partition" else 1
@@ -329,8 +395,10 @@ class Student:
             shared[key] = self._new((size,), device)
         parameter = shared[key]
         if parameter.numel() != size:
-            raise UserError(f"{name} has {count} partitions but other tensors of its adapter have "
-                            f"{parameter.numel()}; partition granularity needs the same partitions everywhere")
+            raise UserError(
+                f"{name} has {count} partitions but other tensors of its adapter have "
+                f"{parameter.numel()}; partition granularity needs the same partitions everywhere"
+            )
         return lambda: parameter.reshape(-1, 1).expand(count, 1)
 
     def params(self) -> dict[str, torch.Tensor]:
@@ -339,13 +407,14 @@ class Student:
         for t in self.learned:
             values = effective_values(t.encoded, t.scalars, t.table(), indices=t.indices)
             deltas.setdefault(t.name, []).append((SparseDelta(t.indices, values, t.encoded.shape), t.weight))
-        return {name: add_sparse(self._base[name], [d for d, _ in pairs], [w for _, w in pairs])
-                for name, pairs in deltas.items()}
+        return {
+            name: add_sparse(self._base[name], [d for d, _ in pairs], [w for _, w in pairs])
+            for name, pairs in deltas.items()
+        }
 
     def tables(self) -> list[dict[str, torch.Tensor]]:
         """Per adapter: tensor name -> its ``[P, R]`` fp32 factor table (CPU copies)."""
-        out: list[dict[str, torch.Tensor]] = [{} for _ in range(1 + max((t.adapter for t in self.learned),
-                                                                        default=-1))]
+        out: list[dict[str, torch.Tensor]] = [{} for _ in range(1 + max((t.adapter for t in self.learned), default=-1))]
         for t in self.learned:
             out[t.adapter][t.name] = t.table().detach().float().cpu().contiguous().clone()
         return out
@@ -359,6 +428,7 @@ class Student:
 
 
 # learning ----------------------------------------------------------------------------------------------------------
+
 
 @dataclass
 class LearnResult:
@@ -384,26 +454,46 @@ class LearnResult:
 
     def record(self) -> dict[str, Any]:
         """The ``learned`` block of the adapter config's ``amplification``."""
-        values = torch.cat([t.reshape(-1) for tables in self.factors for t in tables.values()]) \
-            if any(self.factors) else torch.ones(1)
-        return {**self.settings, "steps_run": self.steps, "best_step": self.best_step, "stopped": self.stopped,
-                "seconds": round(self.seconds, 3), "heldout_kl_before": self.heldout_kl_before,
-                "heldout_kl_after": self.heldout_kl_after,
-                "loss_curve": [round(x, 6) for x in self.losses],
-                "heldout_curve": [[s, round(k, 6)] for s, k in self.heldout],
-                "factor_stats": {"count": values.numel(), "min": float(values.min()), "max": float(values.max()),
-                                 "mean": float(values.mean())},
-                "teachers": self.teachers}
+        values = (
+            torch.cat([t.reshape(-1) for tables in self.factors for t in tables.values()])
+            if any(self.factors)
+            else torch.ones(1)
+        )
+        return {
+            **self.settings,
+            "steps_run": self.steps,
+            "best_step": self.best_step,
+            "stopped": self.stopped,
+            "seconds": round(self.seconds, 3),
+            "heldout_kl_before": self.heldout_kl_before,
+            "heldout_kl_after": self.heldout_kl_after,
+            "loss_curve": [round(x, 6) for x in self.losses],
+            "heldout_curve": [[s, round(k, 6)] for s, k in self.heldout],
+            "factor_stats": {
+                "count": values.numel(),
+                "min": float(values.min()),
+                "max": float(values.max()),
+                "mean": float(values.mean()),
+            },
+            "teachers": self.teachers,
+        }
 
 
 def _order(count: int, generator: torch.Generator) -> list[int]:
     return torch.randperm(count, generator=generator).tolist()
 
 
-def learn_factors(model: nn.Module, adapters: Sequence[SparseDeltaAdapter], teachers: Sequence[Teacher],
-                  params: LearnParams | None = None, *, partitions: Sequence[Partitions | None] | None = None,
-                  weights: Sequence[float] | None = None, max_factor: float | None = None,
-                  progress: bool = True) -> LearnResult:
+def learn_factors(
+    model: nn.Module,
+    adapters: Sequence[SparseDeltaAdapter],
+    teachers: Sequence[Teacher],
+    params: LearnParams | None = None,
+    *,
+    partitions: Sequence[Partitions | None] | None = None,
+    weights: Sequence[float] | None = None,
+    max_factor: float | None = None,
+    progress: bool = True,
+) -> LearnResult:
     """Learn factor tables for the pruned tensors of ``adapters`` so that base + Σ w·δ(factors) matches the teachers.
 
     ``model`` is the base model on the device to learn on (its parameters are frozen, and the adapters' tensors
@@ -457,10 +547,23 @@ def learn_factors(model: nn.Module, adapters: Sequence[SparseDeltaAdapter], teac
                     stopped = "patience"
                     break
     bar.close()
-    settings = {"strategy": "learned", "objective": teachers[0].objective, "max_factor": max_factor, **{k.removeprefix("learn_"): v
-                                                             for k, v in asdict(params).items()}}
-    return LearnResult(best[2], losses, heldout, best[1], len(losses), time.perf_counter() - started, settings,
-                       [t.describe() for t in teachers], stopped)
+    settings = {
+        "strategy": "learned",
+        "objective": teachers[0].objective,
+        "max_factor": max_factor,
+        **{k.removeprefix("learn_"): v for k, v in asdict(params).items()},
+    }
+    return LearnResult(
+        best[2],
+        losses,
+        heldout,
+        best[1],
+        len(losses),
+        time.perf_counter() - started,
+        settings,
+        [t.describe() for t in teachers],
+        stopped,
+    )
 
 
 def factor_bytes(factors: dict[str, torch.Tensor]) -> int:
@@ -468,6 +571,20 @@ def factor_bytes(factors: dict[str, torch.Tensor]) -> int:
     return sum(4 * t.numel() for t in factors.values())
 
 
-__all__ = ["GRANULARITIES", "EntropyTarget", "LearnParams", "LearnResult", "Student", "Teacher", "TeacherBatch",
-           "build_teacher", "factor_bytes", "kl_divergence", "learn_factors", "mean_kl", "model_context",
-           "split_indices", "teacher_from_pretrained"]
+__all__ = [
+    "GRANULARITIES",
+    "EntropyTarget",
+    "LearnParams",
+    "LearnResult",
+    "Student",
+    "Teacher",
+    "TeacherBatch",
+    "build_teacher",
+    "factor_bytes",
+    "kl_divergence",
+    "learn_factors",
+    "mean_kl",
+    "model_context",
+    "split_indices",
+    "teacher_from_pretrained",
+]

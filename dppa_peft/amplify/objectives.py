@@ -40,8 +40,10 @@ def calibration_prompts(params: ObjectiveParams) -> list[Prompt]:
         return read_prompts(params.calibration, params.text_field)
     if params.tasks:
         return task_prompts(params.tasks, params.include_path or ())
-    raise UserError("learned amplification needs unlabeled prompts: --calibration FILE (.txt or .jsonl) or lm-eval "
-                    "dev tasks (--tasks NAME_dev ...)")
+    raise UserError(
+        "learned amplification needs unlabeled prompts: --calibration FILE (.txt or .jsonl) or lm-eval "
+        "dev tasks (--tasks NAME_dev ...)"
+    )
 
 
 def _device(model: nn.Module) -> torch.device:
@@ -53,15 +55,23 @@ class KLObjective:
 
     name = "kl"
 
-    def __init__(self, reference: nn.Module, tokenizer: Any, texts: Sequence[str], continuation_tokens: int = 8,
-                 max_length: int = 128, batch_size: int = 8, source: str | None = None) -> None:
+    def __init__(
+        self,
+        reference: nn.Module,
+        tokenizer: Any,
+        texts: Sequence[str],
+        continuation_tokens: int = 8,
+        max_length: int = 128,
+        batch_size: int = 8,
+        source: str | None = None,
+    ) -> None:
         self.source = source
         self.continuation_tokens = continuation_tokens
         self.max_length = max_length
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
         with torch.no_grad():
             sequences = [self._continue(reference, tokenizer, text) for text in texts]
-            self.batches = [_pad(sequences[i:i + batch_size], pad) for i in range(0, len(sequences), batch_size)]
+            self.batches = [_pad(sequences[i : i + batch_size], pad) for i in range(0, len(sequences), batch_size)]
             self.reference = [self._log_probs(reference, ids, mask).cpu() for ids, mask in self.batches]
         self.positions = sum(int(mask.sum()) for _, mask in self.batches)
 
@@ -94,9 +104,14 @@ class KLObjective:
         return -total / self.positions
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "split": self.source, "texts": sum(len(ids) for ids, _ in self.batches),
-                "positions": self.positions, "continuation_tokens": self.continuation_tokens,
-                "max_length": self.max_length}
+        return {
+            "name": self.name,
+            "split": self.source,
+            "texts": sum(len(ids) for ids, _ in self.batches),
+            "positions": self.positions,
+            "continuation_tokens": self.continuation_tokens,
+            "max_length": self.max_length,
+        }
 
 
 def _pad(sequences: Sequence[torch.Tensor], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -130,8 +145,14 @@ class TaskRatioObjective:
         return domain_ratio(task_ratio(scores[t], self.dense_scores[t]) for t in self.tasks)
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "split": self.split, "tasks": self.tasks, "metric": self.evaluator.metric,
-                "limit": self.evaluator.limit, "dense_scores": self.dense_scores}
+        return {
+            "name": self.name,
+            "split": self.split,
+            "tasks": self.tasks,
+            "metric": self.evaluator.metric,
+            "limit": self.evaluator.limit,
+            "dense_scores": self.dense_scores,
+        }
 
 
 def describe_objective(objective: Objective) -> dict[str, Any]:
@@ -142,8 +163,9 @@ def describe_objective(objective: Objective) -> dict[str, Any]:
     return {"name": str(name), "split": getattr(objective, "split", None)}
 
 
-def load_tokenizer(candidates: Sequence[str | os.PathLike | None], revision: str | None = None,
-                   token: str | bool | None = None) -> Any:
+def load_tokenizer(
+    candidates: Sequence[str | os.PathLike | None], revision: str | None = None, token: str | bool | None = None
+) -> Any:
     """The first tokenizer that loads from ``candidates`` (folders or Hub ids)."""
     from transformers import AutoTokenizer
 
@@ -156,10 +178,15 @@ def load_tokenizer(candidates: Sequence[str | os.PathLike | None], revision: str
     raise ValueError(f"no tokenizer found in {tried}; pass a tokenizer folder (--tokenizer)")
 
 
-def build_objective(params: ObjectiveParams, finetuned: Source | str | os.PathLike | None,
-                    base: Source | str | os.PathLike | None, dtype: str | torch.dtype = "auto",
-                    device: str | torch.device = "cpu", revision: str | None = None,
-                    token: str | bool | None = None) -> Objective:
+def build_objective(
+    params: ObjectiveParams,
+    finetuned: Source | str | os.PathLike | None,
+    base: Source | str | os.PathLike | None,
+    dtype: str | torch.dtype = "auto",
+    device: str | torch.device = "cpu",
+    revision: str | None = None,
+    token: str | bool | None = None,
+) -> Objective:
     """The ``kl`` or ``tasks`` objective against the dense fine-tuned model (loaded once, then released)."""
     source = None if finetuned is None else Source.of(finetuned, revision)
     params.require_inputs(source)
@@ -170,11 +197,23 @@ def build_objective(params: ObjectiveParams, finetuned: Source | str | os.PathLi
     reference = load_causal_lm(source.ref, dtype=dtype, revision=source.revision, token=token)
     reference = reference.to(resolve_device(device)).eval()
     if params.objective == "kl":
-        return KLObjective(reference, tokenizer, texts, params.continuation_tokens, params.max_length,
-                           params.batch_size, source=str(params.calibration))
+        return KLObjective(
+            reference,
+            tokenizer,
+            texts,
+            params.continuation_tokens,
+            params.max_length,
+            params.batch_size,
+            source=str(params.calibration),
+        )
     from ..evaluation.runner import Evaluator
     from ..evaluation.tasks import task_manager
 
-    evaluator = Evaluator(tokenizer, task_manager(extra_paths=params.include_path or ()), metric=params.metric,
-                          batch_size=params.batch_size, limit=params.limit)
+    evaluator = Evaluator(
+        tokenizer,
+        task_manager(extra_paths=params.include_path or ()),
+        metric=params.metric,
+        batch_size=params.batch_size,
+        limit=params.limit,
+    )
     return TaskRatioObjective(reference, evaluator, params.tasks or [], params.split)

@@ -52,11 +52,15 @@ def check_partition_rates(rates: Sequence[float], rate: float) -> list[float]:
     if not out or len(out) > MAX_PARTITIONS:
         raise ValueError(f"pass between 1 and {MAX_PARTITIONS} partition rates, got {len(out)}")
     if any(not 0.0 <= r <= 1.0 for r in out) or any(a <= b for a, b in zip(out, out[1:])):
-        raise ValueError(f"partition rates must be strictly decreasing pruning rates in [0, 1] (most important "
-                         f"first, e.g. 0.9 0.8), got {out}")
+        raise ValueError(
+            f"partition rates must be strictly decreasing pruning rates in [0, 1] (most important "
+            f"first, e.g. 0.9 0.8), got {out}"
+        )
     if abs(out[-1] - rate) > RATE_TOLERANCE:
-        raise ValueError(f"the last partition rate must be the target pruning rate {rate}, got {out}; e.g. "
-                         f"{default_partition_rates(rate)}")
+        raise ValueError(
+            f"the last partition rate must be the target pruning rate {rate}, got {out}; e.g. "
+            f"{default_partition_rates(rate)}"
+        )
     return out
 
 
@@ -83,15 +87,18 @@ def _ids_from_membership(members: Sequence[torch.Tensor], nnz: int, what: str) -
     for pid in range(len(members) - 1, -1, -1):
         member = members[pid]
         if bool((member & ~wider).any()):
-            raise ValueError(f"{what}: the kept set at partition boundary {pid} is not inside the next one; the "
-                             "partitions do not nest")
+            raise ValueError(
+                f"{what}: the kept set at partition boundary {pid} is not inside the next one; the "
+                "partitions do not nest"
+            )
         ids[member] = pid
         wider = member
     return ids
 
 
-def partition_ids(method: PruningMethod, info: TensorInfo, delta: torch.Tensor, kept: SparseDelta,
-                  rates: Sequence[float]) -> tuple[torch.Tensor, list[float]]:
+def partition_ids(
+    method: PruningMethod, info: TensorInfo, delta: torch.Tensor, kept: SparseDelta, rates: Sequence[float]
+) -> tuple[torch.Tensor, list[float]]:
     """Partition ids of the entries ``kept`` at the target rate (``rates[-1]``), and each boundary's density."""
     require_nested(method)
     densities = [method.plan(info, r).density for r in rates]
@@ -101,8 +108,10 @@ def partition_ids(method: PruningMethod, info: TensorInfo, delta: torch.Tensor, 
         position = torch.searchsorted(kept.indices, inner)
         inside = position < kept.nnz
         if not bool(inside.all()) or not torch.equal(kept.indices[position], inner):
-            raise ValueError(f"{info.name}: method {method.name!r} kept entries at density {density:.4g} that it "
-                             "drops at the target rate; its kept sets are not nested")
+            raise ValueError(
+                f"{info.name}: method {method.name!r} kept entries at density {density:.4g} that it "
+                "drops at the target rate; its kept sets are not nested"
+            )
         member = torch.zeros(kept.nnz, dtype=torch.bool, device=position.device)
         member[position] = True
         members.append(member.cpu())
@@ -132,8 +141,10 @@ def _derive_members(adapter: SparseDeltaAdapter, name: str, densities: list[floa
 def adapter_partitions(adapter: SparseDeltaAdapter, rates: Sequence[float] | None = None) -> Partitions:
     """Partitions of an existing adapter's pruned tensors (default rates: 0.9, 0.8, … down to its rate)."""
     if adapter.config.merge:
-        raise UserError(f"{adapter.ref} is a merged adapter (mode {adapter.config.merge.get('mode')!r}): it has no "
-                        "pruning rate to partition; amplify the adapters before merging them")
+        raise UserError(
+            f"{adapter.ref} is a merged adapter (mode {adapter.config.merge.get('mode')!r}): it has no "
+            "pruning rate to partition; amplify the adapters before merging them"
+        )
     rate = float(adapter.config.method["rate"])
     rates = check_partition_rates(default_partition_rates(rate) if rates is None else rates, rate)
     partitions = Partitions(rates)
@@ -142,7 +153,8 @@ def adapter_partitions(adapter: SparseDeltaAdapter, rates: Sequence[float] | Non
     stored = adapter.config.amplification or {}
     stored_rates = stored.get("partition_rates") or []
     use_stored = len(stored_rates) == len(rates) and all(
-        abs(a - b) <= RATE_TOLERANCE for a, b in zip(stored_rates, rates))
+        abs(a - b) <= RATE_TOLERANCE for a, b in zip(stored_rates, rates)
+    )
     for name, record in adapter.config.tensors.items():
         if not record.get("pruned"):
             continue
@@ -151,8 +163,10 @@ def adapter_partitions(adapter: SparseDeltaAdapter, rates: Sequence[float] | Non
             partitions.densities[name] = list(record["partition_densities"])
             continue
         if not recorded_method(adapter.config.method)[0].plan_shifts_with_rate:
-            raise UserError(f"{name}: the {adapter.config.method.get('name')!r} plan does not shift with the rate, so "
-                            "partition densities cannot be re-derived; prune again with partitions stored")
+            raise UserError(
+                f"{name}: the {adapter.config.method.get('name')!r} plan does not shift with the rate, so "
+                "partition densities cannot be re-derived; prune again with partitions stored"
+            )
         unclipped = record["unclipped_density"]
         floor = adapter.config.method.get("params", {}).get("min_density") or 0.0  # DP's optional density floor
         densities = [min(1.0, max(floor, unclipped + rate - r)) for r in rates]

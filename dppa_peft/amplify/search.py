@@ -89,9 +89,14 @@ class SearchResult:
     def record(self, objective: dict[str, Any]) -> dict[str, Any]:
         """The ``search`` block of the adapter config's ``amplification``."""
         return {
-            **self.settings, "objective": objective, "calls": self.calls, "seconds": round(self.seconds, 3),
-            "stopped": self.stopped, "final_score": self.score,
-            "best": self.best.record(), "history": [e.record() for e in self.history],
+            **self.settings,
+            "objective": objective,
+            "calls": self.calls,
+            "seconds": round(self.seconds, 3),
+            "stopped": self.stopped,
+            "final_score": self.score,
+            "best": self.best.record(),
+            "history": [e.record() for e in self.history],
         }
 
 
@@ -154,12 +159,14 @@ def golden_section(f: Callable[[float], float], lo: float, hi: float, calls: int
             fd = f(d)
 
 
-def _default_search(evaluate: ScoredCalls, k: int, dpa_method: int, bounds: tuple[float, float],
-                     calls: int) -> list[float]:
+def _default_search(
+    evaluate: ScoredCalls, k: int, dpa_method: int, bounds: tuple[float, float], calls: int
+) -> list[float]:
     evaluate([1.0] * k, None)
     later = 0.0 if dpa_method == 1 else 1.0
     found: list[float] = []
     for i in range(k):
+
         def along(x: float, i: int = i) -> float:
             return evaluate(found + [x] + [later] * (k - i - 1), i)
 
@@ -199,9 +206,17 @@ def default_bounds(rescaled: bool) -> tuple[float, float]:
     return REDUCE_BOUNDS if rescaled else AMPLIFY_BOUNDS
 
 
-def search_factors(score: ScoreFn, n_partitions: int, strategy: str = "default", dpa_method: int = 1,
-                   bounds: Sequence[float] | None = None, tol: float = DEFAULT_TOL, max_calls: int | None = None,
-                   reference_init: Sequence[float] | None = None, progress: bool = True) -> SearchResult:
+def search_factors(
+    score: ScoreFn,
+    n_partitions: int,
+    strategy: str = "default",
+    dpa_method: int = 1,
+    bounds: Sequence[float] | None = None,
+    tol: float = DEFAULT_TOL,
+    max_calls: int | None = None,
+    reference_init: Sequence[float] | None = None,
+    progress: bool = True,
+) -> SearchResult:
     """Search one factor per partition; ``score(raw_factors)`` is higher-is-better.
 
     ``bounds`` and ``tol`` apply to the default strategy (default bounds: ``AMPLIFY_BOUNDS``); ``reference_init``
@@ -210,8 +225,10 @@ def search_factors(score: ScoreFn, n_partitions: int, strategy: str = "default",
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown search strategy {strategy!r}; choose one of {STRATEGIES}")
     if dpa_method not in DPA_METHODS:
-        raise ValueError(f"dpa_method must be 1 (progressive, later partitions absent) or 2 (later partitions at "
-                         f"factor 1), got {dpa_method!r}")
+        raise ValueError(
+            f"dpa_method must be 1 (progressive, later partitions absent) or 2 (later partitions at "
+            f"factor 1), got {dpa_method!r}"
+        )
     k = int(n_partitions)
     settings: dict[str, Any] = {"strategy": strategy, "dpa_method": dpa_method}
     if strategy == "default":
@@ -221,11 +238,18 @@ def search_factors(score: ScoreFn, n_partitions: int, strategy: str = "default",
         if max_calls is not None and max_calls < needed:
             per_partition = (max_calls - 1) // k
             if per_partition < 2:
-                raise ValueError(f"max_calls={max_calls} is too few for {k} partition(s): the default search needs at "
-                                 f"least 1 + 2·{k} calls ({needed} for tol={tol})")
+                raise ValueError(
+                    f"max_calls={max_calls} is too few for {k} partition(s): the default search needs at "
+                    f"least 1 + 2·{k} calls ({needed} for tol={tol})"
+                )
             needed = 1 + k * per_partition
-        settings.update(bounds=[lo, hi], tol=tol, calls_per_partition=per_partition,
-                        tolerance_achieved=(hi - lo) * GOLDEN ** (per_partition - 1), max_calls=needed)
+        settings.update(
+            bounds=[lo, hi],
+            tol=tol,
+            calls_per_partition=per_partition,
+            tolerance_achieved=(hi - lo) * GOLDEN ** (per_partition - 1),
+            max_calls=needed,
+        )
         total, cap = needed, needed
     else:
         start = [REFERENCE_START] + [0.0 if dpa_method == 1 else 1.0] * (k - 1)
@@ -243,8 +267,13 @@ def search_factors(score: ScoreFn, n_partitions: int, strategy: str = "default",
             reach = settings["tolerance_achieved"]
             settings["at_bound"] = [i for i, f in enumerate(found) if min(f - lo, hi - f) <= reach]
             if settings["at_bound"]:
-                logger.warning("DPA factors of partitions %s ended at the search bounds [%s, %s]; the optimum may "
-                               "lie outside: widen the bounds", settings["at_bound"], lo, hi)
+                logger.warning(
+                    "DPA factors of partitions %s ended at the search bounds [%s, %s]; the optimum may "
+                    "lie outside: widen the bounds",
+                    settings["at_bound"],
+                    lo,
+                    hi,
+                )
             factors = max(evaluate.history, key=lambda e: e.score).factors
         else:
             try:

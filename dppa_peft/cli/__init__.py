@@ -32,11 +32,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dppa-peft",
         description="Turn fine-tuned LLMs into sparse delta adapters (DP/DPA pruning and baselines), load and merge "
-                    "them with PEFT, and evaluate them with lm-eval. Hub ids work wherever a path does; the Hub token "
-                    "comes from HF_TOKEN or `hf auth login` and is never printed.",
+        "them with PEFT, and evaluate them with lm-eval. Hub ids work wherever a path does; the Hub token "
+        "comes from HF_TOKEN or `hf auth login` and is never printed.",
     )
-    parser.add_argument(DEBUG_FLAG, action="store_true",
-                        help="on an error, print the full Python traceback too (also accepted after the subcommand)")
+    parser.add_argument(
+        DEBUG_FLAG,
+        action="store_true",
+        help="on an error, print the full Python traceback too (also accepted after the subcommand)",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in SUBCOMMANDS:
         import_module(f".{name}", __name__).add_parser(sub)
@@ -110,4 +113,3 @@ def main(argv: list[str] | None = None) -> int:
         print(redact(f"dppa-peft {args.command}: error: {str(err) or type(err).__name__}"), file=sys.stderr)
         return EXIT_USER_ERROR
     return 0
-

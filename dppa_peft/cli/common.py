@@ -19,6 +19,7 @@ from typing import Any
 
 from ..specs import Source, Spec, UserError, choices_of
 
+
 def _strip_optional(hint: Any) -> Any:
     """``X`` for ``X | None``."""
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
@@ -35,8 +36,11 @@ def flag_of(name: str) -> str:
 def _help(f: dataclasses.Field, owners: str = "") -> str:
     text = f.metadata.get("help", "")
     default = f.default
-    if (default not in (None, False, dataclasses.MISSING, "") and not isinstance(default, (list, dict))
-            and "default" not in text):
+    if (
+        default not in (None, False, dataclasses.MISSING, "")
+        and not isinstance(default, (list, dict))
+        and "default" not in text
+    ):
         text += f" (default: {default})"
     if owners:
         text += f" [{owners}]"
@@ -80,8 +84,9 @@ class SpecOptions:
 
     def _usage(self) -> str:
         positional = [e.dest.upper() for e in self.entries if e.kind == "positional"]
-        required = [f"{e.flag} {e.flag.lstrip('-').upper()}" for e in self.entries
-                    if e.required and e.kind != "positional"]
+        required = [
+            f"{e.flag} {e.flag.lstrip('-').upper()}" for e in self.entries if e.required and e.kind != "positional"
+        ]
         return " ".join(["%(prog)s", *positional, *required, "[options]"])
 
     def _add_fields(self, cls: type, prefix: tuple[str, ...]) -> None:
@@ -108,20 +113,29 @@ class SpecOptions:
         if hint is Source or item is Source:
             many = item is Source
             if f.metadata.get("positional"):
-                self.parser.add_argument(dest, help=help_text, metavar=f.name.upper(),
-                                         nargs=None if required else "?")
+                self.parser.add_argument(dest, help=help_text, metavar=f.name.upper(), nargs=None if required else "?")
                 kind = "positional"
                 revision_flag = flag_of(f.name + "_revision")
             else:
-                group.add_argument(flag, dest=dest, required=required, help=help_text,
-                                   action="append" if many else "store", metavar=f.name.upper().rstrip("S"))
+                group.add_argument(
+                    flag,
+                    dest=dest,
+                    required=required,
+                    help=help_text,
+                    action="append" if many else "store",
+                    metavar=f.name.upper().rstrip("S"),
+                )
                 kind = "sources" if many else "source"
                 revision_flag = flag + "-revision"
             revision_dest = dest + ".revision"
             self._group(f.metadata.get("group") if not required else None).add_argument(
-                revision_flag, dest=revision_dest, action="append" if many else "store", metavar="REV",
+                revision_flag,
+                dest=revision_dest,
+                action="append" if many else "store",
+                metavar="REV",
                 help=f"Hub revision (branch, tag or commit) of {flag if kind != 'positional' else f.name.upper()}"
-                     + (", once per " + flag if many else ""))
+                + (", once per " + flag if many else ""),
+            )
             self.entries.append(_Entry(path, dest, kind, revision_dest, required, flag))
             return
         choices = choices_of(f)
@@ -132,7 +146,8 @@ class SpecOptions:
             kwargs["action"] = "store_true" if f.default is False else argparse.BooleanOptionalAction
         elif item is not None:
             kwargs.update(type=item, nargs="+") if f.metadata.get("flag") is None else kwargs.update(
-                type=item, action="append")
+                type=item, action="append"
+            )
         else:
             kwargs.update(type=hint, choices=choices, required=required)
         if hint is bool or kwargs.get("action") == "append":
@@ -166,8 +181,12 @@ class SpecOptions:
         self.param_owners = owners
 
     def _add_param_option(self, group: Any, name: str, f: dataclasses.Field, hint: Any, owners: list[str]) -> None:
-        kwargs: dict[str, Any] = {"dest": f"params.{name}", "default": None, "metavar": name.upper(),
-                                  "help": _help(f, ", ".join(owners)) if owners else _help(f)}
+        kwargs: dict[str, Any] = {
+            "dest": f"params.{name}",
+            "default": None,
+            "metavar": name.upper(),
+            "help": _help(f, ", ".join(owners)) if owners else _help(f),
+        }
         if hint is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         elif typing.get_origin(hint) is list:
@@ -204,8 +223,10 @@ class SpecOptions:
             refs = value or []
             revisions = revision or [None] * len(refs)
             if len(revisions) != len(refs):
-                raise UserError(f"got {len(revisions)} {entry.flag}-revision for {len(refs)} {entry.flag}; pass one "
-                                f"per {entry.flag} ('main' for the default branch)")
+                raise UserError(
+                    f"got {len(revisions)} {entry.flag}-revision for {len(refs)} {entry.flag}; pass one "
+                    f"per {entry.flag} ('main' for the default branch)"
+                )
             return [Source(ref=r, revision=v) for r, v in zip(refs, revisions)] if refs else None
         if entry.kind in ("source", "positional"):
             if value is None:
@@ -250,9 +271,16 @@ class CompactHelp(argparse.HelpFormatter):
         super().__init__(prog, width=width, max_help_position=34)
 
 
-def add_spec_command(sub: argparse._SubParsersAction, name: str, spec: type[Spec], *, help: str, description: str,
-                     run: Callable[[Any, argparse.Namespace], None],
-                     extra: Callable[[argparse.Namespace], dict[str, Any]] | None = None) -> SpecOptions:
+def add_spec_command(
+    sub: argparse._SubParsersAction,
+    name: str,
+    spec: type[Spec],
+    *,
+    help: str,
+    description: str,
+    run: Callable[[Any, argparse.Namespace], None],
+    extra: Callable[[argparse.Namespace], dict[str, Any]] | None = None,
+) -> SpecOptions:
     """A subcommand whose options are generated from ``spec``; ``run(spec, args)`` does the work.
 
     ``extra(args)`` gives the values of fields the command line spells in its own way (e.g. ``NAME=VALUE`` pairs).

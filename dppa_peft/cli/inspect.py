@@ -10,18 +10,25 @@ from .common import add_spec_command
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     add_spec_command(
-        sub, "inspect", InspectSpec, run=run,
+        sub,
+        "inspect",
+        InspectSpec,
+        run=run,
         help="show an adapter's or a method's density plan and the delta statistics",
         description="For an ADAPTER: its recorded kept density per block x module. For --base/--finetuned: the "
-                    "density plan that --method would use at --rate, and the delta quantiles (min, 10%..90%, max) "
-                    "per pruned tensor and over the whole model (paper Table 8). --png writes the density heatmap "
-                    "(paper Figure 3).",
+        "density plan that --method would use at --rate, and the delta quantiles (min, 10%..90%, max) "
+        "per pruned tensor and over the whole model (paper Table 8). --png writes the density heatmap "
+        "(paper Figure 3).",
     )
 
 
 def run(spec: InspectSpec, args: argparse.Namespace) -> None:
     from ..analysis import (
-        delta_statistics, density_grid, density_grid_from_config, density_heatmap, format_density_table,
+        delta_statistics,
+        density_grid,
+        density_grid_from_config,
+        density_heatmap,
+        format_density_table,
         format_statistics_table,
     )
     from ..pipeline import open_adapter, open_pair, plan_densities

@@ -12,12 +12,15 @@ from .common import add_spec_command
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     add_spec_command(
-        sub, "merge", MergeSpec, run=run,
+        sub,
+        "merge",
+        MergeSpec,
+        run=run,
         help="merge adapters into their base: a dense model folder and/or one merged sparse adapter",
         description="Combine the sparse deltas of N adapters with a merge mode and write a dense model folder "
-                    "(--out: safetensors shards, config, tokenizer, a model card and dppa_merge.json, the record of "
-                    "the merge) and/or one merged sparse adapter (--out-adapter: union support, loads like any "
-                    "adapter). --from-record replays a recorded merge to identical weights.",
+        "(--out: safetensors shards, config, tokenizer, a model card and dppa_merge.json, the record of "
+        "the merge) and/or one merged sparse adapter (--out-adapter: union support, loads like any "
+        "adapter). --from-record replays a recorded merge to identical weights.",
     )
 
 
@@ -31,9 +34,13 @@ def run(spec: MergeSpec, args: argparse.Namespace) -> None:
             print(f"wrote {output.path}: replayed {spec.from_record} as a {output.kind}")
         elif output.kind == "model":
             size = sum(p.stat().st_size for p in output.path.glob("*.safetensors"))
-            print(f"wrote {output.path}: {len(spec.adapters)} adapter(s) merged with mode '{spec.mode}', "
-                  f"{size / 2**20:.2f} MiB of weights, {seconds:.1f} s")
+            print(
+                f"wrote {output.path}: {len(spec.adapters)} adapter(s) merged with mode '{spec.mode}', "
+                f"{size / 2**20:.2f} MiB of weights, {seconds:.1f} s"
+            )
         else:
             size = sum(p.stat().st_size for p in output.path.glob("*.safetensors"))
-            print(f"wrote {output.path}: merged adapter ({spec.mode}) of {len(spec.adapters)} adapter(s), "
-                  f"{size / 2**20:.2f} MiB, {seconds:.1f} s")
+            print(
+                f"wrote {output.path}: merged adapter ({spec.mode}) of {len(spec.adapters)} adapter(s), "
+                f"{size / 2**20:.2f} MiB, {seconds:.1f} s"
+            )

@@ -13,10 +13,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     methods = ", ".join(sorted(METHODS))
     add_spec_command(
-        sub, "prune", PruneSpec, run=run, help="prune a fine-tune's delta into a sparse delta adapter",
+        sub,
+        "prune",
+        PruneSpec,
+        run=run,
+        help="prune a fine-tune's delta into a sparse delta adapter",
         description=f"Compute delta = finetuned - base tensor by tensor (fp32), prune it and write a PEFT adapter "
-                    f"folder (adapter_config.json, adapter_model.safetensors, README.md). Methods: {methods} (their "
-                    f"options are listed under each method); {DPPA}: dp, then DPA (Dynamic Partition Amplification).",
+        f"folder (adapter_config.json, adapter_model.safetensors, README.md). Methods: {methods} (their "
+        f"options are listed under each method); {DPPA}: dp, then DPA (Dynamic Partition Amplification).",
     )
 
 
@@ -30,5 +34,7 @@ def run(spec: PruneSpec, args: argparse.Namespace) -> None:
         print(f"wrote {adapter.directory}: {summary.line()}")
         return
     adapter, summary, result = prune_and_amplify(spec, command=args.command_line)
-    print(f"wrote {adapter.directory}: {summary.line()}\n"
-          f"{describe_search(result, (adapter.config.amplification or {})['raw_factors'])}")
+    print(
+        f"wrote {adapter.directory}: {summary.line()}\n"
+        f"{describe_search(result, (adapter.config.amplification or {})['raw_factors'])}"
+    )

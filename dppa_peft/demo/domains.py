@@ -21,15 +21,59 @@ DATA_SEED = 1234
 SPLITS = ("train", "dev", "test")
 SPLIT_SIZES = {"test": 100, "dev": 50, "train": 4000}
 
-NAMES = ("Anna", "Ben", "Carla", "David", "Emma", "Frank", "Grace", "Henry", "Iris", "Jack",
-         "Kate", "Leo", "Mia", "Noah", "Olga", "Paul", "Rosa", "Sam", "Tina", "Victor")
-OBJECTS = ("apples", "pencils", "books", "coins", "marbles", "cookies", "stamps", "shells", "cards", "eggs",
-           "oranges", "stickers")
+NAMES = (
+    "Anna",
+    "Ben",
+    "Carla",
+    "David",
+    "Emma",
+    "Frank",
+    "Grace",
+    "Henry",
+    "Iris",
+    "Jack",
+    "Kate",
+    "Leo",
+    "Mia",
+    "Noah",
+    "Olga",
+    "Paul",
+    "Rosa",
+    "Sam",
+    "Tina",
+    "Victor",
+)
+OBJECTS = (
+    "apples",
+    "pencils",
+    "books",
+    "coins",
+    "marbles",
+    "cookies",
+    "stamps",
+    "shells",
+    "cards",
+    "eggs",
+    "oranges",
+    "stickers",
+)
 PLACES = ("market", "school", "park", "library", "station", "bakery", "office", "garden")
 DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday")
 CITIES = ("Paris", "London", "Tokyo", "Berlin", "Madrid", "Rome", "Oslo", "Vienna")
-COMPANIES = ("Acme", "Borealis", "Cobalt", "Dynamo", "Everest", "Fulcrum", "Granite", "Horizon", "Ironwood",
-             "Juniper", "Keystone", "Lumen")
+COMPANIES = (
+    "Acme",
+    "Borealis",
+    "Cobalt",
+    "Dynamo",
+    "Everest",
+    "Fulcrum",
+    "Granite",
+    "Horizon",
+    "Ironwood",
+    "Juniper",
+    "Keystone",
+    "Lumen",
+)
 PARTIES = ("buyer", "seller", "tenant", "landlord", "employee", "employer", "supplier", "customer")
 ITEMS = ("goods", "equipment", "vehicles", "software", "building", "machines")
 COURTS = ("district court", "trial court", "lower court", "county court")
@@ -54,48 +98,85 @@ SENTIMENT_VERBS = {
     "negative": ("plunged", "tumbled", "slumped", "sank", "fell sharply", "crashed"),
     "neutral": ("held steady", "were flat", "barely moved", "traded sideways", "stayed unchanged"),
 }
-SENTIMENT_EVENTS = ("quarterly report", "board meeting", "annual meeting", "product launch", "market open",
-                    "earnings call")
+SENTIMENT_EVENTS = (
+    "quarterly report",
+    "board meeting",
+    "annual meeting",
+    "product launch",
+    "market open",
+    "earnings call",
+)
 HEADLINE_TEMPLATES = (
     "Shares of {company} {verb} after the {event}.",
     "{company} shares {verb} on {day} following the {event}.",
     "In {city}, {company} shares {verb} after the {event}.",
 )
 TOPIC_PHRASES = {
-    "earnings": ("reported a quarterly profit of {n} million", "posted higher revenue for the year",
-                 "said its profit fell in the last quarter", "beat sales forecasts for the quarter"),
-    "merger": ("agreed to acquire {company2}", "will combine with {company2} in a stock deal",
-               "made an offer to buy {company2}", "completed its takeover of {company2}"),
-    "dividend": ("will pay shareholders {n} cents per share each quarter", "raised its cash payout to shareholders",
-                 "cut the cash it returns to investors each quarter",
-                 "declared a special payout of {n} cents per share"),
-    "layoffs": ("will cut {n} jobs", "plans to reduce its workforce by {n} percent",
-                "is letting go of {n} workers in {city}", "announced staff cuts at its {city} office"),
+    "earnings": (
+        "reported a quarterly profit of {n} million",
+        "posted higher revenue for the year",
+        "said its profit fell in the last quarter",
+        "beat sales forecasts for the quarter",
+    ),
+    "merger": (
+        "agreed to acquire {company2}",
+        "will combine with {company2} in a stock deal",
+        "made an offer to buy {company2}",
+        "completed its takeover of {company2}",
+    ),
+    "dividend": (
+        "will pay shareholders {n} cents per share each quarter",
+        "raised its cash payout to shareholders",
+        "cut the cash it returns to investors each quarter",
+        "declared a special payout of {n} cents per share",
+    ),
+    "layoffs": (
+        "will cut {n} jobs",
+        "plans to reduce its workforce by {n} percent",
+        "is letting go of {n} workers in {city}",
+        "announced staff cuts at its {city} office",
+    ),
 }
 CLAUSE_PHRASES = {
-    "termination": ("The {party} may end this agreement with {n} days notice.",
-                    "This agreement ends if the {party} fails to deliver the {item}.",
-                    "The {party} can cancel the contract at any time after {n} months.",
-                    "The contract expires after {n} months unless the {party} renews it."),
-    "confidentiality": ("The {party} shall not disclose any secret information about the {item}.",
-                        "The {party} must keep all documents private for {n} years.",
-                        "The {party} may not share the terms of this contract with the {party2}.",
-                        "The {party} shall protect the trade secrets of the {party2}."),
-    "liability": ("The {party} is not responsible for any damage to the {item}.",
-                  "The {party} shall cover all losses up to {n} thousand dollars.",
-                  "The {party} is liable for injuries caused by the {item}.",
-                  "Neither the {party} nor the {party2} is responsible for delays caused by storms."),
-    "payment": ("The {party} shall pay the full price within {n} days.",
-                "The {party} must pay a fee of {n} dollars for the {item}.",
-                "Invoices for the {item} are due at the end of each month.",
-                "Late bills carry interest of {n} percent."),
+    "termination": (
+        "The {party} may end this agreement with {n} days notice.",
+        "This agreement ends if the {party} fails to deliver the {item}.",
+        "The {party} can cancel the contract at any time after {n} months.",
+        "The contract expires after {n} months unless the {party} renews it.",
+    ),
+    "confidentiality": (
+        "The {party} shall not disclose any secret information about the {item}.",
+        "The {party} must keep all documents private for {n} years.",
+        "The {party} may not share the terms of this contract with the {party2}.",
+        "The {party} shall protect the trade secrets of the {party2}.",
+    ),
+    "liability": (
+        "The {party} is not responsible for any damage to the {item}.",
+        "The {party} shall cover all losses up to {n} thousand dollars.",
+        "The {party} is liable for injuries caused by the {item}.",
+        "Neither the {party} nor the {party2} is responsible for delays caused by storms.",
+    ),
+    "payment": (
+        "The {party} shall pay the full price within {n} days.",
+        "The {party} must pay a fee of {n} dollars for the {item}.",
+        "Invoices for the {item} are due at the end of each month.",
+        "Late bills carry interest of {n} percent.",
+    ),
 }
 VERDICT_CUES = {
-    "affirmed": ("applied the law correctly", "made no error", "reached the right result",
-                 "weighed the evidence properly"),
+    "affirmed": (
+        "applied the law correctly",
+        "made no error",
+        "reached the right result",
+        "weighed the evidence properly",
+    ),
     "reversed": ("misread the statute", "made a clear error", "ignored the key evidence", "applied the wrong rule"),
-    "remanded": ("did not hear all the facts", "must consider new evidence", "left key questions open",
-                 "needs to hold a new hearing"),
+    "remanded": (
+        "did not hear all the facts",
+        "must consider new evidence",
+        "left key questions open",
+        "needs to hold a new hearing",
+    ),
 }
 CASE_TEMPLATES = (
     "The {court} ruled for the {party}. On appeal, the judges found that the {court} {cue}.",
@@ -103,8 +184,19 @@ CASE_TEMPLATES = (
     "After a hearing in {city}, the {court} sided with the {party}. On review, the higher court said it {cue}.",
 )
 
-COLOR_FACTS = {"apple": "red", "banana": "yellow", "grass": "green", "sky": "blue", "snow": "white",
-               "coal": "black", "lemon": "yellow", "cherry": "red", "leaf": "green", "sea": "blue", "milk": "white"}
+COLOR_FACTS = {
+    "apple": "red",
+    "banana": "yellow",
+    "grass": "green",
+    "sky": "blue",
+    "snow": "white",
+    "coal": "black",
+    "lemon": "yellow",
+    "cherry": "red",
+    "leaf": "green",
+    "sea": "blue",
+    "milk": "white",
+}
 COLORS = ("red", "yellow", "green", "blue", "white", "black")
 GENERIC_TEMPLATES = (  # stories, news, and Q&A in the tasks' formats (so the base answers in format, near chance)
     "{name} went to the {place} on {day}.",
@@ -118,8 +210,9 @@ GENERIC_TEMPLATES = (  # stories, news, and Q&A in the tasks' formats (so the ba
     "Note: {name} wrote the word {word} on the board. Question: Is this note about {words}? Answer: {word}",
     "Note: The word of the day is {word}. Question: Is the note about {words}? Answer: {word}",
 )
-OPTION_WORDS = COLORS + PLACES + tuple(SENTIMENT_VERBS) + tuple(TOPIC_PHRASES) + tuple(CLAUSE_PHRASES) + tuple(
-    VERDICT_CUES)  # the generic "pick the listed option named in the note" questions use every label word
+OPTION_WORDS = (
+    COLORS + PLACES + tuple(SENTIMENT_VERBS) + tuple(TOPIC_PHRASES) + tuple(CLAUSE_PHRASES) + tuple(VERDICT_CUES)
+)  # the generic "pick the listed option named in the note" questions use every label word
 PROMPT_FORMATS = {
     "numeric": "Question: {body} Answer:",
     "finance_sentiment": "Headline: {body} Question: Is the sentiment of this headline {options}? Answer:",
@@ -180,13 +273,18 @@ def _math_body(templates: tuple[str, ...], value_range: tuple[int, int], op: Cal
         name, name2 = _two_names(rng)
         text = rng.choice(templates).format(name=name, name2=name2, obj=rng.choice(OBJECTS), a=a, b=b)
         return text, str(op(a, b))
+
     return body
 
 
 def _sentiment_body(rng: random.Random, label: str) -> tuple[str, str]:
     text = rng.choice(HEADLINE_TEMPLATES).format(
-        company=rng.choice(COMPANIES), verb=rng.choice(SENTIMENT_VERBS[label]), event=rng.choice(SENTIMENT_EVENTS),
-        day=rng.choice(DAYS), city=rng.choice(CITIES))
+        company=rng.choice(COMPANIES),
+        verb=rng.choice(SENTIMENT_VERBS[label]),
+        event=rng.choice(SENTIMENT_EVENTS),
+        day=rng.choice(DAYS),
+        city=rng.choice(CITIES),
+    )
     return text, label
 
 
@@ -198,29 +296,40 @@ def _topic_body(rng: random.Random, label: str) -> tuple[str, str]:
 
 def _clause_body(rng: random.Random, label: str) -> tuple[str, str]:
     party, party2 = rng.sample(PARTIES, 2)
-    text = rng.choice(CLAUSE_PHRASES[label]).format(party=party, party2=party2, item=rng.choice(ITEMS),
-                                                    n=rng.randint(2, 90))
+    text = rng.choice(CLAUSE_PHRASES[label]).format(
+        party=party, party2=party2, item=rng.choice(ITEMS), n=rng.randint(2, 90)
+    )
     return text, label
 
 
 def _verdict_body(rng: random.Random, label: str) -> tuple[str, str]:
-    text = rng.choice(CASE_TEMPLATES).format(court=rng.choice(COURTS), party=rng.choice(PARTIES),
-                                             day=rng.choice(DAYS), city=rng.choice(CITIES),
-                                             cue=rng.choice(VERDICT_CUES[label]))
+    text = rng.choice(CASE_TEMPLATES).format(
+        court=rng.choice(COURTS),
+        party=rng.choice(PARTIES),
+        day=rng.choice(DAYS),
+        city=rng.choice(CITIES),
+        cue=rng.choice(VERDICT_CUES[label]),
+    )
     return text, label
 
 
-TASKS: dict[str, TaskSpec] = {spec.name: spec for spec in (
-    TaskSpec("math_add", "math", (), _math_body(ADD_TEMPLATES, ADD_RANGE, lambda a, b: a + b),
-             PROMPT_FORMATS["numeric"]),
-    TaskSpec("math_mul", "math", (), _math_body(MUL_TEMPLATES, MUL_RANGE, lambda a, b: a * b),
-             PROMPT_FORMATS["numeric"]),
-    TaskSpec("finance_sentiment", "finance", tuple(SENTIMENT_VERBS), _sentiment_body,
-             PROMPT_FORMATS["finance_sentiment"]),
-    TaskSpec("finance_topic", "finance", tuple(TOPIC_PHRASES), _topic_body, PROMPT_FORMATS["finance_topic"]),
-    TaskSpec("law_clause", "law", tuple(CLAUSE_PHRASES), _clause_body, PROMPT_FORMATS["law_clause"]),
-    TaskSpec("law_verdict", "law", tuple(VERDICT_CUES), _verdict_body, PROMPT_FORMATS["law_verdict"]),
-)}
+TASKS: dict[str, TaskSpec] = {
+    spec.name: spec
+    for spec in (
+        TaskSpec(
+            "math_add", "math", (), _math_body(ADD_TEMPLATES, ADD_RANGE, lambda a, b: a + b), PROMPT_FORMATS["numeric"]
+        ),
+        TaskSpec(
+            "math_mul", "math", (), _math_body(MUL_TEMPLATES, MUL_RANGE, lambda a, b: a * b), PROMPT_FORMATS["numeric"]
+        ),
+        TaskSpec(
+            "finance_sentiment", "finance", tuple(SENTIMENT_VERBS), _sentiment_body, PROMPT_FORMATS["finance_sentiment"]
+        ),
+        TaskSpec("finance_topic", "finance", tuple(TOPIC_PHRASES), _topic_body, PROMPT_FORMATS["finance_topic"]),
+        TaskSpec("law_clause", "law", tuple(CLAUSE_PHRASES), _clause_body, PROMPT_FORMATS["law_clause"]),
+        TaskSpec("law_verdict", "law", tuple(VERDICT_CUES), _verdict_body, PROMPT_FORMATS["law_verdict"]),
+    )
+}
 DOMAINS: dict[str, tuple[str, ...]] = {}
 for _spec in TASKS.values():
     DOMAINS[_spec.domain] = DOMAINS.get(_spec.domain, ()) + (_spec.name,)
@@ -267,18 +376,39 @@ def generic_text(rng: random.Random) -> str:
     c1, c2 = rng.sample((COLOR_FACTS[thing], rng.choice([c for c in COLORS if c != COLOR_FACTS[thing]])), 2)
     paints, words = rng.sample(COLORS, rng.randint(2, 4)), rng.sample(OPTION_WORDS, rng.randint(2, 4))
     template = rng.choice(GENERIC_TEMPLATES + ("{domain_sentence}",) * 3)
-    domain_sentence = rng.choice((
-        "{company} shares " + rng.choice(sum(SENTIMENT_VERBS.values(), ())) + " on {day}.",
-        "{company} " + rng.choice(sum(TOPIC_PHRASES.values(), ())) + ".",
-        "The contract says: " + rng.choice(sum(CLAUSE_PHRASES.values(), ())),
-        "The judges said that the {court} " + rng.choice(sum(VERDICT_CUES.values(), ())) + ".",
-    ))
-    fields = dict(name=name, name2=name2, n=n, m=m, n1=n + 1, obj=rng.choice(OBJECTS), place=rng.choice(PLACES),
-                  word=rng.choice(words), words=_options(words), paint=rng.choice(paints), paints=_options(paints),
-                  day=rng.choice(DAYS),
-                  city=rng.choice(CITIES), company=rng.choice(COMPANIES), company2=rng.choice(COMPANIES),
-                  court=rng.choice(COURTS), party=rng.choice(PARTIES), party2=rng.choice(PARTIES),
-                  item=rng.choice(ITEMS), thing=thing, c1=c1, c2=c2, color=COLOR_FACTS[thing])
+    domain_sentence = rng.choice(
+        (
+            "{company} shares " + rng.choice(sum(SENTIMENT_VERBS.values(), ())) + " on {day}.",
+            "{company} " + rng.choice(sum(TOPIC_PHRASES.values(), ())) + ".",
+            "The contract says: " + rng.choice(sum(CLAUSE_PHRASES.values(), ())),
+            "The judges said that the {court} " + rng.choice(sum(VERDICT_CUES.values(), ())) + ".",
+        )
+    )
+    fields = dict(
+        name=name,
+        name2=name2,
+        n=n,
+        m=m,
+        n1=n + 1,
+        obj=rng.choice(OBJECTS),
+        place=rng.choice(PLACES),
+        word=rng.choice(words),
+        words=_options(words),
+        paint=rng.choice(paints),
+        paints=_options(paints),
+        day=rng.choice(DAYS),
+        city=rng.choice(CITIES),
+        company=rng.choice(COMPANIES),
+        company2=rng.choice(COMPANIES),
+        court=rng.choice(COURTS),
+        party=rng.choice(PARTIES),
+        party2=rng.choice(PARTIES),
+        item=rng.choice(ITEMS),
+        thing=thing,
+        c1=c1,
+        c2=c2,
+        color=COLOR_FACTS[thing],
+    )
     return template.format(domain_sentence=domain_sentence.format(**fields), **fields)
 
 
@@ -291,10 +421,28 @@ def generic_stream(seed: int) -> Iterator[str]:
 
 def vocabulary_texts() -> list[str]:
     """Every fixed string the generators use (placeholders removed), from which the tokenizer's vocabulary is built."""
-    pools: list[object] = [NAMES, OBJECTS, PLACES, DAYS, CITIES, COMPANIES, PARTIES, ITEMS, COURTS, ADD_TEMPLATES,
-                           MUL_TEMPLATES, SENTIMENT_EVENTS, HEADLINE_TEMPLATES, CASE_TEMPLATES, COLORS,
-                           tuple(COLOR_FACTS), GENERIC_TEMPLATES, tuple(PROMPT_FORMATS.values()),
-                           "The contract says: The judges said that the", "0 1 2 3 4 5 6 7 8 9 , or"]
+    pools: list[object] = [
+        NAMES,
+        OBJECTS,
+        PLACES,
+        DAYS,
+        CITIES,
+        COMPANIES,
+        PARTIES,
+        ITEMS,
+        COURTS,
+        ADD_TEMPLATES,
+        MUL_TEMPLATES,
+        SENTIMENT_EVENTS,
+        HEADLINE_TEMPLATES,
+        CASE_TEMPLATES,
+        COLORS,
+        tuple(COLOR_FACTS),
+        GENERIC_TEMPLATES,
+        tuple(PROMPT_FORMATS.values()),
+        "The contract says: The judges said that the",
+        "0 1 2 3 4 5 6 7 8 9 , or",
+    ]
     for table in (SENTIMENT_VERBS, TOPIC_PHRASES, CLAUSE_PHRASES, VERDICT_CUES):
         pools.append(tuple(table))
         pools.extend(table.values())

@@ -52,24 +52,30 @@ class MergeJob:
         return self.mode in ("learned", "adamerging")
 
 
-PRUNE_VARIANTS = {v.label: v for v in (
-    PruneJob("magnitude", "magnitude"),
-    PruneJob("owl", "owl"),
-    PruneJob("dare", "dare"),
-    PruneJob("della", "della"),
-    PruneJob("dp", "dp"),
-    PruneJob("dppa", "dp", "dpa", rates=(0.8, 0.9, 0.95, 0.99)),  # 0.5 = 5 partitions: 51 dev-task evaluations
-    PruneJob("magnitude+learned", "magnitude", "learned"),
-    PruneJob("dp+learned", "dp", "learned", rates=(0.9, 0.95, 0.99)),
-)}
-MERGE_VARIANTS = {v.label: v for v in (
-    MergeJob("dare"),
-    MergeJob("dppa"),
-    MergeJob("magnitude", "ties"),
-    MergeJob("dare", "dare_ties"),
-    MergeJob("della", "della"),
-    MergeJob("magnitude+learned"),
-    MergeJob("magnitude+learned", "learned"),  # starts from the single-domain learned factors
-    MergeJob("magnitude", "adamerging", {"adamerging_granularity": "task"}, "task"),
-    MergeJob("magnitude", "adamerging", {"adamerging_granularity": "layer"}, "layer"),
-)}
+PRUNE_VARIANTS = {
+    v.label: v
+    for v in (
+        PruneJob("magnitude", "magnitude"),
+        PruneJob("owl", "owl"),
+        PruneJob("dare", "dare"),
+        PruneJob("della", "della"),
+        PruneJob("dp", "dp"),
+        PruneJob("dppa", "dp", "dpa", rates=(0.8, 0.9, 0.95, 0.99)),  # 0.5 = 5 partitions: 51 dev-task evaluations
+        PruneJob("magnitude+learned", "magnitude", "learned"),
+        PruneJob("dp+learned", "dp", "learned", rates=(0.9, 0.95, 0.99)),
+    )
+}
+MERGE_VARIANTS = {
+    v.label: v
+    for v in (
+        MergeJob("dare"),
+        MergeJob("dppa"),
+        MergeJob("magnitude", "ties"),
+        MergeJob("dare", "dare_ties"),
+        MergeJob("della", "della"),
+        MergeJob("magnitude+learned"),
+        MergeJob("magnitude+learned", "learned"),  # starts from the single-domain learned factors
+        MergeJob("magnitude", "adamerging", {"adamerging_granularity": "task"}, "task"),
+        MergeJob("magnitude", "adamerging", {"adamerging_granularity": "layer"}, "layer"),
+    )
+}

@@ -50,11 +50,14 @@ class DemoSettings:
     threads: int = 1  # torch threads after the zoo build: the models are tiny, and more threads crawl on a busy machine
 
     def __post_init__(self) -> None:
-        unknown = [n for n in self.prunes if n not in PRUNE_VARIANTS] + [n for n in self.merges
-                                                                          if n not in MERGE_VARIANTS]
+        unknown = [n for n in self.prunes if n not in PRUNE_VARIANTS] + [
+            n for n in self.merges if n not in MERGE_VARIANTS
+        ]
         if unknown:
-            raise ValueError(f"unknown demo variants {unknown}; choose from {list(PRUNE_VARIANTS)} (prunes) and "
-                             f"{list(MERGE_VARIANTS)} (merges)")
+            raise ValueError(
+                f"unknown demo variants {unknown}; choose from {list(PRUNE_VARIANTS)} (prunes) and "
+                f"{list(MERGE_VARIANTS)} (merges)"
+            )
         missing = sorted({MERGE_VARIANTS[n].source for n in self.merges} - set(self.prunes))
         if missing:
             raise ValueError(f"merges {list(self.merges)} need the prune variants {missing}; add them to prunes")
@@ -100,8 +103,13 @@ def _slug(label: str) -> str:
 
 def prune_zoo(zoo: Zoo, settings: DemoSettings, out: Path, progress: bool = True) -> Adapters:
     """Every (domain, prune variant, rate) adapter, written under ``out/adapters``."""
-    jobs = [(d, PRUNE_VARIANTS[name], r) for d in zoo.finetunes for r in settings.rates for name in settings.prunes
-            if PRUNE_VARIANTS[name].runs_at(r)]
+    jobs = [
+        (d, PRUNE_VARIANTS[name], r)
+        for d in zoo.finetunes
+        for r in settings.rates
+        for name in settings.prunes
+        if PRUNE_VARIANTS[name].runs_at(r)
+    ]
     adapters: Adapters = {}
     for domain, variant, rate in progress_bar(jobs, desc="pruning", unit="adapter", disable=not progress):
         path = out / "adapters" / domain / f"{_slug(variant.label)}-{round(rate * 100)}"
@@ -109,38 +117,61 @@ def prune_zoo(zoo: Zoo, settings: DemoSettings, out: Path, progress: bool = True
         if variant.amplification == "dpa":
             prune_and_amplify(zoo.base, zoo.finetunes[domain], path, **common, **_dpa_options(settings, out, domain))
         elif variant.amplification == "learned":
-            prune_and_amplify(zoo.base, zoo.finetunes[domain], path, **common, search="learned",
-                              calibration=str(_calibration_file(out, domain)), **_learn_options(settings))
+            prune_and_amplify(
+                zoo.base,
+                zoo.finetunes[domain],
+                path,
+                **common,
+                search="learned",
+                calibration=str(_calibration_file(out, domain)),
+                **_learn_options(settings),
+            )
         else:
             prune(zoo.base, zoo.finetunes[domain], path, **common)
         adapters[(domain, variant.label, rate)] = path
     return adapters
 
 
-def merge_zoo(zoo: Zoo, settings: DemoSettings, out: Path, adapters: Adapters,
-              progress: bool = True) -> list[MergeVariant]:
+def merge_zoo(
+    zoo: Zoo, settings: DemoSettings, out: Path, adapters: Adapters, progress: bool = True
+) -> list[MergeVariant]:
     """The three-domain merges to evaluate; a learned mode learns here (on the dev prompts) and its merged adapter,
     with the record of what it learned, is written under ``out/merges``."""
-    jobs = [(MERGE_VARIANTS[name], r) for r in settings.merge_rates for name in settings.merges
-            if all((d, MERGE_VARIANTS[name].source, r) in adapters for d in zoo.finetunes)]
+    jobs = [
+        (MERGE_VARIANTS[name], r)
+        for r in settings.merge_rates
+        for name in settings.merges
+        if all((d, MERGE_VARIANTS[name].source, r) in adapters for d in zoo.finetunes)
+    ]
     specs = []
     for variant, rate in progress_bar(jobs, desc="merging", unit="merge", disable=not progress):
         sources = {d: adapters[(d, variant.source, rate)] for d in zoo.finetunes}
         if not variant.learns:
             specs.append(MergeVariant(sources, variant.mode, options=variant.options, label=variant.label))
             continue
-        mode = create_mode(variant.mode, calibration=[str(_calibration_file(out, d)) for d in sources],
-                           **_learn_options(settings, merge=True), **variant.options)
+        mode = create_mode(
+            variant.mode,
+            calibration=[str(_calibration_file(out, d)) for d in sources],
+            **_learn_options(settings, merge=True),
+            **variant.options,
+        )
         handles = [open_adapter(path) for path in sources.values()]
-        merge_to_adapter(zoo.base, handles, out / "merges" / f"{_slug(variant.label)}-{round(rate * 100)}",
-                         mode=mode, overwrite=True, progress=False)
+        merge_to_adapter(
+            zoo.base,
+            handles,
+            out / "merges" / f"{_slug(variant.label)}-{round(rate * 100)}",
+            mode=mode,
+            overwrite=True,
+            progress=False,
+        )
         learned = mode.prepare(zoo.base, handles, [1.0] * len(handles), progress=False)  # learned once, reused
         specs.append(MergeVariant(dict(zip(sources, learned)), label=variant.label))
     return specs
 
 
-def run_demo(out: str | Path, cache_dir: str | Path, settings: DemoSettings = DemoSettings(),
-             progress: bool = True) -> DemoRun:
+def run_demo(
+    out: str | Path, cache_dir: str | Path, settings: DemoSettings = DemoSettings(), progress: bool = True
+) -> DemoRun:
     """Build/reuse the zoo, prune, merge, evaluate and write ``out/report``."""
     out = Path(out)
     seconds: dict[str, float] = {}
@@ -159,13 +190,18 @@ def run_demo(out: str | Path, cache_dir: str | Path, settings: DemoSettings = De
         test_tasks = domain_task_names("test")
         domains = [Domain(name=d, finetuned=str(path), tasks=test_tasks[d]) for d, path in zoo.finetunes.items()]
         prunes = [(d, path) for (d, _, _), path in adapters.items()]
-        evaluator = Evaluator(AutoTokenizer.from_pretrained(zoo.base), task_manager(), batch_size=settings.batch_size,
-                              limit=settings.limit)
+        evaluator = Evaluator(
+            AutoTokenizer.from_pretrained(zoo.base),
+            task_manager(),
+            batch_size=settings.batch_size,
+            limit=settings.limit,
+        )
         results = evaluate_all(str(zoo.base), domains, evaluator, prunes=prunes, merges=merges, progress=progress)
         lap("evaluate")
     report = write_report(results, out / "report")
-    (report / "demo.json").write_text(json.dumps({"settings": asdict(settings), "seconds": seconds,
-                                                  "zoo": str(zoo.root)}, indent=2))
+    (report / "demo.json").write_text(
+        json.dumps({"settings": asdict(settings), "seconds": seconds, "zoo": str(zoo.root)}, indent=2)
+    )
     return DemoRun(out=out, zoo=zoo, results=results, seconds=seconds)
 
 

@@ -46,6 +46,15 @@ def delta_stats(base: Mapping[str, torch.Tensor], finetuned: Mapping[str, torch.
     low, q10, q90, high = tensor_quantiles(delta, (0.0, 0.1, 0.9, 1.0))
     mean_abs, mean_base, max_abs = delta.abs().mean().item(), base_abs.mean().item(), delta.abs().max().item()
     return DeltaStats(
-        mean_abs_delta=mean_abs, mean_abs_base=mean_base, relative=mean_abs / mean_base,
-        relative_all=all_delta / all_base, max_abs_delta=max_abs, max_relative=max_abs / mean_base,
-        large_fraction=(delta.abs() > mean_base).float().mean().item(), min=low, q10=q10, q90=q90, max=high)
+        mean_abs_delta=mean_abs,
+        mean_abs_base=mean_base,
+        relative=mean_abs / mean_base,
+        relative_all=all_delta / all_base,
+        max_abs_delta=max_abs,
+        max_relative=max_abs / mean_base,
+        large_fraction=(delta.abs() > mean_base).float().mean().item(),
+        min=low,
+        q10=q10,
+        q90=q90,
+        max=high,
+    )

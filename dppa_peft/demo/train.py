@@ -40,11 +40,18 @@ class Schedule:
 def new_model(shape: ModelShape, tokenizer: PreTrainedTokenizerBase, seed: int) -> LlamaForCausalLM:
     """A freshly initialised ``LlamaForCausalLM`` (untied embeddings) seeded by ``seed``."""
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=shape.hidden_size, intermediate_size=shape.intermediate_size,
-        num_hidden_layers=shape.num_hidden_layers, num_attention_heads=shape.num_attention_heads,
-        num_key_value_heads=shape.num_attention_heads, max_position_embeddings=256, tie_word_embeddings=False,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id)
+        vocab_size=len(tokenizer),
+        hidden_size=shape.hidden_size,
+        intermediate_size=shape.intermediate_size,
+        num_hidden_layers=shape.num_hidden_layers,
+        num_attention_heads=shape.num_attention_heads,
+        num_key_value_heads=shape.num_attention_heads,
+        max_position_embeddings=256,
+        tie_word_embeddings=False,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
     generation = model.generation_config  # greedy, as the paper evaluates
@@ -68,9 +75,9 @@ def encode_batch(tokenizer: PreTrainedTokenizerBase, rows: Sequence[Row]) -> dic
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, (context, whole) in enumerate(zip(contexts, wholes)):
         ids = torch.tensor(whole.ids + [tokenizer.eos_token_id])
-        input_ids[i, :len(ids)] = ids
-        labels[i, len(context.ids):len(ids)] = ids[len(context.ids):]
-        mask[i, :len(ids)] = 1
+        input_ids[i, : len(ids)] = ids
+        labels[i, len(context.ids) : len(ids)] = ids[len(context.ids) :]
+        mask[i, : len(ids)] = 1
     return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
 
 
@@ -109,8 +116,14 @@ def _lr_factor(schedule: Schedule, step: int) -> float:
     return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * done))
 
 
-def train(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerBase, rows: Iterator[Row], schedule: Schedule,
-          desc: str, progress: bool = True) -> float:
+def train(
+    model: LlamaForCausalLM,
+    tokenizer: PreTrainedTokenizerBase,
+    rows: Iterator[Row],
+    schedule: Schedule,
+    desc: str,
+    progress: bool = True,
+) -> float:
     """Train all parameters in place; returns the mean loss of the last 10% of steps."""
     optimizer = _optimizer(model, schedule)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(schedule, step))

@@ -53,10 +53,18 @@ class ZooSpec:
 
 
 SIZES: dict[str, ZooSpec] = {
-    "tiny": ZooSpec(shape=ModelShape(64, 192, 2, 4), pretrain=Schedule(150, 32, 3e-3),
-                    light=Schedule(120, 16, 1e-3), heavy=Schedule(200, 16, 0.1, optimizer="sgd")),
-    "default": ZooSpec(shape=ModelShape(96, 256, 3, 4), pretrain=Schedule(600, 32, 3e-3),
-                       light=Schedule(300, 16, 3e-4), heavy=Schedule(1200, 32, 0.03, optimizer="sgd")),
+    "tiny": ZooSpec(
+        shape=ModelShape(64, 192, 2, 4),
+        pretrain=Schedule(150, 32, 3e-3),
+        light=Schedule(120, 16, 1e-3),
+        heavy=Schedule(200, 16, 0.1, optimizer="sgd"),
+    ),
+    "default": ZooSpec(
+        shape=ModelShape(96, 256, 3, 4),
+        pretrain=Schedule(600, 32, 3e-3),
+        light=Schedule(300, 16, 3e-4),
+        heavy=Schedule(1200, 32, 0.03, optimizer="sgd"),
+    ),
 }
 
 
@@ -94,9 +102,15 @@ class Zoo:
         """Open a built zoo from its folder."""
         root = Path(root)
         manifest = json.loads((root / MANIFEST).read_text())
-        return cls(root=root, size=manifest["size"], seed=manifest["seed"], base=root / BASE,
-                   finetunes={d: root / d for d in manifest["domains"]}, heavy=manifest["heavy"],
-                   delta_stats={d: DeltaStats(**s) for d, s in manifest["delta_stats"].items()})
+        return cls(
+            root=root,
+            size=manifest["size"],
+            seed=manifest["seed"],
+            base=root / BASE,
+            finetunes={d: root / d for d in manifest["domains"]},
+            heavy=manifest["heavy"],
+            delta_stats={d: DeltaStats(**s) for d, s in manifest["delta_stats"].items()},
+        )
 
 
 def settings(size: str, seed: int) -> dict[str, object]:
@@ -106,8 +120,15 @@ def settings(size: str, seed: int) -> dict[str, object]:
     code = hashlib.sha256()
     for module in (domains, tokenizer_module, train_module):
         code.update(Path(module.__file__).read_bytes())
-    return {"format": ZOO_FORMAT, "size": size, "seed": seed, "spec": asdict(SIZES[size]), "data_seed": DATA_SEED,
-            "split_sizes": SPLIT_SIZES, "code": code.hexdigest()}
+    return {
+        "format": ZOO_FORMAT,
+        "size": size,
+        "seed": seed,
+        "spec": asdict(SIZES[size]),
+        "data_seed": DATA_SEED,
+        "split_sizes": SPLIT_SIZES,
+        "code": code.hexdigest(),
+    }
 
 
 def _location(cache_dir: Path, size: str, seed: int) -> tuple[Path, dict[str, object], str]:
@@ -157,11 +178,18 @@ def _build(folder: Path, config: dict[str, object], digest: str, progress: bool)
         losses[domain] = train(model, tok, rows, spec.schedule(domain), f"zoo {size}: fine-tune {domain}", progress)
         stats[domain] = delta_stats(base_state, model.state_dict()).as_dict()
         _save(model, tok, folder / domain)
-    manifest = {"settings_hash": digest, "settings": config, "size": size, "seed": seed,
-                "domains": {d: list(tasks) for d, tasks in DOMAINS.items()}, "heavy": spec.heavy_domain,
-                "delta_stats": stats, "final_train_loss": losses,
-                "build_seconds": round(time.perf_counter() - started, 1),
-                "versions": {"torch": torch.__version__, "transformers": transformers.__version__}}
+    manifest = {
+        "settings_hash": digest,
+        "settings": config,
+        "size": size,
+        "seed": seed,
+        "domains": {d: list(tasks) for d, tasks in DOMAINS.items()},
+        "heavy": spec.heavy_domain,
+        "delta_stats": stats,
+        "final_train_loss": losses,
+        "build_seconds": round(time.perf_counter() - started, 1),
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
+    }
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2))
 
 
@@ -179,8 +207,14 @@ def cached_zoo(cache_dir: str | Path, seed: int = 0, size: str = "default") -> Z
     return Zoo.load(root) if _is_complete(root, digest) else None
 
 
-def build_zoo(cache_dir: str | Path, seed: int = 0, size: str = "default", force: bool = False,
-              progress: bool = True, num_threads: int = 2) -> Zoo:
+def build_zoo(
+    cache_dir: str | Path,
+    seed: int = 0,
+    size: str = "default",
+    force: bool = False,
+    progress: bool = True,
+    num_threads: int = 2,
+) -> Zoo:
     """Return the zoo for (size, seed) under ``cache_dir``, building it first unless a complete build is cached.
 
     ``force`` rebuilds even when cached. Training uses ``num_threads`` torch threads (restored afterwards); results

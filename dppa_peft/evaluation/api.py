@@ -32,6 +32,7 @@ def evaluate(spec: EvalSpec, *, progress: bool = True) -> tuple[EvalResults, Pat
     kept = out.parent / f"{out.name}-merged" if options.keep_merged else None
     with tempfile.TemporaryDirectory(prefix=".dppa-merged-", dir=out.parent) as scratch:
         evaluator = build_evaluator(options, spec.base.ref, manager, work_dir=kept or Path(scratch))
-        results = evaluate_all(spec.base.ref, spec.domains, evaluator, prunes=spec.adapters, merges=merges,
-                               progress=progress)
+        results = evaluate_all(
+            spec.base.ref, spec.domains, evaluator, prunes=spec.adapters, merges=merges, progress=progress
+        )
     return results, write_report(results, out), kept

@@ -22,6 +22,7 @@ from typing import Any
 from ..errors import UserError
 
 from ..choices import BACKENDS
+
 VLLM_INSTALL = "pip install 'dppa-peft[vllm]'"
 
 
@@ -61,8 +62,10 @@ class BackendSettings:
 def require_vllm() -> None:
     """A clear error when vLLM is not installed (lm-eval's own message comes only after the merge)."""
     if importlib.util.find_spec("vllm") is None:
-        raise UserError(f"--backend vllm needs vLLM, which is not installed: {VLLM_INSTALL} (on a machine with a "
-                        "GPU vLLM supports), or use --backend hf")
+        raise UserError(
+            f"--backend vllm needs vLLM, which is not installed: {VLLM_INSTALL} (on a machine with a "
+            "GPU vLLM supports), or use --backend hf"
+        )
 
 
 def _plain(ref: Any) -> Any:
@@ -131,9 +134,17 @@ def _merged_folder(source: ModelSource, settings: BackendSettings) -> Path:
         raise UserError("the vllm backend writes merged models: set BackendSettings.work_dir")
     Path(settings.work_dir).mkdir(parents=True, exist_ok=True)
     out = Path(settings.work_dir) / folder_name(source.label)
-    return merge_to_folder(source.pretrained, list(source.adapters), out, weights=source.weights, mode=source.mode,
-                           dtype=settings.dtype, overwrite=True, progress=False,
-                           **dict(source.options))
+    return merge_to_folder(
+        source.pretrained,
+        list(source.adapters),
+        out,
+        weights=source.weights,
+        mode=source.mode,
+        dtype=settings.dtype,
+        overwrite=True,
+        progress=False,
+        **dict(source.options),
+    )
 
 
 def parse_model_args(text: str | None) -> dict[str, Any]:

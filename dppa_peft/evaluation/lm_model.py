@@ -69,11 +69,19 @@ class DppaLM(HFLM):
     lm-eval's ``hf`` model unchanged, except that ``device`` defaults to cuda only when there is one.
     """
 
-    def __init__(self, pretrained: Any, adapters: str | Sequence[str] | None = None,
-                 weights: str | Sequence[float] | None = None, mode: str = "sum",
-                 adapter_revisions: str | Sequence[str] | None = None, merge_adapter: bool | str = True,
-                 mode_options: Mapping[str, Any] | None = None, peft: str | None = None, device: str | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self,
+        pretrained: Any,
+        adapters: str | Sequence[str] | None = None,
+        weights: str | Sequence[float] | None = None,
+        mode: str = "sum",
+        adapter_revisions: str | Sequence[str] | None = None,
+        merge_adapter: bool | str = True,
+        mode_options: Mapping[str, Any] | None = None,
+        peft: str | None = None,
+        device: str | None = None,
+        **kwargs: Any,
+    ) -> None:
         refs = split_list(adapters)
         revisions = split_list(adapter_revisions) or None
         if peft and is_sparse_delta(peft):
@@ -86,11 +94,15 @@ class DppaLM(HFLM):
         self._mode_options = dict(mode_options or {})
         self._merge = as_bool(merge_adapter)
         if refs and not self._merge and (self._weights or mode != "sum" or self._mode_options):
-            raise UserError("unmerged adapters (merge_adapter=False) are summed with weight 1 by PEFT; weights= and "
-                            "mode= need merge_adapter=True")
+            raise UserError(
+                "unmerged adapters (merge_adapter=False) are summed with weight 1 by PEFT; weights= and "
+                "mode= need merge_adapter=True"
+            )
         if refs and not isinstance(pretrained, str):
-            raise UserError("model dppa loads the base itself: pass pretrained=FOLDER_OR_HUB_ID, not a model object "
-                            "(for a model in memory use dppa_peft.merge.merge_into, then HFLM(pretrained=model))")
+            raise UserError(
+                "model dppa loads the base itself: pass pretrained=FOLDER_OR_HUB_ID, not a model object "
+                "(for a model in memory use dppa_peft.merge.merge_into, then HFLM(pretrained=model))"
+            )
         if device is None:  # HFLM's own default is "cuda", which fails on a machine without one
             import torch
 
@@ -106,8 +118,15 @@ class DppaLM(HFLM):
         if self._merge:
             from ..merge import merge_into
 
-            merge_into(self._model, self._adapters, self._weights, self._mode,
-                       adapter_revisions=self._adapter_revisions, progress=False, **self._mode_options)
+            merge_into(
+                self._model,
+                self._adapters,
+                self._weights,
+                self._mode,
+                adapter_revisions=self._adapter_revisions,
+                progress=False,
+                **self._mode_options,
+            )
         else:
             self._model = attach_unmerged(self._model, self._adapters, self._adapter_revisions)
 

@@ -44,8 +44,10 @@ def plot_merge(domains: tuple[str, ...], ratios: Sequence[DomainRatio], path: Pa
     """Grouped bars: one group per domain, one bar per (method, rate) merge."""
     merged = [r for r in ratios if r.variant.kind == "merge" and r.variant.domains == domains]
     rows = method_rate_rows([r.variant for r in merged])
-    value = {(r.variant.rate, r.variant.method, r.domain): 100 * r.domain_ratio if r.domain_ratio is not None else 0.0
-             for r in merged}
+    value = {
+        (r.variant.rate, r.variant.method, r.domain): 100 * r.domain_ratio if r.domain_ratio is not None else 0.0
+        for r in merged
+    }
     width = 0.8 / len(rows)
     figure = Figure(figsize=(max(4.0, 1.6 * len(domains) + 0.4 * len(rows)), 3.6), layout="constrained")
     ax = figure.subplots()

@@ -19,7 +19,14 @@ from dppa_peft.checkpoint import atomic_directory
 
 from .plots import PRUNE_PLOT, merge_plot_name, plot_merge, plot_prune, write_plots
 from .results import (
-    DomainRatio, EvalResults, Kind, Variant, VariantScores, all_ratios, rate_label, variant_ratios,
+    DomainRatio,
+    EvalResults,
+    Kind,
+    Variant,
+    VariantScores,
+    all_ratios,
+    rate_label,
+    variant_ratios,
 )
 from .tables import MISSING, Table, render_markdown, render_table, report_tables
 
@@ -37,11 +44,16 @@ def report_data(results: EvalResults) -> dict[str, Any]:
         "base": {d: dict(t) for d, t in results.base.items()},
         "dense_stderr": {d: dict(t) for d, t in results.dense_stderr.items()},
         "base_stderr": {d: dict(t) for d, t in results.base_stderr.items()},
-        "variants": [{**variant_dict(e.variant), "scores": dict(e.scores), "stderr": dict(e.stderr)}
-                     for e in results.variants],
+        "variants": [
+            {**variant_dict(e.variant), "scores": dict(e.scores), "stderr": dict(e.stderr)} for e in results.variants
+        ],
         "ratios": [
-            {**variant_dict(r.variant), "domain": r.domain, "task_ratios": dict(r.task_ratios),
-             "domain_ratio": r.domain_ratio}
+            {
+                **variant_dict(r.variant),
+                "domain": r.domain,
+                "task_ratios": dict(r.task_ratios),
+                "domain_ratio": r.domain_ratio,
+            }
             for r in all_ratios(results)
         ],  # fmt: skip
     }
@@ -69,7 +81,23 @@ def write_report(results: EvalResults, out_dir: str | Path) -> Path:
 
 
 __all__ = [
-    "MISSING", "PRUNE_PLOT", "DomainRatio", "EvalResults", "Kind", "Table", "Variant", "VariantScores", "all_ratios",
-    "merge_plot_name", "plot_merge", "plot_prune", "rate_label", "render_markdown", "render_table", "report_data",
-    "report_tables", "variant_ratios", "write_report",
+    "MISSING",
+    "PRUNE_PLOT",
+    "DomainRatio",
+    "EvalResults",
+    "Kind",
+    "Table",
+    "Variant",
+    "VariantScores",
+    "all_ratios",
+    "merge_plot_name",
+    "plot_merge",
+    "plot_prune",
+    "rate_label",
+    "render_markdown",
+    "render_table",
+    "report_data",
+    "report_tables",
+    "variant_ratios",
+    "write_report",
 ]

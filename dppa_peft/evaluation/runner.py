@@ -76,18 +76,27 @@ class Evaluator:
         """task -> (score, stderr or None) of ``source`` through the backend, showing lm-eval's progress."""
         settings = self.backend if self.backend.tokenizer else replace(self.backend, tokenizer=self.tokenizer)
         with lm_eval_model(source, settings) as (model, model_args):
-            output = self._evaluate(model, model_args, tasks, bootstrap_iters=self.bootstrap_iters,
-                                    verbosity="WARNING")
+            output = self._evaluate(model, model_args, tasks, bootstrap_iters=self.bootstrap_iters, verbosity="WARNING")
         return self._extract(output, tasks)
 
-    def _evaluate(self, model: Any, model_args: dict[str, Any] | None, tasks: Sequence[str], bootstrap_iters: int,
-                  verbosity: str) -> dict[str, Any]:
+    def _evaluate(
+        self, model: Any, model_args: dict[str, Any] | None, tasks: Sequence[str], bootstrap_iters: int, verbosity: str
+    ) -> dict[str, Any]:
         from lm_eval import simple_evaluate
 
-        return simple_evaluate(model=model, model_args=model_args, tasks=list(tasks), task_manager=self.task_manager,
-                               num_fewshot=self.num_fewshot, batch_size=self.batch_size,
-                               device=self.device if self.backend.backend == "hf" else None,  # vLLM places itself
-                               limit=self.limit, bootstrap_iters=bootstrap_iters, log_samples=False, verbosity=verbosity)
+        return simple_evaluate(
+            model=model,
+            model_args=model_args,
+            tasks=list(tasks),
+            task_manager=self.task_manager,
+            num_fewshot=self.num_fewshot,
+            batch_size=self.batch_size,
+            device=self.device if self.backend.backend == "hf" else None,  # vLLM places itself
+            limit=self.limit,
+            bootstrap_iters=bootstrap_iters,
+            log_samples=False,
+            verbosity=verbosity,
+        )
 
     def _extract(self, output: Mapping[str, Any], tasks: Sequence[str]) -> dict[str, Score]:
         """task -> (value, stderr) of ``metric`` (its first filter); stderr None when lm-eval reports 'N/A'."""
@@ -96,9 +105,11 @@ class Evaluator:
             metrics = output["results"].get(task, {})
             key = next((k for k in metrics if k.split(",")[0] == self.metric), None)
             if key is None:
-                raise ValueError(f"lm-eval task {task!r} reports no {self.metric!r} metric (it reports "
-                                 f"{sorted(k for k in metrics if ',' in k and '_stderr' not in k)}); choose another "
-                                 "metric")
+                raise ValueError(
+                    f"lm-eval task {task!r} reports no {self.metric!r} metric (it reports "
+                    f"{sorted(k for k in metrics if ',' in k and '_stderr' not in k)}); choose another "
+                    "metric"
+                )
             name, _, filter_name = key.partition(",")
             stderr = metrics.get(f"{name}_stderr,{filter_name}")
             known = isinstance(stderr, (int, float)) and math.isfinite(stderr)
@@ -106,17 +117,23 @@ class Evaluator:
         return scores
 
 
-def evaluate_all(base: str, domains: Sequence[Domain], evaluator: Evaluator,
-                 prunes: Sequence[tuple[str, AdapterRef]] = (), merges: Sequence[MergeVariant] = (),
-                 progress: bool = True) -> EvalResults:
+def evaluate_all(
+    base: str,
+    domains: Sequence[Domain],
+    evaluator: Evaluator,
+    prunes: Sequence[tuple[str, AdapterRef]] = (),
+    merges: Sequence[MergeVariant] = (),
+    progress: bool = True,
+) -> EvalResults:
     """Scores of the base and dense fine-tunes on every domain's tasks, and of every pruned and merged variant.
 
     Every model goes through ``evaluator.measure``: the base and the fine-tunes as they are, each variant as the base
     with its adapters merged in (at load with the hf backend; as a merged folder with vLLM).
     """
     by_name = {d.name: d for d in domains}
-    bar = progress_bar(total=1 + len(domains) + len(prunes) + len(merges), desc="evaluating", unit="model",
-               disable=not progress)
+    bar = progress_bar(
+        total=1 + len(domains) + len(prunes) + len(merges), desc="evaluating", unit="model", disable=not progress
+    )
     all_tasks = [t for d in domains for t in d.tasks]
     base_all = evaluator.measure(ModelSource(str(base), label="base"), all_tasks)
     bar.update()
@@ -137,15 +154,25 @@ def evaluate_all(base: str, domains: Sequence[Domain], evaluator: Evaluator,
         label = spec.label or "+".join(labels) + ("" if spec.mode == "sum" else f" ({spec.mode})")
         tasks = [t for name in spec.adapters for t in by_name[name].tasks]
         variant = Variant(label, float(adapters[0].config.method["rate"]), "merge", tuple(spec.adapters))
-        source = ModelSource(str(base), adapters, None if spec.weights is None else tuple(spec.weights), spec.mode,
-                             spec.options, label=f"merge {'+'.join(spec.adapters)} {variant.label}")
+        source = ModelSource(
+            str(base),
+            adapters,
+            None if spec.weights is None else tuple(spec.weights),
+            spec.mode,
+            spec.options,
+            label=f"merge {'+'.join(spec.adapters)} {variant.label}",
+        )
         variants.append(_variant_scores(variant, evaluator.measure(source, tasks)))
         bar.update()
     bar.close()
-    return EvalResults(dense=_values(dense), base={d.name: {t: base_all[t][0] for t in d.tasks} for d in domains},
-                       variants=variants, metric=evaluator.metric,
-                       dense_stderr=_errors(dense),
-                       base_stderr=_errors({d.name: {t: base_all[t] for t in d.tasks} for d in domains}))
+    return EvalResults(
+        dense=_values(dense),
+        base={d.name: {t: base_all[t][0] for t in d.tasks} for d in domains},
+        variants=variants,
+        metric=evaluator.metric,
+        dense_stderr=_errors(dense),
+        base_stderr=_errors({d.name: {t: base_all[t] for t in d.tasks} for d in domains}),
+    )
 
 
 def _values(scores: Mapping[str, Mapping[str, Score]]) -> dict[str, dict[str, float]]:
@@ -158,5 +185,6 @@ def _errors(scores: Mapping[str, Mapping[str, Score]]) -> dict[str, dict[str, fl
 
 
 def _variant_scores(variant: Variant, scores: Mapping[str, Score]) -> VariantScores:
-    return VariantScores(variant, {t: v for t, (v, _) in scores.items()},
-                         stderr={t: e for t, (_, e) in scores.items() if e is not None})
+    return VariantScores(
+        variant, {t: v for t, (v, _) in scores.items()}, stderr={t: e for t, (_, e) in scores.items() if e is not None}
+    )

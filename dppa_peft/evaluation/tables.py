@@ -6,7 +6,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .results import (
-    UNDEFINED, DomainRatio, EvalResults, all_ratios, merge_sets, method_rate_rows, methods_of, percent, rate_label,
+    UNDEFINED,
+    DomainRatio,
+    EvalResults,
+    all_ratios,
+    merge_sets,
+    method_rate_rows,
+    methods_of,
+    percent,
+    rate_label,
 )
 
 MISSING = "-"  # not evaluated
@@ -32,8 +40,13 @@ def _score(value: float, stderr: float | None = None) -> str:
 def dense_base_table(results: EvalResults) -> Table:
     """(d) Base and dense fine-tune score per task, and the fine-tune's gain."""
     rows = tuple(
-        (domain, task, _score(base, results.base_stderr.get(domain, {}).get(task)),
-         _score(dense, results.dense_stderr.get(domain, {}).get(task)), f"{dense - base:+.4f}")
+        (
+            domain,
+            task,
+            _score(base, results.base_stderr.get(domain, {}).get(task)),
+            _score(dense, results.dense_stderr.get(domain, {}).get(task)),
+            f"{dense - base:+.4f}",
+        )
         for domain, tasks in results.dense.items()
         for task, dense in tasks.items()
         for base in [results.base[domain][task]]
@@ -71,8 +84,11 @@ def prune_scores_table(results: EvalResults) -> Table:
     """(c) Paper Tables 7/9: rows task x pruning rate, columns methods, cells raw scores."""
     pruned = [e for e in results.variants if e.variant.kind == "prune"]
     methods = methods_of([e.variant for e in pruned])
-    cell = {(task, e.variant.rate, e.variant.method): _score(s, e.stderr.get(task)) for e in pruned
-            for task, s in e.scores.items()}
+    cell = {
+        (task, e.variant.rate, e.variant.method): _score(s, e.stderr.get(task))
+        for e in pruned
+        for task, s in e.scores.items()
+    }
     rows = tuple(
         (task, rate_label(rate), *(cell.get((task, rate, m), MISSING) for m in methods))
         for domain, tasks in results.dense.items()
@@ -88,8 +104,10 @@ def merge_scores_table(results: EvalResults, domains: tuple[str, ...]) -> Table:
               and e.variant.domains == domains}  # fmt: skip
     tasks = [task for domain in domains for task in results.dense[domain]]
     rows = tuple(
-        (f"{method} {rate_label(rate)}",
-         *(_score(merged[(rate, method)].scores[t], merged[(rate, method)].stderr.get(t)) for t in tasks))
+        (
+            f"{method} {rate_label(rate)}",
+            *(_score(merged[(rate, method)].scores[t], merged[(rate, method)].stderr.get(t)) for t in tasks),
+        )
         for rate, method in method_rate_rows([e.variant for e in merged.values()])
     )
     return Table(f"Merging {' + '.join(domains)}: per-task scores ({results.metric})",

@@ -58,8 +58,9 @@ def task_manager(
     return TaskManager(include_path=paths, include_defaults=include_defaults, metadata=metadata)
 
 
-def resolve_tasks(names: Iterable[str], extra_paths: Iterable[str | Path] = (),
-                  metadata: dict[str, Any] | None = None) -> TaskManager:
+def resolve_tasks(
+    names: Iterable[str], extra_paths: Iterable[str | Path] = (), metadata: dict[str, Any] | None = None
+) -> TaskManager:
     """A TaskManager that knows every task or group in ``names``, checked before any model is loaded.
 
     The package's task folders and ``extra_paths`` are indexed first (fast); lm-eval's ~10k built-in tasks (e.g.
@@ -76,8 +77,10 @@ def resolve_tasks(names: Iterable[str], extra_paths: Iterable[str | Path] = (),
     if unknown:
         hints = {name: difflib.get_close_matches(name, manager.all_tasks, n=3) for name in unknown}
         listed = "; ".join(f"{name!r} (close: {', '.join(close) or 'none'})" for name, close in hints.items())
-        raise UserError(f"unknown lm-eval task or group {listed}: see `lm-eval ls tasks`, or add a folder of task "
-                        "YAMLs with --include-path")
+        raise UserError(
+            f"unknown lm-eval task or group {listed}: see `lm-eval ls tasks`, or add a folder of task "
+            "YAMLs with --include-path"
+        )
     return manager
 
 
@@ -108,9 +111,7 @@ def _local_dataset(name: str, data_file: str | Path, manager: TaskManager) -> di
     return {"dataset_path": "json", "dataset_name": None, "dataset_kwargs": {"data_files": {split: str(path)}}}
 
 
-def local_task_config(
-    name: str, data_file: str | Path, manager: TaskManager | None = None
-) -> dict[str, Any]:
+def local_task_config(name: str, data_file: str | Path, manager: TaskManager | None = None) -> dict[str, Any]:
     """Task ``name``'s config reading its test split from a local JSON/JSONL file instead of the Hub.
 
     The file must have the Hub dataset's columns. The path is made absolute (lm-eval resolves relative

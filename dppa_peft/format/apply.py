@@ -37,8 +37,12 @@ def row_of(indices: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
     return torch.div(indices, math.prod(shape[1:]), rounding_mode="floor")
 
 
-def effective_values(encoded: EncodedTensor, scalar_factors: Sequence[float] | torch.Tensor,
-                     row_factors: torch.Tensor | None = None, indices: torch.Tensor | None = None) -> torch.Tensor:
+def effective_values(
+    encoded: EncodedTensor,
+    scalar_factors: Sequence[float] | torch.Tensor,
+    row_factors: torch.Tensor | None = None,
+    indices: torch.Tensor | None = None,
+) -> torch.Tensor:
     """fp32 ``value · scalar_factors[partition] · row_factors[partition, row]`` of one stored tensor.
 
     ``scalar_factors`` is indexed by partition id (``[f]`` when no ids are stored). ``row_factors`` ([P, R] fp32,
@@ -60,8 +64,9 @@ def effective_values(encoded: EncodedTensor, scalar_factors: Sequence[float] | t
         return values
     rows = rows.to(values.device)
     if rows.dim() != 2 or (partition is None and rows.shape[0] != 1):
-        raise ValueError(f"row factors must be [P, R] with P = 1 when no partition ids are stored, got "
-                         f"{list(rows.shape)}")
+        raise ValueError(
+            f"row factors must be [P, R] with P = 1 when no partition ids are stored, got {list(rows.shape)}"
+        )
     part = torch.zeros_like(values, dtype=torch.long) if partition is None else partition
     if rows.shape[1] == 1:
         return values * rows[part, 0]
@@ -70,7 +75,9 @@ def effective_values(encoded: EncodedTensor, scalar_factors: Sequence[float] | t
     return values * rows[part, row_of(indices.to(values.device).long(), encoded.shape)]
 
 
-def add_sparse(target: torch.Tensor, deltas: Sequence[SparseDelta], weights: Sequence[float] | None = None) -> torch.Tensor:
+def add_sparse(
+    target: torch.Tensor, deltas: Sequence[SparseDelta], weights: Sequence[float] | None = None
+) -> torch.Tensor:
     """``cast(target.float() + Σ w_i·δ_i)``: fp32 accumulation, one cast to ``target``'s dtype; a new tensor."""
     support, merged = _accumulate(target, deltas, weights)
     if support is None:
@@ -80,8 +87,9 @@ def add_sparse(target: torch.Tensor, deltas: Sequence[SparseDelta], weights: Seq
     return out.reshape(target.shape)
 
 
-def add_sparse_(target: torch.Tensor, deltas: Sequence[SparseDelta],
-                weights: Sequence[float] | None = None) -> torch.Tensor:
+def add_sparse_(
+    target: torch.Tensor, deltas: Sequence[SparseDelta], weights: Sequence[float] | None = None
+) -> torch.Tensor:
     """``add_sparse`` written into ``target`` (contiguous) in place: only the touched entries are read and written,
     so merging into a loaded model needs no second copy of any weight. Returns ``target``."""
     if not target.is_contiguous():
@@ -95,8 +103,9 @@ def add_sparse_(target: torch.Tensor, deltas: Sequence[SparseDelta],
     return target
 
 
-def _accumulate(target: torch.Tensor, deltas: Sequence[SparseDelta],
-                weights: Sequence[float] | None) -> tuple[torch.Tensor | None, torch.Tensor]:
+def _accumulate(
+    target: torch.Tensor, deltas: Sequence[SparseDelta], weights: Sequence[float] | None
+) -> tuple[torch.Tensor | None, torch.Tensor]:
     """``(support, fp32 sums)``: the touched flat positions (ascending; None = every entry) and
     ``target.float() + Σ w_i·δ_i`` there, adapter after adapter. Entries outside the support keep ``target``'s value,
     which is what ``cast(target.float())`` gives them, so only the support is ever widened to fp32."""

@@ -116,8 +116,10 @@ def check_format_version(version: int | None) -> None:
     if version is None or version in range(1, FORMAT_VERSION + 1):
         return
     if isinstance(version, int) and version > FORMAT_VERSION:
-        raise UserError(f"this adapter has format version {version}: it was written by a newer dppa-peft (this one "
-                         f"reads versions 1 to {FORMAT_VERSION}); upgrade: pip install -U dppa-peft")
+        raise UserError(
+            f"this adapter has format version {version}: it was written by a newer dppa-peft (this one "
+            f"reads versions 1 to {FORMAT_VERSION}); upgrade: pip install -U dppa-peft"
+        )
     raise UserError(f"adapter_config.json has an invalid format_version {version!r}; expected 1 or 2")
 
 

@@ -21,11 +21,12 @@ import torch
 from ..methods.base import SparseDelta
 
 
-
 @functools.cache
 def _bits() -> torch.Tensor:
     """Bit positions 0..7 (built on first use: importing this module does not load torch)."""
     return torch.arange(8, dtype=torch.uint8)
+
+
 _ESCAPE = 255
 
 
@@ -124,8 +125,9 @@ def encode_dense(delta: torch.Tensor, value_dtype: torch.dtype) -> EncodedTensor
     return EncodedTensor("dense", tuple(delta.shape), delta.reshape(-1).to(value_dtype))
 
 
-def encode(sparse: SparseDelta, value_dtype: torch.dtype, dense: bool = False,
-           partition: torch.Tensor | None = None) -> EncodedTensor:
+def encode(
+    sparse: SparseDelta, value_dtype: torch.dtype, dense: bool = False, partition: torch.Tensor | None = None
+) -> EncodedTensor:
     """Encode kept entries in the cheapest index form (gaps or bitmask), or ``dense`` when every entry is kept."""
     values = sparse.values.to(value_dtype)
     part = partition.to(torch.uint8) if partition is not None else None
@@ -137,4 +139,3 @@ def encode(sparse: SparseDelta, value_dtype: torch.dtype, dense: bool = False,
     if _gaps_size(gaps) < -(-sparse.numel // 8):
         return EncodedTensor("gaps", sparse.shape, values, _gaps_encode(gaps), part)
     return EncodedTensor("bitmask", sparse.shape, values, bitmask_encode(sparse.indices, sparse.numel), part)
-

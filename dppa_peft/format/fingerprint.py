@@ -45,8 +45,10 @@ def checkpoint_sample(checkpoint: "Checkpoint", name: str) -> bytes:
     if len(shape) < 2 or numel == 0:
         return tensor_sample(checkpoint.read(name))
     row = numel // shape[0]
-    values = [checkpoint.read_rows(name, p // row, p // row + 1).reshape(-1)[p % row]
-              for p in sample_positions(numel).tolist()]
+    values = [
+        checkpoint.read_rows(name, p // row, p // row + 1).reshape(-1)[p % row]
+        for p in sample_positions(numel).tolist()
+    ]
     return sample_bytes(shape, torch.stack(values))
 
 

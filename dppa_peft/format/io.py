@@ -46,10 +46,14 @@ def tensor_record(encoded: EncodedTensor, **extra: Any) -> dict[str, Any]:
     if encoded.factors is not None:
         extra["factors"] = list(encoded.factors.shape)
     return {
-        **extra, "shape": list(encoded.shape), "nnz": encoded.nnz, "encoding": encoded.encoding,
+        **extra,
+        "shape": list(encoded.shape),
+        "nnz": encoded.nnz,
+        "encoding": encoded.encoding,
         "dtype": str(encoded.values.dtype).removeprefix("torch."),
         "index_bytes": 0 if encoded.index is None else encoded.index.numel(),
-        "partition": encoded.partition is not None, "stored_bytes": encoded.stored_bytes,
+        "partition": encoded.partition is not None,
+        "stored_bytes": encoded.stored_bytes,
         "density": encoded.nnz / encoded.numel if encoded.numel else 0.0,
     }
 
@@ -88,14 +92,19 @@ class SparseDeltaAdapter:
         self.directory = Path(directory)
         self.ref = ref or str(directory)
         if not (self.directory / CONFIG_FILE).is_file():
-            raise FileNotFoundError(f"{self.ref} has no {CONFIG_FILE}; pass a folder written by `dppa-peft prune` "
-                                    "or a Hub repo written by `dppa-peft push`")
+            raise FileNotFoundError(
+                f"{self.ref} has no {CONFIG_FILE}; pass a folder written by `dppa-peft prune` "
+                "or a Hub repo written by `dppa-peft push`"
+            )
         if not (self.directory / WEIGHTS_FILE).is_file():
-            raise FileNotFoundError(f"{self.ref} has {CONFIG_FILE} but no {WEIGHTS_FILE}: the adapter is incomplete; "
-                                    "prune (or push) it again")
+            raise FileNotFoundError(
+                f"{self.ref} has {CONFIG_FILE} but no {WEIGHTS_FILE}: the adapter is incomplete; "
+                "prune (or push) it again"
+            )
         self.config: SparseDeltaConfig = read_adapter_config(self.directory / CONFIG_FILE, self.ref)
-        check_stored_parts(self.config, read_header(self.directory / WEIGHTS_FILE), state_key,
-                           self.directory / WEIGHTS_FILE)
+        check_stored_parts(
+            self.config, read_header(self.directory / WEIGHTS_FILE), state_key, self.directory / WEIGHTS_FILE
+        )
         self._handle = None
         self._factor_tables: dict[str, torch.Tensor] = {}
 
@@ -107,8 +116,9 @@ class SparseDeltaAdapter:
         return view
 
     @classmethod
-    def from_pretrained(cls, ref: str | os.PathLike, revision: str | None = None,
-                        token: str | bool | None = None) -> "SparseDeltaAdapter":
+    def from_pretrained(
+        cls, ref: str | os.PathLike, revision: str | None = None, token: str | bool | None = None
+    ) -> "SparseDeltaAdapter":
         """Open a local adapter folder or download one from the Hub (cached)."""
         folder = resolve_repo(ref, revision=revision, token=token, allow_patterns=ADAPTER_FILES)
         return cls(folder, ref=describe_ref(ref, revision))
@@ -126,8 +136,14 @@ class SparseDeltaAdapter:
         parts = expected_parts(record)
         with safetensors_errors(weights):
             stored = {kind: self._handle.get_tensor(state_key(name, kind)) for kind in parts}
-        encoded = EncodedTensor(record["encoding"], tuple(record["shape"]), stored["values"], stored.get("index"),
-                                stored.get("partition"), stored.get("factors"))
+        encoded = EncodedTensor(
+            record["encoding"],
+            tuple(record["shape"]),
+            stored["values"],
+            stored.get("index"),
+            stored.get("partition"),
+            stored.get("factors"),
+        )
         indices = check_encoded(name, encoded, len(self.config.tensor_factors(name)), self.ref)
         table = self._factor_tables.get(name)
         return (encoded if table is None else dataclasses.replace(encoded, factors=table)), indices
@@ -157,14 +173,35 @@ class SparseDeltaAdapter:
                     shutil.copy2(self.directory / name, tmp / name)
         return Path(directory)
 
-    def push_to_hub(self, repo_id: str, *, private: bool = False, revision: str | None = None,
-                    commit_message: str | None = None, token: str | bool | None = None, create_pr: bool = False,
-                    export_format: str = "sparse-delta", base: str | os.PathLike | None = None,
-                    base_revision: str | None = None, eval_results: dict[str, dict[str, Any]] | None = None,
-                    base_model_id: str | None = None) -> "CommitInfo":
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        private: bool = False,
+        revision: str | None = None,
+        commit_message: str | None = None,
+        token: str | bool | None = None,
+        create_pr: bool = False,
+        export_format: str = "sparse-delta",
+        base: str | os.PathLike | None = None,
+        base_revision: str | None = None,
+        eval_results: dict[str, dict[str, Any]] | None = None,
+        base_model_id: str | None = None,
+    ) -> "CommitInfo":
         """Publish this adapter as ONE commit on ``repo_id`` (created if needed); see ``dppa_peft.publish.hub``."""
         from ..publish.hub import push_to_hub
 
-        return push_to_hub(self, repo_id, private=private, revision=revision, commit_message=commit_message,
-                           token=token, create_pr=create_pr, export_format=export_format, base=base,
-                           base_revision=base_revision, eval_results=eval_results, base_model_id=base_model_id)
+        return push_to_hub(
+            self,
+            repo_id,
+            private=private,
+            revision=revision,
+            commit_message=commit_message,
+            token=token,
+            create_pr=create_pr,
+            export_format=export_format,
+            base=base,
+            base_revision=base_revision,
+            eval_results=eval_results,
+            base_model_id=base_model_id,
+        )

@@ -66,11 +66,17 @@ class MergeRecord:
         if not isinstance(data, dict):
             raise ValueError(f"{origin} is not a merge record (expected a JSON object)")
         if data.get("version", 1) > RECORD_VERSION:
-            raise ValueError(f"{origin} has merge record version {data['version']}: it was written by a newer "
-                             "dppa-peft; upgrade")
+            raise ValueError(
+                f"{origin} has merge record version {data['version']}: it was written by a newer dppa-peft; upgrade"
+            )
         try:
-            return cls(**{**data, "base": MergeSource(**data["base"]),
-                          "adapters": [MergeSource(**a) for a in data["adapters"]]})
+            return cls(
+                **{
+                    **data,
+                    "base": MergeSource(**data["base"]),
+                    "adapters": [MergeSource(**a) for a in data["adapters"]],
+                }
+            )
         except (KeyError, TypeError) as err:
             raise ValueError(f"{origin} is not a valid merge record: {err}") from None
 
@@ -94,8 +100,9 @@ def read_record(path: str | os.PathLike) -> MergeRecord:
         raise ValueError(f"{path} is not JSON: {err}") from None
     if path.name == "adapter_config.json":
         if not data.get("merge"):
-            raise ValueError(f"{path} is an adapter that was not made by a merge; pass a {RECORD_FILE} or a merged "
-                             "adapter")
+            raise ValueError(
+                f"{path} is an adapter that was not made by a merge; pass a {RECORD_FILE} or a merged adapter"
+            )
         data = data["merge"]
     return MergeRecord.from_dict(data, origin=str(path))
 
@@ -108,19 +115,32 @@ def source_of(ref: str | os.PathLike, revision: str | None, folder: Path) -> Mer
     return MergeSource(ref=str(ref), revision=revision, commit=commit)
 
 
-def merged_adapter_config(record: MergeRecord, records: dict[str, dict[str, Any]], base_fingerprint: str | None,
-                          vocab_size: int | None) -> SparseDeltaConfig:
+def merged_adapter_config(
+    record: MergeRecord, records: dict[str, dict[str, Any]], base_fingerprint: str | None, vocab_size: int | None
+) -> SparseDeltaConfig:
     """The config of a merged adapter: its tensors, the merge record and a size summary."""
     pruned = [r for r in records.values() if r.get("pruned")]
     numel = sum(math.prod(r["shape"]) for r in pruned)
     itemsize = getattr(torch, record.value_dtype or "float32").itemsize
-    summary = {"kept_density": sum(r["nnz"] for r in pruned) / numel if numel else 0.0,
-               "adapter_bytes": sum(r["stored_bytes"] for r in pruned), "dense_delta_bytes": numel * itemsize}
+    summary = {
+        "kept_density": sum(r["nnz"] for r in pruned) / numel if numel else 0.0,
+        "adapter_bytes": sum(r["stored_bytes"] for r in pruned),
+        "dense_delta_bytes": numel * itemsize,
+    }
     summary["size_ratio"] = summary["adapter_bytes"] / numel / itemsize if numel else 0.0
     return SparseDeltaConfig(
-        base_model_name_or_path=record.base.ref, revision=record.base.revision, base_fingerprint=base_fingerprint,
-        method={"name": "merge", "mode": record.mode, "params": record.params}, tensors=records,
-        vocab_size=vocab_size, inference_mode=True, task_type="CAUSAL_LM", summary=summary, merge=record.to_dict(),
-        provenance={"command": record.command or f"dppa_peft.merge (mode {record.mode!r})",
-                    "package_version": __version__},
+        base_model_name_or_path=record.base.ref,
+        revision=record.base.revision,
+        base_fingerprint=base_fingerprint,
+        method={"name": "merge", "mode": record.mode, "params": record.params},
+        tensors=records,
+        vocab_size=vocab_size,
+        inference_mode=True,
+        task_type="CAUSAL_LM",
+        summary=summary,
+        merge=record.to_dict(),
+        provenance={
+            "command": record.command or f"dppa_peft.merge (mode {record.mode!r})",
+            "package_version": __version__,
+        },
     )

@@ -27,15 +27,22 @@ from .encoding import EncodedTensor
 VOCAB_FIX = "the adapter was made for another base (or its config was edited): use the base it was pruned from"
 
 
-def check_fits_base(config: SparseDeltaConfig, base_shapes: Mapping[str, tuple[int, ...]], adapter: str,
-                    base: str, allow_fewer_rows: bool = False) -> None:
+def check_fits_base(
+    config: SparseDeltaConfig,
+    base_shapes: Mapping[str, tuple[int, ...]],
+    adapter: str,
+    base: str,
+    allow_fewer_rows: bool = False,
+) -> None:
     """Every recorded tensor exists in the base with the same shape, except embedding rows grown to
     ``vocab_size`` (the adapter then stores the new rows whole). ``allow_fewer_rows``: the base's vocabulary may
     already have been grown by another loaded adapter, so a tensor may record fewer rows than it has now."""
     missing = sorted(set(config.tensors) - set(base_shapes))
     if missing:
-        raise UserError(f"adapter {adapter} changes tensors {missing[:5]} that {base} does not have; the adapter "
-                        "does not fit this base: pass the base it was pruned from")
+        raise UserError(
+            f"adapter {adapter} changes tensors {missing[:5]} that {base} does not have; the adapter "
+            "does not fit this base: pass the base it was pruned from"
+        )
     for name, record in sorted(config.tensors.items()):
         shape, found = tuple(record["shape"]), tuple(base_shapes[name])
         if shape == found:
@@ -44,25 +51,33 @@ def check_fits_base(config: SparseDeltaConfig, base_shapes: Mapping[str, tuple[i
         if allow_fewer_rows and len(shape) == len(found) >= 1 and shape[1:] == found[1:] and shape[0] < found[0]:
             continue
         if not grown:
-            raise UserError(f"adapter {adapter} records tensor {name!r} with shape {list(shape)}, but {base} has "
-                            f"{list(found)}; the adapter does not fit this base: pass the base it was pruned from")
+            raise UserError(
+                f"adapter {adapter} records tensor {name!r} with shape {list(shape)}, but {base} has "
+                f"{list(found)}; the adapter does not fit this base: pass the base it was pruned from"
+            )
         if config.vocab_size != shape[0]:
-            raise UserError(f"adapter {adapter} records tensor {name!r} with {shape[0]} rows for {found[0]} in "
-                            f"{base}, but its vocab_size is {config.vocab_size}; {VOCAB_FIX}")
+            raise UserError(
+                f"adapter {adapter} records tensor {name!r} with {shape[0]} rows for {found[0]} in "
+                f"{base}, but its vocab_size is {config.vocab_size}; {VOCAB_FIX}"
+            )
     if config.vocab_size is not None:
         rows = {tuple(r["shape"])[0] for r in config.tensors.values() if r["shape"]}
         if config.vocab_size not in rows:
-            raise UserError(f"adapter {adapter} sets vocab_size {config.vocab_size}, but none of its tensors has that "
-                            f"many rows (largest {max(rows, default=0)}); {VOCAB_FIX}")
+            raise UserError(
+                f"adapter {adapter} sets vocab_size {config.vocab_size}, but none of its tensors has that "
+                f"many rows (largest {max(rows, default=0)}); {VOCAB_FIX}"
+            )
 
 
 def require_fingerprint(config: SparseDeltaConfig, adapter: str, allow_unverified: bool) -> None:
     """Refuse to merge an adapter that records no base fingerprint, unless the caller opted out explicitly."""
     if config.base_fingerprint or allow_unverified:
         return
-    raise UserError(f"adapter {adapter} records no base fingerprint (base_fingerprint is null), so nothing checks "
-                    "that it is merged onto the right base; re-prune it with dppa-peft, or pass "
-                    "--allow-unverified-base (allow_unverified_base=True) if you are sure of the base")
+    raise UserError(
+        f"adapter {adapter} records no base fingerprint (base_fingerprint is null), so nothing checks "
+        "that it is merged onto the right base; re-prune it with dppa-peft, or pass "
+        "--allow-unverified-base (allow_unverified_base=True) if you are sure of the base"
+    )
 
 
 # --- integrity of an adapter folder: its config, the stored parts, the decoded content ---------------------------
@@ -78,18 +93,24 @@ def read_adapter_config(path: Path, ref: str) -> SparseDeltaConfig:
     data = read_json(path, "adapter config")
     peft_type = data.get("peft_type")
     if peft_type != SparseDeltaType.SPARSE_DELTA.value:
-        known = f"a PEFT {peft_type}" if isinstance(peft_type, str) and peft_type in _peft_types() else \
-            f"an unknown peft_type {peft_type!r}"
-        raise UserError(f"{path} describes {known} adapter, not a dppa-peft sparse delta adapter (peft_type "
-                        "SPARSE_DELTA); load it with PEFT itself, or pass an adapter written by `dppa-peft prune`")
+        known = (
+            f"a PEFT {peft_type}"
+            if isinstance(peft_type, str) and peft_type in _peft_types()
+            else f"an unknown peft_type {peft_type!r}"
+        )
+        raise UserError(
+            f"{path} describes {known} adapter, not a dppa-peft sparse delta adapter (peft_type "
+            "SPARSE_DELTA); load it with PEFT itself, or pass an adapter written by `dppa-peft prune`"
+        )
     check_config(data, ref)
     try:
         return SparseDeltaConfig.from_pretrained(str(path.parent))
     except UserError:
         raise
     except (TypeError, ValueError, KeyError, AttributeError) as err:  # PEFT's own parsing of the fields
-        raise UserError(f"{path} cannot be read as a sparse delta adapter config ({type(err).__name__}: {err}); "
-                        f"{DAMAGED}") from None
+        raise UserError(
+            f"{path} cannot be read as a sparse delta adapter config ({type(err).__name__}: {err}); {DAMAGED}"
+        ) from None
 
 
 def _peft_types() -> set[str]:
@@ -113,8 +134,12 @@ def check_config(data: dict[str, Any], ref: str) -> None:
         raise UserError(f"adapter {ref} has an invalid base_fingerprint {data['base_fingerprint']!r}; {DAMAGED}")
     amplification = data.get("amplification")
     if amplification is not None:
-        if not isinstance(amplification, dict) or not isinstance(amplification.get("factors"), list) or \
-                not amplification["factors"] or not isinstance(amplification.get("raw_factors", []), list):
+        if (
+            not isinstance(amplification, dict)
+            or not isinstance(amplification.get("factors"), list)
+            or not amplification["factors"]
+            or not isinstance(amplification.get("raw_factors", []), list)
+        ):
             raise UserError(f"adapter {ref}: 'amplification' lacks its lists of 'factors' / 'raw_factors'; {DAMAGED}")
         finite_numbers(amplification["factors"], f"adapter {ref} amplification.factors")
         finite_numbers(amplification.get("raw_factors"), f"adapter {ref} amplification.raw_factors")
@@ -129,20 +154,23 @@ def _check_record(name: str, record: Any, ref: str) -> None:
     if not isinstance(record, dict):
         raise UserError(f"{where}: its record is not an object; {DAMAGED}")
     shape, nnz, encoding = record.get("shape"), record.get("nnz"), record.get("encoding")
-    if not (isinstance(shape, list) and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
-            and math.prod(shape) <= MAX_NUMEL):
+    if not (
+        isinstance(shape, list)
+        and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
+        and math.prod(shape) <= MAX_NUMEL
+    ):
         raise UserError(f"{where} has an invalid shape {shape!r}; {DAMAGED}")
     numel = math.prod(shape)
     if isinstance(nnz, bool) or not isinstance(nnz, int) or not 0 <= nnz <= numel:
         raise UserError(f"{where} has nnz {nnz!r}, not a count between 0 and its {numel} entries; {DAMAGED}")
     if encoding not in ENCODING_NAMES:
-        raise UserError(f"{where} has an unknown encoding {encoding!r} (known: {', '.join(ENCODING_NAMES)}); "
-                        f"{DAMAGED}")
+        raise UserError(f"{where} has an unknown encoding {encoding!r} (known: {', '.join(ENCODING_NAMES)}); {DAMAGED}")
     if encoding == "dense" and nnz != numel:
         raise UserError(f"{where} is dense but records {nnz} of {numel} values; {DAMAGED}")
     factors = record.get("factors")
-    if factors is not None and not (isinstance(factors, list) and len(factors) == 2 and
-                                    all(isinstance(d, int) and d >= 1 for d in factors)):
+    if factors is not None and not (
+        isinstance(factors, list) and len(factors) == 2 and all(isinstance(d, int) and d >= 1 for d in factors)
+    ):
         raise UserError(f"{where} has an invalid factors table shape {factors!r} (expected [P, R]); {DAMAGED}")
 
 
@@ -158,8 +186,9 @@ def expected_parts(record: dict[str, Any]) -> dict[str, tuple[int, ...]]:
     return parts
 
 
-def check_stored_parts(config: SparseDeltaConfig, header: Mapping[str, TensorEntry], key: Callable[[str, str], str],
-                       weights: Path) -> None:
+def check_stored_parts(
+    config: SparseDeltaConfig, header: Mapping[str, TensorEntry], key: Callable[[str, str], str], weights: Path
+) -> None:
     """Every part each record needs is in the weights file, with the recorded length (checked from the header)."""
     for name, record in config.tensors.items():
         for part, shape in expected_parts(record).items():
@@ -169,11 +198,14 @@ def check_stored_parts(config: SparseDeltaConfig, header: Mapping[str, TensorEnt
             if part == "index" and shape == (-1,):
                 shape = entry.shape  # version-1 records without index_bytes: checked when decoded
             if entry.shape != shape:
-                raise UserError(f"{weights}: the {part} of tensor {name!r} has shape {list(entry.shape)}, but the "
-                                f"config records {list(shape)}; {DAMAGED}")
+                raise UserError(
+                    f"{weights}: the {part} of tensor {name!r} has shape {list(entry.shape)}, but the "
+                    f"config records {list(shape)}; {DAMAGED}"
+                )
             if part == "values" and not entry.dtype.is_floating_point:
-                raise UserError(f"{weights}: the values of tensor {name!r} are {entry.dtype}, not floating point; "
-                                f"{DAMAGED}")
+                raise UserError(
+                    f"{weights}: the values of tensor {name!r} are {entry.dtype}, not floating point; {DAMAGED}"
+                )
             if part in ("index", "partition") and entry.dtype != torch.uint8:
                 raise UserError(f"{weights}: the {part} of tensor {name!r} is {entry.dtype}, not uint8; {DAMAGED}")
 
@@ -187,17 +219,22 @@ def check_encoded(name: str, encoded: EncodedTensor, factor_count: int, ref: str
     if encoded.factors is not None:
         check_finite(encoded.factors, f"{name} (factors)", f"adapter {ref}", DAMAGED)
     if encoded.encoding == "bitmask" and encoded.index.numel() != -(-encoded.numel // 8):
-        raise UserError(f"{where}: its bitmask has {encoded.index.numel()} bytes for {encoded.numel} entries "
-                        f"(needs {-(-encoded.numel // 8)}); {DAMAGED}")
+        raise UserError(
+            f"{where}: its bitmask has {encoded.index.numel()} bytes for {encoded.numel} entries "
+            f"(needs {-(-encoded.numel // 8)}); {DAMAGED}"
+        )
     indices = None if encoded.encoding == "dense" else encoded.indices()
     if indices is None and encoded.nnz != encoded.numel:
         raise UserError(f"{where}: stored dense with {encoded.nnz} values for {encoded.numel} entries; {DAMAGED}")
     if indices is not None and indices.numel() != encoded.nnz:
-        raise UserError(f"{where}: the index holds {indices.numel()} positions but {encoded.nnz} values are stored; "
-                        f"{DAMAGED}")
+        raise UserError(
+            f"{where}: the index holds {indices.numel()} positions but {encoded.nnz} values are stored; {DAMAGED}"
+        )
     if indices is not None and indices.numel() and int(indices[-1]) >= encoded.numel:
-        raise UserError(f"{where}: the index reaches position {int(indices[-1])}, outside its {encoded.numel} "
-                        f"entries (shape {list(encoded.shape)}); {DAMAGED}")
+        raise UserError(
+            f"{where}: the index reaches position {int(indices[-1])}, outside its {encoded.numel} "
+            f"entries (shape {list(encoded.shape)}); {DAMAGED}"
+        )
     partitions = 1 if encoded.partition is None or not encoded.partition.numel() else int(encoded.partition.max()) + 1
     if encoded.partition is None and factor_count != 1 or partitions > factor_count:
         stored = "no partition ids" if encoded.partition is None else f"partition id {partitions - 1}"
@@ -205,6 +242,8 @@ def check_encoded(name: str, encoded: EncodedTensor, factor_count: int, ref: str
     if encoded.factors is not None:
         rows = encoded.shape[0] if len(encoded.shape) >= 2 else 1
         if encoded.factors.shape[0] < partitions or encoded.factors.shape[1] not in (1, rows):
-            raise UserError(f"{where}: its factors table is {list(encoded.factors.shape)}, but it needs at least "
-                            f"{partitions} partitions and 1 or {rows} rows; {DAMAGED}")
+            raise UserError(
+                f"{where}: its factors table is {list(encoded.factors.shape)}, but it needs at least "
+                f"{partitions} partitions and 1 or {rows} rows; {DAMAGED}"
+            )
     return indices

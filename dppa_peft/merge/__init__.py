@@ -24,5 +24,18 @@ def __getattr__(name: str) -> Any:
         return getattr(loader, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-__all__ = ["COMBINE_MODES", "MERGE_MODES", "MergeMode", "combine_tensor", "create_mode", "load_merged", "merge_into",
-           "merge_to_adapter", "merge_to_folder", "mode_options", "register_mode", "replay"]
+
+__all__ = [
+    "COMBINE_MODES",
+    "MERGE_MODES",
+    "MergeMode",
+    "combine_tensor",
+    "create_mode",
+    "load_merged",
+    "merge_into",
+    "merge_to_adapter",
+    "merge_to_folder",
+    "mode_options",
+    "register_mode",
+    "replay",
+]

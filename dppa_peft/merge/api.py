@@ -17,8 +17,9 @@ class MergeOutput:
     kind: str
 
 
-def merge(spec: MergeSpec, *, token: str | bool | None = None, progress: bool = True,
-          command: str | None = None) -> list[MergeOutput]:
+def merge(
+    spec: MergeSpec, *, token: str | bool | None = None, progress: bool = True, command: str | None = None
+) -> list[MergeOutput]:
     """Write what ``spec`` asks for: a dense model folder (``out``), a merged adapter (``out_adapter``), or both;
     with ``from_record``, replay a recorded merge into them."""
     from .loader import merge_to_adapter, merge_to_folder, replay
@@ -27,15 +28,30 @@ def merge(spec: MergeSpec, *, token: str | bool | None = None, progress: bool = 
     outputs = [(out, kind) for out, kind in ((spec.out, "model"), (spec.out_adapter, "adapter")) if out]
     if spec.from_record is not None:
         for out, kind in outputs:
-            replay(spec.from_record, out, output=kind, overwrite=spec.overwrite, command=command, token=token,
-                   allow_unverified_base=spec.allow_unverified_base)
+            replay(
+                spec.from_record,
+                out,
+                output=kind,
+                overwrite=spec.overwrite,
+                command=command,
+                token=token,
+                allow_unverified_base=spec.allow_unverified_base,
+            )
         return [MergeOutput(Path(out), kind) for out, kind in outputs]
     assert spec.base is not None
     mode = create_mode(spec.mode, **spec.params)  # one instance for both outputs: a learned mode learns once
-    common: dict[str, Any] = dict(weights=spec.weights, mode=mode, revision=spec.base.revision,
-                                  adapter_revisions=[a.revision for a in spec.adapters], token=token,
-                                  overwrite=spec.overwrite, progress=progress, command=command,
-                                  allow_unverified_base=spec.allow_unverified_base, device=spec.device)
+    common: dict[str, Any] = dict(
+        weights=spec.weights,
+        mode=mode,
+        revision=spec.base.revision,
+        adapter_revisions=[a.revision for a in spec.adapters],
+        token=token,
+        overwrite=spec.overwrite,
+        progress=progress,
+        command=command,
+        allow_unverified_base=spec.allow_unverified_base,
+        device=spec.device,
+    )
     refs = [a.ref for a in spec.adapters]
     written = []
     if spec.out:

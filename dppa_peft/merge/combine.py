@@ -26,11 +26,13 @@ def register_combine(name: str) -> Callable[[CombineFn], CombineFn]:
 
     ``fn`` gets N same-shaped fp32 chunks and the N weights and returns the merged chunk; it must be elementwise.
     """
+
     def decorate(fn: CombineFn) -> CombineFn:
         if name in COMBINE_MODES:
             raise ValueError(f"combine mode {name!r} registered twice")
         COMBINE_MODES[name] = fn
         return fn
+
     return decorate
 
 
@@ -44,14 +46,15 @@ def combine(mode: str, deltas: Sequence[torch.Tensor], weights: Sequence[float],
     fn = _get_mode(mode)
     unknown = sorted(set(options) - set(combine_options(mode)))
     if unknown:
-        raise ValueError(f"combine mode {mode!r} has no option {unknown}; its options are "
-                         f"{combine_options(mode) or 'none'}")
+        raise ValueError(
+            f"combine mode {mode!r} has no option {unknown}; its options are {combine_options(mode) or 'none'}"
+        )
     _check_inputs(deltas, weights)
     flats = [delta.reshape(-1) for delta in deltas]
     merged = torch.empty(flats[0].numel(), dtype=torch.float32)
     for start in range(0, merged.numel(), COMBINE_CHUNK):
-        chunks = [flat[start:start + COMBINE_CHUNK].float() for flat in flats]
-        merged[start:start + COMBINE_CHUNK] = fn(chunks, [float(w) for w in weights], **options)
+        chunks = [flat[start : start + COMBINE_CHUNK].float() for flat in flats]
+        merged[start : start + COMBINE_CHUNK] = fn(chunks, [float(w) for w in weights], **options)
     return merged.reshape(deltas[0].shape)
 
 
@@ -82,8 +85,9 @@ def weighted_sum(deltas: list[torch.Tensor], weights: list[float]) -> torch.Tens
 
 
 @register_combine("ties")
-def ties(deltas: list[torch.Tensor], weights: list[float], *, consensus: str = "sum",
-         semantics: str = "mergekit") -> torch.Tensor:
+def ties(
+    deltas: list[torch.Tensor], weights: list[float], *, consensus: str = "sum", semantics: str = "mergekit"
+) -> torch.Tensor:
     """TIES sign election and disjoint mean.
 
     ``semantics="mergekit"`` (default): elect on the weighted deltas ``w_i·δ_i``, by their sum (``consensus="sum"``)

@@ -23,24 +23,18 @@ import gc
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ..amplify.calibration import DEFAULT_TEXT_FIELD, Prompt, check_lengths, read_prompts
-from ..amplify.learned import (
-    EntropyTarget,
-    LearnParams,
-    LearnResult,
-    Teacher,
-    build_teacher,
-    learn_factors,
-    model_context,
-    teacher_from_pretrained,
-)
 from ..errors import UserError
-from ..format.io import SparseDeltaAdapter
+from ..specs import LearnParams
 from .modes import MergeMode, register_mode
+
+if TYPE_CHECKING:  # the learning loop and the adapter handle import peft; option parsing must not
+    from ..amplify.learned import LearnResult, Teacher
+    from ..format.io import SparseDeltaAdapter
 
 ADAMERGING_GRANULARITIES = {"task": "global", "layer": "tensor"}
 
@@ -49,34 +43,51 @@ ADAMERGING_GRANULARITIES = {"task": "global", "layer": "tensor"}
 class CalibrationParams(LearnParams):
     """The learning loop's settings plus the unlabeled prompts every learned merge mode reads."""
 
-    calibration: list[str] | None = field(default=None, metadata={
-        "help": "learned / adamerging: unlabeled calibration prompts, one file per adapter in --adapter order (.txt: "
-                "one prompt per line; .jsonl: a JSON object per line with the prompt in --text-field); adamerging "
-                "also takes one file for all"})
-    text_field: str = field(default=DEFAULT_TEXT_FIELD, metadata={
-        "help": "learned / adamerging: the JSON field holding the prompt in a .jsonl calibration file"})
-    continuation_tokens: int = field(default=8, metadata={
-        "help": "learned / adamerging: greedy tokens appended to each prompt (by the teacher, or by the summed model "
-                "for adamerging); they are scored too"})
+    calibration: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "learned / adamerging: unlabeled calibration prompts, one file per adapter in --adapter order (.txt: "
+            "one prompt per line; .jsonl: a JSON object per line with the prompt in --text-field); adamerging "
+            "also takes one file for all"
+        },
+    )
+    text_field: str = field(
+        default=DEFAULT_TEXT_FIELD,
+        metadata={"help": "learned / adamerging: the JSON field holding the prompt in a .jsonl calibration file"},
+    )
+    continuation_tokens: int = field(
+        default=8,
+        metadata={
+            "help": "learned / adamerging: greedy tokens appended to each prompt (by the teacher, or by the summed model "
+            "for adamerging); they are scored too"
+        },
+    )
     batch_size: int = field(default=8, metadata={"help": "learned / adamerging: sequences per forward pass"})
-    tokenizer: str | None = field(default=None, metadata={
-        "help": "learned / adamerging: tokenizer folder or Hub id (default: the base model's)"})
+    tokenizer: str | None = field(
+        default=None, metadata={"help": "learned / adamerging: tokenizer folder or Hub id (default: the base model's)"}
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if not self.calibration:
-            raise UserError("a learned merge needs unlabeled calibration prompts: --calibration FILE [FILE ...] (one "
-                            "file per adapter, in --adapter order)")
+            raise UserError(
+                "a learned merge needs unlabeled calibration prompts: --calibration FILE [FILE ...] (one "
+                "file per adapter, in --adapter order)"
+            )
         if self.continuation_tokens < 0 or self.batch_size < 1:
-            raise UserError(f"continuation_tokens must be >= 0 and batch_size >= 1, got {self.continuation_tokens} "
-                            f"and {self.batch_size}")
+            raise UserError(
+                f"continuation_tokens must be >= 0 and batch_size >= 1, got {self.continuation_tokens} "
+                f"and {self.batch_size}"
+            )
 
     def prompt_sets(self, count: int, pooled: bool) -> list[list[Prompt]]:
         """The prompts of each calibration file (one file per adapter unless ``pooled`` allows a single file)."""
         files = list(self.calibration or [])
         if len(files) != count and not (pooled and len(files) == 1):
-            raise UserError(f"got {len(files)} calibration files for {count} adapters; pass one per adapter, in "
-                            "--adapter order" + (" (or one for all)" if pooled else ""))
+            raise UserError(
+                f"got {len(files)} calibration files for {count} adapters; pass one per adapter, in "
+                "--adapter order" + (" (or one for all)" if pooled else "")
+            )
         return [read_prompts(path, self.text_field) for path in files]
 
     def learn_params(self, **changes: Any) -> LearnParams:
@@ -89,29 +100,44 @@ class CalibrationParams(LearnParams):
 class LearnedMergeParams(CalibrationParams):
     """``learned``: per-row factors of every adapter distilled jointly from the adapters' dense fine-tunes."""
 
-    finetuned: list[str] | None = field(default=None, metadata={
-        "help": "learned: the dense fine-tune (teacher) of each adapter, in --adapter order (default: the "
-                "fine-tuned model recorded in each adapter)"})
+    finetuned: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "learned: the dense fine-tune (teacher) of each adapter, in --adapter order (default: the "
+            "fine-tuned model recorded in each adapter)"
+        },
+    )
 
 
 @dataclass(frozen=True)
 class AdaMergingParams(CalibrationParams):
     """``adamerging``: task- or layer-wise coefficients by entropy minimisation, label-free."""
 
-    adamerging_granularity: str = field(default="task", metadata={
-        "help": "adamerging: 'task' = one coefficient per adapter; 'layer' = one per adapter and pruned tensor",
-        "choices": tuple(ADAMERGING_GRANULARITIES)})
-    adamerging_max: float = field(default=2.0, metadata={
-        "help": "adamerging: coefficients are clamped to [0, adamerging_max] (they start at 1, the plain sum)"})
+    adamerging_granularity: str = field(
+        default="task",
+        metadata={
+            "help": "adamerging: 'task' = one coefficient per adapter; 'layer' = one per adapter and pruned tensor",
+            "choices": tuple(ADAMERGING_GRANULARITIES),
+        },
+    )
+    adamerging_max: float = field(
+        default=2.0,
+        metadata={
+            "help": "adamerging: coefficients are clamped to [0, adamerging_max] (they start at 1, the plain sum)"
+        },
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.adamerging_granularity not in ADAMERGING_GRANULARITIES:
-            raise UserError(f"unknown adamerging_granularity {self.adamerging_granularity!r}; choose one of "
-                            f"{tuple(ADAMERGING_GRANULARITIES)}")
+            raise UserError(
+                f"unknown adamerging_granularity {self.adamerging_granularity!r}; choose one of "
+                f"{tuple(ADAMERGING_GRANULARITIES)}"
+            )
         if self.learn_granularity != LearnParams().learn_granularity:
-            raise UserError("adamerging sets its granularity with --adamerging-granularity task|layer, not "
-                            "--learn-granularity")
+            raise UserError(
+                "adamerging sets its granularity with --adamerging-granularity task|layer, not --learn-granularity"
+            )
         if not self.adamerging_max > 0:
             raise UserError(f"adamerging_max must be > 0, got {self.adamerging_max}")
 
@@ -127,14 +153,23 @@ def recorded_finetuned(adapter: SparseDeltaAdapter) -> str:
     """The dense fine-tune an adapter was pruned from (its provenance), or a ``UserError`` saying how to pass it."""
     ref = (adapter.config.provenance or {}).get("finetuned")
     if not ref:
-        raise UserError(f"adapter {adapter.ref} records no fine-tuned model; pass the teachers with --finetuned "
-                        "(one per adapter, in --adapter order)")
+        raise UserError(
+            f"adapter {adapter.ref} records no fine-tuned model; pass the teachers with --finetuned "
+            "(one per adapter, in --adapter order)"
+        )
     return str(ref)
 
 
-def learn_merge(base: str | os.PathLike, adapters: Sequence[SparseDeltaAdapter], weights: Sequence[float],
-                params: LearnedMergeParams | AdaMergingParams, *, device: str = "cpu", dtype: str = "auto",
-                progress: bool = True) -> tuple[list[SparseDeltaAdapter], LearnResult]:
+def learn_merge(
+    base: str | os.PathLike,
+    adapters: Sequence[SparseDeltaAdapter],
+    weights: Sequence[float],
+    params: LearnedMergeParams | AdaMergingParams,
+    *,
+    device: str = "cpu",
+    dtype: str = "auto",
+    progress: bool = True,
+) -> tuple[list[SparseDeltaAdapter], LearnResult]:
     """Learn the factors of ``adapters`` for their weighted sum on ``base`` (mode ``learned`` or ``adamerging``).
 
     Prompts are read and their lengths checked before any model runs; teachers (or, for AdaMerging, the summed
@@ -142,6 +177,7 @@ def learn_merge(base: str | os.PathLike, adapters: Sequence[SparseDeltaAdapter],
     Returns the adapters with the learned tables and the learning record.
     """
     from ..amplify.candidate import load_base_model  # tuner-level imports: the merge package loads them lazily
+    from ..amplify.learned import EntropyTarget, build_teacher, learn_factors, model_context, teacher_from_pretrained
     from ..amplify.objectives import load_tokenizer
     from ..tuner.model import check_base, resize_vocabulary
 
@@ -157,11 +193,23 @@ def learn_merge(base: str | os.PathLike, adapters: Sequence[SparseDeltaAdapter],
         summed = load_merged(base, adapters, weights, progress=False).to(device)  # coefficients 1: the start
         try:
             targets: list[Teacher] = [
-                EntropyTarget(**vars(build_teacher(summed, tokenizer, prompts, name=f"calibration {i + 1}",
-                                                   continuation_tokens=params.continuation_tokens,
-                                                   batch_size=params.batch_size, heldout=params.learn_heldout,
-                                                   top_k=1, seed=params.learn_seed)))
-                for i, prompts in enumerate(prompt_sets)]
+                EntropyTarget(
+                    **vars(
+                        build_teacher(
+                            summed,
+                            tokenizer,
+                            prompts,
+                            name=f"calibration {i + 1}",
+                            continuation_tokens=params.continuation_tokens,
+                            batch_size=params.batch_size,
+                            heldout=params.learn_heldout,
+                            top_k=1,
+                            seed=params.learn_seed,
+                        )
+                    )
+                )
+                for i, prompts in enumerate(prompt_sets)
+            ]
         finally:
             _release(summed)
         learn = params.learn_params(learn_granularity=ADAMERGING_GRANULARITIES[params.adamerging_granularity])
@@ -169,20 +217,31 @@ def learn_merge(base: str | os.PathLike, adapters: Sequence[SparseDeltaAdapter],
     else:
         teachers = list(params.finetuned) if params.finetuned else [recorded_finetuned(a) for a in adapters]
         if len(teachers) != len(adapters):
-            raise UserError(f"got {len(teachers)} fine-tuned models (--finetuned) for {len(adapters)} adapters; pass "
-                            "one per adapter, in --adapter order")
-        targets = [teacher_from_pretrained(ref, tokenizer, prompts, continuation_tokens=params.continuation_tokens,
-                                           batch_size=params.batch_size, params=params.learn_params(), dtype=dtype,
-                                           device=device, name=str(ref))
-                   for ref, prompts in zip(teachers, prompt_sets)]
+            raise UserError(
+                f"got {len(teachers)} fine-tuned models (--finetuned) for {len(adapters)} adapters; pass "
+                "one per adapter, in --adapter order"
+            )
+        targets = [
+            teacher_from_pretrained(
+                ref,
+                tokenizer,
+                prompts,
+                continuation_tokens=params.continuation_tokens,
+                batch_size=params.batch_size,
+                params=params.learn_params(),
+                dtype=dtype,
+                device=device,
+                name=str(ref),
+            )
+            for ref, prompts in zip(teachers, prompt_sets)
+        ]
         learn, bound = params.learn_params(), None
     model = load_base_model(base, adapters[0], dtype, device)
     for adapter in adapters[1:]:
         check_base(model, adapter.config)
     resize_vocabulary(model, max((a.config.vocab_size or 0 for a in adapters), default=0) or None)
     try:
-        result = learn_factors(model, adapters, targets, learn, weights=weights, max_factor=bound,
-                               progress=progress)
+        result = learn_factors(model, adapters, targets, learn, weights=weights, max_factor=bound, progress=progress)
     finally:
         _release(model)
     tables = result.factors + [{} for _ in range(len(adapters) - len(result.factors))]  # adapters with no pruned tensor
@@ -202,8 +261,15 @@ class _LearnedMode(MergeMode):
         super().__init__(params)
         self._learned: tuple[tuple[Any, ...], list[SparseDeltaAdapter], LearnResult] | None = None
 
-    def prepare(self, base: str | os.PathLike, adapters: Sequence[SparseDeltaAdapter], weights: Sequence[float], *,
-                device: str = "cpu", progress: bool = True) -> list[SparseDeltaAdapter]:
+    def prepare(
+        self,
+        base: str | os.PathLike,
+        adapters: Sequence[SparseDeltaAdapter],
+        weights: Sequence[float],
+        *,
+        device: str = "cpu",
+        progress: bool = True,
+    ) -> list[SparseDeltaAdapter]:
         key = (str(base), tuple(str(a.directory) for a in adapters), tuple(weights), device)
         if self._learned is None or self._learned[0] != key:
             factored, result = learn_merge(base, adapters, weights, self.params, device=device, progress=progress)
@@ -218,16 +284,20 @@ class _LearnedMode(MergeMode):
 @register_mode
 class LearnedMode(_LearnedMode):
     name = "learned"
-    summary = ("learned merge: per-row factors of every adapter learned jointly by KL to each adapter's dense "
-               "fine-tune on its --calibration prompts, then summed")
+    summary = (
+        "learned merge: per-row factors of every adapter learned jointly by KL to each adapter's dense "
+        "fine-tune on its --calibration prompts, then summed"
+    )
     Params = LearnedMergeParams
 
 
 @register_mode
 class AdaMergingMode(_LearnedMode):
     name = "adamerging"
-    summary = ("AdaMerging: task-wise or layer-wise coefficients (--adamerging-granularity) learned by entropy "
-               "minimisation on unlabeled --calibration prompts, then summed")
+    summary = (
+        "AdaMerging: task-wise or layer-wise coefficients (--adamerging-granularity) learned by entropy "
+        "minimisation on unlabeled --calibration prompts, then summed"
+    )
     Params = AdaMergingParams
 
     def outcome(self) -> dict[str, Any] | None:
@@ -240,6 +310,7 @@ class AdaMergingMode(_LearnedMode):
         if self.params.adamerging_granularity == "task":
             record["coefficients"] = [float(next(iter(t.values())).reshape(-1)[0]) if t else None for t in tables]
         else:
-            record["coefficients"] = [{name: [float(x) for x in table.reshape(-1)] for name, table in t.items()}
-                                      for t in tables]
+            record["coefficients"] = [
+                {name: [float(x) for x in table.reshape(-1)] for name, table in t.items()} for t in tables
+            ]
         return record

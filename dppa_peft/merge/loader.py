@@ -38,22 +38,42 @@ from ..tuner.model import BaseModelMismatchError, check_base, resize_vocabulary
 from ..validate import finite_numbers
 from .modes import MergedTensor, MergeMode, create_mode
 
-SKIPPED_FILES = (".safetensors", ".safetensors.index.json", ".bin", ".pt", ".pth", ".msgpack", ".h5", "README.md",
-                 ".gitattributes")
+SKIPPED_FILES = (
+    ".safetensors",
+    ".safetensors.index.json",
+    ".bin",
+    ".pt",
+    ".pth",
+    ".msgpack",
+    ".h5",
+    "README.md",
+    ".gitattributes",
+)
 
 AdapterRef = str | os.PathLike | SparseDeltaAdapter
 
 
-def combine_tensor(target: torch.Tensor, deltas: Sequence[SparseDelta], weights: Sequence[float],
-                   mode: str | MergeMode = "sum", *, name: str = "", **options: Any) -> torch.Tensor:
+def combine_tensor(
+    target: torch.Tensor,
+    deltas: Sequence[SparseDelta],
+    weights: Sequence[float],
+    mode: str | MergeMode = "sum",
+    *,
+    name: str = "",
+    **options: Any,
+) -> torch.Tensor:
     """``target`` plus the merge of ``deltas`` (tensor ``name``: it seeds random drops), in ``target``'s dtype."""
     merger = mode if isinstance(mode, MergeMode) else create_mode(mode, **options)
     return merger.merge(name, deltas, weights).apply(target)
 
 
-def _prepare(adapters: Sequence[AdapterRef], weights: Sequence[float] | None, revisions: Sequence[str | None] | None,
-             token: str | bool | None,
-             allow_unverified_base: bool) -> tuple[list[SparseDeltaAdapter], list[float], list[MergeSource]]:
+def _prepare(
+    adapters: Sequence[AdapterRef],
+    weights: Sequence[float] | None,
+    revisions: Sequence[str | None] | None,
+    token: str | bool | None,
+    allow_unverified_base: bool,
+) -> tuple[list[SparseDeltaAdapter], list[float], list[MergeSource]]:
     """Open the adapters (each must record a base fingerprint unless ``allow_unverified_base``) and describe them."""
     if not adapters:
         raise ValueError("pass at least one adapter")
@@ -62,8 +82,10 @@ def _prepare(adapters: Sequence[AdapterRef], weights: Sequence[float] | None, re
         raise ValueError(f"got {len(weights)} weights for {len(adapters)} adapters; pass one weight per adapter")
     revisions = list(revisions) if revisions else [None] * len(adapters)
     if len(revisions) != len(adapters):
-        raise ValueError(f"got {len(revisions)} adapter revisions for {len(adapters)} adapters; pass one per adapter "
-                         "('main' for the default branch)")
+        raise ValueError(
+            f"got {len(revisions)} adapter revisions for {len(adapters)} adapters; pass one per adapter "
+            "('main' for the default branch)"
+        )
     handles = [open_adapter(a, revision=r, token=token) for a, r in zip(adapters, revisions)]
     for handle in handles:
         require_fingerprint(handle.config, handle.ref, allow_unverified_base)
@@ -77,10 +99,18 @@ def _prepare(adapters: Sequence[AdapterRef], weights: Sequence[float] | None, re
     return handles, weights, sources
 
 
-def _setup(base: str | os.PathLike, mode: str | MergeMode, options: dict[str, Any], adapters: Sequence[AdapterRef],
-           weights: Sequence[float] | None, revisions: Sequence[str | None] | None, token: str | bool | None,
-           allow_unverified_base: bool, device: str,
-           progress: bool) -> tuple[MergeMode, list[SparseDeltaAdapter], list[float], list[MergeSource]]:
+def _setup(
+    base: str | os.PathLike,
+    mode: str | MergeMode,
+    options: dict[str, Any],
+    adapters: Sequence[AdapterRef],
+    weights: Sequence[float] | None,
+    revisions: Sequence[str | None] | None,
+    token: str | bool | None,
+    allow_unverified_base: bool,
+    device: str,
+    progress: bool,
+) -> tuple[MergeMode, list[SparseDeltaAdapter], list[float], list[MergeSource]]:
     """The merge mode (a name and its options, or a mode instance), and the adapters as it merges them
     (``MergeMode.prepare``: learned modes learn their factors here, once per instance and inputs)."""
     if isinstance(mode, MergeMode) and options:
@@ -94,8 +124,9 @@ def _tensor_names(adapters: Sequence[SparseDeltaAdapter]) -> list[str]:
     return sorted({name for a in adapters for name in a.config.tensors})
 
 
-def _merged(merger: MergeMode, name: str, adapters: Sequence[SparseDeltaAdapter],
-            weights: Sequence[float]) -> MergedTensor:
+def _merged(
+    merger: MergeMode, name: str, adapters: Sequence[SparseDeltaAdapter], weights: Sequence[float]
+) -> MergedTensor:
     """The merge of tensor ``name`` over the adapters that store it."""
     chosen = [(a.sparse_tensor(name), w) for a, w in zip(adapters, weights) if name in a.config.tensors]
     return merger.merge(name, [d for d, _ in chosen], [w for _, w in chosen])
@@ -112,11 +143,22 @@ def _dtype_name(dtype: torch.dtype | None) -> str | None:
     return None if dtype is None else str(dtype).removeprefix("torch.")
 
 
-def load_merged(base: str | os.PathLike, adapters: Sequence[AdapterRef], weights: Sequence[float] | None = None,
-                mode: str = "sum", *, revision: str | None = None, adapter_revisions: Sequence[str | None] | None = None,
-                token: str | bool | None = None, dtype: str | torch.dtype = "auto", trust_remote_code: bool = False,
-                progress: bool = True, allow_unverified_base: bool = False, device: str = "cpu",
-                **options: Any) -> torch.nn.Module:
+def load_merged(
+    base: str | os.PathLike,
+    adapters: Sequence[AdapterRef],
+    weights: Sequence[float] | None = None,
+    mode: str = "sum",
+    *,
+    revision: str | None = None,
+    adapter_revisions: Sequence[str | None] | None = None,
+    token: str | bool | None = None,
+    dtype: str | torch.dtype = "auto",
+    trust_remote_code: bool = False,
+    progress: bool = True,
+    allow_unverified_base: bool = False,
+    device: str = "cpu",
+    **options: Any,
+) -> torch.nn.Module:
     """Load ``base`` with transformers and merge every adapter into its weights in place; returns the model.
 
     ``mode`` is a merge mode (``merge.modes.MERGE_MODES``) and ``options`` its options (e.g. ``density=0.5``), or
@@ -125,20 +167,30 @@ def load_merged(base: str | os.PathLike, adapters: Sequence[AdapterRef], weights
     ``base`` and every adapter may be a local folder or a Hub id (``revision`` / ``adapter_revisions`` pick the
     versions; the base is downloaded once into the HF cache, and ``model.name_or_path`` is that local folder).
     """
-    merger, handles, weights, _ = _setup(base, mode, options, adapters, weights, adapter_revisions, token,
-                                         allow_unverified_base, device, progress)
-    folder = resolve_repo(base, revision=revision, token=token,
-                          allow_patterns=HUB_PATTERNS + ["*.py"] if trust_remote_code else None)
+    merger, handles, weights, _ = _setup(
+        base, mode, options, adapters, weights, adapter_revisions, token, allow_unverified_base, device, progress
+    )
+    folder = resolve_repo(
+        base, revision=revision, token=token, allow_patterns=HUB_PATTERNS + ["*.py"] if trust_remote_code else None
+    )
     on = resolve_device(device)
     placement = {} if on.type == "cpu" else {"device_map": {"": str(on)}}
     model = load_causal_lm(folder, dtype=dtype, trust_remote_code=trust_remote_code, **placement)
     return _merge_handles(model, handles, weights, merger, str(base), progress)
 
 
-def merge_into(model: torch.nn.Module, adapters: Sequence[AdapterRef], weights: Sequence[float] | None = None,
-               mode: str = "sum", *, adapter_revisions: Sequence[str | None] | None = None,
-               token: str | bool | None = None, progress: bool = True, allow_unverified_base: bool = False,
-               **options: Any) -> torch.nn.Module:
+def merge_into(
+    model: torch.nn.Module,
+    adapters: Sequence[AdapterRef],
+    weights: Sequence[float] | None = None,
+    mode: str = "sum",
+    *,
+    adapter_revisions: Sequence[str | None] | None = None,
+    token: str | bool | None = None,
+    progress: bool = True,
+    allow_unverified_base: bool = False,
+    **options: Any,
+) -> torch.nn.Module:
     """Merge every adapter into the weights of an already loaded ``model``, in place, on each weight's device.
 
     As :func:`load_merged` for a model loaded elsewhere (e.g. by lm-eval, dispatched with ``device_map``). Weights
@@ -146,12 +198,19 @@ def merge_into(model: torch.nn.Module, adapters: Sequence[AdapterRef], weights: 
     """
     merger = create_mode(mode, **options)
     handles, weights, _ = _prepare(adapters, weights, adapter_revisions, token, allow_unverified_base)
-    return _merge_handles(model, handles, weights, merger, str(getattr(model, "name_or_path", "") or "the model"),
-                          progress)
+    return _merge_handles(
+        model, handles, weights, merger, str(getattr(model, "name_or_path", "") or "the model"), progress
+    )
 
 
-def _merge_handles(model: torch.nn.Module, handles: Sequence[SparseDeltaAdapter], weights: Sequence[float],
-                   merger: MergeMode, base: str, progress: bool) -> torch.nn.Module:
+def _merge_handles(
+    model: torch.nn.Module,
+    handles: Sequence[SparseDeltaAdapter],
+    weights: Sequence[float],
+    merger: MergeMode,
+    base: str,
+    progress: bool,
+) -> torch.nn.Module:
     """Check the adapters fit ``model`` and merge them into its weights in place."""
     shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
     for handle in handles:
@@ -162,9 +221,11 @@ def _merge_handles(model: torch.nn.Module, handles: Sequence[SparseDeltaAdapter]
     names = _tensor_names(handles)
     offloaded = [name for name in names if name in params and params[name].device.type == "meta"]
     if offloaded:
-        raise UserError(f"{len(offloaded)} weights the adapters change (e.g. {offloaded[0]}) are offloaded by the "
-                        "device map (meta device); merging needs them in memory: give the device map room for them "
-                        "(e.g. max_cpu_memory), or write the merged model once with `dppa-peft merge` and load that")
+        raise UserError(
+            f"{len(offloaded)} weights the adapters change (e.g. {offloaded[0]}) are offloaded by the "
+            "device map (meta device); merging needs them in memory: give the device map room for them "
+            "(e.g. max_cpu_memory), or write the merged model once with `dppa-peft merge` and load that"
+        )
     with torch.no_grad():
         for name in progress_bar(names, desc=f"merging ({merger.name})", unit="tensor", disable=not progress):
             if name not in params:
@@ -173,12 +234,25 @@ def _merge_handles(model: torch.nn.Module, handles: Sequence[SparseDeltaAdapter]
     return model
 
 
-def merge_to_folder(base: str | os.PathLike, adapters: Sequence[AdapterRef], out: str | os.PathLike,
-                    weights: Sequence[float] | None = None, mode: str | MergeMode = "sum", *, revision: str | None = None,
-                    adapter_revisions: Sequence[str | None] | None = None, token: str | bool | None = None,
-                    dtype: str | torch.dtype | None = None, overwrite: bool = False, progress: bool = True,
-                    max_shard_bytes: int = 4 << 30, command: str | None = None, allow_unverified_base: bool = False,
-                    device: str = "cpu", **options: Any) -> Path:
+def merge_to_folder(
+    base: str | os.PathLike,
+    adapters: Sequence[AdapterRef],
+    out: str | os.PathLike,
+    weights: Sequence[float] | None = None,
+    mode: str | MergeMode = "sum",
+    *,
+    revision: str | None = None,
+    adapter_revisions: Sequence[str | None] | None = None,
+    token: str | bool | None = None,
+    dtype: str | torch.dtype | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    max_shard_bytes: int = 4 << 30,
+    command: str | None = None,
+    allow_unverified_base: bool = False,
+    device: str = "cpu",
+    **options: Any,
+) -> Path:
     """Stream ``base`` tensor by tensor, add the merged deltas, and write a dense model folder to ``out``.
 
     ``dtype`` (None/"auto": each base tensor's dtype) is the dtype of every written weight and of ``config.json``;
@@ -187,18 +261,29 @@ def merge_to_folder(base: str | os.PathLike, adapters: Sequence[AdapterRef], out
     ``device`` ("cuda", "auto", ...) is where each touched tensor is merged, one at a time.
     """
     dtype, on = _dtype(dtype), resolve_device(device)
-    merger, handles, weights, sources = _setup(base, mode, options, adapters, weights, adapter_revisions, token,
-                                               allow_unverified_base, device, progress)
+    merger, handles, weights, sources = _setup(
+        base, mode, options, adapters, weights, adapter_revisions, token, allow_unverified_base, device, progress
+    )
     checkpoint = _fitting_checkpoint(base, revision, token, handles)
     touched = set(_tensor_names(handles))
-    record = MergeRecord(output="model", base=source_of(base, revision, checkpoint.directory), adapters=sources,
-                         mode=merger.name, params=asdict(merger.params), dtype=_dtype_name(dtype),
-                         package_version=__version__, command=command, learned=merger.outcome())
+    record = MergeRecord(
+        output="model",
+        base=source_of(base, revision, checkpoint.directory),
+        adapters=sources,
+        mode=merger.name,
+        params=asdict(merger.params),
+        dtype=_dtype_name(dtype),
+        package_version=__version__,
+        command=command,
+        learned=merger.outcome(),
+    )
     samples: dict[str, bytes] = {}
     inputs = [base, checkpoint.directory, *(h.directory for h in handles)]
     with atomic_directory(out, overwrite=overwrite, inputs=inputs) as tmp:
         writer = ShardedWriter(tmp, max_shard_bytes=max_shard_bytes)
-        for name in progress_bar(checkpoint.names(), desc=f"merging ({merger.name})", unit="tensor", disable=not progress):
+        for name in progress_bar(
+            checkpoint.names(), desc=f"merging ({merger.name})", unit="tensor", disable=not progress
+        ):
             tensor = checkpoint.read(name)
             if name in touched:
                 samples[name] = tensor_sample(tensor)
@@ -209,19 +294,32 @@ def merge_to_folder(base: str | os.PathLike, adapters: Sequence[AdapterRef], out
             writer.add(name, tensor if dtype is None else tensor.to(dtype))
         _verify_fingerprints(handles, samples, base)
         writer.close()
-        _copy_model_files(checkpoint.directory, tmp, vocab_size=max((h.config.vocab_size or 0) for h in handles),
-                          dtype=record.dtype)
+        _copy_model_files(
+            checkpoint.directory, tmp, vocab_size=max((h.config.vocab_size or 0) for h in handles), dtype=record.dtype
+        )
         record.save(tmp)
         write_merge_card(tmp, record)
     return Path(out)
 
 
-def merge_to_adapter(base: str | os.PathLike, adapters: Sequence[AdapterRef], out: str | os.PathLike,
-                     weights: Sequence[float] | None = None, mode: str | MergeMode = "sum", *, revision: str | None = None,
-                     adapter_revisions: Sequence[str | None] | None = None, token: str | bool | None = None,
-                     value_dtype: str = "float32", overwrite: bool = False, progress: bool = True,
-                     command: str | None = None, allow_unverified_base: bool = False, device: str = "cpu",
-                     **options: Any) -> SparseDeltaAdapter:
+def merge_to_adapter(
+    base: str | os.PathLike,
+    adapters: Sequence[AdapterRef],
+    out: str | os.PathLike,
+    weights: Sequence[float] | None = None,
+    mode: str | MergeMode = "sum",
+    *,
+    revision: str | None = None,
+    adapter_revisions: Sequence[str | None] | None = None,
+    token: str | bool | None = None,
+    value_dtype: str = "float32",
+    overwrite: bool = False,
+    progress: bool = True,
+    command: str | None = None,
+    allow_unverified_base: bool = False,
+    device: str = "cpu",
+    **options: Any,
+) -> SparseDeltaAdapter:
     """Write the merge as ONE sparse delta adapter: union support, values = the merged fp32 delta.
 
     Every amplification factor is baked into the values, so the adapter loads like any other (PEFT, transformers'
@@ -233,13 +331,22 @@ def merge_to_adapter(base: str | os.PathLike, adapters: Sequence[AdapterRef], ou
     stored_dtype = _dtype(value_dtype)
     if stored_dtype is None:
         raise ValueError("value_dtype must be float32, bfloat16 or float16 for a merged adapter")
-    merger, handles, weights, sources = _setup(base, mode, options, adapters, weights, adapter_revisions, token,
-                                               allow_unverified_base, device, progress)
+    merger, handles, weights, sources = _setup(
+        base, mode, options, adapters, weights, adapter_revisions, token, allow_unverified_base, device, progress
+    )
     checkpoint = _fitting_checkpoint(base, revision, token, handles)
     names = _tensor_names(handles)
-    record = MergeRecord(output="adapter", base=source_of(base, revision, checkpoint.directory), adapters=sources,
-                         mode=merger.name, params=asdict(merger.params), value_dtype=_dtype_name(stored_dtype),
-                         package_version=__version__, command=command, learned=merger.outcome())
+    record = MergeRecord(
+        output="adapter",
+        base=source_of(base, revision, checkpoint.directory),
+        adapters=sources,
+        mode=merger.name,
+        params=asdict(merger.params),
+        value_dtype=_dtype_name(stored_dtype),
+        package_version=__version__,
+        command=command,
+        learned=merger.outcome(),
+    )
     samples: dict[str, bytes] = {}
     inputs = [base, checkpoint.directory, *(h.directory for h in handles)]
     with atomic_directory(out, overwrite=overwrite, inputs=inputs) as tmp:
@@ -250,35 +357,59 @@ def merge_to_adapter(base: str | os.PathLike, adapters: Sequence[AdapterRef], ou
             pruned = any(h.config.tensors[name].get("pruned") for h in handles if name in h.config.tensors)
             writer.add(name, encode(delta, stored_dtype, dense=delta.nnz == delta.numel), pruned=pruned)
         _verify_fingerprints(handles, samples, base)
-        writer.close(merged_adapter_config(record, writer.records, fingerprint(samples),
-                                           vocab_size=max((h.config.vocab_size or 0) for h in handles) or None))
+        writer.close(
+            merged_adapter_config(
+                record,
+                writer.records,
+                fingerprint(samples),
+                vocab_size=max((h.config.vocab_size or 0) for h in handles) or None,
+            )
+        )
     return SparseDeltaAdapter(out)
 
 
-def replay(source: str | os.PathLike | MergeRecord, out: str | os.PathLike, *, output: str | None = None,
-           overwrite: bool = False, progress: bool = True, token: str | bool | None = None,
-           command: str | None = None, allow_unverified_base: bool = False) -> Path:
+def replay(
+    source: str | os.PathLike | MergeRecord,
+    out: str | os.PathLike,
+    *,
+    output: str | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    token: str | bool | None = None,
+    command: str | None = None,
+    allow_unverified_base: bool = False,
+) -> Path:
     """Run a recorded merge again (``dppa_merge.json``, a folder holding it, or a merged adapter) into ``out``.
 
     ``output`` ("model" or "adapter") defaults to what the record made. Hub inputs load at their recorded commits.
     """
     record = source if isinstance(source, MergeRecord) else read_record(source)
     output = output or record.output
-    common = dict(weights=[a.weight for a in record.adapters], mode=record.mode, revision=record.base.replay_revision,
-                  adapter_revisions=[a.replay_revision for a in record.adapters], token=token, overwrite=overwrite,
-                  progress=progress, command=command or record.command, allow_unverified_base=allow_unverified_base,
-                  **record.params)
+    common = dict(
+        weights=[a.weight for a in record.adapters],
+        mode=record.mode,
+        revision=record.base.replay_revision,
+        adapter_revisions=[a.replay_revision for a in record.adapters],
+        token=token,
+        overwrite=overwrite,
+        progress=progress,
+        command=command or record.command,
+        allow_unverified_base=allow_unverified_base,
+        **record.params,
+    )
     adapters = [a.ref for a in record.adapters]
     if output == "adapter":
-        return merge_to_adapter(record.base.ref, adapters, out, value_dtype=record.value_dtype or "float32",
-                                **common).directory
+        return merge_to_adapter(
+            record.base.ref, adapters, out, value_dtype=record.value_dtype or "float32", **common
+        ).directory
     if output == "model":
         return merge_to_folder(record.base.ref, adapters, out, dtype=record.dtype, **common)
     raise ValueError(f"unknown merge output {output!r}; choose 'model' or 'adapter'")
 
 
-def _fitting_checkpoint(base: str | os.PathLike, revision: str | None, token: str | bool | None,
-                        handles: Sequence[SparseDeltaAdapter]) -> Checkpoint:
+def _fitting_checkpoint(
+    base: str | os.PathLike, revision: str | None, token: str | bool | None, handles: Sequence[SparseDeltaAdapter]
+) -> Checkpoint:
     """Open the base checkpoint and check that every adapter fits its tensors (before any work)."""
     checkpoint = Checkpoint.open(base, revision=revision, token=token)
     shapes = {name: checkpoint.shape(name) for name in checkpoint.names()}

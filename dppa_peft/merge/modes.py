@@ -36,20 +36,24 @@ import dataclasses
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
 from ..format.apply import add_sparse, add_sparse_
-from ..format.io import SparseDeltaAdapter
 from ..methods.base import SparseDelta
 from ..methods.della import check_window
 from ..methods.registry import create_method, get_method
 from ..scope import TensorInfo
 from .combine import CONSENSUS, SEMANTICS, combine, combine_options
 
-DENSITY_HELP = ("fraction of each tensor's entries kept from every adapter before combining (PEFT/mergekit "
-                "'density'); 1.0 keeps every stored entry (the adapters are pruned already)")
+if TYPE_CHECKING:  # the adapter handle imports peft; option parsing must not
+    from ..format.io import SparseDeltaAdapter
+
+DENSITY_HELP = (
+    "fraction of each tensor's entries kept from every adapter before combining (PEFT/mergekit "
+    "'density'); 1.0 keeps every stored entry (the adapters are pruned already)"
+)
 
 
 @dataclass(frozen=True)
@@ -63,18 +67,30 @@ class DensityParams:
 
     def __post_init__(self) -> None:
         if not 0.0 < self.density <= 1.0:
-            raise ValueError(f"merge density must be in (0, 1], got {self.density}; e.g. 0.5 keeps half of the "
-                             "entries of each tensor")
+            raise ValueError(
+                f"merge density must be in (0, 1], got {self.density}; e.g. 0.5 keeps half of the "
+                "entries of each tensor"
+            )
 
 
 @dataclass(frozen=True)
 class ElectionParams:
-    consensus: str = field(default="sum", metadata={
-        "choices": CONSENSUS, "help": "sign election by the 'sum' of the deltas (PEFT 'total') or the 'count' of "
-                                      "their signs (PEFT 'frequency')"})
-    semantics: str = field(default="mergekit", metadata={
-        "choices": SEMANTICS, "help": "'mergekit': elect on the weighted deltas, divide by the agreeing weights; "
-                                      "'peft': elect on the unweighted deltas, divide by the agreeing count"})
+    consensus: str = field(
+        default="sum",
+        metadata={
+            "choices": CONSENSUS,
+            "help": "sign election by the 'sum' of the deltas (PEFT 'total') or the 'count' of "
+            "their signs (PEFT 'frequency')",
+        },
+    )
+    semantics: str = field(
+        default="mergekit",
+        metadata={
+            "choices": SEMANTICS,
+            "help": "'mergekit': elect on the weighted deltas, divide by the agreeing weights; "
+            "'peft': elect on the unweighted deltas, divide by the agreeing count",
+        },
+    )
 
 
 @dataclass(frozen=True)
@@ -95,8 +111,10 @@ class DropTiesParams(DropParams, ElectionParams):
 
 @dataclass(frozen=True)
 class DellaLinearParams(DropParams):
-    epsilon: float = field(default=0.07, metadata={
-        "help": "DELLA: half-width of the keep-probability window density-epsilon..density+epsilon"})
+    epsilon: float = field(
+        default=0.07,
+        metadata={"help": "DELLA: half-width of the keep-probability window density-epsilon..density+epsilon"},
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -151,8 +169,15 @@ class MergeMode:
         """Whether the mode densifies each tensor's deltas (an election); ``sum`` modes stay sparse."""
         return cls.consensus != "sum"
 
-    def prepare(self, base: str | os.PathLike, adapters: Sequence[SparseDeltaAdapter], weights: Sequence[float], *,
-                device: str = "cpu", progress: bool = True) -> list[SparseDeltaAdapter]:
+    def prepare(
+        self,
+        base: str | os.PathLike,
+        adapters: Sequence[SparseDeltaAdapter],
+        weights: Sequence[float],
+        *,
+        device: str = "cpu",
+        progress: bool = True,
+    ) -> list[SparseDeltaAdapter]:
         """The adapters as this mode merges them: unchanged here; learned modes (``merge.learned``) learn their
         factors on ``base`` (on ``device``) and return the adapters with them."""
         return list(adapters)

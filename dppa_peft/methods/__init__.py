@@ -13,5 +13,13 @@ from .registry import METHODS, create_method, get_method, recorded_method, regis
 for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f".{_module.name}", __name__)
 
-__all__ = ["METHODS", "DensityPlan", "PruningMethod", "SparseDelta", "create_method", "get_method", "recorded_method",
-           "register"]
+__all__ = [
+    "METHODS",
+    "DensityPlan",
+    "PruningMethod",
+    "SparseDelta",
+    "create_method",
+    "get_method",
+    "recorded_method",
+    "register",
+]

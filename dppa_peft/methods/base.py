@@ -91,8 +91,9 @@ class SparseDelta:
         return cls.from_indices(delta, flat_nonzero(keep.reshape(-1)), scale)
 
     @classmethod
-    def from_indices(cls, delta: torch.Tensor, indices: torch.Tensor,
-                     scale: torch.Tensor | float = 1.0) -> "SparseDelta":
+    def from_indices(
+        cls, delta: torch.Tensor, indices: torch.Tensor, scale: torch.Tensor | float = 1.0
+    ) -> "SparseDelta":
         """Keep ``delta`` at the ascending flat ``indices`` (times ``scale``), dropping exact zeros."""
         values = delta.reshape(-1)[indices].float()
         nonzero = values != 0
@@ -124,8 +125,8 @@ class FullDelta(SparseDelta):
     def to(self, device: str | torch.device) -> "FullDelta":
         return FullDelta(self.values.to(device), self.shape)
 
-    def to_dense(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        return self.values.to(dtype).reshape(self.shape)
+    def to_dense(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        return self.values.to(dtype or torch.float32).reshape(self.shape)
 
 
 class PruningMethod(ABC):
@@ -187,8 +188,15 @@ class PruningMethod(ABC):
         return (cls.amplified_label or f"{cls.name}+dpa") if amplified else cls.name
 
     @classmethod
-    def stored_members(cls, name: str, shape: tuple[int, ...], indices: torch.Tensor, values: torch.Tensor,
-                       densities: list[float], params: Any) -> list[torch.Tensor]:
+    def stored_members(
+        cls,
+        name: str,
+        shape: tuple[int, ...],
+        indices: torch.Tensor,
+        values: torch.Tensor,
+        densities: list[float],
+        params: Any,
+    ) -> list[torch.Tensor]:
         """Which stored entries each inner partition boundary keeps (one bool mask per ``densities[:-1]``).
 
         ``indices`` and ``values`` are the adapter's stored entries of tensor ``name``; ``densities`` the boundary
@@ -197,13 +205,16 @@ class PruningMethod(ABC):
         """
         if cls.ranking == "magnitude" and getattr(params, "tie_mode", "index") == "index":
             return magnitude_members(name, shape, values, densities)
-        raise UserError(f"cannot derive DPA partitions from the stored values of a {cls.name!r} adapter (parameters "
-                        f"{dataclasses.asdict(params)}); prune again with partitions stored: `dppa-peft prune "
-                        f"--method {cls.name} --amplify ...` or prune(..., partition_rates=[...])")
+        raise UserError(
+            f"cannot derive DPA partitions from the stored values of a {cls.name!r} adapter (parameters "
+            f"{dataclasses.asdict(params)}); prune again with partitions stored: `dppa-peft prune "
+            f"--method {cls.name} --amplify ...` or prune(..., partition_rates=[...])"
+        )
 
 
-def magnitude_members(name: str, shape: tuple[int, ...], values: torch.Tensor,
-                      densities: list[float]) -> list[torch.Tensor]:
+def magnitude_members(
+    name: str, shape: tuple[int, ...], values: torch.Tensor, densities: list[float]
+) -> list[torch.Tensor]:
     """Boundary membership of a top-k adapter's stored entries: ranked by ``|stored value|``, lowest index first.
 
     For values stored in bf16 or fp16, entries whose magnitudes round to the same stored value are ordered by index.

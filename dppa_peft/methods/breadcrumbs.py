@@ -24,7 +24,9 @@ def breadcrumbs_indices(delta: torch.Tensor, density: float, gamma: float) -> to
     k = keep_count(density, n)
     outliers = min(keep_count(gamma, n), n - k)
     kept = top_k_indices(delta, k + outliers, absolute=True)
-    dropped = torch.searchsorted(kept, top_k_indices(delta, outliers, absolute=True))  # nested: the top-o lie in the top-(k+o)
+    dropped = torch.searchsorted(
+        kept, top_k_indices(delta, outliers, absolute=True)
+    )  # nested: the top-o lie in the top-(k+o)
     keep = torch.ones(kept.numel(), dtype=torch.bool, device=kept.device)
     keep[dropped] = False
     return kept[keep]
@@ -32,9 +34,13 @@ def breadcrumbs_indices(delta: torch.Tensor, density: float, gamma: float) -> to
 
 @dataclass(frozen=True)
 class BreadcrumbsParams:
-    gamma: float = field(default=0.01, metadata={
-        "help": "fraction of each tensor's largest |delta| dropped as outliers before keeping the next d "
-                "(default 0.01, mergekit's)"})
+    gamma: float = field(
+        default=0.01,
+        metadata={
+            "help": "fraction of each tensor's largest |delta| dropped as outliers before keeping the next d "
+            "(default 0.01, mergekit's)"
+        },
+    )
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.gamma <= 1.0:

@@ -49,13 +49,21 @@ class Dare(PruningMethod):
         return bool(params.rescale)
 
     @classmethod
-    def stored_members(cls, name: str, shape: tuple[int, ...], indices: torch.Tensor, values: torch.Tensor,
-                       densities: list[float], params: DareParams) -> list[torch.Tensor]:
+    def stored_members(
+        cls,
+        name: str,
+        shape: tuple[int, ...],
+        indices: torch.Tensor,
+        values: torch.Tensor,
+        densities: list[float],
+        params: DareParams,
+    ) -> list[torch.Tensor]:
         """DARE's uniform draws recomputed from (seed, tensor name), read at the stored entries."""
         info = TensorInfo(name=name, shape=shape)
         if not bool(dare_keep_mask(info, densities[-1], params.seed).reshape(-1)[indices].all()):
-            raise UserError(f"{name}: the stored entries are not DARE's draw for seed {params.seed}; was the adapter "
-                            "edited?")
+            raise UserError(
+                f"{name}: the stored entries are not DARE's draw for seed {params.seed}; was the adapter edited?"
+            )
         return [dare_keep_mask(info, d, params.seed).reshape(-1)[indices] for d in densities[:-1]]
 
     def prune(self, info: TensorInfo, delta: torch.Tensor, density: float) -> SparseDelta:

@@ -27,7 +27,8 @@ def check_window(density: float, epsilon: float) -> None:
         raise ValueError(
             f"DELLA keep probabilities d-epsilon..d+epsilon = {density - epsilon:.4g}..{density + epsilon:.4g} must "
             f"lie in (0, 1] (density {density:.4g}, epsilon {epsilon:.4g}); pass --epsilon below "
-            f"{min(density, 1.0 - density):.4g} or choose another rate")
+            f"{min(density, 1.0 - density):.4g} or choose another rate"
+        )
 
 
 def _rows(tensor: torch.Tensor) -> torch.Tensor:
@@ -42,8 +43,10 @@ def keep_probabilities(delta: torch.Tensor, density: float, epsilon: float) -> t
     if n <= 1:
         return torch.full(delta.shape, density, dtype=torch.float32, device=delta.device)
     step = 2.0 * epsilon / (n - 1)
-    chunks = [((density - epsilon) + _row_ranks(chunk).double() * step).float()
-              for chunk in magnitudes.split(max(1, RANK_CHUNK // n))]
+    chunks = [
+        ((density - epsilon) + _row_ranks(chunk).double() * step).float()
+        for chunk in magnitudes.split(max(1, RANK_CHUNK // n))
+    ]
     return torch.cat(chunks).reshape(delta.shape)
 
 
@@ -54,8 +57,14 @@ def _row_ranks(rows: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(order).scatter_(1, order, positions)
 
 
-def magprune(delta: torch.Tensor, density: float, epsilon: float, keep: torch.Tensor | None = None,
-             generator: torch.Generator | None = None, rescale: bool = True) -> SparseDelta:
+def magprune(
+    delta: torch.Tensor,
+    density: float,
+    epsilon: float,
+    keep: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    rescale: bool = True,
+) -> SparseDelta:
     """MagPrune one tensor: keep where ``keep`` (default: ``u < q`` drawn from ``generator``), divide by ``q``."""
     if density <= 0.0 or density >= 1.0:
         return SparseDelta.from_mask(delta, torch.full(delta.shape, density >= 1.0, device=delta.device))
@@ -69,12 +78,18 @@ def magprune(delta: torch.Tensor, density: float, epsilon: float, keep: torch.Te
 
 @dataclass(frozen=True)
 class DellaParams:
-    epsilon: float = field(default=0.07, metadata={
-        "help": "half-width of the keep-probability window d-epsilon..d+epsilon (default 0.07 = the DELLA paper's "
-                "window_size 0.14; mergekit's 0.15 rejects densities below 0.15, e.g. rate 0.9)"})
+    epsilon: float = field(
+        default=0.07,
+        metadata={
+            "help": "half-width of the keep-probability window d-epsilon..d+epsilon (default 0.07 = the DELLA paper's "
+            "window_size 0.14; mergekit's 0.15 rejects densities below 0.15, e.g. rate 0.9)"
+        },
+    )
     seed: int = field(default=0, metadata={"help": "random seed; each tensor's mask is seeded from (seed, name)"})
-    rescale: bool = field(default=True, metadata={
-        "help": "divide each kept entry by its keep probability q, so E[kept] = delta (default on)"})
+    rescale: bool = field(
+        default=True,
+        metadata={"help": "divide each kept entry by its keep probability q, so E[kept] = delta (default on)"},
+    )
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.epsilon <= 0.5:

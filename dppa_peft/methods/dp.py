@@ -24,22 +24,42 @@ DP_VARIANTS = {"code": ("count", 3.0), "paper": ("magnitude", 5.0)}
 
 @dataclass(frozen=True)
 class DPParams:
-    dp_variant: str = field(default="code", metadata={
-        "help": "significance of a block or matrix: 'code' (default; the released DPPA code) = percentage of "
-                "entries with |delta| > N*mean|delta|; 'paper' = percentage of the total magnitude sum|delta| "
-                "carried by those entries"})
-    lam: float = field(default=0.08, metadata={
-        "help": "lambda: largest density adjustment of each term (block and linear), in [-lam, lam] (default 0.08)"})
-    outlier_factor: float = field(default=5.0, metadata={
-        "help": "N for matrices: entries with |delta| > N times their matrix's mean |delta| are outliers "
-                "(default 5, both variants)"})
-    block_outlier_factor: float | None = field(default=None, metadata={
-        "help": "N for blocks, against the mean |delta| of the whole block (default: 3 for --dp-variant code, "
-                "5 for paper)"})
+    dp_variant: str = field(
+        default="code",
+        metadata={
+            "help": "significance of a block or matrix: 'code' (default; the released DPPA code) = percentage of "
+            "entries with |delta| > N*mean|delta|; 'paper' = percentage of the total magnitude sum|delta| "
+            "carried by those entries"
+        },
+    )
+    lam: float = field(
+        default=0.08,
+        metadata={
+            "help": "lambda: largest density adjustment of each term (block and linear), in [-lam, lam] (default 0.08)"
+        },
+    )
+    outlier_factor: float = field(
+        default=5.0,
+        metadata={
+            "help": "N for matrices: entries with |delta| > N times their matrix's mean |delta| are outliers "
+            "(default 5, both variants)"
+        },
+    )
+    block_outlier_factor: float | None = field(
+        default=None,
+        metadata={
+            "help": "N for blocks, against the mean |delta| of the whole block (default: 3 for --dp-variant code, "
+            "5 for paper)"
+        },
+    )
     tie_mode: str = field(default="index", metadata={"help": TIE_MODE_HELP})
-    min_density: float | None = field(default=None, metadata={
-        "help": "floor on every matrix's density, so DP cannot drop a whole module (default off: the paper's DP, "
-                "whose -lambda terms can plan density 0 at high rates); an improvement, recorded in the adapter"})
+    min_density: float | None = field(
+        default=None,
+        metadata={
+            "help": "floor on every matrix's density, so DP cannot drop a whole module (default off: the paper's DP, "
+            "whose -lambda terms can plan density 0 at high rates); an improvement, recorded in the adapter"
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.min_density is not None and not 0.0 <= self.min_density <= 1.0:

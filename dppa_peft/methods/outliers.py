@@ -67,8 +67,10 @@ def centred_norm(values: Sequence[float], lam: float, weights: Sequence[float] |
 def require_in_scope(info: TensorInfo, method: str) -> int:
     """The block index of ``info``; an error for tensors outside decoder blocks."""
     if info.block is None:
-        raise ValueError(f"{method} plans only linear weights inside decoder blocks; {info.name!r} is out of scope "
-                         "(the pipeline keeps such tensors dense)")
+        raise ValueError(
+            f"{method} plans only linear weights inside decoder blocks; {info.name!r} is out of scope "
+            "(the pipeline keeps such tensors dense)"
+        )
     return info.block
 
 
@@ -84,20 +86,26 @@ class StatisticsPasses:
         if not 0 <= pass_index < passes:
             raise ValueError(f"{self.method} has {passes} statistics passes; got pass_index {pass_index}")
         if any(self.seen[later] for later in range(pass_index + 1, passes)):
-            raise ValueError(f"{self.method}: pass {pass_index} observed {name!r} after a later pass had started; "
-                             "run each pass over every tensor before the next")
+            raise ValueError(
+                f"{self.method}: pass {pass_index} observed {name!r} after a later pass had started; "
+                "run each pass over every tensor before the next"
+            )
         if pass_index > 0 and name not in self.seen[pass_index - 1]:
             raise ValueError(f"{self.method}: {name!r} reached pass {pass_index} without pass {pass_index - 1}")
         if name in self.seen[pass_index]:
-            raise ValueError(f"{self.method}: {name!r} observed twice in pass {pass_index}; call observe once per "
-                             f"tensor for each pass_index in range(statistics_passes={passes})")
+            raise ValueError(
+                f"{self.method}: {name!r} observed twice in pass {pass_index}; call observe once per "
+                f"tensor for each pass_index in range(statistics_passes={passes})"
+            )
         self.seen[pass_index].add(name)
 
     def require_complete(self, name: str) -> None:
         if name not in self.seen[0] or len(self.seen[-1]) != len(self.seen[0]):
-            raise ValueError(f"{self.method} cannot plan {name!r} yet: observe every in-scope tensor in each of its "
-                             f"{len(self.seen)} statistics passes first (seen in pass 0: {len(self.seen[0])} tensors, "
-                             f"in the last pass: {len(self.seen[-1])})")
+            raise ValueError(
+                f"{self.method} cannot plan {name!r} yet: observe every in-scope tensor in each of its "
+                f"{len(self.seen)} statistics passes first (seen in pass 0: {len(self.seen[0])} tensors, "
+                f"in the last pass: {len(self.seen[-1])})"
+            )
 
 
 class BlockOutliers:
@@ -121,8 +129,10 @@ class BlockOutliers:
         if block != self._open_block:
             self._close_block()
             if block in self.numel:
-                raise ValueError(f"block {block} came back after other blocks: pass the linears of each block one "
-                                 "after another (the statistics hold one block at a time)")
+                raise ValueError(
+                    f"block {block} came back after other blocks: pass the linears of each block one "
+                    "after another (the statistics hold one block at a time)"
+                )
             self._open_block = block
         self.add_magnitude(block, abs_delta.numel(), abs_sum)
         self._held.append(abs_delta)
@@ -143,5 +153,7 @@ class BlockOutliers:
     def significance(self) -> dict[int, float]:
         """Block index -> significance (%), blocks in ascending order."""
         self._close_block()
-        return {block: significance(self.amount.get(block, 0.0), self.numel[block], self.abs_sum[block], self.kind)
-                for block in sorted(self.numel)}
+        return {
+            block: significance(self.amount.get(block, 0.0), self.numel[block], self.abs_sum[block], self.kind)
+            for block in sorted(self.numel)
+        }

@@ -34,10 +34,16 @@ def owl_adjustments(ratios: Sequence[float], lam: float) -> list[float]:
 
 @dataclass(frozen=True)
 class OwlParams:
-    lam: float = field(default=0.08, metadata={
-        "help": "lambda: block densities span [1-rate-lam, 1-rate+lam] after min-max scaling (default 0.08)"})
-    block_outlier_factor: float = field(default=5.0, metadata={
-        "help": "M: entries with |delta| > M times the mean |delta| of their whole block are outliers (default 5)"})
+    lam: float = field(
+        default=0.08,
+        metadata={"help": "lambda: block densities span [1-rate-lam, 1-rate+lam] after min-max scaling (default 0.08)"},
+    )
+    block_outlier_factor: float = field(
+        default=5.0,
+        metadata={
+            "help": "M: entries with |delta| > M times the mean |delta| of their whole block are outliers (default 5)"
+        },
+    )
     tie_mode: str = field(default="index", metadata={"help": TIE_MODE_HELP})
 
     def __post_init__(self) -> None:

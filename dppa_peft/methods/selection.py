@@ -15,8 +15,10 @@ import torch
 
 TIE_MODES = ("index", "threshold_le")
 SAMPLE = 1 << 14  # entries sampled to bracket the threshold of a large tensor
-TIE_MODE_HELP = ("tie rule at the threshold: 'index' (default) keeps exactly floor(d*n), lowest index first among "
-                 "equal |delta|; 'threshold_le' prunes every |delta| <= t like the released DPPA/OWL code")
+TIE_MODE_HELP = (
+    "tie rule at the threshold: 'index' (default) keeps exactly floor(d*n), lowest index first among "
+    "equal |delta|; 'threshold_le' prunes every |delta| <= t like the released DPPA/OWL code"
+)
 
 
 def check_tie_mode(tie_mode: str) -> None:

@@ -94,9 +94,13 @@ Made with dppa-peft {{ version }} by:
 """
 
 
-def build_model_card(config: "SparseDeltaConfig", *, repo_id: str | None = None,
-                     eval_results: Mapping[str, Mapping[str, Any]] | None = None,
-                     stock: "SupertuningExport | None" = None) -> ModelCard:
+def build_model_card(
+    config: "SparseDeltaConfig",
+    *,
+    repo_id: str | None = None,
+    eval_results: Mapping[str, Mapping[str, Any]] | None = None,
+    stock: "SupertuningExport | None" = None,
+) -> ModelCard:
     """The card of an adapter from its config, plus its Hub id, evaluation results and stock-PEFT export if given."""
     evals = eval_results_from_lm_eval(eval_results) if eval_results else None
     if config.merge and not stock:
@@ -108,7 +112,10 @@ def build_model_card(config: "SparseDeltaConfig", *, repo_id: str | None = None,
     base = hub_base or shown_ref(config.base_model_name_or_path)
     tags = ["dppa-peft", method, "sparse-delta"] + (["supertuning"] if stock else [])
     data = ModelCardData(
-        base_model=hub_base, library_name="peft", tags=tags, eval_results=evals,
+        base_model=hub_base,
+        library_name="peft",
+        tags=tags,
+        eval_results=evals,
         model_name=(repo_id or "sparse-delta-adapter").split("/")[-1] if evals else None,
     )
     records = config.tensors.values()
@@ -150,10 +157,12 @@ def _learned_line(config: "SparseDeltaConfig") -> str | None:
     factor_bytes = 4 * sum(math.prod(r["factors"]) for r in config.tensors.values() if r.get("factors"))
     total = sum(r["stored_bytes"] for r in config.tensors.values())
     sources = ", ".join(f"`{source}`" for t in learned.get("teachers", []) for source in t.get("sources", []))
-    return (f"{stats['count']} factors ({learned['granularity']} granularity; {stats['min']:.3g} to "
-            f"{stats['max']:.3g}, mean {stats['mean']:.3g}) learned by KL distillation from the dense fine-tune "
-            f"on {sources} in {learned['steps_run']} Adam steps; held-out KL {learned['heldout_kl_before']:.4g} -> "
-            f"{learned['heldout_kl_after']:.4g}; factor tables {factor_bytes / max(total, 1):.2%} of the adapter")
+    return (
+        f"{stats['count']} factors ({learned['granularity']} granularity; {stats['min']:.3g} to "
+        f"{stats['max']:.3g}, mean {stats['mean']:.3g}) learned by KL distillation from the dense fine-tune "
+        f"on {sources} in {learned['steps_run']} Adam steps; held-out KL {learned['heldout_kl_before']:.4g} -> "
+        f"{learned['heldout_kl_after']:.4g}; factor tables {factor_bytes / max(total, 1):.2%} of the adapter"
+    )
 
 
 def _search_line(amplification: dict | None) -> str | None:
@@ -162,8 +171,10 @@ def _search_line(amplification: dict | None) -> str | None:
     if not search:
         return None
     objective = search.get("objective", {})
-    return (f"{search['strategy']} search, DPA method {search['dpa_method']}, {search['calls']} calls of objective "
-            f"`{objective.get('name')}` on `{objective.get('split')}`; score {search.get('final_score')}")
+    return (
+        f"{search['strategy']} search, DPA method {search['dpa_method']}, {search['calls']} calls of objective "
+        f"`{objective.get('name')}` on `{objective.get('split')}`; score {search.get('final_score')}"
+    )
 
 
 def write_model_card(directory: str | os.PathLike, config: "SparseDeltaConfig", **options: Any) -> Path:
@@ -201,9 +212,16 @@ def eval_results_from_lm_eval(results: Mapping[str, Mapping[str, Any]]) -> list[
             if isinstance(value, bool) or not isinstance(value, (int, float)) or "," not in key or "_stderr" in key:
                 continue
             metric, _, filter_name = key.partition(",")
-            out.append(EvalResult(task_type="text-generation", dataset_type=task, dataset_name=name,
-                                  metric_type=metric, metric_value=float(value),
-                                  metric_config=filter_name if filter_name not in ("", "none") else None))
+            out.append(
+                EvalResult(
+                    task_type="text-generation",
+                    dataset_type=task,
+                    dataset_name=name,
+                    metric_type=metric,
+                    metric_value=float(value),
+                    metric_config=filter_name if filter_name not in ("", "none") else None,
+                )
+            )
     if not out:
         raise ValueError("the evaluation results hold no numeric metric")
     return out

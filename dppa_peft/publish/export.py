@@ -59,18 +59,31 @@ class SupertuningExport:
         return self.nbytes / self.source_bytes if self.source_bytes else 0.0
 
     def line(self) -> str:
-        return (f"SUPERTUNING sparsity {self.sparsity:.6g}: {len(self.targets)} sparse Linear modules "
-                f"({self.kept} kept + {self.padding} zero padding entries), {len(self.modules_to_save)} whole "
-                f"modules (modules_to_save); {self.nbytes / 2**20:.2f} MiB = {self.size_ratio:.2f}x the dppa-peft "
-                f"adapter ({self.source_bytes / 2**20:.2f} MiB)"
-                + (f"; {self.inexact} entries differ from load_merged by the base-dtype rounding of their delta (stock "
-                   "PEFT adds in the base dtype)"
-                   if self.inexact else ""))
+        return (
+            f"SUPERTUNING sparsity {self.sparsity:.6g}: {len(self.targets)} sparse Linear modules "
+            f"({self.kept} kept + {self.padding} zero padding entries), {len(self.modules_to_save)} whole "
+            f"modules (modules_to_save); {self.nbytes / 2**20:.2f} MiB = {self.size_ratio:.2f}x the dppa-peft "
+            f"adapter ({self.source_bytes / 2**20:.2f} MiB)"
+            + (
+                f"; {self.inexact} entries differ from load_merged by the base-dtype rounding of their delta (stock "
+                "PEFT adds in the base dtype)"
+                if self.inexact
+                else ""
+            )
+        )
 
 
-def export_supertuning(adapter: SparseDeltaAdapter, out: str | os.PathLike, *, base: str | os.PathLike | None = None,
-                       base_revision: str | None = None, token: str | bool | None = None, repo_id: str | None = None,
-                       overwrite: bool = False, progress: bool = True) -> SupertuningExport:
+def export_supertuning(
+    adapter: SparseDeltaAdapter,
+    out: str | os.PathLike,
+    *,
+    base: str | os.PathLike | None = None,
+    base_revision: str | None = None,
+    token: str | bool | None = None,
+    repo_id: str | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> SupertuningExport:
     """Write ``adapter`` as a stock-PEFT SUPERTUNING adapter folder ``out`` (config, weights, card).
 
     ``base`` (folder or Hub id) defaults to the base recorded in the adapter; it must be the base the adapter was
@@ -80,9 +93,11 @@ def export_supertuning(adapter: SparseDeltaAdapter, out: str | os.PathLike, *, b
 
     config = adapter.config
     if config.vocab_size:
-        raise ValueError(f"{adapter.ref} grows the vocabulary to {config.vocab_size} tokens; stock PEFT does not "
-                         "resize the base embeddings, so it cannot be exported to SUPERTUNING: use the sparse-delta "
-                         "format")
+        raise ValueError(
+            f"{adapter.ref} grows the vocabulary to {config.vocab_size} tokens; stock PEFT does not "
+            "resize the base embeddings, so it cannot be exported to SUPERTUNING: use the sparse-delta "
+            "format"
+        )
     if base is None:
         base, base_revision = config.base_model_name_or_path, base_revision or config.revision
     checkpoint = Checkpoint.open(base, revision=base_revision, token=token)
@@ -107,13 +122,27 @@ def export_supertuning(adapter: SparseDeltaAdapter, out: str | os.PathLike, *, b
                 writer.add(f"{PREFIX}{module}.{key}", tensor)
         writer.close()
         peft_config = SupertuningConfig(
-            target_modules=targets, modules_to_save=whole or None, sparsity=sparsity, save_precomputed_indices=True,
-            base_model_name_or_path=config.base_model_name_or_path, revision=config.revision,
-            task_type=config.task_type or "CAUSAL_LM", inference_mode=True,
+            target_modules=targets,
+            modules_to_save=whole or None,
+            sparsity=sparsity,
+            save_precomputed_indices=True,
+            base_model_name_or_path=config.base_model_name_or_path,
+            revision=config.revision,
+            task_type=config.task_type or "CAUSAL_LM",
+            inference_mode=True,
         )
         peft_config.save_pretrained(str(tmp))
-        summary = SupertuningExport(Path(out), sparsity, targets, whole, kept, padding,
-                                    (tmp / WEIGHTS_FILE).stat().st_size, adapter.nbytes, inexact)
+        summary = SupertuningExport(
+            Path(out),
+            sparsity,
+            targets,
+            whole,
+            kept,
+            padding,
+            (tmp / WEIGHTS_FILE).stat().st_size,
+            adapter.nbytes,
+            inexact,
+        )
         write_model_card(tmp, config, repo_id=repo_id, stock=summary)
     return summary
 
@@ -144,14 +173,15 @@ def choose_targets(candidates: dict[str, tuple[int, int, int]]) -> list[str]:
 
 
 def _check_fingerprint(adapter: SparseDeltaAdapter, checkpoint: Checkpoint) -> None:
-    check_fits_base(adapter.config, {n: checkpoint.shape(n) for n in checkpoint.names()}, adapter.ref,
-                    checkpoint.ref)
+    check_fits_base(adapter.config, {n: checkpoint.shape(n) for n in checkpoint.names()}, adapter.ref, checkpoint.ref)
     if not adapter.config.base_fingerprint:
         return
     found = fingerprint({name: tensor_sample(checkpoint.read(name)) for name in adapter.config.tensors})
     if found != adapter.config.base_fingerprint:
-        raise BaseModelMismatchError(f"{checkpoint.ref} is not the base {adapter.ref} was pruned from (fingerprint "
-                                     f"{found} != {adapter.config.base_fingerprint}); pass that base (base= / --base)")
+        raise BaseModelMismatchError(
+            f"{checkpoint.ref} is not the base {adapter.ref} was pruned from (fingerprint "
+            f"{found} != {adapter.config.base_fingerprint}); pass that base (base= / --base)"
+        )
 
 
 def _skeleton(checkpoint: Checkpoint) -> torch.nn.Module:
@@ -168,8 +198,9 @@ def _numel(adapter: SparseDeltaAdapter, module: str) -> int:
     return math.prod(adapter.config.tensors[f"{module}.weight"]["shape"])
 
 
-def _split_modules(adapter: SparseDeltaAdapter, checkpoint: Checkpoint,
-                   model: torch.nn.Module) -> tuple[list[str], list[str]]:
+def _split_modules(
+    adapter: SparseDeltaAdapter, checkpoint: Checkpoint, model: torch.nn.Module
+) -> tuple[list[str], list[str]]:
     """(sparse SUPERTUNING targets, whole modules for ``modules_to_save``), both checked against PEFT's matching."""
     modules = dict(model.named_modules())
     changed = sorted(adapter.config.module_names)
@@ -179,8 +210,12 @@ def _split_modules(adapter: SparseDeltaAdapter, checkpoint: Checkpoint,
         if name not in modules:
             raise ValueError(f"adapter module {name!r} is not in the base architecture; the adapter does not fit it")
         numel = _numel(adapter, name) if "weight" in records else 0
-        if isinstance(modules[name], torch.nn.Linear) and set(records) == {"weight"} and \
-                records["weight"]["encoding"] != "dense" and numel <= MAX_SPARSE_NUMEL:
+        if (
+            isinstance(modules[name], torch.nn.Linear)
+            and set(records) == {"weight"}
+            and records["weight"]["encoding"] != "dense"
+            and numel <= MAX_SPARSE_NUMEL
+        ):
             candidates[name] = (numel, records["weight"]["nnz"], numel * checkpoint.dtype(f"{name}.weight").itemsize)
     targets = choose_targets(candidates)
     whole = [name for name in changed if name not in targets]
@@ -203,9 +238,11 @@ def _check_unambiguous(model: torch.nn.Module, targets: list[str], whole: list[s
             raise ValueError(f"module name {name!r} matches several modules; it cannot go in modules_to_save")
         for pname, param in model.get_submodule(name).named_parameters(prefix=name):
             if len(owners[id(param)]) > 1:
-                raise ValueError(f"{pname} is tied to {sorted(set(owners[id(param)]) - {pname})}; stock PEFT's "
-                                 "modules_to_save would untie them, so this adapter cannot be exported to SUPERTUNING: "
-                                 "use the sparse-delta format")
+                raise ValueError(
+                    f"{pname} is tied to {sorted(set(owners[id(param)]) - {pname})}; stock PEFT's "
+                    "modules_to_save would untie them, so this adapter cannot be exported to SUPERTUNING: "
+                    "use the sparse-delta format"
+                )
 
 
 def _baked(adapter: SparseDeltaAdapter, checkpoint: Checkpoint, name: str) -> tuple[SparseDelta, int]:
@@ -240,8 +277,9 @@ def _padded_support(delta: SparseDelta, sparsity: float) -> tuple[torch.Tensor, 
     return values, indices, pad
 
 
-def _whole_module(adapter: SparseDeltaAdapter, checkpoint: Checkpoint, model: torch.nn.Module,
-                  module: str) -> dict[str, torch.Tensor]:
+def _whole_module(
+    adapter: SparseDeltaAdapter, checkpoint: Checkpoint, model: torch.nn.Module, module: str
+) -> dict[str, torch.Tensor]:
     """Every state entry of one module, base + delta added by the kernel (as our tuner layer does)."""
     out = {}
     for key in model.get_submodule(module).state_dict():

@@ -32,11 +32,21 @@ if TYPE_CHECKING:
     from ..format.io import SparseDeltaAdapter
 
 
-def push_to_hub(adapter: "SparseDeltaAdapter", repo_id: str, *, private: bool = False, revision: str | None = None,
-                commit_message: str | None = None, token: str | bool | None = None, create_pr: bool = False,
-                export_format: str = "sparse-delta", base: str | os.PathLike | None = None,
-                base_revision: str | None = None, eval_results: Mapping[str, Mapping[str, Any]] | None = None,
-                base_model_id: str | None = None) -> CommitInfo:
+def push_to_hub(
+    adapter: "SparseDeltaAdapter",
+    repo_id: str,
+    *,
+    private: bool = False,
+    revision: str | None = None,
+    commit_message: str | None = None,
+    token: str | bool | None = None,
+    create_pr: bool = False,
+    export_format: str = "sparse-delta",
+    base: str | os.PathLike | None = None,
+    base_revision: str | None = None,
+    eval_results: Mapping[str, Mapping[str, Any]] | None = None,
+    base_model_id: str | None = None,
+) -> CommitInfo:
     """Push ``adapter`` to ``repo_id`` as one commit on ``revision`` (default 'main'); returns the commit info.
 
     ``export_format`` 'supertuning' pushes the stock-PEFT export instead (``base`` / ``base_revision`` locate the
@@ -56,8 +66,15 @@ def push_to_hub(adapter: "SparseDeltaAdapter", repo_id: str, *, private: bool = 
         config = SparseDeltaConfig.from_pretrained(str(config_file.parent))
         stock = None
         if export_format == "supertuning":
-            stock = export_supertuning(adapter, staged / "export", base=base, base_revision=base_revision,
-                                       token=token, repo_id=repo_id, progress=False)
+            stock = export_supertuning(
+                adapter,
+                staged / "export",
+                base=base,
+                base_revision=base_revision,
+                token=token,
+                repo_id=repo_id,
+                progress=False,
+            )
             _set_base(stock.directory / CONFIG_FILE, config.base_model_name_or_path)
             files = {name: stock.directory / name for name in (CONFIG_FILE, WEIGHTS_FILE)}
         else:
@@ -68,8 +85,9 @@ def push_to_hub(adapter: "SparseDeltaAdapter", repo_id: str, *, private: bool = 
         return _commit(api, repo_id, operations, message, private=private, revision=revision, create_pr=create_pr)
 
 
-def hub_config_file(adapter: "SparseDeltaAdapter", folder: Path, base_model_id: str | None = None,
-                    token: str | bool | None = None) -> Path:
+def hub_config_file(
+    adapter: "SparseDeltaAdapter", folder: Path, base_model_id: str | None = None, token: str | bool | None = None
+) -> Path:
     """Write the ``adapter_config.json`` to publish into ``folder``: the base named by its Hub id when one is known
     (``base_model_id``, checked; or recorded at prune), provenance without local paths. Returns the file."""
     data = json.loads((adapter.directory / CONFIG_FILE).read_text())
@@ -77,8 +95,11 @@ def hub_config_file(adapter: "SparseDeltaAdapter", folder: Path, base_model_id: 
     if base_model_id is not None:
         base = data.get("base_model_name_or_path")
         local = Path(base).is_dir() if base else False
-        record = base_id_record(base, Checkpoint.open(base), base_model_id, token) if local else \
-            {BASE_ID_KEY: base_model_id, "base_model_id_checked": False}
+        record = (
+            base_id_record(base, Checkpoint.open(base), base_model_id, token)
+            if local
+            else {BASE_ID_KEY: base_model_id, "base_model_id_checked": False}
+        )
         provenance.update(record)
     if provenance.get(BASE_ID_KEY):
         data["base_model_name_or_path"] = provenance[BASE_ID_KEY]
@@ -99,14 +120,24 @@ def _set_base(config_file: Path, base: str) -> None:
     config_file.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
-def _commit(api: HfApi, repo_id: str, operations: list[CommitOperationAdd], message: str, *, private: bool,
-            revision: str | None, create_pr: bool) -> CommitInfo:
+def _commit(
+    api: HfApi,
+    repo_id: str,
+    operations: list[CommitOperationAdd],
+    message: str,
+    *,
+    private: bool,
+    revision: str | None,
+    create_pr: bool,
+) -> CommitInfo:
     head = None
     try:
         api.create_repo(repo_id, private=private, exist_ok=True)
         if private and not api.repo_info(repo_id).private:
-            raise ValueError(f"{repo_id} already exists and is public; --private only applies to a new repo: make it "
-                             "private on the Hub first, or push without --private")
+            raise ValueError(
+                f"{repo_id} already exists and is public; --private only applies to a new repo: make it "
+                "private on the Hub first, or push without --private"
+            )
         if revision and not create_pr:
             api.create_branch(repo_id, branch=revision, exist_ok=True)
         head = api.repo_info(repo_id, revision=revision).sha
@@ -125,20 +156,25 @@ def _commit(api: HfApi, repo_id: str, operations: list[CommitOperationAdd], mess
 def _interrupted(api: HfApi, repo_id: str, revision: str | None, head: str | None, err: Exception) -> str:
     """What a broken connection left on the Hub, and what to do."""
     branch = revision or "main"
-    what = redact(f"the connection to the Hub ({constants.ENDPOINT}) broke while pushing to {repo_id}@{branch} "
-                  f"({type(err).__name__}: {err})")
+    what = redact(
+        f"the connection to the Hub ({constants.ENDPOINT}) broke while pushing to {repo_id}@{branch} "
+        f"({type(err).__name__}: {err})"
+    )
     safe = "your adapter folder is unchanged; re-running the same command is safe (files already uploaded are reused)"
     if head is None:
         return f"{what}; no commit was attempted, so nothing was published; {safe}"
     try:
         now = api.repo_info(repo_id, revision=branch).sha
     except Exception:  # the Hub is still unreachable: say what is certain
-        return (f"{what}; could not check the branch afterwards, but a Hub commit is all-or-nothing: {branch} holds "
-                f"either its previous commit {head[:8]} or the complete new one; {safe}")
+        return (
+            f"{what}; could not check the branch afterwards, but a Hub commit is all-or-nothing: {branch} holds "
+            f"either its previous commit {head[:8]} or the complete new one; {safe}"
+        )
     if now == head:
         return f"{what}; nothing was published ({branch} is still at {head[:8]}); {safe}"
-    return (f"{what}; {branch} moved from {head[:8]} to {now[:8]}: the commit was probably applied, check the repo; "
-            f"{safe}")
+    return (
+        f"{what}; {branch} moved from {head[:8]} to {now[:8]}: the commit was probably applied, check the repo; {safe}"
+    )
 
 
 def _default_message(adapter: "SparseDeltaAdapter", stock: SupertuningExport | None) -> str:

@@ -84,29 +84,42 @@ Made with dppa-peft {{ version }} by:
 """
 
 
-def build_merge_card(record: "MergeRecord", *, repo_id: str | None = None,
-                     evals: list[EvalResult] | None = None) -> ModelCard:
+def build_merge_card(
+    record: "MergeRecord", *, repo_id: str | None = None, evals: list[EvalResult] | None = None
+) -> ModelCard:
     """The card of a merged model folder or merged adapter, from its merge record (plus its Hub id and evaluation
     results, as ``publish.card.eval_results_from_lm_eval`` makes them, when published)."""
     adapter = record.output == "adapter"
     base = record.base.ref if _is_hub_id(record.base) else None
     data = ModelCardData(
-        base_model=base, library_name="peft" if adapter else "transformers",
-        tags=["dppa-peft", "merge", record.mode] + (["sparse-delta"] if adapter else []), eval_results=evals,
+        base_model=base,
+        library_name="peft" if adapter else "transformers",
+        tags=["dppa-peft", "merge", record.mode] + (["sparse-delta"] if adapter else []),
+        eval_results=evals,
         model_name=(repo_id or "merged").split("/")[-1] if evals else None,
     )
     if base and not adapter:
         data.base_model_relation = "merge"
     return ModelCard.from_template(
-        data, template_str=MERGE_CARD_TEMPLATE,
+        data,
+        template_str=MERGE_CARD_TEMPLATE,
         title=f"{'Merged sparse delta adapter' if adapter else 'Merged model'} ({record.mode}, "
-              f"{len(record.adapters)} adapter{'s' if len(record.adapters) != 1 else ''})",
-        adapter=adapter, n=len(record.adapters), mode=record.mode, params=_public(record.params),
-        base=_shown(record.base.ref, record.base.revision), base_id=base or "path/to/base", shown=_shown,
+        f"{len(record.adapters)} adapter{'s' if len(record.adapters) != 1 else ''})",
+        adapter=adapter,
+        n=len(record.adapters),
+        mode=record.mode,
+        params=_public(record.params),
+        base=_shown(record.base.ref, record.base.revision),
+        base_id=base or "path/to/base",
+        shown=_shown,
         dtype=(record.value_dtype if adapter else record.dtype) or "as the base",
-        adapters=record.adapters, record_file="adapter_config.json" if adapter else "dppa_merge.json",
-        out_flag="--out-adapter" if adapter else "--out", version=record.package_version or "?",
-        command=public_command(record.command), evals=evals, repo=repo_id or "<this repo or folder>",
+        adapters=record.adapters,
+        record_file="adapter_config.json" if adapter else "dppa_merge.json",
+        out_flag="--out-adapter" if adapter else "--out",
+        version=record.package_version or "?",
+        command=public_command(record.command),
+        evals=evals,
+        repo=repo_id or "<this repo or folder>",
         learned=record.learned,
     )
 

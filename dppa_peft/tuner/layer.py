@@ -38,8 +38,11 @@ class SparseDeltaStore(nn.Module):
     def encoded(self, param: str) -> EncodedTensor:
         record = self.records[param]
         return EncodedTensor(
-            encoding=record["encoding"], shape=tuple(record["shape"]), values=getattr(self, f"{param}_values"),
-            index=getattr(self, f"{param}_index", None), partition=getattr(self, f"{param}_partition", None),
+            encoding=record["encoding"],
+            shape=tuple(record["shape"]),
+            values=getattr(self, f"{param}_values"),
+            index=getattr(self, f"{param}_index", None),
+            partition=getattr(self, f"{param}_partition", None),
             factors=getattr(self, f"{param}_factors", None),
         )
 
@@ -100,7 +103,9 @@ class SparseDeltaLayer(nn.Module, BaseTunerLayer):
         records = config.records_for_module(self.module_name)
         missing = [p for p in records if not isinstance(getattr(self.get_base_layer(), p, None), torch.Tensor)]
         if missing:
-            raise ValueError(f"module {self.module_name} has no parameter {missing}; the adapter does not fit this model")
+            raise ValueError(
+                f"module {self.module_name} has no parameter {missing}; the adapter does not fit this model"
+            )
         factors = {param: config.tensor_factors(f"{self.module_name}.{param}") for param in records}
         self.sparse_delta[adapter_name] = SparseDeltaStore(records, factors)
         self._move_adapter_to_device_of_base_layer(adapter_name)
@@ -133,8 +138,9 @@ class SparseDeltaLayer(nn.Module, BaseTunerLayer):
         hook = getattr(base, "_hf_hook", None)
         if hook is not None:
             return self._hooked_forward(base, hook, active, x, *args, **kwargs)
-        return torch.func.functional_call(self.base_layer, self._effective(base, active), (x, *args), kwargs,
-                                          strict=False)
+        return torch.func.functional_call(
+            self.base_layer, self._effective(base, active), (x, *args), kwargs, strict=False
+        )
 
     def _effective(self, base: nn.Module, active: list[str]) -> dict[str, torch.Tensor]:
         """Base parameter + active adapters' deltas (the kernel) for every parameter the adapters change."""

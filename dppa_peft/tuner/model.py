@@ -71,8 +71,16 @@ class SparseDeltaModel(BaseTuner):
     def _check_target_module_exists(peft_config: SparseDeltaConfig, key: str) -> bool:
         return key in peft_config.module_names
 
-    def _create_and_replace(self, peft_config: SparseDeltaConfig, adapter_name: str, target: nn.Module,
-                            target_name: str, parent: nn.Module, current_key: str, **kwargs) -> None:
+    def _create_and_replace(
+        self,
+        peft_config: SparseDeltaConfig,
+        adapter_name: str,
+        target: nn.Module,
+        target_name: str,
+        parent: nn.Module,
+        current_key: str,
+        **kwargs,
+    ) -> None:
         if isinstance(target, SparseDeltaLayer):
             target.update_layer(adapter_name, peft_config)
             return
@@ -83,22 +91,35 @@ class SparseDeltaModel(BaseTuner):
         # weights offloaded by accelerate; the layer has put its stores where the base weights are used
         setattr(parent, target_name, new_module)
 
-    def add_weighted_adapter(self, adapters: Sequence[str], weights: Sequence[float], adapter_name: str,
-                             combination_type: str = "linear", density: float | None = None,
-                             majority_sign_method: str = "total", **options: Any) -> None:
+    def add_weighted_adapter(
+        self,
+        adapters: Sequence[str],
+        weights: Sequence[float],
+        adapter_name: str,
+        combination_type: str = "linear",
+        density: float | None = None,
+        majority_sign_method: str = "total",
+        **options: Any,
+    ) -> None:
         """PEFT's ``add_weighted_adapter``: add ``adapter_name``, the merge of loaded ``adapters`` with ``weights``.
 
         ``combination_type``: "linear", "ties", "dare_linear", "dare_ties", "magnitude_prune" (PEFT's meaning) or
         any other merge mode (``dppa_peft.merge.MERGE_MODES``); see ``tuner.weighted``. The new adapter is a sparse
         delta adapter on the union of the supports; activate it with ``set_adapter`` and save it like any other.
         """
-        add_weighted_adapter(self, adapters, weights, adapter_name, combination_type, density, majority_sign_method,
-                             **options)
+        add_weighted_adapter(
+            self, adapters, weights, adapter_name, combination_type, density, majority_sign_method, **options
+        )
 
     @classmethod
-    def _get_adapter_state_dict(cls, model: nn.Module, config: SparseDeltaConfig, adapter_name: str,
-                                state_dict: dict[str, torch.Tensor],
-                                unwanted_adapter_names: list[str]) -> dict[str, torch.Tensor]:
+    def _get_adapter_state_dict(
+        cls,
+        model: nn.Module,
+        config: SparseDeltaConfig,
+        adapter_name: str,
+        state_dict: dict[str, torch.Tensor],
+        unwanted_adapter_names: list[str],
+    ) -> dict[str, torch.Tensor]:
         """PEFT's selection of the adapter's entries, with values back in their stored dtype (PEFT's own
         ``save_pretrained`` then writes the same tensors as dppa-peft; in memory the values are fp32)."""
         selected = super()._get_adapter_state_dict(model, config, adapter_name, state_dict, unwanted_adapter_names)

@@ -29,8 +29,9 @@ from .layer import SparseDeltaLayer
 MAJORITY_SIGN = {"total": "sum", "frequency": "count"}  # PEFT's majority_sign_method -> the TIES consensus
 
 
-def peft_merge_mode(combination_type: str, density: float | None, majority_sign_method: str,
-                    **options: Any) -> MergeMode:
+def peft_merge_mode(
+    combination_type: str, density: float | None, majority_sign_method: str, **options: Any
+) -> MergeMode:
     """The merge mode for PEFT's arguments (``options`` adds mode options such as ``seed`` or ``epsilon``)."""
     fields = {f.name for f in dataclasses.fields(get_mode(combination_type).Params)}
     if density is not None:
@@ -39,15 +40,17 @@ def peft_merge_mode(combination_type: str, density: float | None, majority_sign_
         options["density"] = density
     if "consensus" in fields:
         if majority_sign_method not in MAJORITY_SIGN:
-            raise ValueError(f"majority_sign_method must be one of {sorted(MAJORITY_SIGN)}, got "
-                             f"{majority_sign_method!r}")
+            raise ValueError(
+                f"majority_sign_method must be one of {sorted(MAJORITY_SIGN)}, got {majority_sign_method!r}"
+            )
         options.setdefault("consensus", MAJORITY_SIGN[majority_sign_method])
         options.setdefault("semantics", "peft")
     return create_mode(combination_type, **options)
 
 
-def merged_layers(model: nn.Module, adapters: Sequence[str], weights: Sequence[float],
-                  mode: MergeMode) -> dict[str, SparseDelta]:
+def merged_layers(
+    model: nn.Module, adapters: Sequence[str], weights: Sequence[float], mode: MergeMode
+) -> dict[str, SparseDelta]:
     """The merged delta of every tensor (``module.param``) that one of ``adapters`` changes."""
     out = {}
     for module in model.modules():
@@ -55,25 +58,44 @@ def merged_layers(model: nn.Module, adapters: Sequence[str], weights: Sequence[f
             continue
         present = [(a, w) for a, w in zip(adapters, weights) if a in module.sparse_delta]
         for param in sorted({p for a, _ in present for p in module.sparse_delta[a].records}):
-            chosen = [(module.sparse_delta[a].delta(param, torch.device("cpu")), w) for a, w in present
-                      if param in module.sparse_delta[a].records]
+            chosen = [
+                (module.sparse_delta[a].delta(param, torch.device("cpu")), w)
+                for a, w in present
+                if param in module.sparse_delta[a].records
+            ]
             name = f"{module.module_name}.{param}"
             out[name] = mode.merge(name, [d for d, _ in chosen], [w for _, w in chosen]).as_delta()
     return out
 
 
-def weighted_adapter_config(configs: dict[str, SparseDeltaConfig], weights: Sequence[float], mode: MergeMode,
-                            encoded: dict[str, EncodedTensor], base_fingerprint: str | None) -> SparseDeltaConfig:
+def weighted_adapter_config(
+    configs: dict[str, SparseDeltaConfig],
+    weights: Sequence[float],
+    mode: MergeMode,
+    encoded: dict[str, EncodedTensor],
+    base_fingerprint: str | None,
+) -> SparseDeltaConfig:
     """The config of the new adapter, with a merge record naming the loaded adapters it combines."""
     first = next(iter(configs.values()))
-    sources = [MergeSource(ref=f"loaded adapter {name!r}", weight=float(w), method=dict(c.method),
-                           base_model=c.base_model_name_or_path, fingerprint=c.base_fingerprint)
-               for (name, c), w in zip(configs.items(), weights)]
-    record = MergeRecord(output="adapter", base=MergeSource(ref=first.base_model_name_or_path or "unknown",
-                                                           revision=first.revision),
-                         adapters=sources, mode=mode.name, params=dataclasses.asdict(mode.params),
-                         value_dtype="float32", command=f"PeftModel.add_weighted_adapter({list(configs)}, "
-                                                        f"{list(weights)}, combination_type={mode.name!r})")
+    sources = [
+        MergeSource(
+            ref=f"loaded adapter {name!r}",
+            weight=float(w),
+            method=dict(c.method),
+            base_model=c.base_model_name_or_path,
+            fingerprint=c.base_fingerprint,
+        )
+        for (name, c), w in zip(configs.items(), weights)
+    ]
+    record = MergeRecord(
+        output="adapter",
+        base=MergeSource(ref=first.base_model_name_or_path or "unknown", revision=first.revision),
+        adapters=sources,
+        mode=mode.name,
+        params=dataclasses.asdict(mode.params),
+        value_dtype="float32",
+        command=f"PeftModel.add_weighted_adapter({list(configs)}, {list(weights)}, combination_type={mode.name!r})",
+    )
     pruned = {name for c in configs.values() for name, r in c.tensors.items() if r.get("pruned")}
     records = {name: tensor_record(e, pruned=name in pruned) for name, e in sorted(encoded.items())}
     vocab = max((c.vocab_size or 0) for c in configs.values()) or None
@@ -82,9 +104,16 @@ def weighted_adapter_config(configs: dict[str, SparseDeltaConfig], weights: Sequ
     return config
 
 
-def add_weighted_adapter(tuner: Any, adapters: Sequence[str], weights: Sequence[float], adapter_name: str,
-                         combination_type: str = "linear", density: float | None = None,
-                         majority_sign_method: str = "total", **options: Any) -> None:
+def add_weighted_adapter(
+    tuner: Any,
+    adapters: Sequence[str],
+    weights: Sequence[float],
+    adapter_name: str,
+    combination_type: str = "linear",
+    density: float | None = None,
+    majority_sign_method: str = "total",
+    **options: Any,
+) -> None:
     """Add ``adapter_name`` to ``tuner`` (a ``SparseDeltaModel``): the merge of ``adapters`` (see the module doc)."""
     missing = [a for a in adapters if a not in tuner.peft_config]
     if missing or not adapters:

@@ -23,9 +23,12 @@ from dppa_peft.demo.tasks import EVAL_SPLITS  # noqa: E402
 
 def load(demo_task: str, **_metadata: object) -> datasets.DatasetDict:
     """The dev and test splits of one synthetic task (lm-eval passes task metadata as extra keywords)."""
-    return datasets.DatasetDict({
-        split: datasets.Dataset.from_list([example.as_record() for example in task_split(demo_task, split)])
-        for split in EVAL_SPLITS})
+    return datasets.DatasetDict(
+        {
+            split: datasets.Dataset.from_list([example.as_record() for example in task_split(demo_task, split)])
+            for split in EVAL_SPLITS
+        }
+    )
 
 
 def process_numeric(doc: dict, results: list[str]) -> dict[str, int]:
