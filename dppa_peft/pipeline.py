@@ -26,6 +26,7 @@ from .devices import compute_dtype, resolve_device
 from .methods import DensityPlan, PruningMethod, SparseDelta, create_method
 from .methods.selection import magnitude_indices
 from .scope import DEFAULT_SCOPE_PATTERN, Scope, TensorInfo
+from .validate import all_finite
 from .specs import PruneSpec, Source, torch_dtype
 
 logger = logging.getLogger(__name__)
@@ -258,7 +259,7 @@ def _prune_one(
 
 def _checked(info: TensorInfo, encoded: EncodedTensor, values: torch.Tensor) -> EncodedTensor:
     """``encoded``, refusing values that overflow the stored dtype (float16 tops out at 65504)."""
-    if not torch.isfinite(encoded.values).all():
+    if not all_finite(encoded.values):
         big = float(values.abs().max())
         dtype = encoded.values.dtype
         kind = str(dtype).removeprefix("torch.")

@@ -28,7 +28,7 @@ import torch
 
 from ..errors import UserError
 from ..scope import TensorInfo
-from .selection import flat_nonzero, keep_count
+from .selection import flat_nonzero, gather, keep_count
 
 RANKINGS = ("magnitude", "random", "none")
 
@@ -95,7 +95,7 @@ class SparseDelta:
         cls, delta: torch.Tensor, indices: torch.Tensor, scale: torch.Tensor | float = 1.0
     ) -> "SparseDelta":
         """Keep ``delta`` at the ascending flat ``indices`` (times ``scale``), dropping exact zeros."""
-        values = delta.reshape(-1)[indices].float()
+        values = gather(delta.reshape(-1), indices).float()
         nonzero = values != 0
         if not bool(nonzero.all()):
             indices, values = indices[nonzero], values[nonzero]
