@@ -9,12 +9,15 @@ import math
 import numpy as np
 import torch
 
+HUGE_PAGE_MIN = 4 << 20  # numpy asks for huge pages from this size on
+
 
 def empty(shape: tuple[int, ...] | torch.Size, dtype: torch.dtype) -> torch.Tensor:
     """An uninitialised CPU tensor (fresh memory owned by the caller)."""
-    count = math.prod(shape)
-    raw = torch.from_numpy(np.empty(count * dtype.itemsize, dtype=np.uint8))
-    return raw.view(dtype).reshape(shape)
+    nbytes = math.prod(shape) * dtype.itemsize
+    if nbytes < HUGE_PAGE_MIN:  # small (or empty: numpy gives those stride 0): torch's own memory
+        return torch.empty(shape, dtype=dtype)
+    return torch.from_numpy(np.empty(nbytes, dtype=np.uint8)).view(dtype).reshape(shape)
 
 
 class Scratch:
@@ -34,3 +37,11 @@ class Scratch:
     def clear(self) -> None:
         """Free every buffer."""
         self._buffers.clear()
+
+
+def to_float32(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor.float()``, exact: a CPU tensor of another dtype is widened into a fresh ``empty`` buffer by torch's
+    multithreaded conversion (an fp32 tensor is returned as is)."""
+    if tensor.dtype == torch.float32 or tensor.device.type != "cpu" or tensor.requires_grad:
+        return tensor.float()
+    return empty(tuple(tensor.shape), torch.float32).copy_(tensor)

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import torch
 from .progress import progress_bar
 
-from .buffers import Scratch, empty
+from .buffers import Scratch, to_float32
 from .format.fingerprint import tensor_sample
 from .checkpoint import Checkpoint
 from .errors import UserError
@@ -32,14 +32,6 @@ FINITE_FIX = (
     "silently and inf would make every merged logit non-finite)"
 )
 logger = logging.getLogger(__name__)
-
-
-def to_float32(tensor: torch.Tensor) -> torch.Tensor:
-    """``tensor.float()``, exact: a CPU tensor of another dtype is widened into a fresh huge-page-backed buffer
-    (``buffers.empty``: cheaper to fault in than torch's own allocation), by torch's multithreaded conversion."""
-    if tensor.dtype == torch.float32 or tensor.device.type != "cpu":
-        return tensor.float()
-    return empty(tuple(tensor.shape), torch.float32).copy_(tensor)
 
 
 def is_changed(delta: torch.Tensor) -> bool:
