@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import types
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+from peft import PeftModel
 from peft.tuners.tuners_utils import BaseTuner
 from torch import nn
 
@@ -15,6 +17,22 @@ from ..errors import UserError
 from ..format.fingerprint import model_fingerprint
 from .layer import SparseDeltaLayer
 from .weighted import add_weighted_adapter
+
+
+PeftPush = Callable[..., Any]
+_PEFT_PUSH: list[PeftPush] = []
+
+
+def register_peft_push(push: PeftPush) -> None:
+    """Set the ``push_to_hub`` of PeftModels that load a SPARSE_DELTA adapter (``publish.peft_push`` registers it)."""
+    _PEFT_PUSH[:] = [push]
+
+
+def use_peft_push(model: nn.Module) -> None:
+    """Give ``model`` (a PeftModel loading a SPARSE_DELTA adapter) the registered ``push_to_hub``, on this instance
+    only: transformers' own writes the repo's old card (or an empty template) over ours (see ``publish.peft_push``)."""
+    if _PEFT_PUSH and isinstance(model, PeftModel) and "push_to_hub" not in vars(model):
+        object.__setattr__(model, "push_to_hub", types.MethodType(_PEFT_PUSH[0], model))
 
 
 class BaseModelMismatchError(UserError):
@@ -110,6 +128,15 @@ class SparseDeltaModel(BaseTuner):
         add_weighted_adapter(
             self, adapters, weights, adapter_name, combination_type, density, majority_sign_method, **options
         )
+
+    @classmethod
+    def _remap_adapter_state_dict_for_load(
+        cls, model: nn.Module, config: SparseDeltaConfig, adapter_name: str, state_dict: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """PEFT's key remapping; the PeftModel loading the adapter (``PeftModel.from_pretrained``, ``load_adapter``)
+        also gets dppa-peft's ``push_to_hub`` (``use_peft_push``)."""
+        use_peft_push(model)
+        return super()._remap_adapter_state_dict_for_load(model, config, adapter_name, state_dict)
 
     @classmethod
     def _get_adapter_state_dict(
