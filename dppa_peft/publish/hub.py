@@ -30,10 +30,10 @@ from .export import SupertuningExport, export_supertuning
 
 
 def push(spec: PushSpec, token: str | bool | None = None) -> CommitInfo:
-    """``dppa-peft push``: open ``spec.adapter``, read ``spec.eval_results`` (a file) and publish; see ``publish``."""
-    eval_results = load_eval_results(spec.eval_results) if spec.eval_results else None
+    """``dppa-peft push``: open ``spec.adapter`` and publish it; see ``publish``."""
+    results = load_eval_results(spec.eval_results) if spec.eval_results else None  # fails before any download
     adapter = SparseDeltaAdapter.from_pretrained(spec.adapter.ref, revision=spec.adapter.revision, token=token)
-    return publish(adapter, spec, token=token, eval_results=eval_results)
+    return publish(adapter, spec, token=token, eval_results=results)
 
 
 def push_to_hub(
@@ -57,8 +57,6 @@ def push_to_hub(
         eval_results=None if results is not None or eval_results is None else str(eval_results),
         **options,
     )
-    if results is None and spec.eval_results:
-        results = load_eval_results(spec.eval_results)
     return publish(adapter, spec, token=token, eval_results=results)
 
 
@@ -73,12 +71,14 @@ def publish(
     info.
 
     ``export_format`` 'supertuning' pushes the stock-PEFT export instead (``base`` locates the base it needs,
-    default: the one recorded in the adapter). ``eval_results`` (lm-eval's ``results`` mapping) goes into the card's
-    model-index. ``private`` applies when the repo is created; pushing with it to an existing public repo is refused.
+    default: the one recorded in the adapter). ``eval_results`` (lm-eval's ``results`` mapping; default: read from
+    the file ``spec.eval_results``) goes into the card's model-index. ``private`` applies when the repo is created; pushing with it to an existing public repo is refused.
     ``base_model_id`` names the Hub id of a base pruned from a local copy (checked against the Hub by sampled weights
     when the local base is still there), unless prune recorded it already. The pushed config names the base by its
     Hub id when one is known, and records the command without local paths.
     """
+    if eval_results is None and spec.eval_results:
+        eval_results = load_eval_results(spec.eval_results)
     adapter.verify()  # never publish a damaged adapter
     api = HfApi(token=token)
     repo_id = spec.repo_id
