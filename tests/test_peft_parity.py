@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -17,9 +19,26 @@ from transformers.utils import PushToHubMixin
 
 from dppa_peft import SparseDeltaAdapter, load_merged, prune
 from tests.expected import PROMPT, load_weights
-from tests.hub_fixtures import unique_repo_id
+from tests.hub_fixtures import REPO_ROOT, unique_repo_id
 
 UP = "model.layers.1.mlp.up_proj.weight"
+
+
+PROBE_THEN_IMPORT = """
+import importlib.util, dppa_peft
+importlib.util.find_spec("peft")  # what transformers' is_peft_available does, before anything imports peft
+import peft.mapping
+print("SPARSE_DELTA" in peft.mapping.PEFT_TYPE_TO_CONFIG_MAPPING)
+"""
+
+
+def test_sparse_delta_registers_with_peft_after_an_availability_probe():
+    """``import dppa_peft``, then transformers probes for peft, then peft is imported: SPARSE_DELTA is registered
+    (the probe used to spend the import hook, and PeftModel.from_pretrained failed with KeyError: 'SPARSE_DELTA')."""
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE_THEN_IMPORT], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "True"
 
 
 @pytest.fixture(scope="module")
