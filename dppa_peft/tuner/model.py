@@ -11,27 +11,9 @@ from torch import nn
 
 from ..format.config import SparseDeltaConfig
 from ..format.validate import CHECKED_FIELDS, check_config, check_fits_base
-from ..errors import UserError
-from ..format.fingerprint import model_fingerprint
+from ..format.fingerprint import check_fingerprint, model_sampler
 from .layer import SparseDeltaLayer
 from .weighted import add_weighted_adapter
-
-
-class BaseModelMismatchError(UserError):
-    """The adapter was made from a different base model."""
-
-
-def check_base(model: nn.Module, config: SparseDeltaConfig) -> None:
-    """Raise when the model's weights do not match the fingerprint recorded in the adapter."""
-    if not config.base_fingerprint:
-        return
-    found = model_fingerprint(model, sorted(config.tensors))
-    if found is not None and found != config.base_fingerprint:
-        raise BaseModelMismatchError(
-            f"this adapter was made from base {config.base_model_name_or_path!r} (fingerprint "
-            f"{config.base_fingerprint}), but the model it is loaded on has fingerprint {found}; load the adapter on "
-            "the base model it was pruned from"
-        )
 
 
 def resize_vocabulary(model: nn.Module, vocab_size: int | None) -> None:
@@ -64,7 +46,7 @@ class SparseDeltaModel(BaseTuner):
         shapes = {n.replace(".base_layer.", "."): tuple(p.shape) for n, p in model.named_parameters()}
         resized = any(isinstance(m, SparseDeltaLayer) for m in model.modules())  # another adapter may have grown it
         check_fits_base(config, shapes, f"adapter {adapter_name!r}", "the model it is loaded on", resized)
-        check_base(model, config)
+        check_fingerprint(config, model_sampler(model), f"adapter {adapter_name!r}", "the model it is loaded on")
         resize_vocabulary(model, config.vocab_size)
 
     @staticmethod
