@@ -264,19 +264,9 @@ def merge_to_folder(
     merger, handles, weights, sources = _setup(
         base, mode, options, adapters, weights, adapter_revisions, token, allow_unverified_base, device, progress
     )
-    checkpoint = _fitting_checkpoint(base, revision, token, handles)
+    checkpoint, record = _start("model", base, revision, token, command, merger, handles, sources)
+    record.dtype = _dtype_name(dtype)
     touched = set(_tensor_names(handles))
-    record = MergeRecord(
-        output="model",
-        base=source_of(base, revision, checkpoint.directory),
-        adapters=sources,
-        mode=merger.name,
-        params=asdict(merger.params),
-        dtype=_dtype_name(dtype),
-        package_version=__version__,
-        command=command,
-        learned=merger.outcome(),
-    )
     samples: dict[str, bytes] = {}
     inputs = [base, checkpoint.directory, *(h.directory for h in handles)]
     with atomic_directory(out, overwrite=overwrite, inputs=inputs) as tmp:
@@ -335,19 +325,9 @@ def merge_to_adapter(
     merger, handles, weights, sources = _setup(
         base, mode, options, adapters, weights, adapter_revisions, token, allow_unverified_base, device, progress
     )
-    checkpoint = _fitting_checkpoint(base, revision, token, handles)
+    checkpoint, record = _start("adapter", base, revision, token, command, merger, handles, sources)
+    record.value_dtype = _dtype_name(stored_dtype)
     names = _tensor_names(handles)
-    record = MergeRecord(
-        output="adapter",
-        base=source_of(base, revision, checkpoint.directory),
-        adapters=sources,
-        mode=merger.name,
-        params=asdict(merger.params),
-        value_dtype=_dtype_name(stored_dtype),
-        package_version=__version__,
-        command=command,
-        learned=merger.outcome(),
-    )
     samples: dict[str, bytes] = {}
     inputs = [base, checkpoint.directory, *(h.directory for h in handles)]
     with atomic_directory(out, overwrite=overwrite, inputs=inputs) as tmp:
@@ -409,15 +389,33 @@ def replay(
     raise ValueError(f"unknown merge output {output!r}; choose 'model' or 'adapter'")
 
 
-def _fitting_checkpoint(
-    base: str | os.PathLike, revision: str | None, token: str | bool | None, handles: Sequence[SparseDeltaAdapter]
-) -> Checkpoint:
-    """Open the base checkpoint and check that every adapter fits its tensors (before any work)."""
+def _start(
+    output: str,
+    base: str | os.PathLike,
+    revision: str | None,
+    token: str | bool | None,
+    command: str | None,
+    merger: MergeMode,
+    handles: Sequence[SparseDeltaAdapter],
+    sources: list[MergeSource],
+) -> tuple[Checkpoint, MergeRecord]:
+    """Open the base checkpoint, check that every adapter fits its tensors (before any work), and start the record
+    of a merge written to disk (``output``: "model" or "adapter")."""
     checkpoint = Checkpoint.open(base, revision=revision, token=token)
     shapes = {name: checkpoint.shape(name) for name in checkpoint.names()}
     for handle in handles:
         check_fits_base(handle.config, shapes, handle.ref, checkpoint.ref)
-    return checkpoint
+    record = MergeRecord(
+        output=output,
+        base=source_of(base, revision, checkpoint.directory),
+        adapters=sources,
+        mode=merger.name,
+        params=asdict(merger.params),
+        package_version=__version__,
+        command=command,
+        learned=merger.outcome(),
+    )
+    return checkpoint, record
 
 
 def _grow_rows(tensor: torch.Tensor, rows: int) -> torch.Tensor:
