@@ -17,6 +17,7 @@ from transformers import AutoModelForCausalLM
 
 from dppa_peft import BaseModelMismatchError, SparseDeltaAdapter, load_merged, merge_to_folder, open_adapter, prune
 from dppa_peft.cli import main
+from tests.cli_args import run_prune
 from tests.expected import PROMPT, logits
 from tests.hub_fixtures import HUB_USER, OTHER_TOKEN, run_python, unique_repo_id
 from tests.hub_server import DROPPED, LocalHub
@@ -201,24 +202,7 @@ def test_clear_errors(hub_models, hub_repo_id, tmp_path, capsys):
         open_adapter(missing)
     assert main(["merge", "--base", base_id, "--adapter", missing, "--out", str(tmp_path / "m")]) == 2
     assert "no-such-adapter' is neither a local folder nor a Hub repo" in capsys.readouterr().err
-    assert (
-        main(
-            [
-                "prune",
-                "--base",
-                base_id,
-                "--finetuned",
-                base_id,
-                "--base-revision",
-                "v9",
-                "--method",
-                "magnitude",
-                "--out",
-                str(tmp_path / "p"),
-            ]
-        )
-        == 2
-    )
+    assert run_prune(base_id, base_id, tmp_path / "p", base_revision="v9") == 2
     assert "has no revision 'v9'" in capsys.readouterr().err
 
     HfApi().create_repo(hub_repo_id)

@@ -16,6 +16,7 @@ from huggingface_hub import HfApi, ModelCard, constants
 from dppa_peft import load_merged, prune
 from dppa_peft.base_ref import BaseIdMismatchError
 from dppa_peft.cli import main
+from tests.cli_args import run_prune
 from tests.hub_fixtures import HUB_USER
 from tests.tiny_models import make_base
 
@@ -71,22 +72,7 @@ def test_a_wrong_base_model_id_fails_before_any_work(llama_pair, local_hub, tmp_
     with pytest.raises(BaseIdMismatchError, match="other weights"):
         prune(llama_pair[0], llama_pair[1], tmp_path / "a", method="dp", rate=0.9, progress=False, base_model_id=other)
     assert not (tmp_path / "a").exists()
-    assert (
-        main(
-            [
-                "prune",
-                "--base",
-                str(llama_pair[0]),
-                "--finetuned",
-                str(llama_pair[1]),
-                "--out",
-                str(tmp_path / "b"),
-                "--base-model-id",
-                f"{HUB_USER}/no-such-repo",
-            ]
-        )
-        == 2
-    )
+    assert run_prune(*llama_pair, tmp_path / "b", method=None, base_model_id=f"{HUB_USER}/no-such-repo") == 2
 
 
 def test_an_unreachable_hub_records_the_id_unchecked(llama_pair, tmp_path, monkeypatch):
@@ -113,10 +99,7 @@ def test_push_names_the_hub_base_and_hides_local_paths(llama_pair, base_on_hub, 
 
     base, finetuned = llama_pair
     out = tmp_path / "adapter"
-    assert (
-        main(["prune", "--base", str(base), "--finetuned", str(finetuned), "--out", str(out), "--method", "magnitude"])
-        == 0
-    )
+    assert run_prune(base, finetuned, out) == 0
     results = tmp_path / "results.json"
     results.write_text(
         json.dumps(

@@ -11,7 +11,8 @@ from safetensors.torch import save_file
 from dppa_peft.checkpoint import Checkpoint
 from dppa_peft.errors import UserError
 from dppa_peft.safetensors_file import read_header
-from tests.faults import copy_model, edit_json, prune_cli, raw_safetensors
+from tests.cli_args import prune_cli
+from tests.faults import copy_model, edit_json, raw_safetensors
 from tests.tiny_models import make_base
 
 WEIGHTS = "model.safetensors"

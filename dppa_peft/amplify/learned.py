@@ -46,6 +46,7 @@ from ..format.io import SparseDeltaAdapter
 from ..methods.base import SparseDelta
 from ..specs import LearnParams
 from .calibration import Prompt, check_lengths
+from .objectives import pad_batch
 from .partitions import Partitions
 
 TAIL_FLOOR = 1e-12  # smallest probability of the top-k cache's "rest of the vocabulary" bucket
@@ -121,7 +122,7 @@ def _continue(
     for _ in range(tokens):
         if not active:
             break
-        ids, mask = _pad([torch.tensor(sequences[i]) for i in active], pad)
+        ids, mask = pad_batch([torch.tensor(sequences[i]) for i in active], pad)
         logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
         last = (mask.sum(dim=1) - 1).to(device)
         chosen = logits[torch.arange(len(active), device=device), last].argmax(-1).tolist()
@@ -129,16 +130,6 @@ def _continue(
             sequences[i].append(int(token))
         active = [i for i, token in zip(active, chosen) if eos is None or token != eos]
     return [torch.tensor(s) for s in sequences]
-
-
-def _pad(sequences: Sequence[torch.Tensor], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(s.numel() for s in sequences)
-    ids = torch.full((len(sequences), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, sequence in enumerate(sequences):
-        ids[row, : sequence.numel()] = sequence
-        mask[row, : sequence.numel()] = 1
-    return ids, mask
 
 
 def _log_probs(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, params: dict | None = None) -> torch.Tensor:
@@ -196,7 +187,7 @@ def build_teacher(
         def batches(rows: list[int]) -> list[TeacherBatch]:
             out = []
             for start in range(0, len(rows), batch_size):
-                ids, mask = _pad([sequences[r] for r in rows[start : start + batch_size]], pad)
+                ids, mask = pad_batch([sequences[r] for r in rows[start : start + batch_size]], pad)
                 log_p = _log_probs(model, ids, mask).cpu()
                 if k is None:
                     out.append(TeacherBatch(ids, mask, log_p, None))

@@ -71,7 +71,7 @@ class KLObjective:
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
         with torch.no_grad():
             sequences = [self._continue(reference, tokenizer, text) for text in texts]
-            self.batches = [_pad(sequences[i : i + batch_size], pad) for i in range(0, len(sequences), batch_size)]
+            self.batches = [pad_batch(sequences[i : i + batch_size], pad) for i in range(0, len(sequences), batch_size)]
             self.reference = [self._log_probs(reference, ids, mask).cpu() for ids, mask in self.batches]
         self.positions = sum(int(mask.sum()) for _, mask in self.batches)
 
@@ -114,7 +114,7 @@ class KLObjective:
         }
 
 
-def _pad(sequences: Sequence[torch.Tensor], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_batch(sequences: Sequence[torch.Tensor], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-pad token sequences into (input_ids, attention_mask)."""
     width = max(s.numel() for s in sequences)
     ids = torch.full((len(sequences), width), pad, dtype=torch.long)

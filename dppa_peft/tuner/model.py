@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
 
 import torch
 from peft.tuners.tuners_utils import BaseTuner
@@ -73,25 +71,7 @@ class SparseDeltaModel(BaseTuner):
         # weights offloaded by accelerate; the layer has put its stores where the base weights are used
         setattr(parent, target_name, new_module)
 
-    def add_weighted_adapter(
-        self,
-        adapters: Sequence[str],
-        weights: Sequence[float],
-        adapter_name: str,
-        combination_type: str = "linear",
-        density: float | None = None,
-        majority_sign_method: str = "total",
-        **options: Any,
-    ) -> None:
-        """PEFT's ``add_weighted_adapter``: add ``adapter_name``, the merge of loaded ``adapters`` with ``weights``.
-
-        ``combination_type``: "linear", "ties", "dare_linear", "dare_ties", "magnitude_prune" (PEFT's meaning) or
-        any other merge mode (``dppa_peft.merge.MERGE_MODES``); see ``tuner.weighted``. The new adapter is a sparse
-        delta adapter on the union of the supports; activate it with ``set_adapter`` and save it like any other.
-        """
-        add_weighted_adapter(
-            self, adapters, weights, adapter_name, combination_type, density, majority_sign_method, **options
-        )
+    add_weighted_adapter = add_weighted_adapter  # PEFT's method; ``tuner.weighted`` (its first argument is the tuner)
 
     @classmethod
     def _get_adapter_state_dict(
