@@ -15,9 +15,9 @@ from huggingface_hub import HfApi, ModelCard
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
-from dppa_peft import BaseModelMismatchError, SparseDeltaAdapter, load_merged, merge_to_folder, open_adapter, prune
+from dppa_peft import BaseModelMismatchError, SparseDeltaAdapter, load_merged, open_adapter, prune
 from dppa_peft.cli import main
-from tests.cli_args import run_prune
+from tests.cli_args import flags, run_prune
 from tests.expected import PROMPT, logits
 from tests.hub_fixtures import HUB_USER, OTHER_TOKEN, run_python, unique_repo_id
 from tests.hub_server import DROPPED, LocalHub
@@ -44,19 +44,10 @@ def hub_models(local_hub: LocalHub, llama_pair, llama_finetunes, tmp_path_factor
     api.upload_folder(repo_id=ids["fts"], folder_path=llama_finetunes[1], revision="dev")
     base_sha = api.repo_info(ids["base"]).sha
     root = tmp_path_factory.mktemp("hub_adapters")
+    dev = {"revision": "dev", "base_revision": base_sha}
     adapters = {
-        "main": prune(ids["base"], ids["ft"], root / "main", method="magnitude", rate=0.9, progress=False)[0],
-        "a0": prune(ids["base"], ids["fts"], root / "a0", method="magnitude", rate=0.8, progress=False)[0],
-        "a1": prune(
-            ids["base"],
-            ids["fts"],
-            root / "a1",
-            method="magnitude",
-            rate=0.8,
-            revision="dev",
-            base_revision=base_sha,
-            progress=False,
-        )[0],
+        name: prune(ids["base"], ids[ft], root / name, method="magnitude", rate=rate, progress=False, **options)[0]
+        for name, ft, rate, options in (("main", "ft", 0.9, {}), ("a0", "fts", 0.8, {}), ("a1", "fts", 0.8, dev))
     }
     return {"ids": ids, "adapters": adapters, "base": base}
 
@@ -159,22 +150,8 @@ def test_revisions_branch_and_older_commit(hub_models, hub_repo_id, tmp_path, ca
     old = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), hub_repo_id, revision=first)
     local = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), str(a0.directory))
     assert torch.equal(logits(old), logits(local))
-    assert (
-        main(
-            [
-                "merge",
-                "--base",
-                hub_models["ids"]["base"],
-                "--adapter",
-                hub_repo_id,
-                "--adapter-revision",
-                first,
-                "--out",
-                str(tmp_path / "m"),
-            ]
-        )
-        == 0
-    )
+    merge = flags(base=hub_models["ids"]["base"], adapter=hub_repo_id, adapter_revision=first, out=tmp_path / "m")
+    assert main(["merge", *merge]) == 0
     expected = load_merged(base, [a0.directory], progress=False)
     assert torch.equal(logits(AutoModelForCausalLM.from_pretrained(tmp_path / "m")), logits(expected))
 
@@ -215,7 +192,7 @@ def test_clear_errors(hub_models, hub_repo_id, tmp_path, capsys):
         open_adapter(hub_repo_id)
     uncached = unique_repo_id(
         "uncached"
-    )  # (a cached copy would be served despite the bad token, as huggingface_hub does)
+    )  # a cached copy would be served despite the bad token, as huggingface_hub does
     HfApi().create_repo(uncached)
     with pytest.raises(ValueError, match=r"refused the token .*401 Unauthorized"):
         open_adapter(uncached, token="hf_not_a_valid_token")
@@ -271,29 +248,8 @@ def test_merge_at_load_from_two_hub_repos(hub_models, tmp_path):
 
     merged = load_merged(base_id, repos, weights=[0.5, 1.0], adapter_revisions=["main", "main"], progress=False)
     assert torch.equal(logits(merged), expected)
-    assert (
-        main(
-            [
-                "merge",
-                "--base",
-                base_id,
-                "--adapter",
-                repos[0],
-                "--adapter",
-                repos[1],
-                "--weight",
-                "0.5",
-                "--weight",
-                "1.0",
-                "--out",
-                str(tmp_path / "m"),
-            ]
-        )
-        == 0
-    )
+    assert main(["merge", *flags(base=base_id, adapter=repos, weight=[0.5, 1.0], out=tmp_path / "m")]) == 0
     assert torch.equal(logits(AutoModelForCausalLM.from_pretrained(tmp_path / "m")), expected)
-    folder = merge_to_folder(base_id, repos, tmp_path / "m2", weights=[0.5, 1.0], progress=False)
-    assert torch.equal(logits(AutoModelForCausalLM.from_pretrained(folder)), expected)
 
 
 def test_lm_eval_model_takes_hub_ids_and_revisions(hub_models, hub_repo_id):

@@ -19,13 +19,8 @@ UP = "model.layers.1.mlp.up_proj.weight"
 
 
 @pytest.fixture(scope="module")
-def adapters(tmp_path_factory, llama_pair, llama_finetunes):
-    base, _ = llama_pair
-    root = tmp_path_factory.mktemp("parity")
-    return [
-        prune(base, ft, root / f"a{i}", method="magnitude", rate=0.7, progress=False)[0].directory
-        for i, ft in enumerate(llama_finetunes)
-    ]
+def adapters(finetune_adapters):
+    return finetune_adapters(0.7)
 
 
 @pytest.fixture(scope="module")
