@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import types
+from collections.abc import Callable
+from typing import Any
 
 import torch
+from peft import PeftModel
 from peft.tuners.tuners_utils import BaseTuner
 from torch import nn
 
@@ -12,6 +16,22 @@ from ..format.validate import CHECKED_FIELDS, check_config, check_fits_base
 from ..format.fingerprint import check_fingerprint, model_sampler
 from .layer import SparseDeltaLayer
 from .weighted import add_weighted_adapter
+
+
+PeftPush = Callable[..., Any]
+_PEFT_PUSH: list[PeftPush] = []
+
+
+def register_peft_push(push: PeftPush) -> None:
+    """Set the ``push_to_hub`` of PeftModels that load a SPARSE_DELTA adapter (``publish.peft_push`` registers it)."""
+    _PEFT_PUSH[:] = [push]
+
+
+def use_peft_push(model: nn.Module) -> None:
+    """Give ``model`` (a PeftModel loading a SPARSE_DELTA adapter) the registered ``push_to_hub``, on this instance
+    only: transformers' own writes the repo's old card (or an empty template) over ours (see ``publish.peft_push``)."""
+    if _PEFT_PUSH and isinstance(model, PeftModel) and "push_to_hub" not in vars(model):
+        object.__setattr__(model, "push_to_hub", types.MethodType(_PEFT_PUSH[0], model))
 
 
 def resize_vocabulary(model: nn.Module, vocab_size: int | None) -> None:
@@ -72,6 +92,15 @@ class SparseDeltaModel(BaseTuner):
         setattr(parent, target_name, new_module)
 
     add_weighted_adapter = add_weighted_adapter  # PEFT's method; ``tuner.weighted`` (its first argument is the tuner)
+
+    @classmethod
+    def _remap_adapter_state_dict_for_load(
+        cls, model: nn.Module, config: SparseDeltaConfig, adapter_name: str, state_dict: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """PEFT's key remapping; the PeftModel loading the adapter (``PeftModel.from_pretrained``, ``load_adapter``)
+        also gets dppa-peft's ``push_to_hub`` (``use_peft_push``)."""
+        use_peft_push(model)
+        return super()._remap_adapter_state_dict_for_load(model, config, adapter_name, state_dict)
 
     @classmethod
     def _get_adapter_state_dict(
