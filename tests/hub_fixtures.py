@@ -109,12 +109,14 @@ def unique_repo_id(name: str) -> str:
 
 @pytest.fixture(scope="session")
 def local_hub() -> Iterator[LocalHub]:
-    """A LocalHub serving on HF_ENDPOINT for the whole session, started on first use."""
+    """A LocalHub serving on HF_ENDPOINT for the whole session, started on first use; at the end, no request may
+    have hit a bug of the server (an answer 500 with its traceback)."""
     if _port is None:
         raise RuntimeError("call tests.hub_fixtures.configure_hub_environment() at the top of the root conftest.py")
     hub = LocalHub(VALID_TOKENS, port=_port).start(listen_socket=_reserved_socket)
     yield hub
     hub.stop()
+    assert hub.server_errors == [], hub.server_errors[0]
 
 
 @pytest.fixture
