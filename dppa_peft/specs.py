@@ -706,23 +706,28 @@ def method_params(method: str, params: Mapping[str, Any], path: str = "params") 
     """Method ``method``'s parameter dataclass built from ``params``; unknown names are errors."""
     from .methods.registry import get_method
 
+    chosen = _entry_params(get_method, "method", method, "parameter", params, path)
+    check_finite_params(chosen, f"method {method!r}")
+    return chosen
+
+
+def _entry_params(
+    get: Callable[[str], Any], kind: str, name: str, word: str, params: Mapping[str, Any], path: str
+) -> Any:
+    """The ``Params`` dataclass of registry entry ``get(name)`` (a ``kind``: method, merge mode) built from
+    ``params``; an unknown name, an unknown ``word`` (parameter, option) or a bad value is an error."""
     try:
-        cls = get_method(method).Params
+        cls = get(name).Params
     except ValueError as err:
         _fail(str(err))
     known = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(params) - set(known))
     if unknown:
-        _fail(
-            f"{path}.{unknown[0]}: method {method!r} has no parameter {unknown[0]!r}; its parameters are "
-            f"{known or 'none'}"
-        )
+        _fail(f"{path}.{unknown[0]}: {kind} {name!r} has no {word} {unknown[0]!r}; its {word}s are {known or 'none'}")
     try:
-        chosen = cls(**params)
+        return cls(**params)
     except (TypeError, ValueError) as err:
         _fail(f"{path}: {err}")
-    check_finite_params(chosen, f"method {method!r}")
-    return chosen
 
 
 def _changed(spec: Spec) -> list[str]:
@@ -837,20 +842,7 @@ def mode_params(mode: str, params: Mapping[str, Any], path: str = "merge.params"
     """Merge mode ``mode``'s parameter dataclass built from ``params``; unknown names are errors."""
     from .merge.modes import get_mode
 
-    try:
-        cls = get_mode(mode).Params
-    except ValueError as err:
-        _fail(str(err))
-    known = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(params) - set(known))
-    if unknown:
-        _fail(
-            f"{path}.{unknown[0]}: merge mode {mode!r} has no option {unknown[0]!r}; its options are {known or 'none'}"
-        )
-    try:
-        return cls(**params)
-    except (TypeError, ValueError) as err:
-        _fail(f"{path}: {err}")
+    return _entry_params(get_mode, "merge mode", mode, "option", params, path)
 
 
 ADAPTER_VALUE_DTYPES = ("float32", "bfloat16", "float16")
