@@ -19,8 +19,8 @@ from dppa_peft import BaseModelMismatchError, SparseDeltaAdapter, load_merged, o
 from dppa_peft.cli import main
 from tests.cli_args import flags, run_prune
 from tests.expected import PROMPT, logits
-from tests.hub_fixtures import HUB_USER, OTHER_TOKEN, run_python, unique_repo_id
-from tests.hub_server import DROPPED, LocalHub
+from tests.hub_fixtures import HUB_USER, OTHER_TOKEN, run_python, unique_repo_id, upload_model
+from tests.hub_server import DROPPED
 from tests.tiny_models import make_base
 
 ADAPTER_REPO_FILES = [".gitattributes", "README.md", "adapter_config.json", "adapter_model.safetensors"]
@@ -31,15 +31,11 @@ def _folder_digest(folder: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def hub_models(local_hub: LocalHub, llama_pair, llama_finetunes, tmp_path_factory) -> dict:
+def hub_models(base_on_hub, llama_pair, llama_finetunes, tmp_path_factory) -> dict:
     """The tiny base and fine-tunes on the Hub, and adapters pruned from them BY HUB ID (the fine-tune repo's main is
     fine-tune 0, its branch 'dev' fine-tune 1; the base is pinned by commit sha)."""
     api = HfApi()
-    base, ft = llama_pair
-    ids = {"base": unique_repo_id("base"), "ft": unique_repo_id("ft"), "fts": unique_repo_id("fts")}
-    for key, folder in (("base", base), ("ft", ft), ("fts", llama_finetunes[0])):
-        api.create_repo(ids[key])
-        api.upload_folder(repo_id=ids[key], folder_path=folder)
+    ids = {"base": base_on_hub, "ft": upload_model(llama_pair[1], "ft"), "fts": upload_model(llama_finetunes[0], "fts")}
     api.create_branch(ids["fts"], branch="dev")
     api.upload_folder(repo_id=ids["fts"], folder_path=llama_finetunes[1], revision="dev")
     base_sha = api.repo_info(ids["base"]).sha
@@ -49,7 +45,7 @@ def hub_models(local_hub: LocalHub, llama_pair, llama_finetunes, tmp_path_factor
         name: prune(ids["base"], ids[ft], root / name, method="magnitude", rate=rate, progress=False, **options)[0]
         for name, ft, rate, options in (("main", "ft", 0.9, {}), ("a0", "fts", 0.8, {}), ("a1", "fts", 0.8, dev))
     }
-    return {"ids": ids, "adapters": adapters, "base": base}
+    return {"ids": ids, "adapters": adapters, "base": llama_pair[0]}
 
 
 def _push(adapter: SparseDeltaAdapter, repo_id: str, *extra: str) -> int:

@@ -144,15 +144,6 @@ def test_peft_save_pretrained_writes_the_same_compact_files(tmp_path, llama_pair
 EVAL_RESULTS = {"arc_easy": {"alias": "arc_easy", "acc,none": 0.61, "acc_stderr,none": 0.02, "sample_len": 100}}
 
 
-@pytest.fixture(scope="module")
-def base_on_hub(local_hub, llama_pair) -> str:
-    """The tiny base on the local Hub server, so pushes can name it by its Hub id (checked by sampled weights)."""
-    repo = unique_repo_id("parity-base")
-    HfApi().create_repo(repo)
-    HfApi().upload_folder(repo_id=repo, folder_path=llama_pair[0])
-    return repo
-
-
 def _hub_files(repo_id: str) -> dict[str, int]:
     """Path -> size of every file on the repo's main branch but .gitattributes (the same adapter weights have the
     same size: PEFT's save_pretrained writes the very tensors and header of dppa-peft)."""
