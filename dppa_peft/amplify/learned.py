@@ -46,7 +46,8 @@ from ..format.io import SparseDeltaAdapter
 from ..methods.base import SparseDelta
 from ..specs import LearnParams
 from .calibration import Prompt, check_lengths
-from .objectives import pad_batch
+from .objectives import log_probs as _log_probs
+from .objectives import model_device, pad_batch
 from .partitions import Partitions
 
 TAIL_FLOOR = 1e-12  # smallest probability of the top-k cache's "rest of the vocabulary" bucket
@@ -105,10 +106,6 @@ class EntropyTarget(Teacher):
         return -(log_q.exp() * log_q).sum()
 
 
-def _device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
 def _continue(
     model: nn.Module, prompts: Sequence[list[int]], tokens: int, eos: int | None, pad: int
 ) -> list[torch.Tensor]:
@@ -118,7 +115,7 @@ def _continue(
     real position (causal attention: the padding after it changes nothing)."""
     sequences = [list(p) for p in prompts]
     active = list(range(len(sequences)))
-    device = _device(model)
+    device = model_device(model)
     for _ in range(tokens):
         if not active:
             break
@@ -130,14 +127,6 @@ def _continue(
             sequences[i].append(int(token))
         active = [i for i, token in zip(active, chosen) if eos is None or token != eos]
     return [torch.tensor(s) for s in sequences]
-
-
-def _log_probs(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, params: dict | None = None) -> torch.Tensor:
-    """fp32 log-probs at the real positions of a padded batch (``params`` replace model parameters)."""
-    device = _device(model)
-    kwargs = {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
-    output = model(**kwargs) if params is None else torch.func.functional_call(model, params, (), kwargs, strict=False)
-    return torch.log_softmax(output.logits[mask.to(device).bool()].float(), dim=-1)
 
 
 def split_indices(count: int, heldout: float, seed: int) -> tuple[list[int], list[int]]:
@@ -315,7 +304,7 @@ class Student:
     ) -> None:
         self.model = model.requires_grad_(False).eval()
         self.granularity = granularity
-        device = _device(model)
+        device = model_device(model)
         named = dict(model.named_parameters())
         weights = [1.0] * len(adapters) if weights is None else [float(w) for w in weights]
         partitions = list(partitions) if partitions is not None else [None] * len(adapters)
@@ -513,7 +502,7 @@ def learn_factors(
             break
         optimizer.zero_grad()
         weights_now = student.params()
-        loss = torch.zeros((), device=_device(model))
+        loss = torch.zeros((), device=model_device(model))
         for queue, teacher in zip(queues, teachers):
             if not queue:
                 queue.extend(_order(len(teacher.train), generator))
