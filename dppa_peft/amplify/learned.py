@@ -47,7 +47,7 @@ from ..methods.base import SparseDelta
 from ..specs import LearnParams
 from .calibration import Prompt, check_lengths
 from .objectives import log_probs as _log_probs
-from .objectives import model_device, pad_batch
+from .objectives import model_device, pad_batch, pad_token_id
 from .partitions import Partitions
 
 TAIL_FLOOR = 1e-12  # smallest probability of the top-k cache's "rest of the vocabulary" bucket
@@ -162,7 +162,7 @@ def build_teacher(
     vocab = int(config.vocab_size)
     k = top_k if top_k is not None else (None if vocab <= FULL_VOCAB_LIMIT else DEFAULT_TOP_K)
     k = None if k is not None and k >= vocab else k
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    pad = pad_token_id(tokenizer)
     train, held = split_indices(len(token_ids), heldout, seed)
     was_training = model.training
     model.eval()

@@ -76,7 +76,7 @@ class KLObjective:
         self.source = source
         self.continuation_tokens = continuation_tokens
         self.max_length = max_length
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+        pad = pad_token_id(tokenizer)
         with torch.no_grad():
             sequences = [self._continue(reference, tokenizer, text) for text in texts]
             self.batches = [pad_batch(sequences[i : i + batch_size], pad) for i in range(0, len(sequences), batch_size)]
@@ -114,6 +114,11 @@ class KLObjective:
             "continuation_tokens": self.continuation_tokens,
             "max_length": self.max_length,
         }
+
+
+def pad_token_id(tokenizer: Any) -> int:
+    """The id batches are right-padded with: the tokenizer's pad token, else its EOS token, else 0."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
 
 
 def pad_batch(sequences: Sequence[torch.Tensor], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
