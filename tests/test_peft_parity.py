@@ -42,13 +42,8 @@ def test_sparse_delta_registers_with_peft_after_an_availability_probe():
 
 
 @pytest.fixture(scope="module")
-def adapters(tmp_path_factory, llama_pair, llama_finetunes):
-    base, _ = llama_pair
-    root = tmp_path_factory.mktemp("parity")
-    return [
-        prune(base, ft, root / f"a{i}", method="magnitude", rate=0.7, progress=False)[0].directory
-        for i, ft in enumerate(llama_finetunes)
-    ]
+def adapters(finetune_adapters):
+    return finetune_adapters(0.7)
 
 
 @pytest.fixture(scope="module")
@@ -185,15 +180,6 @@ def test_peft_save_pretrained_writes_the_same_compact_files(tmp_path, llama_pair
 
 
 EVAL_RESULTS = {"arc_easy": {"alias": "arc_easy", "acc,none": 0.61, "acc_stderr,none": 0.02, "sample_len": 100}}
-
-
-@pytest.fixture(scope="module")
-def base_on_hub(local_hub, llama_pair) -> str:
-    """The tiny base on the local Hub server, so pushes can name it by its Hub id (checked by sampled weights)."""
-    repo = unique_repo_id("parity-base")
-    HfApi().create_repo(repo)
-    HfApi().upload_folder(repo_id=repo, folder_path=llama_pair[0])
-    return repo
 
 
 def _hub_files(repo_id: str) -> dict[str, int]:
