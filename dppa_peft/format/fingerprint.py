@@ -62,7 +62,9 @@ def fingerprint(samples: Mapping[str, bytes]) -> str:
 
 def model_fingerprint(model: torch.nn.Module, tensor_names: list[str]) -> str | None:
     """Fingerprint of the named tensors of an in-memory model (None when some are missing or on the meta device)."""
-    params = {n.replace(".base_layer.", "."): p for n, p in model.named_parameters(remove_duplicate=False)}
+    params: dict[str, torch.Tensor] = {
+        n.replace(".base_layer.", "."): p for n, p in model.named_parameters(remove_duplicate=False)
+    }
     params.update({n.replace(".base_layer.", "."): b for n, b in model.named_buffers(remove_duplicate=False)})
     chosen = {}
     for name in tensor_names:
