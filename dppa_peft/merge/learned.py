@@ -179,7 +179,8 @@ def learn_merge(
     from ..amplify.candidate import load_base_model  # tuner-level imports: the merge package loads them lazily
     from ..amplify.learned import EntropyTarget, build_teacher, learn_factors, model_context, teacher_from_pretrained
     from ..amplify.objectives import load_tokenizer
-    from ..tuner.model import check_base, resize_vocabulary
+    from ..format.fingerprint import check_fingerprint, model_sampler
+    from ..tuner.model import resize_vocabulary
 
     adamerging = isinstance(params, AdaMergingParams)
     prompt_sets = params.prompt_sets(len(adapters), pooled=adamerging)
@@ -238,7 +239,7 @@ def learn_merge(
         learn, bound = params.learn_params(), None
     model = load_base_model(base, adapters[0], dtype, device)
     for adapter in adapters[1:]:
-        check_base(model, adapter.config)
+        check_fingerprint(adapter.config, model_sampler(model), adapter.ref, str(base))
     resize_vocabulary(model, max((a.config.vocab_size or 0 for a in adapters), default=0) or None)
     try:
         result = learn_factors(model, adapters, targets, learn, weights=weights, max_factor=bound, progress=progress)
