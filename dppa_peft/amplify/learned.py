@@ -25,7 +25,6 @@ plus the autograd graph over the kept values).
 
 from __future__ import annotations
 
-import gc
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -39,6 +38,7 @@ from ..progress import progress_bar
 from ..checkpoint import load_causal_lm
 from ..choices import FULL_VOCAB_LIMIT, GRANULARITIES
 from ..choices import TEACHER_TOP_K as DEFAULT_TOP_K
+from ..devices import release_memory
 from ..errors import UserError
 from ..format.apply import add_sparse, effective_values
 from ..format.encoding import EncodedTensor
@@ -241,9 +241,7 @@ def teacher_from_pretrained(
         )
     finally:
         del model
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        release_memory()
 
 
 def kl_divergence(teacher: TeacherBatch, log_q: torch.Tensor) -> torch.Tensor:
