@@ -23,7 +23,7 @@ from ..evaluation.runner import Evaluator, MergeVariant, evaluate_all
 from ..evaluation.tasks import task_manager
 from ..merge import create_mode, merge_to_adapter
 from ..pipeline import open_adapter, prune
-from ..specs import DemoSpec, Domain
+from ..specs import DemoSpec, Domain, Source
 from .domains import DOMAINS, task_split
 from .lineup import MERGE_VARIANTS, PRUNE_VARIANTS, RATES
 from .tasks import domain_task_names
@@ -201,7 +201,7 @@ def run_demo(
         merges = merge_zoo(zoo, settings, out, adapters, progress)
         lap("merge")
         test_tasks = domain_task_names("test")
-        domains = [Domain(name=d, finetuned=str(path), tasks=test_tasks[d]) for d, path in zoo.finetunes.items()]
+        domains = [Domain(name=d, finetuned=Source.of(path), tasks=test_tasks[d]) for d, path in zoo.finetunes.items()]
         prunes = [(d, path) for (d, _, _), path in adapters.items()]
         evaluator = Evaluator(
             AutoTokenizer.from_pretrained(zoo.base),

@@ -99,7 +99,7 @@ def export_supertuning(
             "format"
         )
     if base is None:
-        base, base_revision = config.base_model_name_or_path, base_revision or config.revision
+        base, base_revision = adapter.base_ref, base_revision or config.revision
     checkpoint = Checkpoint.open(base, revision=base_revision, token=token)
     inputs = [adapter.directory, base, checkpoint.directory]
     check_output(out, inputs, overwrite)  # before the fingerprint read

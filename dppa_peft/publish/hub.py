@@ -198,7 +198,9 @@ def _interrupted(api: HfApi, repo_id: str, revision: str | None, head: str | Non
         return f"{what}; no commit was attempted, so nothing was published; {safe}"
     try:
         now = api.repo_info(repo_id, revision=branch).sha
-    except Exception:  # the Hub is still unreachable: say what is certain
+    except Exception:  # the Hub is still unreachable
+        now = None
+    if now is None:  # say what is certain
         return (
             f"{what}; could not check the branch afterwards, but a Hub commit is all-or-nothing: {branch} holds "
             f"either its previous commit {head[:8]} or the complete new one; {safe}"
