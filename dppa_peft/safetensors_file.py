@@ -158,7 +158,7 @@ def read_tensor(path: str | os.PathLike, entry: TensorEntry, out: torch.Tensor |
         if tuple(out.shape) != tuple(entry.shape) or out.dtype != entry.dtype or not out.is_contiguous():
             raise ValueError(f"read_tensor: out must be a contiguous {entry.dtype} tensor of shape {list(entry.shape)}")
         buffer = out.reshape(-1).view(torch.uint8)
-    view, done = memoryview(buffer.numpy()), 0
+    view, done = buffer.numpy().data, 0  # a writable memoryview of the tensor's bytes
     with open(path, "rb", buffering=0) as handle:
         handle.seek(entry.start)
         while done < len(view):

@@ -3,29 +3,47 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
-from huggingface_hub import hf_hub_download
+from pathlib import Path
+
+from huggingface_hub import HfApi, ModelCard, hf_hub_download
 from peft import PeftModel
 from peft.utils import merge_utils
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
+from transformers.utils import PushToHubMixin
 
 from dppa_peft import SparseDeltaAdapter, load_merged, prune
 from tests.expected import PROMPT, load_weights
+from tests.hub_fixtures import REPO_ROOT, unique_repo_id
 
 UP = "model.layers.1.mlp.up_proj.weight"
 
 
+PROBE_THEN_IMPORT = """
+import importlib.util, dppa_peft
+importlib.util.find_spec("peft")  # what transformers' is_peft_available does, before anything imports peft
+import peft.mapping
+print("SPARSE_DELTA" in peft.mapping.PEFT_TYPE_TO_CONFIG_MAPPING)
+"""
+
+
+def test_sparse_delta_registers_with_peft_after_an_availability_probe():
+    """``import dppa_peft``, then transformers probes for peft, then peft is imported: SPARSE_DELTA is registered
+    (the probe used to spend the import hook, and PeftModel.from_pretrained failed with KeyError: 'SPARSE_DELTA')."""
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE_THEN_IMPORT], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "True"
+
+
 @pytest.fixture(scope="module")
-def adapters(tmp_path_factory, llama_pair, llama_finetunes):
-    base, _ = llama_pair
-    root = tmp_path_factory.mktemp("parity")
-    return [
-        prune(base, ft, root / f"a{i}", method="magnitude", rate=0.7, progress=False)[0].directory
-        for i, ft in enumerate(llama_finetunes)
-    ]
+def adapters(finetune_adapters):
+    return finetune_adapters(0.7)
 
 
 @pytest.fixture(scope="module")
@@ -90,15 +108,34 @@ def test_add_weighted_adapter_is_peft_merge_utils(tmp_path, llama_pair, adapters
     torch.testing.assert_close(again.state_dict()[UP], merged.state_dict()[UP], rtol=0, atol=0)
 
 
-def test_add_weighted_dare_ties_is_the_merge_modes_dare_ties(llama_pair, adapters):
+@pytest.mark.parametrize("combination", ["dare_ties", "dare_linear"])
+def test_add_weighted_dare_is_the_merge_modes_dare(llama_pair, adapters, combination):
     base, _ = llama_pair
     model = loaded(base, adapters)
-    model.add_weighted_adapter(["a0", "a1"], [1.0, 0.5], "m", combination_type="dare_ties", density=0.5)
-    direct = load_merged(base, adapters, [1.0, 0.5], "dare_ties", density=0.5, semantics="peft", progress=False)
+    model.add_weighted_adapter(["a0", "a1"], [1.0, 0.5], "m", combination_type=combination, density=0.5)
+    semantics = {"semantics": "peft"} if combination == "dare_ties" else {}
+    direct = load_merged(base, adapters, [1.0, 0.5], combination, density=0.5, progress=False, **semantics)
     merged = model.merge_and_unload(adapter_names=["m"])
-    torch.testing.assert_close(merged.state_dict()[UP], direct.state_dict()[UP], rtol=0, atol=0)
+    # the same masks; load_merged's linear sum adds each adapter's delta to the weight in turn (fp32 rounding per
+    # adapter), the merged adapter holds their sum and adds it once
+    atol = 0 if combination == "dare_ties" else 1e-7
+    torch.testing.assert_close(merged.state_dict()[UP], direct.state_dict()[UP], rtol=0, atol=atol)
     with pytest.raises(ValueError, match="exists already"):
         model.add_weighted_adapter(["a0"], [1.0], "a1")
+
+
+def test_add_weighted_dare_linear_drops_and_rescales_like_peft(llama_pair, adapters):
+    """PEFT's dare_linear on one adapter: each stored entry is dropped or kept as w·δ/density (merge_utils.dare_linear
+    draws its own mask; the kept values and their share are what both give)."""
+    model = loaded(llama_pair[0], adapters)
+    model.add_weighted_adapter(["a0"], [0.8], "m", combination_type="dare_linear", density=0.5)
+    layer = model.base_model.model.model.layers[1].mlp.up_proj
+    delta, [stored] = layer.get_delta_weight("m"), dense_deltas(adapters[:1], UP)
+    kept = delta != 0
+    torch.testing.assert_close(delta[kept], stored[kept] * 0.8 / 0.5, rtol=0, atol=0)
+    peft_kept = merge_utils.dare_linear([stored], torch.tensor([0.8]), 0.5) != 0
+    share, peft_share = (kept.sum() / (stored != 0).sum()).item(), (peft_kept.sum() / (stored != 0).sum()).item()
+    assert abs(share - 0.5) < 0.05 and abs(peft_share - 0.5) < 0.05
 
 
 def test_add_weighted_adapter_errors(llama_pair, adapters):
@@ -142,16 +179,43 @@ def test_peft_save_pretrained_writes_the_same_compact_files(tmp_path, llama_pair
     assert abs((peft_written / "adapter_model.safetensors").stat().st_size - size) < 100  # header order only
 
 
-def test_peft_push_to_hub_uploads_the_compact_files(local_hub, hub_repo_id, llama_pair, adapters):
-    """transformers' push_to_hub keeps the repo's card (its template on a new repo): publish the card once with
-    dppa-peft (``SparseDeltaAdapter.push_to_hub`` / ``dppa-peft push``) and PEFT's later pushes keep it."""
+EVAL_RESULTS = {"arc_easy": {"alias": "arc_easy", "acc,none": 0.61, "acc_stderr,none": 0.02, "sample_len": 100}}
+
+
+def _hub_files(repo_id: str) -> dict[str, int]:
+    """Path -> size of every file on the repo's main branch but .gitattributes (the same adapter weights have the
+    same size: PEFT's save_pretrained writes the very tensors and header of dppa-peft)."""
+    return {f.path: f.size for f in HfApi().list_repo_tree(repo_id, recursive=True) if f.path != ".gitattributes"}
+
+
+def test_peft_push_to_hub_publishes_the_files_and_card_of_dppa_peft_push(llama_pair, base_on_hub, adapters):
+    """PeftModel.push_to_hub (transformers' PushToHubMixin would write an empty template card on a new repo, and the
+    old card on an existing one) publishes exactly what `dppa-peft push` does, on a new and on an existing repo."""
     base, _ = llama_pair
-    SparseDeltaAdapter(adapters[1]).push_to_hub(hub_repo_id)
-    card = open(hf_hub_download(hub_repo_id, "README.md")).read()
+    ours, theirs, existing = (unique_repo_id(n) for n in ("dppa-push", "peft-push", "peft-push-existing"))
+    options = {"eval_results": EVAL_RESULTS, "base_model_id": base_on_hub}
+    SparseDeltaAdapter(adapters[0]).push_to_hub(ours, **options)
+    SparseDeltaAdapter(adapters[1]).push_to_hub(existing)  # an existing repo holding another adapter and card
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), str(adapters[0]))
-    model.push_to_hub(hub_repo_id)
-    weights = load_file(hf_hub_download(hub_repo_id, "adapter_model.safetensors"))
-    assert weights.keys() == load_weights(adapters[0]).keys()
-    config = json.loads(open(hf_hub_download(hub_repo_id, "adapter_config.json")).read())
-    assert config == json.loads((adapters[0] / "adapter_config.json").read_text())
-    assert open(hf_hub_download(hub_repo_id, "README.md")).read().strip() == card.strip()
+    assert type(model).push_to_hub is PushToHubMixin.push_to_hub  # only this instance pushes differently
+
+    model.push_to_hub(theirs, **options)  # a new repo
+    model.push_to_hub(existing, tags=["my-tag"], **options)
+    reference = Path(hf_hub_download(ours, "README.md")).read_text()
+    for repo in (theirs, existing):
+        files = _hub_files(repo)
+        assert files.pop("README.md") and files == {n: s for n, s in _hub_files(ours).items() if n != "README.md"}
+        config = json.loads(Path(hf_hub_download(repo, "adapter_config.json")).read_text())
+        assert config == json.loads(Path(hf_hub_download(ours, "adapter_config.json")).read_text())
+        mine, pushed = load_weights(adapters[0]), load_file(hf_hub_download(repo, "adapter_model.safetensors"))
+        assert mine.keys() == pushed.keys() and all(torch.equal(mine[k], pushed[k]) for k in mine)
+        card = ModelCard.load(repo)
+        assert card.data.base_model == base_on_hub and config["base_model_name_or_path"] == base_on_hub
+        assert {"dppa-peft", "magnitude", "sparse-delta"} <= set(card.data.tags)
+        [result] = card.data.eval_results
+        assert (result.dataset_type, result.metric_type, result.metric_value) == ("arc_easy", "acc", 0.61)
+        assert "pruned with `magnitude` at rate 0.7" in card.text and f'"{repo}"' in card.text
+        assert card.text == ModelCard(reference).text.replace(ours, repo)
+    renamed = reference.replace(ours.split("/")[1], theirs.split("/")[1])  # the card names its repo
+    assert Path(hf_hub_download(theirs, "README.md")).read_text() == renamed
+    assert "my-tag" in ModelCard.load(existing).data.tags

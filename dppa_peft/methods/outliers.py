@@ -218,8 +218,8 @@ class BlockOutliers:
         if self.kind == "count" and numel and any(abs_sum is None for _, abs_sum, _ in held):
             low = high = 0.0
             for _, abs_sum, bounds in held:
-                low += abs_sum if bounds is None else bounds[0]
-                high += abs_sum if bounds is None else bounds[1]
+                lower, upper = (abs_sum, abs_sum) if bounds is None else bounds
+                low, high = low + (lower or 0.0), high + (upper or 0.0)
             margin = 1.0 + len(held) * 2.0**-52  # the roundings of the additions above
             if same_float32_threshold(self.factor, low / margin, high * margin, numel):
                 self.abs_sum[block] = (low + high) / 2  # the sum only matters through the threshold for counts

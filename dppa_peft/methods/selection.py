@@ -66,9 +66,9 @@ def _reaching(flat: torch.Tensor, floor: torch.Tensor, absolute: bool) -> tuple[
     if flat.device.type == "cpu":
         array, value = flat.numpy(), floor.item()
         mask = (array >= value) | (array <= -value) if absolute else array >= value
-        positions = np.flatnonzero(mask)
-        scores = np.take(array, positions)
-        return torch.from_numpy(positions), torch.from_numpy(np.abs(scores, out=scores) if absolute else scores)
+        found = np.flatnonzero(mask)
+        scores = np.take(array, found)
+        return torch.from_numpy(found), torch.from_numpy(np.abs(scores, out=scores) if absolute else scores)
     positions = flat_nonzero(flat.abs() >= floor if absolute else flat >= floor)
     return positions, flat[positions].abs() if absolute else flat[positions]
 

@@ -28,11 +28,11 @@ from ..checkpoint import Checkpoint, SafetensorsWriter
 from ..output import atomic_directory, check_output
 from .card import write_model_card
 from ..format.apply import add_dense, add_sparse
-from ..format.fingerprint import fingerprint, tensor_sample
+from ..format.fingerprint import check_fingerprint, checkpoint_sample
 from ..format.io import WEIGHTS_FILE, SparseDeltaAdapter
 from ..format.validate import check_fits_base
 from ..methods.base import SparseDelta
-from ..tuner.model import BaseModelMismatchError
+from ..specs import SUPERTUNING, ExportSpec
 
 PREFIX = "base_model.model."
 SPARSE_ENTRY_BYTES = 8  # fp32 value + int32 index
@@ -99,11 +99,11 @@ def export_supertuning(
             "format"
         )
     if base is None:
-        base, base_revision = config.base_model_name_or_path, base_revision or config.revision
+        base, base_revision = adapter.base_ref, base_revision or config.revision
     checkpoint = Checkpoint.open(base, revision=base_revision, token=token)
     inputs = [adapter.directory, base, checkpoint.directory]
     check_output(out, inputs, overwrite)  # before the fingerprint read
-    _check_fingerprint(adapter, checkpoint)
+    _check_base(adapter, checkpoint)
     model = _skeleton(checkpoint)
     targets, whole = _split_modules(adapter, checkpoint, model)
     sparsity = global_sparsity([(_numel(adapter, t), adapter.config.tensors[f"{t}.weight"]["nnz"]) for t in targets])
@@ -147,6 +147,25 @@ def export_supertuning(
     return summary
 
 
+def export(
+    spec: ExportSpec, token: str | bool | None = None, progress: bool = True
+) -> SupertuningExport | SparseDeltaAdapter:
+    """``dppa-peft export``: ``spec.adapter`` written to ``spec.out`` as a SUPERTUNING export (returned), or copied as
+    is for 'sparse-delta' (the copy returned)."""
+    adapter = SparseDeltaAdapter.from_pretrained(spec.adapter.ref, revision=spec.adapter.revision, token=token)
+    if spec.export_format != SUPERTUNING:
+        return SparseDeltaAdapter(adapter.save_pretrained(spec.out, overwrite=spec.overwrite))
+    return export_supertuning(
+        adapter,
+        spec.out,
+        base=None if spec.base is None else spec.base.ref,
+        base_revision=None if spec.base is None else spec.base.revision,
+        token=token,
+        overwrite=spec.overwrite,
+        progress=progress,
+    )
+
+
 def global_sparsity(modules: list[tuple[int, int]]) -> float:
     """The largest sparsity ``s`` with ``int(numel · (1 − s)) >= nnz`` for every (numel, nnz), as PEFT computes k."""
     if not modules:
@@ -172,16 +191,10 @@ def choose_targets(candidates: dict[str, tuple[int, int, int]]) -> list[str]:
     return best[1] if best else []
 
 
-def _check_fingerprint(adapter: SparseDeltaAdapter, checkpoint: Checkpoint) -> None:
+def _check_base(adapter: SparseDeltaAdapter, checkpoint: Checkpoint) -> None:
+    """The adapter fits the base checkpoint and was pruned from it (its recorded fingerprint)."""
     check_fits_base(adapter.config, {n: checkpoint.shape(n) for n in checkpoint.names()}, adapter.ref, checkpoint.ref)
-    if not adapter.config.base_fingerprint:
-        return
-    found = fingerprint({name: tensor_sample(checkpoint.read(name)) for name in adapter.config.tensors})
-    if found != adapter.config.base_fingerprint:
-        raise BaseModelMismatchError(
-            f"{checkpoint.ref} is not the base {adapter.ref} was pruned from (fingerprint "
-            f"{found} != {adapter.config.base_fingerprint}); pass that base (base= / --base)"
-        )
+    check_fingerprint(adapter.config, lambda name: checkpoint_sample(checkpoint, name), adapter.ref, checkpoint.ref)
 
 
 def _skeleton(checkpoint: Checkpoint) -> torch.nn.Module:
