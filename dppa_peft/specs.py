@@ -1251,8 +1251,10 @@ DEFAULT_CACHE = Path(os.environ.get("DPPA_PEFT_CACHE", Path.home() / ".cache" / 
 
 
 @dataclass(frozen=True, kw_only=True)
-class DemoSpec(Spec):
-    """The offline demo: a tiny model zoo pruned and merged with every method, evaluated, reported."""
+class DemoSpec(RunOptions):
+    """The offline demo: a tiny model zoo pruned and merged with every method, evaluated, reported (``device`` and
+    ``dtype``: where and in what dtype every model after the zoo build runs: amplification, learned merges, lm-eval;
+    the cached zoo itself is trained on the CPU)."""
 
     key: ClassVar[str] = "demo"
     out: str = option("demo_output", help="output folder")
@@ -1285,6 +1287,17 @@ class RunSpec(Spec):
     key: ClassVar[str] = "run"
     recipe: str = option(positional=True, metavar="RECIPE", help="recipe YAML file")
     overwrite: bool = option(False, help="redo every step and replace existing outputs")
+    device: str | None = option(
+        None,
+        group="device",
+        help="run every step on this device (cpu, cuda, cuda:1, auto), in place of the recipe's prune/merge device",
+    )
+    dtype: str | None = option(
+        None,
+        choices=DTYPES,
+        group="device",
+        help="the dtype the prune steps load models in, in place of the recipe's prune dtype",
+    )
 
     def validate(self) -> None:
         self._set(recipe=str(self.recipe))

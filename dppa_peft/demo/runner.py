@@ -18,6 +18,8 @@ from ..progress import progress_bar
 from transformers import AutoTokenizer
 
 from ..amplify.api import prune_and_amplify
+from ..devices import resolve_device
+from ..evaluation.backends import BackendSettings
 from ..evaluation.report import EvalResults, render_table, report_tables, write_report
 from ..evaluation.runner import Evaluator, MergeVariant, evaluate_all
 from ..evaluation.tasks import task_manager
@@ -52,6 +54,8 @@ class DemoSettings:
     batch_size: int = 32
     limit: int | None = _OPTIONS.limit
     threads: int = 1  # torch threads after the zoo build: the models are tiny, and more threads crawl on a busy machine
+    device: str = _OPTIONS.device  # where every model after the zoo build runs (prune, amplify, merges, lm-eval)
+    dtype: str = _OPTIONS.dtype  # the dtype those models are loaded in (amplification, lm-eval)
 
     def __post_init__(self) -> None:
         unknown = [n for n in self.prunes if n not in PRUNE_VARIANTS] + [
@@ -68,7 +72,14 @@ class DemoSettings:
 
     @classmethod
     def from_spec(cls, spec: DemoSpec) -> DemoSettings:
-        return cls(size=spec.size, seed=spec.seed, objective=spec.objective, limit=spec.limit)
+        return cls(
+            size=spec.size,
+            seed=spec.seed,
+            objective=spec.objective,
+            limit=spec.limit,
+            device=spec.device,
+            dtype=spec.dtype,
+        )
 
 
 @dataclass
@@ -121,15 +132,30 @@ def prune_zoo(zoo: Zoo, settings: DemoSettings, out: Path, progress: bool = True
     adapters: Adapters = {}
     for domain, variant, rate in progress_bar(jobs, desc="pruning", unit="adapter", disable=not progress):
         path = out / "adapters" / domain / f"{_slug(variant.label)}-{round(rate * 100)}"
-        common = dict(method=variant.method, rate=rate, overwrite=True, progress=False, **variant.params(rate))
+        common = dict(
+            method=variant.method,
+            rate=rate,
+            overwrite=True,
+            progress=False,
+            device=settings.device,
+            **variant.params(rate),
+        )
         if variant.amplification == "dpa":
-            prune_and_amplify(zoo.base, zoo.finetunes[domain], path, **common, **_dpa_options(settings, out, domain))
+            prune_and_amplify(
+                zoo.base,
+                zoo.finetunes[domain],
+                path,
+                **common,
+                dtype=settings.dtype,
+                **_dpa_options(settings, out, domain),
+            )
         elif variant.amplification == "learned":
             prune_and_amplify(
                 zoo.base,
                 zoo.finetunes[domain],
                 path,
                 **common,
+                dtype=settings.dtype,
                 search="learned",
                 calibration=str(_calibration_file(out, domain)),
                 **_learn_options(settings),
@@ -171,8 +197,9 @@ def merge_zoo(
             mode=mode,
             overwrite=True,
             progress=False,
+            device=settings.device,
         )
-        learned = mode.prepare(zoo.base, handles, [1.0] * len(handles), progress=False)  # learned once, reused
+        learned = mode.prepare(zoo.base, handles, [1.0] * len(handles), device=settings.device, progress=False)
         specs.append(MergeVariant(dict(zip(sources, learned)), label=variant.label))
     return specs
 
@@ -187,6 +214,7 @@ def run_demo(
 ) -> DemoRun:
     """Build/reuse the zoo, prune, merge, evaluate and write ``out/report``."""
     out = Path(out)
+    resolve_device(settings.device)  # an unknown or absent device is an error before any work
     seconds: dict[str, float] = {}
     start = time.perf_counter()
 
@@ -208,6 +236,8 @@ def run_demo(
             task_manager(),
             batch_size=settings.batch_size,
             limit=settings.limit,
+            device=settings.device,
+            backend=BackendSettings(dtype=settings.dtype),
         )
         results = evaluate_all(str(zoo.base), domains, evaluator, prunes=prunes, merges=merges, progress=progress)
         lap("evaluate")
