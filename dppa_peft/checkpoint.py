@@ -216,7 +216,7 @@ class SafetensorsWriter:
             raise ValueError(f"tensor {name!r} written twice")
         tensor = tensor.detach().to("cpu").contiguous()
         raw = tensor.reshape(-1).view(torch.uint8).numpy()
-        self._data.write(memoryview(raw))
+        self._data.write(raw.data)
         self._entries[name] = {
             "dtype": st_name(tensor.dtype),
             "shape": list(tensor.shape),

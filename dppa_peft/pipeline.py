@@ -70,7 +70,7 @@ def collect_statistics(
     delta on ``device`` in ``dtype``)."""
     if not method.needs_statistics:
         return
-    in_scope = sorted((i for i in pair.infos if i.in_scope), key=lambda info: info.block)
+    in_scope = sorted((i for i in pair.infos if i.in_scope), key=lambda info: info.block or 0)  # in scope: a block
     for pass_index in range(method.statistics_passes):
         for info, delta in pair.deltas(
             in_scope, desc=f"statistics {pass_index + 1}", progress=progress, device=device, dtype=dtype
@@ -158,7 +158,7 @@ def _prune(
     base_id = base_id_record(spec.base.ref, pair.base, spec.base_model_id, token=token)
     counts = {"kept": 0, "numel": 0, "pruned": 0, "dense": 0, "unchanged": 0, "stored": 0, "dense_bytes": 0}
     samples: dict[str, bytes] = {}
-    inputs = [spec.base.ref, spec.finetuned.ref, pair.base.directory, pair.finetuned.directory]
+    inputs: list[str | os.PathLike] = [spec.base.ref, spec.finetuned.ref, pair.base.directory, pair.finetuned.directory]
     with atomic_directory(out, overwrite=spec.overwrite, inputs=inputs) as tmp:  # checked and locked before any work
         collect_statistics(pruner, pair, progress, on, compute)
         writer = AdapterWriter(tmp)
@@ -250,10 +250,10 @@ def _prune_one(
             unclipped_density=plan.unclipped,
             **extra,
         )
-    encoded = _outside_scope(delta, outside_scope, pruner.rate, stored_dtype)
-    if encoded is None:
+    kept = _outside_scope(delta, outside_scope, pruner.rate, stored_dtype)
+    if kept is None:
         return None
-    return writer.add(info.name, _checked(info, encoded, delta), pruned=False)
+    return writer.add(info.name, _checked(info, kept, delta), pruned=False)
 
 
 def _checked(info: TensorInfo, encoded: EncodedTensor, values: torch.Tensor) -> EncodedTensor:

@@ -151,7 +151,7 @@ def _check_layout(path: Path, header: dict[str, Any], data_bytes: int) -> None:
 def read_tensor(path: str | os.PathLike, entry: TensorEntry) -> torch.Tensor:
     """Read one checked tensor's bytes straight into a new CPU tensor (``readinto``: one copy from the page cache)."""
     buffer = torch.empty(entry.end - entry.start, dtype=torch.uint8)
-    view, done = memoryview(buffer.numpy()), 0
+    view, done = buffer.numpy().data, 0  # a writable memoryview of the tensor's bytes
     with open(path, "rb", buffering=0) as handle:
         handle.seek(entry.start)
         while done < len(view):

@@ -9,7 +9,7 @@ import math
 import os
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import torch
 
@@ -45,6 +45,10 @@ def finite_number(value: Any, name: str) -> float:
     return float(value)
 
 
+@overload
+def finite_numbers(values: None, name: str) -> None: ...
+@overload
+def finite_numbers(values: Iterable[Any], name: str) -> list[float]: ...
 def finite_numbers(values: Iterable[Any] | None, name: str) -> list[float] | None:
     """Every entry of a list option through ``finite_number`` (None stays None)."""
     return None if values is None else [finite_number(v, f"{name}[{i}]") for i, v in enumerate(values)]

@@ -197,10 +197,12 @@ def _amplify_into(
         record["learned"] = result.record()
         row_factors = result.factors[0]
     else:
-        raw, search = dpa.factors, None
-        if raw is None:
+        search = None
+        if dpa.factors is None:
             result, described = _search(adapter, partitions, spec, objective, base, token, progress)
             raw, search = result.factors, result.record(described)
+        else:
+            raw = dpa.factors
         record = amplification_record(partitions.rates, raw, dpa.combine, dpa.amplify_unpruned, search)
     write_amplified(adapter, folder, partitions, record, {**provenance, "package_version": __version__}, row_factors)
     return result
@@ -234,9 +236,11 @@ def amplify(
         spec.check_search_inputs()
     handle = handle or open_adapter(spec.adapter, token=token)
     provenance = {"command": command or f"dppa_peft.amplify({handle.ref!r})", "amplified_from": handle.ref}
-    base = spec.base or Source(ref=handle.config.base_model_name_or_path, revision=handle.config.revision)
+    base = spec.base or Source(ref=handle.base_ref, revision=handle.config.revision)
     calibration = _calibration(spec, base, token)
-    inputs = [handle.directory, spec.finetuned and spec.finetuned.ref, base.ref]
+    finetuned = None if spec.finetuned is None else spec.finetuned.ref
+    inputs: list[str | os.PathLike | None] = [handle.directory, finetuned, base.ref]
+    assert spec.out is not None  # AmplifySpec.validate fills in the default
     with atomic_directory(spec.out, overwrite=spec.overwrite, inputs=inputs) as tmp:
         result = _amplify_into(tmp, handle, spec, objective, calibration, base, token, progress, provenance)
     return SparseDeltaAdapter(spec.out), result

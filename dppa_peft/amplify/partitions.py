@@ -158,8 +158,9 @@ def adapter_partitions(adapter: SparseDeltaAdapter, rates: Sequence[float] | Non
     for name, record in adapter.config.tensors.items():
         if not record.get("pruned"):
             continue
-        if use_stored and record.get("partition"):
-            partitions.ids[name] = adapter.encoded(name).partition
+        ids = adapter.encoded(name).partition if use_stored and record.get("partition") else None
+        if ids is not None:
+            partitions.ids[name] = ids
             partitions.densities[name] = list(record["partition_densities"])
             continue
         if not recorded_method(adapter.config.method)[0].plan_shifts_with_rate:

@@ -115,6 +115,8 @@ class EncodedTensor:
         """Ascending flat positions of the stored values."""
         if self.encoding == "dense":
             return torch.arange(self.numel)
+        if self.index is None:
+            raise ValueError(f"a {self.encoding!r} tensor needs its index bytes")
         if self.encoding == "bitmask":
             return bitmask_decode(self.index, self.numel)
         return gaps_decode(self.index)

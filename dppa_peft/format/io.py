@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..methods.base import FullDelta, SparseDelta
+from ..errors import UserError
 from ..checkpoint import SafetensorsWriter, atomic_directory, describe_ref, resolve_repo
 from ..safetensors_file import open_checked, read_header, safetensors_errors
 from .apply import effective_values
@@ -105,7 +106,7 @@ class SparseDeltaAdapter:
         check_stored_parts(
             self.config, read_header(self.directory / WEIGHTS_FILE), state_key, self.directory / WEIGHTS_FILE
         )
-        self._handle = None
+        self._handle: Any = None  # safetensors' safe_open handle, opened on the first read
         self._factor_tables: dict[str, torch.Tensor] = {}
 
     def with_factors(self, tables: dict[str, torch.Tensor]) -> "SparseDeltaAdapter":
@@ -127,8 +128,8 @@ class SparseDeltaAdapter:
         """One stored delta exactly as stored: values in the stored dtype, index bytes, partition ids (checked)."""
         return self._checked(name)[0]
 
-    def _checked(self, name: str) -> tuple[EncodedTensor, torch.Tensor]:
-        """The stored parts of one tensor and its decoded indices, after ``check_encoded``."""
+    def _checked(self, name: str) -> tuple[EncodedTensor, torch.Tensor | None]:
+        """The stored parts of one tensor and its decoded indices (None when dense), after ``check_encoded``."""
         weights = self.directory / WEIGHTS_FILE
         if self._handle is None:
             self._handle = open_checked(weights)
@@ -152,7 +153,7 @@ class SparseDeltaAdapter:
         """One stored delta with every amplification factor applied (fp32 effective values, ``format.apply``)."""
         encoded, indices = self._checked(name)
         factors = self.config.tensor_factors(name)
-        if encoded.encoding == "dense":  # positions implicit: no index tensor travels with a dense delta
+        if indices is None:  # stored dense: positions implicit, no index tensor travels with a dense delta
             return FullDelta(effective_values(encoded, factors), encoded.shape)
         return SparseDelta(indices, effective_values(encoded, factors, indices=indices), encoded.shape)
 
@@ -160,6 +161,14 @@ class SparseDeltaAdapter:
         """Decode and check every stored tensor (``push`` does this before publishing)."""
         for name in self.config.tensors:
             self._checked(name)
+
+    @property
+    def base_ref(self) -> str:
+        """The base model recorded in the config (folder or Hub id); an error when it records none."""
+        base = self.config.base_model_name_or_path
+        if not base:
+            raise UserError(f"adapter {self.ref} records no base model; pass the base it was pruned from (--base)")
+        return base
 
     @property
     def nbytes(self) -> int:
@@ -174,8 +183,8 @@ class SparseDeltaAdapter:
         return Path(directory)
 
     def push_to_hub(self, repo_id: str, **options: Any) -> "CommitInfo":
-        """Publish this adapter as ONE commit on ``repo_id`` (created if needed): ``dppa_peft.publish.hub.push_to_hub``
-        with this adapter, which documents the keyword ``options`` (private, revision, token, export_format, ...)."""
+        """Publish this adapter as ONE commit on ``repo_id`` (created if needed): ``options`` as in
+        ``dppa_peft.publish.hub.push_to_hub`` (the fields of ``PushSpec``, ``token``, ``eval_results``, ``base``)."""
         from ..publish.hub import push_to_hub
 
         return push_to_hub(self, repo_id, **options)

@@ -176,7 +176,7 @@ def _check_record(name: str, record: Any, ref: str) -> None:
 
 def expected_parts(record: dict[str, Any]) -> dict[str, tuple[int, ...]]:
     """The stored parts a record needs in the weights file, with their shapes."""
-    parts = {"values": (record["nnz"],)}
+    parts: dict[str, tuple[int, ...]] = {"values": (record["nnz"],)}
     if record["encoding"] != "dense":
         parts["index"] = (record.get("index_bytes", -1),)
     if record.get("partition"):
@@ -218,9 +218,10 @@ def check_encoded(name: str, encoded: EncodedTensor, factor_count: int, ref: str
     check_finite(encoded.values, name, f"adapter {ref}", DAMAGED)
     if encoded.factors is not None:
         check_finite(encoded.factors, f"{name} (factors)", f"adapter {ref}", DAMAGED)
-    if encoded.encoding == "bitmask" and encoded.index.numel() != -(-encoded.numel // 8):
+    index_bytes = 0 if encoded.index is None else encoded.index.numel()
+    if encoded.encoding == "bitmask" and index_bytes != -(-encoded.numel // 8):
         raise UserError(
-            f"{where}: its bitmask has {encoded.index.numel()} bytes for {encoded.numel} entries "
+            f"{where}: its bitmask has {index_bytes} bytes for {encoded.numel} entries "
             f"(needs {-(-encoded.numel // 8)}); {DAMAGED}"
         )
     indices = None if encoded.encoding == "dense" else encoded.indices()

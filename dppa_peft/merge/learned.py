@@ -179,7 +179,7 @@ def learn_merge(
     context = model_context(base)
     for prompts in prompt_sets:  # every prompt fits, before any model runs
         check_lengths(prompts, tokenizer, context, params.continuation_tokens)
-    if adamerging:
+    if isinstance(params, AdaMergingParams):  # (adamerging, narrowed for the type checker)
         from .loader import load_merged
 
         summed = load_merged(base, adapters, weights, progress=False).to(device)  # coefficients 1: the start

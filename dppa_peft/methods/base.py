@@ -114,8 +114,8 @@ class FullDelta(SparseDelta):
         self.values = values.reshape(-1)
         self.shape = tuple(shape)
 
-    @property  # type: ignore[override]
-    def indices(self) -> torch.Tensor:
+    @property
+    def indices(self) -> torch.Tensor:  # type: ignore[override]  # derived, never assigned: a read-only field here
         return torch.arange(self.values.numel(), device=self.values.device)
 
     @property

@@ -138,8 +138,9 @@ class BlockOutliers:
         self._held.append(abs_delta)
 
     def _close_block(self) -> None:
-        for abs_delta in self._held:
-            self.add_outliers(self._open_block, abs_delta)
+        if self._open_block is not None:  # blocks hold |δ| only once opened
+            for abs_delta in self._held:
+                self.add_outliers(self._open_block, abs_delta)
         self._open_block, self._held = None, []
 
     def add_magnitude(self, block: int, numel: int, abs_sum: float) -> None:

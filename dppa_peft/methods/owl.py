@@ -86,7 +86,7 @@ class Owl(PruningMethod):
         rate = self.rate if rate is None else rate
         if self._adjustments is None:
             self._adjustments = self.adjustments()
-        return DensityPlan.clipped((1.0 - rate) + self._adjustments[info.block])
+        return DensityPlan.clipped((1.0 - rate) + self._adjustments[require_in_scope(info, self.name)])
 
     def prune(self, info: TensorInfo, delta: torch.Tensor, density: float) -> SparseDelta:
         return SparseDelta.from_indices(delta, magnitude_indices(delta, density, self.params.tie_mode))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, cast
 
 import torch
 from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
@@ -120,11 +120,15 @@ class SparseDeltaLayer(nn.Module, BaseTunerLayer):
             return
         store.to(device)
 
+    def store(self, adapter_name: str) -> SparseDeltaStore:
+        """The stored deltas of one adapter (``sparse_delta`` holds only ``SparseDeltaStore`` modules)."""
+        return cast(SparseDeltaStore, self.sparse_delta[adapter_name])
+
     def _deltas(self, adapters: list[str], param: str, device: torch.device) -> list[SparseDelta]:
-        return [self.sparse_delta[a].delta(param, device) for a in adapters if param in self.sparse_delta[a].records]
+        return [self.store(a).delta(param, device) for a in adapters if param in self.store(a).records]
 
     def _params_of(self, adapters: list[str]) -> list[str]:
-        return sorted({param for a in adapters for param in self.sparse_delta[a].records})
+        return sorted({param for a in adapters for param in self.store(a).records})
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         if self.disable_adapters:
@@ -160,12 +164,14 @@ class SparseDeltaLayer(nn.Module, BaseTunerLayer):
         substituted weights with the offloaded ones.)"""
         args, kwargs = hook.pre_forward(base, *args, **kwargs)
         params = self._effective(base, active)
-        saved = {name: base._parameters[name] for name in params}
+        slots = cast(dict[str, torch.Tensor | None], base._parameters)  # plain tensors for one call, as hooks do
+        saved = {name: slots[name] for name in params}
+        old_forward: Callable[..., Any] = getattr(base, "_old_forward")  # the layer's forward, kept by the hook
         try:
-            base._parameters.update(params)
-            output = base._old_forward(*args, **kwargs)
+            slots.update(params)
+            output = old_forward(*args, **kwargs)
         finally:
-            base._parameters.update(saved)
+            slots.update(saved)
         return hook.post_forward(base, output)
 
     def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
@@ -204,5 +210,5 @@ class SparseDeltaLayer(nn.Module, BaseTunerLayer):
 
     def get_delta_weight(self, adapter_name: str) -> torch.Tensor:
         """The dense delta of this module's weight for one adapter (in the weight's dtype)."""
-        weight = self.get_base_layer().weight
+        weight: torch.Tensor = getattr(self.get_base_layer(), "weight")
         return add_sparse(torch.zeros_like(weight), self._deltas([adapter_name], "weight", weight.device))

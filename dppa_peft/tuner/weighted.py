@@ -57,11 +57,11 @@ def merged_layers(
         if not isinstance(module, SparseDeltaLayer):
             continue
         present = [(a, w) for a, w in zip(adapters, weights) if a in module.sparse_delta]
-        for param in sorted({p for a, _ in present for p in module.sparse_delta[a].records}):
+        for param in sorted({p for a, _ in present for p in module.store(a).records}):
             chosen = [
-                (module.sparse_delta[a].delta(param, torch.device("cpu")), w)
+                (module.store(a).delta(param, torch.device("cpu")), w)
                 for a, w in present
-                if param in module.sparse_delta[a].records
+                if param in module.store(a).records
             ]
             name = f"{module.module_name}.{param}"
             out[name] = mode.merge(name, [d for d, _ in chosen], [w for _, w in chosen]).as_delta()
@@ -138,7 +138,7 @@ def add_weighted_adapter(
     tuner.inject_adapter(tuner.model, adapter_name)
     for module in tuner.model.modules():
         if isinstance(module, SparseDeltaLayer) and adapter_name in module.sparse_delta:
-            store = module.sparse_delta[adapter_name]
+            store = module.store(adapter_name)
             for param in store.records:
                 _fill(store, param, encoded[f"{module.module_name}.{param}"])
             store.requires_grad_(False)
