@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from .specs import MergeSpec, PruneSpec, Source, SpecError, Spec, convert, option
+from .specs import MergeSpec, PruneSpec, RunSpec, Source, SpecError, Spec, convert, option
 
 STATE_FILE = "recipe-state.json"
 MERGED = "merged"
@@ -197,3 +197,9 @@ def run_recipe(
         redone = True
         state[name] = record
         _save_state(recipe.output_dir, state)
+
+
+def run(spec: RunSpec, command: str | None = None, progress: bool = True) -> Iterator[str]:
+    """``dppa-peft run``: load and validate ``spec.recipe`` (before any work), then run it (see ``run_recipe``)."""
+    recipe = Recipe.load(spec.recipe)
+    return run_recipe(recipe, overwrite=spec.overwrite, command=command, progress=progress)

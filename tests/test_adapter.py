@@ -7,7 +7,8 @@ from peft import PeftConfig, PeftModel
 from transformers import AutoModelForCausalLM
 
 import dppa_peft
-from dppa_peft import BaseModelMismatchError, SparseDeltaConfig, load_merged, merge_to_folder, prune
+from dppa_peft import BaseModelMismatchError, SparseDeltaConfig, load_merged, merge_to_adapter, merge_to_folder, prune
+from dppa_peft.amplify.candidate import load_base_model
 from tests.expected import PROMPT, load_weights, logits_with, magnitude_merged_weights
 from tests.expected import logits as _logits
 from tests.hub_fixtures import run_python
@@ -136,12 +137,21 @@ def test_merge_folder_copies_model_files(tmp_path, magnitude_adapter, llama_pair
 
 
 def test_wrong_base_is_a_clear_error(tmp_path, magnitude_adapter):
+    """Every path that puts an adapter on a base runs the one fingerprint check, with one message."""
     other = make_base(tmp_path / "other", seed=123)
-    with pytest.raises(BaseModelMismatchError, match="load the adapter on the base model it was pruned from"):
-        PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(other), str(magnitude_adapter[0].directory))
-    with pytest.raises(BaseModelMismatchError, match="fingerprint"):
-        merge_to_folder(other, [magnitude_adapter[0].directory], tmp_path / "m", progress=False)
-    assert not (tmp_path / "m").exists()  # nothing half-written
+    adapter = magnitude_adapter[0]
+    expected = adapter.config.base_fingerprint
+    message = rf"is not the base .* was pruned from .*: fingerprint [0-9a-f]{{32}} != {expected}; load the adapter on"
+    with pytest.raises(BaseModelMismatchError, match=message):
+        PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(other), str(adapter.directory))
+    for merge in (merge_to_folder, merge_to_adapter):
+        with pytest.raises(BaseModelMismatchError, match=message):
+            merge(other, [adapter.directory], tmp_path / "m", progress=False)
+        assert not (tmp_path / "m").exists()  # nothing half-written
+    with pytest.raises(BaseModelMismatchError, match=message):
+        load_merged(other, [adapter.directory], progress=False)
+    with pytest.raises(BaseModelMismatchError, match=message):
+        load_base_model(other, adapter)  # amplify's base
 
 
 def test_bf16_adapter_is_under_a_fifth_of_the_dense_delta(tmp_path):

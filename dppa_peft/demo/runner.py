@@ -23,30 +23,34 @@ from ..evaluation.runner import Evaluator, MergeVariant, evaluate_all
 from ..evaluation.tasks import task_manager
 from ..merge import create_mode, merge_to_adapter
 from ..pipeline import open_adapter, prune
-from ..specs import Domain, Source
+from ..specs import DemoSpec, Domain, Source
 from .domains import DOMAINS, task_split
 from .lineup import MERGE_VARIANTS, PRUNE_VARIANTS, RATES
 from .tasks import domain_task_names
 from .zoo import Zoo, build_zoo, torch_threads
 
 
+_OPTIONS = DemoSpec()  # the command line's options and their defaults live in the spec
+
+
 @dataclass(frozen=True)
 class DemoSettings:
     """What the demo runs; the defaults are the README's main job. ``prunes`` and ``merges`` name entries of
-    ``lineup.PRUNE_VARIANTS`` and ``lineup.MERGE_VARIANTS``; merges run at ``merge_rates``."""
+    ``lineup.PRUNE_VARIANTS`` and ``lineup.MERGE_VARIANTS``; merges run at ``merge_rates``. ``size``, ``seed``,
+    ``objective`` and ``limit`` are the options of ``DemoSpec`` (``from_spec``)."""
 
-    size: str = "default"
-    seed: int = 0
+    size: str = _OPTIONS.size
+    seed: int = _OPTIONS.seed
     rates: tuple[float, ...] = RATES
     prunes: tuple[str, ...] = tuple(PRUNE_VARIANTS)
     merges: tuple[str, ...] = tuple(MERGE_VARIANTS)
     merge_rates: tuple[float, ...] = (0.9,)
-    objective: str = "tasks"
+    objective: str = _OPTIONS.objective
     learn_steps: int | None = None  # learned amplification: Adam steps (None: the library default)
     merge_learn_steps: int | None = 200  # learned merges: N adapters at once need more (held-out dev KL still
     # falls at the default 60 steps; the factors of the best held-out step are kept)
     batch_size: int = 32
-    limit: int | None = None
+    limit: int | None = _OPTIONS.limit
     threads: int = 1  # torch threads after the zoo build: the models are tiny, and more threads crawl on a busy machine
 
     def __post_init__(self) -> None:
@@ -61,6 +65,10 @@ class DemoSettings:
         missing = sorted({MERGE_VARIANTS[n].source for n in self.merges} - set(self.prunes))
         if missing:
             raise ValueError(f"merges {list(self.merges)} need the prune variants {missing}; add them to prunes")
+
+    @classmethod
+    def from_spec(cls, spec: DemoSpec) -> DemoSettings:
+        return cls(size=spec.size, seed=spec.seed, objective=spec.objective, limit=spec.limit)
 
 
 @dataclass
@@ -167,6 +175,11 @@ def merge_zoo(
         learned = mode.prepare(zoo.base, handles, [1.0] * len(handles), progress=False)  # learned once, reused
         specs.append(MergeVariant(dict(zip(sources, learned)), label=variant.label))
     return specs
+
+
+def demo(spec: DemoSpec, progress: bool = True) -> DemoRun:
+    """``dppa-peft demo``: the README's demo with the options of ``spec``."""
+    return run_demo(spec.out, spec.cache_dir, DemoSettings.from_spec(spec), progress=progress)
 
 
 def run_demo(

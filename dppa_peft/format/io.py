@@ -165,8 +165,8 @@ class SparseDeltaAdapter:
         return Path(directory)
 
     def push_to_hub(self, repo_id: str, **options: Any) -> "CommitInfo":
-        """Publish this adapter as ONE commit on ``repo_id`` (created if needed): ``dppa_peft.publish.hub.push_to_hub``
-        with this adapter, which documents the keyword ``options`` (private, revision, token, export_format, ...)."""
+        """Publish this adapter as ONE commit on ``repo_id`` (created if needed): ``options`` as in
+        ``dppa_peft.publish.hub.push_to_hub`` (the fields of ``PushSpec``, ``token``, ``eval_results``, ``base``)."""
         from ..publish.hub import push_to_hub
 
         return push_to_hub(self, repo_id, **options)

@@ -32,6 +32,7 @@ from ..format.fingerprint import check_fingerprint, checkpoint_sample
 from ..format.io import WEIGHTS_FILE, SparseDeltaAdapter
 from ..format.validate import check_fits_base
 from ..methods.base import SparseDelta
+from ..specs import SUPERTUNING, ExportSpec
 
 PREFIX = "base_model.model."
 SPARSE_ENTRY_BYTES = 8  # fp32 value + int32 index
@@ -144,6 +145,25 @@ def export_supertuning(
         )
         write_model_card(tmp, config, repo_id=repo_id, stock=summary)
     return summary
+
+
+def export(
+    spec: ExportSpec, token: str | bool | None = None, progress: bool = True
+) -> SupertuningExport | SparseDeltaAdapter:
+    """``dppa-peft export``: ``spec.adapter`` written to ``spec.out`` as a SUPERTUNING export (returned), or copied as
+    is for 'sparse-delta' (the copy returned)."""
+    adapter = SparseDeltaAdapter.from_pretrained(spec.adapter.ref, revision=spec.adapter.revision, token=token)
+    if spec.export_format != SUPERTUNING:
+        return SparseDeltaAdapter(adapter.save_pretrained(spec.out, overwrite=spec.overwrite))
+    return export_supertuning(
+        adapter,
+        spec.out,
+        base=None if spec.base is None else spec.base.ref,
+        base_revision=None if spec.base is None else spec.base.revision,
+        token=token,
+        overwrite=spec.overwrite,
+        progress=progress,
+    )
 
 
 def global_sparsity(modules: list[tuple[int, int]]) -> float:
