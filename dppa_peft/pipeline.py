@@ -17,6 +17,7 @@ from .errors import UserError
 from .format.encoding import EncodedTensor, encode, encode_dense
 from .format.fingerprint import fingerprint
 from .format.io import AdapterWriter, SparseDeltaAdapter
+from .format.record import TensorRecord
 from .amplify.factors import amplification_record
 from .amplify.partitions import partition_ids
 from .base_ref import base_id_record, portable_ref
@@ -172,11 +173,11 @@ def _prune(
             if record is None:
                 continue
             samples[info.name] = pair.base_samples[info.name]
-            if record["pruned"]:
+            if record.pruned:
                 counts["pruned"] += 1
-                counts["kept"] += record["nnz"]
+                counts["kept"] += record.nnz
                 counts["numel"] += info.numel
-                counts["stored"] += record["stored_bytes"]
+                counts["stored"] += record.stored_bytes or 0
                 counts["dense_bytes"] += info.numel * stored_dtype.itemsize
             else:
                 counts["dense"] += 1
@@ -229,7 +230,7 @@ def _prune_one(
     stored_dtype: torch.dtype,
     writer: AdapterWriter,
     partition_rates: list[float] | None,
-) -> dict[str, Any] | None:
+) -> TensorRecord | None:
     """Prune (or keep dense) one delta and write it (with DPA partition ids); None when the policy drops it."""
     if info.in_scope:
         plan = pruner.plan(info)
@@ -270,15 +271,16 @@ def _checked(info: TensorInfo, encoded: EncodedTensor, values: torch.Tensor) -> 
     return encoded
 
 
-def warn_sparse_modules(records: Mapping[str, Mapping[str, Any]], rate: float) -> list[str]:
+def warn_sparse_modules(records: Mapping[str, TensorRecord], rate: float) -> list[str]:
     """Warn about pruned tensors planned below ``DENSITY_FLOOR`` × the target density (DP can plan 0 for a module).
 
     Returns their names.
     """
     floor = DENSITY_FLOOR * (1.0 - rate)
-    low = [name for name, r in records.items() if r.get("pruned") and r.get("planned_density", 1.0) < floor]
+    planned = {name: r.planned_density for name, r in records.items() if r.pruned and r.planned_density is not None}
+    low = [name for name, density in planned.items() if density < floor]
     if low:
-        shown = ", ".join(f"{n} ({records[n]['planned_density']:.4g})" for n in low[:SHOWN_TENSORS])
+        shown = ", ".join(f"{n} ({planned[n]:.4g})" for n in low[:SHOWN_TENSORS])
         more = f" and {len(low) - SHOWN_TENSORS} more" if len(low) > SHOWN_TENSORS else ""
         logger.warning(
             "%d pruned tensors are planned below %.4g density (%.0f%% of the target %.4g): %s%s; check "

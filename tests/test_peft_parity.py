@@ -219,3 +219,19 @@ def test_peft_push_to_hub_publishes_the_files_and_card_of_dppa_peft_push(llama_p
     renamed = reference.replace(ours.split("/")[1], theirs.split("/")[1])  # the card names its repo
     assert Path(hf_hub_download(theirs, "README.md")).read_text() == renamed
     assert "my-tag" in ModelCard.load(existing).data.tags
+
+
+def test_peft_push_to_hub_of_named_adapters_puts_each_in_its_subfolder_with_its_card(hub_repo_id, llama_pair, adapters):
+    """As PEFT lays them out: every adapter not named "default" in <name>/, each with dppa-peft's card; the pushed
+    repo loads back with ``subfolder=`` to the same logits."""
+    base, _ = llama_pair
+    model = loaded(base, adapters)  # "a0" and "a1"
+    model.push_to_hub(hub_repo_id)
+    files = _hub_files(hub_repo_id)
+    for i, name in enumerate(("a0", "a1")):
+        assert files[f"{name}/adapter_model.safetensors"] == (adapters[i] / "adapter_model.safetensors").stat().st_size
+        card = ModelCard.load(hf_hub_download(hub_repo_id, f"{name}/README.md"))
+        assert "magnitude" in card.data.tags and "pruned with `magnitude` at rate 0.7" in card.text
+    again = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), hub_repo_id, subfolder="a1")
+    single = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), str(adapters[1]))
+    torch.testing.assert_close(logits(again), logits(single), rtol=0, atol=0)

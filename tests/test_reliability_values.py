@@ -134,7 +134,7 @@ def test_prune_warns_about_tensors_planned_below_the_density_floor(tmp_path, lla
     with caplog.at_level(logging.WARNING, logger="dppa_peft"):
         adapter, _ = prune(llama_pair[0], finetuned, tmp_path / "dp", method="dp", rate=0.9, lam=0.1, progress=False)
     records = adapter.config.tensors
-    low = sorted(n for n, r in records.items() if r.get("pruned") and r["planned_density"] < 0.01)
+    low = sorted(n for n, r in records.items() if r.pruned and r.planned_density < 0.01)
     assert low and all("down_proj" in n for n in low)
     assert f"{len(low)} pruned tensors are planned below 0.01 density (10% of the target 0.1)" in caplog.text
     assert all(name in caplog.text for name in low[:3])

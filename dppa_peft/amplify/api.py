@@ -88,14 +88,13 @@ def write_amplified(
             else row_factors.get(name)
         )
         encoded = dataclasses.replace(stored, partition=ids, factors=tables)
-        extra = {k: v for k, v in record.items() if k != "partition_densities"}
-        if name in partitions.densities:
-            extra["partition_densities"] = partitions.densities[name]
-        writer.add(name, encoded, **extra)
+        densities = partitions.densities.get(name)
+        described = {**record.described(), "partition_densities": None if densities is None else tuple(densities)}
+        writer.add(name, encoded, **described)
     summary = dict(adapter.config.summary)
-    stored = sum(r["stored_bytes"] for r in writer.records.values() if r.get("pruned"))
+    kept_bytes = sum(r.stored_bytes or 0 for r in writer.records.values() if r.pruned)
     if summary.get("dense_delta_bytes"):
-        summary.update(adapter_bytes=stored, size_ratio=stored / summary["dense_delta_bytes"])
+        summary.update(adapter_bytes=kept_bytes, size_ratio=kept_bytes / summary["dense_delta_bytes"])
     config = dataclasses.replace(
         adapter.config,
         tensors=writer.records,

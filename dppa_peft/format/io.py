@@ -23,7 +23,8 @@ from ..safetensors_file import open_checked, read_header, safetensors_errors
 from .apply import effective_values
 from .config import FORMAT_VERSION, SparseDeltaConfig, module_and_param
 from .encoding import EncodedTensor
-from .validate import check_encoded, check_stored_parts, expected_parts, read_adapter_config
+from .record import TensorRecord
+from .validate import check_encoded, check_stored_parts, read_adapter_config
 
 if TYPE_CHECKING:
     from huggingface_hub import CommitInfo
@@ -40,35 +41,17 @@ def state_key(tensor_name: str, part: str) -> str:
     return f"base_model.model.{module}.sparse_delta.{param}_{part}"
 
 
-def tensor_record(encoded: EncodedTensor, **extra: Any) -> dict[str, Any]:
-    """The config record of one stored tensor: ``extra`` fields plus its stored form (``dtype``: of the values;
-    ``factors``: the ``[P, R]`` shape of a stored factor table)."""
-    extra.pop("factors", None)
-    if encoded.factors is not None:
-        extra["factors"] = list(encoded.factors.shape)
-    return {
-        **extra,
-        "shape": list(encoded.shape),
-        "nnz": encoded.nnz,
-        "encoding": encoded.encoding,
-        "dtype": str(encoded.values.dtype).removeprefix("torch."),
-        "index_bytes": 0 if encoded.index is None else encoded.index.numel(),
-        "partition": encoded.partition is not None,
-        "stored_bytes": encoded.stored_bytes,
-        "density": encoded.nnz / encoded.numel if encoded.numel else 0.0,
-    }
-
-
 class AdapterWriter:
     """Stream encoded tensors into ``adapter_model.safetensors``; ``close`` adds the config and the card."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = Path(directory)
         self._weights = SafetensorsWriter(self.directory / WEIGHTS_FILE)
-        self.records: dict[str, dict[str, Any]] = {}
+        self.records: dict[str, TensorRecord] = {}
 
-    def add(self, name: str, encoded: EncodedTensor, **record: Any) -> dict[str, Any]:
-        """Write one tensor; ``record`` adds fields to its config record (the stored-form fields are computed)."""
+    def add(self, name: str, encoded: EncodedTensor, **described: Any) -> TensorRecord:
+        """Write one tensor and record it: its stored form from ``encoded``, the ``described`` fields of
+        ``TensorRecord`` (``pruned``, ``block``, ...) as given."""
         self._weights.add(state_key(name, "values"), encoded.values)
         if encoded.index is not None:
             self._weights.add(state_key(name, "index"), encoded.index)
@@ -76,7 +59,7 @@ class AdapterWriter:
             self._weights.add(state_key(name, "partition"), encoded.partition)
         if encoded.factors is not None:
             self._weights.add(state_key(name, "factors"), encoded.factors.detach().float().cpu().contiguous())
-        self.records[name] = tensor_record(encoded, **record)
+        self.records[name] = TensorRecord.of(encoded, **described)
         return self.records[name]
 
     def close(self, config: SparseDeltaConfig) -> None:
@@ -134,12 +117,11 @@ class SparseDeltaAdapter:
         if self._handle is None:
             self._handle = open_checked(weights)
         record = self.config.tensors[name]
-        parts = expected_parts(record)
         with safetensors_errors(weights):
-            stored = {kind: self._handle.get_tensor(state_key(name, kind)) for kind in parts}
+            stored = {kind: self._handle.get_tensor(state_key(name, kind)) for kind in record.parts()}
         encoded = EncodedTensor(
-            record["encoding"],
-            tuple(record["shape"]),
+            record.encoding,
+            record.shape,
             stored["values"],
             stored.get("index"),
             stored.get("partition"),

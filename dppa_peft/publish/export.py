@@ -106,7 +106,7 @@ def export_supertuning(
     _check_base(adapter, checkpoint)
     model = _skeleton(checkpoint)
     targets, whole = _split_modules(adapter, checkpoint, model)
-    sparsity = global_sparsity([(_numel(adapter, t), adapter.config.tensors[f"{t}.weight"]["nnz"]) for t in targets])
+    sparsity = global_sparsity([(_numel(adapter, t), adapter.config.tensors[f"{t}.weight"].nnz) for t in targets])
     kept = padding = inexact = 0
     with atomic_directory(out, overwrite=overwrite, inputs=inputs) as tmp:
         writer = SafetensorsWriter(tmp / WEIGHTS_FILE)
@@ -208,7 +208,7 @@ def _skeleton(checkpoint: Checkpoint) -> torch.nn.Module:
 
 
 def _numel(adapter: SparseDeltaAdapter, module: str) -> int:
-    return math.prod(adapter.config.tensors[f"{module}.weight"]["shape"])
+    return adapter.config.tensors[f"{module}.weight"].numel
 
 
 def _split_modules(
@@ -226,10 +226,10 @@ def _split_modules(
         if (
             isinstance(modules[name], torch.nn.Linear)
             and set(records) == {"weight"}
-            and records["weight"]["encoding"] != "dense"
+            and records["weight"].encoding != "dense"
             and numel <= MAX_SPARSE_NUMEL
         ):
-            candidates[name] = (numel, records["weight"]["nnz"], numel * checkpoint.dtype(f"{name}.weight").itemsize)
+            candidates[name] = (numel, records["weight"].nnz, numel * checkpoint.dtype(f"{name}.weight").itemsize)
     targets = choose_targets(candidates)
     whole = [name for name in changed if name not in targets]
     _check_unambiguous(model, targets, whole)

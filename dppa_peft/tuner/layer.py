@@ -14,6 +14,7 @@ from torch import nn
 from ..format.apply import add_sparse, effective_values
 from ..format.config import SparseDeltaConfig
 from ..format.encoding import EncodedTensor
+from ..format.record import TensorRecord
 from ..format.validate import check_encoded
 from ..methods.base import FullDelta, SparseDelta
 
@@ -22,24 +23,25 @@ class SparseDeltaStore(nn.Module):
     """One adapter's stored deltas for one module: ``<param>_values`` (fp32), ``<param>_index``,
     ``<param>_partition`` and (format version 2) ``<param>_factors`` (fp32 ``[P, R]``)."""
 
-    def __init__(self, records: dict[str, dict[str, Any]], factors: dict[str, list[float]]) -> None:
+    def __init__(self, records: dict[str, TensorRecord], factors: dict[str, list[float]]) -> None:
         super().__init__()
         self.records = records
         self.factors = {param: list(f) for param, f in factors.items()}  # per parameter, indexed by partition id
         for param, record in records.items():
-            self.register_parameter(f"{param}_values", nn.Parameter(torch.zeros(record["nnz"]), requires_grad=False))
-            if record["encoding"] != "dense":
-                self.register_buffer(f"{param}_index", torch.zeros(record["index_bytes"], dtype=torch.uint8))
-            if record.get("partition"):
-                self.register_buffer(f"{param}_partition", torch.zeros(record["nnz"], dtype=torch.uint8))
-            if record.get("factors"):
-                self.register_buffer(f"{param}_factors", torch.ones(record["factors"], dtype=torch.float32))
+            self.register_parameter(f"{param}_values", nn.Parameter(torch.zeros(record.nnz), requires_grad=False))
+            if record.encoding != "dense":
+                index_bytes = record.require(param, "index_bytes", "PEFT loading sizes the index with")
+                self.register_buffer(f"{param}_index", torch.zeros(index_bytes, dtype=torch.uint8))
+            if record.partition:
+                self.register_buffer(f"{param}_partition", torch.zeros(record.nnz, dtype=torch.uint8))
+            if record.factors:
+                self.register_buffer(f"{param}_factors", torch.ones(record.factors, dtype=torch.float32))
 
     def encoded(self, param: str) -> EncodedTensor:
         record = self.records[param]
         return EncodedTensor(
-            encoding=record["encoding"],
-            shape=tuple(record["shape"]),
+            encoding=record.encoding,
+            shape=record.shape,
             values=getattr(self, f"{param}_values"),
             index=getattr(self, f"{param}_index", None),
             partition=getattr(self, f"{param}_partition", None),

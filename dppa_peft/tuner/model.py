@@ -134,6 +134,6 @@ class SparseDeltaModel(BaseTuner):
                 continue
             module, _, part = key.rpartition(marker)
             record = config.tensors.get(f"{module.removeprefix('base_model.model.')}.{part.removesuffix('_values')}")
-            if record and record.get("dtype"):
-                selected[key] = tensor.to(getattr(torch, record["dtype"]))
+            if record and record.dtype:
+                selected[key] = tensor.to(getattr(torch, record.dtype))
         return selected

@@ -20,7 +20,7 @@ from torch import nn
 from ..format.config import SparseDeltaConfig
 from ..format.encoding import EncodedTensor, encode
 from ..format.fingerprint import model_fingerprint
-from ..format.io import tensor_record
+from ..format.record import TensorRecord
 from ..format.merge_record import MergeRecord, MergeSource, merged_adapter_config
 from ..merge.modes import MergeMode, create_mode, get_mode
 from ..methods.base import SparseDelta
@@ -96,8 +96,8 @@ def weighted_adapter_config(
         value_dtype="float32",
         command=f"PeftModel.add_weighted_adapter({list(configs)}, {list(weights)}, combination_type={mode.name!r})",
     )
-    pruned = {name for c in configs.values() for name, r in c.tensors.items() if r.get("pruned")}
-    records = {name: tensor_record(e, pruned=name in pruned) for name, e in sorted(encoded.items())}
+    pruned = {name for c in configs.values() for name, r in c.tensors.items() if r.pruned}
+    records = {name: TensorRecord.of(e, pruned=name in pruned) for name, e in sorted(encoded.items())}
     vocab = max((c.vocab_size or 0) for c in configs.values()) or None
     config = merged_adapter_config(record, records, base_fingerprint, vocab_size=vocab)
     config.task_type, config.inference_mode = first.task_type, first.inference_mode
