@@ -16,6 +16,7 @@ import torch
 
 TIE_MODES = ("index", "threshold_le")
 SAMPLE = 1 << 14  # entries sampled to bracket the threshold of a large tensor
+CHUNK = 1 << 17  # entries per cache-sized chunk of the candidate scan
 TIE_MODE_HELP = (
     "tie rule at the threshold: 'index' (default) keeps exactly floor(d*n), lowest index first among "
     "equal |delta|; 'threshold_le' prunes every |delta| <= t like the released DPPA/OWL code"
@@ -61,16 +62,27 @@ def gather(flat: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
 
 
 def _reaching(flat: torch.Tensor, floor: torch.Tensor, absolute: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Ascending positions where ``flat`` (or ``|flat|``) is at least ``floor``, and the scores there (numpy on CPU:
-    fused scans, no full-size copy of the scores)."""
+    """Ascending positions where ``flat`` (or ``|flat|``) is at least ``floor``, and the scores there (numpy on CPU,
+    one scan in cache-sized chunks: no full-size temporary)."""
     if flat.device.type == "cpu":
-        array, value = flat.numpy(), floor.item()
-        mask = (array >= value) | (array <= -value) if absolute else array >= value
-        found = np.flatnonzero(mask)
-        scores = np.take(array, found)
-        return torch.from_numpy(found), torch.from_numpy(np.abs(scores, out=scores) if absolute else scores)
+        return _reaching_cpu(flat.numpy(), floor.item(), absolute)
     positions = flat_nonzero(flat.abs() >= floor if absolute else flat >= floor)
     return positions, flat[positions].abs() if absolute else flat[positions]
+
+
+def _reaching_cpu(array: np.ndarray, value: float, absolute: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    size = min(CHUNK, array.size)
+    scores, mask = np.empty(size, dtype=array.dtype), np.empty(size, dtype=np.bool_)
+    found, kept = [], []
+    for start in range(0, array.size, CHUNK):
+        part = array[start : start + CHUNK]
+        score, hit = (np.abs(part, out=scores[: part.size]) if absolute else part), mask[: part.size]
+        np.greater_equal(score, value, out=hit)
+        positions = np.flatnonzero(hit)
+        kept.append(score[positions])
+        positions += start
+        found.append(positions)
+    return torch.from_numpy(np.concatenate(found)), torch.from_numpy(np.concatenate(kept))
 
 
 def _candidate_floor(flat: torch.Tensor, k: int, absolute: bool) -> torch.Tensor | None:
