@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..amplify.calibration import DEFAULT_TEXT_FIELD, Prompt, check_lengths, read_prompts
+from ..choices import KL_POSITIONS, TEACHER_WEIGHTINGS
 from ..errors import UserError
 from ..specs import LearnParams
 from .modes import MergeMode, register_mode
@@ -107,6 +108,47 @@ class LearnedMergeParams(CalibrationParams):
             "fine-tuned model recorded in each adapter)"
         },
     )
+    learn_dense: bool = field(
+        default=True,
+        metadata={
+            "help": "learned: also learn factors (one per row) for the tensors the adapters keep dense outside the "
+            "pruning scope (embeddings, lm_head, norms); --no-learn-dense sums them with factor 1"
+        },
+    )
+    teacher_weighting: str = field(
+        default="equal",
+        metadata={
+            "help": "learned: 'equal' = the mean of the teachers' KLs; 'relative' = each teacher's KL divided by its "
+            "held-out KL at the start (the plain sum), so every domain counts relative to where it started",
+            "choices": TEACHER_WEIGHTINGS,
+        },
+    )
+    kl_positions: str = field(
+        default="all",
+        metadata={
+            "help": "learned: the positions the KL scores: 'all' (prompt and continuation) or 'continuation' (only "
+            "those predicting the teacher's greedy tokens: what the merged model generates)",
+            "choices": KL_POSITIONS,
+        },
+    )
+    learn_anchor: float = field(
+        default=0.0,
+        metadata={
+            "help": "learned: weight of an L2 penalty pulling the factors toward their starting values (the adapters' "
+            "own learned factors, else 1): mean squared change, added to the KL"
+        },
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.learn_anchor >= 0:
+            raise UserError(f"learn_anchor must be >= 0, got {self.learn_anchor}")
+        if self.teacher_weighting not in TEACHER_WEIGHTINGS:
+            raise UserError(f"unknown teacher_weighting {self.teacher_weighting!r}; choose one of {TEACHER_WEIGHTINGS}")
+        if self.learn_dense and self.learn_granularity not in ("row", "tensor"):
+            raise UserError(
+                "learn_dense learns a table per dense tensor: use --learn-granularity row or tensor with it"
+            )
 
 
 @dataclass(frozen=True)
@@ -214,6 +256,7 @@ def learn_merge(
             _release(summed)
         learn = params.learn_params(learn_granularity=ADAMERGING_GRANULARITIES[params.adamerging_granularity])
         bound = params.adamerging_max
+        extra: dict[str, Any] = {}
     else:
         teachers = list(params.finetuned) if params.finetuned else [recorded_finetuned(a) for a in adapters]
         if len(teachers) != len(adapters):
@@ -232,16 +275,24 @@ def learn_merge(
                 dtype=dtype,
                 device=device,
                 name=str(ref),
+                positions=params.kl_positions,
             )
             for ref, prompts in zip(teachers, prompt_sets)
         ]
         learn, bound = params.learn_params(), None
+        extra = {
+            "dense": params.learn_dense,
+            "teacher_weighting": params.teacher_weighting,
+            "anchor": params.learn_anchor,
+        }
     model = load_base_model(base, adapters[0], dtype, device)
     for adapter in adapters[1:]:
         check_base(model, adapter.config)
     resize_vocabulary(model, max((a.config.vocab_size or 0 for a in adapters), default=0) or None)
     try:
-        result = learn_factors(model, adapters, targets, learn, weights=weights, max_factor=bound, progress=progress)
+        result = learn_factors(
+            model, adapters, targets, learn, weights=weights, max_factor=bound, progress=progress, **extra
+        )
     finally:
         _release(model)
     tables = result.factors + [{} for _ in range(len(adapters) - len(result.factors))]  # adapters with no pruned tensor
