@@ -92,3 +92,16 @@ def measure(code: str, setup: str = "", env: dict[str, str] | None = None) -> di
 
 def folder_mib(path: Path, pattern: str = "*.safetensors") -> float:
     return sum(p.stat().st_size for p in Path(path).glob(pattern)) / 2**20
+
+
+def print_table(
+    columns: list[str], rows: list[list[object]], json_path: str | None = None, records: object = None
+) -> None:
+    """Print a markdown table (``rows`` of cells, already formatted or printed with ``str``); with ``json_path``,
+    also write ``records`` (the rows as measured) there as JSON."""
+    print("| " + " | ".join(columns) + " |")
+    print("|" + "---|" * len(columns))
+    for row in rows:
+        print("| " + " | ".join(str(cell) for cell in row) + " |")
+    if json_path:
+        Path(json_path).write_text(json.dumps(records, indent=2))

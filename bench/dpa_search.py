@@ -16,7 +16,6 @@ With ``--objective kl`` the scores are −KL(dense fine-tune ‖ candidate) (0 i
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import sys
@@ -29,6 +28,7 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
+from _common import print_table  # noqa: E402
 from dppa_peft import prune  # noqa: E402
 from dppa_peft.amplify.candidate import AmplifiedModel, load_base_model  # noqa: E402
 from dppa_peft.amplify.objectives import ObjectiveParams, build_objective  # noqa: E402
@@ -164,15 +164,13 @@ def main() -> None:
         f"method {args.method}, rate {args.rate}, partitions {partitions.rates}, objective {args.objective}, "
         f"bounds {list(bounds)}, torch threads {torch.get_num_threads()}"
     )
-    print("| strategy | DPA method | calls | search s | factors | search score | held-out score |")
-    print("|---|---|---|---|---|---|---|")
-    for row in rows:
-        print(
-            f"| {row['strategy']} | {row['dpa_method']} | {row['calls']} | {row['seconds']:.2f} | "
-            f"{row['factors']} | {row['search_score']:.5f} | {row['heldout_score']:.5f} |"
-        )
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2))
+    columns = ["strategy", "DPA method", "calls", "search s", "factors", "search score", "held-out score"]
+    cells = [
+        [r["strategy"], r["dpa_method"], r["calls"], f"{r['seconds']:.2f}", r["factors"], f"{r['search_score']:.5f}"]
+        + [f"{r['heldout_score']:.5f}"]
+        for r in rows
+    ]
+    print_table(columns, cells, args.json, rows)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ sys.path.insert(0, str(REPO))
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from _common import print_table
 from dppa_peft import SparseDeltaAdapter, load_merged, prune
 from dppa_peft.amplify.api import write_amplified
 from dppa_peft.amplify.calibration import Prompt
@@ -206,13 +207,13 @@ def main() -> None:
         f"demo zoo {args.size}, method {args.method}{floor}, rate {args.rate}, torch threads {torch.get_num_threads()}; "
         f"held-out = {params.learn_heldout:.0%} of each domain's dev prompts, unseen by every strategy"
     )
-    print("| domain | strategy | calls / steps | wall s | CPU s | factors | held-out KL | Domain-Ratio dev | test |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(
-            f"| {r['domain']} | {r['strategy']} | {r['work']} | {r['seconds'][0]:.1f} | {r['seconds'][1]:.1f} | "
-            f"{r['factors']} | {r['heldout_kl']:.4f} | {r['dev']:.3f} | {r['test']:.3f} |"
-        )
+    columns = ["domain", "strategy", "calls / steps", "wall s", "CPU s", "factors", "held-out KL", "Domain-Ratio dev"]
+    cells = [
+        [r["domain"], r["strategy"], r["work"], f"{r['seconds'][0]:.1f}", f"{r['seconds'][1]:.1f}", r["factors"]]
+        + [f"{r['heldout_kl']:.4f}", f"{r['dev']:.3f}", f"{r['test']:.3f}"]
+        for r in rows
+    ]
+    print_table([*columns, "test"], cells)
     for domain in args.domains:
         by = {r["strategy"].split(" ")[0]: r for r in rows if r["domain"] == domain}
         learned, golden = by["learned"], by["default"]

@@ -91,10 +91,12 @@ def _import_when_quiet(module: str, finished: str | None = None) -> None:
 
 
 def _submodule_loaded(name: str) -> None:
-    """After each submodule: the adapter config needs its card writer (``publish.card`` registers it); then run
-    what waited for a quiet moment."""
+    """After each submodule: the adapter config needs its card writer (``publish.card`` registers it), the tuner its
+    PEFT push (``publish.peft_push``); then run what waited for a quiet moment."""
     if name == f"{__name__}.format.config":
         _PENDING.add(".publish.card")
+    if name == f"{__name__}.tuner.model":  # PeftModel.push_to_hub publishes dppa-peft's card (publish.peft_push)
+        _PENDING.add(".publish.peft_push")
     if _PENDING and not initializing(f"{__name__}.", exclude=name):
         while _PENDING:
             importlib.import_module(_PENDING.pop(), __name__)

@@ -6,6 +6,8 @@ CPU). Nothing here names a device type: the same code runs wherever torch runs.
 
 from __future__ import annotations
 
+import gc
+
 import torch
 
 from .errors import UserError
@@ -45,3 +47,11 @@ def compute_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
         return COMPUTE_DTYPES["auto" if dtype is None else dtype]
     except KeyError:
         raise UserError(f"--dtype {dtype!r} is not one of {sorted(COMPUTE_DTYPES)}") from None
+
+
+def release_memory() -> None:
+    """Return the memory of models the caller has just dropped (``del model``): collect, then empty torch's
+    accelerator cache."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -15,6 +15,7 @@ looked up lazily, and the registries' modules import torch only when a tensor is
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import types
 import typing
@@ -104,6 +105,16 @@ def option(
     if default_factory is not MISSING:
         return field(default_factory=default_factory, metadata=metadata)
     return field(default=default, metadata=metadata)
+
+
+def _group_option(group: str) -> Callable[..., Any]:
+    """:func:`option` with ``group`` set, for a spec class whose fields share one option group."""
+    return functools.partial(option, group=group)
+
+
+dpa_option = _group_option("DPA search")
+objective_option = _group_option("DPA objective")
+learn_option = _group_option("learned amplification (--search learned)")
 
 
 def choices_of(f: dataclasses.Field) -> list[Any] | None:
@@ -333,32 +344,28 @@ class AmplifyParams(Spec):
     """How DPA searches the partition factors (each field is a CLI option of ``prune --amplify`` and ``amplify``)."""
 
     key: ClassVar[str] = "dpa"
-    combine: str = option(
+    combine: str = dpa_option(
         "independent",
         choices=PARTITION_COMBINE_MODES,
-        group="DPA search",
         help=(
             "how partition factors combine: 'independent' scales each partition by its own factor; 'max' is the "
             "released code (a partition gets the max of its factor and every later one's)"
         ),
     )
-    amplify_unpruned: bool = option(
+    amplify_unpruned: bool = dpa_option(
         False,
-        group="DPA search",
         help=(
             "also scale the tensors kept outside the pruning scope (embeddings, norms, lm_head) by the largest factor, "
             "as the released code does"
         ),
     )
-    factors: list[float] | None = option(
+    factors: list[float] | None = dpa_option(
         None,
-        group="DPA search",
         help=("use these factors (one per partition) and skip the search; no objective is needed"),
     )
-    search: str = option(
+    search: str = dpa_option(
         "default",
         choices=SEARCHES,
-        group="DPA search",
         help=(
             "'default' = golden-section per partition within --bounds to --tol; 'reference' = the released +0.1 greedy "
             "loop with its quirks; 'learned' = factors per output row (--learn-granularity) learned by KL distillation "
@@ -366,40 +373,35 @@ class AmplifyParams(Spec):
             "implies --amplify)"
         ),
     )
-    dpa_method: int = option(
+    dpa_method: int = dpa_option(
         1,
         choices=DPA_METHODS,
-        group="DPA search",
         help=(
             "1 = progressive (later partitions absent while a factor is searched), 2 = later partitions present at "
             "factor 1"
         ),
     )
-    bounds: list[float] | None = option(
+    bounds: list[float] | None = dpa_option(
         None,
-        group="DPA search",
         metavar="LO HI",
         help=(
             "default search: interval of every factor (default 0.5 3.0; 0.0 1.2 for methods that already rescale "
             "kept values, like DARE, where DPA reduces)"
         ),
     )
-    tol: float = option(
+    tol: float = dpa_option(
         DEFAULT_TOL,
-        group="DPA search",
         help=(
             "default search: each factor ends within this distance of its optimum for a unimodal objective (sets the "
             "calls per partition: 10 on [0.5, 3.0] at 0.05)"
         ),
     )
-    max_calls: int | None = option(
+    max_calls: int | None = dpa_option(
         None,
-        group="DPA search",
         help=("most objective calls in total (default search: what --tol needs; reference loop: 100)"),
     )
-    reference_init: list[float] | None = option(
+    reference_init: list[float] | None = dpa_option(
         None,
-        group="DPA search",
         help=("reference search: start factors (default 1.8 then 0 for method 1, 1.8 then 1 for method 2)"),
     )
 
@@ -433,55 +435,45 @@ class ObjectiveParams(Spec):
     """What the DPA search maximises (the provided objectives; the API also takes a callable)."""
 
     key: ClassVar[str] = "dpa_objective"
-    objective: str = option(
+    objective: str = objective_option(
         "kl",
         choices=OBJECTIVES,
-        group="DPA objective",
         help=(
             "'kl' = -KL(dense fine-tune || candidate) of next-token distributions on --calibration prompts (no "
             "labels); 'tasks' = Domain-Ratio (geometric mean of task score / dense score) of lm-eval --tasks on their "
             "dev split"
         ),
     )
-    calibration: str | None = option(
+    calibration: str | None = objective_option(
         None,
-        group="DPA objective",
         metavar="FILE",
         help=(
             "kl and learned: calibration prompts, a .jsonl/.json file with a --text-field per line or a plain text file "
             "with one prompt per line"
         ),
     )
-    text_field: str = option(
+    text_field: str = objective_option(
         DEFAULT_TEXT_FIELD,
-        group="DPA objective",
         help=("the JSON field holding the prompt in a .jsonl/.json --calibration file"),
     )
-    continuation_tokens: int = option(
+    continuation_tokens: int = objective_option(
         8,
-        group="DPA objective",
         help=("kl: greedy tokens the dense fine-tune appends to each prompt; they are scored too"),
     )
-    max_length: int = option(
-        128, group="DPA objective", help=("kl: prompts are cut to max_length - continuation_tokens tokens")
-    )
-    batch_size: int = option(8, group="DPA objective", help="sequences per forward pass (kl) or lm-eval batch size")
-    tokenizer: str | None = option(
+    max_length: int = objective_option(128, help=("kl: prompts are cut to max_length - continuation_tokens tokens"))
+    batch_size: int = objective_option(8, help="sequences per forward pass (kl) or lm-eval batch size")
+    tokenizer: str | None = objective_option(
         None,
-        group="DPA objective",
         help=("tokenizer folder or Hub id (default: the fine-tuned model's, else the base model's)"),
     )
-    tasks: list[str] | None = option(
-        None, group="DPA objective", help=("tasks: lm-eval task (or group) names on a dev split, e.g. demo_math_dev")
+    tasks: list[str] | None = objective_option(
+        None, help=("tasks: lm-eval task (or group) names on a dev split, e.g. demo_math_dev")
     )
-    include_path: list[str] | None = option(
-        None, group="DPA objective", help=("tasks: extra folders with lm-eval task YAMLs")
-    )
-    metric: str = option("acc", group="DPA objective", help="tasks: the lm-eval metric each task reports, e.g. acc")
-    limit: int | None = option(None, group="DPA objective", help="tasks: evaluate at most this many documents per task")
-    split: str = option(
+    include_path: list[str] | None = objective_option(None, help=("tasks: extra folders with lm-eval task YAMLs"))
+    metric: str = objective_option("acc", help="tasks: the lm-eval metric each task reports, e.g. acc")
+    limit: int | None = objective_option(None, help="tasks: evaluate at most this many documents per task")
+    split: str = objective_option(
         "dev",
-        group="DPA objective",
         help=("tasks: the name of the split the --tasks read, recorded in the adapter config"),
     )
 
@@ -512,49 +504,35 @@ class LearnParams(Spec):
     """Settings of learned amplification (used with ``search='learned'``)."""
 
     key: ClassVar[str] = "learn"
-    learn_granularity: str = option(
+    learn_granularity: str = learn_option(
         "row",
         choices=GRANULARITIES,
-        group="learned amplification (--search learned)",
         help="what one learned factor covers: 'row' = each output row of each pruned "
         "matrix (per partition), 'tensor' = each pruned tensor, 'partition' = each "
         "DPA partition, 'block' = each decoder block, 'global' = the whole adapter",
     )
-    learn_steps: int = option(
-        60, group="learned amplification (--search learned)", help="Adam steps (one calibration batch per teacher each)"
-    )
-    learn_lr: float = option(
+    learn_steps: int = learn_option(60, help="Adam steps (one calibration batch per teacher each)")
+    learn_lr: float = learn_option(0.2, help="Adam learning rate of the factors (they start at 1)")
+    learn_heldout: float = learn_option(
         0.2,
-        group="learned amplification (--search learned)",
-        help="Adam learning rate of the factors (they start at 1)",
-    )
-    learn_heldout: float = option(
-        0.2,
-        group="learned amplification (--search learned)",
         help=("fraction of the calibration prompts held out for early stopping and the reported KL"),
     )
-    learn_eval_every: int = option(
-        10, group="learned amplification (--search learned)", help="steps between held-out KL evaluations"
-    )
-    learn_patience: int | None = option(
+    learn_eval_every: int = learn_option(10, help="steps between held-out KL evaluations")
+    learn_patience: int | None = learn_option(
         None,
-        group="learned amplification (--search learned)",
         help=(
             "stop after this many held-out evaluations without improvement (default: run every step); the factors "
             "with the lowest held-out KL are kept either way"
         ),
     )
-    learn_top_k: int | None = option(
+    learn_top_k: int | None = learn_option(
         None,
-        group="learned amplification (--search learned)",
         help=(
             f"teacher log-probs cached per position (default: the full vocabulary up to {FULL_VOCAB_LIMIT} tokens, "
             f"else the top {TEACHER_TOP_K}, renormalised)"
         ),
     )
-    learn_seed: int = option(
-        0, group="learned amplification (--search learned)", help="seed of the held-out split and the batch order"
-    )
+    learn_seed: int = learn_option(0, help="seed of the held-out split and the batch order")
 
     def validate(self) -> None:
         if self.learn_steps < 0 or self.learn_eval_every < 1:
@@ -656,7 +634,7 @@ class PruneSpec(RunOptions):
         group="scope and storage",
         help=("dtype of stored values; 'auto' keeps the fine-tune's dtype"),
     )
-    partition_rates: list[float] | None = option(None, group="DPA search", help=PARTITION_HELP)
+    partition_rates: list[float] | None = dpa_option(None, help=PARTITION_HELP)
     amplify: bool = option(
         False,
         help=(
@@ -728,23 +706,28 @@ def method_params(method: str, params: Mapping[str, Any], path: str = "params") 
     """Method ``method``'s parameter dataclass built from ``params``; unknown names are errors."""
     from .methods.registry import get_method
 
+    chosen = _entry_params(get_method, "method", method, "parameter", params, path)
+    check_finite_params(chosen, f"method {method!r}")
+    return chosen
+
+
+def _entry_params(
+    get: Callable[[str], Any], kind: str, name: str, word: str, params: Mapping[str, Any], path: str
+) -> Any:
+    """The ``Params`` dataclass of registry entry ``get(name)`` (a ``kind``: method, merge mode) built from
+    ``params``; an unknown name, an unknown ``word`` (parameter, option) or a bad value is an error."""
     try:
-        cls = get_method(method).Params
+        cls = get(name).Params
     except ValueError as err:
         _fail(str(err))
     known = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(params) - set(known))
     if unknown:
-        _fail(
-            f"{path}.{unknown[0]}: method {method!r} has no parameter {unknown[0]!r}; its parameters are "
-            f"{known or 'none'}"
-        )
+        _fail(f"{path}.{unknown[0]}: {kind} {name!r} has no {word} {unknown[0]!r}; its {word}s are {known or 'none'}")
     try:
-        chosen = cls(**params)
+        return cls(**params)
     except (TypeError, ValueError) as err:
         _fail(f"{path}: {err}")
-    check_finite_params(chosen, f"method {method!r}")
-    return chosen
 
 
 def _changed(spec: Spec) -> list[str]:
@@ -776,7 +759,7 @@ class AmplifySpec(RunOptions):
     finetuned: Source | None = option(
         None, help=("the dense fine-tuned model the objective compares with (needed by kl and tasks)")
     )
-    partition_rates: list[float] | None = option(None, group="DPA search", help=PARTITION_HELP)
+    partition_rates: list[float] | None = dpa_option(None, help=PARTITION_HELP)
     dpa: AmplifyParams = option(default_factory=AmplifyParams, help="DPA search settings")
     dpa_objective: ObjectiveParams = option(default_factory=ObjectiveParams, help="DPA objective settings")
     learn: LearnParams = option(default_factory=LearnParams, help="learned amplification settings")
@@ -859,20 +842,7 @@ def mode_params(mode: str, params: Mapping[str, Any], path: str = "merge.params"
     """Merge mode ``mode``'s parameter dataclass built from ``params``; unknown names are errors."""
     from .merge.modes import get_mode
 
-    try:
-        cls = get_mode(mode).Params
-    except ValueError as err:
-        _fail(str(err))
-    known = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(params) - set(known))
-    if unknown:
-        _fail(
-            f"{path}.{unknown[0]}: merge mode {mode!r} has no option {unknown[0]!r}; its options are {known or 'none'}"
-        )
-    try:
-        return cls(**params)
-    except (TypeError, ValueError) as err:
-        _fail(f"{path}: {err}")
+    return _entry_params(get_mode, "merge mode", mode, "option", params, path)
 
 
 ADAPTER_VALUE_DTYPES = ("float32", "bfloat16", "float16")
@@ -1069,6 +1039,7 @@ class Domain(Spec):
 
 
 LM_EVAL = "lm-eval (device, dtype, batch size, few-shot, stderr, backend)"
+lm_eval_option = _group_option(LM_EVAL)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -1076,51 +1047,45 @@ class EvalOptions(Spec):
     """How ``dppa-peft eval`` runs lm-eval: backend, device, dtype, batch size, few-shot, limit, stderr."""
 
     key: ClassVar[str] = "lm_eval"
-    backend: str = option(
+    backend: str = lm_eval_option(
         "hf",
         choices=BACKENDS,
-        group=LM_EVAL,
         help=(
             "lm-eval backend: 'hf' (adapters merged into the base at load, in memory) or 'vllm' (lm-eval's vLLM backend "
             "on a merged export written once per variant; needs the vllm extra and a GPU)"
         ),
     )
-    device: str = option("cpu", group=LM_EVAL, help="torch device for the hf backend: cpu, cuda, cuda:1, ...")
-    dtype: str = option("auto", choices=DTYPES, group=LM_EVAL, help="model dtype")
-    device_map: str | None = option(
+    device: str = lm_eval_option("cpu", help="torch device for the hf backend: cpu, cuda, cuda:1, ...")
+    dtype: str = lm_eval_option("auto", choices=DTYPES, help="model dtype")
+    device_map: str | None = lm_eval_option(
         None,
-        group=LM_EVAL,
         help=("hf backend: accelerate device map for big models, e.g. 'auto' (lm-eval's parallelize=True)"),
     )
-    batch_size: int = option(16, group=LM_EVAL, help="lm-eval batch size")
-    num_fewshot: int | None = option(
-        None, group=LM_EVAL, help=("few-shot examples per prompt (default: the task's own setting)")
+    batch_size: int = lm_eval_option(16, help="lm-eval batch size")
+    num_fewshot: int | None = lm_eval_option(
+        None, help=("few-shot examples per prompt (default: the task's own setting)")
     )
-    limit: float | None = option(
+    limit: float | None = lm_eval_option(
         None,
-        group=LM_EVAL,
         help=("evaluate only the first N examples of each task (a fraction < 1: that share of each task)"),
     )
-    bootstrap_iters: int = option(
+    bootstrap_iters: int = lm_eval_option(
         1000,
-        group=LM_EVAL,
         help=(
             "bootstrap iterations for the standard errors lm-eval reports (mean metrics use a closed form); 0 = no "
             "stderr"
         ),
     )
-    metric: str = option("acc", group=LM_EVAL, help="metric reported per task")
-    keep_merged: bool = option(
+    metric: str = lm_eval_option("acc", help="metric reported per task")
+    keep_merged: bool = lm_eval_option(
         False,
-        group=LM_EVAL,
         help=(
             "vllm backend: keep the merged model folders (in OUT-merged/, next to OUT) instead of removing each after "
             "use"
         ),
     )
-    model_args: str | None = option(
+    model_args: str | None = lm_eval_option(
         None,
-        group=LM_EVAL,
         help=(
             "extra lm-eval model_args for every model, KEY=VALUE[,KEY=VALUE] (e.g. "
             "gpu_memory_utilization=0.8,tensor_parallel_size=2 for vllm, max_cpu_memory=8GB for hf)"

@@ -37,6 +37,25 @@ def llama_finetunes(tmp_path_factory: pytest.TempPathFactory, llama_pair: tuple)
 
 
 @pytest.fixture(scope="session")
+def finetune_adapters(tmp_path_factory: pytest.TempPathFactory, llama_pair: tuple, llama_finetunes: list):
+    """``finetune_adapters(rate)``: the folders of the llama_finetunes magnitude-pruned at ``rate`` (made once)."""
+    from dppa_peft import prune
+
+    made: dict[float, list] = {}
+
+    def at(rate: float) -> list:
+        if rate not in made:
+            root = tmp_path_factory.mktemp(f"finetune_adapters_{rate}")
+            made[rate] = [
+                prune(llama_pair[0], ft, root / f"a{i}", method="magnitude", rate=rate, progress=False)[0].directory
+                for i, ft in enumerate(llama_finetunes)
+            ]
+        return made[rate]
+
+    return at
+
+
+@pytest.fixture(scope="session")
 def matrix(tmp_path_factory: pytest.TempPathFactory):
     """The common test matrix's tiny models (fp32 and bf16) and the adapters pruned from them (tests/matrix.py)."""
     from tests.matrix import Matrix

@@ -11,8 +11,6 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from dppa_peft.cli import main
-
 
 def copy_model(source: Path, target: Path, edit: Callable[[dict[str, torch.Tensor]], None] | None = None) -> Path:
     """A copy of a single-file model folder, its tensors changed in place by ``edit``."""
@@ -35,16 +33,3 @@ def raw_safetensors(header: object, data: bytes = b"", length: int | None = None
     """A safetensors byte string with any header (even invalid), optionally lying about its length."""
     raw = header if isinstance(header, bytes) else json.dumps(header).encode()
     return struct.pack("<Q", len(raw) if length is None else length) + raw + data
-
-
-def run_cli(capsys, *argv: object) -> tuple[int, str]:
-    """Run ``dppa-peft argv`` in-process; returns (exit status, stderr)."""
-    code = main([str(a) for a in argv])
-    return code, capsys.readouterr().err
-
-
-def prune_cli(capsys, base: Path, finetuned: Path, out: Path, *extra: object) -> tuple[int, str]:
-    """``dppa-peft prune --method magnitude`` (fast) on a pair."""
-    return run_cli(
-        capsys, "prune", "--base", base, "--finetuned", finetuned, "--method", "magnitude", "--out", out, *extra
-    )

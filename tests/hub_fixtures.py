@@ -107,17 +107,35 @@ def unique_repo_id(name: str) -> str:
     return f"{HUB_USER}/{name}-{uuid.uuid4().hex[:8]}"
 
 
+def upload_model(folder: Path, name: str) -> str:
+    """Upload a model folder to a new repo of the test user (named after ``name``); returns its id."""
+    from huggingface_hub import HfApi
+
+    repo_id = unique_repo_id(name)
+    HfApi().create_repo(repo_id)
+    HfApi().upload_folder(repo_id=repo_id, folder_path=folder)
+    return repo_id
+
+
 @pytest.fixture(scope="session")
 def local_hub() -> Iterator[LocalHub]:
-    """A LocalHub serving on HF_ENDPOINT for the whole session, started on first use."""
+    """A LocalHub serving on HF_ENDPOINT for the whole session, started on first use; at the end, no request may
+    have hit a bug of the server (an answer 500 with its traceback)."""
     if _port is None:
         raise RuntimeError("call tests.hub_fixtures.configure_hub_environment() at the top of the root conftest.py")
     hub = LocalHub(VALID_TOKENS, port=_port).start(listen_socket=_reserved_socket)
     yield hub
     hub.stop()
+    assert hub.server_errors == [], hub.server_errors[0]
 
 
 @pytest.fixture
 def hub_repo_id(local_hub: LocalHub, request: pytest.FixtureRequest) -> str:
     """A fresh repo id named after the test (the repo is not created)."""
     return unique_repo_id(request.node.name)
+
+
+@pytest.fixture(scope="session")
+def base_on_hub(local_hub: LocalHub, llama_pair: tuple) -> str:
+    """The tiny base (``llama_pair[0]``) on the local Hub, so adapters can name it by its Hub id."""
+    return upload_model(llama_pair[0], "base")

@@ -7,7 +7,7 @@ listing of the whole repo, and publishing one swaps the branch head under a lock
 commit. Tokens map to users; a user writes only to its own namespace; a private repo looks missing to others.
 
 Routes, by the name used in the request log and for fault injection (``ROUTES``): create_repo, validate_yaml,
-repo_info, tree, refs, commits, create_branch, preupload, commit, lfs_batch, lfs_upload, lfs_verify, resolve.
+repo_info, tree, create_branch, preupload, commit, lfs_batch, lfs_upload, resolve.
 """
 
 from __future__ import annotations
@@ -42,14 +42,11 @@ _ROUTE_TABLE = [
         ("POST", r"/api/validate-yaml", "validate_yaml"),
         ("GET", rf"{_API}(?:/revision/(?P<rev>[^/]+))?", "repo_info"),
         ("GET", rf"{_API}/tree/(?P<rev>[^/]+)(?:/(?P<path>.+))?", "tree"),
-        ("GET", rf"{_API}/refs", "refs"),
-        ("GET", rf"{_API}/commits/(?P<rev>[^/]+)", "commits"),
         ("POST", rf"{_API}/branch/(?P<branch>[^/]+)", "create_branch"),
         ("POST", rf"{_API}/preupload/(?P<rev>[^/]+)", "preupload"),
         ("POST", rf"{_API}/commit/(?P<rev>[^/]+)", "commit"),
         ("POST", rf"/{_REPO}\.git/info/lfs/objects/batch", "lfs_batch"),
         ("PUT", r"/_lfs/(?P<ticket>[^/]+)", "lfs_upload"),
-        ("POST", r"/_lfs/(?P<ticket>[^/]+)/verify", "lfs_verify"),
         ("HEAD", rf"/{_REPO}/resolve/(?P<rev>[^/]+)/(?P<path>.+)", "resolve"),
         ("GET", rf"/{_REPO}/resolve/(?P<rev>[^/]+)/(?P<path>.+)", "resolve"),
     ]
@@ -89,10 +86,7 @@ class FileEntry:
 @dataclass(frozen=True)
 class Commit:
     oid: str
-    parent: str | None
-    title: str
     date: str
-    author: str
     files: dict[str, FileEntry]
 
 
@@ -110,7 +104,6 @@ class Repo:
 class RequestRecord:
     method: str
     route: str
-    path: str
     status: int
 
 
@@ -202,12 +195,10 @@ class HubApp:
             raise HubError(404, f"Invalid rev id: {revision}", "RevisionNotFound")
         return repo.commits[oid]
 
-    def _publish(self, repo: Repo, branch: str | None, title: str, author: str, files: dict[str, FileEntry]) -> Commit:
-        parent = repo.refs.get(branch) if branch else None
+    def _publish(self, repo: Repo, branch: str, files: dict[str, FileEntry]) -> Commit:
         oid = hashlib.sha1(uuid.uuid4().bytes).hexdigest()
-        commit = Commit(oid, parent, title, _now(), author, files)
-        repo.commits[oid] = commit
-        repo.refs[branch or "main"] = oid
+        commit = repo.commits[oid] = Commit(oid, _now(), files)
+        repo.refs[branch] = oid
         return commit
 
     # -- repos ----------------------------------------------------------------------------------------------------
@@ -223,7 +214,7 @@ class HubApp:
             private = body.get("visibility", "private" if body.get("private") else "public") == "private"
             repo = self.repos[repo_id] = Repo(str(req.user), private, _now())
             gitattributes = FileEntry(self._store(GITATTRIBUTES), len(GITATTRIBUTES), False, _git_oid(GITATTRIBUTES))
-            self._publish(repo, None, "initial commit", str(req.user), {".gitattributes": gitattributes})
+            self._publish(repo, "main", {".gitattributes": gitattributes})
         return Response.json({"url": url, "name": repo_id, "id": repo_id})
 
     def validate_yaml(self, req: Request) -> Response:
@@ -261,30 +252,6 @@ class HubApp:
             if not prefix or path.startswith(prefix + "/")
         ]
         return Response.json(files)
-
-    def refs(self, req: Request) -> Response:
-        branches = [
-            {"name": name, "ref": f"refs/heads/{name}", "targetCommit": oid}
-            for name, oid in sorted(self._readable(req).refs.items())
-        ]
-        return Response.json({"branches": branches, "tags": [], "converts": [], "pullRequests": []})
-
-    def commits(self, req: Request) -> Response:
-        repo = self._readable(req)
-        commit: Commit | None = self._commit_at(repo, req.params["rev"])
-        history = []
-        while commit is not None:
-            history.append(
-                {
-                    "id": commit.oid,
-                    "title": commit.title,
-                    "message": "",
-                    "date": commit.date,
-                    "authors": [{"user": commit.author}],
-                }
-            )
-            commit = repo.commits.get(commit.parent) if commit.parent else None
-        return Response.json(history)
 
     def resolve(self, req: Request) -> Response:
         commit = self._commit_at(self._readable(req), req.params["rev"])
@@ -334,15 +301,13 @@ class HubApp:
     def commit(self, req: Request) -> Response:
         """An NDJSON commit (header, file, lfsFile lines), read and checked whole before anything is published."""
         repo = self._writable(req)
-        title, added = "", {}
+        added = {}
         for line in req.read().splitlines():
             if not line.strip():
                 continue
             item = json.loads(line)
             key, value = item["key"], item["value"]
-            if key == "header":
-                title = value["summary"]
-            elif key == "file":
+            if key == "file":
                 content = base64.b64decode(value["content"])
                 added[value["path"]] = FileEntry(self._store(content), len(content), False, _git_oid(content))
             elif key == "lfsFile":
@@ -350,11 +315,11 @@ class HubApp:
                     raise HubError(422, f"LFS object {value['oid']} for {value['path']} was not uploaded")
                 pointer = _lfs_pointer(value["oid"], value["size"])
                 added[value["path"]] = FileEntry(value["oid"], value["size"], True, _git_oid(pointer.encode()))
-            else:
+            elif key != "header":
                 raise HubError(400, f"unsupported commit operation {key!r} (this test server only adds files)")
         with self.lock:
             files = {**self._commit_at(repo, req.params["rev"]).files, **added}
-            commit = self._publish(repo, req.params["rev"], title, str(req.user), files)
+            commit = self._publish(repo, req.params["rev"], files)
         url = f"{self.base_url()}/{req.repo_id}/commit/{commit.oid}"
         return Response.json({"success": True, "commitOid": commit.oid, "commitUrl": url, "pullRequestUrl": None})
 
@@ -366,9 +331,7 @@ class HubApp:
             if obj["oid"] not in repo.lfs:  # already uploaded to this repo: no actions, the client skips it
                 ticket = secrets.token_urlsafe(16)
                 self._uploads[ticket] = (repo, obj["oid"], obj["size"])
-                href = f"{self.base_url()}/_lfs/{ticket}"
-                actions = {"upload": {"href": href}, "verify": {"href": f"{href}/verify"}}
-                item.update(authenticated=True, actions=actions)
+                item.update(authenticated=True, actions={"upload": {"href": f"{self.base_url()}/_lfs/{ticket}"}})
             objects.append(item)
         return Response.json({"transfer": "basic", "objects": objects, "hash_algo": "sha256"})
 
@@ -381,13 +344,6 @@ class HubApp:
         repo.lfs.add(sha256)
         return Response(200)
 
-    def lfs_verify(self, req: Request) -> Response:
-        repo, sha256, _ = self._uploads[req.params["ticket"]]
-        req.read()
-        if sha256 not in repo.lfs:
-            raise HubError(404, f"LFS object {sha256} was not uploaded")
-        return Response.json({"success": True})
-
 
 def _match_route(method: str, path: str) -> tuple[str, dict[str, str]] | None:
     for route_method, pattern, name in _ROUTE_TABLE:
@@ -398,7 +354,7 @@ def _match_route(method: str, path: str) -> tuple[str, dict[str, str]] | None:
 
 
 class _Handler(BaseHTTPRequestHandler):
-    """HTTP layer: routing, auth, fault injection, request bodies (Content-Length or chunked) and answers."""
+    """HTTP layer: routing, auth, fault injection, request bodies (Content-Length) and answers."""
 
     protocol_version = "HTTP/1.1"
     timeout = 60
@@ -415,7 +371,7 @@ class _Handler(BaseHTTPRequestHandler):
                 received += len(chunk)
                 if received >= half:
                     break
-            hub._record(self.command, route, self.path, DROPPED)
+            hub._record(self.command, route, DROPPED)
             self.close_connection = True
             return
         try:
@@ -425,7 +381,7 @@ class _Handler(BaseHTTPRequestHandler):
         except ConnectionError:
             self.close_connection = True
             return
-        hub._record(self.command, route, self.path, response.status)
+        hub._record(self.command, route, response.status)
         self.send_response(response.status)
         for key, value in {"Content-Length": str(len(response.body)), **response.headers}.items():
             self.send_header(key, value)
@@ -465,13 +421,6 @@ class _Handler(BaseHTTPRequestHandler):
         return user
 
     def _body(self) -> Iterator[bytes]:
-        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            while (size := int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)) > 0:
-                yield self.rfile.read(size)
-                self.rfile.readline()
-            while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                pass
-            return
         remaining = int(self.headers.get("Content-Length") or 0)
         while remaining > 0:
             chunk = self.rfile.read(min(remaining, 1 << 16))
@@ -540,9 +489,9 @@ class LocalHub:
         with self._lock:
             self._log.clear()
 
-    def _record(self, method: str, route: str, path: str, status: int) -> None:
+    def _record(self, method: str, route: str, status: int) -> None:
         with self._lock:
-            self._log.append(RequestRecord(method, route, path, status))
+            self._log.append(RequestRecord(method, route, status))
 
     def drop_connection(self, route: str, times: int = 1) -> None:
         """Make the next ``times`` requests to ``route`` die after half their body (logged with status DROPPED)."""
@@ -558,7 +507,6 @@ class LocalHub:
             self._drops[route] -= 1
             return True
 
-    def branch_head(self, repo_id: str, branch: str = "main") -> str | None:
-        """The commit a branch points at (read directly, no HTTP, no auth)."""
-        repo = self.app.repos.get(repo_id)
-        return repo.refs.get(branch) if repo else None
+    def branches(self, repo_id: str) -> dict[str, str]:
+        """The repo's branches and the commits they point at (read directly, no HTTP, no auth)."""
+        return dict(self.app.repos[repo_id].refs)

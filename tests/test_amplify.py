@@ -27,6 +27,7 @@ from dppa_peft.methods import METHODS, SparseDelta, create_method
 from dppa_peft.methods.dare import dare_keep_mask
 from dppa_peft.methods.magnitude import Magnitude
 from dppa_peft.scope import Scope
+from tests.cli_args import flags, run_prune
 from tests.expected import LINEAR_IN_BLOCK, load_weights, logits_with, top_k_reference
 from tests.expected import logits as _logits
 from tests.tiny_models import make_base, make_finetune, make_tokenizer
@@ -384,32 +385,18 @@ def test_cli_prune_amplify_end_to_end_loads_with_peft(tmp_path, llama_pair, cali
     tokenizer_dir, calib = calibration
     out = tmp_path / "dpa"
     assert (
-        main(
-            [
-                "prune",
-                "--base",
-                str(base),
-                "--finetuned",
-                str(ft),
-                "--method",
-                "magnitude",
-                "--amplify",
-                "--rate",
-                "0.8",
-                "--objective",
-                "kl",
-                "--calibration",
-                str(calib),
-                "--tokenizer",
-                str(tokenizer_dir),
-                "--continuation-tokens",
-                "2",
-                "--combine",
-                "max",
-                "--amplify-unpruned",
-                "--out",
-                str(out),
-            ]
+        run_prune(
+            base,
+            ft,
+            out,
+            amplify=True,
+            rate=0.8,
+            objective="kl",
+            calibration=calib,
+            tokenizer=tokenizer_dir,
+            continuation_tokens=2,
+            combine="max",
+            amplify_unpruned=True,
         )
         == 0
     )
@@ -432,27 +419,8 @@ def test_cli_amplify_an_existing_adapter_with_the_reference_loop(tmp_path, llama
     base, ft = llama_pair
     tokenizer_dir, calib = calibration
     plain = prune(base, ft, tmp_path / "plain", method="magnitude", rate=0.8, progress=False)[0]
-    assert (
-        main(
-            [
-                "amplify",
-                str(plain.directory),
-                "--finetuned",
-                str(ft),
-                "--calibration",
-                str(calib),
-                "--tokenizer",
-                str(tokenizer_dir),
-                "--continuation-tokens",
-                "2",
-                "--search",
-                "reference",
-                "--dpa-method",
-                "2",
-            ]
-        )
-        == 0
-    )
+    options = flags(finetuned=ft, calibration=calib, tokenizer=tokenizer_dir, continuation_tokens=2)
+    assert main(["amplify", str(plain.directory), *options, *flags(search="reference", dpa_method=2)]) == 0
     assert "reference search, DPA method 2" in capsys.readouterr().out
     written = SparseDeltaAdapter(tmp_path / "plain-dpa")
     block = written.config.amplification
@@ -461,24 +429,7 @@ def test_cli_amplify_an_existing_adapter_with_the_reference_loop(tmp_path, llama
     expected = partition_reference(base, ft, [0.1, 0.2], raw)
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), str(written.directory))
     assert torch.allclose(_logits(model), logits_with(base, expected), atol=1e-5)
-    assert (
-        main(
-            [
-                "prune",
-                "--base",
-                str(base),
-                "--finetuned",
-                str(ft),
-                "--method",
-                "magnitude",
-                "--tol",
-                "0.1",
-                "--out",
-                str(tmp_path / "x"),
-            ]
-        )
-        == 2
-    )
+    assert run_prune(base, ft, tmp_path / "x", tol=0.1) == 2
     assert "--tol apply only to DPA: add --amplify" in capsys.readouterr().err
     with pytest.raises(ValueError, match="bounds apply to the default search"):
         amplify(plain, tmp_path / "y", search="reference", bounds=[0.5, 2.0], progress=False)
@@ -489,30 +440,8 @@ def test_method_dppa_is_dp_then_dpa(tmp_path, llama_pair, calibration):
         pytest.skip("the dp method is not registered on this branch yet")
     base, ft = llama_pair
     tokenizer_dir, calib = calibration
-    assert (
-        main(
-            [
-                "prune",
-                "--base",
-                str(base),
-                "--finetuned",
-                str(ft),
-                "--method",
-                "dppa",
-                "--rate",
-                "0.8",
-                "--calibration",
-                str(calib),
-                "--tokenizer",
-                str(tokenizer_dir),
-                "--continuation-tokens",
-                "2",
-                "--out",
-                str(tmp_path / "dppa"),
-            ]
-        )
-        == 0
-    )
+    options = dict(calibration=calib, tokenizer=tokenizer_dir, continuation_tokens=2)
+    assert run_prune(base, ft, tmp_path / "dppa", method="dppa", rate=0.8, **options) == 0
     config = json.loads((tmp_path / "dppa" / "adapter_config.json").read_text())
     assert config["method"]["name"] == "dp" and config["amplification"]["search"]["calls"] == 21
     assert create_method("dp", 0.8).nested

@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 
@@ -7,6 +8,7 @@ from transformers import AutoModelForCausalLM
 
 from dppa_peft.cli import build_parser, main
 from tests.expected import PROMPT, logits_with, magnitude_merged_weights
+from tests.cli_args import flags, run_prune
 from tests.hub_fixtures import REPO_ROOT
 
 
@@ -37,24 +39,7 @@ def test_help_runs_as_a_program():
 
 def test_prune_then_merge_from_the_command_line(tmp_path, llama_pair, capsys):
     base, ft = llama_pair
-    assert (
-        main(
-            [
-                "prune",
-                "--base",
-                str(base),
-                "--finetuned",
-                str(ft),
-                "--method",
-                "magnitude",
-                "--rate",
-                "0.9",
-                "--out",
-                str(tmp_path / "a"),
-            ]
-        )
-        == 0
-    )
+    assert run_prune(base, ft, tmp_path / "a", rate=0.9) == 0
     line = capsys.readouterr().out
     assert "kept density 0.0999" in line and "of their dense delta" in line
     assert main(["merge", "--base", str(base), "--adapter", str(tmp_path / "a"), "--out", str(tmp_path / "m")]) == 0
@@ -68,60 +53,21 @@ def test_prune_then_merge_from_the_command_line(tmp_path, llama_pair, capsys):
 def test_dare_seed_reaches_the_method(tmp_path, llama_pair):
     base, ft = llama_pair
     for seed in ("1", "2"):
-        assert (
-            main(
-                [
-                    "prune",
-                    "--base",
-                    str(base),
-                    "--finetuned",
-                    str(ft),
-                    "--method",
-                    "dare",
-                    "--rate",
-                    "0.5",
-                    "--seed",
-                    seed,
-                    "--out",
-                    str(tmp_path / seed),
-                ]
-            )
-            == 0
-        )
-    import json
-
+        assert run_prune(base, ft, tmp_path / seed, method="dare", rate=0.5, seed=seed) == 0
     configs = [json.loads((tmp_path / s / "adapter_config.json").read_text()) for s in ("1", "2")]
     assert [c["method"]["params"]["seed"] for c in configs] == [1, 2]
     assert "dppa-peft prune" in configs[0]["provenance"]["command"]
 
 
 @pytest.mark.parametrize(
-    "argv,message",
+    "pair,extra,message",
     [
-        (
-            [
-                "prune",
-                "--base",
-                "/nonexistent/base",
-                "--finetuned",
-                "/nonexistent/ft",
-                "--method",
-                "magnitude",
-                "--out",
-                "OUT",
-            ],
-            "no such folder",
-        ),
-        (
-            ["prune", "--base", "B", "--finetuned", "F", "--method", "magnitude", "--seed", "3", "--out", "OUT"],
-            "--seed does not apply to method 'magnitude'",
-        ),
+        (("/nonexistent/base", "/nonexistent/ft"), [], "no such folder"),
+        (None, ["--seed", "3"], "--seed does not apply to method 'magnitude'"),
     ],
 )
-def test_bad_input_gets_a_clear_error(argv, message, tmp_path, capsys, llama_pair):
-    argv = [str(tmp_path / "out") if a == "OUT" else a for a in argv]
-    argv = [str(llama_pair[0]) if a == "B" else str(llama_pair[1]) if a == "F" else a for a in argv]
-    assert main(argv) == 2
+def test_bad_input_gets_a_clear_error(pair, extra, message, tmp_path, capsys, llama_pair):
+    assert run_prune(*(pair or llama_pair), tmp_path / "out", *extra) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
@@ -129,46 +75,12 @@ def test_bad_input_gets_a_clear_error(argv, message, tmp_path, capsys, llama_pai
 def test_inspect_pair_and_adapter(tmp_path, llama_pair, capsys):
     base, ft = llama_pair
     png = tmp_path / "plan.png"
-    assert (
-        main(
-            [
-                "inspect",
-                "--base",
-                str(base),
-                "--finetuned",
-                str(ft),
-                "--method",
-                "magnitude",
-                "--rate",
-                "0.8",
-                "--png",
-                str(png),
-            ]
-        )
-        == 0
-    )
+    assert main(["inspect", *flags(base=base, finetuned=ft, method="magnitude", rate=0.8, png=png)]) == 0
     out = capsys.readouterr().out
     assert "~all in-scope" in out and "self_attn.q_proj" in out
     assert out.count("0.2000") == 14  # 2 blocks x 7 modules at uniform density 0.2
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert (
-        main(
-            [
-                "prune",
-                "--base",
-                str(base),
-                "--finetuned",
-                str(ft),
-                "--method",
-                "magnitude",
-                "--rate",
-                "0.8",
-                "--out",
-                str(tmp_path / "a"),
-            ]
-        )
-        == 0
-    )
+    assert run_prune(base, ft, tmp_path / "a", rate=0.8) == 0
     capsys.readouterr()
     assert main(["inspect", str(tmp_path / "a")]) == 0
     table = capsys.readouterr().out

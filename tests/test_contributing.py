@@ -14,6 +14,7 @@ import pytest
 from dppa_peft.cli import main
 from dppa_peft.methods import METHODS
 from tests import test_methods_baselines as shared
+from tests.cli_args import run_prune
 from tests.hub_fixtures import REPO_ROOT
 from tests.matrix import Matrix, check_method
 
@@ -57,24 +58,7 @@ def test_documented_method_passes_the_common_matrix(documented_method: dict, mat
 
 def test_documented_method_from_the_cli(documented_method: dict, matrix: Matrix, tmp_path: Path) -> None:
     pair = matrix.pairs["fp32"]
-    assert (
-        main(
-            [
-                "prune",
-                "--base",
-                str(pair.base),
-                "--finetuned",
-                str(pair.finetunes[0]),
-                "--method",
-                NAME,
-                "--rate",
-                "0.75",
-                "--out",
-                str(tmp_path / "a"),
-            ]
-        )
-        == 0
-    )
+    assert run_prune(pair.base, pair.finetunes[0], tmp_path / "a", method=NAME, rate=0.75) == 0
     config = json.loads((tmp_path / "a" / "adapter_config.json").read_text())
     assert config["method"]["name"] == NAME
     q = config["tensors"]["model.layers.0.self_attn.q_proj.weight"]

@@ -10,6 +10,7 @@ from dppa_peft import merge_to_folder, prune
 from dppa_peft.cli import main
 from dppa_peft.demo.runner import DemoSettings, run_demo, summary
 from dppa_peft.demo.zoo import build_zoo
+from tests.cli_args import flags
 from tests.hub_fixtures import REPO_ROOT, run_python
 
 SYNTHETIC = str(REPO_ROOT / "dppa_peft" / "eval_tasks" / "synthetic")
@@ -116,45 +117,13 @@ def test_lm_eval_cli_model_and_stock_hf_on_the_merged_export_agree(tmp_path, zoo
 
 def test_eval_command_writes_a_report(tmp_path, zoo, capsys):
     adapter, _ = prune(zoo.base, zoo.finetunes["law"], tmp_path / "a", method="magnitude", rate=0.8, progress=False)
-    assert (
-        main(
-            [
-                "eval",
-                "--base",
-                str(zoo.base),
-                "--domain",
-                f"law={zoo.finetunes['law']}",
-                "--tasks",
-                "law=demo_law_clause,demo_law_verdict",
-                "--adapter",
-                f"law={adapter.directory}",
-                "--limit",
-                "10",
-                "--out",
-                str(tmp_path / "report"),
-            ]
-        )
-        == 0
-    )
+    inputs = dict(base=zoo.base, domain=f"law={zoo.finetunes['law']}")
+    tasks = "law=demo_law_clause,demo_law_verdict"
+    report = flags(**inputs, tasks=tasks, adapter=f"law={adapter.directory}", limit=10, out=tmp_path / "report")
+    assert main(["eval", *report]) == 0
     assert "1 variants" in capsys.readouterr().out
     data = json.loads((tmp_path / "report" / "report.json").read_text())
     assert "magnitude" in json.dumps(data)
-    assert (
-        main(
-            [
-                "eval",
-                "--base",
-                str(zoo.base),
-                "--domain",
-                f"law={zoo.finetunes['law']}",
-                "--tasks",
-                "law=demo_law_clause",
-                "--adapter",
-                f"math={adapter.directory}",
-                "--out",
-                str(tmp_path / "r2"),
-            ]
-        )
-        == 2
-    )
+    wrong = f"math={adapter.directory}"
+    assert main(["eval", *flags(**inputs, tasks="law=demo_law_clause", adapter=wrong, out=tmp_path / "r2")]) == 2
     assert "unknown domain(s) ['math']" in capsys.readouterr().err

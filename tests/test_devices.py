@@ -145,40 +145,12 @@ def test_config_dtype_matches_merged_tensors(tmp_path, llama_pair, magnitude_ada
 
 def test_cli_prune_and_merge_take_device_and_dtype(tmp_path, llama_pair):
     from dppa_peft.cli import main
+    from tests.cli_args import flags, run_prune
 
     base, ft = llama_pair
-    main(
-        [
-            "prune",
-            "--base",
-            str(base),
-            "--finetuned",
-            str(ft),
-            "--out",
-            str(tmp_path / "a"),
-            "--method",
-            "magnitude",
-            "--device",
-            "auto",
-            "--dtype",
-            "float32",
-        ]
-    )
+    assert run_prune(base, ft, tmp_path / "a", device="auto", dtype="float32") == 0
     config = json.loads((tmp_path / "a" / "adapter_config.json").read_text())
     assert config["provenance"]["device"] == resolve_device("auto").type
-    main(
-        [
-            "merge",
-            "--base",
-            str(base),
-            "--adapter",
-            str(tmp_path / "a"),
-            "--out",
-            str(tmp_path / "m"),
-            "--device",
-            "auto",
-            "--dtype",
-            "bfloat16",
-        ]
-    )
+    merge = flags(base=base, adapter=tmp_path / "a", out=tmp_path / "m", device="auto", dtype="bfloat16")
+    assert main(["merge", *merge]) == 0
     assert json.loads((tmp_path / "m" / "config.json").read_text())["dtype"] == "bfloat16"

@@ -12,14 +12,14 @@ import pytest
 import torch
 from huggingface_hub import ModelCard
 from peft import PeftModel
-from transformers import AutoModelForCausalLM, LlamaConfig
+from transformers import AutoModelForCausalLM
 
 from dppa_peft import BaseModelMismatchError, SparseDeltaAdapter, prune
 from dppa_peft.publish.export import choose_targets, export_supertuning, global_sparsity
 from dppa_peft.cli import main
 from tests.expected import PROMPT
 from tests.hub_fixtures import run_python
-from tests.tiny_models import make_base, make_finetune
+from tests.tiny_models import make_base, make_finetune, tiny_config
 
 
 def _ours(base, adapter_dir) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -136,16 +136,8 @@ def test_export_refuses_what_stock_peft_cannot_load_exactly(sources, llama_pair,
     with pytest.raises(ValueError, match="grows the vocabulary"):
         export_supertuning(adapter, tmp_path / "x", progress=False)
 
-    tied = AutoModelForCausalLM.from_config(
-        LlamaConfig(
-            vocab_size=128,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=1,
-            num_attention_heads=4,
-            tie_word_embeddings=True,
-        )
-    )
+    shape = dict(hidden_size=32, intermediate_size=64, num_key_value_heads=4, tie_word_embeddings=True)
+    tied = AutoModelForCausalLM.from_config(tiny_config(layers=1, **shape))
     tied.save_pretrained(tmp_path / "tied")
     ft = make_finetune(tmp_path / "tied", tmp_path / "tied-ft", steps=1)
     adapter = prune(tmp_path / "tied", ft, tmp_path / "a-tied", method="magnitude", progress=False)[0]

@@ -15,11 +15,12 @@ from huggingface_hub import HfApi, ModelCard
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
-from dppa_peft import BaseModelMismatchError, SparseDeltaAdapter, load_merged, merge_to_folder, open_adapter, prune
+from dppa_peft import BaseModelMismatchError, SparseDeltaAdapter, load_merged, open_adapter, prune
 from dppa_peft.cli import main
+from tests.cli_args import flags, run_prune
 from tests.expected import PROMPT, logits
-from tests.hub_fixtures import HUB_USER, OTHER_TOKEN, run_python, unique_repo_id
-from tests.hub_server import DROPPED, LocalHub
+from tests.hub_fixtures import HUB_USER, OTHER_TOKEN, run_python, unique_repo_id, upload_model
+from tests.hub_server import DROPPED
 from tests.tiny_models import make_base
 
 ADAPTER_REPO_FILES = [".gitattributes", "README.md", "adapter_config.json", "adapter_model.safetensors"]
@@ -30,34 +31,21 @@ def _folder_digest(folder: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def hub_models(local_hub: LocalHub, llama_pair, llama_finetunes, tmp_path_factory) -> dict:
+def hub_models(base_on_hub, llama_pair, llama_finetunes, tmp_path_factory) -> dict:
     """The tiny base and fine-tunes on the Hub, and adapters pruned from them BY HUB ID (the fine-tune repo's main is
     fine-tune 0, its branch 'dev' fine-tune 1; the base is pinned by commit sha)."""
     api = HfApi()
-    base, ft = llama_pair
-    ids = {"base": unique_repo_id("base"), "ft": unique_repo_id("ft"), "fts": unique_repo_id("fts")}
-    for key, folder in (("base", base), ("ft", ft), ("fts", llama_finetunes[0])):
-        api.create_repo(ids[key])
-        api.upload_folder(repo_id=ids[key], folder_path=folder)
+    ids = {"base": base_on_hub, "ft": upload_model(llama_pair[1], "ft"), "fts": upload_model(llama_finetunes[0], "fts")}
     api.create_branch(ids["fts"], branch="dev")
     api.upload_folder(repo_id=ids["fts"], folder_path=llama_finetunes[1], revision="dev")
     base_sha = api.repo_info(ids["base"]).sha
     root = tmp_path_factory.mktemp("hub_adapters")
+    dev = {"revision": "dev", "base_revision": base_sha}
     adapters = {
-        "main": prune(ids["base"], ids["ft"], root / "main", method="magnitude", rate=0.9, progress=False)[0],
-        "a0": prune(ids["base"], ids["fts"], root / "a0", method="magnitude", rate=0.8, progress=False)[0],
-        "a1": prune(
-            ids["base"],
-            ids["fts"],
-            root / "a1",
-            method="magnitude",
-            rate=0.8,
-            revision="dev",
-            base_revision=base_sha,
-            progress=False,
-        )[0],
+        name: prune(ids["base"], ids[ft], root / name, method="magnitude", rate=rate, progress=False, **options)[0]
+        for name, ft, rate, options in (("main", "ft", 0.9, {}), ("a0", "fts", 0.8, {}), ("a1", "fts", 0.8, dev))
     }
-    return {"ids": ids, "adapters": adapters, "base": base}
+    return {"ids": ids, "adapters": adapters, "base": llama_pair[0]}
 
 
 def _push(adapter: SparseDeltaAdapter, repo_id: str, *extra: str) -> int:
@@ -90,7 +78,6 @@ def test_push_makes_one_commit_with_files_and_card(hub_models, hub_repo_id, loca
     assert f"commit {sha}" in out and f"/commit/{sha}" in out
     assert local_hub.count("create_repo", status=200) == 1 and local_hub.count("commit", status=200) == 1
     assert api.list_repo_files(hub_repo_id) == ADAPTER_REPO_FILES
-    assert [c.title for c in api.list_repo_commits(hub_repo_id)][1:] == ["initial commit"]
     card = ModelCard.load(hub_repo_id)
     assert card.data.base_model == hub_models["ids"]["base"]
     assert card.data.library_name == "peft"
@@ -138,7 +125,7 @@ def test_pull_by_id_in_a_fresh_process_then_offline_from_the_cache(hub_models, h
             assert torch.equal(values, expected), (run, name)
 
 
-def test_revisions_branch_and_older_commit(hub_models, hub_repo_id, tmp_path, capsys):
+def test_revisions_branch_and_older_commit(hub_models, hub_repo_id, local_hub, tmp_path, capsys):
     a0, a1 = hub_models["adapters"]["a0"], hub_models["adapters"]["a1"]
     base = hub_models["base"]
     assert _push(a0, hub_repo_id) == 0
@@ -146,8 +133,8 @@ def test_revisions_branch_and_older_commit(hub_models, hub_repo_id, tmp_path, ca
     assert _push(a1, hub_repo_id, "--revision", "dev") == 0  # a new branch, created from main
     assert _push(a1, hub_repo_id) == 0  # main moves on
     capsys.readouterr()
-    refs = {b.name: b.target_commit for b in HfApi().list_repo_refs(hub_repo_id).branches}
-    assert set(refs) == {"main", "dev"} and first not in refs.values()
+    heads = local_hub.branches(hub_repo_id)
+    assert set(heads) == {"main", "dev"} and first not in heads.values()
 
     def fingerprint(adapter: SparseDeltaAdapter) -> dict:
         return {n: adapter.sparse_tensor(n).values.sum().item() for n in adapter.config.tensors}
@@ -158,22 +145,8 @@ def test_revisions_branch_and_older_commit(hub_models, hub_repo_id, tmp_path, ca
     old = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), hub_repo_id, revision=first)
     local = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), str(a0.directory))
     assert torch.equal(logits(old), logits(local))
-    assert (
-        main(
-            [
-                "merge",
-                "--base",
-                hub_models["ids"]["base"],
-                "--adapter",
-                hub_repo_id,
-                "--adapter-revision",
-                first,
-                "--out",
-                str(tmp_path / "m"),
-            ]
-        )
-        == 0
-    )
+    merge = flags(base=hub_models["ids"]["base"], adapter=hub_repo_id, adapter_revision=first, out=tmp_path / "m")
+    assert main(["merge", *merge]) == 0
     expected = load_merged(base, [a0.directory], progress=False)
     assert torch.equal(logits(AutoModelForCausalLM.from_pretrained(tmp_path / "m")), logits(expected))
 
@@ -201,24 +174,7 @@ def test_clear_errors(hub_models, hub_repo_id, tmp_path, capsys):
         open_adapter(missing)
     assert main(["merge", "--base", base_id, "--adapter", missing, "--out", str(tmp_path / "m")]) == 2
     assert "no-such-adapter' is neither a local folder nor a Hub repo" in capsys.readouterr().err
-    assert (
-        main(
-            [
-                "prune",
-                "--base",
-                base_id,
-                "--finetuned",
-                base_id,
-                "--base-revision",
-                "v9",
-                "--method",
-                "magnitude",
-                "--out",
-                str(tmp_path / "p"),
-            ]
-        )
-        == 2
-    )
+    assert run_prune(base_id, base_id, tmp_path / "p", base_revision="v9") == 2
     assert "has no revision 'v9'" in capsys.readouterr().err
 
     HfApi().create_repo(hub_repo_id)
@@ -231,7 +187,7 @@ def test_clear_errors(hub_models, hub_repo_id, tmp_path, capsys):
         open_adapter(hub_repo_id)
     uncached = unique_repo_id(
         "uncached"
-    )  # (a cached copy would be served despite the bad token, as huggingface_hub does)
+    )  # a cached copy would be served despite the bad token, as huggingface_hub does
     HfApi().create_repo(uncached)
     with pytest.raises(ValueError, match=r"refused the token .*401 Unauthorized"):
         open_adapter(uncached, token="hf_not_a_valid_token")
@@ -265,13 +221,13 @@ def test_push_interrupted_mid_commit_publishes_nothing_and_retry_succeeds(hub_mo
     assert "nothing was published" in err and "re-running the same command is safe" in err
     assert local_hub.count("commit", status=DROPPED) == 1
     api = HfApi()
-    head = local_hub.branch_head(hub_repo_id)
-    assert api.list_repo_files(hub_repo_id) == [".gitattributes"] and len(api.list_repo_commits(hub_repo_id)) == 1
+    head = local_hub.branches(hub_repo_id)["main"]
+    assert api.list_repo_files(hub_repo_id) == [".gitattributes"] and local_hub.count("commit", status=200) == 0
     assert f"still at {head[:8]}" in err
     assert _folder_digest(adapter.directory) == before  # nothing changed locally
 
     assert _push(adapter, hub_repo_id) == 0
-    assert local_hub.branch_head(hub_repo_id) != head
+    assert local_hub.branches(hub_repo_id)["main"] != head
     assert api.list_repo_files(hub_repo_id) == ADAPTER_REPO_FILES
     assert local_hub.count("lfs_upload", "PUT", 200) == 1  # the weights uploaded by the first attempt are reused
     assert open_adapter(hub_repo_id).config.tensors == adapter.config.tensors
@@ -287,29 +243,8 @@ def test_merge_at_load_from_two_hub_repos(hub_models, tmp_path):
 
     merged = load_merged(base_id, repos, weights=[0.5, 1.0], adapter_revisions=["main", "main"], progress=False)
     assert torch.equal(logits(merged), expected)
-    assert (
-        main(
-            [
-                "merge",
-                "--base",
-                base_id,
-                "--adapter",
-                repos[0],
-                "--adapter",
-                repos[1],
-                "--weight",
-                "0.5",
-                "--weight",
-                "1.0",
-                "--out",
-                str(tmp_path / "m"),
-            ]
-        )
-        == 0
-    )
+    assert main(["merge", *flags(base=base_id, adapter=repos, weight=[0.5, 1.0], out=tmp_path / "m")]) == 0
     assert torch.equal(logits(AutoModelForCausalLM.from_pretrained(tmp_path / "m")), expected)
-    folder = merge_to_folder(base_id, repos, tmp_path / "m2", weights=[0.5, 1.0], progress=False)
-    assert torch.equal(logits(AutoModelForCausalLM.from_pretrained(folder)), expected)
 
 
 def test_lm_eval_model_takes_hub_ids_and_revisions(hub_models, hub_repo_id):

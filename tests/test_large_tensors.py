@@ -14,7 +14,7 @@ import pytest
 import torch
 from peft import PeftModel
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM, LlamaConfig
+from transformers import AutoModelForCausalLM
 
 from dppa_peft import load_merged, merge_to_folder, prune
 from dppa_peft.format.encoding import encode
@@ -26,6 +26,7 @@ from dppa_peft.publish import export as export_module
 from dppa_peft.publish.export import export_supertuning
 from dppa_peft.scope import TensorInfo
 from tests.expected import load_weights
+from tests.tiny_models import tiny_config
 
 VOCAB, HIDDEN = 32768, 520  # embedding and lm_head: 17,039,360 entries > 2^24 = 16,777,216
 EMBED, HEAD = "model.embed_tokens.weight", "lm_head.weight"
@@ -37,16 +38,7 @@ RATE = 0.9
 def big_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict[str, torch.Tensor]]:
     """A 1-block bf16 Llama with a 32768 x 520 vocabulary, a fine-tune (base + small noise) and the fp32 deltas."""
     root = tmp_path_factory.mktemp("big")
-    config = LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=HIDDEN,
-        intermediate_size=128,
-        num_hidden_layers=1,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        tie_word_embeddings=False,
-    )
+    config = tiny_config(layers=1, vocab_size=VOCAB, hidden_size=HIDDEN, max_position_embeddings=64)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config).to(torch.bfloat16)
     model.save_pretrained(root / "base")

@@ -21,11 +21,11 @@ from dppa_peft.amplify.learned import (
     learn_factors,
     mean_kl,
 )
-from dppa_peft.cli import main
 from dppa_peft.errors import UserError
 from dppa_peft.format.encoding import encode
 from dppa_peft.methods.base import SparseDelta
 from dppa_peft.publish.export import export_supertuning
+from tests.cli_args import run_prune
 from tests.expected import PROMPT, load_weights
 from tests.hub_fixtures import run_python
 from tests.tiny_models import char_tokenizer, make_tokenizer
@@ -209,58 +209,16 @@ def test_granularities_share_factors_as_documented(llama_pair, tmp_path, granula
 def test_learned_works_on_any_mask_from_the_cli(llama_pair, calibration, tmp_path, capsys) -> None:
     base, ft = llama_pair
     tokenizer, prompts = calibration
-    code = main(
-        [
-            "prune",
-            "--base",
-            str(base),
-            "--finetuned",
-            str(ft),
-            "--method",
-            "ties",
-            "--rate",
-            "0.9",
-            "--search",
-            "learned",
-            "--calibration",
-            str(prompts),
-            "--tokenizer",
-            str(tokenizer),
-            "--learn-steps",
-            "3",
-            "--learn-granularity",
-            "tensor",
-            "--continuation-tokens",
-            "2",
-            "--out",
-            str(tmp_path / "ties"),
-        ]
+    options = dict(calibration=prompts, tokenizer=tokenizer, learn_granularity="tensor", continuation_tokens=2)
+    assert (
+        run_prune(base, ft, tmp_path / "ties", method="ties", rate=0.9, search="learned", learn_steps=3, **options) == 0
     )
-    assert code == 0
     assert "learned 14 factors (tensor;" in capsys.readouterr().out
     assert SparseDeltaAdapter(tmp_path / "ties").config.tensors["model.layers.0.mlp.up_proj.weight"]["factors"] == [
         1,
         1,
     ]
-    assert (
-        main(
-            [
-                "prune",
-                "--base",
-                str(base),
-                "--finetuned",
-                str(ft),
-                "--method",
-                "magnitude",
-                "--amplify",
-                "--learn-steps",
-                "3",
-                "--out",
-                str(tmp_path / "no"),
-            ]
-        )
-        == 2
-    )
+    assert run_prune(base, ft, tmp_path / "no", amplify=True, learn_steps=3) == 2
     assert "apply to search='learned'" in capsys.readouterr().err
 
 

@@ -18,13 +18,8 @@ from tests.tiny_models import make_base, make_finetune
 
 
 @pytest.fixture(scope="module")
-def adapters(tmp_path_factory, llama_pair, llama_finetunes):
-    base, _ = llama_pair
-    root = tmp_path_factory.mktemp("merge_inputs")
-    return [
-        prune(base, ft, root / f"a{i}", method="magnitude", rate=0.8, progress=False)[0].directory
-        for i, ft in enumerate(llama_finetunes)
-    ]
+def adapters(finetune_adapters):
+    return finetune_adapters(0.8)
 
 
 def state(model: torch.nn.Module) -> dict[str, torch.Tensor]:

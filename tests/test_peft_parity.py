@@ -6,26 +6,25 @@ import json
 
 import pytest
 import torch
-from huggingface_hub import hf_hub_download
+from pathlib import Path
+
+from huggingface_hub import HfApi, ModelCard, hf_hub_download
 from peft import PeftModel
 from peft.utils import merge_utils
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
+from transformers.utils import PushToHubMixin
 
 from dppa_peft import SparseDeltaAdapter, load_merged, prune
 from tests.expected import PROMPT, load_weights
+from tests.hub_fixtures import unique_repo_id
 
 UP = "model.layers.1.mlp.up_proj.weight"
 
 
 @pytest.fixture(scope="module")
-def adapters(tmp_path_factory, llama_pair, llama_finetunes):
-    base, _ = llama_pair
-    root = tmp_path_factory.mktemp("parity")
-    return [
-        prune(base, ft, root / f"a{i}", method="magnitude", rate=0.7, progress=False)[0].directory
-        for i, ft in enumerate(llama_finetunes)
-    ]
+def adapters(finetune_adapters):
+    return finetune_adapters(0.7)
 
 
 @pytest.fixture(scope="module")
@@ -142,16 +141,43 @@ def test_peft_save_pretrained_writes_the_same_compact_files(tmp_path, llama_pair
     assert abs((peft_written / "adapter_model.safetensors").stat().st_size - size) < 100  # header order only
 
 
-def test_peft_push_to_hub_uploads_the_compact_files(local_hub, hub_repo_id, llama_pair, adapters):
-    """transformers' push_to_hub keeps the repo's card (its template on a new repo): publish the card once with
-    dppa-peft (``SparseDeltaAdapter.push_to_hub`` / ``dppa-peft push``) and PEFT's later pushes keep it."""
+EVAL_RESULTS = {"arc_easy": {"alias": "arc_easy", "acc,none": 0.61, "acc_stderr,none": 0.02, "sample_len": 100}}
+
+
+def _hub_files(repo_id: str) -> dict[str, int]:
+    """Path -> size of every file on the repo's main branch but .gitattributes (the same adapter weights have the
+    same size: PEFT's save_pretrained writes the very tensors and header of dppa-peft)."""
+    return {f.path: f.size for f in HfApi().list_repo_tree(repo_id, recursive=True) if f.path != ".gitattributes"}
+
+
+def test_peft_push_to_hub_publishes_the_files_and_card_of_dppa_peft_push(llama_pair, base_on_hub, adapters):
+    """PeftModel.push_to_hub (transformers' PushToHubMixin would write an empty template card on a new repo, and the
+    old card on an existing one) publishes exactly what `dppa-peft push` does, on a new and on an existing repo."""
     base, _ = llama_pair
-    SparseDeltaAdapter(adapters[1]).push_to_hub(hub_repo_id)
-    card = open(hf_hub_download(hub_repo_id, "README.md")).read()
+    ours, theirs, existing = (unique_repo_id(n) for n in ("dppa-push", "peft-push", "peft-push-existing"))
+    options = {"eval_results": EVAL_RESULTS, "base_model_id": base_on_hub}
+    SparseDeltaAdapter(adapters[0]).push_to_hub(ours, **options)
+    SparseDeltaAdapter(adapters[1]).push_to_hub(existing)  # an existing repo holding another adapter and card
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), str(adapters[0]))
-    model.push_to_hub(hub_repo_id)
-    weights = load_file(hf_hub_download(hub_repo_id, "adapter_model.safetensors"))
-    assert weights.keys() == load_weights(adapters[0]).keys()
-    config = json.loads(open(hf_hub_download(hub_repo_id, "adapter_config.json")).read())
-    assert config == json.loads((adapters[0] / "adapter_config.json").read_text())
-    assert open(hf_hub_download(hub_repo_id, "README.md")).read().strip() == card.strip()
+    assert type(model).push_to_hub is PushToHubMixin.push_to_hub  # only this instance pushes differently
+
+    model.push_to_hub(theirs, **options)  # a new repo
+    model.push_to_hub(existing, tags=["my-tag"], **options)
+    reference = Path(hf_hub_download(ours, "README.md")).read_text()
+    for repo in (theirs, existing):
+        files = _hub_files(repo)
+        assert files.pop("README.md") and files == {n: s for n, s in _hub_files(ours).items() if n != "README.md"}
+        config = json.loads(Path(hf_hub_download(repo, "adapter_config.json")).read_text())
+        assert config == json.loads(Path(hf_hub_download(ours, "adapter_config.json")).read_text())
+        mine, pushed = load_weights(adapters[0]), load_file(hf_hub_download(repo, "adapter_model.safetensors"))
+        assert mine.keys() == pushed.keys() and all(torch.equal(mine[k], pushed[k]) for k in mine)
+        card = ModelCard.load(repo)
+        assert card.data.base_model == base_on_hub and config["base_model_name_or_path"] == base_on_hub
+        assert {"dppa-peft", "magnitude", "sparse-delta"} <= set(card.data.tags)
+        [result] = card.data.eval_results
+        assert (result.dataset_type, result.metric_type, result.metric_value) == ("arc_easy", "acc", 0.61)
+        assert "pruned with `magnitude` at rate 0.7" in card.text and f'"{repo}"' in card.text
+        assert card.text == ModelCard(reference).text.replace(ours, repo)
+    renamed = reference.replace(ours.split("/")[1], theirs.split("/")[1])  # the card names its repo
+    assert Path(hf_hub_download(theirs, "README.md")).read_text() == renamed
+    assert "my-tag" in ModelCard.load(existing).data.tags

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,8 @@ from huggingface_hub import HfApi, ModelCard, constants
 from dppa_peft import load_merged, prune
 from dppa_peft.base_ref import BaseIdMismatchError
 from dppa_peft.cli import main
-from tests.hub_fixtures import HUB_USER
+from tests.cli_args import run_prune
+from tests.hub_fixtures import HUB_USER, upload_model
 from tests.tiny_models import make_base
 
 TOKENS = torch.tensor([[3, 1, 4, 1, 5, 9, 2, 6]])
@@ -25,15 +25,6 @@ TOKENS = torch.tensor([[3, 1, 4, 1, 5, 9, 2, 6]])
 def _logits(model: torch.nn.Module) -> torch.Tensor:
     with torch.no_grad():
         return model(TOKENS).logits
-
-
-@pytest.fixture(scope="module")
-def base_on_hub(local_hub, llama_pair) -> str:
-    """The tiny base uploaded to the local Hub server (the local folder is a copy of it)."""
-    repo = f"{HUB_USER}/portable-base-{uuid.uuid4().hex[:8]}"
-    HfApi().create_repo(repo)
-    HfApi().upload_folder(repo_id=repo, folder_path=llama_pair[0])
-    return repo
 
 
 def test_relative_base_is_stored_absolute_and_loads_from_any_folder(llama_pair, tmp_path, monkeypatch):
@@ -65,28 +56,11 @@ def test_base_model_id_is_checked_against_the_hub_and_recorded(llama_pair, base_
 
 
 def test_a_wrong_base_model_id_fails_before_any_work(llama_pair, local_hub, tmp_path):
-    other = f"{HUB_USER}/other-base-{uuid.uuid4().hex[:8]}"
-    HfApi().create_repo(other)
-    HfApi().upload_folder(repo_id=other, folder_path=make_base(tmp_path / "other", seed=7))
+    other = upload_model(make_base(tmp_path / "other", seed=7), "other-base")
     with pytest.raises(BaseIdMismatchError, match="other weights"):
         prune(llama_pair[0], llama_pair[1], tmp_path / "a", method="dp", rate=0.9, progress=False, base_model_id=other)
     assert not (tmp_path / "a").exists()
-    assert (
-        main(
-            [
-                "prune",
-                "--base",
-                str(llama_pair[0]),
-                "--finetuned",
-                str(llama_pair[1]),
-                "--out",
-                str(tmp_path / "b"),
-                "--base-model-id",
-                f"{HUB_USER}/no-such-repo",
-            ]
-        )
-        == 2
-    )
+    assert run_prune(*llama_pair, tmp_path / "b", method=None, base_model_id=f"{HUB_USER}/no-such-repo") == 2
 
 
 def test_an_unreachable_hub_records_the_id_unchecked(llama_pair, tmp_path, monkeypatch):
@@ -113,10 +87,7 @@ def test_push_names_the_hub_base_and_hides_local_paths(llama_pair, base_on_hub, 
 
     base, finetuned = llama_pair
     out = tmp_path / "adapter"
-    assert (
-        main(["prune", "--base", str(base), "--finetuned", str(finetuned), "--out", str(out), "--method", "magnitude"])
-        == 0
-    )
+    assert run_prune(base, finetuned, out) == 0
     results = tmp_path / "results.json"
     results.write_text(
         json.dumps(

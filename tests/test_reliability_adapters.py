@@ -14,7 +14,8 @@ from dppa_peft import SparseDeltaAdapter, prune
 from dppa_peft.errors import UserError
 from dppa_peft.format.io import state_key
 from dppa_peft.merge import load_merged, merge_to_folder
-from tests.faults import edit_json, raw_safetensors, run_cli
+from tests.cli_args import run_cli
+from tests.faults import edit_json, raw_safetensors
 
 Q = "model.layers.0.self_attn.q_proj.weight"
 EMBED = "model.embed_tokens.weight"

@@ -11,51 +11,15 @@ import pytest
 
 from dppa_peft.cli import main
 from dppa_peft.errors import Interrupted, UserError
+from tests.cli_args import prune_argv, run_prune
 from tests.hub_fixtures import REPO_ROOT
 
 
-def _prune_argv(pair, out, *extra):
-    base, ft = pair
-    return ["prune", "--base", str(base), "--finetuned", str(ft), "--method", "magnitude", "--out", str(out), *extra]
-
-
-def test_user_error_is_one_line_and_exit_2(tmp_path, capsys):
-    assert (
-        main(
-            [
-                "prune",
-                "--base",
-                str(tmp_path / "nosuch"),
-                "--finetuned",
-                str(tmp_path / "x"),
-                "--out",
-                str(tmp_path / "o"),
-            ]
-        )
-        == 2
-    )
+@pytest.mark.parametrize("debug", [False, True])
+def test_user_error_is_one_line_and_exit_2_with_the_traceback_only_with_debug(debug, tmp_path, capsys):
+    assert run_prune(tmp_path / "nosuch", tmp_path / "x", tmp_path / "o", method=None, debug=debug) == 2
     err = capsys.readouterr().err
-    assert "error: no such folder" in err and "Traceback" not in err
-
-
-def test_debug_adds_the_traceback(tmp_path, capsys):
-    assert (
-        main(
-            [
-                "prune",
-                "--debug",
-                "--base",
-                str(tmp_path / "nosuch"),
-                "--finetuned",
-                str(tmp_path / "x"),
-                "--out",
-                str(tmp_path / "o"),
-            ]
-        )
-        == 2
-    )
-    err = capsys.readouterr().err
-    assert "Traceback" in err and "error: no such folder" in err
+    assert "error: no such folder" in err and ("Traceback" in err) == debug
 
 
 def test_user_error_is_a_value_error():
@@ -70,7 +34,7 @@ def test_keyboard_interrupt_exits_130_and_removes_the_temp_folder(tmp_path, llam
         raise KeyboardInterrupt
 
     monkeypatch.setattr(pipeline, "_prune_one", stop)
-    assert main(_prune_argv(llama_pair, tmp_path / "out")) == 130
+    assert run_prune(*llama_pair, tmp_path / "out") == 130
     assert "stopped by SIGINT" in capsys.readouterr().err
     assert os.listdir(tmp_path) == []
 
@@ -103,7 +67,7 @@ def test_signal_delivered_mid_prune_in_process(tmp_path, llama_pair, signum, sta
         return record
 
     monkeypatch.setattr(pipeline, "_prune_one", signalled)
-    assert main(_prune_argv(llama_pair, tmp_path / "out")) == status
+    assert run_prune(*llama_pair, tmp_path / "out") == status
     assert f"stopped by {signal.Signals(signum).name}" in capsys.readouterr().err
     assert os.listdir(tmp_path) == []
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the handlers are restored
@@ -115,7 +79,7 @@ def test_sigterm_to_a_real_process_mid_prune_leaves_nothing(tmp_path, llama_pair
     out_root = tmp_path / "outs"
     out_root.mkdir()
     proc = subprocess.Popen(
-        [sys.executable, "-c", SLOW_PRUNE, *_prune_argv(llama_pair, out_root / "a")],
+        [sys.executable, "-c", SLOW_PRUNE, *prune_argv(*llama_pair, out_root / "a")],
         cwd=REPO_ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -171,7 +135,7 @@ def test_real_entry_point_on_a_damaged_checkpoint(tmp_path, llama_pair):
     weights = ft / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])
     proc = subprocess.run(
-        [sys.executable, "-m", "dppa_peft", *_prune_argv((llama_pair[0], ft), tmp_path / "out")],
+        [sys.executable, "-m", "dppa_peft", *prune_argv(llama_pair[0], ft, tmp_path / "out")],
         cwd=REPO_ROOT,
         env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
         capture_output=True,

@@ -120,6 +120,12 @@ def adapter(tmp_path_factory, llama_pair):
     return out
 
 
+def _fresh_copy(adapter: Path, folder: Path) -> Path:
+    """A pristine copy of the adapter (hypothesis reruns a test body in the same tmp_path)."""
+    shutil.rmtree(folder, ignore_errors=True)
+    return Path(shutil.copytree(adapter, folder))
+
+
 def _load_and_decode(folder: Path) -> None:
     handle = SparseDeltaAdapter(folder)
     handle.verify()
@@ -152,9 +158,7 @@ RECORD_FIELDS = ["shape", "nnz", "encoding", "partition", "index_bytes", "factor
     drop=st.booleans(),
 )
 def test_adapter_config_parser_on_edited_configs(tmp_path, adapter, field, value, record_field, record_value, drop):
-    folder = tmp_path / "c"
-    shutil.rmtree(folder, ignore_errors=True)
-    shutil.copytree(adapter, folder)
+    folder = _fresh_copy(adapter, tmp_path / "c")
     config = json.loads((folder / CONFIG).read_text())
     if drop:
         config.pop(field, None)
@@ -172,9 +176,7 @@ def test_adapter_config_parser_on_edited_configs(tmp_path, adapter, field, value
 @FUZZ
 @given(config=JSON)
 def test_adapter_config_parser_on_arbitrary_json(tmp_path, adapter, config):
-    folder = tmp_path / "j"
-    shutil.rmtree(folder, ignore_errors=True)
-    shutil.copytree(adapter, folder)
+    folder = _fresh_copy(adapter, tmp_path / "j")
     (folder / CONFIG).write_text(json.dumps(config))
     with pytest.raises(UserError):
         _load_and_decode(folder)
@@ -193,9 +195,7 @@ STORED = st.one_of(
 @FUZZ
 @given(part=st.sampled_from(PARTS), tensor=STORED, also_nnz=st.booleans())
 def test_adapter_loader_on_replaced_tensors(tmp_path, adapter, part, tensor, also_nnz):
-    folder = tmp_path / "t"
-    shutil.rmtree(folder, ignore_errors=True)
-    shutil.copytree(adapter, folder)
+    folder = _fresh_copy(adapter, tmp_path / "t")
     stored = load_file(folder / WEIGHTS)
     stored[state_key(Q, part)] = tensor.reshape(-1)
     save_file(stored, folder / WEIGHTS)

@@ -13,27 +13,12 @@ from dppa_peft import output, pipeline
 from dppa_peft.cli import main
 from dppa_peft.format.io import SparseDeltaAdapter
 from dppa_peft.output import atomic_directory
+from tests.cli_args import prune_argv, run_prune
 from tests.hub_fixtures import REPO_ROOT
 
 
 def _prune(pair, out, *extra):
-    base, ft = pair
-    return main(
-        [
-            "prune",
-            "--base",
-            str(base),
-            "--finetuned",
-            str(ft),
-            "--method",
-            "magnitude",
-            "--rate",
-            "0.9",
-            "--out",
-            str(out),
-            *extra,
-        ]
-    )
+    return run_prune(*pair, out, *extra, rate=0.9)
 
 
 def _tree(folder):
@@ -128,10 +113,7 @@ def test_output_exists_is_checked_before_the_statistics_passes(pair_copy, tmp_pa
 
     monkeypatch.setattr(pipeline, "collect_statistics", never)
     base, ft = pair_copy
-    assert (
-        main(["prune", "--base", str(base), "--finetuned", str(ft), "--method", "dp", "--out", str(tmp_path / "out")])
-        == 2
-    )
+    assert run_prune(base, ft, tmp_path / "out", method="dp") == 2
     assert "exists and is not empty" in capsys.readouterr().err
     assert (tmp_path / "out" / "keep.txt").read_text() == "user data"
 
@@ -162,20 +144,7 @@ def test_second_writer_of_the_same_out_fails_at_once(pair_copy, tmp_path, capsys
 def test_concurrent_prunes_in_two_processes(pair_copy, tmp_path):
     """Two real processes started together: exactly one writes, the other reports the lock or the finished output."""
     base, ft = pair_copy
-    argv = [
-        sys.executable,
-        "-m",
-        "dppa_peft",
-        "prune",
-        "--base",
-        str(base),
-        "--finetuned",
-        str(ft),
-        "--method",
-        "magnitude",
-        "--out",
-        str(tmp_path / "out"),
-    ]
+    argv = [sys.executable, "-m", "dppa_peft", *prune_argv(base, ft, tmp_path / "out")]
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     procs = [
         subprocess.Popen(argv, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -10,7 +10,8 @@ from dppa_peft import prune
 from dppa_peft.errors import UserError
 from dppa_peft.merge import merge_to_folder
 from dppa_peft.validate import check_finite_params, finite_number
-from tests.faults import copy_model, prune_cli, run_cli
+from tests.cli_args import prune_argv, prune_cli, run_cli
+from tests.faults import copy_model
 from tests.tiny_models import make_base, make_tokenizer
 
 Q = "model.layers.0.self_attn.q_proj.weight"
@@ -48,18 +49,8 @@ def test_non_finite_base_is_refused_by_tensor(tmp_path, llama_pair, capsys):
 )
 def test_non_finite_options_are_refused(argv, message, tmp_path, llama_pair, capsys):
     base, ft = llama_pair
-    code, err = run_cli(
-        capsys,
-        "prune",
-        "--base",
-        base,
-        "--finetuned",
-        ft,
-        "--out",
-        tmp_path / "out",
-        *(["--method", "magnitude"] if "--method" not in argv else []),
-        *argv,
-    )
+    method = None if "--method" in argv else "magnitude"
+    code, err = run_cli(capsys, *prune_argv(base, ft, tmp_path / "out", *argv, method=method))
     assert code == 2 and message in err, err
 
 

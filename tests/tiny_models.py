@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen2Config
+from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, PretrainedConfig, Qwen2Config
 
 VOCAB = 128
 _SHAPE = dict(
@@ -17,10 +17,12 @@ _SHAPE = dict(
     max_position_embeddings=128,
     tie_word_embeddings=False,
 )
-CONFIGS = {
-    name: (lambda layers, cls=cls: cls(num_hidden_layers=layers, **_SHAPE))
-    for name, cls in (("llama", LlamaConfig), ("qwen2", Qwen2Config), ("mistral", MistralConfig))
-}
+_CONFIG_CLASSES = {"llama": LlamaConfig, "qwen2": Qwen2Config, "mistral": MistralConfig}
+
+
+def tiny_config(arch: str = "llama", layers: int = 2, **shape: object) -> PretrainedConfig:
+    """The config of a tiny ``arch`` model: the shared tiny shape, with ``shape`` keys overriding it."""
+    return _CONFIG_CLASSES[arch](num_hidden_layers=layers, **{**_SHAPE, **shape})
 
 
 def make_base(
@@ -33,7 +35,7 @@ def make_base(
 ) -> Path:
     """A randomly initialised tiny model saved as safetensors (optionally sharded)."""
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(CONFIGS[arch](layers)).to(dtype)
+    model = AutoModelForCausalLM.from_config(tiny_config(arch, layers)).to(dtype)
     kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
     model.save_pretrained(path, **kwargs)
     return path

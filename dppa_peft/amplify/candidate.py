@@ -20,7 +20,8 @@ from ..format.apply import add_dense, effective_values
 from ..format.encoding import EncodedTensor
 from ..format.io import SparseDeltaAdapter
 from ..format.validate import check_fits_base
-from ..tuner.model import check_base, resize_vocabulary
+from ..format.fingerprint import check_fingerprint, model_sampler
+from ..tuner.model import resize_vocabulary
 from .factors import effective_factors, unpruned_factor
 from .partitions import Partitions
 
@@ -48,7 +49,7 @@ def load_base_model(
     """The adapter's base model, checked against its fingerprint and with the vocabulary the adapter needs."""
     model = load_causal_lm(base, dtype=dtype, revision=revision, token=token)
     check_fits_base(adapter.config, {n: tuple(p.shape) for n, p in model.named_parameters()}, adapter.ref, str(base))
-    check_base(model, adapter.config)
+    check_fingerprint(adapter.config, model_sampler(model), adapter.ref, str(base))
     resize_vocabulary(model, adapter.config.vocab_size)
     return model.to(resolve_device(device)).eval()
 

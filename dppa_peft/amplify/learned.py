@@ -25,7 +25,6 @@ plus the autograd graph over the kept values).
 
 from __future__ import annotations
 
-import gc
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -39,6 +38,7 @@ from ..progress import progress_bar
 from ..checkpoint import load_causal_lm
 from ..choices import FULL_VOCAB_LIMIT, GRANULARITIES, KL_POSITIONS, TEACHER_WEIGHTINGS
 from ..choices import TEACHER_TOP_K as DEFAULT_TOP_K
+from ..devices import release_memory
 from ..errors import UserError
 from ..format.apply import add_sparse, effective_values
 from ..format.encoding import EncodedTensor
@@ -46,6 +46,8 @@ from ..format.io import SparseDeltaAdapter
 from ..methods.base import SparseDelta
 from ..specs import LearnParams
 from .calibration import Prompt, check_lengths
+from .objectives import log_probs as _log_probs
+from .objectives import model_device, pad_batch, pad_token_id
 from .partitions import Partitions
 
 TAIL_FLOOR = 1e-12  # smallest probability of the top-k cache's "rest of the vocabulary" bucket
@@ -110,10 +112,6 @@ class EntropyTarget(Teacher):
         return -(log_q.exp() * log_q).sum()
 
 
-def _device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
 def _continue(
     model: nn.Module, prompts: Sequence[list[int]], tokens: int, eos: int | None, pad: int
 ) -> list[torch.Tensor]:
@@ -123,11 +121,11 @@ def _continue(
     real position (causal attention: the padding after it changes nothing)."""
     sequences = [list(p) for p in prompts]
     active = list(range(len(sequences)))
-    device = _device(model)
+    device = model_device(model)
     for _ in range(tokens):
         if not active:
             break
-        ids, mask = _pad([torch.tensor(sequences[i]) for i in active], pad)
+        ids, mask = pad_batch([torch.tensor(sequences[i]) for i in active], pad)
         logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
         last = (mask.sum(dim=1) - 1).to(device)
         chosen = logits[torch.arange(len(active), device=device), last].argmax(-1).tolist()
@@ -135,24 +133,6 @@ def _continue(
             sequences[i].append(int(token))
         active = [i for i, token in zip(active, chosen) if eos is None or token != eos]
     return [torch.tensor(s) for s in sequences]
-
-
-def _pad(sequences: Sequence[torch.Tensor], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(s.numel() for s in sequences)
-    ids = torch.full((len(sequences), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, sequence in enumerate(sequences):
-        ids[row, : sequence.numel()] = sequence
-        mask[row, : sequence.numel()] = 1
-    return ids, mask
-
-
-def _log_probs(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, params: dict | None = None) -> torch.Tensor:
-    """fp32 log-probs at the real positions of a padded batch (``params`` replace model parameters)."""
-    device = _device(model)
-    kwargs = {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
-    output = model(**kwargs) if params is None else torch.func.functional_call(model, params, (), kwargs, strict=False)
-    return torch.log_softmax(output.logits[mask.to(device).bool()].float(), dim=-1)
 
 
 def split_indices(count: int, heldout: float, seed: int) -> tuple[list[int], list[int]]:
@@ -193,7 +173,7 @@ def build_teacher(
     vocab = int(config.vocab_size)
     k = top_k if top_k is not None else (None if vocab <= FULL_VOCAB_LIMIT else DEFAULT_TOP_K)
     k = None if k is not None and k >= vocab else k
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    pad = pad_token_id(tokenizer)
     train, held = split_indices(len(token_ids), heldout, seed)
     was_training = model.training
     model.eval()
@@ -208,7 +188,7 @@ def build_teacher(
             out = []
             for start in range(0, len(rows), batch_size):
                 chunk = rows[start : start + batch_size]
-                ids, mask = _pad([sequences[r] for r in chunk], pad)
+                ids, mask = pad_batch([sequences[r] for r in chunk], pad)
                 log_p = _log_probs(model, ids, mask).cpu()
                 weights = None
                 if positions == "continuation":  # position t predicts token t + 1
@@ -281,9 +261,7 @@ def teacher_from_pretrained(
         )
     finally:
         del model
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        release_memory()
 
 
 def kl_divergence(teacher: TeacherBatch, log_q: torch.Tensor) -> torch.Tensor:
@@ -350,7 +328,7 @@ class Student:
     ) -> None:
         self.model = model.requires_grad_(False).eval()
         self.granularity = granularity
-        device = _device(model)
+        device = model_device(model)
         named = dict(model.named_parameters())
         weights = [1.0] * len(adapters) if weights is None else [float(w) for w in weights]
         partitions = list(partitions) if partitions is not None else [None] * len(adapters)
@@ -568,7 +546,7 @@ def learn_factors(
             break
         optimizer.zero_grad()
         weights_now = student.params()
-        loss = torch.zeros((), device=_device(model))
+        loss = torch.zeros((), device=model_device(model))
         for queue, teacher, scale in zip(queues, teachers, scales):
             if not queue:
                 queue.extend(_order(len(teacher.train), generator))

@@ -46,8 +46,16 @@ def calibration_prompts(params: ObjectiveParams) -> list[Prompt]:
     )
 
 
-def _device(model: nn.Module) -> torch.device:
+def model_device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
+
+
+def log_probs(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, params: dict | None = None) -> torch.Tensor:
+    """fp32 log-probs at the real positions of a padded batch (``params`` replace model parameters)."""
+    device = model_device(model)
+    kwargs = {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
+    output = model(**kwargs) if params is None else torch.func.functional_call(model, params, (), kwargs, strict=False)
+    return torch.log_softmax(output.logits[mask.to(device).bool()].float(), dim=-1)
 
 
 class KLObjective:
@@ -68,11 +76,11 @@ class KLObjective:
         self.source = source
         self.continuation_tokens = continuation_tokens
         self.max_length = max_length
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+        pad = pad_token_id(tokenizer)
         with torch.no_grad():
             sequences = [self._continue(reference, tokenizer, text) for text in texts]
-            self.batches = [_pad(sequences[i : i + batch_size], pad) for i in range(0, len(sequences), batch_size)]
-            self.reference = [self._log_probs(reference, ids, mask).cpu() for ids, mask in self.batches]
+            self.batches = [pad_batch(sequences[i : i + batch_size], pad) for i in range(0, len(sequences), batch_size)]
+            self.reference = [log_probs(reference, ids, mask).cpu() for ids, mask in self.batches]
         self.positions = sum(int(mask.sum()) for _, mask in self.batches)
 
     def _continue(self, model: nn.Module, tokenizer: Any, text: str) -> torch.Tensor:
@@ -80,7 +88,7 @@ class KLObjective:
         ids = tokenizer(text)["input_ids"][: self.max_length - self.continuation_tokens]
         if not ids:
             raise ValueError(f"calibration text {text!r} has no tokens")
-        sequence = torch.tensor([ids], device=_device(model))
+        sequence = torch.tensor([ids], device=model_device(model))
         for _ in range(self.continuation_tokens):
             token = model(input_ids=sequence).logits[:, -1].argmax(-1, keepdim=True)
             sequence = torch.cat([sequence, token], dim=1)
@@ -88,17 +96,11 @@ class KLObjective:
                 break
         return sequence[0].cpu()
 
-    @staticmethod
-    def _log_probs(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        device = _device(model)
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-        return torch.log_softmax(logits[mask.to(device).bool()].float(), dim=-1)
-
     def __call__(self, model: nn.Module) -> float:
         total = 0.0
         with torch.no_grad():
             for (ids, mask), reference in zip(self.batches, self.reference):
-                log_q = self._log_probs(model, ids, mask)
+                log_q = log_probs(model, ids, mask)
                 log_p = reference.to(log_q.device)
                 total += float((log_p.exp() * (log_p - log_q)).sum())
         return -total / self.positions
@@ -114,7 +116,12 @@ class KLObjective:
         }
 
 
-def _pad(sequences: Sequence[torch.Tensor], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_token_id(tokenizer: Any) -> int:
+    """The id batches are right-padded with: the tokenizer's pad token, else its EOS token, else 0."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+
+
+def pad_batch(sequences: Sequence[torch.Tensor], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-pad token sequences into (input_ids, attention_mask)."""
     width = max(s.numel() for s in sequences)
     ids = torch.full((len(sequences), width), pad, dtype=torch.long)

@@ -2,19 +2,27 @@
 
 Computed from checkpoint tensors while pruning and from an in-memory model when loading, so loading an adapter on a
 different base is a clear error. Values are rounded to bf16 before hashing, so a base loaded in fp32 or bf16 matches.
+:func:`check_fingerprint` is the one check every path that puts an adapter on a base calls (PEFT loading, merging,
+amplifying, export).
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING
 
 import torch
 
+from ..errors import UserError
+
 if TYPE_CHECKING:
     from ..checkpoint import Checkpoint
+    from .config import SparseDeltaConfig
+
+#: A tensor's sample by name (``tensor_sample`` bytes), or None when the base cannot give it (missing, on meta).
+Sampler = Callable[[str], "bytes | None"]
 
 SAMPLES_PER_TENSOR = 16
 
@@ -60,14 +68,47 @@ def fingerprint(samples: Mapping[str, bytes]) -> str:
     return digest.hexdigest()[:32]
 
 
+def model_sampler(model: torch.nn.Module) -> Sampler:
+    """The samples of an in-memory model's tensors by name (None when missing or on the meta device)."""
+    tensors = {n.replace(".base_layer.", "."): p for n, p in model.named_parameters(remove_duplicate=False)}
+    tensors.update({n.replace(".base_layer.", "."): b for n, b in model.named_buffers(remove_duplicate=False)})
+
+    def sample(name: str) -> bytes | None:
+        tensor = tensors.get(name)
+        return None if tensor is None or tensor.device.type == "meta" else tensor_sample(tensor)
+
+    return sample
+
+
+def sampled_fingerprint(names: Iterable[str], sample: Sampler) -> str | None:
+    """Fingerprint of the named tensors (None when ``sample`` cannot give one of them)."""
+    samples = {}
+    for name in names:
+        value = sample(name)
+        if value is None:
+            return None
+        samples[name] = value
+    return fingerprint(samples)
+
+
 def model_fingerprint(model: torch.nn.Module, tensor_names: list[str]) -> str | None:
     """Fingerprint of the named tensors of an in-memory model (None when some are missing or on the meta device)."""
-    params = {n.replace(".base_layer.", "."): p for n, p in model.named_parameters(remove_duplicate=False)}
-    params.update({n.replace(".base_layer.", "."): b for n, b in model.named_buffers(remove_duplicate=False)})
-    chosen = {}
-    for name in tensor_names:
-        tensor = params.get(name)
-        if tensor is None or tensor.device.type == "meta":
-            return None
-        chosen[name] = tensor_sample(tensor)
-    return fingerprint(chosen)
+    return sampled_fingerprint(tensor_names, model_sampler(model))
+
+
+class BaseModelMismatchError(UserError):
+    """The adapter was made from a different base model."""
+
+
+def check_fingerprint(config: "SparseDeltaConfig", sample: Sampler, adapter: str, base: str) -> None:
+    """Raise when the base (``sample`` gives its tensors' samples) is not the one the adapter records a fingerprint
+    of. Nothing to check when the adapter records none, or when the base cannot give every sample (meta device)."""
+    expected = config.base_fingerprint
+    if not expected:
+        return
+    found = sampled_fingerprint(sorted(config.tensors), sample)
+    if found is not None and found != expected:
+        raise BaseModelMismatchError(
+            f"{base} is not the base {adapter} was pruned from ({config.base_model_name_or_path!r}): fingerprint "
+            f"{found} != {expected}; load the adapter on the base model it was pruned from (base= / --base)"
+        )

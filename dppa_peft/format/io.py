@@ -173,35 +173,9 @@ class SparseDeltaAdapter:
                     shutil.copy2(self.directory / name, tmp / name)
         return Path(directory)
 
-    def push_to_hub(
-        self,
-        repo_id: str,
-        *,
-        private: bool = False,
-        revision: str | None = None,
-        commit_message: str | None = None,
-        token: str | bool | None = None,
-        create_pr: bool = False,
-        export_format: str = "sparse-delta",
-        base: str | os.PathLike | None = None,
-        base_revision: str | None = None,
-        eval_results: dict[str, dict[str, Any]] | None = None,
-        base_model_id: str | None = None,
-    ) -> "CommitInfo":
-        """Publish this adapter as ONE commit on ``repo_id`` (created if needed); see ``dppa_peft.publish.hub``."""
+    def push_to_hub(self, repo_id: str, **options: Any) -> "CommitInfo":
+        """Publish this adapter as ONE commit on ``repo_id`` (created if needed): ``dppa_peft.publish.hub.push_to_hub``
+        with this adapter, which documents the keyword ``options`` (private, revision, token, export_format, ...)."""
         from ..publish.hub import push_to_hub
 
-        return push_to_hub(
-            self,
-            repo_id,
-            private=private,
-            revision=revision,
-            commit_message=commit_message,
-            token=token,
-            create_pr=create_pr,
-            export_format=export_format,
-            base=base,
-            base_revision=base_revision,
-            eval_results=eval_results,
-            base_model_id=base_model_id,
-        )
+        return push_to_hub(self, repo_id, **options)

@@ -19,13 +19,10 @@ vs ``EntropyTarget``) and the granularity. The learned tables become the adapter
 from __future__ import annotations
 
 import dataclasses
-import gc
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
-
-import torch
 
 from ..amplify.calibration import DEFAULT_TEXT_FIELD, Prompt, check_lengths, read_prompts
 from ..choices import KL_POSITIONS, TEACHER_WEIGHTINGS
@@ -184,13 +181,6 @@ class AdaMergingParams(CalibrationParams):
             raise UserError(f"adamerging_max must be > 0, got {self.adamerging_max}")
 
 
-def _release(model: torch.nn.Module) -> None:
-    del model
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
 def recorded_finetuned(adapter: SparseDeltaAdapter) -> str:
     """The dense fine-tune an adapter was pruned from (its provenance), or a ``UserError`` saying how to pass it."""
     ref = (adapter.config.provenance or {}).get("finetuned")
@@ -221,7 +211,9 @@ def learn_merge(
     from ..amplify.candidate import load_base_model  # tuner-level imports: the merge package loads them lazily
     from ..amplify.learned import EntropyTarget, build_teacher, learn_factors, model_context, teacher_from_pretrained
     from ..amplify.objectives import load_tokenizer
-    from ..tuner.model import check_base, resize_vocabulary
+    from ..format.fingerprint import check_fingerprint, model_sampler
+    from ..devices import release_memory
+    from ..tuner.model import resize_vocabulary
 
     adamerging = isinstance(params, AdaMergingParams)
     prompt_sets = params.prompt_sets(len(adapters), pooled=adamerging)
@@ -253,7 +245,8 @@ def learn_merge(
                 for i, prompts in enumerate(prompt_sets)
             ]
         finally:
-            _release(summed)
+            del summed  # the cached outputs are all AdaMerging needs of it
+            release_memory()
         learn = params.learn_params(learn_granularity=ADAMERGING_GRANULARITIES[params.adamerging_granularity])
         bound = params.adamerging_max
         extra: dict[str, Any] = {}
@@ -287,14 +280,15 @@ def learn_merge(
         }
     model = load_base_model(base, adapters[0], dtype, device)
     for adapter in adapters[1:]:
-        check_base(model, adapter.config)
+        check_fingerprint(adapter.config, model_sampler(model), adapter.ref, str(base))
     resize_vocabulary(model, max((a.config.vocab_size or 0 for a in adapters), default=0) or None)
     try:
         result = learn_factors(
             model, adapters, targets, learn, weights=weights, max_factor=bound, progress=progress, **extra
         )
     finally:
-        _release(model)
+        del model
+        release_memory()
     tables = result.factors + [{} for _ in range(len(adapters) - len(result.factors))]  # adapters with no pruned tensor
     return [a.with_factors(t) for a, t in zip(adapters, tables)], result
 

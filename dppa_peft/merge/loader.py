@@ -26,7 +26,7 @@ from ..errors import UserError
 from ..checkpoint import HUB_PATTERNS, Checkpoint, ShardedWriter, atomic_directory, load_causal_lm, resolve_repo
 from ..devices import resolve_device
 from ..format.encoding import encode
-from ..format.fingerprint import checkpoint_sample, fingerprint, tensor_sample
+from ..format.fingerprint import check_fingerprint, checkpoint_sample, fingerprint, model_sampler, tensor_sample
 from ..format.io import AdapterWriter, SparseDeltaAdapter
 from ..format.merge_record import MergeRecord, MergeSource, merged_adapter_config, read_record, source_of
 from ..format.validate import check_fits_base, require_fingerprint
@@ -34,7 +34,7 @@ from ..methods.base import SparseDelta
 from ..pipeline import open_adapter
 from ..specs import torch_dtype
 from ..publish.merge_card import write_merge_card
-from ..tuner.model import BaseModelMismatchError, check_base, resize_vocabulary
+from ..tuner.model import resize_vocabulary
 from ..validate import finite_numbers
 from .modes import MergedTensor, MergeMode, create_mode
 
@@ -215,7 +215,7 @@ def _merge_handles(
     shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
     for handle in handles:
         check_fits_base(handle.config, shapes, handle.ref, base)
-        check_base(model, handle.config)
+        check_fingerprint(handle.config, model_sampler(model), handle.ref, base)
     resize_vocabulary(model, max((h.config.vocab_size or 0 for h in handles), default=0) or None)
     params = dict(model.named_parameters())
     names = _tensor_names(handles)
@@ -264,19 +264,9 @@ def merge_to_folder(
     merger, handles, weights, sources = _setup(
         base, mode, options, adapters, weights, adapter_revisions, token, allow_unverified_base, device, progress
     )
-    checkpoint = _fitting_checkpoint(base, revision, token, handles)
+    checkpoint, record = _start("model", base, revision, token, command, merger, handles, sources)
+    record.dtype = _dtype_name(dtype)
     touched = set(_tensor_names(handles))
-    record = MergeRecord(
-        output="model",
-        base=source_of(base, revision, checkpoint.directory),
-        adapters=sources,
-        mode=merger.name,
-        params=asdict(merger.params),
-        dtype=_dtype_name(dtype),
-        package_version=__version__,
-        command=command,
-        learned=merger.outcome(),
-    )
     samples: dict[str, bytes] = {}
     inputs = [base, checkpoint.directory, *(h.directory for h in handles)]
     with atomic_directory(out, overwrite=overwrite, inputs=inputs) as tmp:
@@ -292,7 +282,8 @@ def merge_to_folder(
                 tensor = tensor.to(on) if dtype is None else tensor.to(on, torch.float32)  # dtype: one cast, of the sum
                 tensor = merged.apply(tensor).cpu()
             writer.add(name, tensor if dtype is None else tensor.to(dtype))
-        _verify_fingerprints(handles, samples, base)
+        for handle in handles:
+            check_fingerprint(handle.config, samples.__getitem__, handle.ref, str(base))
         writer.close()
         _copy_model_files(
             checkpoint.directory, tmp, vocab_size=max((h.config.vocab_size or 0) for h in handles), dtype=record.dtype
@@ -334,19 +325,9 @@ def merge_to_adapter(
     merger, handles, weights, sources = _setup(
         base, mode, options, adapters, weights, adapter_revisions, token, allow_unverified_base, device, progress
     )
-    checkpoint = _fitting_checkpoint(base, revision, token, handles)
+    checkpoint, record = _start("adapter", base, revision, token, command, merger, handles, sources)
+    record.value_dtype = _dtype_name(stored_dtype)
     names = _tensor_names(handles)
-    record = MergeRecord(
-        output="adapter",
-        base=source_of(base, revision, checkpoint.directory),
-        adapters=sources,
-        mode=merger.name,
-        params=asdict(merger.params),
-        value_dtype=_dtype_name(stored_dtype),
-        package_version=__version__,
-        command=command,
-        learned=merger.outcome(),
-    )
     samples: dict[str, bytes] = {}
     inputs = [base, checkpoint.directory, *(h.directory for h in handles)]
     with atomic_directory(out, overwrite=overwrite, inputs=inputs) as tmp:
@@ -356,7 +337,8 @@ def merge_to_adapter(
             delta = _merged(merger, name, handles, weights).as_delta()
             pruned = any(h.config.tensors[name].get("pruned") for h in handles if name in h.config.tensors)
             writer.add(name, encode(delta, stored_dtype, dense=delta.nnz == delta.numel), pruned=pruned)
-        _verify_fingerprints(handles, samples, base)
+        for handle in handles:
+            check_fingerprint(handle.config, samples.__getitem__, handle.ref, str(base))
         writer.close(
             merged_adapter_config(
                 record,
@@ -407,15 +389,33 @@ def replay(
     raise ValueError(f"unknown merge output {output!r}; choose 'model' or 'adapter'")
 
 
-def _fitting_checkpoint(
-    base: str | os.PathLike, revision: str | None, token: str | bool | None, handles: Sequence[SparseDeltaAdapter]
-) -> Checkpoint:
-    """Open the base checkpoint and check that every adapter fits its tensors (before any work)."""
+def _start(
+    output: str,
+    base: str | os.PathLike,
+    revision: str | None,
+    token: str | bool | None,
+    command: str | None,
+    merger: MergeMode,
+    handles: Sequence[SparseDeltaAdapter],
+    sources: list[MergeSource],
+) -> tuple[Checkpoint, MergeRecord]:
+    """Open the base checkpoint, check that every adapter fits its tensors (before any work), and start the record
+    of a merge written to disk (``output``: "model" or "adapter")."""
     checkpoint = Checkpoint.open(base, revision=revision, token=token)
     shapes = {name: checkpoint.shape(name) for name in checkpoint.names()}
     for handle in handles:
         check_fits_base(handle.config, shapes, handle.ref, checkpoint.ref)
-    return checkpoint
+    record = MergeRecord(
+        output=output,
+        base=source_of(base, revision, checkpoint.directory),
+        adapters=sources,
+        mode=merger.name,
+        params=asdict(merger.params),
+        package_version=__version__,
+        command=command,
+        learned=merger.outcome(),
+    )
+    return checkpoint, record
 
 
 def _grow_rows(tensor: torch.Tensor, rows: int) -> torch.Tensor:
@@ -424,16 +424,6 @@ def _grow_rows(tensor: torch.Tensor, rows: int) -> torch.Tensor:
         return tensor
     extra = torch.zeros((rows - tensor.shape[0], *tensor.shape[1:]), dtype=tensor.dtype)
     return torch.cat([tensor, extra])
-
-
-def _verify_fingerprints(handles: Sequence[SparseDeltaAdapter], samples: dict[str, bytes], base: Any) -> None:
-    for handle in handles:
-        expected = handle.config.base_fingerprint
-        if expected and fingerprint({n: samples[n] for n in handle.config.tensors}) != expected:
-            raise BaseModelMismatchError(
-                f"adapter {handle.ref} was made from base {handle.config.base_model_name_or_path!r}, not {str(base)!r}"
-                " (fingerprint mismatch); merge it onto the base model it was pruned from"
-            )
 
 
 def _copy_model_files(source: Path, target: Path, vocab_size: int, dtype: str | None) -> None:

@@ -28,11 +28,10 @@ from ..checkpoint import Checkpoint, SafetensorsWriter
 from ..output import atomic_directory, check_output
 from .card import write_model_card
 from ..format.apply import add_dense, add_sparse
-from ..format.fingerprint import fingerprint, tensor_sample
+from ..format.fingerprint import check_fingerprint, checkpoint_sample
 from ..format.io import WEIGHTS_FILE, SparseDeltaAdapter
 from ..format.validate import check_fits_base
 from ..methods.base import SparseDelta
-from ..tuner.model import BaseModelMismatchError
 
 PREFIX = "base_model.model."
 SPARSE_ENTRY_BYTES = 8  # fp32 value + int32 index
@@ -103,7 +102,7 @@ def export_supertuning(
     checkpoint = Checkpoint.open(base, revision=base_revision, token=token)
     inputs = [adapter.directory, base, checkpoint.directory]
     check_output(out, inputs, overwrite)  # before the fingerprint read
-    _check_fingerprint(adapter, checkpoint)
+    _check_base(adapter, checkpoint)
     model = _skeleton(checkpoint)
     targets, whole = _split_modules(adapter, checkpoint, model)
     sparsity = global_sparsity([(_numel(adapter, t), adapter.config.tensors[f"{t}.weight"]["nnz"]) for t in targets])
@@ -172,16 +171,10 @@ def choose_targets(candidates: dict[str, tuple[int, int, int]]) -> list[str]:
     return best[1] if best else []
 
 
-def _check_fingerprint(adapter: SparseDeltaAdapter, checkpoint: Checkpoint) -> None:
+def _check_base(adapter: SparseDeltaAdapter, checkpoint: Checkpoint) -> None:
+    """The adapter fits the base checkpoint and was pruned from it (its recorded fingerprint)."""
     check_fits_base(adapter.config, {n: checkpoint.shape(n) for n in checkpoint.names()}, adapter.ref, checkpoint.ref)
-    if not adapter.config.base_fingerprint:
-        return
-    found = fingerprint({name: tensor_sample(checkpoint.read(name)) for name in adapter.config.tensors})
-    if found != adapter.config.base_fingerprint:
-        raise BaseModelMismatchError(
-            f"{checkpoint.ref} is not the base {adapter.ref} was pruned from (fingerprint "
-            f"{found} != {adapter.config.base_fingerprint}); pass that base (base= / --base)"
-        )
+    check_fingerprint(adapter.config, lambda name: checkpoint_sample(checkpoint, name), adapter.ref, checkpoint.ref)
 
 
 def _skeleton(checkpoint: Checkpoint) -> torch.nn.Module:

@@ -62,7 +62,7 @@ def push_to_hub(
     api = HfApi(token=token)
     with tempfile.TemporaryDirectory(prefix="dppa-push-") as tmp:
         staged = Path(tmp)
-        config_file = hub_config_file(adapter, staged / "config", base_model_id, token)
+        config_file = hub_config_file(adapter.directory, staged / "config", base_model_id, token)
         config = SparseDeltaConfig.from_pretrained(str(config_file.parent))
         stock = None
         if export_format == "supertuning":
@@ -82,15 +82,16 @@ def push_to_hub(
         files[CARD_FILE] = write_model_card(staged, config, repo_id=repo_id, eval_results=eval_results, stock=stock)
         operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(path)) for name, path in files.items()]
         message = commit_message or _default_message(adapter, stock)
-        return _commit(api, repo_id, operations, message, private=private, revision=revision, create_pr=create_pr)
+        return commit_files(api, repo_id, operations, message, private=private, revision=revision, create_pr=create_pr)
 
 
 def hub_config_file(
-    adapter: "SparseDeltaAdapter", folder: Path, base_model_id: str | None = None, token: str | bool | None = None
+    source: Path, folder: Path, base_model_id: str | None = None, token: str | bool | None = None
 ) -> Path:
-    """Write the ``adapter_config.json`` to publish into ``folder``: the base named by its Hub id when one is known
-    (``base_model_id``, checked; or recorded at prune), provenance without local paths. Returns the file."""
-    data = json.loads((adapter.directory / CONFIG_FILE).read_text())
+    """Write the ``adapter_config.json`` of adapter folder ``source`` as published into ``folder`` (may be
+    ``source``): the base named by its Hub id when one is known (``base_model_id``, checked; or recorded at prune),
+    provenance without local paths. Returns the file."""
+    data = json.loads((source / CONFIG_FILE).read_text())
     provenance = dict(data.get("provenance") or {})
     if base_model_id is not None:
         base = data.get("base_model_name_or_path")
@@ -120,7 +121,7 @@ def _set_base(config_file: Path, base: str) -> None:
     config_file.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
-def _commit(
+def commit_files(
     api: HfApi,
     repo_id: str,
     operations: list[CommitOperationAdd],
@@ -129,6 +130,7 @@ def _commit(
     private: bool,
     revision: str | None,
     create_pr: bool,
+    description: str | None = None,
 ) -> CommitInfo:
     head = None
     try:
@@ -141,7 +143,14 @@ def _commit(
         if revision and not create_pr:
             api.create_branch(repo_id, branch=revision, exist_ok=True)
         head = api.repo_info(repo_id, revision=revision).sha
-        return api.create_commit(repo_id, operations, commit_message=message, revision=revision, create_pr=create_pr)
+        return api.create_commit(
+            repo_id,
+            operations,
+            commit_message=message,
+            commit_description=description,
+            revision=revision,
+            create_pr=create_pr,
+        )
     except TransportError as err:
         raise PushError(_interrupted(api, repo_id, revision, head, err)) from err
     except Exception as err:

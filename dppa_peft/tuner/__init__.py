@@ -3,7 +3,8 @@
 from peft import mapping
 
 from ..format.config import SparseDeltaConfig, SparseDeltaType
-from .model import BaseModelMismatchError, SparseDeltaModel
+from ..format.fingerprint import BaseModelMismatchError
+from .model import SparseDeltaModel
 
 
 def register_with_peft() -> None:

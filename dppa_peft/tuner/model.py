@@ -2,36 +2,36 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import types
+from collections.abc import Callable
 from typing import Any
 
 import torch
+from peft import PeftModel
 from peft.tuners.tuners_utils import BaseTuner
 from torch import nn
 
 from ..format.config import SparseDeltaConfig
 from ..format.validate import CHECKED_FIELDS, check_config, check_fits_base
-from ..errors import UserError
-from ..format.fingerprint import model_fingerprint
+from ..format.fingerprint import check_fingerprint, model_sampler
 from .layer import SparseDeltaLayer
 from .weighted import add_weighted_adapter
 
 
-class BaseModelMismatchError(UserError):
-    """The adapter was made from a different base model."""
+PeftPush = Callable[..., Any]
+_PEFT_PUSH: list[PeftPush] = []
 
 
-def check_base(model: nn.Module, config: SparseDeltaConfig) -> None:
-    """Raise when the model's weights do not match the fingerprint recorded in the adapter."""
-    if not config.base_fingerprint:
-        return
-    found = model_fingerprint(model, sorted(config.tensors))
-    if found is not None and found != config.base_fingerprint:
-        raise BaseModelMismatchError(
-            f"this adapter was made from base {config.base_model_name_or_path!r} (fingerprint "
-            f"{config.base_fingerprint}), but the model it is loaded on has fingerprint {found}; load the adapter on "
-            "the base model it was pruned from"
-        )
+def register_peft_push(push: PeftPush) -> None:
+    """Set the ``push_to_hub`` of PeftModels that load a SPARSE_DELTA adapter (``publish.peft_push`` registers it)."""
+    _PEFT_PUSH[:] = [push]
+
+
+def use_peft_push(model: nn.Module) -> None:
+    """Give ``model`` (a PeftModel loading a SPARSE_DELTA adapter) the registered ``push_to_hub``, on this instance
+    only: transformers' own writes the repo's old card (or an empty template) over ours (see ``publish.peft_push``)."""
+    if _PEFT_PUSH and isinstance(model, PeftModel) and "push_to_hub" not in vars(model):
+        object.__setattr__(model, "push_to_hub", types.MethodType(_PEFT_PUSH[0], model))
 
 
 def resize_vocabulary(model: nn.Module, vocab_size: int | None) -> None:
@@ -64,7 +64,7 @@ class SparseDeltaModel(BaseTuner):
         shapes = {n.replace(".base_layer.", "."): tuple(p.shape) for n, p in model.named_parameters()}
         resized = any(isinstance(m, SparseDeltaLayer) for m in model.modules())  # another adapter may have grown it
         check_fits_base(config, shapes, f"adapter {adapter_name!r}", "the model it is loaded on", resized)
-        check_base(model, config)
+        check_fingerprint(config, model_sampler(model), f"adapter {adapter_name!r}", "the model it is loaded on")
         resize_vocabulary(model, config.vocab_size)
 
     @staticmethod
@@ -91,25 +91,16 @@ class SparseDeltaModel(BaseTuner):
         # weights offloaded by accelerate; the layer has put its stores where the base weights are used
         setattr(parent, target_name, new_module)
 
-    def add_weighted_adapter(
-        self,
-        adapters: Sequence[str],
-        weights: Sequence[float],
-        adapter_name: str,
-        combination_type: str = "linear",
-        density: float | None = None,
-        majority_sign_method: str = "total",
-        **options: Any,
-    ) -> None:
-        """PEFT's ``add_weighted_adapter``: add ``adapter_name``, the merge of loaded ``adapters`` with ``weights``.
+    add_weighted_adapter = add_weighted_adapter  # PEFT's method; ``tuner.weighted`` (its first argument is the tuner)
 
-        ``combination_type``: "linear", "ties", "dare_linear", "dare_ties", "magnitude_prune" (PEFT's meaning) or
-        any other merge mode (``dppa_peft.merge.MERGE_MODES``); see ``tuner.weighted``. The new adapter is a sparse
-        delta adapter on the union of the supports; activate it with ``set_adapter`` and save it like any other.
-        """
-        add_weighted_adapter(
-            self, adapters, weights, adapter_name, combination_type, density, majority_sign_method, **options
-        )
+    @classmethod
+    def _remap_adapter_state_dict_for_load(
+        cls, model: nn.Module, config: SparseDeltaConfig, adapter_name: str, state_dict: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """PEFT's key remapping; the PeftModel loading the adapter (``PeftModel.from_pretrained``, ``load_adapter``)
+        also gets dppa-peft's ``push_to_hub`` (``use_peft_push``)."""
+        use_peft_push(model)
+        return super()._remap_adapter_state_dict_for_load(model, config, adapter_name, state_dict)
 
     @classmethod
     def _get_adapter_state_dict(

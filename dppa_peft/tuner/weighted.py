@@ -114,7 +114,13 @@ def add_weighted_adapter(
     majority_sign_method: str = "total",
     **options: Any,
 ) -> None:
-    """Add ``adapter_name`` to ``tuner`` (a ``SparseDeltaModel``): the merge of ``adapters`` (see the module doc)."""
+    """PEFT's ``add_weighted_adapter`` (``SparseDeltaModel`` has it as a method): add ``adapter_name`` to ``tuner``,
+    the merge of its loaded ``adapters`` with ``weights``.
+
+    ``combination_type``: "linear", "ties", "dare_linear", "dare_ties", "magnitude_prune" (PEFT's meaning) or
+    any other merge mode (``dppa_peft.merge.MERGE_MODES``); see the module doc. The new adapter is a sparse
+    delta adapter on the union of the supports; activate it with ``set_adapter`` and save it like any other.
+    """
     missing = [a for a in adapters if a not in tuner.peft_config]
     if missing or not adapters:
         raise ValueError(f"adapters {missing or adapters} do not exist; loaded: {sorted(tuner.peft_config)}")
