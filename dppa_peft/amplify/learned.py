@@ -36,7 +36,7 @@ from torch import nn
 from ..progress import progress_bar
 
 from ..checkpoint import load_causal_lm
-from ..choices import FULL_VOCAB_LIMIT, GRANULARITIES, KL_POSITIONS, TEACHER_WEIGHTINGS
+from ..choices import FULL_VOCAB_LIMIT, GRANULARITIES
 from ..choices import TEACHER_TOP_K as DEFAULT_TOP_K
 from ..devices import release_memory
 from ..errors import UserError
@@ -63,16 +63,10 @@ class TeacherBatch:
     mask: torch.Tensor  # [B, L] long
     log_probs: torch.Tensor  # [N, k]: N = mask.sum(); k = the vocabulary, or the top-k log-probs
     tokens: torch.Tensor | None  # [N, k] int32 token ids of a top-k cache; None: the full vocabulary
-    weights: torch.Tensor | None = None  # [N] fp32 weight of each position in the loss; None: 1 everywhere
 
     @property
     def positions(self) -> int:
         return int(self.log_probs.shape[0])
-
-    @property
-    def scored(self) -> float:
-        """The positions the loss counts (the sum of ``weights``; every position when there are none)."""
-        return self.positions if self.weights is None else float(self.weights.sum())
 
 
 @dataclass
@@ -155,18 +149,13 @@ def build_teacher(
     top_k: int | None = None,
     seed: int = 0,
     name: str = "teacher",
-    positions: str = "all",
 ) -> Teacher:
     """Greedy continuations and log-probs of the dense fine-tune ``model`` on ``prompts``, computed once.
 
     Prompts longer than the model's context (with the continuation) are refused before any forward pass. The
     cache is ``positions × k`` fp32 on the CPU: k = vocabulary up to ``FULL_VOCAB_LIMIT`` tokens, else ``top_k``
     (default ``DEFAULT_TOP_K``) log-probs and their int32 token ids (``kl_divergence`` adds a bucket for the rest).
-    ``positions`` is what the loss scores: ``"all"`` positions, or only the ``"continuation"`` (the positions that
-    predict the teacher's greedy tokens, from the prompt's last one on: what the model generates).
     """
-    if positions not in KL_POSITIONS:
-        raise UserError(f"unknown KL positions {positions!r}; choose one of {KL_POSITIONS}")
     config: Any = model.config
     context = int(getattr(config, "max_position_embeddings", 0) or 1 << 30)
     token_ids = check_lengths(prompts, tokenizer, context, continuation_tokens)
@@ -187,19 +176,13 @@ def build_teacher(
         def batches(rows: list[int]) -> list[TeacherBatch]:
             out = []
             for start in range(0, len(rows), batch_size):
-                chunk = rows[start : start + batch_size]
-                ids, mask = pad_batch([sequences[r] for r in chunk], pad)
+                ids, mask = pad_batch([sequences[r] for r in rows[start : start + batch_size]], pad)
                 log_p = _log_probs(model, ids, mask).cpu()
-                weights = None
-                if positions == "continuation":  # position t predicts token t + 1
-                    weights = torch.cat(
-                        [(torch.arange(len(sequences[r])) >= len(token_ids[r]) - 1).float() for r in chunk]
-                    )
                 if k is None:
-                    out.append(TeacherBatch(ids, mask, log_p, None, weights))
+                    out.append(TeacherBatch(ids, mask, log_p, None))
                 else:
                     values, tokens = log_p.topk(k, dim=-1)
-                    out.append(TeacherBatch(ids, mask, values, tokens.to(torch.int32), weights))
+                    out.append(TeacherBatch(ids, mask, values, tokens.to(torch.int32)))
             return out
 
         teacher = Teacher(
@@ -212,7 +195,6 @@ def build_teacher(
                 "continuation_tokens": continuation_tokens,
                 "top_k": k,
                 "vocab_size": vocab,
-                "positions": positions,
                 "sources": sorted({p.origin for p in prompts}),
             },
         )
@@ -241,7 +223,6 @@ def teacher_from_pretrained(
     revision: str | None = None,
     token: str | bool | None = None,
     name: str | None = None,
-    positions: str = "all",
 ) -> Teacher:
     """Load the dense fine-tune ``ref`` on ``device``, cache its outputs (``build_teacher``) and free it again."""
     params = params or LearnParams()
@@ -257,7 +238,6 @@ def teacher_from_pretrained(
             top_k=params.learn_top_k,
             seed=params.learn_seed,
             name=name or str(ref),
-            positions=positions,
         )
     finally:
         del model
@@ -269,18 +249,13 @@ def kl_divergence(teacher: TeacherBatch, log_q: torch.Tensor) -> torch.Tensor:
     holding the rest of the vocabulary: exact for the coarsened distributions, 0 when the student equals the
     teacher, a lower bound of the full KL that reaches it as k grows."""
     log_p = teacher.log_probs.to(log_q.device)
-    weights = None if teacher.weights is None else teacher.weights.to(log_q.device)
     if teacher.tokens is None:
-        if weights is not None:
-            return (weights * (log_p.exp() * (log_p - log_q)).sum(-1)).sum()
         return (log_p.exp() * (log_p - log_q)).sum()
     log_q = log_q.gather(-1, teacher.tokens.to(log_q.device, torch.long))
     p = log_p.exp()
     p_rest = (1.0 - p.sum(-1)).clamp_min(0.0)
     q_rest = (1.0 - log_q.exp().sum(-1)).clamp_min(TAIL_FLOOR)
     tail = torch.where(p_rest > 0, p_rest * (p_rest.clamp_min(TAIL_FLOOR).log() - q_rest.log()), 0.0)
-    if weights is not None:
-        return (weights * ((p * (log_p - log_q)).sum(-1) + tail)).sum()
     return (p * (log_p - log_q)).sum() + tail.sum()
 
 
@@ -294,7 +269,7 @@ def mean_kl(
     teacher's held-out ones), without gradients."""
     with torch.no_grad():
         total = sum(float(loss(b, _log_probs(model, b.ids, b.mask, params))) for b in batches)
-    return total / max(1, sum(b.scored for b in batches))
+    return total / max(1, sum(b.positions for b in batches))
 
 
 # the student -------------------------------------------------------------------------------------------------------
@@ -423,16 +398,12 @@ class Student:
             out[t.adapter][t.name] = t.table().detach().float().cpu().contiguous().clone()
         return out
 
-    def heldout_losses(self, teachers: Sequence[Teacher]) -> list[float]:
-        """Each teacher's loss (``Teacher.loss``: KL, or entropy) per held-out position, with the current factors."""
+    def heldout_kl(self, teachers: Sequence[Teacher]) -> float:
+        """Mean over teachers of their loss (``Teacher.loss``: KL, or entropy) per held-out position, with the
+        current factors."""
         with torch.no_grad():
             params = self.params()
-            return [mean_kl(self.model, t.heldout, params, t.loss) for t in teachers]
-
-    def heldout_kl(self, teachers: Sequence[Teacher], scales: Sequence[float] | None = None) -> float:
-        """Mean over teachers of their held-out loss per position (each times ``scales[i]``, default 1)."""
-        losses = self.heldout_losses(teachers)
-        return sum(s * x for s, x in zip(scales or [1.0] * len(losses), losses)) / len(losses)
+            return sum(mean_kl(self.model, t.heldout, params, t.loss) for t in teachers) / len(teachers)
 
 
 # learning ----------------------------------------------------------------------------------------------------------
@@ -501,8 +472,6 @@ def learn_factors(
     weights: Sequence[float] | None = None,
     max_factor: float | None = None,
     dense: bool = False,
-    teacher_weighting: str = "equal",
-    anchor: float = 0.0,
     progress: bool = True,
 ) -> LearnResult:
     """Learn factor tables for the pruned tensors of ``adapters`` so that base + Σ w·δ(factors) matches the teachers.
@@ -513,12 +482,9 @@ def learn_factors(
     of each; every ``learn_eval_every`` steps the held-out loss is measured and the factors with the lowest one are
     returned (step 0 = the starting factors: the stored tables, else 1). Factors stay in ``[0, max_factor]``
     (no upper bound by default). ``partitions[a]`` gives DPA partition ids of adapter ``a`` (default: the ids
-    stored in it). ``dense`` also learns a table for every tensor the adapters store dense outside the pruning scope
-    (embeddings, norms, ...; otherwise added with factor 1). ``teacher_weighting`` is ``"equal"`` (the mean over
-    teachers) or ``"relative"`` (teacher i's loss divided by its held-out loss at step 0, times their mean: every
-    teacher's loss counts relative to where it started, in the training loss and the held-out score). ``anchor`` > 0
-    adds ``anchor`` × the mean squared change of the factors from their starting values to the training loss. Seeded: two
-    runs on the CPU give identical factors.
+    stored in it). ``dense`` also learns a table (one factor per row; per vector for 1-D tensors) for every tensor the
+    adapters store dense outside the pruning scope (embeddings, ``lm_head``, norms), otherwise added with factor 1
+    (``Student(dense=True)``). Seeded: two runs on the CPU give identical factors.
     """
     if not adapters or not teachers:
         raise ValueError("learn_factors needs at least one adapter and one teacher")
@@ -526,19 +492,11 @@ def learn_factors(
         raise ValueError(f"teachers mix objectives {sorted({t.objective for t in teachers})}; use one kind")
     params = params or LearnParams()
     started = time.perf_counter()
-    if teacher_weighting not in TEACHER_WEIGHTINGS:
-        raise UserError(f"unknown teacher_weighting {teacher_weighting!r}; choose one of {TEACHER_WEIGHTINGS}")
     student = Student(model, adapters, params.learn_granularity, partitions, weights, dense=dense)
     generator = torch.Generator().manual_seed(params.learn_seed)
     optimizer = torch.optim.Adam(student.parameters, lr=params.learn_lr) if student.parameters else None
     queues: list[list[int]] = [[] for _ in teachers]
-    start = student.heldout_losses(teachers)
-    scales = [1.0] * len(teachers)
-    if teacher_weighting == "relative":
-        scales = [sum(start) / len(start) / max(x, TAIL_FLOOR) for x in start]
-    best = (sum(s * x for s, x in zip(scales, start)) / len(start), 0, student.tables())
-    origin = [p.detach().clone() for p in student.parameters]
-    count = sum(p.numel() for p in origin)
+    best = (student.heldout_kl(teachers), 0, student.tables())
     heldout, losses, stopped, waited = [(0, best[0])], [], None, 0
     bar = progress_bar(range(1, params.learn_steps + 1), desc="learning factors", unit="step", disable=not progress)
     for step in bar:
@@ -547,15 +505,12 @@ def learn_factors(
         optimizer.zero_grad()
         weights_now = student.params()
         loss = torch.zeros((), device=model_device(model))
-        for queue, teacher, scale in zip(queues, teachers, scales):
+        for queue, teacher in zip(queues, teachers):
             if not queue:
                 queue.extend(_order(len(teacher.train), generator))
             batch = teacher.train[queue.pop(0)]
-            term = teacher.loss(batch, _log_probs(model, batch.ids, batch.mask, weights_now)) / batch.scored
-            loss = loss + (term if teacher_weighting == "equal" else scale * term)
+            loss = loss + teacher.loss(batch, _log_probs(model, batch.ids, batch.mask, weights_now)) / batch.positions
         loss = loss / len(teachers)
-        if anchor:
-            loss = loss + anchor * sum(((p - o) ** 2).sum() for p, o in zip(student.parameters, origin)) / count
         loss.backward()
         optimizer.step()
         with torch.no_grad():
@@ -563,7 +518,7 @@ def learn_factors(
                 parameter.clamp_(min=0.0, max=max_factor)
         losses.append(loss.item())
         if step % params.learn_eval_every == 0 or step == params.learn_steps:
-            kl = student.heldout_kl(teachers, scales)
+            kl = student.heldout_kl(teachers)
             heldout.append((step, kl))
             bar.set_postfix_str(f"train KL {losses[-1]:.4g} held-out KL {kl:.4g}")
             if kl < best[0]:
@@ -579,10 +534,6 @@ def learn_factors(
         "objective": teachers[0].objective,
         "max_factor": max_factor,
         "dense": dense,
-        "teacher_weighting": teacher_weighting,
-        "teacher_scales": scales,
-        "anchor": anchor,
-        "positions": teachers[0].settings.get("positions", "all"),
         **{k.removeprefix("learn_"): v for k, v in asdict(params).items()},
     }
     return LearnResult(

@@ -25,13 +25,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..amplify.calibration import DEFAULT_TEXT_FIELD, Prompt, check_lengths, read_prompts
-from ..choices import KL_POSITIONS, TEACHER_WEIGHTINGS
 from ..errors import UserError
 from ..specs import LearnParams
 from .modes import MergeMode, register_mode
 
 if TYPE_CHECKING:  # the learning loop and the adapter handle import peft; option parsing must not
     from ..amplify.learned import LearnResult, Teacher
+    from ..amplify.partitions import Partitions
     from ..format.io import SparseDeltaAdapter
 
 ADAMERGING_GRANULARITIES = {"task": "global", "layer": "tensor"}
@@ -112,36 +112,18 @@ class LearnedMergeParams(CalibrationParams):
             "pruning scope (embeddings, lm_head, norms); --no-learn-dense sums them with factor 1"
         },
     )
-    teacher_weighting: str = field(
-        default="equal",
+    learn_partition_rates: list[float] | None = field(
+        default=None,
         metadata={
-            "help": "learned: 'equal' = the mean of the teachers' KLs; 'relative' = each teacher's KL divided by its "
-            "held-out KL at the start (the plain sum), so every domain counts relative to where it started",
-            "choices": TEACHER_WEIGHTINGS,
-        },
-    )
-    kl_positions: str = field(
-        default="all",
-        metadata={
-            "help": "learned: the positions the KL scores: 'all' (prompt and continuation) or 'continuation' (only "
-            "those predicting the teacher's greedy tokens: what the merged model generates)",
-            "choices": KL_POSITIONS,
-        },
-    )
-    learn_anchor: float = field(
-        default=0.0,
-        metadata={
-            "help": "learned: weight of an L2 penalty pulling the factors toward their starting values (the adapters' "
-            "own learned factors, else 1): mean squared change, added to the KL"
+            "help": "learned: split every adapter's kept entries by magnitude into partitions at these pruning rates "
+            "(most important first, ending at the adapters' rate, e.g. 0.99 0.97 0.94 0.9) and learn a factor per "
+            "(partition, row) instead of per row; the adapters' pruning method must rank by magnitude as DPA "
+            "partitions do (default: one partition)"
         },
     )
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not self.learn_anchor >= 0:
-            raise UserError(f"learn_anchor must be >= 0, got {self.learn_anchor}")
-        if self.teacher_weighting not in TEACHER_WEIGHTINGS:
-            raise UserError(f"unknown teacher_weighting {self.teacher_weighting!r}; choose one of {TEACHER_WEIGHTINGS}")
         if self.learn_dense and self.learn_granularity not in ("row", "tensor"):
             raise UserError(
                 "learn_dense learns a table per dense tensor: use --learn-granularity row or tensor with it"
@@ -179,6 +161,16 @@ class AdaMergingParams(CalibrationParams):
             )
         if not self.adamerging_max > 0:
             raise UserError(f"adamerging_max must be > 0, got {self.adamerging_max}")
+
+
+def merge_partitions(adapter: SparseDeltaAdapter, rates: Sequence[float]) -> Partitions:
+    """The magnitude partitions of ``adapter``'s kept entries at ``rates`` (``learn_partition_rates``)."""
+    from ..amplify.partitions import adapter_partitions
+
+    try:
+        return adapter_partitions(adapter, rates)
+    except ValueError as err:
+        raise UserError(f"learn_partition_rates for {adapter.ref}: {err}") from None
 
 
 def recorded_finetuned(adapter: SparseDeltaAdapter) -> str:
@@ -268,16 +260,13 @@ def learn_merge(
                 dtype=dtype,
                 device=device,
                 name=str(ref),
-                positions=params.kl_positions,
             )
             for ref, prompts in zip(teachers, prompt_sets)
         ]
         learn, bound = params.learn_params(), None
-        extra = {
-            "dense": params.learn_dense,
-            "teacher_weighting": params.teacher_weighting,
-            "anchor": params.learn_anchor,
-        }
+        extra = {"dense": params.learn_dense}
+        if params.learn_partition_rates:
+            extra["partitions"] = [merge_partitions(a, params.learn_partition_rates) for a in adapters]
     model = load_base_model(base, adapters[0], dtype, device)
     for adapter in adapters[1:]:
         check_fingerprint(adapter.config, model_sampler(model), adapter.ref, str(base))
@@ -290,7 +279,10 @@ def learn_merge(
         del model
         release_memory()
     tables = result.factors + [{} for _ in range(len(adapters) - len(result.factors))]  # adapters with no pruned tensor
-    return [a.with_factors(t) for a, t in zip(adapters, tables)], result
+    if not adamerging:
+        result.settings["partition_rates"] = params.learn_partition_rates
+    ids = [p.ids for p in extra.get("partitions", [])] or [None] * len(adapters)
+    return [a.with_factors(t, i) for a, t, i in zip(adapters, tables, ids)], result
 
 
 class _LearnedMode(MergeMode):
