@@ -65,18 +65,21 @@ threading.Thread(target=_sample, daemon=True).start()
 """
 REPORT = """
 _peak[0] = max(_peak[0], _anon_mib())
-print("MEASURE" + json.dumps({"seconds": time.perf_counter() - _start, "peak_anon_mib": _peak[0]}))
+print("MEASURE" + json.dumps({"seconds": time.perf_counter() - _start, "cpu_seconds": time.process_time() - _cpu_start,
+                              "peak_anon_mib": _peak[0]}))
 """
 
 
 def measure(code: str, setup: str = "", env: dict[str, str] | None = None) -> dict:
-    """Run ``setup`` (imports, untimed) then ``code`` in a fresh process; return the wall time of ``code``, the peak
-    anonymous memory of the process (MiB, sampled every 5 ms) and its peak resident set (``ru_maxrss``, MiB).
+    """Run ``setup`` (imports, untimed) then ``code`` in a fresh process; return the wall time of ``code``, its CPU
+    time (user + system, every thread: steadier than wall time on a shared machine), the peak anonymous memory of the
+    process (MiB, sampled every 5 ms) and its peak resident set (``ru_maxrss``, MiB).
 
     Anonymous memory excludes the file pages that memory-mapped safetensors reads touch (page cache, not heap);
     the peak resident set counts them while they are mapped (what ``time -v`` and schedulers report).
     """
-    program = SAMPLER + textwrap.dedent(setup) + "\n_start = time.perf_counter()\n" + textwrap.dedent(code) + REPORT
+    start = "\n_start, _cpu_start = time.perf_counter(), time.process_time()\n"
+    program = SAMPLER + textwrap.dedent(setup) + start + textwrap.dedent(code) + REPORT
     full_env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_WAIT_POLICY": "PASSIVE", **(env or {})}
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         child = subprocess.Popen([sys.executable, "-c", program], stdout=out, stderr=err, text=True, env=full_env)

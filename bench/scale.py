@@ -54,6 +54,7 @@ class Step:
 
     seconds: float
     rss_mib: float
+    cpu_seconds: float
 
 
 def write_pair(root: Path, size: str, seed: int = 0) -> tuple[Path, Path, int]:
@@ -87,7 +88,7 @@ def write_pair(root: Path, size: str, seed: int = 0) -> tuple[Path, Path, int]:
 
 def step(code: str, setup: str = OURS) -> Step:
     result = measure(code, setup=setup)
-    return Step(result["seconds"], result["peak_rss_mib"])
+    return Step(result["seconds"], result["peak_rss_mib"], result["cpu_seconds"])
 
 
 def read_limit(base: Path, ft: Path) -> Step:
@@ -165,9 +166,14 @@ def run_size(root: Path, size: str) -> dict:
     return out
 
 
+def cpu(result: dict, step: str, reference: str) -> float:
+    """CPU-time ratio of two steps of one size (user + system of every thread; steadier under load than wall)."""
+    return result[step].cpu_seconds / result[reference].cpu_seconds
+
+
 def report(results: list[dict]) -> str:
     """The markdown tables and ratios (with the targets) of every size."""
-    lines = ["| pair | step | wall s | peak RSS MiB |", "|---|---|---|---|"]
+    lines = ["| pair | step | wall s | CPU s | peak RSS MiB |", "|---|---|---|---|---|"]
     names = {
         "read": "read limit (safetensors, both checkpoints, fp32)",
         "magnitude": "prune magnitude 0.9",
@@ -180,7 +186,9 @@ def report(results: list[dict]) -> str:
     for r in results:
         label = f"{r['size']} ({r['params'] / 1e9:.2f}B, {r['checkpoint_mib'] / 1024:.1f} GiB bf16)"
         for key, name in names.items():
-            lines.append(f"| {label} | {name} | {r[key].seconds:.1f} | {r[key].rss_mib:.0f} |")
+            lines.append(
+                f"| {label} | {name} | {r[key].seconds:.1f} | {r[key].cpu_seconds:.1f} | {r[key].rss_mib:.0f} |"
+            )
     lines += ["", "| pair | ratio | measured | target | met |", "|---|---|---|---|---|"]
     for r in results:
         ratios = [
@@ -196,6 +204,14 @@ def report(results: list[dict]) -> str:
                 None,
             ),
             ("load_merged / from_pretrained (peak RSS)", r["load_merged"].rss_mib / r["load_base"].rss_mib, None),
+            ("magnitude / read limit (CPU time)", cpu(r, "magnitude", "read"), None),
+            ("dp / read limit (CPU time)", cpu(r, "dp", "read"), None),
+            ("dp / mergekit ties (CPU time)", cpu(r, "dp", "mergekit"), None),
+            (
+                "load_merged / (from_pretrained + read every weight) (CPU time)",
+                cpu(r, "load_merged", "load_touched"),
+                None,
+            ),
         ]
         for method, mib in r["adapter_mib"].items():
             ratios.append((f"adapter {method} / dense bf16 delta (size)", mib / r["checkpoint_mib"], None))

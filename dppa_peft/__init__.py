@@ -40,10 +40,14 @@ _EXPORTS = {
     "evaluate": "evaluation.api",
     "AmplifyParams": "specs",
     "AmplifySpec": "specs",
+    "DemoSpec": "specs",
     "EvalSpec": "specs",
+    "ExportSpec": "specs",
     "MergeSpec": "specs",
     "ObjectiveParams": "specs",
     "PruneSpec": "specs",
+    "PushSpec": "specs",
+    "RunSpec": "specs",
     "Source": "specs",
 }
 __all__ = sorted([*_EXPORTS, "__version__"])

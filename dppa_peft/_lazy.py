@@ -45,7 +45,10 @@ def defer(*names: str) -> None:
 
 
 class _AfterImport(importlib.abc.MetaPathFinder):
-    """Finds ``name`` with the other finders and wraps its loader to call ``hook`` once the module is executed."""
+    """Finds ``name`` with the other finders and wraps its loader to call ``hook`` once the module is executed.
+
+    It stays on ``sys.meta_path`` until then: ``importlib.util.find_spec(name)`` (transformers' "is peft available"
+    probe) also asks the finders, and must not use the hook up without running the module."""
 
     def __init__(self, name: str, hook: Callable[[], None]) -> None:
         self.name = name
@@ -54,11 +57,28 @@ class _AfterImport(importlib.abc.MetaPathFinder):
     def find_spec(self, fullname: str, path: Any, target: Any = None) -> importlib.machinery.ModuleSpec | None:
         if fullname != self.name:
             return None
-        sys.meta_path.remove(self)
-        spec = importlib.util.find_spec(fullname)
+        spec = _other_finders_spec(self, fullname, path, target)
         if spec is not None and spec.loader is not None:
-            spec.loader = _ThenLoader(spec.loader, self.hook)
+            spec.loader = _ThenLoader(spec.loader, self._executed)
         return spec
+
+    def _executed(self) -> None:
+        if self in sys.meta_path:
+            sys.meta_path.remove(self)
+            self.hook()
+
+
+def _other_finders_spec(
+    finder: importlib.abc.MetaPathFinder, fullname: str, path: Any, target: Any
+) -> importlib.machinery.ModuleSpec | None:
+    """The spec that the finders on ``sys.meta_path`` other than ``finder`` give."""
+    for other in sys.meta_path:
+        if other is finder or not hasattr(other, "find_spec"):
+            continue
+        spec = other.find_spec(fullname, path, target)
+        if spec is not None:
+            return spec
+    return None
 
 
 class _ThenLoader(importlib.abc.Loader):
@@ -87,15 +107,10 @@ class _PackageWatcher(importlib.abc.MetaPathFinder):
     def find_spec(self, fullname: str, path: Any, target: Any = None) -> importlib.machinery.ModuleSpec | None:
         if not fullname.startswith(self.prefix):
             return None
-        for finder in sys.meta_path:
-            if finder is self or not hasattr(finder, "find_spec"):
-                continue
-            spec = finder.find_spec(fullname, path, target)
-            if spec is not None:
-                if spec.loader is not None:
-                    spec.loader = _ThenLoader(spec.loader, lambda: self.hook(fullname))
-                return spec
-        return None
+        spec = _other_finders_spec(self, fullname, path, target)
+        if spec is not None and spec.loader is not None:
+            spec.loader = _ThenLoader(spec.loader, lambda: self.hook(fullname))
+        return spec
 
 
 def after_each_submodule(package: str, hook: Callable[[str], None]) -> None:

@@ -109,7 +109,11 @@ class StreamingQuantiles:
 
     def quantiles(self, levels: Sequence[float] = QUANTILE_LEVELS) -> list[float]:
         """The quantiles at ``levels`` of every value seen so far (exact or within the bound above)."""
-        return [(b.low + b.high) / 2.0 if b.exact_value() is None else b.exact_value() for b in self.rank_bins(levels)]
+        out = []
+        for b in self.rank_bins(levels):
+            exact = b.exact_value()
+            out.append((b.low + b.high) / 2.0 if exact is None else exact)
+        return out
 
 
 def tensor_quantiles(values: torch.Tensor, levels: Sequence[float] = QUANTILE_LEVELS) -> list[float]:
@@ -201,9 +205,10 @@ def _grid(cells: dict[tuple[int, str], float], clipped: frozenset[tuple[int, str
 
 def density_grid(plans: Iterable[tuple[TensorInfo, DensityPlan]]) -> DensityGrid:
     """The grid of a method's plans (out-of-scope tensors are skipped)."""
-    cells, clipped = {}, set()
+    cells: dict[tuple[int, str], float] = {}
+    clipped: set[tuple[int, str]] = set()
     for info, plan in plans:
-        if info.in_scope:
+        if info.block is not None and info.module is not None:  # in scope
             cells[(info.block, info.module)] = plan.density
             if plan.density != plan.unclipped:
                 clipped.add((info.block, info.module))

@@ -154,9 +154,10 @@ class Checkpoint:
     def dtype(self, name: str) -> torch.dtype:
         return self._entries[name].dtype
 
-    def read(self, name: str) -> torch.Tensor:
-        """Load one tensor into a fresh CPU buffer owned by the caller (one positioned read, no memory map)."""
-        return read_tensor(self.directory / self._shard_of[name], self._entries[name])
+    def read(self, name: str, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Load one tensor into a fresh CPU buffer owned by the caller (one positioned read, no memory map), or into
+        ``out`` (contiguous, of the tensor's shape and dtype)."""
+        return read_tensor(self.directory / self._shard_of[name], self._entries[name], out)
 
     def read_rows(self, name: str, start: int, stop: int) -> torch.Tensor:
         """Rows ``start:stop`` of a tensor of at least one dimension, read without loading the rest."""
@@ -216,7 +217,7 @@ class SafetensorsWriter:
             raise ValueError(f"tensor {name!r} written twice")
         tensor = tensor.detach().to("cpu").contiguous()
         raw = tensor.reshape(-1).view(torch.uint8).numpy()
-        self._data.write(memoryview(raw))
+        self._data.write(raw.data)
         self._entries[name] = {
             "dtype": st_name(tensor.dtype),
             "shape": list(tensor.shape),

@@ -21,3 +21,4 @@ TEACHER_TOP_K = 128
 DEFAULT_TEXT_FIELD = "text"  # the JSON field of a prompt in a .jsonl calibration file
 BACKENDS = ("hf", "vllm")  # lm-eval backends of `dppa-peft eval`
 EXPORT_FORMATS = ("sparse-delta", "supertuning")  # ours (a copy) and stock PEFT's
+DEMO_SIZES = ("default", "tiny")  # the demo zoo's sizes (demo.zoo.SIZES): the README's demo and a quick check

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import logging
-import sys
 from collections.abc import Iterator
 
-import numpy as np
 import torch
 from .progress import progress_bar
 
+from .buffers import Scratch, to_float32
 from .format.fingerprint import tensor_sample
 from .checkpoint import Checkpoint
 from .errors import UserError
@@ -33,16 +32,6 @@ FINITE_FIX = (
     "silently and inf would make every merged logit non-finite)"
 )
 logger = logging.getLogger(__name__)
-
-
-def to_float32(tensor: torch.Tensor) -> torch.Tensor:
-    """``tensor.float()``, exact; a CPU bf16 tensor is widened by placing its bits in the high half of each fp32
-    word with numpy (several times faster than torch's conversion on CPU)."""
-    if tensor.dtype != torch.bfloat16 or tensor.device.type != "cpu":
-        return tensor.float()
-    wide = np.zeros((tensor.numel(), 2), dtype=np.int16)
-    wide[:, 1 if sys.byteorder == "little" else 0] = tensor.reshape(-1).view(torch.int16).numpy()
-    return torch.from_numpy(wide.view(np.float32)).reshape(tensor.shape)
 
 
 def is_changed(delta: torch.Tensor) -> bool:
@@ -69,6 +58,7 @@ class DeltaPair:
         self.infos: list[TensorInfo] = self._pair_tensors()
         self._likeness = torch.zeros(3, dtype=torch.float64)  # Σ<ft, base>, Σ|ft|², Σ|base|² over sampled entries
         self._likeness_checked = False
+        self._scratch = Scratch()  # read and widening buffers reused from one delta to the next
 
     def _check_architecture(self) -> None:
         base_cfg, ft_cfg = self.base.config or {}, self.finetuned.config or {}
@@ -118,15 +108,19 @@ class DeltaPair:
             )
 
     def delta(self, name: str) -> torch.Tensor:
-        """The fp32 delta of one tensor. Rows added to the vocabulary hold the fine-tune's full values."""
-        ft = to_float32(self.finetuned.read(name))
-        base = self.base.read(name)
+        """The fp32 delta of one tensor (a fresh tensor). Rows added to the vocabulary hold the fine-tune's full
+        values. Both checkpoints are read into reused scratch buffers; the base is widened into a third one."""
+        shape, dtype = self.finetuned.shape(name), self.finetuned.dtype(name)
+        raw = None if dtype == torch.float32 else self._scratch.get("finetuned", shape, dtype)
+        ft = to_float32(self.finetuned.read(name, out=raw))  # fp32: read into a fresh buffer, changed in place
+        base = self.base.read(name, out=self._scratch.get("base", self.base.shape(name), self.base.dtype(name)))
         self.base_samples[name] = tensor_sample(base)
         rows = base.shape[0] if name in self.extra_rows else ft.shape[0]
-        wide = to_float32(base)
-        self._observe_likeness(ft[:rows], wide)
-        ft[:rows] -= wide
-        del wide
+        self._observe_likeness(ft[:rows], base)
+        if base.dtype == torch.float32:
+            ft[:rows] -= base
+        else:
+            ft[:rows] -= self._scratch.get("wide", tuple(base.shape), torch.float32).copy_(base)
         if not all_finite(ft):  # one pass in the common case; name the culprit only when needed
             check_finite(self.finetuned.read(name), name, f"the fine-tune {self.finetuned.ref}", FINITE_FIX)
             check_finite(base, name, f"the base {self.base.ref}", FINITE_FIX)
@@ -176,6 +170,9 @@ class DeltaPair:
         """Yield (info, delta) one tensor at a time: computed in fp32 on the CPU, then moved to ``device`` (None:
         stay) in ``dtype``, so only one delta at a time occupies the device."""
         infos = self.infos if infos is None else infos
-        for info in progress_bar(infos, desc=desc, unit="tensor", disable=not progress):
-            yield info, self.delta(info.name).to(device=device, dtype=dtype)
+        try:
+            for info in progress_bar(infos, desc=desc, unit="tensor", disable=not progress):
+                yield info, self.delta(info.name).to(device=device, dtype=dtype)
+        finally:
+            self._scratch.clear()
         self.check_likeness()

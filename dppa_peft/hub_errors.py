@@ -25,7 +25,7 @@ from huggingface_hub.errors import (
 try:  # the HTTP client under huggingface_hub: httpx2 from 2.x, httpx before
     from httpx2 import TransportError
 except ImportError:  # pragma: no cover - huggingface_hub 1.x
-    from httpx import TransportError
+    from httpx import TransportError  # type: ignore[no-redef]  # the same role, from the other HTTP client
 
 TOKEN_HINT = "set HF_TOKEN or run `hf auth login`"
 

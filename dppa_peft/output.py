@@ -132,7 +132,7 @@ def _remove_stale(folder: Path, prefix: str) -> None:
 
 
 def _translate_write_error(err: OSError, target: Path) -> UserError | None:
-    reason = WRITE_ERRNOS.get(err.errno)
+    reason = None if err.errno is None else WRITE_ERRNOS.get(err.errno)
     if reason is None:
         return None
     where = f" ({err.filename})" if err.filename else ""

@@ -17,6 +17,7 @@ from .errors import UserError
 from .format.encoding import EncodedTensor, encode, encode_dense
 from .format.fingerprint import fingerprint
 from .format.io import AdapterWriter, SparseDeltaAdapter
+from .format.record import TensorRecord
 from .amplify.factors import amplification_record
 from .amplify.partitions import partition_ids
 from .base_ref import base_id_record, portable_ref
@@ -26,6 +27,7 @@ from .devices import compute_dtype, resolve_device
 from .methods import DensityPlan, PruningMethod, SparseDelta, create_method
 from .methods.selection import magnitude_indices
 from .scope import DEFAULT_SCOPE_PATTERN, Scope, TensorInfo
+from .validate import all_finite
 from .specs import PruneSpec, Source, torch_dtype
 
 logger = logging.getLogger(__name__)
@@ -70,7 +72,7 @@ def collect_statistics(
     delta on ``device`` in ``dtype``)."""
     if not method.needs_statistics:
         return
-    in_scope = sorted((i for i in pair.infos if i.in_scope), key=lambda info: info.block)
+    in_scope = sorted((i for i in pair.infos if i.in_scope), key=lambda info: info.block or 0)  # in scope: a block
     for pass_index in range(method.statistics_passes):
         for info, delta in pair.deltas(
             in_scope, desc=f"statistics {pass_index + 1}", progress=progress, device=device, dtype=dtype
@@ -158,7 +160,7 @@ def _prune(
     base_id = base_id_record(spec.base.ref, pair.base, spec.base_model_id, token=token)
     counts = {"kept": 0, "numel": 0, "pruned": 0, "dense": 0, "unchanged": 0, "stored": 0, "dense_bytes": 0}
     samples: dict[str, bytes] = {}
-    inputs = [spec.base.ref, spec.finetuned.ref, pair.base.directory, pair.finetuned.directory]
+    inputs: list[str | os.PathLike] = [spec.base.ref, spec.finetuned.ref, pair.base.directory, pair.finetuned.directory]
     with atomic_directory(out, overwrite=spec.overwrite, inputs=inputs) as tmp:  # checked and locked before any work
         collect_statistics(pruner, pair, progress, on, compute)
         writer = AdapterWriter(tmp)
@@ -171,11 +173,11 @@ def _prune(
             if record is None:
                 continue
             samples[info.name] = pair.base_samples[info.name]
-            if record["pruned"]:
+            if record.pruned:
                 counts["pruned"] += 1
-                counts["kept"] += record["nnz"]
+                counts["kept"] += record.nnz
                 counts["numel"] += info.numel
-                counts["stored"] += record["stored_bytes"]
+                counts["stored"] += record.stored_bytes or 0
                 counts["dense_bytes"] += info.numel * stored_dtype.itemsize
             else:
                 counts["dense"] += 1
@@ -228,7 +230,7 @@ def _prune_one(
     stored_dtype: torch.dtype,
     writer: AdapterWriter,
     partition_rates: list[float] | None,
-) -> dict[str, Any] | None:
+) -> TensorRecord | None:
     """Prune (or keep dense) one delta and write it (with DPA partition ids); None when the policy drops it."""
     if info.in_scope:
         plan = pruner.plan(info)
@@ -250,15 +252,15 @@ def _prune_one(
             unclipped_density=plan.unclipped,
             **extra,
         )
-    encoded = _outside_scope(delta, outside_scope, pruner.rate, stored_dtype)
-    if encoded is None:
+    kept = _outside_scope(delta, outside_scope, pruner.rate, stored_dtype)
+    if kept is None:
         return None
-    return writer.add(info.name, _checked(info, encoded, delta), pruned=False)
+    return writer.add(info.name, _checked(info, kept, delta), pruned=False)
 
 
 def _checked(info: TensorInfo, encoded: EncodedTensor, values: torch.Tensor) -> EncodedTensor:
     """``encoded``, refusing values that overflow the stored dtype (float16 tops out at 65504)."""
-    if not torch.isfinite(encoded.values).all():
+    if not all_finite(encoded.values):
         big = float(values.abs().max())
         dtype = encoded.values.dtype
         kind = str(dtype).removeprefix("torch.")
@@ -269,15 +271,16 @@ def _checked(info: TensorInfo, encoded: EncodedTensor, values: torch.Tensor) -> 
     return encoded
 
 
-def warn_sparse_modules(records: Mapping[str, Mapping[str, Any]], rate: float) -> list[str]:
+def warn_sparse_modules(records: Mapping[str, TensorRecord], rate: float) -> list[str]:
     """Warn about pruned tensors planned below ``DENSITY_FLOOR`` × the target density (DP can plan 0 for a module).
 
     Returns their names.
     """
     floor = DENSITY_FLOOR * (1.0 - rate)
-    low = [name for name, r in records.items() if r.get("pruned") and r.get("planned_density", 1.0) < floor]
+    planned = {name: r.planned_density for name, r in records.items() if r.pruned and r.planned_density is not None}
+    low = [name for name, density in planned.items() if density < floor]
     if low:
-        shown = ", ".join(f"{n} ({records[n]['planned_density']:.4g})" for n in low[:SHOWN_TENSORS])
+        shown = ", ".join(f"{n} ({planned[n]:.4g})" for n in low[:SHOWN_TENSORS])
         more = f" and {len(low) - SHOWN_TENSORS} more" if len(low) > SHOWN_TENSORS else ""
         logger.warning(
             "%d pruned tensors are planned below %.4g density (%.0f%% of the target %.4g): %s%s; check "

@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from .specs import MergeSpec, PruneSpec, Source, SpecError, Spec, convert, option
+from .specs import MergeSpec, PruneSpec, RunSpec, Source, SpecError, Spec, convert, option
 
 STATE_FILE = "recipe-state.json"
 MERGED = "merged"
@@ -197,3 +197,33 @@ def run_recipe(
         redone = True
         state[name] = record
         _save_state(recipe.output_dir, state)
+
+
+def with_device(recipe: Recipe, device: str | None = None, dtype: str | None = None) -> Recipe:
+    """``recipe`` with every step's ``device`` (and the prune steps' ``dtype``) replaced, where given."""
+    if device is None and dtype is None:
+        return recipe
+
+    def moved(step: Spec) -> Any:
+        updates: dict[str, Any] = {} if device is None else {"device": device}
+        if dtype is not None and isinstance(step, PruneSpec):
+            updates["dtype"] = dtype
+        return dataclasses.replace(step, **updates)
+
+    prunes = {domain: moved(step) for domain, step in recipe.prunes.items()}
+    merge = None if recipe.merge is None else moved(recipe.merge)
+    steps: dict[str, Spec] = {f"prune {d}": step for d, step in prunes.items()}
+    if merge is not None:
+        steps["merge"] = merge
+    return dataclasses.replace(recipe, prunes=prunes, merge=merge, steps=steps)
+
+
+def run(spec: RunSpec, command: str | None = None, progress: bool = True) -> Iterator[str]:
+    """``dppa-peft run``: load and validate ``spec.recipe`` (before any work; ``spec.device``/``dtype`` replace
+    the steps' own), then run it (see ``run_recipe``)."""
+    if spec.device is not None:
+        from .devices import resolve_device
+
+        resolve_device(spec.device)  # an unknown or absent device is an error before any step
+    recipe = with_device(Recipe.load(spec.recipe), spec.device, spec.dtype)
+    return run_recipe(recipe, overwrite=spec.overwrite, command=command, progress=progress)

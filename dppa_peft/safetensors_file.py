@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 
+from .buffers import empty
 from .errors import UserError
 
 MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit
@@ -148,10 +149,16 @@ def _check_layout(path: Path, header: dict[str, Any], data_bytes: int) -> None:
         raise _fail(path, f"the tensors cover {end} of the {data_bytes} data bytes (truncated or padded file)")
 
 
-def read_tensor(path: str | os.PathLike, entry: TensorEntry) -> torch.Tensor:
-    """Read one checked tensor's bytes straight into a new CPU tensor (``readinto``: one copy from the page cache)."""
-    buffer = torch.empty(entry.end - entry.start, dtype=torch.uint8)
-    view, done = memoryview(buffer.numpy()), 0
+def read_tensor(path: str | os.PathLike, entry: TensorEntry, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Read one checked tensor's bytes straight into a new CPU tensor (``readinto``: one copy from the page cache),
+    or into ``out`` (a contiguous CPU tensor of the entry's shape and dtype, e.g. a reused scratch buffer)."""
+    if out is None:
+        buffer = empty((entry.end - entry.start,), torch.uint8)
+    else:
+        if tuple(out.shape) != tuple(entry.shape) or out.dtype != entry.dtype or not out.is_contiguous():
+            raise ValueError(f"read_tensor: out must be a contiguous {entry.dtype} tensor of shape {list(entry.shape)}")
+        buffer = out.reshape(-1).view(torch.uint8)
+    view, done = buffer.numpy().data, 0  # a writable memoryview of the tensor's bytes
     with open(path, "rb", buffering=0) as handle:
         handle.seek(entry.start)
         while done < len(view):

@@ -7,7 +7,8 @@ from peft import PeftConfig, PeftModel
 from transformers import AutoModelForCausalLM
 
 import dppa_peft
-from dppa_peft import BaseModelMismatchError, SparseDeltaConfig, load_merged, merge_to_folder, prune
+from dppa_peft import BaseModelMismatchError, SparseDeltaConfig, load_merged, merge_to_adapter, merge_to_folder, prune
+from dppa_peft.amplify.candidate import load_base_model
 from tests.expected import PROMPT, load_weights, logits_with, magnitude_merged_weights
 from tests.expected import logits as _logits
 from tests.hub_fixtures import run_python
@@ -136,12 +137,21 @@ def test_merge_folder_copies_model_files(tmp_path, magnitude_adapter, llama_pair
 
 
 def test_wrong_base_is_a_clear_error(tmp_path, magnitude_adapter):
+    """Every path that puts an adapter on a base runs the one fingerprint check, with one message."""
     other = make_base(tmp_path / "other", seed=123)
-    with pytest.raises(BaseModelMismatchError, match="load the adapter on the base model it was pruned from"):
-        PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(other), str(magnitude_adapter[0].directory))
-    with pytest.raises(BaseModelMismatchError, match="fingerprint"):
-        merge_to_folder(other, [magnitude_adapter[0].directory], tmp_path / "m", progress=False)
-    assert not (tmp_path / "m").exists()  # nothing half-written
+    adapter = magnitude_adapter[0]
+    expected = adapter.config.base_fingerprint
+    message = rf"is not the base .* was pruned from .*: fingerprint [0-9a-f]{{32}} != {expected}; load the adapter on"
+    with pytest.raises(BaseModelMismatchError, match=message):
+        PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(other), str(adapter.directory))
+    for merge in (merge_to_folder, merge_to_adapter):
+        with pytest.raises(BaseModelMismatchError, match=message):
+            merge(other, [adapter.directory], tmp_path / "m", progress=False)
+        assert not (tmp_path / "m").exists()  # nothing half-written
+    with pytest.raises(BaseModelMismatchError, match=message):
+        load_merged(other, [adapter.directory], progress=False)
+    with pytest.raises(BaseModelMismatchError, match=message):
+        load_base_model(other, adapter)  # amplify's base
 
 
 def test_bf16_adapter_is_under_a_fifth_of_the_dense_delta(tmp_path):
@@ -149,13 +159,13 @@ def test_bf16_adapter_is_under_a_fifth_of_the_dense_delta(tmp_path):
     ft = make_finetune(base, tmp_path / "ft", steps=2, lr=1e-2)
     adapter, summary = prune(base, ft, tmp_path / "a", method="magnitude", rate=0.9, progress=False)
     config = SparseDeltaConfig.from_pretrained(str(adapter.directory))
-    pruned = {n: r for n, r in config.tensors.items() if r["pruned"]}
-    dense_bf16 = sum(r["shape"][0] * r["shape"][1] * 2 for r in pruned.values())
-    stored = sum(r["stored_bytes"] for r in pruned.values())
+    pruned = {n: r for n, r in config.tensors.items() if r.pruned}
+    dense_bf16 = sum(r.shape[0] * r.shape[1] * 2 for r in pruned.values())
+    stored = sum(r.stored_bytes for r in pruned.values())
     assert stored == summary.adapter_bytes and dense_bf16 == summary.dense_delta_bytes
     assert stored / dense_bf16 < 0.20
     # at 10% density one gap byte per kept entry beats the 1/8-byte bitmask: (2 + 1) * 0.1 / 2 = 15%
-    assert all(r["encoding"] == "gaps" for r in pruned.values())
+    assert all(r.encoding == "gaps" for r in pruned.values())
     assert summary.size_ratio == pytest.approx(0.15, abs=0.002)
     assert adapter.nbytes < sum(p.stat().st_size for p in ft.glob("*.safetensors")) / 3
 
@@ -169,7 +179,7 @@ def test_other_architectures_and_sharded_checkpoints(tmp_path, arch):
     tensors = adapter.config.tensors
     assert summary.pruned_tensors == 14  # q,k,v,o,gate,up,down x 2 blocks
     if arch == "qwen2":  # attention biases are 1-D: outside the pruning scope, kept dense
-        assert tensors["model.layers.0.self_attn.q_proj.bias"]["encoding"] == "dense"
+        assert tensors["model.layers.0.self_attn.q_proj.bias"].encoding == "dense"
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), str(adapter.directory))
     expected = logits_with(base, magnitude_merged_weights(base, ft, 0.1))
     assert torch.allclose(_logits(model), expected, atol=1e-5)
@@ -216,6 +226,6 @@ def test_two_pass_methods_keep_the_top_entries_of_the_true_delta(tmp_path, llama
         delta = (ft_w[name] - base_w[name]).reshape(-1)
         sparse = adapter.sparse_tensor(name)
         assert torch.equal(sparse.values, delta[sparse.indices]), name
-        if record["pruned"]:
+        if record.pruned:
             top = torch.sort(delta.abs(), descending=True, stable=True).indices[: sparse.nnz].sort().values
             assert torch.equal(sparse.indices, top), name

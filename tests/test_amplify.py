@@ -91,10 +91,10 @@ def test_partitions_stored_while_pruning_are_nested_top_k_sets(partitioned, llam
     block = partitioned.config.amplification
     assert block["partition_rates"] == [0.9, 0.8, 0.7] and block["factors"] == [1.0, 1.0, 1.0]
     for name, record in partitioned.config.tensors.items():
-        if not record["pruned"]:
-            assert not record["partition"]
+        if not record.pruned:
+            assert not record.partition
             continue
-        assert record["partition"] and record["partition_densities"] == pytest.approx([0.1, 0.2, 0.3])
+        assert record.partition and record.partition_densities == pytest.approx([0.1, 0.2, 0.3])
         encoded = partitioned.encoded(name)
         indices, ids = encoded.indices(), encoded.partition.long()
         delta = (ft_w[name].float() - base_w[name].float()).reshape(-1)
@@ -123,7 +123,7 @@ def test_dare_partitions_follow_the_nested_masks(tmp_path, llama_pair):
     plain = prune(base, ft, tmp_path / "plain", method="dare", rate=0.8, seed=5, progress=False)[0]
     derived = adapter_partitions(plain)
     name = "model.layers.1.mlp.down_proj.weight"
-    info = Scope().classify(name, tuple(stored.config.tensors[name]["shape"]))
+    info = Scope().classify(name, stored.config.tensors[name].shape)
     narrow = dare_keep_mask(info, 0.1, seed=5).reshape(-1)
     encoded = stored.encoded(name)
     assert torch.equal(encoded.partition.bool(), ~narrow[encoded.indices()])  # id 0 exactly where u < 0.1
@@ -141,7 +141,7 @@ def test_every_magnitude_ranked_method_derives_partitions_from_its_stored_values
     assert len(derived.ids) == 14
     for name, ids in derived.ids.items():
         assert torch.equal(ids, stored.encoded(name).partition), name
-        assert derived.densities[name] == pytest.approx(stored.config.tensors[name]["partition_densities"])
+        assert derived.densities[name] == pytest.approx(stored.config.tensors[name].partition_densities)
     amplified, result = amplify(plain, tmp_path / "dpa", factors=[1.5, 1.0], progress=False)
     assert result is None and amplified.config.amplification["factors"] == [1.5, 1.0]
 

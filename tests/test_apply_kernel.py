@@ -67,9 +67,9 @@ def amplified(request, tmp_path_factory) -> tuple:
     partitions = adapter_partitions(pruned, [0.9, 0.8])
     generator = torch.Generator().manual_seed(0)
     rows = {
-        name: 0.5 + torch.rand(2, record["shape"][0], generator=generator)
+        name: 0.5 + torch.rand(2, record.shape[0], generator=generator)
         for name, record in pruned.config.tensors.items()
-        if record["pruned"]
+        if record.pruned
     }
     (root / "amplified").mkdir()
     write_amplified(pruned, root / "amplified", partitions, amplification_record([0.9, 0.8], SCALARS), {}, rows)

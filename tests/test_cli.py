@@ -86,3 +86,48 @@ def test_inspect_pair_and_adapter(tmp_path, llama_pair, capsys):
     table = capsys.readouterr().out
     assert "magnitude at rate 0.8" in table and table.count("0.1997") == 4  # k/v: floor(0.2*2048)/2048 in 2 blocks
     assert main(["inspect", str(tmp_path / "a"), "--base", str(base)]) == 2
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (
+            ["push", "/nowhere/a", "user/x", "--base", "/nowhere/b"],
+            "--base only applies to --export-format supertuning",
+        ),
+        (["push", "/nowhere/a", "user/x/y"], "push.repo_id: 'user/x/y' is not a Hub repo id"),
+        (["push", "/nowhere/a", "user/x", "--base-revision", "v1"], "--base-revision needs --base"),
+        (["demo", "--limit", "0", "--out", "/nowhere/demo"], "demo.limit must be >= 1, got 0"),
+        (["run", "/nowhere/recipe.yaml"], "cannot read recipe /nowhere/recipe.yaml"),
+    ],
+)
+def test_push_export_demo_run_validate_before_any_work(argv, message, capsys):
+    """The options of push, export, demo and run come from their specs and fail before anything is read or written
+    (the adapter and output paths above do not exist: a check after the first read would name them)."""
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_push_export_demo_run_options_are_their_specs():
+    from dppa_peft.specs import DemoSpec, ExportSpec, PushSpec, RunSpec, Source, SpecError
+
+    old_flags = {  # the hand-written parsers' options: every one is still there
+        "push": "--private --revision --commit-message --create-pr --export-format --base --base-revision "
+        "--base-model-id --eval-results",
+        "export": "--format --adapter-revision --base --base-revision --overwrite",
+        "demo": "--out --cache-dir --size --seed --objective --limit",
+        "run": "--overwrite",
+    }
+    parsers = _subcommand_parsers()
+    for name, expected in old_flags.items():
+        assert set(expected.split()) <= {o for a in parsers[name]._actions for o in a.option_strings}, name
+    spec = ExportSpec(adapter="a", out="o")
+    assert (spec.adapter, spec.export_format, spec.base) == (Source(ref="a"), "supertuning", None)
+    with pytest.raises(
+        SpecError, match=r"export.export_format: 'peft' is not one of \['sparse-delta', 'supertuning'\]"
+    ):
+        ExportSpec(adapter="a", out="o", export_format="peft")
+    with pytest.raises(SpecError, match="demo.size: 'huge' is not one of"):
+        DemoSpec(size="huge")
+    assert PushSpec(adapter="a", repo_id="u/r").export_format == "sparse-delta"
+    assert RunSpec(recipe="r.yaml").overwrite is False

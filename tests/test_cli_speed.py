@@ -1,6 +1,7 @@
 """The command line parses and answers --help without importing torch, transformers or peft; logs keep progress."""
 
 import json
+import resource
 import subprocess
 import sys
 
@@ -26,10 +27,22 @@ def _loaded(*argv: str) -> dict[str, str]:
 
 
 def test_help_imports_no_heavy_library():
-    for argv in (["--help"], ["prune", "--help"], ["merge", "--help"], ["eval", "--help"], ["amplify", "--help"]):
+    commands = ("prune", "merge", "eval", "amplify", "inspect", "push", "export", "demo", "run")
+    for argv in (["--help"], *([c, "--help"] for c in commands)):
         loaded = _loaded(*argv)
         assert "transformers" not in loaded and "peft" not in loaded, argv
         assert loaded.get("torch", "_Deferred") == "_Deferred", argv  # a placeholder, never the real torch
+
+
+def test_help_answers_in_under_one_and_a_half_seconds():
+    """CPU seconds of the whole ``dppa-peft prune --help`` process (start-up included; wall time on a busy shared
+    machine measures the neighbours)."""
+    for argv in (["--help"], ["prune", "--help"], ["push", "--help"], ["demo", "--help"]):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        subprocess.run([sys.executable, "-m", "dppa_peft", *argv], cwd=REPO_ROOT, capture_output=True, check=True)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        seconds = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        assert seconds < 1.5, (argv, seconds)
 
 
 def test_a_typo_fails_before_any_work(capsys):

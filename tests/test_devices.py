@@ -60,8 +60,8 @@ def test_prune_in_bfloat16_keeps_the_planned_counts(tmp_path, llama_pair):
     half = prune(base, ft, tmp_path / "bf16", method="magnitude", rate=0.9, dtype="bfloat16", progress=False)[0]
     assert half.config.provenance["compute_dtype"] == "bfloat16"
     for name, record in exact.config.tensors.items():
-        assert half.config.tensors[name]["nnz"] == record["nnz"]
-        if record["pruned"]:  # ranked at bf16 resolution: mostly the same entries
+        assert half.config.tensors[name].nnz == record.nnz
+        if record.pruned:  # ranked at bf16 resolution: mostly the same entries
             overlap = torch.isin(half.sparse_tensor(name).indices, exact.sparse_tensor(name).indices).float().mean()
             assert overlap > 0.9
 

@@ -133,7 +133,7 @@ def test_prune_stores_tensors_above_2_24_exactly(adapters, big_pair):
         assert torch.equal(stored.indices, expected) and int(expected[-1]) > 2**24
         assert torch.equal(stored.values, flat[expected].bfloat16().float())  # stored in the checkpoint dtype
         dense = adapters["dp"].sparse_tensor(name)
-        assert adapters["dp"].config.tensors[name]["encoding"] == "dense"
+        assert adapters["dp"].config.tensors[name].encoding == "dense"
         assert torch.equal(dense.values, flat.bfloat16().float())
 
 

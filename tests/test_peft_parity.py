@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -17,9 +19,26 @@ from transformers.utils import PushToHubMixin
 
 from dppa_peft import SparseDeltaAdapter, load_merged, prune
 from tests.expected import PROMPT, load_weights
-from tests.hub_fixtures import unique_repo_id
+from tests.hub_fixtures import REPO_ROOT, unique_repo_id
 
 UP = "model.layers.1.mlp.up_proj.weight"
+
+
+PROBE_THEN_IMPORT = """
+import importlib.util, dppa_peft
+importlib.util.find_spec("peft")  # what transformers' is_peft_available does, before anything imports peft
+import peft.mapping
+print("SPARSE_DELTA" in peft.mapping.PEFT_TYPE_TO_CONFIG_MAPPING)
+"""
+
+
+def test_sparse_delta_registers_with_peft_after_an_availability_probe():
+    """``import dppa_peft``, then transformers probes for peft, then peft is imported: SPARSE_DELTA is registered
+    (the probe used to spend the import hook, and PeftModel.from_pretrained failed with KeyError: 'SPARSE_DELTA')."""
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE_THEN_IMPORT], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "True"
 
 
 @pytest.fixture(scope="module")
@@ -89,15 +108,34 @@ def test_add_weighted_adapter_is_peft_merge_utils(tmp_path, llama_pair, adapters
     torch.testing.assert_close(again.state_dict()[UP], merged.state_dict()[UP], rtol=0, atol=0)
 
 
-def test_add_weighted_dare_ties_is_the_merge_modes_dare_ties(llama_pair, adapters):
+@pytest.mark.parametrize("combination", ["dare_ties", "dare_linear"])
+def test_add_weighted_dare_is_the_merge_modes_dare(llama_pair, adapters, combination):
     base, _ = llama_pair
     model = loaded(base, adapters)
-    model.add_weighted_adapter(["a0", "a1"], [1.0, 0.5], "m", combination_type="dare_ties", density=0.5)
-    direct = load_merged(base, adapters, [1.0, 0.5], "dare_ties", density=0.5, semantics="peft", progress=False)
+    model.add_weighted_adapter(["a0", "a1"], [1.0, 0.5], "m", combination_type=combination, density=0.5)
+    semantics = {"semantics": "peft"} if combination == "dare_ties" else {}
+    direct = load_merged(base, adapters, [1.0, 0.5], combination, density=0.5, progress=False, **semantics)
     merged = model.merge_and_unload(adapter_names=["m"])
-    torch.testing.assert_close(merged.state_dict()[UP], direct.state_dict()[UP], rtol=0, atol=0)
+    # the same masks; load_merged's linear sum adds each adapter's delta to the weight in turn (fp32 rounding per
+    # adapter), the merged adapter holds their sum and adds it once
+    atol = 0 if combination == "dare_ties" else 1e-7
+    torch.testing.assert_close(merged.state_dict()[UP], direct.state_dict()[UP], rtol=0, atol=atol)
     with pytest.raises(ValueError, match="exists already"):
         model.add_weighted_adapter(["a0"], [1.0], "a1")
+
+
+def test_add_weighted_dare_linear_drops_and_rescales_like_peft(llama_pair, adapters):
+    """PEFT's dare_linear on one adapter: each stored entry is dropped or kept as w·δ/density (merge_utils.dare_linear
+    draws its own mask; the kept values and their share are what both give)."""
+    model = loaded(llama_pair[0], adapters)
+    model.add_weighted_adapter(["a0"], [0.8], "m", combination_type="dare_linear", density=0.5)
+    layer = model.base_model.model.model.layers[1].mlp.up_proj
+    delta, [stored] = layer.get_delta_weight("m"), dense_deltas(adapters[:1], UP)
+    kept = delta != 0
+    torch.testing.assert_close(delta[kept], stored[kept] * 0.8 / 0.5, rtol=0, atol=0)
+    peft_kept = merge_utils.dare_linear([stored], torch.tensor([0.8]), 0.5) != 0
+    share, peft_share = (kept.sum() / (stored != 0).sum()).item(), (peft_kept.sum() / (stored != 0).sum()).item()
+    assert abs(share - 0.5) < 0.05 and abs(peft_share - 0.5) < 0.05
 
 
 def test_add_weighted_adapter_errors(llama_pair, adapters):
@@ -181,3 +219,19 @@ def test_peft_push_to_hub_publishes_the_files_and_card_of_dppa_peft_push(llama_p
     renamed = reference.replace(ours.split("/")[1], theirs.split("/")[1])  # the card names its repo
     assert Path(hf_hub_download(theirs, "README.md")).read_text() == renamed
     assert "my-tag" in ModelCard.load(existing).data.tags
+
+
+def test_peft_push_to_hub_of_named_adapters_puts_each_in_its_subfolder_with_its_card(hub_repo_id, llama_pair, adapters):
+    """As PEFT lays them out: every adapter not named "default" in <name>/, each with dppa-peft's card; the pushed
+    repo loads back with ``subfolder=`` to the same logits."""
+    base, _ = llama_pair
+    model = loaded(base, adapters)  # "a0" and "a1"
+    model.push_to_hub(hub_repo_id)
+    files = _hub_files(hub_repo_id)
+    for i, name in enumerate(("a0", "a1")):
+        assert files[f"{name}/adapter_model.safetensors"] == (adapters[i] / "adapter_model.safetensors").stat().st_size
+        card = ModelCard.load(hf_hub_download(hub_repo_id, f"{name}/README.md"))
+        assert "magnitude" in card.data.tags and "pruned with `magnitude` at rate 0.7" in card.text
+    again = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), hub_repo_id, subfolder="a1")
+    single = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), str(adapters[1]))
+    torch.testing.assert_close(logits(again), logits(single), rtol=0, atol=0)

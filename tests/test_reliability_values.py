@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from dppa_peft import prune
 from dppa_peft.errors import UserError
@@ -115,6 +116,32 @@ def test_wrong_base_warning_reaches_the_terminal(tmp_path, llama_pair, capsys):
     other = make_base(tmp_path / "other", seed=7)
     code, err = prune_cli(capsys, other, llama_pair[1], tmp_path / "a")
     assert code == 0 and "\nwarning: " in "\n" + err.replace("\r", "\n") and "looks unrelated" in err
+
+
+def test_prune_warns_about_tensors_planned_below_the_density_floor(tmp_path, llama_pair, caplog):
+    """Every block matrix but down_proj gets outliers (every 20th delta entry x50): DP's matrix term plans down_proj
+    at 0.1 - lam = 0 (plus or minus the block term, clipped), below the floor of a tenth of the target density 0.1."""
+    base_tensors = load_file(llama_pair[0] / "model.safetensors")
+
+    def outliers(tensors):
+        for name, tensor in tensors.items():
+            if ".layers." in name and tensor.dim() == 2 and "down_proj" not in name:
+                delta = tensor - base_tensors[name]
+                delta.view(-1)[::20] *= 50
+                tensors[name] = base_tensors[name] + delta
+
+    finetuned = copy_model(llama_pair[1], tmp_path / "ft", outliers)
+    with caplog.at_level(logging.WARNING, logger="dppa_peft"):
+        adapter, _ = prune(llama_pair[0], finetuned, tmp_path / "dp", method="dp", rate=0.9, lam=0.1, progress=False)
+    records = adapter.config.tensors
+    low = sorted(n for n, r in records.items() if r.pruned and r.planned_density < 0.01)
+    assert low and all("down_proj" in n for n in low)
+    assert f"{len(low)} pruned tensors are planned below 0.01 density (10% of the target 0.1)" in caplog.text
+    assert all(name in caplog.text for name in low[:3])
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="dppa_peft"):
+        prune(llama_pair[0], finetuned, tmp_path / "mag", method="magnitude", rate=0.9, progress=False)
+    assert "planned below" not in caplog.text  # magnitude plans the target density everywhere
 
 
 def test_amplify_never_unpickles_a_bin_fine_tune(tmp_path, llama_pair, capsys, monkeypatch):

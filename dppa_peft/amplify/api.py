@@ -88,14 +88,13 @@ def write_amplified(
             else row_factors.get(name)
         )
         encoded = dataclasses.replace(stored, partition=ids, factors=tables)
-        extra = {k: v for k, v in record.items() if k != "partition_densities"}
-        if name in partitions.densities:
-            extra["partition_densities"] = partitions.densities[name]
-        writer.add(name, encoded, **extra)
+        densities = partitions.densities.get(name)
+        described = {**record.described(), "partition_densities": None if densities is None else tuple(densities)}
+        writer.add(name, encoded, **described)
     summary = dict(adapter.config.summary)
-    stored = sum(r["stored_bytes"] for r in writer.records.values() if r.get("pruned"))
+    kept_bytes = sum(r.stored_bytes or 0 for r in writer.records.values() if r.pruned)
     if summary.get("dense_delta_bytes"):
-        summary.update(adapter_bytes=stored, size_ratio=stored / summary["dense_delta_bytes"])
+        summary.update(adapter_bytes=kept_bytes, size_ratio=kept_bytes / summary["dense_delta_bytes"])
     config = dataclasses.replace(
         adapter.config,
         tensors=writer.records,
@@ -197,10 +196,12 @@ def _amplify_into(
         record["learned"] = result.record()
         row_factors = result.factors[0]
     else:
-        raw, search = dpa.factors, None
-        if raw is None:
+        search = None
+        if dpa.factors is None:
             result, described = _search(adapter, partitions, spec, objective, base, token, progress)
             raw, search = result.factors, result.record(described)
+        else:
+            raw = dpa.factors
         record = amplification_record(partitions.rates, raw, dpa.combine, dpa.amplify_unpruned, search)
     write_amplified(adapter, folder, partitions, record, {**provenance, "package_version": __version__}, row_factors)
     return result
@@ -234,9 +235,11 @@ def amplify(
         spec.check_search_inputs()
     handle = handle or open_adapter(spec.adapter, token=token)
     provenance = {"command": command or f"dppa_peft.amplify({handle.ref!r})", "amplified_from": handle.ref}
-    base = spec.base or Source(ref=handle.config.base_model_name_or_path, revision=handle.config.revision)
+    base = spec.base or Source(ref=handle.base_ref, revision=handle.config.revision)
     calibration = _calibration(spec, base, token)
-    inputs = [handle.directory, spec.finetuned and spec.finetuned.ref, base.ref]
+    finetuned = None if spec.finetuned is None else spec.finetuned.ref
+    inputs: list[str | os.PathLike | None] = [handle.directory, finetuned, base.ref]
+    assert spec.out is not None  # AmplifySpec.validate fills in the default
     with atomic_directory(spec.out, overwrite=spec.overwrite, inputs=inputs) as tmp:
         result = _amplify_into(tmp, handle, spec, objective, calibration, base, token, progress, provenance)
     return SparseDeltaAdapter(spec.out), result

@@ -86,7 +86,7 @@ class AmplifiedModel:
                 if flat.numel() < 2**31:
                     indices = indices.to(torch.int32)
                 ids = partitions.ids.get(name)
-                if ids is None and record.get("pruned") and partitions.count > 1:
+                if ids is None and record.pruned and partitions.count > 1:
                     raise ValueError(f"pruned tensor {name!r} has no partition ids for rates {partitions.rates}")
                 on_device = EncodedTensor(
                     encoded.encoding,
@@ -101,7 +101,7 @@ class AmplifiedModel:
                         indices=indices,
                         encoded=on_device,
                         base_values=flat[indices].clone(),
-                        pruned=bool(record.get("pruned")),
+                        pruned=bool(record.pruned),
                     )
                 )
         self.factors: list[float] | None = None

@@ -330,13 +330,13 @@ class Student:
                     partition=None if ids is None else ids.to(device),
                     factors=None if encoded.factors is None else encoded.factors.to(device),
                 )
-                if encoded.nnz == 0 or not (record.get("pruned") or (dense and encoded.encoding == "dense")):
+                if encoded.nnz == 0 or not (record.pruned or (dense and encoded.encoding == "dense")):
                     values = effective_values(on_device, scalars, indices=indices)
                     fixed.setdefault(name, []).append((SparseDelta(indices, values, encoded.shape), weight))
                     continue
                 if len(scalars) != count:
                     scalars = [1.0] * count  # partitions re-derived, not the stored ones: no scalar factors yet
-                table = self._table(name, on_device, count, shared, device, record.get("block"))
+                table = self._table(name, on_device, count, shared, device, record.block)
                 self.learned.append(_Learned(name, index, on_device, indices, scalars, weight, table))
         with torch.no_grad():  # the tensors without learned factors are merged once, in place
             for name, deltas in fixed.items():

@@ -198,7 +198,10 @@ def build_objective(
     source = None if finetuned is None else Source.of(finetuned, revision)
     params.require_inputs(source)
     assert source is not None
-    texts = read_texts(params.calibration, params.text_field) if params.objective == "kl" else None
+    texts: list[str] = []
+    if params.objective == "kl":
+        assert params.calibration is not None  # checked by require_inputs
+        texts = read_texts(params.calibration, params.text_field)
     base_ref = None if base is None else Source.of(base).ref
     tokenizer = load_tokenizer([params.tokenizer] if params.tokenizer else [source.ref, base_ref], token=token)
     reference = load_causal_lm(source.ref, dtype=dtype, revision=source.revision, token=token)

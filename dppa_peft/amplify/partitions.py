@@ -156,21 +156,22 @@ def adapter_partitions(adapter: SparseDeltaAdapter, rates: Sequence[float] | Non
         abs(a - b) <= RATE_TOLERANCE for a, b in zip(stored_rates, rates)
     )
     for name, record in adapter.config.tensors.items():
-        if not record.get("pruned"):
+        if not record.pruned:
             continue
-        if use_stored and record.get("partition"):
-            partitions.ids[name] = adapter.encoded(name).partition
-            partitions.densities[name] = list(record["partition_densities"])
+        ids = adapter.encoded(name).partition if use_stored and record.partition else None
+        if ids is not None:
+            partitions.ids[name] = ids
+            partitions.densities[name] = list(record.require(name, "partition_densities", "stored partitions need"))
             continue
         if not recorded_method(adapter.config.method)[0].plan_shifts_with_rate:
             raise UserError(
                 f"{name}: the {adapter.config.method.get('name')!r} plan does not shift with the rate, so "
                 "partition densities cannot be re-derived; prune again with partitions stored"
             )
-        unclipped = record["unclipped_density"]
+        unclipped = record.require(name, "unclipped_density", "re-deriving its partitions needs")
         floor = adapter.config.method.get("params", {}).get("min_density") or 0.0  # DP's optional density floor
         densities = [min(1.0, max(floor, unclipped + rate - r)) for r in rates]
         members = _derive_members(adapter, name, densities)
-        partitions.ids[name] = _ids_from_membership(members, record["nnz"], name)
+        partitions.ids[name] = _ids_from_membership(members, record.nnz, name)
         partitions.densities[name] = densities
     return partitions

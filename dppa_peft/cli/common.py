@@ -57,6 +57,7 @@ class _Entry:
     revision_dest: str | None = None
     required: bool = False
     flag: str = ""
+    metavar: str = ""  # of a positional argument
 
 
 @dataclass
@@ -83,9 +84,11 @@ class SpecOptions:
         return self.groups[key]
 
     def _usage(self) -> str:
-        positional = [e.dest.upper() for e in self.entries if e.kind == "positional"]
+        positional = [e.metavar for e in self.entries if e.kind in ("positional", "argument")]
         required = [
-            f"{e.flag} {e.flag.lstrip('-').upper()}" for e in self.entries if e.required and e.kind != "positional"
+            f"{e.flag} {e.flag.lstrip('-').upper()}"
+            for e in self.entries
+            if e.required and e.kind not in ("positional", "argument")
         ]
         return " ".join(["%(prog)s", *positional, *required, "[options]"])
 
@@ -110,10 +113,11 @@ class SpecOptions:
         help_text = _help(f)
         origin = typing.get_origin(hint)
         item = (typing.get_args(hint) or (str,))[0] if origin in (list, tuple) else None
+        metavar = f.metadata.get("metavar") or f.name.upper()
         if hint is Source or item is Source:
             many = item is Source
             if f.metadata.get("positional"):
-                self.parser.add_argument(dest, help=help_text, metavar=f.name.upper(), nargs=None if required else "?")
+                self.parser.add_argument(dest, help=help_text, metavar=metavar, nargs=None if required else "?")
                 kind = "positional"
                 revision_flag = flag_of(f.name + "_revision")
             else:
@@ -133,15 +137,19 @@ class SpecOptions:
                 dest=revision_dest,
                 action="append" if many else "store",
                 metavar="REV",
-                help=f"Hub revision (branch, tag or commit) of {flag if kind != 'positional' else f.name.upper()}"
+                help=f"Hub revision (branch, tag or commit) of {flag if kind != 'positional' else metavar}"
                 + (", once per " + flag if many else ""),
             )
-            self.entries.append(_Entry(path, dest, kind, revision_dest, required, flag))
+            self.entries.append(_Entry(path, dest, kind, revision_dest, required, flag, metavar))
             return
         choices = choices_of(f)
+        if f.metadata.get("positional"):  # a plain positional value (a repo id, a file)
+            self.parser.add_argument(dest, help=help_text, metavar=metavar, type=hint, choices=choices)
+            self.entries.append(_Entry(path, dest, "argument", required=True, metavar=metavar))
+            return
         kwargs: dict[str, Any] = {"dest": dest, "help": help_text, "default": None}
         if hint is not bool and not choices:
-            kwargs["metavar"] = f.metadata.get("metavar") or f.name.upper()
+            kwargs["metavar"] = metavar
         if hint is bool:
             kwargs["action"] = "store_true" if f.default is False else argparse.BooleanOptionalAction
         elif item is not None:

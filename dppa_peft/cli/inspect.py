@@ -36,7 +36,9 @@ def run(spec: InspectSpec, args: argparse.Namespace) -> None:
 
     if spec.adapter is not None:
         adapter = open_adapter(spec.adapter)
-        densities = {n: r["density"] for n, r in adapter.config.tensors.items() if r.get("pruned")}
+        densities = {
+            n: r.require(n, "density", "the density table shows") for n, r in adapter.config.tensors.items() if r.pruned
+        }
         grid = density_grid_from_config(densities, Scope(adapter.config.scope_pattern or DEFAULT_SCOPE_PATTERN))
         title = f"{adapter.config.method.get('name')} at rate {adapter.config.method.get('rate')}"
     else:

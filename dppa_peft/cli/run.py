@@ -4,24 +4,26 @@ from __future__ import annotations
 
 import argparse
 
+from ..specs import RunSpec
+from .common import add_spec_command
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser(
+    add_spec_command(
+        sub,
         "run",
+        RunSpec,
+        run=run,
         help="run a YAML recipe: prune several fine-tunes of one base, then merge them",
         description="A recipe names a base, fine-tunes by domain, the pruning method/rate/parameters and an optional "
         "merge (see recipes/). Adapters are written to <output_dir>/<domain>, the merged model to "
-        "<output_dir>/merged; relative output_dir is resolved next to the recipe file. Steps whose "
-        "output is complete are skipped on a rerun.",
+        "<output_dir>/merged; relative output_dir is resolved next to the recipe file. Every step is "
+        "validated before the first one runs; steps whose output is complete are skipped on a rerun.",
     )
-    parser.add_argument("recipe", help="recipe YAML file")
-    parser.add_argument("--overwrite", action="store_true", help="redo every step and replace existing outputs")
-    parser.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> None:
-    from ..recipe import Recipe, run_recipe
+def run(spec: RunSpec, args: argparse.Namespace) -> None:
+    from ..recipe import run as run_recipe
 
-    recipe = Recipe.load(args.recipe)
-    for line in run_recipe(recipe, overwrite=args.overwrite, command=args.command_line):
+    for line in run_recipe(spec, command=args.command_line):
         print(line)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import itertools
 import random
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -267,7 +267,9 @@ def _two_names(rng: random.Random) -> tuple[str, str]:
     return name, name2
 
 
-def _math_body(templates: tuple[str, ...], value_range: tuple[int, int], op: Callable[[int, int], int]):
+def _math_body(
+    templates: tuple[str, ...], value_range: tuple[int, int], op: Callable[[int, int], int]
+) -> Callable[[random.Random, str], tuple[str, str]]:
     def body(rng: random.Random, _label: str) -> tuple[str, str]:
         a, b = rng.randint(*value_range), rng.randint(*value_range)
         name, name2 = _two_names(rng)
@@ -421,7 +423,7 @@ def generic_stream(seed: int) -> Iterator[str]:
 
 def vocabulary_texts() -> list[str]:
     """Every fixed string the generators use (placeholders removed), from which the tokenizer's vocabulary is built."""
-    pools: list[object] = [
+    pools: list[str | Sequence[str]] = [
         NAMES,
         OBJECTS,
         PLACES,

@@ -18,36 +18,44 @@ from ..progress import progress_bar
 from transformers import AutoTokenizer
 
 from ..amplify.api import prune_and_amplify
+from ..devices import resolve_device
+from ..evaluation.backends import BackendSettings
 from ..evaluation.report import EvalResults, render_table, report_tables, write_report
 from ..evaluation.runner import Evaluator, MergeVariant, evaluate_all
 from ..evaluation.tasks import task_manager
 from ..merge import create_mode, merge_to_adapter
 from ..pipeline import open_adapter, prune
-from ..specs import Domain
+from ..specs import DemoSpec, Domain, Source
 from .domains import DOMAINS, task_split
 from .lineup import MERGE_VARIANTS, PRUNE_VARIANTS, RATES
 from .tasks import domain_task_names
 from .zoo import Zoo, build_zoo, torch_threads
 
 
+_OPTIONS = DemoSpec()  # the command line's options and their defaults live in the spec
+
+
 @dataclass(frozen=True)
 class DemoSettings:
     """What the demo runs; the defaults are the README's main job. ``prunes`` and ``merges`` name entries of
-    ``lineup.PRUNE_VARIANTS`` and ``lineup.MERGE_VARIANTS``; merges run at ``merge_rates``."""
+    ``lineup.PRUNE_VARIANTS`` and ``lineup.MERGE_VARIANTS``; merges run at ``merge_rates``. ``size``, ``seed``,
+    ``objective`` and ``limit`` are the options of ``DemoSpec`` (``from_spec``)."""
 
-    size: str = "default"
-    seed: int = 0
+    size: str = _OPTIONS.size
+    seed: int = _OPTIONS.seed
     rates: tuple[float, ...] = RATES
     prunes: tuple[str, ...] = tuple(PRUNE_VARIANTS)
     merges: tuple[str, ...] = tuple(MERGE_VARIANTS)
     merge_rates: tuple[float, ...] = (0.9,)
-    objective: str = "tasks"
+    objective: str = _OPTIONS.objective
     learn_steps: int | None = None  # learned amplification: Adam steps (None: the library default)
     merge_learn_steps: int | None = 200  # learned merges: N adapters at once need more (held-out dev KL still
     # falls at the default 60 steps; the factors of the best held-out step are kept)
     batch_size: int = 32
-    limit: int | None = None
+    limit: int | None = _OPTIONS.limit
     threads: int = 1  # torch threads after the zoo build: the models are tiny, and more threads crawl on a busy machine
+    device: str = _OPTIONS.device  # where every model after the zoo build runs (prune, amplify, merges, lm-eval)
+    dtype: str = _OPTIONS.dtype  # the dtype those models are loaded in (amplification, lm-eval)
 
     def __post_init__(self) -> None:
         unknown = [n for n in self.prunes if n not in PRUNE_VARIANTS] + [
@@ -61,6 +69,17 @@ class DemoSettings:
         missing = sorted({MERGE_VARIANTS[n].source for n in self.merges} - set(self.prunes))
         if missing:
             raise ValueError(f"merges {list(self.merges)} need the prune variants {missing}; add them to prunes")
+
+    @classmethod
+    def from_spec(cls, spec: DemoSpec) -> DemoSettings:
+        return cls(
+            size=spec.size,
+            seed=spec.seed,
+            objective=spec.objective,
+            limit=spec.limit,
+            device=spec.device,
+            dtype=spec.dtype,
+        )
 
 
 @dataclass
@@ -113,15 +132,30 @@ def prune_zoo(zoo: Zoo, settings: DemoSettings, out: Path, progress: bool = True
     adapters: Adapters = {}
     for domain, variant, rate in progress_bar(jobs, desc="pruning", unit="adapter", disable=not progress):
         path = out / "adapters" / domain / f"{_slug(variant.label)}-{round(rate * 100)}"
-        common = dict(method=variant.method, rate=rate, overwrite=True, progress=False, **variant.params(rate))
+        common = dict(
+            method=variant.method,
+            rate=rate,
+            overwrite=True,
+            progress=False,
+            device=settings.device,
+            **variant.params(rate),
+        )
         if variant.amplification == "dpa":
-            prune_and_amplify(zoo.base, zoo.finetunes[domain], path, **common, **_dpa_options(settings, out, domain))
+            prune_and_amplify(
+                zoo.base,
+                zoo.finetunes[domain],
+                path,
+                **common,
+                dtype=settings.dtype,
+                **_dpa_options(settings, out, domain),
+            )
         elif variant.amplification == "learned":
             prune_and_amplify(
                 zoo.base,
                 zoo.finetunes[domain],
                 path,
                 **common,
+                dtype=settings.dtype,
                 search="learned",
                 calibration=str(_calibration_file(out, domain)),
                 **_learn_options(settings),
@@ -163,10 +197,16 @@ def merge_zoo(
             mode=mode,
             overwrite=True,
             progress=False,
+            device=settings.device,
         )
-        learned = mode.prepare(zoo.base, handles, [1.0] * len(handles), progress=False)  # learned once, reused
+        learned = mode.prepare(zoo.base, handles, [1.0] * len(handles), device=settings.device, progress=False)
         specs.append(MergeVariant(dict(zip(sources, learned)), label=variant.label))
     return specs
+
+
+def demo(spec: DemoSpec, progress: bool = True) -> DemoRun:
+    """``dppa-peft demo``: the README's demo with the options of ``spec``."""
+    return run_demo(spec.out, spec.cache_dir, DemoSettings.from_spec(spec), progress=progress)
 
 
 def run_demo(
@@ -174,6 +214,7 @@ def run_demo(
 ) -> DemoRun:
     """Build/reuse the zoo, prune, merge, evaluate and write ``out/report``."""
     out = Path(out)
+    resolve_device(settings.device)  # an unknown or absent device is an error before any work
     seconds: dict[str, float] = {}
     start = time.perf_counter()
 
@@ -188,13 +229,15 @@ def run_demo(
         merges = merge_zoo(zoo, settings, out, adapters, progress)
         lap("merge")
         test_tasks = domain_task_names("test")
-        domains = [Domain(name=d, finetuned=str(path), tasks=test_tasks[d]) for d, path in zoo.finetunes.items()]
+        domains = [Domain(name=d, finetuned=Source.of(path), tasks=test_tasks[d]) for d, path in zoo.finetunes.items()]
         prunes = [(d, path) for (d, _, _), path in adapters.items()]
         evaluator = Evaluator(
             AutoTokenizer.from_pretrained(zoo.base),
             task_manager(),
             batch_size=settings.batch_size,
             limit=settings.limit,
+            device=settings.device,
+            backend=BackendSettings(dtype=settings.dtype),
         )
         results = evaluate_all(str(zoo.base), domains, evaluator, prunes=prunes, merges=merges, progress=progress)
         lap("evaluate")

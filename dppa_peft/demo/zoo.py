@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import inspect
 import json
 import logging
 import shutil
@@ -20,6 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import transformers
@@ -113,13 +115,13 @@ class Zoo:
         )
 
 
-def settings(size: str, seed: int) -> dict[str, object]:
+def settings(size: str, seed: int) -> dict[str, Any]:
     """Everything a build depends on, including a fingerprint of the code that generates data and trains."""
     if size not in SIZES:
         raise ValueError(f"unknown zoo size {size!r}; expected one of {tuple(SIZES)}")
     code = hashlib.sha256()
     for module in (domains, tokenizer_module, train_module):
-        code.update(Path(module.__file__).read_bytes())
+        code.update(Path(inspect.getfile(module)).read_bytes())
     return {
         "format": ZOO_FORMAT,
         "size": size,
@@ -131,7 +133,7 @@ def settings(size: str, seed: int) -> dict[str, object]:
     }
 
 
-def _location(cache_dir: Path, size: str, seed: int) -> tuple[Path, dict[str, object], str]:
+def _location(cache_dir: Path, size: str, seed: int) -> tuple[Path, dict[str, Any], str]:
     """The zoo folder for (size, seed), its settings and their hash."""
     config = settings(size, seed)
     digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
@@ -162,7 +164,7 @@ def _save(model: transformers.PreTrainedModel, tok: transformers.PreTrainedToken
     tok.save_pretrained(folder)
 
 
-def _build(folder: Path, config: dict[str, object], digest: str, progress: bool) -> None:
+def _build(folder: Path, config: dict[str, Any], digest: str, progress: bool) -> None:
     size, seed = str(config["size"]), int(config["seed"])
     spec, started = SIZES[size], time.perf_counter()
     tok = build_tokenizer()

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
@@ -68,6 +68,8 @@ class DppaLM(HFLM):
     :func:`dppa_peft.load_merged`; ``adapter_revisions`` one Hub revision per adapter. Without adapters it is
     lm-eval's ``hf`` model unchanged, except that ``device`` defaults to cuda only when there is one.
     """
+
+    _model: Any  # the loaded model (HFLM's attribute, set by its ``_create_model``)
 
     def __init__(
         self,
@@ -134,6 +136,7 @@ class DppaLM(HFLM):
 def attach_unmerged(model: Any, refs: Sequence[str], revisions: Sequence[str | None] | None = None) -> Any:
     """A PeftModel with every adapter loaded and all of them active (their deltas add up at each forward)."""
     from peft import PeftModel
+    from peft.tuners.tuners_utils import BaseTuner
 
     revisions = list(revisions) if revisions else [None] * len(refs)
     refs = [str(getattr(ref, "directory", ref)) for ref in refs]  # an open adapter handle: its folder
@@ -141,7 +144,7 @@ def attach_unmerged(model: Any, refs: Sequence[str], revisions: Sequence[str | N
     peft_model = PeftModel.from_pretrained(model, refs[0], adapter_name=names[0], revision=revisions[0])
     for name, ref, revision in zip(names[1:], refs[1:], revisions[1:]):
         peft_model.load_adapter(ref, adapter_name=name, revision=revision)
-    peft_model.base_model.set_adapter(names)
+    cast(BaseTuner, peft_model.base_model).set_adapter(names)  # the tuner activates several at once
     return peft_model.eval()
 
 

@@ -150,8 +150,9 @@ def variant_ratios(results: EvalResults, entry: VariantScores) -> list[DomainRat
         ratios: dict[str, float | None] = {}
         for task, dense_score in results.dense[domain].items():
             ratios[task] = None if dense_score == 0 else task_ratio(entry.scores[task], dense_score)
-        defined = None not in ratios.values()
-        out.append(DomainRatio(entry.variant, domain, ratios, domain_ratio(ratios.values()) if defined else None))
+        known = [r for r in ratios.values() if r is not None]
+        overall = domain_ratio(known) if len(known) == len(ratios) else None
+        out.append(DomainRatio(entry.variant, domain, ratios, overall))
     return out
 
 

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 
 import torch
 
+from ..buffers import to_float32
 from ..methods.base import FullDelta, SparseDelta
 from ..methods.selection import flat_nonzero
 from .encoding import EncodedTensor
@@ -49,7 +50,7 @@ def effective_values(
     differentiable) defaults to the factors stored with the tensor (``encoded.factors``; none: no row factor).
     ``indices`` are the decoded flat positions, when the caller has them already.
     """
-    values = encoded.values.float()
+    values = to_float32(encoded.values)
     partition = None if encoded.partition is None else encoded.partition.to(values.device).long()
     table = torch.as_tensor(scalar_factors, dtype=torch.float32, device=values.device)
     if partition is None:
@@ -114,11 +115,13 @@ def _accumulate(
         raise ValueError(f"got {len(weights)} weights for {len(deltas)} deltas")
     flat = target.reshape(-1)
     support = _support(flat, deltas)
-    merged = flat.float() if support is None else flat[support].float()
+    merged = to_float32(flat) if support is None else flat[support].float()
     if support is None and merged.data_ptr() == flat.data_ptr():
         merged = merged.clone()  # an fp32 target: never changed in place by the sums below
     for delta, weight in zip(deltas, weights):
-        values = delta.values.float().to(flat.device) * weight
+        values = delta.values.float().to(flat.device)
+        unit = isinstance(weight, (int, float)) and weight == 1.0  # x · 1.0 == x: no pass for it
+        values = values if unit else values * weight
         if isinstance(delta, FullDelta) or (support is not None and len(deltas) == 1):
             merged.add_(values)  # the delta covers every position of ``merged``, in order
             continue

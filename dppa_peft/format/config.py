@@ -12,6 +12,7 @@ from typing import Any
 from peft.config import PeftConfig
 
 from ..errors import UserError
+from .record import TensorRecord
 
 FORMAT_VERSION = 2  # what this package writes; it reads 1 (absent field) and 2
 CardWriter = Callable[["SparseDeltaConfig", Path], object]
@@ -33,11 +34,10 @@ class SparseDeltaType(str, enum.Enum):
 class SparseDeltaConfig(PeftConfig):
     """Configuration of a sparse delta adapter: ``W = W_B + Σ_tensors scatter(values · factor[partition])``.
 
-    ``tensors`` maps every stored checkpoint tensor name to its record: ``shape``, ``nnz``, ``encoding``
-    (dense|bitmask|gaps), ``index_bytes``, ``partition`` (whether per-entry partition ids are stored), ``density``
-    (kept fraction), ``planned_density`` and ``unclipped_density`` (pruned tensors), ``partition_densities`` (DPA:
-    the density at each partition boundary), ``stored_bytes``, ``pruned``, and (format version 2) ``factors``:
-    ``[P, R]`` when a float32 ``<param>_factors`` table is stored (learned amplification, see ``format.apply``).
+    ``tensors`` maps every stored checkpoint tensor name to its ``TensorRecord`` (``format.record``: shape, nnz,
+    encoding, stored bytes, densities, and in format version 2 the ``[P, R]`` shape of a stored factor table).
+    Records given as JSON objects are read (and checked) by ``TensorRecord.from_dict``; ``to_dict`` writes them
+    back as the same JSON.
 
     ``format_version``: 2 for adapters written by this package; absent (None) means 1. Version 2 only adds the
     optional factor tables, so both load; a higher version is refused.
@@ -60,7 +60,7 @@ class SparseDeltaConfig(PeftConfig):
     method: dict[str, Any] = field(default_factory=dict, metadata={"help": "pruning method, rate and parameters"})
     scope_pattern: str | None = field(default=None, metadata={"help": "regex selecting the pruned tensors"})
     outside_scope: str = field(default="dense", metadata={"help": "how changed tensors outside the scope are kept"})
-    tensors: dict[str, dict[str, Any]] = field(default_factory=dict, metadata={"help": "per-tensor records"})
+    tensors: dict[str, TensorRecord] = field(default_factory=dict, metadata={"help": "per-tensor records"})
     amplification: dict[str, Any] | None = field(default=None, metadata={"help": "DPA partitions, factors, search"})
     vocab_size: int | None = field(default=None, metadata={"help": "resize the base embeddings to this size"})
     summary: dict[str, Any] = field(default_factory=dict, metadata={"help": "kept density and sizes"})
@@ -74,6 +74,16 @@ class SparseDeltaConfig(PeftConfig):
         check_format_version(self.format_version)
         self.peft_type = SparseDeltaType.SPARSE_DELTA
         self.target_modules = None
+        self.tensors = {
+            name: r if isinstance(r, TensorRecord) else TensorRecord.from_dict(name, r, "adapter config")
+            for name, r in self.tensors.items()
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        """PEFT's dict of the config fields, with each tensor record as its JSON object."""
+        data = super().to_dict()
+        data["tensors"] = {name: record.to_dict() for name, record in self.tensors.items()}
+        return data
 
     def save_pretrained(self, save_directory: str, **kwargs: Any) -> None:
         """Write ``adapter_config.json`` and the model card (PEFT's ``PeftModel.save_pretrained`` calls this too)."""
@@ -92,7 +102,7 @@ class SparseDeltaConfig(PeftConfig):
         Pruned tensors take ``factors``; tensors stored outside the pruning scope take the single
         ``unpruned_factor`` (1.0 unless the adapter amplifies them like the released DPPA code).
         """
-        if self.tensors[name].get("pruned"):
+        if self.tensors[name].pruned:
             return self.factors
         return [float(self.amplification.get("unpruned_factor", 1.0))] if self.amplification else [1.0]
 
@@ -101,7 +111,7 @@ class SparseDeltaConfig(PeftConfig):
         """Names of the modules whose parameters the adapter changes (exact, unlike PEFT's condensed targets)."""
         return frozenset(module_and_param(n)[0] for n in self.tensors)
 
-    def records_for_module(self, module_name: str) -> dict[str, dict[str, Any]]:
+    def records_for_module(self, module_name: str) -> dict[str, TensorRecord]:
         """The records of one module, keyed by parameter name ('weight', 'bias', ...)."""
         out = {}
         for name, record in self.tensors.items():

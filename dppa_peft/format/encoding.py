@@ -37,6 +37,9 @@ def bitmask_encode(indices: torch.Tensor, numel: int) -> torch.Tensor:
 
 
 def bitmask_decode(packed: torch.Tensor, numel: int) -> torch.Tensor:
+    if packed.device.type == "cpu" and numel:  # numpy: one unpack and one scan
+        unpacked = np.unpackbits(packed.reshape(-1).numpy(), bitorder="little", count=numel)
+        return torch.from_numpy(np.flatnonzero(unpacked))
     bits = (packed.reshape(-1, 1) >> _bits()) & 1
     return bits.reshape(-1)[:numel].nonzero().reshape(-1)
 
@@ -115,6 +118,8 @@ class EncodedTensor:
         """Ascending flat positions of the stored values."""
         if self.encoding == "dense":
             return torch.arange(self.numel)
+        if self.index is None:
+            raise ValueError(f"a {self.encoding!r} tensor needs its index bytes")
         if self.encoding == "bitmask":
             return bitmask_decode(self.index, self.numel)
         return gaps_decode(self.index)

@@ -70,7 +70,9 @@ def fingerprint(samples: Mapping[str, bytes]) -> str:
 
 def model_sampler(model: torch.nn.Module) -> Sampler:
     """The samples of an in-memory model's tensors by name (None when missing or on the meta device)."""
-    tensors = {n.replace(".base_layer.", "."): p for n, p in model.named_parameters(remove_duplicate=False)}
+    tensors: dict[str, torch.Tensor] = {
+        n.replace(".base_layer.", "."): p for n, p in model.named_parameters(remove_duplicate=False)
+    }
     tensors.update({n.replace(".base_layer.", "."): b for n, b in model.named_buffers(remove_duplicate=False)})
 
     def sample(name: str) -> bytes | None:

@@ -17,12 +17,14 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..methods.base import FullDelta, SparseDelta
+from ..errors import UserError
 from ..checkpoint import SafetensorsWriter, atomic_directory, describe_ref, resolve_repo
 from ..safetensors_file import open_checked, read_header, safetensors_errors
 from .apply import effective_values
 from .config import FORMAT_VERSION, SparseDeltaConfig, module_and_param
 from .encoding import EncodedTensor
-from .validate import check_encoded, check_stored_parts, expected_parts, read_adapter_config
+from .record import TensorRecord
+from .validate import check_encoded, check_stored_parts, read_adapter_config
 
 if TYPE_CHECKING:
     from huggingface_hub import CommitInfo
@@ -39,35 +41,17 @@ def state_key(tensor_name: str, part: str) -> str:
     return f"base_model.model.{module}.sparse_delta.{param}_{part}"
 
 
-def tensor_record(encoded: EncodedTensor, **extra: Any) -> dict[str, Any]:
-    """The config record of one stored tensor: ``extra`` fields plus its stored form (``dtype``: of the values;
-    ``factors``: the ``[P, R]`` shape of a stored factor table)."""
-    extra.pop("factors", None)
-    if encoded.factors is not None:
-        extra["factors"] = list(encoded.factors.shape)
-    return {
-        **extra,
-        "shape": list(encoded.shape),
-        "nnz": encoded.nnz,
-        "encoding": encoded.encoding,
-        "dtype": str(encoded.values.dtype).removeprefix("torch."),
-        "index_bytes": 0 if encoded.index is None else encoded.index.numel(),
-        "partition": encoded.partition is not None,
-        "stored_bytes": encoded.stored_bytes,
-        "density": encoded.nnz / encoded.numel if encoded.numel else 0.0,
-    }
-
-
 class AdapterWriter:
     """Stream encoded tensors into ``adapter_model.safetensors``; ``close`` adds the config and the card."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = Path(directory)
         self._weights = SafetensorsWriter(self.directory / WEIGHTS_FILE)
-        self.records: dict[str, dict[str, Any]] = {}
+        self.records: dict[str, TensorRecord] = {}
 
-    def add(self, name: str, encoded: EncodedTensor, **record: Any) -> dict[str, Any]:
-        """Write one tensor; ``record`` adds fields to its config record (the stored-form fields are computed)."""
+    def add(self, name: str, encoded: EncodedTensor, **described: Any) -> TensorRecord:
+        """Write one tensor and record it: its stored form from ``encoded``, the ``described`` fields of
+        ``TensorRecord`` (``pruned``, ``block``, ...) as given."""
         self._weights.add(state_key(name, "values"), encoded.values)
         if encoded.index is not None:
             self._weights.add(state_key(name, "index"), encoded.index)
@@ -75,7 +59,7 @@ class AdapterWriter:
             self._weights.add(state_key(name, "partition"), encoded.partition)
         if encoded.factors is not None:
             self._weights.add(state_key(name, "factors"), encoded.factors.detach().float().cpu().contiguous())
-        self.records[name] = tensor_record(encoded, **record)
+        self.records[name] = TensorRecord.of(encoded, **described)
         return self.records[name]
 
     def close(self, config: SparseDeltaConfig) -> None:
@@ -105,7 +89,7 @@ class SparseDeltaAdapter:
         check_stored_parts(
             self.config, read_header(self.directory / WEIGHTS_FILE), state_key, self.directory / WEIGHTS_FILE
         )
-        self._handle = None
+        self._handle: Any = None  # safetensors' safe_open handle, opened on the first read
         self._factor_tables: dict[str, torch.Tensor] = {}
         self._partition_ids: dict[str, torch.Tensor] = {}
 
@@ -145,18 +129,17 @@ class SparseDeltaAdapter:
         """One stored delta exactly as stored: values in the stored dtype, index bytes, partition ids (checked)."""
         return self._checked(name)[0]
 
-    def _checked(self, name: str) -> tuple[EncodedTensor, torch.Tensor]:
-        """The stored parts of one tensor and its decoded indices, after ``check_encoded``."""
+    def _checked(self, name: str) -> tuple[EncodedTensor, torch.Tensor | None]:
+        """The stored parts of one tensor and its decoded indices (None when dense), after ``check_encoded``."""
         weights = self.directory / WEIGHTS_FILE
         if self._handle is None:
             self._handle = open_checked(weights)
         record = self.config.tensors[name]
-        parts = expected_parts(record)
         with safetensors_errors(weights):
-            stored = {kind: self._handle.get_tensor(state_key(name, kind)) for kind in parts}
+            stored = {kind: self._handle.get_tensor(state_key(name, kind)) for kind in record.parts()}
         encoded = EncodedTensor(
-            record["encoding"],
-            tuple(record["shape"]),
+            record.encoding,
+            record.shape,
             stored["values"],
             stored.get("index"),
             stored.get("partition"),
@@ -172,7 +155,7 @@ class SparseDeltaAdapter:
         """One stored delta with every amplification factor applied (fp32 effective values, ``format.apply``)."""
         encoded, indices = self._checked(name)
         factors = self._scalars(name)
-        if encoded.encoding == "dense":  # positions implicit: no index tensor travels with a dense delta
+        if indices is None:  # stored dense: positions implicit, no index tensor travels with a dense delta
             return FullDelta(effective_values(encoded, factors), encoded.shape)
         return SparseDelta(indices, effective_values(encoded, factors, indices=indices), encoded.shape)
 
@@ -180,6 +163,14 @@ class SparseDeltaAdapter:
         """Decode and check every stored tensor (``push`` does this before publishing)."""
         for name in self.config.tensors:
             self._checked(name)
+
+    @property
+    def base_ref(self) -> str:
+        """The base model recorded in the config (folder or Hub id); an error when it records none."""
+        base = self.config.base_model_name_or_path
+        if not base:
+            raise UserError(f"adapter {self.ref} records no base model; pass the base it was pruned from (--base)")
+        return base
 
     @property
     def nbytes(self) -> int:
@@ -194,8 +185,8 @@ class SparseDeltaAdapter:
         return Path(directory)
 
     def push_to_hub(self, repo_id: str, **options: Any) -> "CommitInfo":
-        """Publish this adapter as ONE commit on ``repo_id`` (created if needed): ``dppa_peft.publish.hub.push_to_hub``
-        with this adapter, which documents the keyword ``options`` (private, revision, token, export_format, ...)."""
+        """Publish this adapter as ONE commit on ``repo_id`` (created if needed): ``options`` as in
+        ``dppa_peft.publish.hub.push_to_hub`` (the fields of ``PushSpec``, ``token``, ``eval_results``, ``base``)."""
         from ..publish.hub import push_to_hub
 
         return push_to_hub(self, repo_id, **options)

@@ -8,7 +8,6 @@ its ``adapter_config.json``. ``dppa-peft merge --from-record FILE`` (``replay``)
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ import torch
 
 from .. import __version__
 from .config import SparseDeltaConfig
+from .record import TensorRecord
 
 RECORD_FILE = "dppa_merge.json"
 RECORD_VERSION = 1
@@ -116,15 +116,15 @@ def source_of(ref: str | os.PathLike, revision: str | None, folder: Path) -> Mer
 
 
 def merged_adapter_config(
-    record: MergeRecord, records: dict[str, dict[str, Any]], base_fingerprint: str | None, vocab_size: int | None
+    record: MergeRecord, records: dict[str, TensorRecord], base_fingerprint: str | None, vocab_size: int | None
 ) -> SparseDeltaConfig:
     """The config of a merged adapter: its tensors, the merge record and a size summary."""
-    pruned = [r for r in records.values() if r.get("pruned")]
-    numel = sum(math.prod(r["shape"]) for r in pruned)
+    pruned = [r for r in records.values() if r.pruned]
+    numel = sum(r.numel for r in pruned)
     itemsize = getattr(torch, record.value_dtype or "float32").itemsize
     summary = {
-        "kept_density": sum(r["nnz"] for r in pruned) / numel if numel else 0.0,
-        "adapter_bytes": sum(r["stored_bytes"] for r in pruned),
+        "kept_density": sum(r.nnz for r in pruned) / numel if numel else 0.0,
+        "adapter_bytes": sum(r.stored_bytes or 0 for r in pruned),
         "dense_delta_bytes": numel * itemsize,
     }
     summary["size_ratio"] = summary["adapter_bytes"] / numel / itemsize if numel else 0.0

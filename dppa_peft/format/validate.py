@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from ..safetensors_file import TensorEntry
 from ..validate import check_finite, finite_number, finite_numbers, read_json
 from .config import SparseDeltaConfig, SparseDeltaType
 from .encoding import EncodedTensor
+from .record import DAMAGED, TensorRecord
 
 VOCAB_FIX = "the adapter was made for another base (or its config was edited): use the base it was pruned from"
 
@@ -44,7 +44,7 @@ def check_fits_base(
             "does not fit this base: pass the base it was pruned from"
         )
     for name, record in sorted(config.tensors.items()):
-        shape, found = tuple(record["shape"]), tuple(base_shapes[name])
+        shape, found = record.shape, tuple(base_shapes[name])
         if shape == found:
             continue
         grown = len(shape) == len(found) >= 1 and shape[1:] == found[1:] and shape[0] > found[0]
@@ -61,7 +61,7 @@ def check_fits_base(
                 f"{base}, but its vocab_size is {config.vocab_size}; {VOCAB_FIX}"
             )
     if config.vocab_size is not None:
-        rows = {tuple(r["shape"])[0] for r in config.tensors.values() if r["shape"]}
+        rows = {r.shape[0] for r in config.tensors.values() if r.shape}
         if config.vocab_size not in rows:
             raise UserError(
                 f"adapter {adapter} sets vocab_size {config.vocab_size}, but none of its tensors has that "
@@ -81,10 +81,6 @@ def require_fingerprint(config: SparseDeltaConfig, adapter: str, allow_unverifie
 
 
 # --- integrity of an adapter folder: its config, the stored parts, the decoded content ---------------------------
-
-ENCODING_NAMES = ("dense", "bitmask", "gaps")
-MAX_NUMEL = 1 << 48  # far above any real tensor; a larger recorded shape is a damaged or hostile config
-DAMAGED = "the adapter is damaged or was edited: prune (or download) it again"
 
 
 def read_adapter_config(path: Path, ref: str) -> SparseDeltaConfig:
@@ -129,7 +125,8 @@ def check_config(data: dict[str, Any], ref: str) -> None:
     if not isinstance(tensors, dict) or not tensors:
         raise UserError(f"adapter {ref} records no tensors ('tensors' is empty or not an object); {DAMAGED}")
     for name, record in tensors.items():
-        _check_record(name, record, ref)
+        if not isinstance(record, TensorRecord):  # a config object's records are checked already
+            TensorRecord.from_dict(name, record, f"adapter {ref}")
     if not isinstance(data.get("base_fingerprint"), (str, type(None))):
         raise UserError(f"adapter {ref} has an invalid base_fingerprint {data['base_fingerprint']!r}; {DAMAGED}")
     amplification = data.get("amplification")
@@ -149,54 +146,17 @@ def check_config(data: dict[str, Any], ref: str) -> None:
         raise UserError(f"adapter {ref} has an invalid vocab_size {size!r}; {DAMAGED}")
 
 
-def _check_record(name: str, record: Any, ref: str) -> None:
-    where = f"adapter {ref} tensor {name!r}"
-    if not isinstance(record, dict):
-        raise UserError(f"{where}: its record is not an object; {DAMAGED}")
-    shape, nnz, encoding = record.get("shape"), record.get("nnz"), record.get("encoding")
-    if not (
-        isinstance(shape, list)
-        and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
-        and math.prod(shape) <= MAX_NUMEL
-    ):
-        raise UserError(f"{where} has an invalid shape {shape!r}; {DAMAGED}")
-    numel = math.prod(shape)
-    if isinstance(nnz, bool) or not isinstance(nnz, int) or not 0 <= nnz <= numel:
-        raise UserError(f"{where} has nnz {nnz!r}, not a count between 0 and its {numel} entries; {DAMAGED}")
-    if encoding not in ENCODING_NAMES:
-        raise UserError(f"{where} has an unknown encoding {encoding!r} (known: {', '.join(ENCODING_NAMES)}); {DAMAGED}")
-    if encoding == "dense" and nnz != numel:
-        raise UserError(f"{where} is dense but records {nnz} of {numel} values; {DAMAGED}")
-    factors = record.get("factors")
-    if factors is not None and not (
-        isinstance(factors, list) and len(factors) == 2 and all(isinstance(d, int) and d >= 1 for d in factors)
-    ):
-        raise UserError(f"{where} has an invalid factors table shape {factors!r} (expected [P, R]); {DAMAGED}")
-
-
-def expected_parts(record: dict[str, Any]) -> dict[str, tuple[int, ...]]:
-    """The stored parts a record needs in the weights file, with their shapes."""
-    parts = {"values": (record["nnz"],)}
-    if record["encoding"] != "dense":
-        parts["index"] = (record.get("index_bytes", -1),)
-    if record.get("partition"):
-        parts["partition"] = (record["nnz"],)
-    if record.get("factors"):
-        parts["factors"] = tuple(record["factors"])
-    return parts
-
-
 def check_stored_parts(
     config: SparseDeltaConfig, header: Mapping[str, TensorEntry], key: Callable[[str, str], str], weights: Path
 ) -> None:
     """Every part each record needs is in the weights file, with the recorded length (checked from the header)."""
     for name, record in config.tensors.items():
-        for part, shape in expected_parts(record).items():
+        for part, shape in record.parts().items():
             entry = header.get(key(name, part))
             if entry is None:
                 raise UserError(f"{weights} lacks {key(name, part)!r}, the {part} of tensor {name!r}; {DAMAGED}")
-            if part == "index" and shape == (-1,):
-                shape = entry.shape  # version-1 records without index_bytes: checked when decoded
+            if part == "index" and record.index_bytes is None:
+                shape = entry.shape  # records without index_bytes: checked when decoded
             if entry.shape != shape:
                 raise UserError(
                     f"{weights}: the {part} of tensor {name!r} has shape {list(entry.shape)}, but the "
@@ -218,9 +178,10 @@ def check_encoded(name: str, encoded: EncodedTensor, factor_count: int, ref: str
     check_finite(encoded.values, name, f"adapter {ref}", DAMAGED)
     if encoded.factors is not None:
         check_finite(encoded.factors, f"{name} (factors)", f"adapter {ref}", DAMAGED)
-    if encoded.encoding == "bitmask" and encoded.index.numel() != -(-encoded.numel // 8):
+    index_bytes = 0 if encoded.index is None else encoded.index.numel()
+    if encoded.encoding == "bitmask" and index_bytes != -(-encoded.numel // 8):
         raise UserError(
-            f"{where}: its bitmask has {encoded.index.numel()} bytes for {encoded.numel} entries "
+            f"{where}: its bitmask has {index_bytes} bytes for {encoded.numel} entries "
             f"(needs {-(-encoded.numel // 8)}); {DAMAGED}"
         )
     indices = None if encoded.encoding == "dense" else encoded.indices()

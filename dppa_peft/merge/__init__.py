@@ -7,11 +7,14 @@ election); ``learned`` adds the modes that learn the adapters' factors first (``
 ``loader`` applies a mode to models and writes the outputs, their cards and merge records.
 """
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .combine import COMBINE_MODES
 from .modes import MERGE_MODES, MergeMode, create_mode, mode_options, register_mode
 from . import learned as _learned  # noqa: F401  (registers the learned merge modes)
+
+if TYPE_CHECKING:  # imported on first use at run time (``__getattr__``)
+    from .loader import combine_tensor, load_merged, merge_into, merge_to_adapter, merge_to_folder, replay
 
 _LOADER_NAMES = ("combine_tensor", "load_merged", "merge_into", "merge_to_adapter", "merge_to_folder", "replay")
 

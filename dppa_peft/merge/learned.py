@@ -213,7 +213,7 @@ def learn_merge(
     context = model_context(base)
     for prompts in prompt_sets:  # every prompt fits, before any model runs
         check_lengths(prompts, tokenizer, context, params.continuation_tokens)
-    if adamerging:
+    if isinstance(params, AdaMergingParams):  # (adamerging, narrowed for the type checker)
         from .loader import load_merged
 
         summed = load_merged(base, adapters, weights, progress=False).to(device)  # coefficients 1: the start
@@ -279,7 +279,7 @@ def learn_merge(
         del model
         release_memory()
     tables = result.factors + [{} for _ in range(len(adapters) - len(result.factors))]  # adapters with no pruned tensor
-    if not adamerging:
+    if isinstance(params, LearnedMergeParams):
         result.settings["partition_rates"] = params.learn_partition_rates
     ids = [p.ids for p in extra.get("partitions", [])] or [None] * len(adapters)
     return [a.with_factors(t, i) for a, t, i in zip(adapters, tables, ids)], result

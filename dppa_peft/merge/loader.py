@@ -335,7 +335,7 @@ def merge_to_adapter(
         for name in progress_bar(names, desc=f"merging ({merger.name})", unit="tensor", disable=not progress):
             samples[name] = checkpoint_sample(checkpoint, name)  # a few rows, not the whole tensor
             delta = _merged(merger, name, handles, weights).as_delta()
-            pruned = any(h.config.tensors[name].get("pruned") for h in handles if name in h.config.tensors)
+            pruned = any(h.config.tensors[name].pruned for h in handles if name in h.config.tensors)
             writer.add(name, encode(delta, stored_dtype, dense=delta.nnz == delta.numel), pruned=pruned)
         for handle in handles:
             check_fingerprint(handle.config, samples.__getitem__, handle.ref, str(base))

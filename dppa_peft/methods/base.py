@@ -28,7 +28,7 @@ import torch
 
 from ..errors import UserError
 from ..scope import TensorInfo
-from .selection import flat_nonzero, keep_count
+from .selection import flat_nonzero, gather, keep_count
 
 RANKINGS = ("magnitude", "random", "none")
 
@@ -95,7 +95,7 @@ class SparseDelta:
         cls, delta: torch.Tensor, indices: torch.Tensor, scale: torch.Tensor | float = 1.0
     ) -> "SparseDelta":
         """Keep ``delta`` at the ascending flat ``indices`` (times ``scale``), dropping exact zeros."""
-        values = delta.reshape(-1)[indices].float()
+        values = gather(delta.reshape(-1), indices).float()
         nonzero = values != 0
         if not bool(nonzero.all()):
             indices, values = indices[nonzero], values[nonzero]
@@ -114,8 +114,8 @@ class FullDelta(SparseDelta):
         self.values = values.reshape(-1)
         self.shape = tuple(shape)
 
-    @property  # type: ignore[override]
-    def indices(self) -> torch.Tensor:
+    @property
+    def indices(self) -> torch.Tensor:  # type: ignore[override]  # derived, never assigned: a read-only field here
         return torch.arange(self.values.numel(), device=self.values.device)
 
     @property

@@ -14,7 +14,7 @@ import torch
 
 from ..scope import TensorInfo
 from .base import DensityPlan, PruningMethod, SparseDelta
-from .outliers import BlockOutliers, StatisticsPasses, centred_norm, matrix_significance, require_in_scope
+from .outliers import BlockOutliers, StatisticsPasses, centred_norm, matrix_statistics, require_in_scope
 from .registry import register
 from .selection import TIE_MODE_HELP, check_tie_mode, magnitude_indices
 
@@ -113,9 +113,9 @@ class DynamicPruning(PruningMethod):
         self._passes.record(info.name, pass_index)
         self._terms = None
         abs_delta = delta.float().abs()
-        abs_sum, sig = matrix_significance(abs_delta, self.params.outlier_factor, self.params.significance_kind)
+        abs_sum, sig, bounds = matrix_statistics(abs_delta, self.params.outlier_factor, self.params.significance_kind)
         self._linears[info.name] = _LinearStat(block, abs_delta.numel(), sig)
-        self._blocks.add(block, abs_delta, abs_sum)
+        self._blocks.add(block, abs_delta, abs_sum, bounds)
         self._terms = None
 
     def block_terms(self) -> dict[int, float]:

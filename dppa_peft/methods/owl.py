@@ -14,7 +14,7 @@ import torch
 
 from ..scope import TensorInfo
 from .base import DensityPlan, PruningMethod, SparseDelta
-from .outliers import BlockOutliers, StatisticsPasses, require_in_scope
+from .outliers import BlockOutliers, StatisticsPasses, abs_sum_bounds, exact_abs_sum, require_in_scope
 from .registry import register
 from .selection import TIE_MODE_HELP, check_tie_mode, magnitude_indices
 
@@ -74,7 +74,8 @@ class Owl(PruningMethod):
         self._passes.record(info.name, pass_index)
         self._adjustments = None
         abs_delta = delta.float().abs()
-        self._blocks.add(block, abs_delta, float(abs_delta.sum(dtype=torch.float64)))
+        bounds = abs_sum_bounds(abs_delta)  # the exact sum only if the block threshold needs it
+        self._blocks.add(block, abs_delta, exact_abs_sum(abs_delta) if bounds is None else None, bounds)
 
     def adjustments(self) -> dict[int, float]:
         """Block index -> density change from the uniform ``1 − α`` (independent of α)."""
@@ -86,7 +87,7 @@ class Owl(PruningMethod):
         rate = self.rate if rate is None else rate
         if self._adjustments is None:
             self._adjustments = self.adjustments()
-        return DensityPlan.clipped((1.0 - rate) + self._adjustments[info.block])
+        return DensityPlan.clipped((1.0 - rate) + self._adjustments[require_in_scope(info, self.name)])
 
     def prune(self, info: TensorInfo, delta: torch.Tensor, density: float) -> SparseDelta:
         return SparseDelta.from_indices(delta, magnitude_indices(delta, density, self.params.tie_mode))

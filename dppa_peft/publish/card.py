@@ -119,7 +119,7 @@ def build_model_card(
         model_name=(repo_id or "sparse-delta-adapter").split("/")[-1] if evals else None,
     )
     records = config.tensors.values()
-    n_pruned = sum(1 for r in records if r.get("pruned"))
+    n_pruned = sum(1 for r in records if r.pruned)
     return ModelCard.from_template(
         data,
         template_str=CARD_TEMPLATE,
@@ -154,8 +154,8 @@ def _learned_line(config: "SparseDeltaConfig") -> str | None:
     if not learned:
         return None
     stats = learned["factor_stats"]
-    factor_bytes = 4 * sum(math.prod(r["factors"]) for r in config.tensors.values() if r.get("factors"))
-    total = sum(r["stored_bytes"] for r in config.tensors.values())
+    factor_bytes = 4 * sum(math.prod(r.factors) for r in config.tensors.values() if r.factors)
+    total = sum(r.stored_bytes or 0 for r in config.tensors.values())
     sources = ", ".join(f"`{source}`" for t in learned.get("teachers", []) for source in t.get("sources", []))
     return (
         f"{stats['count']} factors ({learned['granularity']} granularity; {stats['min']:.3g} to "

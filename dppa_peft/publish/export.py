@@ -32,6 +32,7 @@ from ..format.fingerprint import check_fingerprint, checkpoint_sample
 from ..format.io import WEIGHTS_FILE, SparseDeltaAdapter
 from ..format.validate import check_fits_base
 from ..methods.base import SparseDelta
+from ..specs import SUPERTUNING, ExportSpec
 
 PREFIX = "base_model.model."
 SPARSE_ENTRY_BYTES = 8  # fp32 value + int32 index
@@ -98,14 +99,14 @@ def export_supertuning(
             "format"
         )
     if base is None:
-        base, base_revision = config.base_model_name_or_path, base_revision or config.revision
+        base, base_revision = adapter.base_ref, base_revision or config.revision
     checkpoint = Checkpoint.open(base, revision=base_revision, token=token)
     inputs = [adapter.directory, base, checkpoint.directory]
     check_output(out, inputs, overwrite)  # before the fingerprint read
     _check_base(adapter, checkpoint)
     model = _skeleton(checkpoint)
     targets, whole = _split_modules(adapter, checkpoint, model)
-    sparsity = global_sparsity([(_numel(adapter, t), adapter.config.tensors[f"{t}.weight"]["nnz"]) for t in targets])
+    sparsity = global_sparsity([(_numel(adapter, t), adapter.config.tensors[f"{t}.weight"].nnz) for t in targets])
     kept = padding = inexact = 0
     with atomic_directory(out, overwrite=overwrite, inputs=inputs) as tmp:
         writer = SafetensorsWriter(tmp / WEIGHTS_FILE)
@@ -144,6 +145,25 @@ def export_supertuning(
         )
         write_model_card(tmp, config, repo_id=repo_id, stock=summary)
     return summary
+
+
+def export(
+    spec: ExportSpec, token: str | bool | None = None, progress: bool = True
+) -> SupertuningExport | SparseDeltaAdapter:
+    """``dppa-peft export``: ``spec.adapter`` written to ``spec.out`` as a SUPERTUNING export (returned), or copied as
+    is for 'sparse-delta' (the copy returned)."""
+    adapter = SparseDeltaAdapter.from_pretrained(spec.adapter.ref, revision=spec.adapter.revision, token=token)
+    if spec.export_format != SUPERTUNING:
+        return SparseDeltaAdapter(adapter.save_pretrained(spec.out, overwrite=spec.overwrite))
+    return export_supertuning(
+        adapter,
+        spec.out,
+        base=None if spec.base is None else spec.base.ref,
+        base_revision=None if spec.base is None else spec.base.revision,
+        token=token,
+        overwrite=spec.overwrite,
+        progress=progress,
+    )
 
 
 def global_sparsity(modules: list[tuple[int, int]]) -> float:
@@ -188,7 +208,7 @@ def _skeleton(checkpoint: Checkpoint) -> torch.nn.Module:
 
 
 def _numel(adapter: SparseDeltaAdapter, module: str) -> int:
-    return math.prod(adapter.config.tensors[f"{module}.weight"]["shape"])
+    return adapter.config.tensors[f"{module}.weight"].numel
 
 
 def _split_modules(
@@ -206,10 +226,10 @@ def _split_modules(
         if (
             isinstance(modules[name], torch.nn.Linear)
             and set(records) == {"weight"}
-            and records["weight"]["encoding"] != "dense"
+            and records["weight"].encoding != "dense"
             and numel <= MAX_SPARSE_NUMEL
         ):
-            candidates[name] = (numel, records["weight"]["nnz"], numel * checkpoint.dtype(f"{name}.weight").itemsize)
+            candidates[name] = (numel, records["weight"].nnz, numel * checkpoint.dtype(f"{name}.weight").itemsize)
     targets = choose_targets(candidates)
     whole = [name for name in changed if name not in targets]
     _check_unambiguous(model, targets, whole)

@@ -13,7 +13,7 @@ import os
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from huggingface_hub import CommitInfo, CommitOperationAdd, HfApi, constants
 
@@ -22,55 +22,77 @@ from ..hub_errors import PushError, TransportError, describe_hub_error
 from ..base_ref import BASE_ID_KEY, base_id_record
 from ..checkpoint import Checkpoint
 from ..format.config import SparseDeltaConfig
-from .card import shown_ref, write_model_card
+from ..format.io import CARD_FILE, CONFIG_FILE, WEIGHTS_FILE, SparseDeltaAdapter
+from ..specs import SUPERTUNING, PushSpec, Source
+from .card import load_eval_results, shown_ref, write_model_card
 from .commands import public_command
-from ..choices import EXPORT_FORMATS
 from .export import SupertuningExport, export_supertuning
-from ..format.io import CARD_FILE, CONFIG_FILE, WEIGHTS_FILE
 
-if TYPE_CHECKING:
-    from ..format.io import SparseDeltaAdapter
+
+def push(spec: PushSpec, token: str | bool | None = None) -> CommitInfo:
+    """``dppa-peft push``: open ``spec.adapter`` and publish it; see ``publish``."""
+    results = load_eval_results(spec.eval_results) if spec.eval_results else None  # fails before any download
+    adapter = SparseDeltaAdapter.from_pretrained(spec.adapter.ref, revision=spec.adapter.revision, token=token)
+    return publish(adapter, spec, token=token, eval_results=results)
 
 
 def push_to_hub(
-    adapter: "SparseDeltaAdapter",
+    adapter: SparseDeltaAdapter,
     repo_id: str,
     *,
-    private: bool = False,
-    revision: str | None = None,
-    commit_message: str | None = None,
     token: str | bool | None = None,
-    create_pr: bool = False,
-    export_format: str = "sparse-delta",
-    base: str | os.PathLike | None = None,
+    eval_results: Mapping[str, Mapping[str, Any]] | str | os.PathLike | None = None,
+    base: str | os.PathLike | Source | None = None,
     base_revision: str | None = None,
-    eval_results: Mapping[str, Mapping[str, Any]] | None = None,
-    base_model_id: str | None = None,
+    **options: Any,
 ) -> CommitInfo:
-    """Push ``adapter`` to ``repo_id`` as one commit on ``revision`` (default 'main'); returns the commit info.
+    """The keyword form of ``push``: ``options`` are the fields of ``PushSpec`` (``private``, ``revision``,
+    ``commit_message``, ``create_pr``, ``export_format``, ``base_model_id``); ``eval_results`` is lm-eval's
+    ``results`` mapping or a file of it; ``base`` / ``base_revision`` locate the base of a supertuning export."""
+    results = eval_results if isinstance(eval_results, Mapping) else None
+    spec = PushSpec(
+        adapter=Source.of(adapter),
+        repo_id=repo_id,
+        base=None if base is None else Source.of(base, base_revision),
+        eval_results=None if results is not None or eval_results is None else str(eval_results),
+        **options,
+    )
+    return publish(adapter, spec, token=token, eval_results=results)
 
-    ``export_format`` 'supertuning' pushes the stock-PEFT export instead (``base`` / ``base_revision`` locate the
-    base it needs, default: the one recorded in the adapter). ``eval_results`` (lm-eval's ``results`` mapping) goes
-    into the card's model-index. ``private`` applies when the repo is created; pushing with it to an existing public
-    repo is refused. ``base_model_id`` names the Hub id of a base pruned from a local copy (checked against the Hub by
-    sampled weights when the local base is still there), unless prune recorded it already. The pushed config names
-    the base by its Hub id when one is known, and records the command without local paths.
+
+def publish(
+    adapter: SparseDeltaAdapter,
+    spec: PushSpec,
+    *,
+    token: str | bool | None = None,
+    eval_results: Mapping[str, Mapping[str, Any]] | None = None,
+) -> CommitInfo:
+    """Push ``adapter`` to ``spec.repo_id`` as one commit on ``spec.revision`` (default 'main'); returns the commit
+    info.
+
+    ``export_format`` 'supertuning' pushes the stock-PEFT export instead (``base`` locates the base it needs,
+    default: the one recorded in the adapter). ``eval_results`` (lm-eval's ``results`` mapping; default: read from
+    the file ``spec.eval_results``) goes into the card's model-index. ``private`` applies when the repo is created; pushing with it to an existing public repo is refused.
+    ``base_model_id`` names the Hub id of a base pruned from a local copy (checked against the Hub by sampled weights
+    when the local base is still there), unless prune recorded it already. The pushed config names the base by its
+    Hub id when one is known, and records the command without local paths.
     """
-    if export_format not in EXPORT_FORMATS:
-        raise ValueError(f"unknown export format {export_format!r}; choose one of {EXPORT_FORMATS}")
+    if eval_results is None and spec.eval_results:
+        eval_results = load_eval_results(spec.eval_results)
     adapter.verify()  # never publish a damaged adapter
     api = HfApi(token=token)
+    repo_id = spec.repo_id
     with tempfile.TemporaryDirectory(prefix="dppa-push-") as tmp:
         staged = Path(tmp)
-        config_file = hub_config_file(adapter.directory, staged / "config", base_model_id, token)
+        config_file = hub_config_file(adapter.directory, staged / "config", spec.base_model_id, token)
         config = SparseDeltaConfig.from_pretrained(str(config_file.parent))
         stock = None
-        if export_format == "supertuning":
+        if spec.export_format == SUPERTUNING:
             stock = export_supertuning(
                 adapter,
                 staged / "export",
-                base=base,
-                base_revision=base_revision,
+                base=None if spec.base is None else spec.base.ref,
+                base_revision=None if spec.base is None else spec.base.revision,
                 token=token,
                 repo_id=repo_id,
                 progress=False,
@@ -81,8 +103,10 @@ def push_to_hub(
             files = {CONFIG_FILE: config_file, WEIGHTS_FILE: adapter.directory / WEIGHTS_FILE}
         files[CARD_FILE] = write_model_card(staged, config, repo_id=repo_id, eval_results=eval_results, stock=stock)
         operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(path)) for name, path in files.items()]
-        message = commit_message or _default_message(adapter, stock)
-        return commit_files(api, repo_id, operations, message, private=private, revision=revision, create_pr=create_pr)
+        message = spec.commit_message or _default_message(adapter, stock)
+        return commit_files(
+            api, repo_id, operations, message, private=spec.private, revision=spec.revision, create_pr=spec.create_pr
+        )
 
 
 def hub_config_file(
@@ -174,7 +198,9 @@ def _interrupted(api: HfApi, repo_id: str, revision: str | None, head: str | Non
         return f"{what}; no commit was attempted, so nothing was published; {safe}"
     try:
         now = api.repo_info(repo_id, revision=branch).sha
-    except Exception:  # the Hub is still unreachable: say what is certain
+    except Exception:  # the Hub is still unreachable
+        now = None
+    if now is None:  # say what is certain
         return (
             f"{what}; could not check the branch afterwards, but a Hub commit is all-or-nothing: {branch} holds "
             f"either its previous commit {head[:8]} or the complete new one; {safe}"
@@ -186,7 +212,7 @@ def _interrupted(api: HfApi, repo_id: str, revision: str | None, head: str | Non
     )
 
 
-def _default_message(adapter: "SparseDeltaAdapter", stock: SupertuningExport | None) -> str:
+def _default_message(adapter: SparseDeltaAdapter, stock: SupertuningExport | None) -> str:
     method = adapter.config.method
     kind = "stock-PEFT SUPERTUNING export of a sparse delta adapter" if stock else "sparse delta adapter"
     return f"Upload {kind} ({method.get('name', 'unknown')}, rate {method.get('rate')}) with dppa-peft"

@@ -93,15 +93,16 @@ def build_merge_card(
     results, as ``publish.card.eval_results_from_lm_eval`` makes them, when published)."""
     adapter = record.output == "adapter"
     base = record.base.ref if _is_hub_id(record.base) else None
+    # base_model_relation is a card field without a parameter of its own
+    relation: dict[str, Any] = {"base_model_relation": "merge"} if base and not adapter else {}
     data = ModelCardData(
         base_model=base,
         library_name="peft" if adapter else "transformers",
         tags=["dppa-peft", "merge", record.mode] + (["sparse-delta"] if adapter else []),
         eval_results=evals,
         model_name=(repo_id or "merged").split("/")[-1] if evals else None,
+        **relation,
     )
-    if base and not adapter:
-        data.base_model_relation = "merge"
     return ModelCard.from_template(
         data,
         template_str=MERGE_CARD_TEMPLATE,

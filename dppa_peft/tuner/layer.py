@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, cast
 
 import torch
 from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
@@ -14,6 +14,7 @@ from torch import nn
 from ..format.apply import add_sparse, effective_values
 from ..format.config import SparseDeltaConfig
 from ..format.encoding import EncodedTensor
+from ..format.record import TensorRecord
 from ..format.validate import check_encoded
 from ..methods.base import FullDelta, SparseDelta
 
@@ -22,24 +23,25 @@ class SparseDeltaStore(nn.Module):
     """One adapter's stored deltas for one module: ``<param>_values`` (fp32), ``<param>_index``,
     ``<param>_partition`` and (format version 2) ``<param>_factors`` (fp32 ``[P, R]``)."""
 
-    def __init__(self, records: dict[str, dict[str, Any]], factors: dict[str, list[float]]) -> None:
+    def __init__(self, records: dict[str, TensorRecord], factors: dict[str, list[float]]) -> None:
         super().__init__()
         self.records = records
         self.factors = {param: list(f) for param, f in factors.items()}  # per parameter, indexed by partition id
         for param, record in records.items():
-            self.register_parameter(f"{param}_values", nn.Parameter(torch.zeros(record["nnz"]), requires_grad=False))
-            if record["encoding"] != "dense":
-                self.register_buffer(f"{param}_index", torch.zeros(record["index_bytes"], dtype=torch.uint8))
-            if record.get("partition"):
-                self.register_buffer(f"{param}_partition", torch.zeros(record["nnz"], dtype=torch.uint8))
-            if record.get("factors"):
-                self.register_buffer(f"{param}_factors", torch.ones(record["factors"], dtype=torch.float32))
+            self.register_parameter(f"{param}_values", nn.Parameter(torch.zeros(record.nnz), requires_grad=False))
+            if record.encoding != "dense":
+                index_bytes = record.require(param, "index_bytes", "PEFT loading sizes the index with")
+                self.register_buffer(f"{param}_index", torch.zeros(index_bytes, dtype=torch.uint8))
+            if record.partition:
+                self.register_buffer(f"{param}_partition", torch.zeros(record.nnz, dtype=torch.uint8))
+            if record.factors:
+                self.register_buffer(f"{param}_factors", torch.ones(record.factors, dtype=torch.float32))
 
     def encoded(self, param: str) -> EncodedTensor:
         record = self.records[param]
         return EncodedTensor(
-            encoding=record["encoding"],
-            shape=tuple(record["shape"]),
+            encoding=record.encoding,
+            shape=record.shape,
             values=getattr(self, f"{param}_values"),
             index=getattr(self, f"{param}_index", None),
             partition=getattr(self, f"{param}_partition", None),
@@ -120,11 +122,15 @@ class SparseDeltaLayer(nn.Module, BaseTunerLayer):
             return
         store.to(device)
 
+    def store(self, adapter_name: str) -> SparseDeltaStore:
+        """The stored deltas of one adapter (``sparse_delta`` holds only ``SparseDeltaStore`` modules)."""
+        return cast(SparseDeltaStore, self.sparse_delta[adapter_name])
+
     def _deltas(self, adapters: list[str], param: str, device: torch.device) -> list[SparseDelta]:
-        return [self.sparse_delta[a].delta(param, device) for a in adapters if param in self.sparse_delta[a].records]
+        return [self.store(a).delta(param, device) for a in adapters if param in self.store(a).records]
 
     def _params_of(self, adapters: list[str]) -> list[str]:
-        return sorted({param for a in adapters for param in self.sparse_delta[a].records})
+        return sorted({param for a in adapters for param in self.store(a).records})
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         if self.disable_adapters:
@@ -160,12 +166,14 @@ class SparseDeltaLayer(nn.Module, BaseTunerLayer):
         substituted weights with the offloaded ones.)"""
         args, kwargs = hook.pre_forward(base, *args, **kwargs)
         params = self._effective(base, active)
-        saved = {name: base._parameters[name] for name in params}
+        slots = cast(dict[str, torch.Tensor | None], base._parameters)  # plain tensors for one call, as hooks do
+        saved = {name: slots[name] for name in params}
+        old_forward: Callable[..., Any] = getattr(base, "_old_forward")  # the layer's forward, kept by the hook
         try:
-            base._parameters.update(params)
-            output = base._old_forward(*args, **kwargs)
+            slots.update(params)
+            output = old_forward(*args, **kwargs)
         finally:
-            base._parameters.update(saved)
+            slots.update(saved)
         return hook.post_forward(base, output)
 
     def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
@@ -204,5 +212,5 @@ class SparseDeltaLayer(nn.Module, BaseTunerLayer):
 
     def get_delta_weight(self, adapter_name: str) -> torch.Tensor:
         """The dense delta of this module's weight for one adapter (in the weight's dtype)."""
-        weight = self.get_base_layer().weight
+        weight: torch.Tensor = getattr(self.get_base_layer(), "weight")
         return add_sparse(torch.zeros_like(weight), self._deltas([adapter_name], "weight", weight.device))

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 from peft import PeftModel
+from peft.config import PeftConfig
 from peft.tuners.tuners_utils import BaseTuner
 from torch import nn
 
@@ -36,17 +37,25 @@ def use_peft_push(model: nn.Module) -> None:
 
 def resize_vocabulary(model: nn.Module, vocab_size: int | None) -> None:
     """Grow the input/output embeddings to ``vocab_size`` with zero rows (the adapter stores their full values)."""
-    if vocab_size is None or not hasattr(model, "get_input_embeddings"):
+    input_embeddings = getattr(model, "get_input_embeddings", None)  # a transformers model (duck-typed)
+    if vocab_size is None or input_embeddings is None:
         return
-    old = model.get_input_embeddings().weight.shape[0]
+    old = input_embeddings().weight.shape[0]
     if vocab_size <= old:
         return
-    model.resize_token_embeddings(vocab_size, mean_resizing=False)
+    getattr(model, "resize_token_embeddings")(vocab_size, mean_resizing=False)
     with torch.no_grad():
-        model.get_input_embeddings().weight[old:] = 0
-        output = model.get_output_embeddings()
+        input_embeddings().weight[old:] = 0
+        output = getattr(model, "get_output_embeddings")()
         if output is not None:
             output.weight[old:] = 0
+
+
+def sparse_config(config: PeftConfig) -> SparseDeltaConfig:
+    """``config`` as the config of this tuner (PEFT hands the tuner the configs of its own type only)."""
+    if not isinstance(config, SparseDeltaConfig):
+        raise TypeError(f"a sparse delta model takes SparseDeltaConfig adapters, not {type(config).__name__}")
+    return config
 
 
 class SparseDeltaModel(BaseTuner):
@@ -56,11 +65,13 @@ class SparseDeltaModel(BaseTuner):
     tuner_layer_cls = SparseDeltaLayer
     target_module_mapping: dict[str, list[str]] = {}
 
-    def _prepare_adapter_config(self, peft_config: SparseDeltaConfig, model_config: dict) -> SparseDeltaConfig:
+    def _prepare_adapter_config(self, peft_config: PeftConfig, model_config: dict) -> SparseDeltaConfig:
+        peft_config = sparse_config(peft_config)
         check_config({name: getattr(peft_config, name) for name in CHECKED_FIELDS}, "being loaded")  # PEFT's own path
         return peft_config
 
-    def _pre_injection_hook(self, model: nn.Module, config: SparseDeltaConfig, adapter_name: str) -> None:
+    def _pre_injection_hook(self, model: nn.Module, config: PeftConfig, adapter_name: str) -> None:
+        config = sparse_config(config)
         shapes = {n.replace(".base_layer.", "."): tuple(p.shape) for n, p in model.named_parameters()}
         resized = any(isinstance(m, SparseDeltaLayer) for m in model.modules())  # another adapter may have grown it
         check_fits_base(config, shapes, f"adapter {adapter_name!r}", "the model it is loaded on", resized)
@@ -68,19 +79,21 @@ class SparseDeltaModel(BaseTuner):
         resize_vocabulary(model, config.vocab_size)
 
     @staticmethod
-    def _check_target_module_exists(peft_config: SparseDeltaConfig, key: str) -> bool:
-        return key in peft_config.module_names
+    def _check_target_module_exists(peft_config: PeftConfig, key: str) -> bool:
+        return key in sparse_config(peft_config).module_names
 
     def _create_and_replace(
         self,
-        peft_config: SparseDeltaConfig,
+        peft_config: PeftConfig,
         adapter_name: str,
         target: nn.Module,
         target_name: str,
         parent: nn.Module,
         current_key: str,
-        **kwargs,
+        parameter_name: str | None = None,
+        **kwargs: Any,
     ) -> None:
+        peft_config = sparse_config(peft_config)
         if isinstance(target, SparseDeltaLayer):
             target.update_layer(adapter_name, peft_config)
             return
@@ -95,7 +108,7 @@ class SparseDeltaModel(BaseTuner):
 
     @classmethod
     def _remap_adapter_state_dict_for_load(
-        cls, model: nn.Module, config: SparseDeltaConfig, adapter_name: str, state_dict: dict[str, torch.Tensor]
+        cls, model: nn.Module, config: PeftConfig, adapter_name: str, state_dict: dict[str, torch.Tensor]
     ) -> dict[str, torch.Tensor]:
         """PEFT's key remapping; the PeftModel loading the adapter (``PeftModel.from_pretrained``, ``load_adapter``)
         also gets dppa-peft's ``push_to_hub`` (``use_peft_push``)."""
@@ -106,13 +119,14 @@ class SparseDeltaModel(BaseTuner):
     def _get_adapter_state_dict(
         cls,
         model: nn.Module,
-        config: SparseDeltaConfig,
+        config: PeftConfig,
         adapter_name: str,
         state_dict: dict[str, torch.Tensor],
         unwanted_adapter_names: list[str],
     ) -> dict[str, torch.Tensor]:
         """PEFT's selection of the adapter's entries, with values back in their stored dtype (PEFT's own
         ``save_pretrained`` then writes the same tensors as dppa-peft; in memory the values are fp32)."""
+        config = sparse_config(config)
         selected = super()._get_adapter_state_dict(model, config, adapter_name, state_dict, unwanted_adapter_names)
         marker = f".{cls.prefix}.{adapter_name}."
         for key, tensor in selected.items():
@@ -120,6 +134,6 @@ class SparseDeltaModel(BaseTuner):
                 continue
             module, _, part = key.rpartition(marker)
             record = config.tensors.get(f"{module.removeprefix('base_model.model.')}.{part.removesuffix('_values')}")
-            if record and record.get("dtype"):
-                selected[key] = tensor.to(getattr(torch, record["dtype"]))
+            if record and record.dtype:
+                selected[key] = tensor.to(getattr(torch, record.dtype))
         return selected

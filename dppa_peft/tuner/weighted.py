@@ -20,7 +20,7 @@ from torch import nn
 from ..format.config import SparseDeltaConfig
 from ..format.encoding import EncodedTensor, encode
 from ..format.fingerprint import model_fingerprint
-from ..format.io import tensor_record
+from ..format.record import TensorRecord
 from ..format.merge_record import MergeRecord, MergeSource, merged_adapter_config
 from ..merge.modes import MergeMode, create_mode, get_mode
 from ..methods.base import SparseDelta
@@ -57,11 +57,11 @@ def merged_layers(
         if not isinstance(module, SparseDeltaLayer):
             continue
         present = [(a, w) for a, w in zip(adapters, weights) if a in module.sparse_delta]
-        for param in sorted({p for a, _ in present for p in module.sparse_delta[a].records}):
+        for param in sorted({p for a, _ in present for p in module.store(a).records}):
             chosen = [
-                (module.sparse_delta[a].delta(param, torch.device("cpu")), w)
+                (module.store(a).delta(param, torch.device("cpu")), w)
                 for a, w in present
-                if param in module.sparse_delta[a].records
+                if param in module.store(a).records
             ]
             name = f"{module.module_name}.{param}"
             out[name] = mode.merge(name, [d for d, _ in chosen], [w for _, w in chosen]).as_delta()
@@ -96,8 +96,8 @@ def weighted_adapter_config(
         value_dtype="float32",
         command=f"PeftModel.add_weighted_adapter({list(configs)}, {list(weights)}, combination_type={mode.name!r})",
     )
-    pruned = {name for c in configs.values() for name, r in c.tensors.items() if r.get("pruned")}
-    records = {name: tensor_record(e, pruned=name in pruned) for name, e in sorted(encoded.items())}
+    pruned = {name for c in configs.values() for name, r in c.tensors.items() if r.pruned}
+    records = {name: TensorRecord.of(e, pruned=name in pruned) for name, e in sorted(encoded.items())}
     vocab = max((c.vocab_size or 0) for c in configs.values()) or None
     config = merged_adapter_config(record, records, base_fingerprint, vocab_size=vocab)
     config.task_type, config.inference_mode = first.task_type, first.inference_mode
@@ -138,7 +138,7 @@ def add_weighted_adapter(
     tuner.inject_adapter(tuner.model, adapter_name)
     for module in tuner.model.modules():
         if isinstance(module, SparseDeltaLayer) and adapter_name in module.sparse_delta:
-            store = module.sparse_delta[adapter_name]
+            store = module.store(adapter_name)
             for param in store.records:
                 _fill(store, param, encoded[f"{module.module_name}.{param}"])
             store.requires_grad_(False)
