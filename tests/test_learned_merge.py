@@ -18,7 +18,7 @@ from dppa_peft.cli import main
 from dppa_peft.errors import UserError
 from dppa_peft.merge import create_mode, merge_to_adapter
 from tests.expected import PROMPT
-from tests.tiny_models import char_tokenizer, make_tokenizer
+from tests.tiny_models import VOCAB, char_tokenizer, make_tokenizer
 
 STEPS = 20
 PROMPTS = (
@@ -99,7 +99,9 @@ def test_learned_merge_beats_the_plain_sum_on_heldout_kl(inputs, learned) -> Non
     assert record["steps_run"] == STEPS and len(record["loss_curve"]) == STEPS
     assert [s for s, _ in record["heldout_curve"]] == [0, 10, 20]
     assert record["heldout_kl_after"] < 0.8 * record["heldout_kl_before"]
-    assert record["factor_stats"]["count"] == 2 * 2 * (64 + 32 + 32 + 64 + 128 + 128 + 64)  # rows of both adapters
+    pruned_rows = 2 * (64 + 32 + 32 + 64 + 128 + 128 + 64)  # per adapter: the rows of q, k, v, o, gate, up, down
+    dense_rows = 2 * VOCAB + 5  # embeddings and lm_head (a factor per token), 5 norms (one each): learn_dense
+    assert record["dense"] and record["factor_stats"]["count"] == 2 * (pruned_rows + dense_rows)
     # recompute both numbers from the written outputs: plain sum vs the learned merged model folder
     teachers = _teachers(inputs)
     plain = load_merged(inputs["base"], inputs["adapters"], progress=False)
@@ -176,3 +178,57 @@ def test_bad_learned_merge_options_fail_before_any_work(inputs, tmp_path) -> Non
             tokenizer=str(inputs["tokenizer"]),
             progress=False,
         )
+
+
+def _heldout_kl(inputs, **options) -> float:
+    """Held-out KL (mean over both teachers, recomputed on the merged model) of a learned merge with ``options``."""
+    merged = load_merged(
+        inputs["base"],
+        inputs["adapters"],
+        mode="learned",
+        calibration=[str(p) for p in inputs["calibration"]],
+        finetuned=[str(p) for p in inputs["finetuned"]],
+        tokenizer=str(inputs["tokenizer"]),
+        learn_steps=STEPS,
+        continuation_tokens=4,
+        progress=False,
+        **options,
+    )
+    return sum(mean_kl(merged, t.heldout) for t in _teachers(inputs)) / 2
+
+
+def test_learning_the_dense_tensors_too_beats_learning_the_pruned_ones_only(inputs) -> None:
+    """learn_dense (one factor per row of the embeddings, lm_head and norms of every adapter, too) fits both dense
+    fine-tunes better on held-out prompts than factors on the pruned tensors only, at the same steps."""
+    pruned_only = _heldout_kl(inputs, learn_dense=False)
+    dense = _heldout_kl(inputs, learn_dense=True)
+    print(f"held-out KL: pruned tensors only {pruned_only:.4f}, dense tensors too {dense:.4f}")
+    assert dense < 0.9 * pruned_only
+
+
+def test_magnitude_partitions_beat_one_partition_and_every_output_applies_them(inputs) -> None:
+    """learn_partition_rates: a factor per (magnitude partition, row) fits better on held-out prompts than one per
+    row, and the learned partitions reach every output: the held-out KL recomputed on ``load_merged`` equals the
+    one learning reported, and the merged adapter through PEFT gives the same logits."""
+    options = dict(
+        calibration=[str(p) for p in inputs["calibration"]],
+        finetuned=[str(p) for p in inputs["finetuned"]],
+        tokenizer=str(inputs["tokenizer"]),
+        learn_steps=STEPS,
+        continuation_tokens=4,
+    )
+    mode = create_mode("learned", learn_partition_rates=[0.99, 0.97, 0.94, 0.9], **options)
+    merged = load_merged(inputs["base"], inputs["adapters"], mode=mode, progress=False).eval()
+    record = mode.outcome()
+    assert record["partition_rates"] == [0.99, 0.97, 0.94, 0.9] and record["dense"]
+    kl = sum(mean_kl(merged, t.heldout) for t in _teachers(inputs)) / 2
+    assert kl == pytest.approx(record["heldout_kl_after"], rel=1e-4)
+    one_partition = _heldout_kl(inputs)
+    print(f"held-out KL: one partition {one_partition:.4f}, four magnitude partitions {kl:.4f}")
+    assert kl < 0.97 * one_partition  # 0.0208 vs 0.0218 here; two partitions (0.97, 0.9) do not beat one
+    out = merge_to_adapter(inputs["base"], inputs["adapters"], inputs["root"] / "tiers", mode=mode, progress=False)
+    peft = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(inputs["base"]), out.directory).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(peft(PROMPT).logits, merged(PROMPT).logits, rtol=0, atol=1e-5)
+    with pytest.raises(UserError, match="learn_partition_rates for .*last partition rate must be"):
+        load_merged(inputs["base"], inputs["adapters"], mode="learned", learn_partition_rates=[0.97, 0.8], **options)

@@ -41,6 +41,15 @@ class MergeJob:
     mode: str = "sum"
     options: dict[str, Any] = field(default_factory=dict)
     suffix: str = ""
+    partition_shares: tuple[float, ...] = ()  # learned: magnitude partitions (cumulative shares of the kept entries)
+
+    def options_at(self, rate: float) -> dict[str, Any]:
+        """The mode's options for adapters pruned at ``rate``: ``partition_shares`` become ``learn_partition_rates``
+        (0.1, 0.3, 0.6, 1.0 at 0.9 -> 0.99, 0.97, 0.94, 0.9: the top 1% of the weights, the next 2%, 3%, 4%)."""
+        if not self.partition_shares:
+            return dict(self.options)
+        rates = [round(1.0 - (1.0 - rate) * share, 10) for share in self.partition_shares]
+        return {**self.options, "learn_partition_rates": rates}
 
     @property
     def label(self) -> str:
@@ -74,7 +83,8 @@ MERGE_VARIANTS = {
         MergeJob("dare", "dare_ties"),
         MergeJob("della", "della"),
         MergeJob("magnitude+learned"),
-        MergeJob("magnitude+learned", "learned"),  # starts from the single-domain learned factors
+        # four magnitude partitions per row and the dense tensors' rows too (chosen on the dev split: bench/merge_dev.py)
+        MergeJob("magnitude+learned", "learned", partition_shares=(0.1, 0.3, 0.6, 1.0)),
         MergeJob("magnitude", "adamerging", {"adamerging_granularity": "task"}, "task"),
         MergeJob("magnitude", "adamerging", {"adamerging_granularity": "layer"}, "layer"),
     )

@@ -181,13 +181,13 @@ def merge_zoo(
     for variant, rate in progress_bar(jobs, desc="merging", unit="merge", disable=not progress):
         sources = {d: adapters[(d, variant.source, rate)] for d in zoo.finetunes}
         if not variant.learns:
-            specs.append(MergeVariant(sources, variant.mode, options=variant.options, label=variant.label))
+            specs.append(MergeVariant(sources, variant.mode, options=variant.options_at(rate), label=variant.label))
             continue
         mode = create_mode(
             variant.mode,
             calibration=[str(_calibration_file(out, d)) for d in sources],
             **_learn_options(settings, merge=True),
-            **variant.options,
+            **variant.options_at(rate),
         )
         handles = [open_adapter(path) for path in sources.values()]
         merge_to_adapter(

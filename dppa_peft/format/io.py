@@ -91,13 +91,31 @@ class SparseDeltaAdapter:
         )
         self._handle: Any = None  # safetensors' safe_open handle, opened on the first read
         self._factor_tables: dict[str, torch.Tensor] = {}
+        self._partition_ids: dict[str, torch.Tensor] = {}
 
-    def with_factors(self, tables: dict[str, torch.Tensor]) -> "SparseDeltaAdapter":
+    def with_factors(
+        self, tables: dict[str, torch.Tensor], partitions: dict[str, torch.Tensor] | None = None
+    ) -> "SparseDeltaAdapter":
         """This adapter read with ``tables`` (tensor name -> fp32 ``[P, R]`` factors) in place of its stored factor
-        tables, in memory (e.g. the factors a learned merge learned for it); its files are not changed."""
+        tables, in memory (e.g. the factors a learned merge learned for it); its files are not changed.
+
+        ``partitions`` (tensor name -> partition id per stored value) replace the stored ids of those tensors; their
+        scalar factors are then the stored ones if there are as many, else 1 each (the rule of
+        ``amplify.learned.Student``, which learned the tables)."""
         view = copy.copy(self)
         view._factor_tables = {**self._factor_tables, **tables}
+        view._partition_ids = {**self._partition_ids, **(partitions or {})}
         return view
+
+    def _scalars(self, name: str) -> list[float]:
+        """The scalar (DPA) factors of one tensor, indexed by partition id (see ``with_factors``)."""
+        factors = self.config.tensor_factors(name)
+        ids = self._partition_ids.get(name)
+        if ids is None:
+            return factors
+        table = self._factor_tables.get(name)
+        count = int(table.shape[0]) if table is not None else int(ids.max()) + 1 if ids.numel() else 1
+        return factors if len(factors) == count else [1.0] * count
 
     @classmethod
     def from_pretrained(
@@ -129,12 +147,14 @@ class SparseDeltaAdapter:
         )
         indices = check_encoded(name, encoded, len(self.config.tensor_factors(name)), self.ref)
         table = self._factor_tables.get(name)
+        if name in self._partition_ids:
+            encoded = dataclasses.replace(encoded, partition=self._partition_ids[name])
         return (encoded if table is None else dataclasses.replace(encoded, factors=table)), indices
 
     def sparse_tensor(self, name: str) -> SparseDelta:
         """One stored delta with every amplification factor applied (fp32 effective values, ``format.apply``)."""
         encoded, indices = self._checked(name)
-        factors = self.config.tensor_factors(name)
+        factors = self._scalars(name)
         if indices is None:  # stored dense: positions implicit, no index tensor travels with a dense delta
             return FullDelta(effective_values(encoded, factors), encoded.shape)
         return SparseDelta(indices, effective_values(encoded, factors, indices=indices), encoded.shape)

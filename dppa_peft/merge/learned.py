@@ -31,6 +31,7 @@ from .modes import MergeMode, register_mode
 
 if TYPE_CHECKING:  # the learning loop and the adapter handle import peft; option parsing must not
     from ..amplify.learned import LearnResult, Teacher
+    from ..amplify.partitions import Partitions
     from ..format.io import SparseDeltaAdapter
 
 ADAMERGING_GRANULARITIES = {"task": "global", "layer": "tensor"}
@@ -104,6 +105,29 @@ class LearnedMergeParams(CalibrationParams):
             "fine-tuned model recorded in each adapter)"
         },
     )
+    learn_dense: bool = field(
+        default=True,
+        metadata={
+            "help": "learned: also learn factors (one per row) for the tensors the adapters keep dense outside the "
+            "pruning scope (embeddings, lm_head, norms); --no-learn-dense sums them with factor 1"
+        },
+    )
+    learn_partition_rates: list[float] | None = field(
+        default=None,
+        metadata={
+            "help": "learned: split every adapter's kept entries by magnitude into partitions at these pruning rates "
+            "(most important first, ending at the adapters' rate, e.g. 0.99 0.97 0.94 0.9) and learn a factor per "
+            "(partition, row) instead of per row; the adapters' pruning method must rank by magnitude as DPA "
+            "partitions do (default: one partition)"
+        },
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.learn_dense and self.learn_granularity not in ("row", "tensor"):
+            raise UserError(
+                "learn_dense learns a table per dense tensor: use --learn-granularity row or tensor with it"
+            )
 
 
 @dataclass(frozen=True)
@@ -137,6 +161,16 @@ class AdaMergingParams(CalibrationParams):
             )
         if not self.adamerging_max > 0:
             raise UserError(f"adamerging_max must be > 0, got {self.adamerging_max}")
+
+
+def merge_partitions(adapter: SparseDeltaAdapter, rates: Sequence[float]) -> Partitions:
+    """The magnitude partitions of ``adapter``'s kept entries at ``rates`` (``learn_partition_rates``)."""
+    from ..amplify.partitions import adapter_partitions
+
+    try:
+        return adapter_partitions(adapter, rates)
+    except ValueError as err:
+        raise UserError(f"learn_partition_rates for {adapter.ref}: {err}") from None
 
 
 def recorded_finetuned(adapter: SparseDeltaAdapter) -> str:
@@ -207,6 +241,7 @@ def learn_merge(
             release_memory()
         learn = params.learn_params(learn_granularity=ADAMERGING_GRANULARITIES[params.adamerging_granularity])
         bound = params.adamerging_max
+        extra: dict[str, Any] = {}
     else:
         teachers = list(params.finetuned) if params.finetuned else [recorded_finetuned(a) for a in adapters]
         if len(teachers) != len(adapters):
@@ -229,17 +264,25 @@ def learn_merge(
             for ref, prompts in zip(teachers, prompt_sets)
         ]
         learn, bound = params.learn_params(), None
+        extra = {"dense": params.learn_dense}
+        if params.learn_partition_rates:
+            extra["partitions"] = [merge_partitions(a, params.learn_partition_rates) for a in adapters]
     model = load_base_model(base, adapters[0], dtype, device)
     for adapter in adapters[1:]:
         check_fingerprint(adapter.config, model_sampler(model), adapter.ref, str(base))
     resize_vocabulary(model, max((a.config.vocab_size or 0 for a in adapters), default=0) or None)
     try:
-        result = learn_factors(model, adapters, targets, learn, weights=weights, max_factor=bound, progress=progress)
+        result = learn_factors(
+            model, adapters, targets, learn, weights=weights, max_factor=bound, progress=progress, **extra
+        )
     finally:
         del model
         release_memory()
     tables = result.factors + [{} for _ in range(len(adapters) - len(result.factors))]  # adapters with no pruned tensor
-    return [a.with_factors(t) for a, t in zip(adapters, tables)], result
+    if isinstance(params, LearnedMergeParams):
+        result.settings["partition_rates"] = params.learn_partition_rates
+    ids = [p.ids for p in extra.get("partitions", [])] or [None] * len(adapters)
+    return [a.with_factors(t, i) for a, t, i in zip(adapters, tables, ids)], result
 
 
 class _LearnedMode(MergeMode):

@@ -57,7 +57,9 @@ Learned by `{{ mode }}` before summing: objective `{{ learned.objective }}`, gra
 {{ "%.4g" % learned.heldout_kl_before }} at the plain sum, {{ "%.4g" % learned.heldout_kl_after }} with the learned factors
 (step {{ learned.best_step }}); {{ learned.factor_stats.count }} factors in [{{ "%.3g" % learned.factor_stats.min }},
 {{ "%.3g" % learned.factor_stats.max }}], mean {{ "%.3g" % learned.factor_stats.mean }}. The loss curves are in the merge
-record.
+record.{% if learned.dense %} The tensors kept dense outside the pruning scope (embeddings, `lm_head`, norms) have
+learned row factors too (`learn_dense`).{% endif %}{% if learned.partition_rates %} A factor per row and magnitude
+partition of each adapter's kept entries (partition rates {{ learned.partition_rates | join(", ") }}).{% endif %}
 
 {% endif %}## Use
 

@@ -1,0 +1,145 @@
+"""Choose the demo's learned-merge setting on the dev split only: two folds of the dev docs, never the test split.
+
+Fold k (k = 0, 1): every domain fine-tune of the demo zoo is pruned (magnitude, ``--rate``) and amplified by
+learned amplification on the dev docs with index % 2 != k of each task; the three adapters are merged with
+``merge --mode learned`` and each candidate setting, learning on the same prompts; the merged model is scored on the
+dev docs with index % 2 == k, which no learning saw: Domain-Ratio (paper eq. 8, vs the dense fine-tune on the same
+docs) and KL(dense fine-tune ‖ merged) per position. Printed per setting: the mean of the two folds per domain.
+
+    OMP_NUM_THREADS=1 python bench/merge_dev.py                                      # the settings of SETTINGS
+    python bench/merge_dev.py --settings '{"rows": {"learn_steps": 200, "learn_dense": false}}' --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from _common import print_table
+from dppa_peft import load_merged
+from dppa_peft.amplify.api import prune_and_amplify
+from dppa_peft.amplify.calibration import Prompt
+from dppa_peft.amplify.learned import build_teacher, mean_kl
+from dppa_peft.demo.domains import DOMAINS, task_split
+from dppa_peft.demo.tasks import task_name
+from dppa_peft.demo.zoo import build_zoo
+from dppa_peft.evaluation.ratios import domain_ratio
+from dppa_peft.evaluation.tasks import task_manager
+from dppa_peft.merge.learned import LearnedMergeParams, learn_merge
+from dppa_peft.pipeline import open_adapter
+
+FOLDS = (0, 1)
+SETTINGS = {  # what the demo's learned merge was chosen from (README, "What it shows")
+    "rows (before)": {"learn_steps": 200, "learn_dense": False},
+    "rows + dense": {"learn_steps": 200},
+    "rows + dense, 4 partitions (demo)": {"learn_steps": 200, "learn_partition_rates": [0.99, 0.97, 0.94, 0.9]},
+}
+
+
+def fold_docs(task: str, fold: int, held: bool) -> list:
+    """The dev docs of ``task`` in fold ``fold``: the held-out ones (index % 2 == fold) or the learning ones."""
+    return [ex for i, ex in enumerate(task_split(task, "dev")) if (i % 2 == fold) == held]
+
+
+def score(model, tokenizer, manager, domain: str, fold: int) -> dict[str, float]:
+    """lm-eval ``acc`` of ``model`` on the held-out dev docs of ``domain``'s tasks in ``fold``."""
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+
+    tasks = [task_name(t, "dev") for t in DOMAINS[domain]]
+    samples = {
+        name: [i for i in range(len(task_split(t, "dev"))) if i % 2 == fold] for name, t in zip(tasks, DOMAINS[domain])
+    }
+    with contextlib.redirect_stderr(io.StringIO()):
+        lm = HFLM(pretrained=model.eval(), tokenizer=tokenizer, batch_size=32)
+        out = simple_evaluate(
+            model=lm, tasks=tasks, task_manager=manager, samples=samples, bootstrap_iters=0, verbosity="ERROR"
+        )
+    return {t: out["results"][t]["acc,none"] for t in tasks}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cache-dir", default=str(Path.home() / ".cache" / "dppa-peft" / "zoo"))
+    parser.add_argument("--rate", type=float, default=0.9)
+    parser.add_argument("--settings", help="JSON object: name -> learned-merge options (default: SETTINGS)")
+    parser.add_argument("--json", help="write the results here")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    settings = json.loads(args.settings) if args.settings else SETTINGS
+    zoo = build_zoo(args.cache_dir)
+    domains = list(zoo.finetunes)
+    tokenizer = AutoTokenizer.from_pretrained(zoo.base)
+    manager = task_manager()
+    work = Path(tempfile.mkdtemp(prefix="merge_dev-"))
+    calibration, adapters, dense, heldout = {}, {}, {}, {}
+    for domain in domains:
+        finetuned = AutoModelForCausalLM.from_pretrained(zoo.finetunes[domain])
+        for fold in FOLDS:
+            path = work / f"{domain}-{fold}.jsonl"
+            rows = [{"text": ex.prompt} for t in DOMAINS[domain] for ex in fold_docs(t, fold, held=False)]
+            path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+            calibration[domain, fold] = str(path)
+            adapters[domain, fold] = open_adapter(
+                prune_and_amplify(
+                    zoo.base,
+                    zoo.finetunes[domain],
+                    work / f"{domain}-{fold}",
+                    method="magnitude",
+                    rate=args.rate,
+                    search="learned",
+                    calibration=str(path),
+                    progress=False,
+                )[0].directory
+            )
+            dense[domain, fold] = score(finetuned, tokenizer, manager, domain, fold)
+            prompts = [Prompt(ex.prompt, f"{domain}[{i}]") for t in DOMAINS[domain] for i, ex in
+                       enumerate(fold_docs(t, fold, held=True))]  # fmt: skip
+            teacher = build_teacher(finetuned, tokenizer, prompts, heldout=0.01)
+            heldout[domain, fold] = teacher.train + teacher.heldout
+    rows, results = [], {}
+    for name, options in settings.items():
+        started, per = time.perf_counter(), {d: [] for d in domains}
+        kls = {d: [] for d in domains}
+        for fold in FOLDS:
+            params = LearnedMergeParams(calibration=[calibration[d, fold] for d in domains], **options)
+            factored, _ = learn_merge(zoo.base, [adapters[d, fold] for d in domains], [1.0] * 3, params, progress=False)
+            merged = load_merged(zoo.base, factored, progress=False)
+            for d in domains:
+                got = score(merged, tokenizer, manager, d, fold)
+                per[d].append(100 * domain_ratio([got[t] / dense[d, fold][t] for t in got]))
+                kls[d].append(mean_kl(merged, heldout[d, fold]))
+        results[name] = {
+            "options": options,
+            "domain_ratio": {d: sum(v) / len(v) for d, v in per.items()},
+            "kl": {d: sum(v) / len(v) for d, v in kls.items()},
+            "seconds": time.perf_counter() - started,
+        }
+        r = results[name]
+        rows.append(
+            [name]
+            + [f"{r['domain_ratio'][d]:.1f}" for d in domains]
+            + [f"{sum(r['kl'].values()) / len(domains):.3f}", f"{r['seconds']:.0f}"]
+        )
+        print(json.dumps({name: r}), flush=True)
+    print_table(["setting", *(f"{d} dev %" for d in domains), "held-out KL", "s"], rows)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
