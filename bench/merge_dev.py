@@ -34,6 +34,7 @@ from dppa_peft import load_merged
 from dppa_peft.amplify.api import prune_and_amplify
 from dppa_peft.amplify.calibration import Prompt
 from dppa_peft.amplify.learned import build_teacher, mean_kl
+from dppa_peft.demo.calibration import calibration_prompts
 from dppa_peft.demo.domains import DOMAINS, task_split
 from dppa_peft.demo.tasks import task_name
 from dppa_peft.demo.zoo import build_zoo
@@ -53,6 +54,18 @@ SETTINGS = {  # what the demo's learned merge was chosen from (README, "What it 
 def fold_docs(task: str, fold: int, held: bool) -> list:
     """The dev docs of ``task`` in fold ``fold``: the held-out ones (index % 2 == fold) or the learning ones."""
     return [ex for i, ex in enumerate(task_split(task, "dev")) if (i % 2 == fold) == held]
+
+
+def learning_prompts(task: str, fold: int, per_domain: int | None) -> list[str]:
+    """The learning fold's dev prompts of ``task``, topped up from its generator to ``per_domain`` / tasks."""
+    own = [ex.prompt for ex in fold_docs(task, fold, held=False)]
+    domain = next(d for d, tasks in DOMAINS.items() if task in tasks)
+    extra = 0 if per_domain is None else max(0, per_domain // len(DOMAINS[domain]) - len(own))
+    drawn = list(calibration_prompts(task, extra))
+    scored = {ex.prompt for split in ("dev", "test") for ex in task_split(task, split)} - set(own)
+    if set(drawn) & scored:
+        raise AssertionError(f"{task}: a drawn calibration prompt is a scored dev or test prompt")
+    return own + drawn
 
 
 def score(model, tokenizer, manager, domain: str, fold: int) -> dict[str, float]:
@@ -76,6 +89,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cache-dir", default=str(Path.home() / ".cache" / "dppa-peft" / "zoo"))
     parser.add_argument("--rate", type=float, default=0.9)
+    parser.add_argument(
+        "--calibration-prompts",
+        type=int,
+        help="prompts per domain to learn on: the learning fold's dev docs plus prompts drawn from the task generators "
+        "(never a dev or test prompt) up to this many (default: the fold's dev docs only)",
+    )
     parser.add_argument("--settings", help="JSON object: name -> learned-merge options (default: SETTINGS)")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args()
@@ -91,7 +110,9 @@ def main() -> None:
         finetuned = AutoModelForCausalLM.from_pretrained(zoo.finetunes[domain])
         for fold in FOLDS:
             path = work / f"{domain}-{fold}.jsonl"
-            rows = [{"text": ex.prompt} for t in DOMAINS[domain] for ex in fold_docs(t, fold, held=False)]
+            rows = [
+                {"text": text} for t in DOMAINS[domain] for text in learning_prompts(t, fold, args.calibration_prompts)
+            ]
             path.write_text("".join(json.dumps(r) + "\n" for r in rows))
             calibration[domain, fold] = str(path)
             adapters[domain, fold] = open_adapter(
