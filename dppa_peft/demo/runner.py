@@ -26,6 +26,7 @@ from ..evaluation.tasks import task_manager
 from ..merge import create_mode, merge_to_adapter
 from ..pipeline import open_adapter, prune
 from ..specs import DemoSpec, Domain, Source
+from .calibration import calibration_prompts
 from .domains import DOMAINS, task_split
 from .lineup import MERGE_VARIANTS, PRUNE_VARIANTS, RATES
 from .tasks import domain_task_names
@@ -51,6 +52,8 @@ class DemoSettings:
     learn_steps: int | None = None  # learned amplification: Adam steps (None: the library default)
     merge_learn_steps: int | None = 200  # learned merges: N adapters at once need more (held-out dev KL still
     # falls at the default 60 steps; the factors of the best held-out step are kept)
+    calibration_prompts: int | None = 400  # calibration texts per domain (kl objective, learned factors and merges):
+    # the dev prompts topped up with prompts drawn from the task generators (never a dev or test prompt); None: dev only
     batch_size: int = 32
     limit: int | None = _OPTIONS.limit
     threads: int = 1  # torch threads after the zoo build: the models are tiny, and more threads crawl on a busy machine
@@ -95,18 +98,27 @@ class DemoRun:
 Adapters = dict[tuple[str, str, float], Path]  # (domain, prune variant, rate) -> adapter folder
 
 
-def _calibration_file(out: Path, domain: str) -> Path:
-    """The dev-split prompts of a domain as JSONL (the calibration texts of the kl objective and learned factors)."""
+def _calibration_file(settings: DemoSettings, out: Path, domain: str) -> Path:
+    """The calibration texts of a domain as JSONL (kl objective, learned factors and merges): its dev-split prompts,
+    topped up to ``settings.calibration_prompts`` with prompts drawn from the task generators (none a dev or test
+    prompt)."""
     path = out / "calibration" / f"{domain}_dev.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
-    rows = [{"text": ex.prompt} for task in DOMAINS[domain] for ex in task_split(task, "dev")]
+    texts = []
+    for task in DOMAINS[domain]:
+        dev = [ex.prompt for ex in task_split(task, "dev")]
+        per_task = 0 if settings.calibration_prompts is None else settings.calibration_prompts // len(DOMAINS[domain])
+        texts += dev + list(calibration_prompts(task, max(0, per_task - len(dev))))
+    if set(texts) & {ex.prompt for task in DOMAINS[domain] for ex in task_split(task, "test")}:
+        raise AssertionError(f"{domain}: a calibration text is a test prompt")
+    rows = [{"text": text} for text in texts]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
 
 
 def _dpa_options(settings: DemoSettings, out: Path, domain: str) -> dict:
     if settings.objective == "kl":
-        return {"objective": "kl", "calibration": str(_calibration_file(out, domain))}
+        return {"objective": "kl", "calibration": str(_calibration_file(settings, out, domain))}
     return {"objective": "tasks", "tasks": list(domain_task_names("dev")[domain]), "batch_size": settings.batch_size}
 
 
@@ -157,7 +169,7 @@ def prune_zoo(zoo: Zoo, settings: DemoSettings, out: Path, progress: bool = True
                 **common,
                 dtype=settings.dtype,
                 search="learned",
-                calibration=str(_calibration_file(out, domain)),
+                calibration=str(_calibration_file(settings, out, domain)),
                 **_learn_options(settings),
             )
         else:
@@ -185,7 +197,7 @@ def merge_zoo(
             continue
         mode = create_mode(
             variant.mode,
-            calibration=[str(_calibration_file(out, d)) for d in sources],
+            calibration=[str(_calibration_file(settings, out, d)) for d in sources],
             **_learn_options(settings, merge=True),
             **variant.options_at(rate),
         )
