@@ -8,6 +8,7 @@ import pytest
 
 from dppa_peft import merge_to_folder, prune
 from dppa_peft.cli import main
+from dppa_peft.demo.domains import DOMAINS, task_split
 from dppa_peft.demo.runner import DemoSettings, run_demo, summary
 from dppa_peft.demo.zoo import build_zoo
 from tests.cli_args import flags
@@ -71,6 +72,12 @@ def test_reduced_demo_writes_the_paper_tables(tmp_path, zoo, zoo_cache):
     assert learned["amplification"]["learned"]["steps_run"] == 4
     [source] = learned["amplification"]["learned"]["teachers"][0]["sources"]
     assert source.endswith("math_dev.jsonl")
+    calibration = [json.loads(line)["text"] for line in Path(source).read_text().splitlines()]
+    dev = [e.prompt for t in DOMAINS["math"] for e in task_split(t, "dev")]  # per task: its 50 dev prompts, then new
+    assert len(set(calibration)) == 400 and calibration[:50] == dev[:50] and calibration[200:250] == dev[50:]
+    assert not set(calibration[50:200] + calibration[250:]) & {
+        e.prompt for t in DOMAINS["math"] for split in ("dev", "test") for e in task_split(t, split)
+    }
     merges = tmp_path / "demo" / "merges"
     assert sorted(p.name for p in merges.iterdir()) == ["magnitude+learned-learned-90", "magnitude-adamerging-task-90"]
     record = json.loads((merges / "magnitude+learned-learned-90" / "adapter_config.json").read_text())["merge"]

@@ -13,6 +13,7 @@ import pytest
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from dppa_peft.demo.calibration import calibration_prompts
 from dppa_peft.demo.domains import DOMAINS, SPLIT_SIZES, TASKS, generic_stream, task_split
 from dppa_peft.demo.scoring import choice_correct, extract_number, numeric_correct
 from dppa_peft.demo.tasks import SYNTHETIC_TASKS_DIR, domain_task_names, group_name, task_name
@@ -76,6 +77,19 @@ def test_splits_are_deterministic_disjoint_and_balanced() -> None:
         other_seed = task_split(task, "test", seed=7)
         assert [e.prompt for e in other_seed] != [e.prompt for e in splits["test"]]
     assert sorted(DOMAINS) == ["finance", "law", "math"] and all(len(t) == 2 for t in DOMAINS.values())
+
+
+def test_calibration_prompts_are_new_distinct_and_deterministic() -> None:
+    for task in TASKS:
+        prompts = calibration_prompts(task, 150)
+        scored = {e.prompt for split in ("dev", "test") for e in task_split(task, split)}
+        assert len(set(prompts)) == 150 and not set(prompts) & scored
+        assert all(p.endswith("Answer:") for p in prompts)
+        assert calibration_prompts(task, 150) == prompts and calibration_prompts(task, 20) == prompts[:20]
+    assert calibration_prompts("math_add", 2) == (
+        "Question: Grace had 8 oranges. Paul gave Grace 12 oranges. How many oranges does Grace have? Answer:",
+        "Question: Emma had 10 coins. Henry gave Emma 11 coins. How many coins does Emma have? Answer:",
+    )
 
 
 def test_scoring_rules() -> None:
