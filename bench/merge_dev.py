@@ -5,8 +5,11 @@ learned amplification on the dev docs with index % 2 != k of each task; the thre
 ``merge --mode learned`` and each candidate setting, learning on the same prompts; the merged model is scored on the
 dev docs with index % 2 == k, which no learning saw: Domain-Ratio (paper eq. 8, vs the dense fine-tune on the same
 docs) and KL(dense fine-tune ‖ merged) per position. Printed per setting: the mean of the two folds per domain.
+``--calibration-prompts N`` tops each learning fold up to N prompts per domain with prompts drawn from the task
+generators (``dppa_peft.demo.calibration``: never a dev or test prompt, checked), as the demo does with its dev docs.
 
     OMP_NUM_THREADS=1 python bench/merge_dev.py                                      # the settings of SETTINGS
+    python bench/merge_dev.py --calibration-prompts 400   # learn on 400 prompts per domain (the demo's calibration)
     python bench/merge_dev.py --settings '{"rows": {"learn_steps": 200, "learn_dense": false}}' --json out.json
 """
 
