@@ -152,28 +152,19 @@ def prune_zoo(zoo: Zoo, settings: DemoSettings, out: Path, progress: bool = True
             device=settings.device,
             **variant.params(rate),
         )
-        if variant.amplification == "dpa":
-            prune_and_amplify(
-                zoo.base,
-                zoo.finetunes[domain],
-                path,
-                **common,
-                dtype=settings.dtype,
-                **_dpa_options(settings, out, domain),
-            )
-        elif variant.amplification == "learned":
-            prune_and_amplify(
-                zoo.base,
-                zoo.finetunes[domain],
-                path,
-                **common,
-                dtype=settings.dtype,
-                search="learned",
-                calibration=str(_calibration_file(settings, out, domain)),
-                **_learn_options(settings),
-            )
-        else:
+        if variant.amplification == "none":
             prune(zoo.base, zoo.finetunes[domain], path, **common)
+        else:
+            amplify = (
+                _dpa_options(settings, out, domain)
+                if variant.amplification == "dpa"
+                else {
+                    "search": "learned",
+                    "calibration": str(_calibration_file(settings, out, domain)),
+                    **_learn_options(settings),
+                }
+            )
+            prune_and_amplify(zoo.base, zoo.finetunes[domain], path, **common, dtype=settings.dtype, **amplify)
         adapters[(domain, variant.label, rate)] = path
     return adapters
 
