@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -98,6 +99,14 @@ class DemoRun:
 Adapters = dict[tuple[str, str, float], Path]  # (domain, prune variant, rate) -> adapter folder
 
 
+Calibration = dict[str, Path]  # domain -> its calibration JSONL
+
+
+def write_calibration(settings: DemoSettings, out: Path, domains: Iterable[str]) -> Calibration:
+    """The calibration file of each of ``domains``, written once per run (``_calibration_file``)."""
+    return {domain: _calibration_file(settings, out, domain) for domain in domains}
+
+
 def _calibration_file(settings: DemoSettings, out: Path, domain: str) -> Path:
     """The calibration texts of a domain as JSONL (kl objective, learned factors and merges): its dev-split prompts,
     topped up to ``settings.calibration_prompts`` with prompts drawn from the task generators (none a dev or test
@@ -116,9 +125,9 @@ def _calibration_file(settings: DemoSettings, out: Path, domain: str) -> Path:
     return path
 
 
-def _dpa_options(settings: DemoSettings, out: Path, domain: str) -> dict:
+def _dpa_options(settings: DemoSettings, calibration: Path, domain: str) -> dict:
     if settings.objective == "kl":
-        return {"objective": "kl", "calibration": str(_calibration_file(settings, out, domain))}
+        return {"objective": "kl", "calibration": str(calibration)}
     return {"objective": "tasks", "tasks": list(domain_task_names("dev")[domain]), "batch_size": settings.batch_size}
 
 
@@ -132,7 +141,7 @@ def _slug(label: str) -> str:
     return "-".join("".join(c if c.isalnum() or c in "+_" else " " for c in label).split())
 
 
-def prune_zoo(zoo: Zoo, settings: DemoSettings, out: Path, progress: bool = True) -> Adapters:
+def prune_zoo(zoo: Zoo, settings: DemoSettings, out: Path, calibration: Calibration, progress: bool = True) -> Adapters:
     """Every (domain, prune variant, rate) adapter, written under ``out/adapters``."""
     jobs = [
         (d, PRUNE_VARIANTS[name], r)
@@ -156,11 +165,11 @@ def prune_zoo(zoo: Zoo, settings: DemoSettings, out: Path, progress: bool = True
             prune(zoo.base, zoo.finetunes[domain], path, **common)
         else:
             amplify = (
-                _dpa_options(settings, out, domain)
+                _dpa_options(settings, calibration[domain], domain)
                 if variant.amplification == "dpa"
                 else {
                     "search": "learned",
-                    "calibration": str(_calibration_file(settings, out, domain)),
+                    "calibration": str(calibration[domain]),
                     **_learn_options(settings),
                 }
             )
@@ -170,7 +179,7 @@ def prune_zoo(zoo: Zoo, settings: DemoSettings, out: Path, progress: bool = True
 
 
 def merge_zoo(
-    zoo: Zoo, settings: DemoSettings, out: Path, adapters: Adapters, progress: bool = True
+    zoo: Zoo, settings: DemoSettings, out: Path, adapters: Adapters, calibration: Calibration, progress: bool = True
 ) -> list[MergeVariant]:
     """The three-domain merges to evaluate; a learned mode learns here (on the dev prompts) and its merged adapter,
     with the record of what it learned, is written under ``out/merges``."""
@@ -188,7 +197,7 @@ def merge_zoo(
             continue
         mode = create_mode(
             variant.mode,
-            calibration=[str(_calibration_file(settings, out, d)) for d in sources],
+            calibration=[str(calibration[d]) for d in sources],
             **_learn_options(settings, merge=True),
             **variant.options_at(rate),
         )
@@ -227,9 +236,10 @@ def run_demo(
     zoo = build_zoo(cache_dir, seed=settings.seed, size=settings.size, progress=progress)
     lap("zoo")
     with torch_threads(settings.threads):
-        adapters = prune_zoo(zoo, settings, out, progress)
+        calibration = write_calibration(settings, out, zoo.finetunes)
+        adapters = prune_zoo(zoo, settings, out, calibration, progress)
         lap("prune")
-        merges = merge_zoo(zoo, settings, out, adapters, progress)
+        merges = merge_zoo(zoo, settings, out, adapters, calibration, progress)
         lap("merge")
         test_tasks = domain_task_names("test")
         domains = [Domain(name=d, finetuned=Source.of(path), tasks=test_tasks[d]) for d, path in zoo.finetunes.items()]
