@@ -16,8 +16,6 @@ generators (``dppa_peft.demo.calibration``: never a dev or test prompt, checked)
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import os
 import sys
@@ -33,59 +31,23 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from _common import print_table
+from _dev import FOLDS, heldout_prompts, score, write_learning_file
 from dppa_peft import load_merged
 from dppa_peft.amplify.api import prune_and_amplify
-from dppa_peft.amplify.calibration import Prompt
 from dppa_peft.amplify.learned import build_teacher, mean_kl
-from dppa_peft.demo.calibration import calibration_prompts
-from dppa_peft.demo.domains import DOMAINS, task_split
-from dppa_peft.demo.tasks import task_name
+from dppa_peft.demo.lineup import PRUNE_VARIANTS
+from dppa_peft.demo.runner import DemoSettings
 from dppa_peft.demo.zoo import build_zoo
 from dppa_peft.evaluation.ratios import domain_ratio
 from dppa_peft.evaluation.tasks import task_manager
 from dppa_peft.merge.learned import LearnedMergeParams, learn_merge
 from dppa_peft.pipeline import open_adapter
 
-FOLDS = (0, 1)
 SETTINGS = {  # what the demo's learned merge was chosen from (README, "What it shows")
     "rows (before)": {"learn_steps": 200, "learn_dense": False},
     "rows + dense": {"learn_steps": 200},
     "rows + dense, 4 partitions (demo)": {"learn_steps": 200, "learn_partition_rates": [0.99, 0.97, 0.94, 0.9]},
 }
-
-
-def fold_docs(task: str, fold: int, held: bool) -> list:
-    """The dev docs of ``task`` in fold ``fold``: the held-out ones (index % 2 == fold) or the learning ones."""
-    return [ex for i, ex in enumerate(task_split(task, "dev")) if (i % 2 == fold) == held]
-
-
-def learning_prompts(task: str, fold: int, per_domain: int | None) -> list[str]:
-    """The learning fold's dev prompts of ``task``, topped up from its generator to ``per_domain`` / tasks."""
-    own = [ex.prompt for ex in fold_docs(task, fold, held=False)]
-    domain = next(d for d, tasks in DOMAINS.items() if task in tasks)
-    extra = 0 if per_domain is None else max(0, per_domain // len(DOMAINS[domain]) - len(own))
-    drawn = list(calibration_prompts(task, extra))
-    scored = {ex.prompt for split in ("dev", "test") for ex in task_split(task, split)} - set(own)
-    if set(drawn) & scored:
-        raise AssertionError(f"{task}: a drawn calibration prompt is a scored dev or test prompt")
-    return own + drawn
-
-
-def score(model, tokenizer, manager, domain: str, fold: int) -> dict[str, float]:
-    """lm-eval ``acc`` of ``model`` on the held-out dev docs of ``domain``'s tasks in ``fold``."""
-    from lm_eval import simple_evaluate
-    from lm_eval.models.huggingface import HFLM
-
-    tasks = [task_name(t, "dev") for t in DOMAINS[domain]]
-    samples = {
-        name: [i for i in range(len(task_split(t, "dev"))) if i % 2 == fold] for name, t in zip(tasks, DOMAINS[domain])
-    }
-    with contextlib.redirect_stderr(io.StringIO()):
-        lm = HFLM(pretrained=model.eval(), tokenizer=tokenizer, batch_size=32)
-        out = simple_evaluate(
-            model=lm, tasks=tasks, task_manager=manager, samples=samples, bootstrap_iters=0, verbosity="ERROR"
-        )
-    return {t: out["results"][t]["acc,none"] for t in tasks}
 
 
 def main() -> None:
@@ -112,12 +74,8 @@ def main() -> None:
     for domain in domains:
         finetuned = AutoModelForCausalLM.from_pretrained(zoo.finetunes[domain])
         for fold in FOLDS:
-            path = work / f"{domain}-{fold}.jsonl"
-            rows = [
-                {"text": text} for t in DOMAINS[domain] for text in learning_prompts(t, fold, args.calibration_prompts)
-            ]
-            path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-            calibration[domain, fold] = str(path)
+            path = write_learning_file(work / f"{domain}-{fold}.jsonl", domain, fold, args.calibration_prompts)
+            calibration[domain, fold] = path
             adapters[domain, fold] = open_adapter(
                 prune_and_amplify(
                     zoo.base,
@@ -126,14 +84,14 @@ def main() -> None:
                     method="magnitude",
                     rate=args.rate,
                     search="learned",
-                    calibration=str(path),
+                    calibration=path,
                     progress=False,
+                    learn_steps=DemoSettings().learn_steps,  # the demo's magnitude+learned adapters
+                    **PRUNE_VARIANTS["magnitude+learned"].params(args.rate),
                 )[0].directory
             )
             dense[domain, fold] = score(finetuned, tokenizer, manager, domain, fold)
-            prompts = [Prompt(ex.prompt, f"{domain}[{i}]") for t in DOMAINS[domain] for i, ex in
-                       enumerate(fold_docs(t, fold, held=True))]  # fmt: skip
-            teacher = build_teacher(finetuned, tokenizer, prompts, heldout=0.01)
+            teacher = build_teacher(finetuned, tokenizer, heldout_prompts(domain, fold), heldout=0.01)
             heldout[domain, fold] = teacher.train + teacher.heldout
     rows, results = [], {}
     for name, options in settings.items():

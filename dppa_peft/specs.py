@@ -536,6 +536,11 @@ class LearnParams(Spec):
         ),
     )
     learn_seed: int = learn_option(0, help="seed of the held-out split and the batch order")
+    learn_dense: bool = learn_option(
+        False,
+        help="also learn a factor per row of the tensors stored dense outside the pruning scope (embeddings, "
+        "lm_head, norms; one per vector for 1-D tensors); needs --learn-granularity row or tensor",
+    )
 
     def validate(self) -> None:
         if self.learn_steps < 0 or self.learn_eval_every < 1:
@@ -547,6 +552,11 @@ class LearnParams(Spec):
             _fail(f"learn_heldout must be a fraction in (0, 1), got {self.learn_heldout}")
         if self.learn_lr <= 0 or (self.learn_top_k is not None and self.learn_top_k < 1):
             _fail(f"learn_lr must be > 0 and learn_top_k >= 1, got {self.learn_lr} and {self.learn_top_k}")
+        if self.learn_dense and self.learn_granularity not in ("row", "tensor"):
+            _fail(
+                "learn_dense learns a table per dense tensor: use --learn-granularity row or tensor with it, or "
+                "--no-learn-dense"
+            )
 
 
 def _check_learn(spec: Any) -> None:

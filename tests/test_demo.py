@@ -36,7 +36,6 @@ def test_reduced_demo_writes_the_paper_tables(tmp_path, zoo, zoo_cache):
         objective="kl",
         limit=20,
         learn_steps=4,
-        merge_learn_steps=4,
     )
     run = run_demo(tmp_path / "demo", zoo_cache, settings, progress=False)
     report = tmp_path / "demo" / "report"

@@ -471,7 +471,6 @@ def learn_factors(
     partitions: Sequence[Partitions | None] | None = None,
     weights: Sequence[float] | None = None,
     max_factor: float | None = None,
-    dense: bool = False,
     progress: bool = True,
 ) -> LearnResult:
     """Learn factor tables for the pruned tensors of ``adapters`` so that base + Σ w·δ(factors) matches the teachers.
@@ -482,7 +481,7 @@ def learn_factors(
     of each; every ``learn_eval_every`` steps the held-out loss is measured and the factors with the lowest one are
     returned (step 0 = the starting factors: the stored tables, else 1). Factors stay in ``[0, max_factor]``
     (no upper bound by default). ``partitions[a]`` gives DPA partition ids of adapter ``a`` (default: the ids
-    stored in it). ``dense`` also learns a table (one factor per row; per vector for 1-D tensors) for every tensor the
+    stored in it). ``params.learn_dense`` also learns a table (one factor per row; per vector for 1-D tensors) for every tensor the
     adapters store dense outside the pruning scope (embeddings, ``lm_head``, norms), otherwise added with factor 1
     (``Student(dense=True)``). Seeded: two runs on the CPU give identical factors.
     """
@@ -492,7 +491,7 @@ def learn_factors(
         raise ValueError(f"teachers mix objectives {sorted({t.objective for t in teachers})}; use one kind")
     params = params or LearnParams()
     started = time.perf_counter()
-    student = Student(model, adapters, params.learn_granularity, partitions, weights, dense=dense)
+    student = Student(model, adapters, params.learn_granularity, partitions, weights, dense=params.learn_dense)
     generator = torch.Generator().manual_seed(params.learn_seed)
     optimizer = torch.optim.Adam(student.parameters, lr=params.learn_lr) if student.parameters else None
     queues: list[list[int]] = [[] for _ in teachers]
@@ -533,7 +532,6 @@ def learn_factors(
         "strategy": "learned",
         "objective": teachers[0].objective,
         "max_factor": max_factor,
-        "dense": dense,
         **{k.removeprefix("learn_"): v for k, v in asdict(params).items()},
     }
     return LearnResult(

@@ -1,8 +1,8 @@
 """What the demo compares: the pruned variants of each domain fine-tune and the three-domain merges.
 
 A :class:`PruneJob` is a pruning method plus an optional amplification: ``dpa`` (the paper's DPA: partition
-factors searched on the dev tasks) or ``learned`` (per-row factors learned by KL to the dense fine-tune on the dev
-prompts). A :class:`MergeJob` merges the three domains' adapters of one prune variant with one merge mode (the
+factors searched on the dev tasks) or ``learned`` (factors per magnitude partition and output row learned by KL to
+the dense fine-tune on the dev prompts). A :class:`MergeJob` merges the three domains' adapters of one prune variant with one merge mode (the
 learned modes learn on the dev prompts too). Labels are what the report shows; nothing here reads the test split.
 """
 
@@ -14,6 +14,16 @@ from typing import Any, Literal
 Amplification = Literal["none", "dpa", "learned"]
 RATES = (0.5, 0.8, 0.9, 0.95, 0.99)
 DELLA_EPSILON = 0.07  # DELLA's default half-window, narrowed where the density is smaller (rates above 0.93)
+# learned amplification and the learned merge: four magnitude partitions of the kept entries (cumulative shares: the
+# top 10% of them, the next 20%, 30%, 40%), a factor per partition and row; chosen on the dev split
+# (bench/learn_dev.py, bench/merge_dev.py)
+LEARNED_SHARES = (0.1, 0.3, 0.6, 1.0)
+
+
+def partition_rates(rate: float, shares: tuple[float, ...]) -> list[float]:
+    """Partition boundaries (pruning rates) holding cumulative ``shares`` of the entries kept at ``rate``:
+    (0.1, 0.3, 0.6, 1.0) at 0.9 -> 0.99, 0.97, 0.94, 0.9."""
+    return [round(1.0 - (1.0 - rate) * share, 10) for share in shares]
 
 
 @dataclass(frozen=True)
@@ -29,8 +39,13 @@ class PruneJob:
         return self.rates is None or rate in self.rates
 
     def params(self, rate: float) -> dict[str, Any]:
-        """The method's parameters at ``rate`` (DELLA's keep window must fit inside (0, 1])."""
-        return {"epsilon": min(DELLA_EPSILON, (1.0 - rate) / 2)} if self.method == "della" else {}
+        """The method's parameters at ``rate`` (DELLA's keep window must fit inside (0, 1]) and, for learned
+        amplification, its partition rates (``LEARNED_SHARES``)."""
+        if self.method == "della":
+            return {"epsilon": min(DELLA_EPSILON, (1.0 - rate) / 2)}
+        if self.amplification == "learned":
+            return {"partition_rates": partition_rates(rate, LEARNED_SHARES)}
+        return {}
 
 
 @dataclass(frozen=True)
@@ -45,11 +60,10 @@ class MergeJob:
 
     def options_at(self, rate: float) -> dict[str, Any]:
         """The mode's options for adapters pruned at ``rate``: ``partition_shares`` become ``learn_partition_rates``
-        (0.1, 0.3, 0.6, 1.0 at 0.9 -> 0.99, 0.97, 0.94, 0.9: the top 1% of the weights, the next 2%, 3%, 4%)."""
+        (``partition_rates``)."""
         if not self.partition_shares:
             return dict(self.options)
-        rates = [round(1.0 - (1.0 - rate) * share, 10) for share in self.partition_shares]
-        return {**self.options, "learn_partition_rates": rates}
+        return {**self.options, "learn_partition_rates": partition_rates(rate, self.partition_shares)}
 
     @property
     def label(self) -> str:
@@ -84,7 +98,7 @@ MERGE_VARIANTS = {
         MergeJob("della", "della"),
         MergeJob("magnitude+learned"),
         # four magnitude partitions per row and the dense tensors' rows too (chosen on the dev split: bench/merge_dev.py)
-        MergeJob("magnitude+learned", "learned", partition_shares=(0.1, 0.3, 0.6, 1.0)),
+        MergeJob("magnitude+learned", "learned", partition_shares=LEARNED_SHARES),
         MergeJob("magnitude", "adamerging", {"adamerging_granularity": "task"}, "task"),
         MergeJob("magnitude", "adamerging", {"adamerging_granularity": "layer"}, "layer"),
     )

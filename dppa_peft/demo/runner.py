@@ -50,9 +50,8 @@ class DemoSettings:
     merges: tuple[str, ...] = tuple(MERGE_VARIANTS)
     merge_rates: tuple[float, ...] = (0.9,)
     objective: str = _OPTIONS.objective
-    learn_steps: int | None = None  # learned amplification: Adam steps (None: the library default)
-    merge_learn_steps: int | None = 200  # learned merges: N adapters at once need more (held-out dev KL still
-    # falls at the default 60 steps; the factors of the best held-out step are kept)
+    learn_steps: int | None = 200  # learned amplification and learned merges: Adam steps (None: the library
+    # default, 60); held-out dev KL still falls at 60 steps, and the factors of the best held-out step are kept
     calibration_prompts: int | None = 400  # calibration texts per domain (kl objective, learned factors and merges):
     # the dev prompts topped up with prompts drawn from the task generators (never a dev or test prompt); None: dev only
     batch_size: int = 32
@@ -131,9 +130,8 @@ def _dpa_options(settings: DemoSettings, calibration: Path, domain: str) -> dict
     return {"objective": "tasks", "tasks": list(domain_task_names("dev")[domain]), "batch_size": settings.batch_size}
 
 
-def _learn_options(settings: DemoSettings, merge: bool = False) -> dict:
-    steps = settings.merge_learn_steps if merge else settings.learn_steps
-    return {} if steps is None else {"learn_steps": steps}
+def _learn_options(settings: DemoSettings) -> dict:
+    return {} if settings.learn_steps is None else {"learn_steps": settings.learn_steps}
 
 
 def _slug(label: str) -> str:
@@ -198,7 +196,7 @@ def merge_zoo(
         mode = create_mode(
             variant.mode,
             calibration=[str(calibration[d]) for d in sources],
-            **_learn_options(settings, merge=True),
+            **_learn_options(settings),
             **variant.options_at(rate),
         )
         handles = [open_adapter(path) for path in sources.values()]

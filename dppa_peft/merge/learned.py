@@ -109,7 +109,7 @@ class LearnedMergeParams(CalibrationParams):
         default=True,
         metadata={
             "help": "learned: also learn factors (one per row) for the tensors the adapters keep dense outside the "
-            "pruning scope (embeddings, lm_head, norms); --no-learn-dense sums them with factor 1"
+            "pruning scope (embeddings, lm_head, norms); --no-learn-dense sums them with factor 1",
         },
     )
     learn_partition_rates: list[float] | None = field(
@@ -122,12 +122,6 @@ class LearnedMergeParams(CalibrationParams):
         },
     )
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.learn_dense and self.learn_granularity not in ("row", "tensor"):
-            raise UserError(
-                "learn_dense learns a table per dense tensor: use --learn-granularity row or tensor with it"
-            )
 
 
 @dataclass(frozen=True)
@@ -159,6 +153,8 @@ class AdaMergingParams(CalibrationParams):
             raise UserError(
                 "adamerging sets its granularity with --adamerging-granularity task|layer, not --learn-granularity"
             )
+        if self.learn_dense:
+            raise UserError("adamerging learns coefficients of the pruned tensors only; drop --learn-dense")
         if not self.adamerging_max > 0:
             raise UserError(f"adamerging_max must be > 0, got {self.adamerging_max}")
 
@@ -264,7 +260,7 @@ def learn_merge(
             for ref, prompts in zip(teachers, prompt_sets)
         ]
         learn, bound = params.learn_params(), None
-        extra = {"dense": params.learn_dense}
+        extra = {}
         if params.learn_partition_rates:
             extra["partitions"] = [merge_partitions(a, params.learn_partition_rates) for a in adapters]
     model = load_base_model(base, adapters[0], dtype, device)
