@@ -1,7 +1,8 @@
 """Choose the demo's learned-merge setting on the dev split only: two folds of the dev docs, never the test split.
 
-Fold k (k = 0, 1): every domain fine-tune of the demo zoo is pruned (magnitude, ``--rate``) and amplified by
-learned amplification on the dev docs with index % 2 != k of each task; the three adapters are merged with
+The protocol is ``_dev.py``'s. Fold k (k = 0, 1): every domain fine-tune of the demo zoo is pruned (magnitude,
+``--rate``) and amplified by learned amplification as the demo's magnitude+learned variant (200 steps, four magnitude
+partitions) on the dev docs with index % 2 != k of each task; the three adapters are merged with
 ``merge --mode learned`` and each candidate setting, learning on the same prompts; the merged model is scored on the
 dev docs with index % 2 == k, which no learning saw: Domain-Ratio (paper eq. 8, vs the dense fine-tune on the same
 docs) and KL(dense fine-tune ‖ merged) per position. Printed per setting: the mean of the two folds per domain.

@@ -118,6 +118,11 @@ def _group_option(group: str) -> Callable[..., Any]:
 dpa_option = _group_option("DPA search")
 objective_option = _group_option("DPA objective")
 learn_option = _group_option("learned amplification (--search learned)")
+LEARN_DENSE_HELP = (
+    "also learn a factor per row of the tensors stored dense outside the pruning scope (embeddings, lm_head, norms; "
+    "one per 1-D tensor); needs --learn-granularity row or tensor. Default: off for one adapter (prune, amplify), on "
+    "for merge --mode learned (--no-learn-dense adds them with factor 1); adamerging does not take it"
+)
 
 
 def choices_of(f: dataclasses.Field) -> list[Any] | None:
@@ -536,11 +541,7 @@ class LearnParams(Spec):
         ),
     )
     learn_seed: int = learn_option(0, help="seed of the held-out split and the batch order")
-    learn_dense: bool = learn_option(
-        False,
-        help="also learn a factor per row of the tensors stored dense outside the pruning scope (embeddings, "
-        "lm_head, norms; one per vector for 1-D tensors); needs --learn-granularity row or tensor",
-    )
+    learn_dense: bool = learn_option(False, help=LEARN_DENSE_HELP)
 
     def validate(self) -> None:
         if self.learn_steps < 0 or self.learn_eval_every < 1:

@@ -28,7 +28,7 @@ from dppa_peft.publish.export import export_supertuning
 from tests.cli_args import run_prune
 from tests.expected import PROMPT, load_weights
 from tests.hub_fixtures import run_python
-from tests.tiny_models import char_tokenizer, make_tokenizer
+from tests.tiny_models import VOCAB, char_tokenizer, make_tokenizer
 
 PROMPTS = [f"{a}+{b}={a + b};" for a, b in zip(range(3, 63, 4), range(40, 10, -2))]  # 15 prompts, 3 held out
 STEPS = 20
@@ -296,3 +296,56 @@ def test_top_k_teacher_cache(llama_pair) -> None:
     full = build_teacher(model, char_tokenizer(), prompts, continuation_tokens=2)
     other = AutoModelForCausalLM.from_pretrained(llama_pair[0])
     assert 0 < mean_kl(other, teacher.heldout) < mean_kl(other, full.heldout)
+
+
+def test_dense_rows_and_magnitude_partitions_of_one_adapter_round_trip(llama_pair, calibration, tmp_path) -> None:
+    """--learn-dense and --partition-rates on one adapter: [4, R] tables for the pruned matrices, a factor per row
+    (token) of the embeddings and lm_head and one per norm vector; PEFT, load_merged and the stock-PEFT export give
+    the same logits, and the held-out KL the record reports is the written adapter's."""
+    base, ft = llama_pair
+    tokenizer, prompts = calibration
+    adapter, _, result = prune_and_amplify(
+        base,
+        ft,
+        tmp_path / "a",
+        method="magnitude",
+        rate=0.9,
+        partition_rates=[0.99, 0.97, 0.94, 0.9],
+        search="learned",
+        learn_dense=True,
+        calibration=str(prompts),
+        tokenizer=str(tokenizer),
+        learn_steps=STEPS,
+        continuation_tokens=4,
+        progress=False,
+    )
+    records = adapter.config.tensors
+    assert records["model.layers.0.self_attn.q_proj.weight"].factors == (4, 64)
+    assert records["model.embed_tokens.weight"].factors == (1, VOCAB) and records["lm_head.weight"].factors == (
+        1,
+        VOCAB,
+    )
+    assert records["model.norm.weight"].factors == (1, 1)
+    learned_block = adapter.config.amplification["learned"]
+    assert learned_block["dense"] and learned_block["factor_stats"]["count"] == 4 * ROWS + 2 * VOCAB + 5
+    assert result.heldout_kl_after < 0.8 * result.heldout_kl_before
+    card = (adapter.directory / "README.md").read_text()
+    assert f"{4 * ROWS + 2 * VOCAB + 5} factors (row granularity, 4 partitions, dense tensors' rows too;" in card
+    merged = load_merged(base, [adapter], progress=False)
+    assert mean_kl(merged, _teacher(ft).heldout) == pytest.approx(result.heldout_kl_after, rel=1e-5)
+    export_supertuning(adapter, tmp_path / "export", progress=False)
+    peft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), str(adapter.directory))
+    stock = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), str(tmp_path / "export"))
+    with torch.no_grad():
+        expected = merged(PROMPT).logits
+        assert torch.equal(peft_model(PROMPT).logits, expected)
+        assert torch.equal(stock.merge_and_unload()(PROMPT).logits, expected)
+
+
+def test_learn_dense_needs_row_or_tensor_granularity(llama_pair, calibration, tmp_path, capsys) -> None:
+    base, ft = llama_pair
+    tokenizer, prompts = calibration
+    options = dict(calibration=prompts, tokenizer=tokenizer, search="learned", learn_dense=True)
+    assert run_prune(base, ft, tmp_path / "a", method="magnitude", learn_granularity="global", **options) == 2
+    assert "use --learn-granularity row or tensor with it, or --no-learn-dense" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists()

@@ -17,6 +17,7 @@ from dppa_peft.amplify.learned import build_teacher, mean_kl
 from dppa_peft.cli import main
 from dppa_peft.errors import UserError
 from dppa_peft.merge import create_mode, merge_to_adapter
+from dppa_peft.merge.learned import AdaMergingParams
 from tests.expected import PROMPT
 from tests.tiny_models import VOCAB, char_tokenizer, make_tokenizer
 
@@ -232,3 +233,10 @@ def test_magnitude_partitions_beat_one_partition_and_every_output_applies_them(i
         torch.testing.assert_close(peft(PROMPT).logits, merged(PROMPT).logits, rtol=0, atol=1e-5)
     with pytest.raises(UserError, match="learn_partition_rates for .*last partition rate must be"):
         load_merged(inputs["base"], inputs["adapters"], mode="learned", learn_partition_rates=[0.97, 0.8], **options)
+
+
+def test_adamerging_refuses_learn_dense() -> None:
+    with pytest.raises(
+        UserError, match="adamerging learns coefficients of the pruned tensors only; drop --learn-dense"
+    ):
+        AdaMergingParams(calibration=["p.txt"], learn_dense=True)

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..amplify.calibration import DEFAULT_TEXT_FIELD, Prompt, check_lengths, read_prompts
 from ..errors import UserError
-from ..specs import LearnParams
+from ..specs import LEARN_DENSE_HELP, LearnParams
 from .modes import MergeMode, register_mode
 
 if TYPE_CHECKING:  # the learning loop and the adapter handle import peft; option parsing must not
@@ -105,13 +105,7 @@ class LearnedMergeParams(CalibrationParams):
             "fine-tuned model recorded in each adapter)"
         },
     )
-    learn_dense: bool = field(
-        default=True,
-        metadata={
-            "help": "learned: also learn factors (one per row) for the tensors the adapters keep dense outside the "
-            "pruning scope (embeddings, lm_head, norms); --no-learn-dense sums them with factor 1",
-        },
-    )
+    learn_dense: bool = field(default=True, metadata={"help": LEARN_DENSE_HELP})
     learn_partition_rates: list[float] | None = field(
         default=None,
         metadata={
@@ -121,7 +115,6 @@ class LearnedMergeParams(CalibrationParams):
             "partitions do (default: one partition)"
         },
     )
-
 
 
 @dataclass(frozen=True)

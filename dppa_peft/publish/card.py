@@ -157,8 +157,11 @@ def _learned_line(config: "SparseDeltaConfig") -> str | None:
     factor_bytes = 4 * sum(math.prod(r.factors) for r in config.tensors.values() if r.factors)
     total = sum(r.stored_bytes or 0 for r in config.tensors.values())
     sources = ", ".join(f"`{source}`" for t in learned.get("teachers", []) for source in t.get("sources", []))
+    partitions = len((config.amplification or {}).get("partition_rates") or [None])
+    covers = learned["granularity"] + " granularity" + (f", {partitions} partitions" if partitions > 1 else "")
+    covers += ", dense tensors' rows too" if learned.get("dense") else ""
     return (
-        f"{stats['count']} factors ({learned['granularity']} granularity; {stats['min']:.3g} to "
+        f"{stats['count']} factors ({covers}; {stats['min']:.3g} to "
         f"{stats['max']:.3g}, mean {stats['mean']:.3g}) learned by KL distillation from the dense fine-tune "
         f"on {sources} in {learned['steps_run']} Adam steps; held-out KL {learned['heldout_kl_before']:.4g} -> "
         f"{learned['heldout_kl_after']:.4g}; factor tables {factor_bytes / max(total, 1):.2%} of the adapter"
