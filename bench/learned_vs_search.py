@@ -10,6 +10,7 @@ are printed at the end.
 
     OMP_NUM_THREADS=1 python bench/learned_vs_search.py                    # the default demo zoo, magnitude, 0.9
     python bench/learned_vs_search.py --method dp --domains math --json out.json
+    python bench/learned_vs_search.py --steps 200 --partition-rates 0.99 0.97 0.94 0.9   # the demo's setting
 """
 
 from __future__ import annotations
@@ -89,6 +90,7 @@ def bench_domain(
     evaluator: Evaluator,
     params: LearnParams,
     root: Path,
+    learned_rates: list[float] | None = None,
     **method_params: float,
 ) -> list[dict]:
     finetuned = zoo.finetunes[domain]
@@ -154,22 +156,23 @@ def bench_domain(
             }
         )
 
+    parts = adapter_partitions(adapter, learned_rates or [rate])
     student = load_base_model(zoo.base, adapter)
     clock.lap()
-    learned = learn_factors(student, [adapter], [teacher], params, progress=False)
+    learned = learn_factors(student, [adapter], [teacher], params, partitions=[parts], progress=False)
     spent = clock.lap()
     seconds = (teacher_seconds[0] + spent[0], teacher_seconds[1] + spent[1])
     folder = root / f"{domain}-{method}-learned"
     folder.mkdir()
-    block = amplification_record([rate], [1.0])
+    block = amplification_record(parts.rates, [1.0] * parts.count)
     block["learned"] = learned.record()
-    write_amplified(adapter, folder, partitions, block, {}, learned.factors[0])
+    write_amplified(adapter, folder, parts, block, {}, learned.factors[0])
     model = load_merged(zoo.base, [SparseDeltaAdapter(folder)], progress=False)
     stats = learned.record()["factor_stats"]
     rows.append(
         {
             "domain": domain,
-            "strategy": f"learned ({params.learn_granularity})",
+            "strategy": f"learned ({params.learn_granularity}{f', {parts.count} partitions' if parts.count > 1 else ''})",
             "work": f"{learned.steps} steps",
             "seconds": seconds,
             "factors": f"{stats['count']} in [{stats['min']:.2f}, {stats['max']:.2f}]",
@@ -192,6 +195,12 @@ def main() -> None:
     parser.add_argument("--granularity", default="row", help="learned amplification granularity")
     parser.add_argument("--steps", type=int, default=LearnParams.learn_steps, help="learned: Adam steps")
     parser.add_argument("--lr", type=float, default=LearnParams.learn_lr, help="learned: Adam learning rate")
+    parser.add_argument(
+        "--partition-rates",
+        type=float,
+        nargs="+",
+        help="learned: magnitude partitions, a factor per (partition, row) (the demo: 0.99 0.97 0.94 0.9 at 0.9)",
+    )
     parser.add_argument("--json", help="also write the rows to this JSON file")
     args = parser.parse_args()
     zoo = build_zoo(args.cache, size=args.size)
@@ -201,7 +210,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for domain in args.domains:
             extra = {} if args.min_density is None else {"min_density": args.min_density}
-            rows += bench_domain(zoo, domain, args.method, args.rate, evaluator, params, Path(tmp), **extra)
+            rows += bench_domain(
+                zoo, domain, args.method, args.rate, evaluator, params, Path(tmp), args.partition_rates, **extra
+            )
     floor = "" if args.min_density is None else f" (min density {args.min_density})"
     print(
         f"demo zoo {args.size}, method {args.method}{floor}, rate {args.rate}, torch threads {torch.get_num_threads()}; "
