@@ -26,8 +26,8 @@ demo: setup
 
 # lint and type check (settings in pyproject.toml), run by `make test` before the tests
 check: setup
-	$(BIN)/python -m ruff check dppa_peft tests bench
-	$(BIN)/python -m ruff format --check dppa_peft tests bench
+	$(BIN)/python -m ruff check .
+	$(BIN)/python -m ruff format --check .
 	$(BIN)/python -m mypy
 
 test: check
