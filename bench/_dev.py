@@ -69,3 +69,29 @@ def score(model, tokenizer, manager, domain: str, fold: int) -> dict[str, float]
             model=lm, tasks=tasks, task_manager=manager, samples=samples, bootstrap_iters=0, verbosity="ERROR"
         )
     return {t: out["results"][t]["acc,none"] for t in tasks}
+
+
+def summary(options: dict, per: dict[str, list[float]], kls: dict[str, list[float]], seconds: float) -> dict:
+    """One setting's result: the mean over the folds of each domain's Domain-Ratio and held-out KL, the fold values."""
+    return {
+        "options": options,
+        "domain_ratio": {d: sum(v) / len(v) for d, v in per.items()},
+        "folds": per,
+        "kl": {d: sum(v) / len(v) for d, v in kls.items()},
+        "seconds": seconds,
+    }
+
+
+def report(results: dict[str, dict], domains: list[str], seconds_label: str, json_path: str | None) -> None:
+    """The table of every setting's ``summary`` (and the JSON file, when asked)."""
+    from _common import print_table
+
+    rows = [
+        [name]
+        + [f"{r['domain_ratio'][d]:.1f}" for d in domains]
+        + [f"{sum(r['kl'].values()) / len(domains):.3f}", f"{r['seconds']:.0f}"]
+        for name, r in results.items()
+    ]
+    print_table(["setting", *(f"{d} dev %" for d in domains), "held-out KL", seconds_label], rows)
+    if json_path:
+        Path(json_path).write_text(json.dumps(results, indent=2))

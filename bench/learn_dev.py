@@ -28,8 +28,7 @@ sys.path.insert(0, str(REPO))
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from _common import print_table
-from _dev import FOLDS, heldout_prompts, score, write_learning_file
+from _dev import FOLDS, heldout_prompts, report, score, summary, write_learning_file
 from dppa_peft import load_merged
 from dppa_peft.amplify.learned import build_teacher, mean_kl
 from dppa_peft.demo.zoo import build_zoo
@@ -79,7 +78,7 @@ def main() -> None:
             )
             dense[domain, fold] = score(finetuned, tokenizer, manager, domain, fold)
             heldout[domain, fold] = build_teacher(finetuned, tokenizer, heldout_prompts(domain, fold), heldout=0.01)
-    rows, results = [], {}
+    results: dict[str, dict] = {}
     for name, options in settings.items():
         per, kls, seconds = {d: [] for d in domains}, {d: [] for d in domains}, 0.0
         for domain in domains:
@@ -102,23 +101,9 @@ def main() -> None:
                 got = score(model, tokenizer, manager, domain, fold)
                 per[domain].append(100 * domain_ratio([got[t] / dense[domain, fold][t] for t in got]))
                 kls[domain].append(mean_kl(model, heldout[domain, fold].train + heldout[domain, fold].heldout))
-        results[name] = {
-            "options": options,
-            "domain_ratio": {d: sum(v) / len(v) for d, v in per.items()},
-            "folds": per,
-            "kl": {d: sum(v) / len(v) for d, v in kls.items()},
-            "seconds_per_model": seconds / (len(domains) * len(FOLDS)),
-        }
-        r = results[name]
-        rows.append(
-            [name]
-            + [f"{r['domain_ratio'][d]:.1f}" for d in domains]
-            + [f"{sum(r['kl'].values()) / len(domains):.3f}", f"{r['seconds_per_model']:.0f}"]
-        )
+        results[name] = r = summary(options, per, kls, seconds / (len(domains) * len(FOLDS)))
         print(json.dumps({name: r}), flush=True)
-    print_table(["setting", *(f"{d} dev %" for d in domains), "held-out KL", "s / model"], rows)
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
+    report(results, domains, "s / model", args.json)
 
 
 if __name__ == "__main__":

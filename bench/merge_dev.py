@@ -31,8 +31,7 @@ sys.path.insert(0, str(REPO))
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from _common import print_table
-from _dev import FOLDS, heldout_prompts, score, write_learning_file
+from _dev import FOLDS, heldout_prompts, report, score, summary, write_learning_file
 from dppa_peft import load_merged
 from dppa_peft.amplify.api import prune_and_amplify
 from dppa_peft.amplify.learned import build_teacher, mean_kl
@@ -94,7 +93,7 @@ def main() -> None:
             dense[domain, fold] = score(finetuned, tokenizer, manager, domain, fold)
             teacher = build_teacher(finetuned, tokenizer, heldout_prompts(domain, fold), heldout=0.01)
             heldout[domain, fold] = teacher.train + teacher.heldout
-    rows, results = [], {}
+    results: dict[str, dict] = {}
     for name, options in settings.items():
         started, per = time.perf_counter(), {d: [] for d in domains}
         kls = {d: [] for d in domains}
@@ -106,22 +105,9 @@ def main() -> None:
                 got = score(merged, tokenizer, manager, d, fold)
                 per[d].append(100 * domain_ratio([got[t] / dense[d, fold][t] for t in got]))
                 kls[d].append(mean_kl(merged, heldout[d, fold]))
-        results[name] = {
-            "options": options,
-            "domain_ratio": {d: sum(v) / len(v) for d, v in per.items()},
-            "kl": {d: sum(v) / len(v) for d, v in kls.items()},
-            "seconds": time.perf_counter() - started,
-        }
-        r = results[name]
-        rows.append(
-            [name]
-            + [f"{r['domain_ratio'][d]:.1f}" for d in domains]
-            + [f"{sum(r['kl'].values()) / len(domains):.3f}", f"{r['seconds']:.0f}"]
-        )
+        results[name] = r = summary(options, per, kls, time.perf_counter() - started)
         print(json.dumps({name: r}), flush=True)
-    print_table(["setting", *(f"{d} dev %" for d in domains), "held-out KL", "s"], rows)
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
+    report(results, domains, "s", args.json)
 
 
 if __name__ == "__main__":
