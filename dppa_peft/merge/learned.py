@@ -230,7 +230,7 @@ def learn_merge(
             release_memory()
         learn = params.learn_params(learn_granularity=ADAMERGING_GRANULARITIES[params.adamerging_granularity])
         bound = params.adamerging_max
-        extra: dict[str, Any] = {}
+        partitions: list[Partitions] | None = None
     else:
         teachers = list(params.finetuned) if params.finetuned else [recorded_finetuned(a) for a in adapters]
         if len(teachers) != len(adapters):
@@ -253,16 +253,18 @@ def learn_merge(
             for ref, prompts in zip(teachers, prompt_sets)
         ]
         learn, bound = params.learn_params(), None
-        extra = {}
-        if params.learn_partition_rates:
-            extra["partitions"] = [merge_partitions(a, params.learn_partition_rates) for a in adapters]
+        partitions = (
+            [merge_partitions(a, params.learn_partition_rates) for a in adapters]
+            if params.learn_partition_rates
+            else None
+        )
     model = load_base_model(base, adapters[0], dtype, device)
     for adapter in adapters[1:]:
         check_fingerprint(adapter.config, model_sampler(model), adapter.ref, str(base))
     resize_vocabulary(model, max((a.config.vocab_size or 0 for a in adapters), default=0) or None)
     try:
         result = learn_factors(
-            model, adapters, targets, learn, weights=weights, max_factor=bound, progress=progress, **extra
+            model, adapters, targets, learn, partitions=partitions, weights=weights, max_factor=bound, progress=progress
         )
     finally:
         del model
@@ -270,7 +272,7 @@ def learn_merge(
     tables = result.factors + [{} for _ in range(len(adapters) - len(result.factors))]  # adapters with no pruned tensor
     if isinstance(params, LearnedMergeParams):
         result.settings["partition_rates"] = params.learn_partition_rates
-    ids = [p.ids for p in extra.get("partitions", [])] or [None] * len(adapters)
+    ids = [p.ids for p in partitions] if partitions else [None] * len(adapters)
     return [a.with_factors(t, i) for a, t, i in zip(adapters, tables, ids)], result
 
 
