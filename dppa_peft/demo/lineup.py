@@ -2,8 +2,9 @@
 
 A :class:`PruneJob` is a pruning method plus an optional amplification: ``dpa`` (the paper's DPA: partition
 factors searched on the dev tasks) or ``learned`` (factors per magnitude partition and output row learned by KL to
-the dense fine-tune on the dev prompts). A :class:`MergeJob` merges the three domains' adapters of one prune variant with one merge mode (the
-learned modes learn on the dev prompts too). Labels are what the report shows; nothing here reads the test split.
+the dense fine-tune on the dev prompts). A :class:`MergeJob` merges the three domains' adapters of one prune variant
+with one merge mode (the learned modes learn on the dev prompts too). Labels are what the report shows; nothing here
+reads the test split.
 """
 
 from __future__ import annotations
@@ -41,11 +42,12 @@ class PruneJob:
     def params(self, rate: float) -> dict[str, Any]:
         """The method's parameters at ``rate`` (DELLA's keep window must fit inside (0, 1]) and, for learned
         amplification, its partition rates (``LEARNED_SHARES``)."""
+        params: dict[str, Any] = {}
         if self.method == "della":
-            return {"epsilon": min(DELLA_EPSILON, (1.0 - rate) / 2)}
+            params["epsilon"] = min(DELLA_EPSILON, (1.0 - rate) / 2)
         if self.amplification == "learned":
-            return {"partition_rates": partition_rates(rate, LEARNED_SHARES)}
-        return {}
+            params["partition_rates"] = partition_rates(rate, LEARNED_SHARES)
+        return params
 
 
 @dataclass(frozen=True)
