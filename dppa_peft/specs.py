@@ -556,7 +556,8 @@ class LearnParams(Spec):
         if self.learn_dense and self.learn_granularity not in ("row", "tensor"):
             _fail(
                 "learn_dense learns a table per dense tensor: use --learn-granularity row or tensor with it, or "
-                "--no-learn-dense"
+                "turn it off (drop --learn-dense; --no-learn-dense with merge --mode learned, where it is on by "
+                "default)"
             )
 
 

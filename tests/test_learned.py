@@ -321,10 +321,8 @@ def test_dense_rows_and_magnitude_partitions_of_one_adapter_round_trip(llama_pai
     )
     records = adapter.config.tensors
     assert records["model.layers.0.self_attn.q_proj.weight"].factors == (4, 64)
-    assert records["model.embed_tokens.weight"].factors == (1, VOCAB) and records["lm_head.weight"].factors == (
-        1,
-        VOCAB,
-    )
+    assert records["model.embed_tokens.weight"].factors == (1, VOCAB)
+    assert records["lm_head.weight"].factors == (1, VOCAB)
     assert records["model.norm.weight"].factors == (1, 1)
     learned_block = adapter.config.amplification["learned"]
     assert learned_block["dense"] and learned_block["factor_stats"]["count"] == 4 * ROWS + 2 * VOCAB + 5
@@ -347,5 +345,8 @@ def test_learn_dense_needs_row_or_tensor_granularity(llama_pair, calibration, tm
     tokenizer, prompts = calibration
     options = dict(calibration=prompts, tokenizer=tokenizer, search="learned", learn_dense=True)
     assert run_prune(base, ft, tmp_path / "a", method="magnitude", learn_granularity="global", **options) == 2
-    assert "use --learn-granularity row or tensor with it, or --no-learn-dense" in capsys.readouterr().err
+    assert (
+        "use --learn-granularity row or tensor with it, or turn it off (drop --learn-dense; --no-learn-dense with "
+        "merge --mode learned, where it is on by default)" in capsys.readouterr().err
+    )
     assert not (tmp_path / "a").exists()

@@ -17,7 +17,7 @@ from dppa_peft.amplify.learned import build_teacher, mean_kl
 from dppa_peft.cli import main
 from dppa_peft.errors import UserError
 from dppa_peft.merge import create_mode, merge_to_adapter
-from dppa_peft.merge.learned import AdaMergingParams
+from dppa_peft.merge.learned import AdaMergingParams, LearnedMergeParams
 from tests.expected import PROMPT
 from tests.tiny_models import VOCAB, char_tokenizer, make_tokenizer
 
@@ -235,7 +235,11 @@ def test_magnitude_partitions_beat_one_partition_and_every_output_applies_them(i
         load_merged(inputs["base"], inputs["adapters"], mode="learned", learn_partition_rates=[0.97, 0.8], **options)
 
 
-def test_adamerging_refuses_learn_dense() -> None:
+def test_learn_dense_settings_of_the_merge_modes() -> None:
+    """learned: on by default, so a coarse granularity asks for --no-learn-dense; adamerging refuses it."""
+    with pytest.raises(UserError, match="use --learn-granularity row or tensor with it, or turn it off"):
+        LearnedMergeParams(calibration=["p.txt"], learn_granularity="global")
+    assert not LearnedMergeParams(calibration=["p.txt"], learn_granularity="global", learn_dense=False).learn_dense
     with pytest.raises(
         UserError, match="adamerging learns coefficients of the pruned tensors only; drop --learn-dense"
     ):
