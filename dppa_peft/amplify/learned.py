@@ -481,9 +481,9 @@ def learn_factors(
     of each; every ``learn_eval_every`` steps the held-out loss is measured and the factors with the lowest one are
     returned (step 0 = the starting factors: the stored tables, else 1). Factors stay in ``[0, max_factor]``
     (no upper bound by default). ``partitions[a]`` gives DPA partition ids of adapter ``a`` (default: the ids
-    stored in it). ``params.learn_dense`` also learns a table (one factor per row; per vector for 1-D tensors) for every tensor the
-    adapters store dense outside the pruning scope (embeddings, ``lm_head``, norms), otherwise added with factor 1
-    (``Student(dense=True)``). Seeded: two runs on the CPU give identical factors.
+    stored in it). ``params.learn_dense`` also learns a table (one factor per row; per vector for 1-D tensors) for
+    every tensor the adapters store dense outside the pruning scope (embeddings, ``lm_head``, norms), otherwise added
+    with factor 1 (``Student(dense=True)``). Seeded: two runs on the CPU give identical factors.
     """
     if not adapters or not teachers:
         raise ValueError("learn_factors needs at least one adapter and one teacher")

@@ -157,7 +157,7 @@ def _learned_line(config: "SparseDeltaConfig") -> str | None:
     factor_bytes = 4 * sum(math.prod(r.factors) for r in config.tensors.values() if r.factors)
     total = sum(r.stored_bytes or 0 for r in config.tensors.values())
     sources = ", ".join(f"`{source}`" for t in learned.get("teachers", []) for source in t.get("sources", []))
-    partitions = len((config.amplification or {}).get("partition_rates") or [None])
+    partitions = len((config.amplification or {}).get("partition_rates") or ())
     covers = learned["granularity"] + " granularity" + (f", {partitions} partitions" if partitions > 1 else "")
     covers += ", dense tensors' rows too" if learned.get("dense") else ""
     return (
