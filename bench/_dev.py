@@ -7,6 +7,7 @@ is never read.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
 import json
@@ -17,6 +18,28 @@ from dppa_peft.demo.domains import DOMAINS, task_split
 from dppa_peft.demo.tasks import task_name
 
 FOLDS = (0, 1)
+ZOO_CACHE = Path.home() / ".cache" / "dppa-peft" / "zoo"
+
+
+def dev_parser(doc: str, settings_of: str, calibration_default: int | None) -> argparse.ArgumentParser:
+    """The options both dev scripts take: the zoo cache, the pruning rate, the calibration prompts, the settings."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--cache-dir", default=str(ZOO_CACHE))
+    parser.add_argument("--rate", type=float, default=0.9)
+    parser.add_argument(
+        "--calibration-prompts",
+        type=int,
+        default=calibration_default,
+        help="prompts per domain to learn on: the learning fold's dev docs plus prompts drawn from the task "
+        "generators (never a dev or test prompt) up to this many (default: "
+        + ("the fold's dev docs only" if calibration_default is None else f"{calibration_default}")
+        + ")",
+    )
+    parser.add_argument(
+        "--settings", help=f"JSON object: name -> {settings_of} options (default: the script's default_settings)"
+    )
+    parser.add_argument("--json", help="write the results here")
+    return parser
 
 
 def fold_docs(task: str, fold: int, held: bool) -> list:

@@ -9,14 +9,13 @@ docs) and KL(dense fine-tune ‖ merged) per position. Printed per setting: the 
 ``--calibration-prompts N`` tops each learning fold up to N prompts per domain with prompts drawn from the task
 generators (``dppa_peft.demo.calibration``: never a dev or test prompt, checked), as the demo does with its dev docs.
 
-    OMP_NUM_THREADS=1 python bench/merge_dev.py                                      # the settings of SETTINGS
+    OMP_NUM_THREADS=1 python bench/merge_dev.py                           # the settings of default_settings
     python bench/merge_dev.py --calibration-prompts 400   # learn on 400 prompts per domain (the demo's calibration)
     python bench/merge_dev.py --settings '{"rows": {"learn_steps": 200, "learn_dense": false}}' --json out.json
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -31,11 +30,11 @@ sys.path.insert(0, str(REPO))
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from _dev import FOLDS, heldout_prompts, report, score, summary, write_learning_file
+from _dev import FOLDS, dev_parser, heldout_prompts, report, score, summary, write_learning_file
 from dppa_peft import load_merged
 from dppa_peft.amplify.api import prune_and_amplify
 from dppa_peft.amplify.learned import build_teacher, mean_kl
-from dppa_peft.demo.lineup import PRUNE_VARIANTS
+from dppa_peft.demo.lineup import LEARNED_SHARES, PRUNE_VARIANTS, partition_rates
 from dppa_peft.demo.runner import DemoSettings
 from dppa_peft.demo.zoo import build_zoo
 from dppa_peft.evaluation.ratios import domain_ratio
@@ -43,28 +42,23 @@ from dppa_peft.evaluation.tasks import task_manager
 from dppa_peft.merge.learned import LearnedMergeParams, learn_merge
 from dppa_peft.pipeline import open_adapter
 
-SETTINGS = {  # what the demo's learned merge was chosen from (README, "What it shows")
-    "rows (before)": {"learn_steps": 200, "learn_dense": False},
-    "rows + dense": {"learn_steps": 200},
-    "rows + dense, 4 partitions (demo)": {"learn_steps": 200, "learn_partition_rates": [0.99, 0.97, 0.94, 0.9]},
-}
+
+def default_settings(rate: float) -> dict[str, dict]:
+    """What the demo's learned merge was chosen from (README, "What it shows"), for adapters pruned at ``rate``."""
+    return {
+        "rows (before)": {"learn_steps": 200, "learn_dense": False},
+        "rows + dense": {"learn_steps": 200},
+        "rows + dense, 4 partitions (demo)": {
+            "learn_steps": 200,
+            "learn_partition_rates": partition_rates(rate, LEARNED_SHARES),
+        },
+    }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--cache-dir", default=str(Path.home() / ".cache" / "dppa-peft" / "zoo"))
-    parser.add_argument("--rate", type=float, default=0.9)
-    parser.add_argument(
-        "--calibration-prompts",
-        type=int,
-        help="prompts per domain to learn on: the learning fold's dev docs plus prompts drawn from the task generators "
-        "(never a dev or test prompt) up to this many (default: the fold's dev docs only)",
-    )
-    parser.add_argument("--settings", help="JSON object: name -> learned-merge options (default: SETTINGS)")
-    parser.add_argument("--json", help="write the results here")
-    args = parser.parse_args()
+    args = dev_parser(__doc__, "learned-merge", calibration_default=None).parse_args()
     torch.set_num_threads(1)
-    settings = json.loads(args.settings) if args.settings else SETTINGS
+    settings = json.loads(args.settings) if args.settings else default_settings(args.rate)
     zoo = build_zoo(args.cache_dir)
     domains = list(zoo.finetunes)
     tokenizer = AutoTokenizer.from_pretrained(zoo.base)
