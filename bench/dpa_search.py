@@ -32,7 +32,8 @@ from _common import print_table  # noqa: E402
 from dppa_peft import prune  # noqa: E402
 from dppa_peft.amplify.candidate import AmplifiedModel, load_base_model  # noqa: E402
 from dppa_peft.amplify.objectives import ObjectiveParams, build_objective  # noqa: E402
-from dppa_peft.amplify.partitions import adapter_partitions, default_partition_rates  # noqa: E402
+from dppa_peft.format.partitions import adapter_partitions  # noqa: E402
+from dppa_peft.methods.partitions import default_partition_rates  # noqa: E402
 from dppa_peft.amplify.search import default_bounds, search_factors  # noqa: E402
 from dppa_peft.methods import METHODS  # noqa: E402
 

@@ -32,8 +32,8 @@ from dppa_peft import amplify, load_merged, prune
 from dppa_peft.amplify.learned import build_teacher, mean_kl
 from dppa_peft.demo.lineup import LEARNED_SHARES, partition_rates
 from dppa_peft.demo.zoo import build_zoo
-from dppa_peft.evaluation.ratios import domain_ratio
-from dppa_peft.evaluation.tasks import task_manager
+from dppa_peft.lmeval.ratios import domain_ratio
+from dppa_peft.lmeval.tasks import task_manager
 
 
 def default_settings(rate: float) -> dict[str, dict]:

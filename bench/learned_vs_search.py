@@ -35,7 +35,7 @@ from dppa_peft import SparseDeltaAdapter, load_merged, prune
 from dppa_peft.amplify.api import write_amplified
 from dppa_peft.amplify.calibration import Prompt
 from dppa_peft.amplify.candidate import AmplifiedModel, load_base_model
-from dppa_peft.amplify.factors import amplification_record
+from dppa_peft.format.amplification import amplification_record
 from dppa_peft.amplify.learned import (
     LearnParams,
     build_teacher,
@@ -44,14 +44,14 @@ from dppa_peft.amplify.learned import (
     split_indices,
 )
 from dppa_peft.amplify.objectives import KLObjective
-from dppa_peft.amplify.partitions import adapter_partitions
+from dppa_peft.format.partitions import adapter_partitions
 from dppa_peft.amplify.search import default_bounds, search_factors
 from dppa_peft.demo.domains import DOMAINS, task_split
 from dppa_peft.demo.tasks import domain_task_names
 from dppa_peft.demo.zoo import build_zoo
-from dppa_peft.evaluation.ratios import domain_ratio, task_ratio
+from dppa_peft.lmeval.ratios import domain_ratio, task_ratio
 from dppa_peft.evaluation.runner import Evaluator
-from dppa_peft.evaluation.tasks import task_manager
+from dppa_peft.lmeval.tasks import task_manager
 
 CONTINUATION = 8
 BATCH = 8

@@ -37,10 +37,10 @@ from dppa_peft.amplify.learned import build_teacher, mean_kl
 from dppa_peft.demo.lineup import LEARNED_SHARES, PRUNE_VARIANTS, partition_rates
 from dppa_peft.demo.runner import DemoSettings
 from dppa_peft.demo.zoo import build_zoo
-from dppa_peft.evaluation.ratios import domain_ratio
-from dppa_peft.evaluation.tasks import task_manager
+from dppa_peft.lmeval.ratios import domain_ratio
+from dppa_peft.lmeval.tasks import task_manager
 from dppa_peft.merge.learned import LearnedMergeParams, learn_merge
-from dppa_peft.pipeline import open_adapter
+from dppa_peft.prune.pipeline import open_adapter
 
 
 def default_settings(rate: float) -> dict[str, dict]:

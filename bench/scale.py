@@ -30,7 +30,7 @@ import torch
 from _common import folder_mib, measure
 from transformers import AutoModelForCausalLM, LlamaConfig
 
-from dppa_peft.checkpoint import ShardedWriter
+from dppa_peft.io.checkpoint import ShardedWriter
 
 VOCAB = 32000
 WEIGHT_STD = 0.02

@@ -9,8 +9,6 @@ command line's ``--help``) stay fast.
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -34,9 +32,9 @@ _EXPORTS = {
     "merge_to_adapter": "merge",
     "merge_to_folder": "merge",
     "merge": "merge.api",
-    "PruneSummary": "pipeline",
-    "open_adapter": "pipeline",
-    "prune": "pipeline",
+    "PruneSummary": "prune.pipeline",
+    "open_adapter": "prune.pipeline",
+    "prune": "prune.pipeline",
     "evaluate": "evaluation.api",
     "AmplifyParams": "specs",
     "AmplifySpec": "specs",
@@ -65,21 +63,13 @@ def __dir__() -> list[str]:
     return __all__
 
 
-class _Package(types.ModuleType):
-    """``dppa_peft.amplify`` stays the function after the ``amplify`` subpackage is imported (the import system binds
-    a subpackage on its parent; the function's name wins, as with the eager imports this package used to do)."""
-
-    @property
-    def amplify(self) -> Any:
-        return __getattr__("amplify")
-
-    @amplify.setter
-    def amplify(self, value: Any) -> None:
-        if not isinstance(value, types.ModuleType):
-            raise AttributeError("dppa_peft.amplify is the DPA function")
-
-
-sys.modules[__name__].__class__ = _Package
+# ``prune`` and ``amplify`` name both a subpackage and an API function. The import system binds a subpackage on this
+# package when it is first imported, so both (light: their __init__ holds a docstring) are imported here, first, and
+# their names removed again: ``dppa_peft.prune`` and ``dppa_peft.amplify`` are then the functions (``__getattr__``),
+# and later imports of ``dppa_peft.prune.*`` find the subpackage in ``sys.modules`` without rebinding the name.
+for _name in ("amplify", "prune"):
+    importlib.import_module(f".{_name}", __name__)  # not ``from . import``: that would ask ``__getattr__``
+    del globals()[_name]
 
 
 _PENDING: set[str] = set()  # submodules to import as soon as no module of this package is running
@@ -96,11 +86,11 @@ def _import_when_quiet(module: str, finished: str | None = None) -> None:
 
 def _submodule_loaded(name: str) -> None:
     """After each submodule: the adapter config needs its card writer (``publish.card`` registers it), the tuner its
-    PEFT push (``publish.peft_push``); then run what waited for a quiet moment."""
+    PEFT push (``tuner.push``); then run what waited for a quiet moment."""
     if name == f"{__name__}.format.config":
         _PENDING.add(".publish.card")
-    if name == f"{__name__}.tuner.model":  # PeftModel.push_to_hub publishes dppa-peft's card (publish.peft_push)
-        _PENDING.add(".publish.peft_push")
+    if name == f"{__name__}.tuner.model":  # PeftModel.push_to_hub publishes dppa-peft's card (tuner.push)
+        _PENDING.add(".tuner.push")
     if _PENDING and not initializing(f"{__name__}.", exclude=name):
         while _PENDING:
             importlib.import_module(_PENDING.pop(), __name__)

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from .choices import (
+from .core.choices import (
     BACKENDS,
     DEFAULT_TEXT_FIELD,
     DEFAULT_TOL,
@@ -42,10 +42,10 @@ from .choices import (
     SEARCHES,
     TEACHER_TOP_K,
 )
-from .scope import DEFAULT_SCOPE_PATTERN
+from .delta.scope import DEFAULT_SCOPE_PATTERN
 
-from .errors import UserError
-from .validate import check_finite_params, finite_numbers
+from .core.errors import UserError
+from .core.validate import check_finite_params, finite_numbers
 
 MISSING = dataclasses.MISSING
 
@@ -571,7 +571,7 @@ def _check_partition_rates(spec: Spec, rate: float) -> None:
     rates = getattr(spec, "partition_rates")
     if rates is None:
         return
-    from .amplify.partitions import check_partition_rates
+    from .methods.partitions import check_partition_rates
 
     try:
         check_partition_rates(rates, rate)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from dppa_peft.methods import PruningMethod
-from dppa_peft.scope import TensorInfo
+from dppa_peft.delta.scope import TensorInfo
 
 
 def linear_info(block: int, module: str, shape: tuple[int, ...]) -> TensorInfo:

@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM
 
 from dppa_peft import load_merged, merge_to_folder, prune
 from dppa_peft.methods import create_method
-from dppa_peft.scope import Scope
+from dppa_peft.delta.scope import Scope
 from tests.expected import load_weights, logits, logits_with
 from tests.helpers_methods import observe_all
 from tests.tiny_models import make_base, make_finetune

@@ -8,25 +8,20 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from dppa_peft import SparseDeltaAdapter, amplify, prune, prune_and_amplify
-from dppa_peft.format.apply import effective_values
+from dppa_peft.kernel.weights import effective_values
 from dppa_peft.format.encoding import EncodedTensor
 from dppa_peft.amplify.candidate import AmplifiedModel, load_base_model
-from dppa_peft.amplify.factors import amplification_record, effective_factors
+from dppa_peft.format.amplification import amplification_record, effective_factors
 from dppa_peft.amplify.objectives import KLObjective, TaskRatioObjective, read_texts
 from dppa_peft.evaluation.runner import Evaluator
-from dppa_peft.amplify.partitions import (
-    Partitions,
-    adapter_partitions,
-    check_partition_rates,
-    default_partition_rates,
-    partition_ids,
-)
+from dppa_peft.format.partitions import Partitions, adapter_partitions
+from dppa_peft.methods.partitions import check_partition_rates, default_partition_rates, partition_ids
 from dppa_peft.amplify.search import calls_for_tolerance, search_factors
 from dppa_peft.cli import main
 from dppa_peft.methods import METHODS, SparseDelta, create_method
 from dppa_peft.methods.dare import dare_keep_mask
 from dppa_peft.methods.magnitude import Magnitude
-from dppa_peft.scope import Scope
+from dppa_peft.delta.scope import Scope
 from tests.cli_args import flags, run_prune
 from tests.expected import LINEAR_IN_BLOCK, load_weights, logits_with, top_k_reference
 from tests.expected import logits as _logits

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from dppa_peft.analysis import (
+from dppa_peft.analysis.stats import (
     QUANTILE_LEVELS,
     StreamingQuantiles,
     delta_statistics,
@@ -19,7 +19,7 @@ from dppa_peft.analysis import (
     tensor_quantiles,
 )
 from dppa_peft.methods.base import DensityPlan
-from dppa_peft.scope import Scope, TensorInfo
+from dppa_peft.delta.scope import Scope, TensorInfo
 
 Q, UP = "self_attn.q_proj", "mlp.up_proj"
 
@@ -177,7 +177,7 @@ def test_density_heatmap(tmp_path) -> None:
 
 
 def test_heatmap_shows_values_and_marks_clipped_cells(tmp_path):
-    from dppa_peft.analysis import DensityGrid, density_heatmap
+    from dppa_peft.analysis.stats import DensityGrid, density_heatmap
 
     grid = DensityGrid(
         (0, 1), ("k", "q"), {(0, "k"): 0.1, (0, "q"): 0.1, (1, "k"): 0.12, (1, "q"): 0.0}, frozenset({(1, "q")})

@@ -13,9 +13,9 @@ from transformers import AutoModelForCausalLM
 from dppa_peft import SparseDeltaAdapter, load_merged, merge_to_folder, prune
 from dppa_peft.amplify.api import write_amplified
 from dppa_peft.amplify.candidate import AmplifiedModel
-from dppa_peft.amplify.factors import amplification_record
-from dppa_peft.amplify.partitions import adapter_partitions
-from dppa_peft.format.apply import add_sparse, effective_values, row_of
+from dppa_peft.format.amplification import amplification_record
+from dppa_peft.format.partitions import adapter_partitions
+from dppa_peft.kernel.weights import add_sparse, effective_values, row_of
 from dppa_peft.format.encoding import EncodedTensor
 from dppa_peft.methods.base import SparseDelta
 from dppa_peft.publish.export import export_supertuning

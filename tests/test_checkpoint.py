@@ -4,8 +4,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from dppa_peft.checkpoint import Checkpoint, SafetensorsWriter, ShardedWriter, atomic_directory
-from dppa_peft.errors import UserError
+from dppa_peft.io.checkpoint import Checkpoint, SafetensorsWriter, ShardedWriter, atomic_directory
+from dppa_peft.core.errors import UserError
 from tests.tiny_models import make_base
 
 

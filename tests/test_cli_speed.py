@@ -55,7 +55,7 @@ def test_a_typo_fails_before_any_work(capsys):
 
 
 def test_progress_is_one_line_per_step_in_a_log(capsys):
-    from dppa_peft.progress import progress_bar
+    from dppa_peft.core.progress import progress_bar
 
     assert list(progress_bar(range(3), desc="pruning (dp)", unit="tensor")) == [0, 1, 2]
     err = capsys.readouterr().err

@@ -8,7 +8,7 @@ from peft.utils import merge_utils
 
 from dppa_peft.merge.combine import COMBINE_MODES, combine, combine_options
 from dppa_peft.methods import create_method
-from dppa_peft.scope import TensorInfo
+from dppa_peft.delta.scope import TensorInfo
 
 TAUS = [[0.5, -0.2, 0.1, 0, -0.3], [-0.4, 0.3, 0.2, 0.1, -0.1], [0.1, -0.6, -0.3, 0.2, 0.05]]
 TRIMMED = [[0.5, -0.2, 0, 0, -0.3], [-0.4, 0.3, 0.2, 0, 0], [0, -0.6, -0.3, 0.2, 0]]

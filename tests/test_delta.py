@@ -4,9 +4,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from dppa_peft.checkpoint import Checkpoint
-from dppa_peft.delta import CheckpointMismatchError, DeltaPair
-from dppa_peft.scope import Scope
+from dppa_peft.io.checkpoint import Checkpoint
+from dppa_peft.delta.pair import CheckpointMismatchError, DeltaPair
+from dppa_peft.delta.scope import Scope
 
 
 def _folder(path, tensors, config=None):
@@ -66,7 +66,7 @@ def test_scope_works_for_other_containers_and_rejects_bad_patterns():
 
 
 def test_to_float32_widens_every_bf16_bit_pattern_exactly():
-    from dppa_peft.delta import to_float32
+    from dppa_peft.delta.pair import to_float32
 
     every = torch.arange(-(2**15), 2**15, dtype=torch.int32).to(torch.int16).view(torch.bfloat16).reshape(256, 256)
     wide = to_float32(every)

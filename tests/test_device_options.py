@@ -9,7 +9,7 @@ import pytest
 
 from dppa_peft.cli import main
 from dppa_peft.demo import runner
-from dppa_peft.recipe import Recipe, with_device
+from dppa_peft.recipe.runner import Recipe, with_device
 from dppa_peft.specs import DemoSpec, RunSpec
 
 

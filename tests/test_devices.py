@@ -11,9 +11,9 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 from dppa_peft import load_merged, merge_to_folder, prune
-from dppa_peft.devices import compute_dtype, resolve_device
-from dppa_peft.errors import UserError
-from dppa_peft.format.apply import add_sparse, add_sparse_
+from dppa_peft.core.devices import compute_dtype, resolve_device
+from dppa_peft.core.errors import UserError
+from dppa_peft.kernel.weights import add_sparse, add_sparse_
 from dppa_peft.methods.base import FullDelta, SparseDelta
 from tests.expected import PROMPT, load_weights
 

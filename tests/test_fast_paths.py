@@ -11,8 +11,8 @@ from dppa_peft.methods import create_method
 from dppa_peft.methods.base import SparseDelta
 from dppa_peft.methods.outliers import BlockOutliers, count_above, exact_abs_sum, matrix_significance, outlier_amount
 from dppa_peft.methods.selection import SAMPLE, top_k_indices
-from dppa_peft.scope import TensorInfo
-from dppa_peft.validate import all_finite
+from dppa_peft.delta.scope import TensorInfo
+from dppa_peft.core.validate import all_finite
 
 
 def bf16_delta(n: int, seed: int) -> torch.Tensor:

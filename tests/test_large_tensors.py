@@ -24,7 +24,7 @@ from dppa_peft.methods.dare import dare_keep_mask
 from dppa_peft.methods.selection import keep_count
 from dppa_peft.publish import export as export_module
 from dppa_peft.publish.export import export_supertuning
-from dppa_peft.scope import TensorInfo
+from dppa_peft.delta.scope import TensorInfo
 from tests.expected import load_weights
 from tests.tiny_models import tiny_config
 

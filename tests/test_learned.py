@@ -21,7 +21,7 @@ from dppa_peft.amplify.learned import (
     learn_factors,
     mean_kl,
 )
-from dppa_peft.errors import UserError
+from dppa_peft.core.errors import UserError
 from dppa_peft.format.encoding import encode
 from dppa_peft.methods.base import SparseDelta
 from dppa_peft.publish.export import export_supertuning

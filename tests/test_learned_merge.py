@@ -15,7 +15,7 @@ from dppa_peft import SparseDeltaAdapter, load_merged, prune
 from dppa_peft.amplify.calibration import read_prompts
 from dppa_peft.amplify.learned import build_teacher, mean_kl
 from dppa_peft.cli import main
-from dppa_peft.errors import UserError
+from dppa_peft.core.errors import UserError
 from dppa_peft.merge import create_mode, merge_to_adapter
 from dppa_peft.merge.learned import AdaMergingParams, LearnedMergeParams
 from tests.expected import PROMPT

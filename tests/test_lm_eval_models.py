@@ -16,7 +16,7 @@ from dppa_peft.cli import main
 from dppa_peft.evaluation import backends
 from dppa_peft.eval_tasks import TASKS_DIR
 from dppa_peft.evaluation.lm_model import DppaLM, with_dppa_model, with_package_tasks
-from dppa_peft.evaluation.tasks import resolve_tasks
+from dppa_peft.lmeval.tasks import resolve_tasks
 from tests.tiny_models import make_base, make_finetune, make_tokenizer
 
 TASK = "demo_finance_sentiment"
@@ -104,7 +104,7 @@ def test_lm_eval_hf_with_peft_sparse_delta_equals_stock_hf_on_the_merged_model(t
     from lm_eval import simple_evaluate
 
     from dppa_peft.evaluation.lm_model import cli
-    from dppa_peft.evaluation.tasks import task_manager
+    from dppa_peft.lmeval.tasks import task_manager
 
     merged = merge_to_folder(tiny["base"], [tiny["adapter"]], tmp_path / "merged", progress=False)
     monkeypatch.setattr(

@@ -168,7 +168,7 @@ def test_hub_inputs_are_recorded_at_their_commit(local_hub, hub_repo_id, tmp_pat
 def test_checkpoint_sample_reads_rows_and_equals_the_full_sample(tmp_path):
     from safetensors.torch import save_file
 
-    from dppa_peft.checkpoint import Checkpoint
+    from dppa_peft.io.checkpoint import Checkpoint
     from dppa_peft.format.fingerprint import checkpoint_sample, tensor_sample
 
     g = torch.Generator().manual_seed(0)

@@ -4,7 +4,7 @@ import torch
 from dppa_peft.methods import create_method
 from dppa_peft.methods.dare import dare_keep_mask, drop_and_rescale
 from dppa_peft.methods.selection import keep_count, top_k_indices
-from dppa_peft.scope import Scope
+from dppa_peft.delta.scope import Scope
 
 INFO = Scope().classify("model.layers.0.mlp.up_proj.weight", (2, 4))
 

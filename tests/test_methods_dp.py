@@ -243,7 +243,7 @@ def test_one_statistics_pass_block_by_block() -> None:
 
 def test_statistics_pass_order_matches_the_pipeline() -> None:
     """Deltas reach the statistics pass block by block even when the tensor names interleave the blocks."""
-    from dppa_peft.pipeline import collect_statistics
+    from dppa_peft.prune.pipeline import collect_statistics
 
     items = worked_items()
     items = items[::2] + items[1::2]  # blocks 0, 1, 2, 0, 1, 2

@@ -13,7 +13,7 @@ import torch
 from huggingface_hub import HfApi, ModelCard, constants
 
 from dppa_peft import load_merged, prune
-from dppa_peft.base_ref import BaseIdMismatchError
+from dppa_peft.io.base_ref import BaseIdMismatchError
 from dppa_peft.cli import main
 from tests.cli_args import run_prune
 from tests.hub_fixtures import HUB_USER, upload_model

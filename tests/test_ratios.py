@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from dppa_peft.evaluation.ratios import domain_ratio, format_percent, task_ratio
+from dppa_peft.lmeval.ratios import domain_ratio, format_percent, task_ratio
 
 
 def test_task_ratio_is_pruned_over_dense() -> None:

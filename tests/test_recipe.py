@@ -5,7 +5,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from dppa_peft.cli import main
-from dppa_peft.recipe import Recipe
+from dppa_peft.recipe.runner import Recipe
 from tests.expected import PROMPT, logits_with, magnitude_merged_weights
 
 

@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
 from dppa_peft import SparseDeltaAdapter, prune
-from dppa_peft.errors import UserError
+from dppa_peft.core.errors import UserError
 from dppa_peft.format.io import state_key
 from dppa_peft.merge import load_merged, merge_to_folder
 from tests.cli_args import run_cli

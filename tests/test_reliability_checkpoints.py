@@ -8,9 +8,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from dppa_peft.checkpoint import Checkpoint
-from dppa_peft.errors import UserError
-from dppa_peft.safetensors_file import read_header
+from dppa_peft.io.checkpoint import Checkpoint
+from dppa_peft.core.errors import UserError
+from dppa_peft.io.safetensors_file import read_header
 from tests.cli_args import prune_cli
 from tests.faults import copy_model, edit_json, raw_safetensors
 from tests.tiny_models import make_base

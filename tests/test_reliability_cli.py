@@ -10,7 +10,7 @@ import time
 import pytest
 
 from dppa_peft.cli import main
-from dppa_peft.errors import Interrupted, UserError
+from dppa_peft.core.errors import Interrupted, UserError
 from tests.cli_args import prune_argv, run_prune
 from tests.hub_fixtures import REPO_ROOT
 
@@ -121,7 +121,7 @@ def test_credentials_in_hf_endpoint_are_never_printed(tmp_path, monkeypatch, cap
 
 
 def test_redact():
-    from dppa_peft.errors import redact
+    from dppa_peft.core.errors import redact
 
     assert redact("at https://u:p@host/x and hf_0123456789abcdef") == "at https://***@host/x and ***"
     assert redact("plain http://host/path stays") == "plain http://host/path stays"

@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
 from dppa_peft import SparseDeltaAdapter, prune
-from dppa_peft.checkpoint import Checkpoint
-from dppa_peft.errors import UserError
+from dppa_peft.io.checkpoint import Checkpoint
+from dppa_peft.core.errors import UserError
 from dppa_peft.format.io import state_key
 
 FUZZ = settings(

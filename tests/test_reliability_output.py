@@ -12,7 +12,7 @@ import pytest
 from dppa_peft import output, pipeline
 from dppa_peft.cli import main
 from dppa_peft.format.io import SparseDeltaAdapter
-from dppa_peft.output import atomic_directory
+from dppa_peft.core.output import atomic_directory
 from tests.cli_args import prune_argv, run_prune
 from tests.hub_fixtures import REPO_ROOT
 

@@ -8,9 +8,9 @@ import torch
 from safetensors.torch import load_file
 
 from dppa_peft import prune
-from dppa_peft.errors import UserError
+from dppa_peft.core.errors import UserError
 from dppa_peft.merge import merge_to_folder
-from dppa_peft.validate import check_finite_params, finite_number
+from dppa_peft.core.validate import check_finite_params, finite_number
 from tests.cli_args import prune_argv, prune_cli, run_cli
 from tests.faults import copy_model
 from tests.tiny_models import make_base, make_tokenizer

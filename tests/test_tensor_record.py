@@ -14,9 +14,9 @@ from transformers import AutoModelForCausalLM
 
 from dppa_peft import SparseDeltaAdapter, prune
 from dppa_peft.amplify.api import write_amplified
-from dppa_peft.amplify.factors import amplification_record
-from dppa_peft.amplify.partitions import adapter_partitions
-from dppa_peft.errors import UserError
+from dppa_peft.format.amplification import amplification_record
+from dppa_peft.format.partitions import adapter_partitions
+from dppa_peft.core.errors import UserError
 from dppa_peft.format.config import SparseDeltaConfig
 from dppa_peft.format.record import TensorRecord
 

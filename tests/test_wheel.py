@@ -14,6 +14,7 @@ import sysconfig
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from tests.hub_fixtures import REPO_ROOT
 from tests.tiny_models import make_base, make_finetune, make_tokenizer
@@ -36,7 +37,8 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A venv holding only the freshly built wheel (its bin folder is returned)."""
     root = tmp_path_factory.mktemp("wheel")
     source = root / "source"  # build a copy: setuptools writes build/ and *.egg-info next to the sources
-    shutil.copytree(REPO_ROOT / "dppa_peft", source / "dppa_peft", ignore=shutil.ignore_patterns("__pycache__"))
+    for folder in ("dppa_peft", "eval_tasks"):  # eval_tasks/ ships as dppa_peft.eval_tasks (pyproject's package-dir)
+        shutil.copytree(REPO_ROOT / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(REPO_ROOT / name, source / name)
     _run(
@@ -78,7 +80,9 @@ def test_installed_wheel_finds_its_tasks_and_evaluates_from_outside_the_repo(ins
         ).stdout.strip()
     )
     assert origin.is_relative_to(installed.parent)  # the wheel's copy, not this checkout (import not run: fast)
-    assert (origin.parent / "eval_tasks" / "synthetic" / f"{TASK}.yaml").is_file()
+    shipped = origin.parent / "eval_tasks"
+    for name in (f"synthetic/{TASK}.yaml", "synthetic/utils.py", "paper/paper_math.yaml", "paper/_math_template"):
+        assert (shipped / name).is_file(), name
     assert "--num-fewshot" in _run([str(installed / "dppa-peft"), "eval", "--help"], cwd=tmp_path).stdout
     base = make_tokenizer(make_base(tmp_path / "base"))
     finetuned = make_finetune(base, tmp_path / "ft", steps=2)
@@ -109,3 +113,15 @@ def test_installed_wheel_finds_its_tasks_and_evaluates_from_outside_the_repo(ins
     )
     report = json.loads((tmp_path / "report" / "report.json").read_text())
     assert list(report["dense"]["fin"]) == [TASK] and TASK in report["dense_stderr"]["fin"]
+
+
+def test_pyproject_lists_every_package_folder():
+    """setuptools gets the packages by name (``eval_tasks/`` at the root cannot be found): the list is complete."""
+    listed = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    folders = {".".join(p.parent.relative_to(REPO_ROOT).parts) for p in (REPO_ROOT / "dppa_peft").rglob("__init__.py")}
+    tasks = {"dppa_peft.eval_tasks"} | {
+        f"dppa_peft.eval_tasks.{p.name}"
+        for p in (REPO_ROOT / "eval_tasks").iterdir()
+        if p.is_dir() and p.name != "__pycache__"
+    }
+    assert sorted(listed) == sorted(folders | tasks)

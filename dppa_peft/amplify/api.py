@@ -15,17 +15,18 @@ from typing import Any
 import torch
 
 from .. import __version__
-from ..checkpoint import atomic_directory
+from ..io.checkpoint import atomic_directory
 from ..format.io import AdapterWriter, SparseDeltaAdapter
 from ..methods.registry import recorded_method
-from ..pipeline import PruneSummary, _prune, as_prune_spec, open_adapter
+from ..prune.pipeline import PruneSummary, _prune, as_prune_spec, open_adapter
 from ..specs import LEARNED, AmplifyParams, AmplifySpec, LearnParams, ObjectiveParams, PruneSpec, Source, UserError
 from .candidate import AmplifiedModel, load_base_model
-from .factors import amplification_record
+from ..format.amplification import amplification_record
 from .calibration import Prompt, check_lengths
 from .learned import LearnResult, learn_factors, model_context, teacher_from_pretrained
 from .objectives import Objective, build_objective, calibration_prompts, describe_objective, load_tokenizer
-from .partitions import Partitions, adapter_partitions, default_partition_rates
+from ..format.partitions import Partitions, adapter_partitions
+from ..methods.partitions import default_partition_rates
 from .search import SearchResult, default_bounds, search_factors
 
 __all__ = ["AmplifyParams", "LearnParams", "ObjectiveParams", "amplify", "prune_and_amplify"]

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..choices import DEFAULT_TEXT_FIELD
-from ..errors import UserError
+from ..core.choices import DEFAULT_TEXT_FIELD
+from ..core.errors import UserError
 
 JSONL_SUFFIXES = (".jsonl", ".json")
 
@@ -75,7 +75,7 @@ def task_prompts(tasks: Sequence[str], include_path: Iterable[str | Path] = ()) 
     """The evaluation documents of lm-eval ``tasks`` (use their dev variants) as prompts (``doc_to_text``)."""
     from lm_eval.tasks import get_task_dict
 
-    from ..evaluation.tasks import task_manager
+    from ..lmeval.tasks import task_manager
 
     if not tasks:
         raise UserError("pass calibration prompts: a file (--calibration) or lm-eval dev tasks (--tasks)")

@@ -14,16 +14,16 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..checkpoint import load_causal_lm
-from ..devices import resolve_device
-from ..format.apply import add_dense, effective_values
+from ..io.checkpoint import load_causal_lm
+from ..core.devices import resolve_device
+from ..kernel.weights import add_dense, effective_values
 from ..format.encoding import EncodedTensor
 from ..format.io import SparseDeltaAdapter
 from ..format.validate import check_fits_base
 from ..format.fingerprint import check_fingerprint, model_sampler
 from ..tuner.model import resize_vocabulary
-from .factors import effective_factors, unpruned_factor
-from .partitions import Partitions
+from ..format.amplification import effective_factors, unpruned_factor
+from ..format.partitions import Partitions
 
 
 @dataclass

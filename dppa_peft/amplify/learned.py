@@ -33,14 +33,14 @@ from typing import Any, ClassVar
 
 import torch
 from torch import nn
-from ..progress import progress_bar
+from ..core.progress import progress_bar
 
-from ..checkpoint import load_causal_lm
-from ..choices import FULL_VOCAB_LIMIT, GRANULARITIES
-from ..choices import TEACHER_TOP_K as DEFAULT_TOP_K
-from ..devices import release_memory
-from ..errors import UserError
-from ..format.apply import add_sparse, effective_values
+from ..io.checkpoint import load_causal_lm
+from ..core.choices import FULL_VOCAB_LIMIT, GRANULARITIES
+from ..core.choices import TEACHER_TOP_K as DEFAULT_TOP_K
+from ..core.devices import release_memory
+from ..core.errors import UserError
+from ..kernel.weights import add_sparse, effective_values
 from ..format.encoding import EncodedTensor
 from ..format.io import SparseDeltaAdapter
 from ..methods.base import SparseDelta
@@ -48,7 +48,7 @@ from ..specs import LearnParams
 from .calibration import Prompt, check_lengths
 from .objectives import log_probs as _log_probs
 from .objectives import model_device, pad_batch, pad_token_id
-from .partitions import Partitions
+from ..format.partitions import Partitions
 
 TAIL_FLOOR = 1e-12  # smallest probability of the top-k cache's "rest of the vocabulary" bucket
 

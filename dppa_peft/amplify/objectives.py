@@ -20,9 +20,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..checkpoint import load_causal_lm
-from ..devices import resolve_device
-from ..errors import UserError
+from ..io.checkpoint import load_causal_lm
+from ..core.devices import resolve_device
+from ..core.errors import UserError
 from ..specs import ObjectiveParams, Source
 from .calibration import DEFAULT_TEXT_FIELD, Prompt, read_prompts, task_prompts
 
@@ -146,7 +146,7 @@ class TaskRatioObjective:
         self.dense_scores = evaluator.scores(reference, self.tasks)
 
     def __call__(self, model: nn.Module) -> float:
-        from ..evaluation.ratios import domain_ratio, task_ratio
+        from ..lmeval.ratios import domain_ratio, task_ratio
 
         scores = self.evaluator.scores(model, self.tasks)
         return domain_ratio(task_ratio(scores[t], self.dense_scores[t]) for t in self.tasks)
@@ -217,7 +217,7 @@ def build_objective(
             source=str(params.calibration),
         )
     from ..evaluation.runner import Evaluator
-    from ..evaluation.tasks import task_manager
+    from ..lmeval.tasks import task_manager
 
     evaluator = Evaluator(
         tokenizer,

@@ -33,9 +33,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..progress import progress_bar
+from ..core.progress import progress_bar
 
-from ..choices import DEFAULT_TOL, DPA_METHODS, STRATEGIES
+from ..core.choices import DEFAULT_TOL, DPA_METHODS, STRATEGIES
 
 AMPLIFY_BOUNDS = (0.5, 3.0)
 REDUCE_BOUNDS = (0.0, 1.2)

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from importlib import import_module
 
 from .._lazy import defer
-from ..errors import Interrupted, UserError, redact
+from ..core.errors import Interrupted, UserError, redact
 
 SUBCOMMANDS = ("demo", "prune", "amplify", "merge", "inspect", "evaluate", "push", "export", "run")  # modules
 # Errors that come from the user's input or environment (paths, permissions, disk, network, bad values): printed as
@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def user_facing_errors() -> tuple[type[BaseException], ...]:
     """``USER_FACING_ERRORS`` plus ``PushError`` once the Hub code is loaded (it is not, at parse time)."""
-    hub_errors = sys.modules.get("dppa_peft.hub_errors")
+    hub_errors = sys.modules.get("dppa_peft.core.hub_errors")
     return USER_FACING_ERRORS + ((hub_errors.PushError,) if hub_errors is not None else ())
 
 

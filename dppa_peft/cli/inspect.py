@@ -23,7 +23,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(spec: InspectSpec, args: argparse.Namespace) -> None:
-    from ..analysis import (
+    from ..analysis.stats import (
         delta_statistics,
         density_grid,
         density_grid_from_config,
@@ -31,8 +31,8 @@ def run(spec: InspectSpec, args: argparse.Namespace) -> None:
         format_density_table,
         format_statistics_table,
     )
-    from ..pipeline import open_adapter, open_pair, plan_densities
-    from ..scope import DEFAULT_SCOPE_PATTERN, Scope
+    from ..prune.pipeline import open_adapter, open_pair, plan_densities
+    from ..delta.scope import DEFAULT_SCOPE_PATTERN, Scope
 
     if spec.adapter is not None:
         adapter = open_adapter(spec.adapter)

@@ -26,7 +26,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(spec: PruneSpec, args: argparse.Namespace) -> None:
     from ..amplify.api import prune_and_amplify
-    from ..pipeline import prune
+    from ..prune.pipeline import prune
     from .amplify import describe_search
 
     if not spec.amplify:

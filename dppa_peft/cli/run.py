@@ -23,7 +23,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(spec: RunSpec, args: argparse.Namespace) -> None:
-    from ..recipe import run as run_recipe
+    from ..recipe.runner import run as run_recipe
 
     for line in run_recipe(spec, command=args.command_line):
         print(line)

@@ -15,17 +15,17 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..progress import progress_bar
+from ..core.progress import progress_bar
 from transformers import AutoTokenizer
 
 from ..amplify.api import prune_and_amplify
-from ..devices import resolve_device
+from ..core.devices import resolve_device
 from ..evaluation.backends import BackendSettings
 from ..evaluation.report import EvalResults, render_table, report_tables, write_report
 from ..evaluation.runner import Evaluator, MergeVariant, evaluate_all
-from ..evaluation.tasks import task_manager
+from ..lmeval.tasks import task_manager
 from ..merge import create_mode, merge_to_adapter
-from ..pipeline import open_adapter, prune
+from ..prune.pipeline import open_adapter, prune
 from ..specs import DemoSpec, Domain, Source
 from .calibration import calibration_prompts
 from .domains import DOMAINS, task_split

@@ -7,8 +7,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from ..analysis import tensor_quantiles
-from ..scope import Scope
+from ..analysis.stats import tensor_quantiles
+from ..delta.scope import Scope
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
-from ..progress import progress_bar
+from ..core.progress import progress_bar
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 
 from .domains import DOMAINS, generic_stream, task_split

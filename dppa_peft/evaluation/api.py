@@ -20,7 +20,7 @@ def evaluate(spec: EvalSpec, *, progress: bool = True) -> tuple[EvalResults, Pat
     from .options import build_evaluator
     from .report import write_report
     from .runner import MergeVariant, evaluate_all
-    from .tasks import resolve_tasks
+    from ..lmeval.tasks import resolve_tasks
 
     options = spec.lm_eval
     if options.backend == "vllm":

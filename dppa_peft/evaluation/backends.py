@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import UserError
+from ..core.errors import UserError
 
-from ..choices import BACKENDS
+from ..core.choices import BACKENDS
 
 VLLM_INSTALL = "pip install 'dppa-peft[vllm]'"
 

@@ -22,7 +22,7 @@ from typing import Any, cast
 from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 
-from ..errors import UserError
+from ..core.errors import UserError
 from ..format.config import SparseDeltaType
 
 LIST_SEPARATOR = ";"

@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from dppa_peft.checkpoint import atomic_directory
+from dppa_peft.io.checkpoint import atomic_directory
 
 from .plots import PRUNE_PLOT, merge_plot_name, plot_merge, plot_prune, write_plots
 from .results import (

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from dppa_peft.evaluation.ratios import domain_ratio, format_percent, task_ratio
+from dppa_peft.lmeval.ratios import domain_ratio, format_percent, task_ratio
 
 Kind = Literal["prune", "merge"]
 UNDEFINED = "n/a"  # a ratio with a dense score of 0

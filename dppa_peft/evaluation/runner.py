@@ -11,11 +11,11 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
-from ..progress import progress_bar
+from ..core.progress import progress_bar
 
 from ..format.io import SparseDeltaAdapter
 from ..methods.registry import METHODS
-from ..pipeline import open_adapter
+from ..prune.pipeline import open_adapter
 from ..specs import Domain, Source
 from .backends import BackendSettings, ModelSource, lm_eval_model
 from .report import EvalResults, Variant, VariantScores

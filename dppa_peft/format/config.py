@@ -11,7 +11,7 @@ from typing import Any
 
 from peft.config import PeftConfig
 
-from ..errors import UserError
+from ..core.errors import UserError
 from .record import TensorRecord
 
 FORMAT_VERSION = 2  # what this package writes; it reads 1 (absent field) and 2

@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..errors import UserError
+from ..core.errors import UserError
 
 if TYPE_CHECKING:
-    from ..checkpoint import Checkpoint
+    from ..io.checkpoint import Checkpoint
     from .config import SparseDeltaConfig
 
 #: A tensor's sample by name (``tensor_sample`` bytes), or None when the base cannot give it (missing, on meta).

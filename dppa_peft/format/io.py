@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..methods.base import FullDelta, SparseDelta
-from ..errors import UserError
-from ..checkpoint import SafetensorsWriter, atomic_directory, describe_ref, resolve_repo
-from ..safetensors_file import open_checked, read_header, safetensors_errors
-from .apply import effective_values
+from ..core.errors import UserError
+from ..io.checkpoint import SafetensorsWriter, atomic_directory, describe_ref, resolve_repo
+from ..io.safetensors_file import open_checked, read_header, safetensors_errors
+from ..kernel.weights import effective_values
 from .config import FORMAT_VERSION, SparseDeltaConfig, module_and_param
 from .encoding import EncodedTensor
 from .record import TensorRecord

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeGuard
 
-from ..errors import UserError
+from ..core.errors import UserError
 
 if TYPE_CHECKING:
     from .encoding import EncodedTensor

@@ -17,9 +17,9 @@ from typing import Any
 
 import torch
 
-from ..errors import UserError
-from ..safetensors_file import TensorEntry
-from ..validate import check_finite, finite_number, finite_numbers, read_json
+from ..core.errors import UserError
+from ..io.safetensors_file import TensorEntry
+from ..core.validate import check_finite, finite_number, finite_numbers, read_json
 from .config import SparseDeltaConfig, SparseDeltaType
 from .encoding import EncodedTensor
 from .record import DAMAGED, TensorRecord

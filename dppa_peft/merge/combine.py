@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from ..choices import CONSENSUS, SEMANTICS
+from ..core.choices import CONSENSUS, SEMANTICS
 
 CombineFn = Callable[..., "torch.Tensor"]
 COMBINE_CHUNK = 1 << 20  # entries combined at once

@@ -25,13 +25,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..amplify.calibration import DEFAULT_TEXT_FIELD, Prompt, check_lengths, read_prompts
-from ..errors import UserError
+from ..core.errors import UserError
 from ..specs import LEARN_DENSE_HELP, LearnParams
 from .modes import MergeMode, register_mode
 
 if TYPE_CHECKING:  # the learning loop and the adapter handle import peft; option parsing must not
     from ..amplify.learned import LearnResult, Teacher
-    from ..amplify.partitions import Partitions
+    from ..format.partitions import Partitions
     from ..format.io import SparseDeltaAdapter
 
 ADAMERGING_GRANULARITIES = {"task": "global", "layer": "tensor"}
@@ -154,7 +154,7 @@ class AdaMergingParams(CalibrationParams):
 
 def merge_partitions(adapter: SparseDeltaAdapter, rates: Sequence[float]) -> Partitions:
     """The magnitude partitions of ``adapter``'s kept entries at ``rates`` (``learn_partition_rates``)."""
-    from ..amplify.partitions import adapter_partitions
+    from ..format.partitions import adapter_partitions
 
     try:
         return adapter_partitions(adapter, rates)
@@ -193,7 +193,7 @@ def learn_merge(
     from ..amplify.learned import EntropyTarget, build_teacher, learn_factors, model_context, teacher_from_pretrained
     from ..amplify.objectives import load_tokenizer
     from ..format.fingerprint import check_fingerprint, model_sampler
-    from ..devices import release_memory
+    from ..core.devices import release_memory
     from ..tuner.model import resize_vocabulary
 
     adamerging = isinstance(params, AdaMergingParams)

@@ -19,23 +19,23 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from ..progress import progress_bar
+from ..core.progress import progress_bar
 
 from .. import __version__
-from ..errors import UserError
-from ..checkpoint import HUB_PATTERNS, Checkpoint, ShardedWriter, atomic_directory, load_causal_lm, resolve_repo
-from ..devices import resolve_device
+from ..core.errors import UserError
+from ..io.checkpoint import HUB_PATTERNS, Checkpoint, ShardedWriter, atomic_directory, load_causal_lm, resolve_repo
+from ..core.devices import resolve_device
 from ..format.encoding import encode
 from ..format.fingerprint import check_fingerprint, checkpoint_sample, fingerprint, model_sampler, tensor_sample
 from ..format.io import AdapterWriter, SparseDeltaAdapter
 from ..format.merge_record import MergeRecord, MergeSource, merged_adapter_config, read_record, source_of
 from ..format.validate import check_fits_base, require_fingerprint
 from ..methods.base import SparseDelta
-from ..pipeline import open_adapter
+from ..prune.pipeline import open_adapter
 from ..specs import torch_dtype
 from ..publish.merge_card import write_merge_card
 from ..tuner.model import resize_vocabulary
-from ..validate import finite_numbers
+from ..core.validate import finite_numbers
 from .modes import MergedTensor, MergeMode, create_mode
 
 SKIPPED_FILES = (

@@ -40,11 +40,11 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
-from ..format.apply import add_sparse, add_sparse_
+from ..kernel.weights import add_sparse, add_sparse_
 from ..methods.base import SparseDelta
 from ..methods.della import check_window
 from ..methods.registry import create_method, get_method
-from ..scope import TensorInfo
+from ..delta.scope import TensorInfo
 from .combine import CONSENSUS, SEMANTICS, combine, combine_options
 
 if TYPE_CHECKING:  # the adapter handle imports peft; option parsing must not

@@ -26,8 +26,8 @@ from typing import Any, ClassVar
 
 import torch
 
-from ..errors import UserError
-from ..scope import TensorInfo
+from ..core.errors import UserError
+from ..delta.scope import TensorInfo
 from .selection import flat_nonzero, gather, keep_count
 
 RANKINGS = ("magnitude", "random", "none")

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..scope import TensorInfo
+from ..delta.scope import TensorInfo
 from .base import PruningMethod, SparseDelta
 from .registry import register
 from .selection import keep_count, top_k_indices

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..errors import UserError
-from ..scope import TensorInfo
+from ..core.errors import UserError
+from ..delta.scope import TensorInfo
 from .base import PruningMethod, SparseDelta
 from .registry import register
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..scope import TensorInfo
+from ..delta.scope import TensorInfo
 from .base import PruningMethod, SparseDelta
 from .dare import tensor_generator
 from .registry import register

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..scope import TensorInfo
+from ..delta.scope import TensorInfo
 from .base import PruningMethod, SparseDelta
 from .registry import register
 from .selection import TIE_MODE_HELP, check_tie_mode, magnitude_indices

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ..scope import TensorInfo
+from ..delta.scope import TensorInfo
 
 SIGNIFICANCE_KINDS = ("count", "magnitude")
 CHUNK = 1 << 18  # entries per cache-sized chunk of the outlier count

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..scope import TensorInfo
+from ..delta.scope import TensorInfo
 from .base import DensityPlan, PruningMethod, SparseDelta
 from .outliers import BlockOutliers, StatisticsPasses, abs_sum_bounds, exact_abs_sum, require_in_scope
 from .registry import register

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from ..validate import check_finite_params
+from ..core.validate import check_finite_params
 from .base import PruningMethod
 
 METHODS: dict[str, type[PruningMethod]] = {}

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from ..base_ref import BASE_ID_KEY, is_hub_id
+from ..io.base_ref import BASE_ID_KEY, is_hub_id
 from ..format.config import register_card_writer
 from ..format.merge_record import MergeRecord
 from .commands import public_command

@@ -22,12 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from ..progress import progress_bar
+from ..core.progress import progress_bar
 
-from ..checkpoint import Checkpoint, SafetensorsWriter
-from ..output import atomic_directory, check_output
+from ..io.checkpoint import Checkpoint, SafetensorsWriter
+from ..core.output import atomic_directory, check_output
 from .card import write_model_card
-from ..format.apply import add_dense, add_sparse
+from ..kernel.weights import add_dense, add_sparse
 from ..format.fingerprint import check_fingerprint, checkpoint_sample
 from ..format.io import WEIGHTS_FILE, SparseDeltaAdapter
 from ..format.validate import check_fits_base

@@ -17,10 +17,10 @@ from typing import Any
 
 from huggingface_hub import CommitInfo, CommitOperationAdd, HfApi, constants
 
-from ..errors import redact
-from ..hub_errors import PushError, TransportError, describe_hub_error
-from ..base_ref import BASE_ID_KEY, base_id_record
-from ..checkpoint import Checkpoint
+from ..core.errors import redact
+from ..core.hub_errors import PushError, TransportError, describe_hub_error
+from ..io.base_ref import BASE_ID_KEY, base_id_record
+from ..io.checkpoint import Checkpoint
 from ..format.config import SparseDeltaConfig
 from ..format.io import CARD_FILE, CONFIG_FILE, WEIGHTS_FILE, SparseDeltaAdapter
 from ..specs import SUPERTUNING, PushSpec, Source

@@ -11,7 +11,7 @@ import torch
 from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
 from torch import nn
 
-from ..format.apply import add_sparse, effective_values
+from ..kernel.weights import add_sparse, effective_values
 from ..format.config import SparseDeltaConfig
 from ..format.encoding import EncodedTensor
 from ..format.record import TensorRecord

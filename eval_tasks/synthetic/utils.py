@@ -14,7 +14,7 @@ import datasets
 try:
     import dppa_peft  # noqa: F401  (installed, or on sys.path)
 except ImportError:  # running from a source checkout that is not installed: use the checkout's package
-    sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from dppa_peft.demo.domains import task_split  # noqa: E402
 from dppa_peft.demo.scoring import choice_correct, numeric_correct  # noqa: E402

@@ -16,7 +16,7 @@ import yaml
 from lm_eval.tasks import TaskManager
 from lm_eval.tasks._yaml_loader import load_yaml
 
-from ..errors import UserError
+from ..core.errors import UserError
 from ..eval_tasks import TASKS_DIR
 
 TASKS_ENV_VAR = "DPPA_EVAL_TASKS"

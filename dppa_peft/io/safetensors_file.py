@@ -21,8 +21,8 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 
-from .buffers import empty
-from .errors import UserError
+from ..core.buffers import empty
+from ..core.errors import UserError
 
 MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit
 # safetensors dtype name -> torch dtype attribute (names, so importing this module does not load torch)

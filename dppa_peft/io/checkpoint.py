@@ -20,10 +20,10 @@ from typing import Any
 
 import torch
 
-from .errors import UserError
-from .output import atomic_directory  # noqa: F401  (re-exported: the one way results are written, see output.py)
+from ..core.errors import UserError
+from ..core.output import atomic_directory  # noqa: F401  (re-exported: the one way results are written, see output.py)
 from .safetensors_file import TensorEntry, read_header, read_tensor, st_name
-from .validate import read_json
+from ..core.validate import read_json
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -58,7 +58,7 @@ def resolve_repo(
         raise FileNotFoundError(f"no such folder: {ref!r}; pass an existing local folder or a Hub id like 'user/model'")
     from huggingface_hub import snapshot_download
 
-    from .hub_errors import hub_errors
+    from ..core.hub_errors import hub_errors
 
     with hub_errors(ref, revision):
         folder = snapshot_download(ref, revision=revision, token=token, allow_patterns=allow_patterns or HUB_PATTERNS)

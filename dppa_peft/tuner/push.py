@@ -20,7 +20,7 @@ from typing import Any
 
 from ..format.config import SparseDeltaType
 from ..format.io import CONFIG_FILE
-from ..tuner.model import register_peft_push
+from .model import register_peft_push
 
 
 def push_to_hub(
@@ -44,8 +44,8 @@ def push_to_hub(
     from huggingface_hub import CommitOperationAdd, HfApi, ModelCard
 
     from ..format.config import SparseDeltaConfig
-    from .card import write_model_card
-    from .hub import commit_files, hub_config_file
+    from ..publish.card import write_model_card
+    from ..publish.hub import commit_files, hub_config_file
 
     with tempfile.TemporaryDirectory(prefix="dppa-peft-push-") as tmp:
         root = Path(tmp)

@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from .specs import MergeSpec, PruneSpec, RunSpec, Source, SpecError, Spec, convert, option
+from ..specs import MergeSpec, PruneSpec, RunSpec, Source, SpecError, Spec, convert, option
 
 STATE_FILE = "recipe-state.json"
 MERGED = "merged"
@@ -136,7 +136,7 @@ def _merge_step(top: RecipeFile, output_dir: Path) -> MergeSpec:
 
 def check_inputs(recipe: Recipe) -> None:
     """Open every input pair and check the objective inputs before the first prune."""
-    from .pipeline import open_pair
+    from ..prune.pipeline import open_pair
 
     for spec in recipe.prunes.values():
         spec.check_search_inputs()
@@ -172,9 +172,9 @@ def run_recipe(
     recipe: Recipe, overwrite: bool = False, command: str | None = None, progress: bool = True
 ) -> Iterator[str]:
     """Run the recipe's steps, yielding one line per step; finished, unchanged steps are skipped."""
-    from .amplify.api import prune_and_amplify
-    from .merge.api import merge
-    from .pipeline import prune
+    from ..amplify.api import prune_and_amplify
+    from ..merge.api import merge
+    from ..prune.pipeline import prune
 
     check_inputs(recipe)
     state = {} if overwrite else _load_state(recipe.output_dir)
@@ -222,7 +222,7 @@ def run(spec: RunSpec, command: str | None = None, progress: bool = True) -> Ite
     """``dppa-peft run``: load and validate ``spec.recipe`` (before any work; ``spec.device``/``dtype`` replace
     the steps' own), then run it (see ``run_recipe``)."""
     if spec.device is not None:
-        from .devices import resolve_device
+        from ..core.devices import resolve_device
 
         resolve_device(spec.device)  # an unknown or absent device is an error before any step
     recipe = with_device(Recipe.load(spec.recipe), spec.device, spec.dtype)

@@ -22,8 +22,8 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from .methods.base import DensityPlan
-from .scope import Scope, TensorInfo
+from ..methods.base import DensityPlan
+from ..delta.scope import Scope, TensorInfo
 
 QUANTILE_LEVELS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 QUANTILE_LABELS = ("min", "10%", "20%", "30%", "40%", "50%", "60%", "70%", "80%", "90%", "max")

@@ -11,24 +11,24 @@ from typing import Any
 
 import torch
 
-from . import __version__
-from .format.config import SparseDeltaConfig
-from .errors import UserError
-from .format.encoding import EncodedTensor, encode, encode_dense
-from .format.fingerprint import fingerprint
-from .format.io import AdapterWriter, SparseDeltaAdapter
-from .format.record import TensorRecord
-from .amplify.factors import amplification_record
-from .amplify.partitions import partition_ids
-from .base_ref import base_id_record, portable_ref
-from .checkpoint import Checkpoint, atomic_directory
-from .delta import DeltaPair, is_changed
-from .devices import compute_dtype, resolve_device
-from .methods import DensityPlan, PruningMethod, SparseDelta, create_method
-from .methods.selection import magnitude_indices
-from .scope import DEFAULT_SCOPE_PATTERN, Scope, TensorInfo
-from .validate import all_finite
-from .specs import PruneSpec, Source, torch_dtype
+from .. import __version__
+from ..format.config import SparseDeltaConfig
+from ..core.errors import UserError
+from ..format.encoding import EncodedTensor, encode, encode_dense
+from ..format.fingerprint import fingerprint
+from ..format.io import AdapterWriter, SparseDeltaAdapter
+from ..format.record import TensorRecord
+from ..format.amplification import amplification_record
+from ..methods.partitions import partition_ids
+from ..io.base_ref import base_id_record, portable_ref
+from ..io.checkpoint import Checkpoint, atomic_directory
+from ..delta.pair import DeltaPair, is_changed
+from ..core.devices import compute_dtype, resolve_device
+from ..methods import DensityPlan, PruningMethod, SparseDelta, create_method
+from ..methods.selection import magnitude_indices
+from ..delta.scope import DEFAULT_SCOPE_PATTERN, Scope, TensorInfo
+from ..core.validate import all_finite
+from ..specs import PruneSpec, Source, torch_dtype
 
 logger = logging.getLogger(__name__)
 DENSITY_FLOOR = 0.1  # warn for tensors planned below this fraction of the target density

@@ -6,13 +6,13 @@ import logging
 from collections.abc import Iterator
 
 import torch
-from .progress import progress_bar
+from ..core.progress import progress_bar
 
-from .buffers import Scratch, to_float32
-from .format.fingerprint import tensor_sample
-from .checkpoint import Checkpoint
-from .errors import UserError
-from .validate import all_finite, check_finite
+from ..core.buffers import Scratch, to_float32
+from ..format.fingerprint import tensor_sample
+from ..io.checkpoint import Checkpoint
+from ..core.errors import UserError
+from ..core.validate import all_finite, check_finite
 from .scope import Scope, TensorInfo
 
 ARCHITECTURE_FIELDS = (

@@ -8,7 +8,7 @@ Partition ``i`` holds the entries kept at ``rates[i]`` but not at ``rates[i-1]``
 Two ways to get them, one per situation:
 
 - while pruning (``partition_ids``): the method prunes at every boundary density and the kept sets must nest;
-- from an existing adapter (``adapter_partitions``): stored ids when the adapter has them for these rates, else
+- from an existing adapter (``format.partitions.adapter_partitions``): stored ids when the adapter has them for these rates, else
   re-derived from the stored entries by the method's own ``stored_members`` (its ``ranking`` capability):
   magnitude-ranked methods (magnitude, ties, dp, owl with ``tie_mode='index'``) rank ``|stored value|`` with the
   lowest index first among ties; DARE recomputes its uniform draws from (seed, tensor name). Boundary densities
@@ -19,15 +19,11 @@ Two ways to get them, one per situation:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import torch
 
-from ..format.io import SparseDeltaAdapter
-from ..errors import UserError
-from ..methods.base import PruningMethod, SparseDelta
-from ..methods.registry import recorded_method
-from ..scope import TensorInfo
+from .base import PruningMethod, SparseDelta
+from ..delta.scope import TensorInfo
 
 TOP_RATE = 0.9
 RATE_STEP = 0.1
@@ -66,7 +62,7 @@ def check_partition_rates(rates: Sequence[float], rate: float) -> list[float]:
 
 def nested_methods() -> list[str]:
     """The registered methods whose kept sets nest across densities."""
-    from ..methods.registry import METHODS
+    from .registry import METHODS
 
     return sorted(name for name, cls in METHODS.items() if cls.nested)
 
@@ -80,7 +76,7 @@ def require_nested(method: PruningMethod) -> None:
         )
 
 
-def _ids_from_membership(members: Sequence[torch.Tensor], nnz: int, what: str) -> torch.Tensor:
+def ids_from_membership(members: Sequence[torch.Tensor], nnz: int, what: str) -> torch.Tensor:
     """Partition id per kept entry from boolean membership at each inner boundary (most important first)."""
     ids = torch.full((nnz,), len(members), dtype=torch.uint8)
     wider = torch.ones(nnz, dtype=torch.bool)
@@ -115,63 +111,4 @@ def partition_ids(
         member = torch.zeros(kept.nnz, dtype=torch.bool, device=position.device)
         member[position] = True
         members.append(member.cpu())
-    return _ids_from_membership(members, kept.nnz, info.name), densities
-
-
-@dataclass
-class Partitions:
-    """Partition ids (uint8, per kept entry) and boundary densities of every pruned tensor of an adapter."""
-
-    rates: list[float]
-    ids: dict[str, torch.Tensor] = field(default_factory=dict)
-    densities: dict[str, list[float]] = field(default_factory=dict)
-
-    @property
-    def count(self) -> int:
-        return len(self.rates)
-
-
-def _derive_members(adapter: SparseDeltaAdapter, name: str, densities: list[float]) -> list[torch.Tensor]:
-    """Boundary membership re-derived from the stored entries, as the adapter's pruning method ranks them."""
-    cls, params = recorded_method(adapter.config.method)
-    encoded = adapter.encoded(name)
-    return cls.stored_members(name, encoded.shape, encoded.indices(), encoded.values, densities, params)
-
-
-def adapter_partitions(adapter: SparseDeltaAdapter, rates: Sequence[float] | None = None) -> Partitions:
-    """Partitions of an existing adapter's pruned tensors (default rates: 0.9, 0.8, … down to its rate)."""
-    if adapter.config.merge:
-        raise UserError(
-            f"{adapter.ref} is a merged adapter (mode {adapter.config.merge.get('mode')!r}): it has no "
-            "pruning rate to partition; amplify the adapters before merging them"
-        )
-    rate = float(adapter.config.method["rate"])
-    rates = check_partition_rates(default_partition_rates(rate) if rates is None else rates, rate)
-    partitions = Partitions(rates)
-    if len(rates) == 1:
-        return partitions
-    stored = adapter.config.amplification or {}
-    stored_rates = stored.get("partition_rates") or []
-    use_stored = len(stored_rates) == len(rates) and all(
-        abs(a - b) <= RATE_TOLERANCE for a, b in zip(stored_rates, rates)
-    )
-    for name, record in adapter.config.tensors.items():
-        if not record.pruned:
-            continue
-        ids = adapter.encoded(name).partition if use_stored and record.partition else None
-        if ids is not None:
-            partitions.ids[name] = ids
-            partitions.densities[name] = list(record.require(name, "partition_densities", "stored partitions need"))
-            continue
-        if not recorded_method(adapter.config.method)[0].plan_shifts_with_rate:
-            raise UserError(
-                f"{name}: the {adapter.config.method.get('name')!r} plan does not shift with the rate, so "
-                "partition densities cannot be re-derived; prune again with partitions stored"
-            )
-        unclipped = record.require(name, "unclipped_density", "re-deriving its partitions needs")
-        floor = adapter.config.method.get("params", {}).get("min_density") or 0.0  # DP's optional density floor
-        densities = [min(1.0, max(floor, unclipped + rate - r)) for r in rates]
-        members = _derive_members(adapter, name, densities)
-        partitions.ids[name] = _ids_from_membership(members, record.nnz, name)
-        partitions.densities[name] = densities
-    return partitions
+    return ids_from_membership(members, kept.nnz, info.name), densities

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ..choices import PARTITION_COMBINE_MODES
+from ..core.choices import PARTITION_COMBINE_MODES
 
 
 def check_factors(raw: Sequence[float]) -> list[float]:

@@ -22,10 +22,10 @@ from collections.abc import Sequence
 
 import torch
 
-from ..buffers import to_float32
+from ..core.buffers import to_float32
 from ..methods.base import FullDelta, SparseDelta
 from ..methods.selection import flat_nonzero
-from .encoding import EncodedTensor
+from ..format.encoding import EncodedTensor
 
 
 UNION_LIMIT = 16

@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 
 from .checkpoint import Checkpoint, looks_like_local_path
-from .errors import UserError
-from .format.fingerprint import checkpoint_sample, sample_bytes, sample_positions
+from ..core.errors import UserError
+from ..format.fingerprint import checkpoint_sample, sample_bytes, sample_positions
 from .safetensors_file import st_dtype
 
 CHECKED_TENSORS = 4
@@ -58,7 +58,7 @@ def verify_base_model_id(
     from huggingface_hub import HfApi, constants
     from huggingface_hub.errors import NotASafetensorsRepoError, OfflineModeIsEnabled
 
-    from .hub_errors import TransportError, describe_hub_error
+    from ..core.hub_errors import TransportError, describe_hub_error
 
     if not is_hub_id(repo_id) or repo_id.count("/") > 1:
         raise UserError(f"base_model_id {repo_id!r} is not a Hub id like 'user/model'")

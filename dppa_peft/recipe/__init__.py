@@ -1,0 +1,1 @@
+"""YAML recipes: a list of prune and merge steps run one after the other (``dppa-peft run``)."""
