@@ -109,7 +109,10 @@ def test_push_export_demo_run_validate_before_any_work(argv, message, capsys):
 
 
 def test_push_export_demo_run_options_are_their_specs():
-    from dppa_peft.specs import DemoSpec, ExportSpec, PushSpec, RunSpec, Source, SpecError
+    from dppa_peft.core.spec import Source, SpecError
+    from dppa_peft.demo.spec import DemoSpec
+    from dppa_peft.publish.spec import ExportSpec, PushSpec
+    from dppa_peft.recipe.spec import RunSpec
 
     old_flags = {  # the hand-written parsers' options: every one is still there
         "push": "--private --revision --commit-message --create-pr --export-format --base --base-revision "

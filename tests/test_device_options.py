@@ -10,7 +10,8 @@ import pytest
 from dppa_peft.cli import main
 from dppa_peft.demo import runner
 from dppa_peft.recipe.runner import Recipe, with_device
-from dppa_peft.specs import DemoSpec, RunSpec
+from dppa_peft.demo.spec import DemoSpec
+from dppa_peft.recipe.spec import RunSpec
 
 
 @pytest.mark.parametrize("device", ["nosuch", "cuda:7"])

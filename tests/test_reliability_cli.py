@@ -28,7 +28,7 @@ def test_user_error_is_a_value_error():
 
 
 def test_keyboard_interrupt_exits_130_and_removes_the_temp_folder(tmp_path, llama_pair, monkeypatch, capsys):
-    from dppa_peft import pipeline
+    from dppa_peft.prune import pipeline
 
     def stop(*args, **kwargs):
         raise KeyboardInterrupt
@@ -41,7 +41,7 @@ def test_keyboard_interrupt_exits_130_and_removes_the_temp_folder(tmp_path, llam
 
 SLOW_PRUNE = textwrap.dedent("""
     import sys, time
-    from dppa_peft import pipeline
+    from dppa_peft.prune import pipeline
     original = pipeline._prune_one
     def slow(*args, **kwargs):
         record = original(*args, **kwargs)
@@ -57,7 +57,7 @@ SLOW_PRUNE = textwrap.dedent("""
 @pytest.mark.parametrize("signum,status", [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)])
 def test_signal_delivered_mid_prune_in_process(tmp_path, llama_pair, signum, status, monkeypatch, capsys):
     """A real signal to this process while the adapter is being written: exit 128+n, nothing left behind."""
-    from dppa_peft import pipeline
+    from dppa_peft.prune import pipeline
 
     original = pipeline._prune_one
 

@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-from dppa_peft import output, pipeline
+from dppa_peft.core import output
+from dppa_peft.prune import pipeline
 from dppa_peft.cli import main
 from dppa_peft.format.io import SparseDeltaAdapter
 from dppa_peft.core.output import atomic_directory
@@ -212,7 +213,7 @@ def test_output_folder_respects_the_umask(pair_copy, tmp_path, umask, mode):
 
 
 def test_disk_full_is_a_clear_error_and_leaves_nothing(pair_copy, tmp_path, monkeypatch, capsys):
-    from dppa_peft import checkpoint
+    from dppa_peft.io import checkpoint
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "x"))

@@ -19,7 +19,11 @@ from ..io.checkpoint import atomic_directory
 from ..format.io import AdapterWriter, SparseDeltaAdapter
 from ..methods.registry import recorded_method
 from ..prune.pipeline import PruneSummary, _prune, as_prune_spec, open_adapter
-from ..specs import LEARNED, AmplifyParams, AmplifySpec, LearnParams, ObjectiveParams, PruneSpec, Source, UserError
+from .spec import AmplifyParams, AmplifySpec, LearnParams, ObjectiveParams
+from ..core.choices import LEARNED
+from ..core.errors import UserError
+from ..core.spec import Source
+from ..prune.spec import PruneSpec
 from .candidate import AmplifiedModel, load_base_model
 from ..format.amplification import amplification_record
 from .calibration import Prompt, check_lengths
@@ -220,7 +224,7 @@ def amplify(
 ) -> tuple[SparseDeltaAdapter, SearchResult | LearnResult | None]:
     """DPA on an existing adapter: search one factor per partition and write the amplified adapter.
 
-    Pass an :class:`~dppa_peft.specs.AmplifySpec`, or its keyword form ``amplify(adapter, out, finetuned=...,
+    Pass an :class:`~dppa_peft.amplify.spec.AmplifySpec`, or its keyword form ``amplify(adapter, out, finetuned=...,
     base=..., **options)`` where ``options`` are ``AmplifySpec``, ``AmplifyParams`` and ``ObjectiveParams`` fields.
     ``objective`` may be a Python callable ``model -> score`` (or a name, 'kl' or 'tasks'). ``base`` defaults to the
     base recorded in the adapter; ``finetuned`` (the dense fine-tune) is needed by the ``kl`` and ``tasks``
@@ -267,7 +271,7 @@ def prune_and_amplify(
 ) -> tuple[SparseDeltaAdapter, PruneSummary, SearchResult | LearnResult | None]:
     """Prune storing DPA partitions, then search the factors: DPPA with ``method='dp'``.
 
-    Takes a :class:`~dppa_peft.specs.PruneSpec` (``amplify`` is implied) or the keyword form of ``prune``, whose
+    Takes a :class:`~dppa_peft.prune.spec.PruneSpec` (``amplify`` is implied) or the keyword form of ``prune``, whose
     ``options`` may mix the method's parameters with ``AmplifyParams`` / ``ObjectiveParams`` fields.
     """
     objective = _named_objective(objective, options)

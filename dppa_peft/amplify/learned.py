@@ -44,7 +44,7 @@ from ..kernel.weights import add_sparse, effective_values
 from ..format.encoding import EncodedTensor
 from ..format.io import SparseDeltaAdapter
 from ..methods.base import SparseDelta
-from ..specs import LearnParams
+from .spec import LearnParams
 from .calibration import Prompt, check_lengths
 from .objectives import log_probs as _log_probs
 from .objectives import model_device, pad_batch, pad_token_id

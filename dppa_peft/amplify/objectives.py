@@ -23,7 +23,8 @@ from torch import nn
 from ..io.checkpoint import load_causal_lm
 from ..core.devices import resolve_device
 from ..core.errors import UserError
-from ..specs import ObjectiveParams, Source
+from .spec import ObjectiveParams
+from ..core.spec import Source
 from .calibration import DEFAULT_TEXT_FIELD, Prompt, read_prompts, task_prompts
 
 Objective = Callable[["nn.Module"], float]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from ..specs import AmplifySpec
+from ..amplify.spec import AmplifySpec
 from .common import add_spec_command
 
 if TYPE_CHECKING:

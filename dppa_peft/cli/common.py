@@ -1,4 +1,5 @@
-"""Command-line options generated from the specs (``dppa_peft.specs``), and the spec built back from them.
+"""Command-line options generated from the specs (each operation's ``spec.py``, on ``core.spec``), and the spec
+built back from them.
 
 One option per spec field: its help, choices and group come from the field's metadata, its type from the type hint.
 A ``Source`` field ``x`` gives ``--x`` and ``--x-revision``; a nested spec (DPA search, objective) adds its fields;
@@ -17,7 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..specs import Source, Spec, UserError, choices_of
+from ..core.errors import UserError
+from ..core.spec import Source, Spec, choices_of
 
 
 def _strip_optional(hint: Any) -> Any:

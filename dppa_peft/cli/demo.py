@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..specs import DemoSpec
+from ..demo.spec import DemoSpec
 from .common import add_spec_command
 
 

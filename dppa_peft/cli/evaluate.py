@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..specs import Domain, EvalSpec, Source
+from ..core.spec import Source
+from ..evaluation.spec import Domain, EvalSpec
 from .common import add_spec_command, pairs
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..specs import ExportSpec
+from ..publish.spec import ExportSpec
 from .common import add_spec_command
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..specs import InspectSpec
+from ..analysis.spec import InspectSpec
 from .common import add_spec_command
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from ..specs import MergeSpec
+from ..merge.spec import MergeSpec
 from .common import add_spec_command
 
 

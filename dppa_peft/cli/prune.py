@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..specs import DPPA, PruneSpec
+from ..prune.spec import DPPA, PruneSpec
 from .common import add_spec_command
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..specs import PushSpec
+from ..publish.spec import PushSpec
 from .common import add_spec_command
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..specs import RunSpec
+from ..recipe.spec import RunSpec
 from .common import add_spec_command
 
 

@@ -10,6 +10,7 @@ import gc
 
 import torch
 
+from .choices import DTYPES
 from .errors import UserError
 
 AUTO = "auto"
@@ -55,3 +56,10 @@ def release_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+def torch_dtype(name: str) -> torch.dtype | None:
+    """The torch dtype of a ``DTYPES`` name; None for 'auto' (keep the checkpoint's)."""
+    if name not in DTYPES:
+        raise UserError(f"dtype {name!r} is not one of {list(DTYPES)}")
+    return None if name == "auto" else getattr(torch, name)

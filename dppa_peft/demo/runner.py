@@ -26,7 +26,9 @@ from ..evaluation.runner import Evaluator, MergeVariant, evaluate_all
 from ..lmeval.tasks import task_manager
 from ..merge import create_mode, merge_to_adapter
 from ..prune.pipeline import open_adapter, prune
-from ..specs import DemoSpec, Domain, Source
+from ..core.spec import Source
+from .spec import DemoSpec
+from ..evaluation.spec import Domain
 from .calibration import calibration_prompts
 from .domains import DOMAINS, task_split
 from .lineup import MERGE_VARIANTS, PRUNE_VARIANTS, RATES

@@ -5,7 +5,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from ..specs import EvalSpec
+from .spec import EvalSpec
 from .report import EvalResults
 
 

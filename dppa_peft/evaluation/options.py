@@ -1,11 +1,11 @@
-"""The lm-eval options of ``dppa-peft eval`` (``specs.EvalOptions``) turned into an :class:`Evaluator`."""
+"""The lm-eval options of ``dppa-peft eval`` (``evaluation.spec.EvalOptions``) turned into an :class:`Evaluator`."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from ..specs import EvalOptions
+from .spec import EvalOptions
 from .backends import BackendSettings, parse_model_args
 from .runner import Evaluator
 

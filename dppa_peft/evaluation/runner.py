@@ -16,7 +16,8 @@ from ..core.progress import progress_bar
 from ..format.io import SparseDeltaAdapter
 from ..methods.registry import METHODS
 from ..prune.pipeline import open_adapter
-from ..specs import Domain, Source
+from ..core.spec import Source
+from .spec import Domain
 from .backends import BackendSettings, ModelSource, lm_eval_model
 from .report import EvalResults, Variant, VariantScores
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..specs import MergeSpec
+from .spec import MergeSpec
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..amplify.calibration import DEFAULT_TEXT_FIELD, Prompt, check_lengths, read_prompts
 from ..core.errors import UserError
-from ..specs import LEARN_DENSE_HELP, LearnParams
+from ..amplify.spec import LEARN_DENSE_HELP, LearnParams
 from .modes import MergeMode, register_mode
 
 if TYPE_CHECKING:  # the learning loop and the adapter handle import peft; option parsing must not

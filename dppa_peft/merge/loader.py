@@ -32,7 +32,7 @@ from ..format.merge_record import MergeRecord, MergeSource, merged_adapter_confi
 from ..format.validate import check_fits_base, require_fingerprint
 from ..methods.base import SparseDelta
 from ..prune.pipeline import open_adapter
-from ..specs import torch_dtype
+from ..core.devices import torch_dtype
 from ..publish.merge_card import write_merge_card
 from ..tuner.model import resize_vocabulary
 from ..core.validate import finite_numbers

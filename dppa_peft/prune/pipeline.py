@@ -28,7 +28,9 @@ from ..methods import DensityPlan, PruningMethod, SparseDelta, create_method
 from ..methods.selection import magnitude_indices
 from ..delta.scope import DEFAULT_SCOPE_PATTERN, Scope, TensorInfo
 from ..core.validate import all_finite
-from ..specs import PruneSpec, Source, torch_dtype
+from ..core.devices import torch_dtype
+from ..core.spec import Source
+from .spec import PruneSpec
 
 logger = logging.getLogger(__name__)
 DENSITY_FLOOR = 0.1  # warn for tensors planned below this fraction of the target density
@@ -125,7 +127,7 @@ def prune(
 ) -> tuple[SparseDeltaAdapter, PruneSummary]:
     """Prune ``finetuned − base`` as ``spec`` says and write a sparse delta adapter folder to ``spec.out``.
 
-    Pass a :class:`~dppa_peft.specs.PruneSpec`, or its keyword form ``prune(base, finetuned, out, method="dp",
+    Pass a :class:`~dppa_peft.prune.spec.PruneSpec`, or its keyword form ``prune(base, finetuned, out, method="dp",
     rate=0.9, **options)`` where ``options`` are spec fields and the method's hyperparameters by name (see
     ``dppa-peft prune --help``). ``partition_rates`` (DPA, e.g. ``[0.9, 0.8]`` for rate 0.8) stores a partition id
     per kept entry and an ``amplification`` block with factors 1.0; ``dppa_peft.amplify`` then searches the

@@ -32,7 +32,7 @@ from ..format.fingerprint import check_fingerprint, checkpoint_sample
 from ..format.io import WEIGHTS_FILE, SparseDeltaAdapter
 from ..format.validate import check_fits_base
 from ..methods.base import SparseDelta
-from ..specs import SUPERTUNING, ExportSpec
+from .spec import ExportSpec, SUPERTUNING
 
 PREFIX = "base_model.model."
 SPARSE_ENTRY_BYTES = 8  # fp32 value + int32 index

@@ -23,7 +23,8 @@ from ..io.base_ref import BASE_ID_KEY, base_id_record
 from ..io.checkpoint import Checkpoint
 from ..format.config import SparseDeltaConfig
 from ..format.io import CARD_FILE, CONFIG_FILE, WEIGHTS_FILE, SparseDeltaAdapter
-from ..specs import SUPERTUNING, PushSpec, Source
+from ..core.spec import Source
+from .spec import PushSpec, SUPERTUNING
 from .card import load_eval_results, shown_ref, write_model_card
 from .commands import public_command
 from .export import SupertuningExport, export_supertuning

@@ -27,7 +27,10 @@ from typing import Any
 
 import yaml
 
-from ..specs import MergeSpec, PruneSpec, RunSpec, Source, SpecError, Spec, convert, option
+from ..core.spec import Source, Spec, SpecError, convert, option
+from ..merge.spec import MergeSpec
+from ..prune.spec import PruneSpec
+from .spec import RunSpec
 
 STATE_FILE = "recipe-state.json"
 MERGED = "merged"
