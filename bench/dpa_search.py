@@ -6,7 +6,7 @@ every search reuses one in-place candidate model, so the times are objective cal
 
     python bench/dpa_search.py                       # tiny models built here (char-level arithmetic fine-tune)
     python bench/dpa_search.py --base B --finetuned F --calibration dev.jsonl --heldout test.jsonl [--method dp]
-    python bench/dpa_search.py --base B --finetuned F --objective tasks --include-path dppa_peft/eval_tasks/synthetic \\
+    python bench/dpa_search.py --base B --finetuned F --objective tasks --include-path eval_tasks/synthetic \\
         --tasks math_dev --heldout-tasks math_test        # Domain-Ratio on lm-eval dev / test splits
 
 With ``--objective kl`` the scores are −KL(dense fine-tune ‖ candidate) (0 is the fine-tune itself); with

@@ -32,7 +32,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from _dev import FOLDS, dev_parser, heldout_prompts, report, score, summary, write_learning_file
 from dppa_peft import load_merged
-from dppa_peft.amplify.api import prune_and_amplify
+from dppa_peft.prune.api import prune_and_amplify
 from dppa_peft.amplify.learned import build_teacher, mean_kl
 from dppa_peft.demo.lineup import LEARNED_SHARES, PRUNE_VARIANTS, partition_rates
 from dppa_peft.demo.runner import DemoSettings
@@ -40,7 +40,7 @@ from dppa_peft.demo.zoo import build_zoo
 from dppa_peft.lmeval.ratios import domain_ratio
 from dppa_peft.lmeval.tasks import task_manager
 from dppa_peft.merge.learned import LearnedMergeParams, learn_merge
-from dppa_peft.prune.pipeline import open_adapter
+from dppa_peft.publish.adapter import open_adapter
 
 
 def default_settings(rate: float) -> dict[str, dict]:

@@ -9,32 +9,28 @@ command line's ``--help``) stay fast.
 from __future__ import annotations
 
 import importlib
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from ._lazy import after_each_submodule, after_import, initializing
+from .core.version import __version__ as __version__
 
-try:
-    __version__ = version("dppa-peft")
-except PackageNotFoundError:  # running from a source tree without installation
-    __version__ = "0.0.0+source"
 
 _EXPORTS = {
     "BaseModelMismatchError": "tuner",
     "SparseDeltaConfig": "tuner",
     "SparseDeltaModel": "tuner",
-    "SupertuningExport": "publish.export",
+    "SupertuningExport": "publish.stock",
     "export_supertuning": "publish.export",
-    "SparseDeltaAdapter": "format.io",
+    "SparseDeltaAdapter": "publish.adapter",
     "amplify": "amplify.api",
-    "prune_and_amplify": "amplify.api",
+    "prune_and_amplify": "prune.api",
     "load_merged": "merge",
     "merge_to_adapter": "merge",
     "merge_to_folder": "merge",
     "merge": "merge.api",
     "PruneSummary": "prune.pipeline",
-    "open_adapter": "prune.pipeline",
-    "prune": "prune.pipeline",
+    "open_adapter": "publish.adapter",
+    "prune": "prune.api",
     "evaluate": "evaluation.api",
     "AmplifyParams": "amplify.spec",
     "AmplifySpec": "amplify.spec",

@@ -14,7 +14,7 @@ from dppa_peft.demo.zoo import build_zoo
 from tests.cli_args import flags
 from tests.hub_fixtures import REPO_ROOT, run_python
 
-SYNTHETIC = str(REPO_ROOT / "dppa_peft" / "eval_tasks" / "synthetic")
+SYNTHETIC = str(REPO_ROOT / "eval_tasks" / "synthetic")
 
 
 @pytest.fixture(scope="module")

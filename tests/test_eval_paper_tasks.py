@@ -14,7 +14,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from dppa_peft.evaluation import tasks as T
+from dppa_peft.lmeval import tasks as T
 from tests.tiny_models import char_tokenizer
 
 FIXTURES = Path(__file__).parent / "fixtures" / "paper_tasks"
@@ -92,9 +92,11 @@ def test_tasks_root_env_override(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         T.tasks_root()
 
 
-def test_default_root_is_next_to_the_package(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_default_root_is_the_repository_task_folder(monkeypatch: pytest.MonkeyPatch) -> None:
+    """From a checkout, the tasks are the repository's ``eval_tasks/`` (the wheel ships it as ``dppa_peft.eval_tasks``,
+    found from an installed wheel in ``tests/test_wheel.py``)."""
     monkeypatch.delenv(T.TASKS_ENV_VAR, raising=False)
-    assert T.tasks_root() == Path(T.__file__).resolve().parents[1] / "eval_tasks"
+    assert T.tasks_root() == Path(T.__file__).resolve().parents[2] / "eval_tasks"
     assert T.tasks_root() / "paper" in T.task_dirs()
 
 

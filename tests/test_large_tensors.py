@@ -18,7 +18,7 @@ from transformers import AutoModelForCausalLM
 
 from dppa_peft import load_merged, merge_to_folder, prune
 from dppa_peft.format.encoding import encode
-from dppa_peft.format.fingerprint import tensor_sample
+from dppa_peft.io.sampling import tensor_sample
 from dppa_peft.methods import METHODS, SparseDelta, create_method
 from dppa_peft.methods.dare import dare_keep_mask
 from dppa_peft.methods.selection import keep_count

@@ -12,7 +12,7 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 from dppa_peft import SparseDeltaAdapter, amplify, load_merged, merge_to_folder, prune
-from dppa_peft.amplify.api import prune_and_amplify
+from dppa_peft.prune.api import prune_and_amplify
 from dppa_peft.amplify.calibration import Prompt, read_prompts
 from dppa_peft.amplify.learned import (
     LearnParams,

@@ -169,7 +169,7 @@ def test_checkpoint_sample_reads_rows_and_equals_the_full_sample(tmp_path):
     from safetensors.torch import save_file
 
     from dppa_peft.io.checkpoint import Checkpoint
-    from dppa_peft.format.fingerprint import checkpoint_sample, tensor_sample
+    from dppa_peft.io.sampling import checkpoint_sample, tensor_sample
 
     g = torch.Generator().manual_seed(0)
     tensors = {

@@ -12,7 +12,7 @@ import pytest
 from dppa_peft.core import output
 from dppa_peft.prune import pipeline
 from dppa_peft.cli import main
-from dppa_peft.format.io import SparseDeltaAdapter
+from dppa_peft.publish.adapter import SparseDeltaAdapter
 from dppa_peft.core.output import atomic_directory
 from tests.cli_args import prune_argv, run_prune
 from tests.hub_fixtures import REPO_ROOT

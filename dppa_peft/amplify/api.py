@@ -8,32 +8,30 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .. import __version__
+from ..core.version import __version__
 from ..io.checkpoint import atomic_directory
-from ..format.io import AdapterWriter, SparseDeltaAdapter
+from ..format.io import AdapterWriter
+from ..publish.adapter import SparseDeltaAdapter, open_adapter
 from ..methods.registry import recorded_method
-from ..prune.pipeline import PruneSummary, _prune, as_prune_spec, open_adapter
-from .spec import AmplifyParams, AmplifySpec, LearnParams, ObjectiveParams
+from .spec import AmplifyParams, AmplifySpec, DpaRun, LearnParams, ObjectiveParams
 from ..core.choices import LEARNED
 from ..core.errors import UserError
 from ..core.spec import Source
-from ..prune.spec import PruneSpec
 from .candidate import AmplifiedModel, load_base_model
 from ..format.amplification import amplification_record
 from .calibration import Prompt, check_lengths
 from .learned import LearnResult, learn_factors, model_context, teacher_from_pretrained
-from .objectives import Objective, build_objective, calibration_prompts, describe_objective, load_tokenizer
+from ..io.models import load_tokenizer
+from .objectives import Objective, build_objective, calibration_prompts, describe_objective
 from ..format.partitions import Partitions, adapter_partitions
-from ..methods.partitions import default_partition_rates
 from .search import SearchResult, default_bounds, search_factors
 
-__all__ = ["AmplifyParams", "LearnParams", "ObjectiveParams", "amplify", "prune_and_amplify"]
+__all__ = ["AmplifyParams", "LearnParams", "ObjectiveParams", "amplify"]
 
 
 def _rescaled(adapter: SparseDeltaAdapter) -> bool:
@@ -45,7 +43,7 @@ def _rescaled(adapter: SparseDeltaAdapter) -> bool:
 def _search(
     adapter: SparseDeltaAdapter,
     partitions: Partitions,
-    spec: PruneSpec | AmplifySpec,
+    spec: DpaRun,
     objective: Objective | None,
     base: Source,
     token: str | bool | None,
@@ -113,7 +111,7 @@ def write_amplified(
 Calibration = tuple[list[Prompt], Any]  # learned amplification's prompts and tokenizer
 
 
-def _calibration(spec: PruneSpec | AmplifySpec, base: Source, token: str | bool | None) -> Calibration | None:
+def calibration_for(spec: DpaRun, base: Source, token: str | bool | None) -> Calibration | None:
     """Learned amplification's prompts and tokenizer, checked (file, fields, lengths) before any model is loaded."""
     if spec.dpa.search != LEARNED:
         return None
@@ -131,7 +129,7 @@ def _calibration(spec: PruneSpec | AmplifySpec, base: Source, token: str | bool 
 def _learn(
     adapter: SparseDeltaAdapter,
     partitions: Partitions,
-    spec: PruneSpec | AmplifySpec,
+    spec: DpaRun,
     calibration: Calibration,
     base: Source,
     token: str | bool | None,
@@ -178,10 +176,10 @@ def _kept_scalars(adapter: SparseDeltaAdapter, partitions: Partitions, combine: 
     return [1.0] * partitions.count, combine
 
 
-def _amplify_into(
+def amplify_into(
     folder: Path,
     adapter: SparseDeltaAdapter,
-    spec: PruneSpec | AmplifySpec,
+    spec: DpaRun,
     objective: Objective | None,
     calibration: Calibration | None,
     base: Source,
@@ -231,7 +229,7 @@ def amplify(
     objectives. Returns the new adapter and the search (None with ``factors=``).
     """
     handle = spec if isinstance(spec, SparseDeltaAdapter) else None
-    objective = _named_objective(objective, options)
+    objective = named_objective(objective, options)
     if not isinstance(spec, AmplifySpec):
         spec = AmplifySpec.build(spec if handle is None else handle.ref, out, **options)
     elif out is not None or options:
@@ -241,50 +239,18 @@ def amplify(
     handle = handle or open_adapter(spec.adapter, token=token)
     provenance = {"command": command or f"dppa_peft.amplify({handle.ref!r})", "amplified_from": handle.ref}
     base = spec.base or Source(ref=handle.base_ref, revision=handle.config.revision)
-    calibration = _calibration(spec, base, token)
+    calibration = calibration_for(spec, base, token)
     finetuned = None if spec.finetuned is None else spec.finetuned.ref
     inputs: list[str | os.PathLike | None] = [handle.directory, finetuned, base.ref]
     assert spec.out is not None  # AmplifySpec.validate fills in the default
     with atomic_directory(spec.out, overwrite=spec.overwrite, inputs=inputs) as tmp:
-        result = _amplify_into(tmp, handle, spec, objective, calibration, base, token, progress, provenance)
+        result = amplify_into(tmp, handle, spec, objective, calibration, base, token, progress, provenance)
     return SparseDeltaAdapter(spec.out), result
 
 
-def _named_objective(objective: Objective | str | None, options: dict[str, Any]) -> Objective | None:
+def named_objective(objective: Objective | str | None, options: dict[str, Any]) -> Objective | None:
     """A callable objective, or None after moving a named one ('kl', 'tasks') into the spec options."""
     if objective is None or callable(objective):
         return objective
     options["objective"] = objective
     return None
-
-
-def prune_and_amplify(
-    spec: PruneSpec | str | os.PathLike,
-    finetuned: str | os.PathLike | Source | None = None,
-    out: str | os.PathLike | None = None,
-    *,
-    token: str | bool | None = None,
-    progress: bool = True,
-    command: str | None = None,
-    objective: Objective | None = None,
-    **options: Any,
-) -> tuple[SparseDeltaAdapter, PruneSummary, SearchResult | LearnResult | None]:
-    """Prune storing DPA partitions, then search the factors: DPPA with ``method='dp'``.
-
-    Takes a :class:`~dppa_peft.prune.spec.PruneSpec` (``amplify`` is implied) or the keyword form of ``prune``, whose
-    ``options`` may mix the method's parameters with ``AmplifyParams`` / ``ObjectiveParams`` fields.
-    """
-    objective = _named_objective(objective, options)
-    spec = as_prune_spec(spec, finetuned, out, {**options, "amplify": True} if options else options)
-    learned = spec.dpa.search == LEARNED
-    rates = spec.partition_rates or ([spec.rate] if learned else default_partition_rates(spec.rate))
-    spec = dataclasses.replace(spec, amplify=True, partition_rates=list(rates))
-    if objective is None:
-        spec.check_search_inputs()
-    calibration = _calibration(spec, spec.base, token)
-    provenance = {"command": command or f"dppa_peft.prune_and_amplify(method={spec.method!r}, rate={spec.rate})"}
-    with atomic_directory(spec.out, overwrite=spec.overwrite, inputs=[spec.base.ref, spec.finetuned.ref]) as tmp:
-        pruned, summary = _prune(spec, tmp / "pruned", token=token, progress=progress, command=provenance["command"])
-        result = _amplify_into(tmp, pruned, spec, objective, calibration, spec.base, token, progress, provenance)
-        shutil.rmtree(tmp / "pruned")
-    return SparseDeltaAdapter(spec.out), summary, result

@@ -14,14 +14,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..io.checkpoint import load_causal_lm
+from ..io.models import load_causal_lm, resize_vocabulary
 from ..core.devices import resolve_device
 from ..kernel.weights import add_dense, effective_values
 from ..format.encoding import EncodedTensor
-from ..format.io import SparseDeltaAdapter
+from ..publish.adapter import SparseDeltaAdapter
 from ..format.validate import check_fits_base
-from ..format.fingerprint import check_fingerprint, model_sampler
-from ..tuner.model import resize_vocabulary
+from ..format.fingerprint import check_fingerprint
+from ..io.sampling import model_sampler
 from ..format.amplification import effective_factors, unpruned_factor
 from ..format.partitions import Partitions
 

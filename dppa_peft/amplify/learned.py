@@ -35,14 +35,14 @@ import torch
 from torch import nn
 from ..core.progress import progress_bar
 
-from ..io.checkpoint import load_causal_lm
+from ..io.models import load_causal_lm
 from ..core.choices import FULL_VOCAB_LIMIT, GRANULARITIES
 from ..core.choices import TEACHER_TOP_K as DEFAULT_TOP_K
 from ..core.devices import release_memory
 from ..core.errors import UserError
 from ..kernel.weights import add_sparse, effective_values
 from ..format.encoding import EncodedTensor
-from ..format.io import SparseDeltaAdapter
+from ..publish.adapter import SparseDeltaAdapter
 from ..methods.base import SparseDelta
 from .spec import LearnParams
 from .calibration import Prompt, check_lengths

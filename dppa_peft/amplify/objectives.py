@@ -20,11 +20,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..io.checkpoint import load_causal_lm
-from ..core.devices import resolve_device
+from ..io.models import load_on_device, load_tokenizer
 from ..core.errors import UserError
 from .spec import ObjectiveParams
 from ..core.spec import Source
+from ..lmeval.ratios import domain_ratio, task_ratio
+from ..lmeval.scoring import TaskScorer
 from .calibration import DEFAULT_TEXT_FIELD, Prompt, read_prompts, task_prompts
 
 Objective = Callable[["nn.Module"], float]
@@ -147,8 +148,6 @@ class TaskRatioObjective:
         self.dense_scores = evaluator.scores(reference, self.tasks)
 
     def __call__(self, model: nn.Module) -> float:
-        from ..lmeval.ratios import domain_ratio, task_ratio
-
         scores = self.evaluator.scores(model, self.tasks)
         return domain_ratio(task_ratio(scores[t], self.dense_scores[t]) for t in self.tasks)
 
@@ -171,21 +170,6 @@ def describe_objective(objective: Objective) -> dict[str, Any]:
     return {"name": str(name), "split": getattr(objective, "split", None)}
 
 
-def load_tokenizer(
-    candidates: Sequence[str | os.PathLike | None], revision: str | None = None, token: str | bool | None = None
-) -> Any:
-    """The first tokenizer that loads from ``candidates`` (folders or Hub ids)."""
-    from transformers import AutoTokenizer
-
-    tried = [str(c) for c in candidates if c is not None]
-    for ref in tried:
-        try:
-            return AutoTokenizer.from_pretrained(ref, revision=revision, token=token)
-        except (OSError, ValueError):
-            continue
-    raise ValueError(f"no tokenizer found in {tried}; pass a tokenizer folder (--tokenizer)")
-
-
 def build_objective(
     params: ObjectiveParams,
     finetuned: Source | str | os.PathLike | None,
@@ -205,8 +189,7 @@ def build_objective(
         texts = read_texts(params.calibration, params.text_field)
     base_ref = None if base is None else Source.of(base).ref
     tokenizer = load_tokenizer([params.tokenizer] if params.tokenizer else [source.ref, base_ref], token=token)
-    reference = load_causal_lm(source.ref, dtype=dtype, revision=source.revision, token=token)
-    reference = reference.to(resolve_device(device)).eval()
+    reference = load_on_device(source.ref, dtype, device, revision=source.revision, token=token)
     if params.objective == "kl":
         return KLObjective(
             reference,
@@ -217,14 +200,13 @@ def build_objective(
             params.batch_size,
             source=str(params.calibration),
         )
-    from ..evaluation.runner import Evaluator
-    from ..lmeval.tasks import task_manager
+    from ..lmeval.tasks import task_manager  # imports lm-eval: only the tasks objective needs it
 
-    evaluator = Evaluator(
+    scorer = TaskScorer(
         tokenizer,
         task_manager(extra_paths=params.include_path or ()),
         metric=params.metric,
         batch_size=params.batch_size,
         limit=params.limit,
     )
-    return TaskRatioObjective(reference, evaluator, params.tasks or [], params.split)
+    return TaskRatioObjective(reference, scorer, params.tasks or [], params.split)

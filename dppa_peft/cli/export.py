@@ -25,7 +25,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(spec: ExportSpec, args: argparse.Namespace) -> None:
-    from ..publish.export import SupertuningExport, export
+    from ..publish.api import export
+    from ..publish.stock import SupertuningExport
 
     written = export(spec)
     if isinstance(written, SupertuningExport):

@@ -25,8 +25,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(spec: PruneSpec, args: argparse.Namespace) -> None:
-    from ..amplify.api import prune_and_amplify
-    from ..prune.pipeline import prune
+    from ..prune.api import prune, prune_and_amplify
     from .amplify import describe_search
 
     if not spec.amplify:

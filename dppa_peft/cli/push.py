@@ -23,7 +23,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(spec: PushSpec, args: argparse.Namespace) -> None:
-    from ..publish.hub import push
+    from ..publish.api import push
 
     info = push(spec)
     print(

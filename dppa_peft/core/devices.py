@@ -58,8 +58,10 @@ def release_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def torch_dtype(name: str) -> torch.dtype | None:
-    """The torch dtype of a ``DTYPES`` name; None for 'auto' (keep the checkpoint's)."""
-    if name not in DTYPES:
-        raise UserError(f"dtype {name!r} is not one of {list(DTYPES)}")
-    return None if name == "auto" else getattr(torch, name)
+def torch_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    """The torch dtype of a ``DTYPES`` name (a torch dtype as is); None for 'auto' or None (keep the checkpoint's)."""
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise UserError(f"dtype {dtype!r} is not one of {list(DTYPES)}")
+    return None if dtype == "auto" else getattr(torch, dtype)

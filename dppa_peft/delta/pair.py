@@ -9,7 +9,7 @@ import torch
 from ..core.progress import progress_bar
 
 from ..core.buffers import Scratch, to_float32
-from ..format.fingerprint import tensor_sample
+from ..io.sampling import tensor_sample
 from ..io.checkpoint import Checkpoint
 from ..core.errors import UserError
 from ..core.validate import all_finite, check_finite

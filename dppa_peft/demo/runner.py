@@ -18,14 +18,14 @@ from pathlib import Path
 from ..core.progress import progress_bar
 from transformers import AutoTokenizer
 
-from ..amplify.api import prune_and_amplify
 from ..core.devices import resolve_device
 from ..evaluation.backends import BackendSettings
 from ..evaluation.report import EvalResults, render_table, report_tables, write_report
 from ..evaluation.runner import Evaluator, MergeVariant, evaluate_all
 from ..lmeval.tasks import task_manager
 from ..merge import create_mode, merge_to_adapter
-from ..prune.pipeline import open_adapter, prune
+from ..prune.api import prune, prune_and_amplify
+from ..publish.adapter import open_adapter
 from ..core.spec import Source
 from .spec import DemoSpec
 from ..evaluation.spec import Domain

@@ -1,4 +1,4 @@
-"""Names and location of the synthetic lm-eval tasks (``dppa_peft/eval_tasks/synthetic``).
+"""Names and location of the synthetic lm-eval tasks (``eval_tasks/synthetic`` in the repository).
 
 Each synthetic task has two lm-eval variants: ``demo_<task>`` scores the test split (reported) and
 ``demo_<task>_dev`` the dev split (tuning). Groups: ``demo_<domain>`` and ``demo_<domain>_dev``.

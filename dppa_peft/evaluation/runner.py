@@ -2,28 +2,22 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
-import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import torch
 from ..core.progress import progress_bar
 
-from ..format.io import SparseDeltaAdapter
 from ..methods.registry import METHODS
-from ..prune.pipeline import open_adapter
+from ..publish.adapter import SparseDeltaAdapter, open_adapter
 from ..core.spec import Source
 from .spec import Domain
+from ..lmeval.scoring import Score, TaskScorer
 from .backends import BackendSettings, ModelSource, lm_eval_model
 from .report import EvalResults, Variant, VariantScores
 
 AdapterRef = str | os.PathLike | SparseDeltaAdapter | Source
-#: One task's score and its standard error (None when lm-eval reports none).
-Score = tuple[float, float | None]
 
 
 @dataclass(frozen=True)
@@ -50,72 +44,22 @@ def method_label(adapter: SparseDeltaAdapter) -> str:
 
 
 @dataclass
-class Evaluator:
-    """Runs lm-eval tasks with one task manager and tokenizer: on in-memory models (``scores``, quiet), or on model
-    sources through a backend (``measure``: lm-eval's ``dppa`` HF model or vLLM, with lm-eval's progress shown)."""
+class Evaluator(TaskScorer):
+    """A :class:`~dppa_peft.lmeval.scoring.TaskScorer` that also runs lm-eval on model sources through a backend
+    (``measure``: lm-eval's ``dppa`` HF model or vLLM, with lm-eval's progress shown)."""
 
-    tokenizer: Any
-    task_manager: Any
-    metric: str = "acc"
-    batch_size: int = 16
-    limit: int | float | None = None
-    num_fewshot: int | None = None
-    device: str = "cpu"
-    bootstrap_iters: int = 1000
     backend: BackendSettings = field(default_factory=BackendSettings)
-
-    def scores(self, model: torch.nn.Module, tasks: Sequence[str]) -> dict[str, float]:
-        """task -> score of ``metric`` (its first filter, e.g. 'acc,none') of an in-memory model, quietly."""
-        from lm_eval.models.huggingface import HFLM
-
-        with contextlib.redirect_stderr(io.StringIO()):  # lm-eval's progress bars and notices; errors still raise
-            lm = HFLM(pretrained=model.eval(), tokenizer=self.tokenizer, batch_size=self.batch_size)
-            output = self._evaluate(lm, None, tasks, bootstrap_iters=0, verbosity="ERROR")
-        return {task: value for task, (value, _) in self._extract(output, tasks).items()}
 
     def measure(self, source: ModelSource, tasks: Sequence[str]) -> dict[str, Score]:
         """task -> (score, stderr or None) of ``source`` through the backend, showing lm-eval's progress."""
         settings = self.backend if self.backend.tokenizer else replace(self.backend, tokenizer=self.tokenizer)
         with lm_eval_model(source, settings) as (model, model_args):
-            output = self._evaluate(model, model_args, tasks, bootstrap_iters=self.bootstrap_iters, verbosity="WARNING")
-        return self._extract(output, tasks)
+            output = self.run(model, model_args, tasks, bootstrap_iters=self.bootstrap_iters, verbosity="WARNING")
+        return self.extract(output, tasks)
 
-    def _evaluate(
-        self, model: Any, model_args: dict[str, Any] | None, tasks: Sequence[str], bootstrap_iters: int, verbosity: str
-    ) -> dict[str, Any]:
-        from lm_eval import simple_evaluate
-
-        return simple_evaluate(
-            model=model,
-            model_args=model_args,
-            tasks=list(tasks),
-            task_manager=self.task_manager,
-            num_fewshot=self.num_fewshot,
-            batch_size=self.batch_size,
-            device=self.device if self.backend.backend == "hf" else None,  # vLLM places itself
-            limit=self.limit,
-            bootstrap_iters=bootstrap_iters,
-            log_samples=False,
-            verbosity=verbosity,
-        )
-
-    def _extract(self, output: Mapping[str, Any], tasks: Sequence[str]) -> dict[str, Score]:
-        """task -> (value, stderr) of ``metric`` (its first filter); stderr None when lm-eval reports 'N/A'."""
-        scores = {}
-        for task in tasks:
-            metrics = output["results"].get(task, {})
-            key = next((k for k in metrics if k.split(",")[0] == self.metric), None)
-            if key is None:
-                raise ValueError(
-                    f"lm-eval task {task!r} reports no {self.metric!r} metric (it reports "
-                    f"{sorted(k for k in metrics if ',' in k and '_stderr' not in k)}); choose another "
-                    "metric"
-                )
-            name, _, filter_name = key.partition(",")
-            stderr = metrics.get(f"{name}_stderr,{filter_name}")
-            known = isinstance(stderr, (int, float)) and math.isfinite(stderr)
-            scores[task] = (float(metrics[key]), float(stderr) if known else None)
-        return scores
+    def run_device(self) -> str | None:
+        """vLLM places the model itself: no device for it."""
+        return self.device if self.backend.backend == "hf" else None
 
 
 def evaluate_all(

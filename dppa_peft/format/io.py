@@ -1,4 +1,6 @@
-"""Adapter folders: write one streamed tensor at a time, read back as a ``SparseDeltaAdapter`` handle.
+"""Adapter folders: write one streamed tensor at a time, read back as an ``AdapterFolder`` (its config and its stored
+tensors, checked). The public handle, ``publish.adapter.SparseDeltaAdapter``, adds the effective deltas (the kernel)
+and the Hub push.
 
 Layout (PEFT's): ``adapter_config.json``, ``adapter_model.safetensors`` (keys
 ``base_model.model.<module>.sparse_delta.<param>_{values,index,partition,factors}``) and ``README.md`` (model card).
@@ -12,23 +14,20 @@ import dataclasses
 import os
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, TypeVar
 
 import torch
 
-from ..methods.base import FullDelta, SparseDelta
 from ..core.errors import UserError
+from ..core.spec import Source
 from ..io.checkpoint import SafetensorsWriter, atomic_directory, describe_ref, resolve_repo
 from ..io.safetensors_file import open_checked, read_header, safetensors_errors
-from ..kernel.weights import effective_values
 from .config import FORMAT_VERSION, SparseDeltaConfig, module_and_param
 from .encoding import EncodedTensor
 from .record import TensorRecord
 from .validate import check_encoded, check_stored_parts, read_adapter_config
 
-if TYPE_CHECKING:
-    from huggingface_hub import CommitInfo
-
+Folder = TypeVar("Folder", bound="AdapterFolder")  # a subclass's constructors return that subclass
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
 CARD_FILE = "README.md"
@@ -69,8 +68,8 @@ class AdapterWriter:
         config.save_pretrained(str(self.directory))  # also writes the card
 
 
-class SparseDeltaAdapter:
-    """A saved sparse delta adapter (local folder or Hub repo): its config and lazily read tensors."""
+class AdapterFolder:
+    """A saved sparse delta adapter (local folder or Hub repo): its config and lazily read, checked stored tensors."""
 
     def __init__(self, directory: str | os.PathLike, ref: str | None = None) -> None:
         self.directory = Path(directory)
@@ -94,8 +93,8 @@ class SparseDeltaAdapter:
         self._partition_ids: dict[str, torch.Tensor] = {}
 
     def with_factors(
-        self, tables: dict[str, torch.Tensor], partitions: dict[str, torch.Tensor] | None = None
-    ) -> "SparseDeltaAdapter":
+        self: Folder, tables: dict[str, torch.Tensor], partitions: dict[str, torch.Tensor] | None = None
+    ) -> Folder:
         """This adapter read with ``tables`` (tensor name -> fp32 ``[P, R]`` factors) in place of its stored factor
         tables, in memory (e.g. the factors a learned merge learned for it); its files are not changed.
 
@@ -107,7 +106,7 @@ class SparseDeltaAdapter:
         view._partition_ids = {**self._partition_ids, **(partitions or {})}
         return view
 
-    def _scalars(self, name: str) -> list[float]:
+    def scalar_factors(self, name: str) -> list[float]:
         """The scalar (DPA) factors of one tensor, indexed by partition id (see ``with_factors``)."""
         factors = self.config.tensor_factors(name)
         ids = self._partition_ids.get(name)
@@ -119,17 +118,30 @@ class SparseDeltaAdapter:
 
     @classmethod
     def from_pretrained(
-        cls, ref: str | os.PathLike, revision: str | None = None, token: str | bool | None = None
-    ) -> "SparseDeltaAdapter":
+        cls: type[Folder], ref: str | os.PathLike, revision: str | None = None, token: str | bool | None = None
+    ) -> Folder:
         """Open a local adapter folder or download one from the Hub (cached)."""
         folder = resolve_repo(ref, revision=revision, token=token, allow_patterns=ADAPTER_FILES)
         return cls(folder, ref=describe_ref(ref, revision))
 
+    @classmethod
+    def open(
+        cls: type[Folder],
+        ref: Source | str | os.PathLike | AdapterFolder,
+        revision: str | None = None,
+        token: str | bool | None = None,
+    ) -> Folder:
+        """An open handle of this class as it is; else a Source, a local folder or a Hub id opened."""
+        if isinstance(ref, cls):
+            return ref
+        source = Source.of(ref, revision)
+        return cls.from_pretrained(source.ref, revision=source.revision, token=token)
+
     def encoded(self, name: str) -> EncodedTensor:
         """One stored delta exactly as stored: values in the stored dtype, index bytes, partition ids (checked)."""
-        return self._checked(name)[0]
+        return self.stored(name)[0]
 
-    def _checked(self, name: str) -> tuple[EncodedTensor, torch.Tensor | None]:
+    def stored(self, name: str) -> tuple[EncodedTensor, torch.Tensor | None]:
         """The stored parts of one tensor and its decoded indices (None when dense), after ``check_encoded``."""
         weights = self.directory / WEIGHTS_FILE
         if self._handle is None:
@@ -151,18 +163,10 @@ class SparseDeltaAdapter:
             encoded = dataclasses.replace(encoded, partition=self._partition_ids[name])
         return (encoded if table is None else dataclasses.replace(encoded, factors=table)), indices
 
-    def sparse_tensor(self, name: str) -> SparseDelta:
-        """One stored delta with every amplification factor applied (fp32 effective values, ``format.apply``)."""
-        encoded, indices = self._checked(name)
-        factors = self._scalars(name)
-        if indices is None:  # stored dense: positions implicit, no index tensor travels with a dense delta
-            return FullDelta(effective_values(encoded, factors), encoded.shape)
-        return SparseDelta(indices, effective_values(encoded, factors, indices=indices), encoded.shape)
-
     def verify(self) -> None:
         """Decode and check every stored tensor (``push`` does this before publishing)."""
         for name in self.config.tensors:
-            self._checked(name)
+            self.stored(name)
 
     @property
     def base_ref(self) -> str:
@@ -183,10 +187,3 @@ class SparseDeltaAdapter:
                 if (self.directory / name).is_file():
                     shutil.copy2(self.directory / name, tmp / name)
         return Path(directory)
-
-    def push_to_hub(self, repo_id: str, **options: Any) -> "CommitInfo":
-        """Publish this adapter as ONE commit on ``repo_id`` (created if needed): ``options`` as in
-        ``dppa_peft.publish.hub.push_to_hub`` (the fields of ``PushSpec``, ``token``, ``eval_results``, ``base``)."""
-        from ..publish.hub import push_to_hub
-
-        return push_to_hub(self, repo_id, **options)

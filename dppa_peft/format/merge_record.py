@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from .. import __version__
+from ..core.version import __version__
 from .config import SparseDeltaConfig
 from .record import TensorRecord
 

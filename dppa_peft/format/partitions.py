@@ -11,7 +11,7 @@ import torch
 from ..core.errors import UserError
 from ..methods.partitions import RATE_TOLERANCE, check_partition_rates, default_partition_rates, ids_from_membership
 from ..methods.registry import recorded_method
-from .io import SparseDeltaAdapter
+from .io import AdapterFolder
 
 
 @dataclass
@@ -27,14 +27,14 @@ class Partitions:
         return len(self.rates)
 
 
-def _derive_members(adapter: SparseDeltaAdapter, name: str, densities: list[float]) -> list[torch.Tensor]:
+def _derive_members(adapter: AdapterFolder, name: str, densities: list[float]) -> list[torch.Tensor]:
     """Boundary membership re-derived from the stored entries, as the adapter's pruning method ranks them."""
     cls, params = recorded_method(adapter.config.method)
     encoded = adapter.encoded(name)
     return cls.stored_members(name, encoded.shape, encoded.indices(), encoded.values, densities, params)
 
 
-def adapter_partitions(adapter: SparseDeltaAdapter, rates: Sequence[float] | None = None) -> Partitions:
+def adapter_partitions(adapter: AdapterFolder, rates: Sequence[float] | None = None) -> Partitions:
     """Partitions of an existing adapter's pruned tensors (default rates: 0.9, 0.8, … down to its rate)."""
     if adapter.config.merge:
         raise UserError(

@@ -1,7 +1,7 @@
 """How an adapter names its base so it loads from anywhere: an absolute path or a Hub id, and the Hub id of a local
 copy (``base_model_id``) checked against the Hub by sampled weights, without downloading the model.
 
-The check reads the same 16 values per tensor that the base fingerprint samples (``format.fingerprint``) from the
+The check reads the same 16 values per tensor that the base fingerprint samples (``io.sampling``) from the
 Hub's safetensors files with HTTP range requests (a few bytes each), for up to ``CHECKED_TENSORS`` tensors.
 """
 
@@ -17,7 +17,7 @@ import torch
 
 from .checkpoint import Checkpoint, looks_like_local_path
 from ..core.errors import UserError
-from ..format.fingerprint import checkpoint_sample, sample_bytes, sample_positions
+from .sampling import checkpoint_sample, sample_bytes, sample_positions
 from .safetensors_file import st_dtype
 
 CHECKED_TENSORS = 4

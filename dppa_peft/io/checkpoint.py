@@ -174,16 +174,6 @@ class Checkpoint:
         return read_tensor(self.directory / self._shard_of[name], rows)
 
 
-def load_causal_lm(ref: str | os.PathLike, **kwargs: Any) -> torch.nn.Module:
-    """``AutoModelForCausalLM.from_pretrained`` that only ever reads safetensors: a local folder is checked first
-    (a pickled-only folder or a damaged file is a clear error), and transformers is told ``use_safetensors=True``."""
-    from transformers import AutoModelForCausalLM
-
-    if Path(ref).expanduser().is_dir():
-        Checkpoint(Path(ref).expanduser())
-    return AutoModelForCausalLM.from_pretrained(ref, use_safetensors=True, **kwargs)
-
-
 def _copy_in_kernel(source: Any, target: Any, count: int) -> None:
     """Append ``count`` bytes of ``source`` to ``target``, in the kernel (``sendfile``) where the OS allows it."""
     start = target.tell()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -26,6 +27,9 @@ from ..core.buffers import to_float32
 from ..methods.base import FullDelta, SparseDelta
 from ..methods.selection import flat_nonzero
 from ..format.encoding import EncodedTensor
+
+if TYPE_CHECKING:  # the adapter folder imports peft; option parsing (``--help``) imports this module
+    from ..format.io import AdapterFolder
 
 
 UNION_LIMIT = 16
@@ -74,6 +78,15 @@ def effective_values(
     if indices is None:
         indices = encoded.indices()
     return values * rows[part, row_of(indices.to(values.device).long(), encoded.shape)]
+
+
+def adapter_delta(adapter: "AdapterFolder", name: str) -> SparseDelta:
+    """One stored delta of ``adapter`` with every amplification factor applied (fp32 effective values)."""
+    encoded, indices = adapter.stored(name)
+    factors = adapter.scalar_factors(name)
+    if indices is None:  # stored dense: positions implicit, no index tensor travels with a dense delta
+        return FullDelta(effective_values(encoded, factors), encoded.shape)
+    return SparseDelta(indices, effective_values(encoded, factors, indices=indices), encoded.shape)
 
 
 def add_sparse(

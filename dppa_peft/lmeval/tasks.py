@@ -1,7 +1,8 @@
 """Where the project's lm-eval task folders live, and how to load them (or run them on local files).
 
-The folders are ``dppa_peft/eval_tasks/<name>/``, shipped inside the package (package data), so an installed wheel
-finds them; the environment variable ``DPPA_EVAL_TASKS`` points elsewhere.
+The folders are the repository's ``eval_tasks/<name>/``, shipped in the wheel as the package ``dppa_peft.eval_tasks``
+(pyproject's ``package-dir``), so an installed wheel finds them; the environment variable ``DPPA_EVAL_TASKS`` points
+elsewhere.
 """
 
 from __future__ import annotations
@@ -32,14 +33,14 @@ PAPER_GROUPS: dict[str, str] = {domain: f"paper_{domain}" for domain in PAPER_DO
 
 
 def tasks_root() -> Path:
-    """The ``eval_tasks`` folder: ``$DPPA_EVAL_TASKS`` if set, else the package's own ``dppa_peft/eval_tasks``."""
+    """The ``eval_tasks`` folder: ``$DPPA_EVAL_TASKS`` if set, else the package's own (``dppa_peft.eval_tasks``)."""
     override = os.environ.get(TASKS_ENV_VAR)
     root = Path(override) if override else TASKS_DIR
     if not root.is_dir():
         source = f"${TASKS_ENV_VAR}" if override else "the installed package"
         raise FileNotFoundError(
             f"lm-eval task folder {root} (from {source}) does not exist; unset {TASKS_ENV_VAR} or point it at a "
-            "folder of task subfolders (the package ships dppa_peft/eval_tasks/)"
+            "folder of task subfolders (the package ships its own, eval_tasks/ in the repository)"
         )
     return root
 

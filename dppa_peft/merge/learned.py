@@ -32,7 +32,7 @@ from .modes import MergeMode, register_mode
 if TYPE_CHECKING:  # the learning loop and the adapter handle import peft; option parsing must not
     from ..amplify.learned import LearnResult, Teacher
     from ..format.partitions import Partitions
-    from ..format.io import SparseDeltaAdapter
+    from ..publish.adapter import SparseDeltaAdapter
 
 ADAMERGING_GRANULARITIES = {"task": "global", "layer": "tensor"}
 
@@ -191,10 +191,10 @@ def learn_merge(
     """
     from ..amplify.candidate import load_base_model  # tuner-level imports: the merge package loads them lazily
     from ..amplify.learned import EntropyTarget, build_teacher, learn_factors, model_context, teacher_from_pretrained
-    from ..amplify.objectives import load_tokenizer
-    from ..format.fingerprint import check_fingerprint, model_sampler
+    from ..io.models import load_tokenizer, resize_vocabulary
+    from ..format.fingerprint import check_fingerprint
+    from ..io.sampling import model_sampler
     from ..core.devices import release_memory
-    from ..tuner.model import resize_vocabulary
 
     adamerging = isinstance(params, AdaMergingParams)
     prompt_sets = params.prompt_sets(len(adapters), pooled=adamerging)

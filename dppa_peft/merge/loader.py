@@ -21,20 +21,21 @@ from typing import Any
 import torch
 from ..core.progress import progress_bar
 
-from .. import __version__
+from ..core.version import __version__
 from ..core.errors import UserError
-from ..io.checkpoint import HUB_PATTERNS, Checkpoint, ShardedWriter, atomic_directory, load_causal_lm, resolve_repo
+from ..io.checkpoint import HUB_PATTERNS, Checkpoint, ShardedWriter, atomic_directory, resolve_repo
+from ..io.models import device_placement, load_causal_lm, resize_vocabulary
 from ..core.devices import resolve_device
 from ..format.encoding import encode
-from ..format.fingerprint import check_fingerprint, checkpoint_sample, fingerprint, model_sampler, tensor_sample
-from ..format.io import AdapterWriter, SparseDeltaAdapter
+from ..format.fingerprint import check_fingerprint, fingerprint
+from ..io.sampling import checkpoint_sample, model_sampler, tensor_sample
+from ..format.io import AdapterWriter
 from ..format.merge_record import MergeRecord, MergeSource, merged_adapter_config, read_record, source_of
 from ..format.validate import check_fits_base, require_fingerprint
 from ..methods.base import SparseDelta
-from ..prune.pipeline import open_adapter
+from ..publish.adapter import SparseDeltaAdapter, open_adapter
 from ..core.devices import torch_dtype
 from ..publish.merge_card import write_merge_card
-from ..tuner.model import resize_vocabulary
 from ..core.validate import finite_numbers
 from .modes import MergedTensor, MergeMode, create_mode
 
@@ -132,13 +133,6 @@ def _merged(
     return merger.merge(name, [d for d, _ in chosen], [w for _, w in chosen])
 
 
-def _dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
-    """``"auto"``/None -> None (keep each tensor's dtype); a name or a torch dtype -> that dtype."""
-    if dtype is None or isinstance(dtype, torch.dtype):
-        return dtype
-    return torch_dtype(dtype)
-
-
 def _dtype_name(dtype: torch.dtype | None) -> str | None:
     return None if dtype is None else str(dtype).removeprefix("torch.")
 
@@ -173,8 +167,7 @@ def load_merged(
     folder = resolve_repo(
         base, revision=revision, token=token, allow_patterns=HUB_PATTERNS + ["*.py"] if trust_remote_code else None
     )
-    on = resolve_device(device)
-    placement = {} if on.type == "cpu" else {"device_map": {"": str(on)}}
+    placement = device_placement(device)
     model = load_causal_lm(folder, dtype=dtype, trust_remote_code=trust_remote_code, **placement)
     return _merge_handles(model, handles, weights, merger, str(base), progress)
 
@@ -260,7 +253,7 @@ def merge_to_folder(
     rounded to bf16 first). The folder also holds a model card and ``dppa_merge.json`` (the record ``replay`` runs).
     ``device`` ("cuda", "auto", ...) is where each touched tensor is merged, one at a time.
     """
-    dtype, on = _dtype(dtype), resolve_device(device)
+    dtype, on = torch_dtype(dtype), resolve_device(device)
     merger, handles, weights, sources = _setup(
         base, mode, options, adapters, weights, adapter_revisions, token, allow_unverified_base, device, progress
     )
@@ -319,7 +312,7 @@ def merge_to_adapter(
     are summed before, not after, they meet the base). ``value_dtype`` (default float32, exact) may be bfloat16
     or float16 for half the size. Of the base, only the rows holding the fingerprint samples are read.
     """
-    stored_dtype = _dtype(value_dtype)
+    stored_dtype = torch_dtype(value_dtype)
     if stored_dtype is None:
         raise ValueError("value_dtype must be float32, bfloat16 or float16 for a merged adapter")
     merger, handles, weights, sources = _setup(

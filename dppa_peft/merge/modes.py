@@ -48,7 +48,7 @@ from ..delta.scope import TensorInfo
 from .combine import CONSENSUS, SEMANTICS, combine, combine_options
 
 if TYPE_CHECKING:  # the adapter handle imports peft; option parsing must not
-    from ..format.io import SparseDeltaAdapter
+    from ..publish.adapter import SparseDeltaAdapter
 
 DENSITY_HELP = (
     "fraction of each tensor's entries kept from every adapter before combining (PEFT/mergekit "

@@ -11,12 +11,13 @@ from typing import Any
 
 import torch
 
-from .. import __version__
+from ..core.version import __version__
 from ..format.config import SparseDeltaConfig
 from ..core.errors import UserError
 from ..format.encoding import EncodedTensor, encode, encode_dense
 from ..format.fingerprint import fingerprint
-from ..format.io import AdapterWriter, SparseDeltaAdapter
+from ..format.io import AdapterWriter
+from ..publish.adapter import SparseDeltaAdapter
 from ..format.record import TensorRecord
 from ..format.amplification import amplification_record
 from ..methods.partitions import partition_ids
@@ -115,42 +116,7 @@ def _outside_scope(delta: torch.Tensor, mode: str, rate: float, stored_dtype: to
     return None
 
 
-def prune(
-    spec: PruneSpec | str | os.PathLike,
-    finetuned: str | os.PathLike | Source | None = None,
-    out: str | os.PathLike | None = None,
-    *,
-    token: str | bool | None = None,
-    progress: bool = True,
-    command: str | None = None,
-    **options: Any,
-) -> tuple[SparseDeltaAdapter, PruneSummary]:
-    """Prune ``finetuned − base`` as ``spec`` says and write a sparse delta adapter folder to ``spec.out``.
-
-    Pass a :class:`~dppa_peft.prune.spec.PruneSpec`, or its keyword form ``prune(base, finetuned, out, method="dp",
-    rate=0.9, **options)`` where ``options`` are spec fields and the method's hyperparameters by name (see
-    ``dppa-peft prune --help``). ``partition_rates`` (DPA, e.g. ``[0.9, 0.8]`` for rate 0.8) stores a partition id
-    per kept entry and an ``amplification`` block with factors 1.0; ``dppa_peft.amplify`` then searches the
-    factors (``prune_and_amplify`` does both). Returns the saved adapter and a summary of what was kept.
-    """
-    spec = as_prune_spec(spec, finetuned, out, options)
-    if spec.amplify:
-        raise UserError("this spec asks for DPA (amplify=True); run it with dppa_peft.prune_and_amplify(spec)")
-    return _prune(spec, spec.out, token=token, progress=progress, command=command)
-
-
-def as_prune_spec(spec: PruneSpec | str | os.PathLike, finetuned: Any, out: Any, options: dict[str, Any]) -> PruneSpec:
-    """A PruneSpec as given, or built from the keyword form."""
-    if isinstance(spec, PruneSpec):
-        if finetuned is not None or out is not None or options:
-            raise UserError("pass either a PruneSpec or base, finetuned, out and options, not both")
-        return spec
-    if finetuned is None or out is None:
-        raise UserError("prune needs a base, a fine-tuned model and an output folder (or a PruneSpec)")
-    return PruneSpec.build(spec, finetuned, out, **options)
-
-
-def _prune(
+def prune_into(
     spec: PruneSpec, out: str | os.PathLike, *, token: str | bool | None, progress: bool, command: str | None
 ) -> tuple[SparseDeltaAdapter, PruneSummary]:
     """The pruning run itself, into ``out`` (``spec.out``, or a temp folder of ``prune_and_amplify``)."""
@@ -303,14 +269,4 @@ def _vocab_size(pair: DeltaPair) -> int | None:
     return max(pair.finetuned.shape(name)[0] for name in pair.extra_rows)
 
 
-def open_adapter(
-    ref: Source | str | os.PathLike | SparseDeltaAdapter, revision: str | None = None, token: str | bool | None = None
-) -> SparseDeltaAdapter:
-    """Accept an adapter handle, a Source, a local folder or a Hub id."""
-    if isinstance(ref, SparseDeltaAdapter):
-        return ref
-    source = Source.of(ref, revision)
-    return SparseDeltaAdapter.from_pretrained(source.ref, revision=source.revision, token=token)
-
-
-__all__ = ["PruneSummary", "as_prune_spec", "open_adapter", "prune"]
+__all__ = ["PruneSummary", "collect_statistics", "open_pair", "plan_densities", "prune_into"]

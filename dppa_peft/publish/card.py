@@ -22,10 +22,10 @@ from ..format.config import register_card_writer
 from ..format.merge_record import MergeRecord
 from .commands import public_command
 from .merge_card import build_merge_card
+from .stock import SupertuningExport
 
 if TYPE_CHECKING:
     from ..format.config import SparseDeltaConfig
-    from .export import SupertuningExport
 
 CARD_TEMPLATE = """---
 {{ card_data }}
@@ -99,7 +99,7 @@ def build_model_card(
     *,
     repo_id: str | None = None,
     eval_results: Mapping[str, Mapping[str, Any]] | None = None,
-    stock: "SupertuningExport | None" = None,
+    stock: SupertuningExport | None = None,
 ) -> ModelCard:
     """The card of an adapter from its config, plus its Hub id, evaluation results and stock-PEFT export if given."""
     evals = eval_results_from_lm_eval(eval_results) if eval_results else None

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -27,54 +26,22 @@ from ..core.progress import progress_bar
 from ..io.checkpoint import Checkpoint, SafetensorsWriter
 from ..core.output import atomic_directory, check_output
 from .card import write_model_card
-from ..kernel.weights import add_dense, add_sparse
-from ..format.fingerprint import check_fingerprint, checkpoint_sample
-from ..format.io import WEIGHTS_FILE, SparseDeltaAdapter
+from .stock import SupertuningExport
+from ..kernel.weights import adapter_delta, add_dense, add_sparse
+from ..format.fingerprint import check_fingerprint
+from ..io.models import model_skeleton
+from ..io.sampling import checkpoint_sample
+from ..format.io import WEIGHTS_FILE, AdapterFolder
 from ..format.validate import check_fits_base
 from ..methods.base import SparseDelta
-from .spec import ExportSpec, SUPERTUNING
 
 PREFIX = "base_model.model."
 SPARSE_ENTRY_BYTES = 8  # fp32 value + int32 index
 MAX_SPARSE_NUMEL = 2**31  # int32 flat indices address positions 0 .. 2^31 - 1; larger modules are stored whole
 
 
-@dataclass
-class SupertuningExport:
-    """What an export wrote: the global sparsity, its modules, padding, and sizes."""
-
-    directory: Path
-    sparsity: float
-    targets: list[str]
-    modules_to_save: list[str]
-    kept: int
-    padding: int
-    nbytes: int
-    source_bytes: int
-    inexact: int = 0  # bf16/fp16 base: kept entries where stock PEFT's arithmetic differs from ``load_merged``
-
-    @property
-    def size_ratio(self) -> float:
-        """Weights file size vs the dppa-peft adapter's weights file."""
-        return self.nbytes / self.source_bytes if self.source_bytes else 0.0
-
-    def line(self) -> str:
-        return (
-            f"SUPERTUNING sparsity {self.sparsity:.6g}: {len(self.targets)} sparse Linear modules "
-            f"({self.kept} kept + {self.padding} zero padding entries), {len(self.modules_to_save)} whole "
-            f"modules (modules_to_save); {self.nbytes / 2**20:.2f} MiB = {self.size_ratio:.2f}x the dppa-peft "
-            f"adapter ({self.source_bytes / 2**20:.2f} MiB)"
-            + (
-                f"; {self.inexact} entries differ from load_merged by the base-dtype rounding of their delta (stock "
-                "PEFT adds in the base dtype)"
-                if self.inexact
-                else ""
-            )
-        )
-
-
 def export_supertuning(
-    adapter: SparseDeltaAdapter,
+    adapter: AdapterFolder,
     out: str | os.PathLike,
     *,
     base: str | os.PathLike | None = None,
@@ -104,7 +71,7 @@ def export_supertuning(
     inputs = [adapter.directory, base, checkpoint.directory]
     check_output(out, inputs, overwrite)  # before the fingerprint read
     _check_base(adapter, checkpoint)
-    model = _skeleton(checkpoint)
+    model = model_skeleton(checkpoint)
     targets, whole = _split_modules(adapter, checkpoint, model)
     sparsity = global_sparsity([(_numel(adapter, t), adapter.config.tensors[f"{t}.weight"].nnz) for t in targets])
     kept = padding = inexact = 0
@@ -147,25 +114,6 @@ def export_supertuning(
     return summary
 
 
-def export(
-    spec: ExportSpec, token: str | bool | None = None, progress: bool = True
-) -> SupertuningExport | SparseDeltaAdapter:
-    """``dppa-peft export``: ``spec.adapter`` written to ``spec.out`` as a SUPERTUNING export (returned), or copied as
-    is for 'sparse-delta' (the copy returned)."""
-    adapter = SparseDeltaAdapter.from_pretrained(spec.adapter.ref, revision=spec.adapter.revision, token=token)
-    if spec.export_format != SUPERTUNING:
-        return SparseDeltaAdapter(adapter.save_pretrained(spec.out, overwrite=spec.overwrite))
-    return export_supertuning(
-        adapter,
-        spec.out,
-        base=None if spec.base is None else spec.base.ref,
-        base_revision=None if spec.base is None else spec.base.revision,
-        token=token,
-        overwrite=spec.overwrite,
-        progress=progress,
-    )
-
-
 def global_sparsity(modules: list[tuple[int, int]]) -> float:
     """The largest sparsity ``s`` with ``int(numel · (1 − s)) >= nnz`` for every (numel, nnz), as PEFT computes k."""
     if not modules:
@@ -191,28 +139,18 @@ def choose_targets(candidates: dict[str, tuple[int, int, int]]) -> list[str]:
     return best[1] if best else []
 
 
-def _check_base(adapter: SparseDeltaAdapter, checkpoint: Checkpoint) -> None:
+def _check_base(adapter: AdapterFolder, checkpoint: Checkpoint) -> None:
     """The adapter fits the base checkpoint and was pruned from it (its recorded fingerprint)."""
     check_fits_base(adapter.config, {n: checkpoint.shape(n) for n in checkpoint.names()}, adapter.ref, checkpoint.ref)
     check_fingerprint(adapter.config, lambda name: checkpoint_sample(checkpoint, name), adapter.ref, checkpoint.ref)
 
 
-def _skeleton(checkpoint: Checkpoint) -> torch.nn.Module:
-    """The base architecture on the meta device (module types and names, no weights)."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    if checkpoint.config is None:
-        raise FileNotFoundError(f"{checkpoint.ref} has no config.json; the export needs the base model's config")
-    with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(checkpoint.directory))
-
-
-def _numel(adapter: SparseDeltaAdapter, module: str) -> int:
+def _numel(adapter: AdapterFolder, module: str) -> int:
     return adapter.config.tensors[f"{module}.weight"].numel
 
 
 def _split_modules(
-    adapter: SparseDeltaAdapter, checkpoint: Checkpoint, model: torch.nn.Module
+    adapter: AdapterFolder, checkpoint: Checkpoint, model: torch.nn.Module
 ) -> tuple[list[str], list[str]]:
     """(sparse SUPERTUNING targets, whole modules for ``modules_to_save``), both checked against PEFT's matching."""
     modules = dict(model.named_modules())
@@ -258,12 +196,12 @@ def _check_unambiguous(model: torch.nn.Module, targets: list[str], whole: list[s
                 )
 
 
-def _baked(adapter: SparseDeltaAdapter, checkpoint: Checkpoint, name: str) -> tuple[SparseDelta, int]:
+def _baked(adapter: AdapterFolder, checkpoint: Checkpoint, name: str) -> tuple[SparseDelta, int]:
     """The effective delta (every factor applied) as values that stock PEFT, which casts them to the base dtype and
     adds them in it, turns into the kernel's weights: the values themselves for an fp32 base; for a bf16/fp16 base
     ``kernel(base + δ) − base``, or the neighbouring base-dtype number that rounds to the same weight. Also returns
     how many entries no base-dtype value reproduces (they are off by the base-dtype rounding of their delta)."""
-    delta = adapter.sparse_tensor(name)
+    delta = adapter_delta(adapter, name)
     dtype = checkpoint.dtype(name)
     if dtype == torch.float32:
         return delta, 0
@@ -291,7 +229,7 @@ def _padded_support(delta: SparseDelta, sparsity: float) -> tuple[torch.Tensor, 
 
 
 def _whole_module(
-    adapter: SparseDeltaAdapter, checkpoint: Checkpoint, model: torch.nn.Module, module: str
+    adapter: AdapterFolder, checkpoint: Checkpoint, model: torch.nn.Module, module: str
 ) -> dict[str, torch.Tensor]:
     """Every state entry of one module, base + delta added by the kernel (as our tuner layer does)."""
     out = {}
@@ -301,6 +239,6 @@ def _whole_module(
             raise ValueError(f"{name} is not in {checkpoint.ref}; cannot store module {module!r} whole")
         tensor = checkpoint.read(name)
         if name in adapter.config.tensors:
-            tensor = add_sparse(tensor, [adapter.sparse_tensor(name)])
+            tensor = add_sparse(tensor, [adapter_delta(adapter, name)])
         out[key] = tensor
     return out

@@ -22,23 +22,17 @@ from ..core.hub_errors import PushError, TransportError, describe_hub_error
 from ..io.base_ref import BASE_ID_KEY, base_id_record
 from ..io.checkpoint import Checkpoint
 from ..format.config import SparseDeltaConfig
-from ..format.io import CARD_FILE, CONFIG_FILE, WEIGHTS_FILE, SparseDeltaAdapter
+from ..format.io import CARD_FILE, CONFIG_FILE, WEIGHTS_FILE, AdapterFolder
 from ..core.spec import Source
 from .spec import PushSpec, SUPERTUNING
 from .card import load_eval_results, shown_ref, write_model_card
 from .commands import public_command
-from .export import SupertuningExport, export_supertuning
-
-
-def push(spec: PushSpec, token: str | bool | None = None) -> CommitInfo:
-    """``dppa-peft push``: open ``spec.adapter`` and publish it; see ``publish``."""
-    results = load_eval_results(spec.eval_results) if spec.eval_results else None  # fails before any download
-    adapter = SparseDeltaAdapter.from_pretrained(spec.adapter.ref, revision=spec.adapter.revision, token=token)
-    return publish(adapter, spec, token=token, eval_results=results)
+from .export import export_supertuning
+from .stock import SupertuningExport
 
 
 def push_to_hub(
-    adapter: SparseDeltaAdapter,
+    adapter: AdapterFolder,
     repo_id: str,
     *,
     token: str | bool | None = None,
@@ -62,7 +56,7 @@ def push_to_hub(
 
 
 def publish(
-    adapter: SparseDeltaAdapter,
+    adapter: AdapterFolder,
     spec: PushSpec,
     *,
     token: str | bool | None = None,
@@ -213,7 +207,7 @@ def _interrupted(api: HfApi, repo_id: str, revision: str | None, head: str | Non
     )
 
 
-def _default_message(adapter: SparseDeltaAdapter, stock: SupertuningExport | None) -> str:
+def _default_message(adapter: AdapterFolder, stock: SupertuningExport | None) -> str:
     method = adapter.config.method
     kind = "stock-PEFT SUPERTUNING export of a sparse delta adapter" if stock else "sparse delta adapter"
     return f"Upload {kind} ({method.get('name', 'unknown')}, rate {method.get('rate')}) with dppa-peft"

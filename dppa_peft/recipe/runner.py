@@ -175,9 +175,8 @@ def run_recipe(
     recipe: Recipe, overwrite: bool = False, command: str | None = None, progress: bool = True
 ) -> Iterator[str]:
     """Run the recipe's steps, yielding one line per step; finished, unchanged steps are skipped."""
-    from ..amplify.api import prune_and_amplify
     from ..merge.api import merge
-    from ..prune.pipeline import prune
+    from ..prune.api import prune, prune_and_amplify
 
     check_inputs(recipe)
     state = {} if overwrite else _load_state(recipe.output_dir)

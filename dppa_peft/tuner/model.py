@@ -14,7 +14,9 @@ from torch import nn
 
 from ..format.config import SparseDeltaConfig
 from ..format.validate import CHECKED_FIELDS, check_config, check_fits_base
-from ..format.fingerprint import check_fingerprint, model_sampler
+from ..format.fingerprint import check_fingerprint
+from ..io.models import resize_vocabulary
+from ..io.sampling import model_sampler
 from .layer import SparseDeltaLayer
 from .weighted import add_weighted_adapter
 
@@ -33,22 +35,6 @@ def use_peft_push(model: nn.Module) -> None:
     only: transformers' own writes the repo's old card (or an empty template) over ours (see ``publish.peft_push``)."""
     if _PEFT_PUSH and isinstance(model, PeftModel) and "push_to_hub" not in vars(model):
         object.__setattr__(model, "push_to_hub", types.MethodType(_PEFT_PUSH[0], model))
-
-
-def resize_vocabulary(model: nn.Module, vocab_size: int | None) -> None:
-    """Grow the input/output embeddings to ``vocab_size`` with zero rows (the adapter stores their full values)."""
-    input_embeddings = getattr(model, "get_input_embeddings", None)  # a transformers model (duck-typed)
-    if vocab_size is None or input_embeddings is None:
-        return
-    old = input_embeddings().weight.shape[0]
-    if vocab_size <= old:
-        return
-    getattr(model, "resize_token_embeddings")(vocab_size, mean_resizing=False)
-    with torch.no_grad():
-        input_embeddings().weight[old:] = 0
-        output = getattr(model, "get_output_embeddings")()
-        if output is not None:
-            output.weight[old:] = 0
 
 
 def sparse_config(config: PeftConfig) -> SparseDeltaConfig:
