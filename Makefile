@@ -24,11 +24,12 @@ setup: $(VENV)/.installed
 demo: setup
 	$(BIN)/dppa-peft demo
 
-# lint and type check (settings in pyproject.toml), run by `make test` before the tests
+# lint, type check and the layers contract (settings in pyproject.toml), run by `make test` before the tests
 check: setup
 	$(BIN)/python -m ruff check .
 	$(BIN)/python -m ruff format --check .
 	$(BIN)/python -m mypy
+	$(BIN)/lint-imports
 
 test: check
 	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest -n 2 --dist loadfile tests

@@ -1,8 +1,8 @@
 """dppa-peft: sparse delta adapters (DP / DPA pruning and baselines) for fine-tuned LLMs, loadable with PEFT.
 
-Importing the package registers the ``SPARSE_DELTA`` adapter type with PEFT (as soon as peft is imported), so
-``PeftModel.from_pretrained``, ``load_adapter`` and ``merge_and_unload`` work on adapters written by
-``dppa_peft.prune``. The public names below load their modules on first use, so ``import dppa_peft`` (and the
+Importing the package registers the ``SPARSE_DELTA`` adapter type with PEFT (as soon as peft is imported;
+``tuner/registration.py``), so ``PeftModel.from_pretrained``, ``load_adapter`` and ``merge_and_unload`` work on
+adapters written by ``dppa_peft.prune``. The public names below load their modules on first use, so ``import dppa_peft`` (and the
 command line's ``--help``) stay fast.
 """
 
@@ -11,14 +11,14 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from ._lazy import after_each_submodule, after_import, initializing
 from .core.version import __version__ as __version__
+from .tuner.registration import register_when_peft_is_imported
 
 
 _EXPORTS = {
-    "BaseModelMismatchError": "tuner",
-    "SparseDeltaConfig": "tuner",
-    "SparseDeltaModel": "tuner",
+    "BaseModelMismatchError": "format.fingerprint",
+    "SparseDeltaConfig": "format.config",
+    "SparseDeltaModel": "tuner.model",
     "SupertuningExport": "publish.stock",
     "export_supertuning": "publish.export",
     "SparseDeltaAdapter": "publish.adapter",
@@ -67,31 +67,5 @@ for _name in ("amplify", "prune"):
     importlib.import_module(f".{_name}", __name__)  # not ``from . import``: that would ask ``__getattr__``
     del globals()[_name]
 
-
-_PENDING: set[str] = set()  # submodules to import as soon as no module of this package is running
-
-
-def _import_when_quiet(module: str, finished: str | None = None) -> None:
-    """Import ``module`` now, or once the imports of this package now running (other than ``finished``) are done,
-    so it never meets a half-initialised module."""
-    if initializing(f"{__name__}.", exclude=finished):
-        _PENDING.add(module)
-    else:
-        importlib.import_module(module, __name__)
-
-
-def _submodule_loaded(name: str) -> None:
-    """After each submodule: the adapter config needs its card writer (``publish.card`` registers it), the tuner its
-    PEFT push (``tuner.push``); then run what waited for a quiet moment."""
-    if name == f"{__name__}.format.config":
-        _PENDING.add(".publish.card")
-    if name == f"{__name__}.tuner.model":  # PeftModel.push_to_hub publishes dppa-peft's card (tuner.push)
-        _PENDING.add(".tuner.push")
-    if _PENDING and not initializing(f"{__name__}.", exclude=name):
-        while _PENDING:
-            importlib.import_module(_PENDING.pop(), __name__)
-
-
-after_each_submodule(__name__, _submodule_loaded)
-# ``tuner`` registers SPARSE_DELTA in PEFT's mappings: import it once peft is (format.config imports peft itself).
-after_import("peft", lambda: _import_when_quiet(".tuner"))
+# SPARSE_DELTA becomes known to PEFT as soon as peft is imported (at once if it already is): tuner/registration.py.
+register_when_peft_is_imported()

@@ -15,7 +15,7 @@ import traceback
 from collections.abc import Iterator
 from importlib import import_module
 
-from .._lazy import defer
+from ..core.lazy import defer
 from ..core.errors import Interrupted, UserError, redact
 
 SUBCOMMANDS = ("demo", "prune", "amplify", "merge", "inspect", "evaluate", "push", "export", "run")  # modules

@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from ..io.base_ref import BASE_ID_KEY, is_hub_id
-from ..format.config import register_card_writer
 from ..format.merge_record import MergeRecord
 from .commands import public_command
 from .merge_card import build_merge_card
@@ -185,9 +184,6 @@ def write_model_card(directory: str | os.PathLike, config: "SparseDeltaConfig", 
     path = Path(directory) / "README.md"
     build_model_card(config, **options).save(path)
     return path
-
-
-register_card_writer(lambda config, directory: write_model_card(directory, config))
 
 
 def load_eval_results(path: str | os.PathLike) -> dict[str, dict[str, Any]]:

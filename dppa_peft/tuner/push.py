@@ -20,7 +20,6 @@ from typing import Any
 
 from ..format.config import SparseDeltaType
 from ..format.io import CONFIG_FILE
-from .model import register_peft_push
 
 
 def push_to_hub(
@@ -77,6 +76,3 @@ def push_to_hub(
             create_pr=create_pr,
             description=commit_description,
         )
-
-
-register_peft_push(push_to_hub)
