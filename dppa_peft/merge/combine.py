@@ -15,10 +15,11 @@ from collections.abc import Callable, Sequence
 import torch
 
 from ..core.choices import CONSENSUS, SEMANTICS
+from ..core.registry import Registry
 
 CombineFn = Callable[..., "torch.Tensor"]
 COMBINE_CHUNK = 1 << 20  # entries combined at once
-COMBINE_MODES: dict[str, CombineFn] = {}
+COMBINE_MODES: Registry[CombineFn] = Registry("combine mode")
 
 
 def register_combine(name: str) -> Callable[[CombineFn], CombineFn]:
@@ -28,10 +29,7 @@ def register_combine(name: str) -> Callable[[CombineFn], CombineFn]:
     """
 
     def decorate(fn: CombineFn) -> CombineFn:
-        if name in COMBINE_MODES:
-            raise ValueError(f"combine mode {name!r} registered twice")
-        COMBINE_MODES[name] = fn
-        return fn
+        return COMBINE_MODES.add(name, fn)
 
     return decorate
 
@@ -59,10 +57,7 @@ def combine(mode: str, deltas: Sequence[torch.Tensor], weights: Sequence[float],
 
 
 def _get_mode(mode: str) -> CombineFn:
-    try:
-        return COMBINE_MODES[mode]
-    except KeyError:
-        raise ValueError(f"unknown combine mode {mode!r}; choose one of {sorted(COMBINE_MODES)}") from None
+    return COMBINE_MODES.lookup(mode)
 
 
 def _check_inputs(deltas: Sequence[torch.Tensor], weights: Sequence[float]) -> None:

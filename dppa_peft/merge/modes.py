@@ -44,6 +44,7 @@ from ..kernel.weights import add_sparse, add_sparse_
 from ..methods.base import SparseDelta
 from ..methods.della import check_window
 from ..methods.registry import create_method, get_method
+from ..core.registry import Registry
 from ..delta.scope import TensorInfo
 from .combine import CONSENSUS, SEMANTICS, combine, combine_options
 
@@ -219,24 +220,19 @@ def common_rows(name: str, deltas: Sequence[SparseDelta]) -> list[SparseDelta]:
     return [SparseDelta(d.indices, d.values, (rows, *d.shape[1:])) for d in deltas]
 
 
-MERGE_MODES: dict[str, type[MergeMode]] = {}
+MERGE_MODES: Registry[type[MergeMode]] = Registry("merge mode")
 
 
 def register_mode(cls: type[MergeMode]) -> type[MergeMode]:
     """Class decorator adding a merge mode (and its aliases) to ``MERGE_MODES``."""
     for key in (cls.name, *cls.aliases):
-        if key in MERGE_MODES:
-            raise ValueError(f"merge mode {key!r} registered twice")
-        MERGE_MODES[key] = cls
+        MERGE_MODES.add(key, cls)
     return cls
 
 
 def get_mode(name: str) -> type[MergeMode]:
     """The merge-mode class registered under ``name`` (or one of its aliases)."""
-    try:
-        return MERGE_MODES[name]
-    except KeyError:
-        raise ValueError(f"unknown merge mode {name!r}; choose one of {sorted(MERGE_MODES)}") from None
+    return MERGE_MODES.lookup(name)
 
 
 def mode_options(name: str) -> list[str]:

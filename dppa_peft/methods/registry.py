@@ -5,25 +5,20 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from ..core.registry import Registry
 from ..core.validate import check_finite_params
 from .base import PruningMethod
 
-METHODS: dict[str, type[PruningMethod]] = {}
+METHODS: Registry[type[PruningMethod]] = Registry("pruning method")
 
 
 def register(cls: type[PruningMethod]) -> type[PruningMethod]:
     """Class decorator adding a method to the registry under ``cls.name``."""
-    if cls.name in METHODS:
-        raise ValueError(f"pruning method {cls.name!r} registered twice")
-    METHODS[cls.name] = cls
-    return cls
+    return METHODS.add(cls.name, cls)
 
 
 def get_method(name: str) -> type[PruningMethod]:
-    try:
-        return METHODS[name]
-    except KeyError:
-        raise ValueError(f"unknown pruning method {name!r}; choose one of {sorted(METHODS)}") from None
+    return METHODS.lookup(name)
 
 
 def recorded_method(record: dict[str, Any]) -> tuple[type[PruningMethod], Any]:
