@@ -20,7 +20,8 @@ _LOADER_NAMES = ("combine_tensor", "load_merged", "merge_into", "merge_to_adapte
 
 
 def __getattr__(name: str) -> Any:
-    """The loader's functions, imported on first use: ``tuner`` (which ``loader`` imports) uses ``modes``."""
+    """The loader's functions, imported on first use: the command line's option parser imports ``merge.spec`` (and
+    so this package) to list the merge modes, and ``loader`` imports peft, which ``--help`` must not wait for."""
     if name in _LOADER_NAMES:
         from . import loader
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from .spec import MergeSpec
 
@@ -22,7 +21,7 @@ def merge(
 ) -> list[MergeOutput]:
     """Write what ``spec`` asks for: a dense model folder (``out``), a merged adapter (``out_adapter``), or both;
     with ``from_record``, replay a recorded merge into them."""
-    from .loader import merge_to_adapter, merge_to_folder, replay
+    from .loader import replay, write_adapter, write_model
     from .modes import create_mode
 
     outputs = [(out, kind) for out, kind in ((spec.out, "model"), (spec.out_adapter, "adapter")) if out]
@@ -38,25 +37,11 @@ def merge(
                 allow_unverified_base=spec.allow_unverified_base,
             )
         return [MergeOutput(Path(out), kind) for out, kind in outputs]
-    assert spec.base is not None
     mode = create_mode(spec.mode, **spec.params)  # one instance for both outputs: a learned mode learns once
-    common: dict[str, Any] = dict(
-        weights=spec.weights,
-        mode=mode,
-        revision=spec.base.revision,
-        adapter_revisions=[a.revision for a in spec.adapters],
-        token=token,
-        overwrite=spec.overwrite,
-        progress=progress,
-        command=command,
-        allow_unverified_base=spec.allow_unverified_base,
-        device=spec.device,
-    )
-    refs = [a.ref for a in spec.adapters]
     written = []
     if spec.out:
-        written.append(MergeOutput(merge_to_folder(spec.base.ref, refs, spec.out, dtype=spec.dtype, **common), "model"))
+        written.append(MergeOutput(write_model(spec, mode, token=token, progress=progress, command=command), "model"))
     if spec.out_adapter:
-        adapter = merge_to_adapter(spec.base.ref, refs, spec.out_adapter, value_dtype=spec.value_dtype, **common)
+        adapter = write_adapter(spec, mode, token=token, progress=progress, command=command)
         written.append(MergeOutput(adapter.directory, "adapter"))
     return written

@@ -35,9 +35,10 @@ from ..format.validate import check_fits_base, require_fingerprint
 from ..methods.base import SparseDelta
 from ..publish.adapter import SparseDeltaAdapter, open_adapter
 from ..core.devices import torch_dtype
+from ..core.spec import Source
 from ..publish.merge_card import write_merge_card
-from ..core.validate import finite_numbers
 from .modes import MergedTensor, MergeMode, create_mode
+from .spec import MergeInputs, MergeSpec
 
 SKIPPED_FILES = (
     ".safetensors",
@@ -51,7 +52,7 @@ SKIPPED_FILES = (
     ".gitattributes",
 )
 
-AdapterRef = str | os.PathLike | SparseDeltaAdapter
+AdapterRef = str | os.PathLike | SparseDeltaAdapter | Source
 
 
 def combine_tensor(
@@ -68,57 +69,62 @@ def combine_tensor(
     return merger.merge(name, deltas, weights).apply(target)
 
 
-def _prepare(
+def _inputs(
+    cls: type[MergeInputs],
+    base: str | os.PathLike | None,
     adapters: Sequence[AdapterRef],
+    out: str | os.PathLike | None,
     weights: Sequence[float] | None,
-    revisions: Sequence[str | None] | None,
-    token: str | bool | None,
-    allow_unverified_base: bool,
-) -> tuple[list[SparseDeltaAdapter], list[float], list[MergeSource]]:
-    """Open the adapters (each must record a base fingerprint unless ``allow_unverified_base``) and describe them."""
-    if not adapters:
-        raise ValueError("pass at least one adapter")
-    weights = [1.0] * len(adapters) if weights is None else finite_numbers(weights, "--weight")
-    if len(weights) != len(adapters):
-        raise ValueError(f"got {len(weights)} weights for {len(adapters)} adapters; pass one weight per adapter")
-    revisions = list(revisions) if revisions else [None] * len(adapters)
-    if len(revisions) != len(adapters):
-        raise ValueError(
-            f"got {len(revisions)} adapter revisions for {len(adapters)} adapters; pass one per adapter "
-            "('main' for the default branch)"
-        )
-    handles = [open_adapter(a, revision=r, token=token) for a, r in zip(adapters, revisions)]
+    mode: str | MergeMode,
+    options: dict[str, Any],
+    **fields: Any,
+) -> tuple[Any, MergeMode | None]:
+    """The spec of a keyword call (``MergeInputs`` or ``MergeSpec``: every check is the spec's), and the mode
+    instance when one was given (its options are set when it is created)."""
+    instance = None
+    if isinstance(mode, MergeMode):
+        if options:
+            raise ValueError(f"pass the options of merge mode {mode.name!r} when creating it, not with the instance")
+        instance, mode, options = mode, mode.name, asdict(mode.params)
+    given = None if weights is None else list(weights)
+    return cls.build(base, adapters, out, weights=given, mode=mode, **fields, **options), instance
+
+
+def _open(
+    spec: MergeInputs, adapters: Sequence[AdapterRef], token: str | bool | None
+) -> tuple[list[SparseDeltaAdapter], list[MergeSource]]:
+    """Open the adapters (a given handle as it is; each must record a base fingerprint unless
+    ``allow_unverified_base``) and describe them."""
+    handles = [
+        given if isinstance(given, SparseDeltaAdapter) else open_adapter(source, token=token)
+        for given, source in zip(adapters, spec.adapters)
+    ]
     for handle in handles:
-        require_fingerprint(handle.config, handle.ref, allow_unverified_base)
+        require_fingerprint(handle.config, handle.ref, spec.allow_unverified_base)
     sources = []
-    for ref, revision, handle, weight in zip(adapters, revisions, handles, weights):
-        ref = handle.directory if isinstance(ref, SparseDeltaAdapter) else ref
-        source = source_of(ref, revision, handle.directory)
+    for source_spec, handle, weight in zip(spec.adapters, handles, spec.adapter_weights):
+        source = source_of(source_spec.ref, source_spec.revision, handle.directory)
         source.weight, source.method = weight, dict(handle.config.method)
         source.base_model, source.fingerprint = handle.config.base_model_name_or_path, handle.config.base_fingerprint
         sources.append(source)
-    return handles, weights, sources
+    return handles, sources
 
 
 def _setup(
-    base: str | os.PathLike,
-    mode: str | MergeMode,
-    options: dict[str, Any],
+    spec: MergeInputs,
     adapters: Sequence[AdapterRef],
-    weights: Sequence[float] | None,
-    revisions: Sequence[str | None] | None,
+    merger: MergeMode | None,
     token: str | bool | None,
-    allow_unverified_base: bool,
-    device: str,
     progress: bool,
 ) -> tuple[MergeMode, list[SparseDeltaAdapter], list[float], list[MergeSource]]:
-    """The merge mode (a name and its options, or a mode instance), and the adapters as it merges them
+    """The merge mode (the spec's, or the given instance), and the adapters as it merges them
     (``MergeMode.prepare``: learned modes learn their factors here, once per instance and inputs)."""
-    if isinstance(mode, MergeMode) and options:
-        raise ValueError(f"pass the options of merge mode {mode.name!r} when creating it, not with the instance")
-    merger = mode if isinstance(mode, MergeMode) else create_mode(mode, **options)
-    handles, weights, sources = _prepare(adapters, weights, revisions, token, allow_unverified_base)
-    return merger, merger.prepare(base, handles, weights, device=device, progress=progress), weights, sources
+    assert spec.base is not None
+    merger = merger or create_mode(spec.mode, **spec.params)
+    handles, sources = _open(spec, adapters, token)
+    weights = spec.adapter_weights
+    prepared = merger.prepare(spec.base.ref, handles, weights, device=spec.device, progress=progress)
+    return merger, prepared, weights, sources
 
 
 def _tensor_names(adapters: Sequence[SparseDeltaAdapter]) -> list[str]:
@@ -161,9 +167,20 @@ def load_merged(
     ``base`` and every adapter may be a local folder or a Hub id (``revision`` / ``adapter_revisions`` pick the
     versions; the base is downloaded once into the HF cache, and ``model.name_or_path`` is that local folder).
     """
-    merger, handles, weights, _ = _setup(
-        base, mode, options, adapters, weights, adapter_revisions, token, allow_unverified_base, device, progress
+    spec, instance = _inputs(
+        MergeInputs,
+        base,
+        adapters,
+        None,
+        weights,
+        mode,
+        options,
+        revision=revision,
+        adapter_revisions=adapter_revisions,
+        allow_unverified_base=allow_unverified_base,
+        device=device,
     )
+    merger, handles, weights, _ = _setup(spec, adapters, instance, token, progress)
     folder = resolve_repo(
         base, revision=revision, token=token, allow_patterns=HUB_PATTERNS + ["*.py"] if trust_remote_code else None
     )
@@ -189,8 +206,20 @@ def merge_into(
     As :func:`load_merged` for a model loaded elsewhere (e.g. by lm-eval, dispatched with ``device_map``). Weights
     offloaded to the meta device (accelerate's cpu/disk offload) cannot be changed in place and are refused.
     """
-    merger = create_mode(mode, **options)
-    handles, weights, _ = _prepare(adapters, weights, adapter_revisions, token, allow_unverified_base)
+    spec, _ = _inputs(
+        MergeInputs,
+        None,
+        adapters,
+        None,
+        weights,
+        mode,
+        options,
+        adapter_revisions=adapter_revisions,
+        allow_unverified_base=allow_unverified_base,
+    )
+    merger = create_mode(spec.mode, **spec.params)
+    handles, _ = _open(spec, adapters, token)
+    weights = spec.adapter_weights
     return _merge_handles(
         model, handles, weights, merger, str(getattr(model, "name_or_path", "") or "the model"), progress
     )
@@ -251,18 +280,51 @@ def merge_to_folder(
     ``dtype`` (None/"auto": each base tensor's dtype) is the dtype of every written weight and of ``config.json``;
     merged weights are computed in fp32 from the base values and cast once (a bf16 base merged to float32 is not
     rounded to bf16 first). The folder also holds a model card and ``dppa_merge.json`` (the record ``replay`` runs).
-    ``device`` ("cuda", "auto", ...) is where each touched tensor is merged, one at a time.
+    ``device`` ("cuda", "auto", ...) is where each touched tensor is merged, one at a time. The arguments are
+    checked as a :class:`~dppa_peft.merge.spec.MergeSpec` (``out``).
     """
-    dtype, on = torch_dtype(dtype), resolve_device(device)
-    merger, handles, weights, sources = _setup(
-        base, mode, options, adapters, weights, adapter_revisions, token, allow_unverified_base, device, progress
+    spec, instance = _inputs(
+        MergeSpec,
+        base,
+        adapters,
+        out,
+        weights,
+        mode,
+        options,
+        revision=revision,
+        adapter_revisions=adapter_revisions,
+        dtype=dtype,
+        overwrite=overwrite,
+        allow_unverified_base=allow_unverified_base,
+        device=device,
     )
+    return write_model(
+        spec, instance, adapters, token=token, progress=progress, command=command, max_shard_bytes=max_shard_bytes
+    )
+
+
+def write_model(
+    spec: MergeSpec,
+    merger: MergeMode | None = None,
+    adapters: Sequence[AdapterRef] | None = None,
+    *,
+    token: str | bool | None = None,
+    progress: bool = True,
+    command: str | None = None,
+    max_shard_bytes: int = 4 << 30,
+) -> Path:
+    """``merge_to_folder`` of a spec: the dense model folder ``spec.out`` (``merger``: a mode instance to use,
+    e.g. one a learned mode already prepared; ``adapters``: open handles of ``spec.adapters``)."""
+    assert spec.base is not None and spec.out is not None
+    base, revision, out = spec.base.ref, spec.base.revision, spec.out
+    dtype, on = torch_dtype(spec.dtype), resolve_device(spec.device)
+    merger, handles, weights, sources = _setup(spec, adapters or spec.adapters, merger, token, progress)
     checkpoint, record = _start("model", base, revision, token, command, merger, handles, sources)
     record.dtype = _dtype_name(dtype)
     touched = set(_tensor_names(handles))
     samples: dict[str, bytes] = {}
-    inputs = [base, checkpoint.directory, *(h.directory for h in handles)]
-    with atomic_directory(out, overwrite=overwrite, inputs=inputs) as tmp:
+    inputs: list[str | os.PathLike] = [base, checkpoint.directory, *(h.directory for h in handles)]
+    with atomic_directory(out, overwrite=spec.overwrite, inputs=inputs) as tmp:
         writer = ShardedWriter(tmp, max_shard_bytes=max_shard_bytes)
         for name in progress_bar(
             checkpoint.names(), desc=f"merging ({merger.name})", unit="tensor", disable=not progress
@@ -310,20 +372,50 @@ def merge_to_adapter(
     ``load_adapter``, ``load_merged``) and gives the weights ``load_merged(base, adapters, weights, mode)`` gives:
     bit for bit for election modes and for one adapter, to fp32 rounding for sums of several (the merged values
     are summed before, not after, they meet the base). ``value_dtype`` (default float32, exact) may be bfloat16
-    or float16 for half the size. Of the base, only the rows holding the fingerprint samples are read.
+    or float16 for half the size. Of the base, only the rows holding the fingerprint samples are read. The arguments
+    are checked as a :class:`~dppa_peft.merge.spec.MergeSpec` (``out_adapter``).
     """
-    stored_dtype = torch_dtype(value_dtype)
-    if stored_dtype is None:
-        raise ValueError("value_dtype must be float32, bfloat16 or float16 for a merged adapter")
-    merger, handles, weights, sources = _setup(
-        base, mode, options, adapters, weights, adapter_revisions, token, allow_unverified_base, device, progress
+    spec, instance = _inputs(
+        MergeSpec,
+        base,
+        adapters,
+        None,
+        weights,
+        mode,
+        options,
+        out_adapter=str(out),
+        revision=revision,
+        adapter_revisions=adapter_revisions,
+        value_dtype=value_dtype,
+        overwrite=overwrite,
+        allow_unverified_base=allow_unverified_base,
+        device=device,
     )
+    return write_adapter(spec, instance, adapters, token=token, progress=progress, command=command)
+
+
+def write_adapter(
+    spec: MergeSpec,
+    merger: MergeMode | None = None,
+    adapters: Sequence[AdapterRef] | None = None,
+    *,
+    token: str | bool | None = None,
+    progress: bool = True,
+    command: str | None = None,
+) -> SparseDeltaAdapter:
+    """``merge_to_adapter`` of a spec: the merged adapter ``spec.out_adapter`` (``merger`` and ``adapters`` as in
+    :func:`write_model`)."""
+    assert spec.base is not None and spec.out_adapter is not None
+    base, revision, out = spec.base.ref, spec.base.revision, spec.out_adapter
+    stored_dtype = torch_dtype(spec.value_dtype)
+    assert stored_dtype is not None  # MergeSpec's choices: float32, bfloat16, float16
+    merger, handles, weights, sources = _setup(spec, adapters or spec.adapters, merger, token, progress)
     checkpoint, record = _start("adapter", base, revision, token, command, merger, handles, sources)
     record.value_dtype = _dtype_name(stored_dtype)
     names = _tensor_names(handles)
     samples: dict[str, bytes] = {}
-    inputs = [base, checkpoint.directory, *(h.directory for h in handles)]
-    with atomic_directory(out, overwrite=overwrite, inputs=inputs) as tmp:
+    inputs: list[str | os.PathLike] = [base, checkpoint.directory, *(h.directory for h in handles)]
+    with atomic_directory(out, overwrite=spec.overwrite, inputs=inputs) as tmp:
         writer = AdapterWriter(tmp)
         for name in progress_bar(names, desc=f"merging ({merger.name})", unit="tensor", disable=not progress):
             samples[name] = checkpoint_sample(checkpoint, name)  # a few rows, not the whole tensor

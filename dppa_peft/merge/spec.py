@@ -42,8 +42,10 @@ ADAPTER_VALUE_DTYPES = ("float32", "bfloat16", "float16")
 
 
 @dataclass(frozen=True, kw_only=True)
-class MergeSpec(Spec):
-    """A base plus N adapters combined by merge ``mode`` into a dense model folder and/or one merged adapter."""
+class MergeInputs(Spec):
+    """What a merge combines: N adapters (onto ``base``) with their weights, by merge ``mode``; or a recorded merge.
+
+    The spec of the in-memory merges (``load_merged``, ``merge_into``); ``MergeSpec`` adds the outputs."""
 
     key: ClassVar[str] = "merge"
     base: Source | None = option(None, group="inputs", help="base model: folder or Hub id")
@@ -100,6 +102,79 @@ class MergeSpec(Spec):
         label="merge mode",
         choices_all=merge_mode_choices,
     )
+
+    def validate(self) -> None:
+        adapters = [Source.of(a) for a in self.adapters]
+        if self.from_record is not None:
+            given = [
+                flag
+                for flag, value in (
+                    ("--base", self.base),
+                    ("--adapter", adapters),
+                    ("--weight", self.weights),
+                    ("mode options", self.params),
+                )
+                if value
+            ]
+            if given:
+                fail(f"merge: --from-record replays the recorded inputs; drop {', '.join(given)}")
+            return
+        if not adapters:
+            fail("merge: pass a base (--base) and at least one adapter (--adapter), or --from-record FILE")
+        weights = finite_numbers(self.weights, "--weight")
+        if weights is not None and len(weights) != len(adapters):
+            fail(f"merge.weights: got {len(weights)} weights for {len(adapters)} adapters; pass one per adapter")
+        self._set(
+            base=None if self.base is None else Source.of(self.base),
+            adapters=adapters,
+            weights=weights,
+            mode=canonical_mode(self.mode),
+            params=dataclasses.asdict(mode_params(self.mode, self.params)),
+        )
+
+    @property
+    def adapter_weights(self) -> list[float]:
+        """The weight of each adapter (1.0 each by default)."""
+        return [1.0] * len(self.adapters) if self.weights is None else list(self.weights)
+
+    @classmethod
+    def build(
+        cls,
+        base: Any,
+        adapters: Sequence[Any],
+        out: Any = None,
+        *,
+        revision: str | None = None,
+        adapter_revisions: Sequence[str | None] | None = None,
+        **options: Any,
+    ) -> Any:
+        """The spec of the keyword API: spec fields, plus the mode's options by name (``out``: MergeSpec's)."""
+        adapters = list(adapters or [])
+        revisions = list(adapter_revisions) if adapter_revisions else [None] * len(adapters)
+        if len(revisions) != len(adapters):
+            fail(
+                f"merge: got {len(revisions)} adapter revisions for {len(adapters)} adapters; pass one per adapter "
+                "('main' for the default branch)"
+            )
+        fields = {f.name for f in dataclasses.fields(cls)}
+        spec_options = {k: options.pop(k) for k in list(options) if k in fields}
+        if "dtype" in spec_options:  # a torch dtype, a name or None
+            dtype = spec_options["dtype"]
+            spec_options["dtype"] = "auto" if dtype is None else str(dtype).removeprefix("torch.")
+        if out is not None:
+            spec_options["out"] = str(out)
+        return cls(
+            base=None if base is None else Source.of(base, revision),
+            adapters=[Source.of(a, r) for a, r in zip(adapters, revisions)],
+            params={**spec_options.pop("params", {}), **options},
+            **spec_options,
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class MergeSpec(MergeInputs):
+    """A base plus N adapters combined by merge ``mode`` into a dense model folder and/or one merged adapter."""
+
     out: str | None = option(
         None, group="outputs (at least one)", help=("output dense model folder (written atomically)")
     )
@@ -123,62 +198,6 @@ class MergeSpec(Spec):
     def validate(self) -> None:
         if not (self.out or self.out_adapter):
             fail("merge: pass --out (a model folder), --out-adapter (a merged adapter) or both (out / out_adapter)")
-        adapters = [Source.of(a) for a in self.adapters]
-        if self.from_record is not None:
-            given = [
-                flag
-                for flag, value in (
-                    ("--base", self.base),
-                    ("--adapter", adapters),
-                    ("--weight", self.weights),
-                    ("mode options", self.params),
-                )
-                if value
-            ]
-            if given:
-                fail(f"merge: --from-record replays the recorded inputs; drop {', '.join(given)}")
-            return
-        if self.base is None or not adapters:
+        if self.from_record is None and (self.base is None or not self.adapters):
             fail("merge: pass a base (--base) and at least one adapter (--adapter), or --from-record FILE")
-        weights = finite_numbers(self.weights, "--weight")
-        if weights is not None and len(weights) != len(adapters):
-            fail(f"merge.weights: got {len(weights)} weights for {len(adapters)} adapters; pass one per adapter")
-        self._set(
-            base=Source.of(self.base),
-            adapters=adapters,
-            weights=weights,
-            mode=canonical_mode(self.mode),
-            params=dataclasses.asdict(mode_params(self.mode, self.params)),
-        )
-
-    @classmethod
-    def build(
-        cls,
-        base: Any,
-        adapters: Sequence[Any],
-        out: Any = None,
-        *,
-        revision: str | None = None,
-        adapter_revisions: Sequence[str | None] | None = None,
-        **options: Any,
-    ) -> MergeSpec:
-        """The spec of the keyword API: spec fields, plus the mode's options by name."""
-        adapters = list(adapters or [])
-        revisions = list(adapter_revisions) if adapter_revisions else [None] * len(adapters)
-        if len(revisions) != len(adapters):
-            fail(
-                f"merge: got {len(revisions)} adapter revisions for {len(adapters)} adapters; pass one per adapter "
-                "('main' for the default branch)"
-            )
-        fields = {f.name for f in dataclasses.fields(cls)}
-        spec_options = {k: options.pop(k) for k in list(options) if k in fields}
-        if "dtype" in spec_options:  # a torch dtype, a name or None
-            dtype = spec_options["dtype"]
-            spec_options["dtype"] = "auto" if dtype is None else str(dtype).removeprefix("torch.")
-        return cls(
-            base=Source.of(base, revision),
-            out=None if out is None else str(out),
-            adapters=[Source.of(a, r) for a, r in zip(adapters, revisions)],
-            params={**spec_options.pop("params", {}), **options},
-            **spec_options,
-        )
+        super().validate()
