@@ -60,6 +60,7 @@ def test_peft_forward_merge_and_independent_reference_agree(magnitude_adapter, l
     assert torch.allclose(_logits(merged), expected, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_fresh_process_loads_with_stock_peft_entry_points(magnitude_adapter, llama_pair, tmp_path):
     adapter, _ = magnitude_adapter
     base, ft = llama_pair

@@ -14,6 +14,8 @@ from dppa_peft.demo.zoo import build_zoo
 from tests.cli_args import flags
 from tests.hub_fixtures import REPO_ROOT, run_python
 
+pytestmark = pytest.mark.slow  # the demo zoo and lm-eval runs
+
 SYNTHETIC = str(REPO_ROOT / "eval_tasks" / "synthetic")
 
 

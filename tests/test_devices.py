@@ -15,7 +15,7 @@ from dppa_peft.core.devices import compute_dtype, resolve_device
 from dppa_peft.core.errors import UserError
 from dppa_peft.kernel.weights import add_sparse, add_sparse_
 from dppa_peft.methods.base import FullDelta, SparseDelta
-from tests.expected import PROMPT, load_weights
+from tests.expected import PROMPT, load_weights, magnitude_merged_weights, top_k_reference
 
 
 @pytest.fixture(scope="module")
@@ -40,16 +40,20 @@ def test_device_names_resolve_or_fail_clearly():
         compute_dtype("int8")
 
 
-@pytest.mark.parametrize("method", ["dp", "della"])
-def test_prune_on_a_device_gives_the_same_adapter(tmp_path, llama_pair, method):
+@pytest.mark.parametrize("method", ["magnitude", "dp"])
+def test_prune_on_a_device_keeps_the_top_k_recomputed_from_the_checkpoints(tmp_path, llama_pair, method):
+    """``device="auto"`` (the accelerator when there is one, else the CPU) keeps exactly the top-k ``|δ|`` at each
+    tensor's planned density (DP: from its statistics pass), recomputed here from the safetensors files."""
     base, ft = llama_pair
-    default = prune(base, ft, tmp_path / "default", method=method, rate=0.8, progress=False)[0]
     placed = prune(
         base, ft, tmp_path / "placed", method=method, rate=0.8, device="auto", dtype="float32", progress=False
     )[0]
-    for name in default.config.tensors:
-        assert torch.equal(placed.sparse_tensor(name).indices, default.sparse_tensor(name).indices)
-        assert torch.equal(placed.sparse_tensor(name).values, default.sparse_tensor(name).values)
+    base_weights, ft_weights = load_weights(base), load_weights(ft)
+    for name, record in placed.config.tensors.items():
+        delta = ft_weights[name].float() - base_weights[name].float()
+        expected = top_k_reference(delta, record.planned_density) if record.pruned else delta
+        assert torch.equal(placed.sparse_tensor(name).to_dense(), expected), name
+    assert sum(record.pruned for record in placed.config.tensors.values()) > 0
     assert placed.config.provenance["device"] == resolve_device("auto").type
     assert placed.config.provenance["compute_dtype"] == "float32"
 
@@ -69,11 +73,11 @@ def test_prune_in_bfloat16_keeps_the_planned_counts(tmp_path, llama_pair):
 def test_merge_on_a_device_matches(tmp_path, llama_pair, magnitude_adapter):
     base, _ = llama_pair
     adapter = magnitude_adapter[0]
-    on_cpu = load_weights(merge_to_folder(base, [adapter], tmp_path / "cpu", progress=False))
+    expected = magnitude_merged_weights(base, llama_pair[1], 0.1)  # W_B + top-10% δ, from the safetensors files
     placed = load_weights(merge_to_folder(base, [adapter], tmp_path / "auto", device="auto", progress=False))
-    assert all(torch.equal(on_cpu[n], placed[n]) for n in on_cpu)
+    assert placed.keys() == expected.keys() and all(torch.equal(placed[n], expected[n]) for n in expected)
     loaded = load_merged(base, [adapter], device="auto", progress=False).state_dict()
-    assert all(torch.equal(loaded[n].cpu(), on_cpu[n]) for n in on_cpu)
+    assert all(torch.equal(loaded[n].cpu(), expected[n]) for n in expected)
 
 
 @pytest.mark.parametrize("target_dtype", [torch.float32, torch.bfloat16])

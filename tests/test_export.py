@@ -60,6 +60,7 @@ def sources(llama_pair, tmp_path_factory) -> dict:
     return {"magnitude": magnitude, "dare": dare, "amplified": SparseDeltaAdapter(amplified)}
 
 
+@pytest.mark.slow
 def test_supertuning_loads_exactly_without_dppa_peft(sources, llama_pair, hub_repo_id, tmp_path, capsys):
     base, _ = llama_pair
     assert main(["push", str(sources["magnitude"].directory), hub_repo_id, "--export-format", "supertuning"]) == 0

@@ -90,6 +90,7 @@ def test_push_makes_one_commit_with_files_and_card(hub_models, hub_repo_id, loca
     assert HfApi().repo_info(hub_repo_id).private is False
 
 
+@pytest.mark.slow
 def test_pull_by_id_in_a_fresh_process_then_offline_from_the_cache(hub_models, hub_repo_id, local_hub, tmp_path):
     adapter = hub_models["adapters"]["main"]
     base_id = hub_models["ids"]["base"]

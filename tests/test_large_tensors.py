@@ -28,6 +28,8 @@ from dppa_peft.delta.scope import TensorInfo
 from tests.expected import load_weights
 from tests.tiny_models import tiny_config
 
+pytestmark = pytest.mark.slow  # tensors above 2^24 entries
+
 VOCAB, HIDDEN = 32768, 520  # embedding and lm_head: 17,039,360 entries > 2^24 = 16,777,216
 EMBED, HEAD = "model.embed_tokens.weight", "lm_head.weight"
 DIRECT_SHAPE = (2**18 + 16, 64)  # 16,778,240 entries: an in-scope linear for every method, without the I/O

@@ -129,6 +129,7 @@ def test_factor_tables_cost_under_one_percent_at_7b_shapes() -> None:
     assert with_table.stored_bytes - encoded.stored_bytes == 4 * 1024 and cost < 0.01
 
 
+@pytest.mark.slow
 def test_factors_round_trip_through_every_load_path(learned, llama_pair, tmp_path) -> None:
     adapter, _ = learned
     base, _ = llama_pair

@@ -100,6 +100,7 @@ def test_with_dppa_model_serves_lm_eval_hf_names():
     assert with_package_tasks(["--include_path=/t"]) == ["--include_path=/t"]
 
 
+@pytest.mark.slow
 def test_lm_eval_hf_with_peft_sparse_delta_equals_stock_hf_on_the_merged_model(tiny, tmp_path, monkeypatch):
     from lm_eval import simple_evaluate
 
@@ -139,6 +140,7 @@ def test_lm_eval_hf_with_peft_sparse_delta_equals_stock_hf_on_the_merged_model(t
     assert got["acc,none"] == stock["acc,none"] and got["acc_stderr,none"] == stock["acc_stderr,none"]
 
 
+@pytest.mark.slow
 def test_builtin_tasks_resolve_without_downloading_and_typos_are_clear():
     with pytest.raises(ValueError, match=r"'hellaswagg' \(close: hellaswag") as err:
         resolve_tasks([TASK, "hellaswag", "hellaswagg"])  # indexes lm-eval's built-ins; reads no data

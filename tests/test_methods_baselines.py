@@ -101,7 +101,14 @@ def test_della_window_must_fit() -> None:
         create_method("della", 0.9, epsilon=0.15)
     with pytest.raises(ValueError, match="must lie in"):
         magprune(DELLA_DELTA, 0.95, 0.1)
-    assert magprune(DELLA_DELTA, 0.9, 0.1).nnz >= 0  # d + ε = 1 is allowed
+    # d + ε = 1 is allowed: the largest |δ| of each row has keep probability 1, so every draw keeps it, unscaled
+    q = keep_probabilities(DELLA_DELTA, 0.9, 0.1)
+    close(q, [[0.8 + 0.2 / 3, 1.0, 0.8 + 0.4 / 3, 0.8], [0.8 + 0.4 / 3, 0.8, 0.8 + 0.2 / 3, 1.0]])
+    for seed in range(5):
+        kept = magprune(DELLA_DELTA, 0.9, 0.1, generator=torch.Generator().manual_seed(seed)).to_dense()
+        assert kept[0, 1] == DELLA_DELTA[0, 1] and kept[1, 3] == DELLA_DELTA[1, 3], seed
+        chosen = kept != 0
+        torch.testing.assert_close(kept[chosen], (DELLA_DELTA / q)[chosen])  # the others divided by their q
 
 
 def test_della_seeded_per_tensor_and_nested() -> None:

@@ -32,6 +32,7 @@ print("SPARSE_DELTA" in peft.mapping.PEFT_TYPE_TO_CONFIG_MAPPING)
 """
 
 
+@pytest.mark.slow
 def test_sparse_delta_registers_with_peft_after_an_availability_probe():
     """``import dppa_peft``, then transformers probes for peft, then peft is imported: SPARSE_DELTA is registered
     (the probe used to spend the import hook, and PeftModel.from_pretrained failed with KeyError: 'SPARSE_DELTA')."""

@@ -15,6 +15,7 @@ from dppa_peft.core.errors import UserError
 from dppa_peft.format.io import state_key
 from dppa_peft.merge import load_merged, merge_to_folder
 from tests.cli_args import run_cli
+from tests.expected import LINEAR_IN_BLOCK, load_weights, top_k_reference
 from tests.faults import edit_json, raw_safetensors
 
 Q = "model.layers.0.self_attn.q_proj.weight"
@@ -133,8 +134,17 @@ def test_push_refuses_a_damaged_adapter_before_any_upload(kind, adapter, tmp_pat
     assert code == 2 and message in err
 
 
-def test_intact_adapter_verifies(adapter):
-    SparseDeltaAdapter(adapter).verify()
+def test_intact_adapter_verifies_and_decodes_to_the_pruned_delta(adapter, llama_pair):
+    """The fixture's adapter passes ``verify`` (every stored tensor decoded and checked), and every tensor decodes to
+    the delta recomputed from the checkpoints: exact top-10% of the in-block linears, the rest whole."""
+    handle = SparseDeltaAdapter(adapter)
+    handle.verify()
+    base, finetuned = (load_weights(folder) for folder in llama_pair)
+    assert Q in handle.config.tensors and EMBED in handle.config.tensors
+    for name in handle.config.tensors:
+        delta = finetuned[name].float() - base[name].float()
+        expected = top_k_reference(delta, 0.1) if LINEAR_IN_BLOCK.search(name) and delta.ndim == 2 else delta
+        assert torch.equal(handle.sparse_tensor(name).to_dense(), expected), name
 
 
 SHAPES = {

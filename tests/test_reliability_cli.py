@@ -5,7 +5,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 
@@ -73,6 +72,7 @@ def test_signal_delivered_mid_prune_in_process(tmp_path, llama_pair, signum, sta
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the handlers are restored
 
 
+@pytest.mark.slow
 def test_sigterm_to_a_real_process_mid_prune_leaves_nothing(tmp_path, llama_pair):
     """A separate process killed with SIGTERM (whose default action skips all cleanup) while it writes."""
     signum, status = signal.SIGTERM, 143
@@ -86,9 +86,11 @@ def test_sigterm_to_a_real_process_mid_prune_leaves_nothing(tmp_path, llama_pair
         text=True,
         env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
     )
-    deadline = time.monotonic() + 60
-    while proc.stdout.readline().strip() != "writing":
-        assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read()
+    for line in proc.stdout:  # the child prints "writing" once its output folder exists; EOF: it ended early
+        if line.strip() == "writing":
+            break
+    else:
+        pytest.fail(f"the prune ended before writing: {proc.wait()}, {proc.stderr.read()}")
     proc.send_signal(signum)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == status, err
@@ -127,6 +129,7 @@ def test_redact():
     assert redact("plain http://host/path stays") == "plain http://host/path stays"
 
 
+@pytest.mark.slow
 def test_real_entry_point_on_a_damaged_checkpoint(tmp_path, llama_pair):
     """``python -m dppa_peft`` itself: a truncated fine-tune file -> exit 2, one error line naming the file."""
     import shutil

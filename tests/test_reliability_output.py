@@ -142,6 +142,7 @@ def test_second_writer_of_the_same_out_fails_at_once(pair_copy, tmp_path, capsys
     assert sorted(os.listdir(tmp_path)) == ["out"]  # the lock file is gone too
 
 
+@pytest.mark.slow
 def test_concurrent_prunes_in_two_processes(pair_copy, tmp_path):
     """Two real processes started together: exactly one writes, the other reports the lock or the finished output."""
     base, ft = pair_copy

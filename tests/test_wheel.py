@@ -72,6 +72,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return venv / "bin"
 
 
+@pytest.mark.slow
 def test_installed_wheel_finds_its_tasks_and_evaluates_from_outside_the_repo(installed, tmp_path):
     origin = Path(
         _run(
