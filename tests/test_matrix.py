@@ -4,7 +4,9 @@ adapter, in fp32 and bf16 (PEFT's ``tests/testing_common.py`` does the same for 
 Per pruning method and dtype: prune a tiny Llama pair → ``PeftModel.from_pretrained`` → logits equal the base plus
 the method's delta recomputed independently from the safetensors files → merge/unmerge round trip exact →
 ``delete_adapter`` → ``merge_and_unload`` == ``load_merged`` == ``merge_to_folder``, bit for bit
-(docs/algorithms.md §13). Per merge mode and dtype (two adapters, weights 0.7 and 1.3, density 0.5 where the mode
+(docs/algorithms.md §13). Each method's adapter also as DPA (two partitions, fixed factors) and with learned row
+factors: PEFT load, the three merge paths and the stock-PEFT export against the reference (the plain adapter's export
+too). Per merge mode and dtype (two adapters, weights 0.7 and 1.3, density 0.5 where the mode
 takes one): ``load_merged`` == ``merge_to_folder`` bit for bit == the ``merge_to_adapter`` adapter merged by PEFT
 (bit for bit for election modes, to fp32 rounding for sums, docs/algorithms.md §12.4), and ``sum`` equals
 ``W_B + Σ w_i·δ_i`` recomputed from the files. The parameters come from the registries, so a
@@ -31,8 +33,10 @@ from tests.matrix import (
     MERGE_WEIGHTS,
     Matrix,
     assert_same_weights,
+    check_export,
     check_merge_paths,
     check_peft_round_trip,
+    check_variant,
     load_base,
     reference_deltas,
     reference_weights,
@@ -52,6 +56,23 @@ def test_method_through_peft(method: str, dtype: str, matrix: Matrix) -> None:
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_method_merge_paths_bit_identical(method: str, dtype: str, matrix: Matrix, tmp_path: Path) -> None:
     check_merge_paths(method, matrix.pairs[dtype], matrix.adapter(method, dtype), tmp_path / "merged")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_method_exports_to_stock_peft(method: str, dtype: str, matrix: Matrix, tmp_path: Path) -> None:
+    pair = matrix.pairs[dtype]
+    expected = reference_weights(pair, [reference_deltas(pair, 0, method)])
+    check_export(pair, matrix.adapter(method, dtype), expected, tmp_path / "export", "plain")
+
+
+@pytest.mark.parametrize("variant", ["dpa", "learned"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_amplified_method_through_peft_merges_and_export(
+    method: str, dtype: str, variant: str, matrix: Matrix, tmp_path: Path
+) -> None:
+    check_variant(method, variant, matrix.pairs[dtype], matrix.adapter(method, dtype, 0, variant), tmp_path)
 
 
 def _learned_once(mode: str, folder: Path) -> str | MergeMode:
