@@ -1,4 +1,4 @@
-"""One kernel (format.apply): every path that applies an adapter gives the same bits, in fp32 and bf16, with DPA
+"""One kernel (kernel.weights): every path that applies an adapter gives the same bits, in fp32 and bf16, with DPA
 partition factors AND format-version-2 row factors; unmerge restores the base exactly; format versions."""
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Candidate models for the DPA search, built in place: the base is loaded once and factors only rewrite the entries
 an adapter touches (``W[idx] = W_B[idx] + values · factor[partition]``), so no candidate is reloaded from disk.
 
-The arithmetic is the kernel's (``format.apply``: effective values and the base value added in fp32, cast once), so
+The arithmetic is the kernel's (``kernel.weights``: effective values and the base value added in fp32, cast once), so
 a candidate equals loading the written adapter with the same factors, bit for bit.
 """
 

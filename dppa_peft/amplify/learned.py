@@ -2,7 +2,7 @@
 (docs/algorithms.md §11).
 
 Student = base + Σ_adapters w_a · scatter(values · scalar[partition] · f[partition, row]) (the kernel of
-``format.apply``, differentiable in ``f``); teacher = the dense fine-tune(s). The factors minimise the mean over
+``kernel.weights``, differentiable in ``f``); teacher = the dense fine-tune(s). The factors minimise the mean over
 teachers of KL(teacher ‖ student) of next-token distributions on each teacher's own calibration prompts plus its
 greedy continuations (computed once, ``build_teacher``); no labels. This is BitDelta's scale distillation
 (arXiv 2402.10193) applied to sparse deltas. N adapters and N teachers make a learned merge; one of each is learned

@@ -1,4 +1,4 @@
-"""One meaning of ``device`` and ``dtype`` for every step that computes (TEAM decision 4).
+"""One meaning of ``device`` and ``dtype`` for every step that computes, resolved here and nowhere else.
 
 ``device``: "cpu" (default), "cuda", "cuda:1", "mps", ... or "auto" (the first accelerator torch sees, else the
 CPU). Nothing here names a device type: the same code runs wherever torch runs.

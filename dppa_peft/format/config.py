@@ -20,7 +20,8 @@ _CARD_WRITERS: list[CardWriter] = []
 
 
 def register_card_writer(writer: CardWriter) -> None:
-    """Set the function that writes an adapter's ``README.md`` whenever its config is saved (``publish.card``)."""
+    """Set the function that writes an adapter's ``README.md`` whenever its config is saved (``publish.card``'s;
+    ``tuner.registration`` sets it)."""
     _CARD_WRITERS[:] = [writer]
 
 

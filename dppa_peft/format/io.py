@@ -4,7 +4,7 @@ and the Hub push.
 
 Layout (PEFT's): ``adapter_config.json``, ``adapter_model.safetensors`` (keys
 ``base_model.model.<module>.sparse_delta.<param>_{values,index,partition,factors}``) and ``README.md`` (model card).
-``_factors`` (format version 2) is a float32 ``[P, R]`` table of learned amplification factors (``format.apply``).
+``_factors`` (format version 2) is a float32 ``[P, R]`` table of learned amplification factors (``kernel.weights``).
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ class TensorRecord:
 
     Stored form: ``shape``, ``nnz`` (stored values), ``encoding`` (dense|bitmask|gaps), ``dtype`` (of the values),
     ``index_bytes``, ``partition`` (per-entry partition ids stored), ``stored_bytes``, ``density`` (kept fraction)
-    and, format version 2, ``factors``: ``[P, R]`` of a stored float32 factor table (``format.apply``).
+    and, format version 2, ``factors``: ``[P, R]`` of a stored float32 factor table (``kernel.weights``).
     How it was made: ``pruned`` (inside the pruning scope), ``block`` and ``module`` (its place in the scope),
     ``planned_density`` and ``unclipped_density`` (the method's plan), ``partition_densities`` (DPA: the density
     at each partition boundary). ``shape``, ``nnz`` and ``encoding`` are required; the rest may be absent (None).

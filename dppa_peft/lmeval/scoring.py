@@ -18,7 +18,7 @@ Score = tuple[float, float | None]
 @dataclass
 class TaskScorer:
     """Runs lm-eval tasks with one task manager and tokenizer on in-memory models (``scores``, quiet): the DPA
-    ``tasks`` objective's scorer, and the base of ``evaluation.runner.Evaluator``."""
+    ``tasks`` objective's scorer; ``evaluation`` extends it with its backends."""
 
     tokenizer: Any
     task_manager: Any

@@ -5,7 +5,7 @@ Three outputs of the same per-tensor merge (``MergeMode.merge``), so they agree 
 ``load_merged`` (a transformers model in memory), ``merge_to_folder`` (a dense model folder, streamed tensor by
 tensor) and ``merge_to_adapter`` (a merged sparse adapter: union support, values = the combined delta). The folder
 and the adapter carry a model card and the record of the merge (``format.merge_record``); ``replay`` runs a record
-again. Every weight is written by the one kernel (``format.apply``): fp32 accumulation, one cast.
+again. Every weight is written by the one kernel (``kernel.weights``): fp32 accumulation, one cast.
 """
 
 from __future__ import annotations

@@ -136,11 +136,11 @@ class MergedTensor:
     weights: list[float]
 
     def apply(self, target: torch.Tensor) -> torch.Tensor:
-        """``cast(target.float() + Σ w_i·δ_i)`` with the one kernel (``format.apply.add_sparse``)."""
+        """``cast(target.float() + Σ w_i·δ_i)`` with the one kernel (``kernel.weights.add_sparse``)."""
         return add_sparse(target.detach(), self.deltas, self.weights)
 
     def apply_(self, target: torch.Tensor) -> torch.Tensor:
-        """``apply`` written into ``target`` in place (only the touched entries; ``format.apply.add_sparse_``)."""
+        """``apply`` written into ``target`` in place (only the touched entries; ``kernel.weights.add_sparse_``)."""
         return add_sparse_(target, self.deltas, self.weights)
 
     def as_delta(self) -> SparseDelta:

@@ -1,4 +1,5 @@
-"""Commands as cards show them: without the local absolute paths of the machine that ran them (issue 12.6)."""
+"""Commands as cards show them: without the local absolute paths of the machine that ran them (a published card
+must not reveal the folders of whoever made the adapter)."""
 
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ so that every targeted module's kept entries fit, fills the rest of each module'
 positions (they add nothing), and bakes the DPA factors into the values. Changed tensors that SUPERTUNING cannot
 hold (embeddings, norms, biases, dense-stored linears, linears above 2^31 entries, which int32 indices cannot address,
 and linears so much denser than the rest that padding all the others would cost more) go into ``modules_to_save``:
-the whole module, base + delta (``format.apply``), so the export needs the base checkpoint. Stock PEFT casts the
+the whole module, base + delta (``kernel.weights``), so the export needs the base checkpoint. Stock PEFT casts the
 values to the base dtype and adds them in it, so for a bf16/fp16 base the values are baked as ``kernel(base + δ) −
 base`` (exact in fp32): loaded on that base, the merged weights equal ``load_merged``'s bit for bit in fp32; in
 bf16/fp16 too except where a delta cancels most of its base weight (sign change), where no value in the base dtype

@@ -26,13 +26,13 @@ _PEFT_PUSH: list[PeftPush] = []
 
 
 def register_peft_push(push: PeftPush) -> None:
-    """Set the ``push_to_hub`` of PeftModels that load a SPARSE_DELTA adapter (``publish.peft_push`` registers it)."""
+    """Set the ``push_to_hub`` of PeftModels that load a SPARSE_DELTA adapter (``tuner.registration`` sets it: ``tuner.push``)."""
     _PEFT_PUSH[:] = [push]
 
 
 def use_peft_push(model: nn.Module) -> None:
     """Give ``model`` (a PeftModel loading a SPARSE_DELTA adapter) the registered ``push_to_hub``, on this instance
-    only: transformers' own writes the repo's old card (or an empty template) over ours (see ``publish.peft_push``)."""
+    only: transformers' own writes the repo's old card (or an empty template) over ours (see ``tuner.push``)."""
     if _PEFT_PUSH and isinstance(model, PeftModel) and "push_to_hub" not in vars(model):
         object.__setattr__(model, "push_to_hub", types.MethodType(_PEFT_PUSH[0], model))
 
