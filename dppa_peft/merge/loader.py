@@ -85,7 +85,8 @@ def _inputs(
     if isinstance(mode, MergeMode):
         if options:
             raise ValueError(f"pass the options of merge mode {mode.name!r} when creating it, not with the instance")
-        instance, mode, options = mode, mode.name, asdict(mode.params)
+        instance = mode
+        mode, options = instance.name, asdict(instance.params)
     given = None if weights is None else list(weights)
     return cls.build(base, adapters, out, weights=given, mode=mode, **fields, **options), instance
 
