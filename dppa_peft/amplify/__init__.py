@@ -1,5 +1,5 @@
 """DPA (Dynamic Partition Amplification): partitions, combine rules, factor search, objectives.
 
-The entry points live in ``api`` (``amplify``, ``prune_and_amplify``) and are exported by ``dppa_peft``; this package
-init stays light because the pruning pipeline imports ``partitions`` and ``factors``.
+The entry point lives in ``api`` (``amplify``; ``prune_and_amplify`` is ``prune.api``'s) and is exported by
+``dppa_peft``; the settings are in ``spec``. This package init stays light: ``import dppa_peft`` imports it.
 """

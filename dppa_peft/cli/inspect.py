@@ -31,7 +31,8 @@ def run(spec: InspectSpec, args: argparse.Namespace) -> None:
         format_density_table,
         format_statistics_table,
     )
-    from ..prune.pipeline import open_pair, plan_densities
+    from ..delta.pair import open_pair
+    from ..prune.pipeline import plan_densities
     from ..publish.adapter import open_adapter
     from ..delta.scope import DEFAULT_SCOPE_PATTERN, Scope
 

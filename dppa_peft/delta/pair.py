@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 
 import torch
@@ -12,8 +13,9 @@ from ..core.buffers import Scratch, to_float32
 from ..io.sampling import tensor_sample
 from ..io.checkpoint import Checkpoint
 from ..core.errors import UserError
+from ..core.spec import Source
 from ..core.validate import all_finite, check_finite
-from .scope import Scope, TensorInfo
+from .scope import DEFAULT_SCOPE_PATTERN, Scope, TensorInfo
 
 ARCHITECTURE_FIELDS = (
     "model_type",
@@ -176,3 +178,18 @@ class DeltaPair:
         finally:
             self._scratch.clear()
         self.check_likeness()
+
+
+def open_pair(
+    base: Source | str | os.PathLike,
+    finetuned: Source | str | os.PathLike,
+    scope_pattern: str = DEFAULT_SCOPE_PATTERN,
+    token: str | bool | None = None,
+) -> DeltaPair:
+    """Open and check a base/fine-tune checkpoint pair (folders or Hub ids, with their revisions)."""
+    base, finetuned = Source.of(base), Source.of(finetuned)
+    return DeltaPair(
+        Checkpoint.open(base.ref, revision=base.revision, token=token),
+        Checkpoint.open(finetuned.ref, revision=finetuned.revision, token=token),
+        Scope(scope_pattern),
+    )

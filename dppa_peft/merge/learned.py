@@ -189,7 +189,7 @@ def learn_merge(
     model) are loaded one at a time, their outputs cached and the model freed before the base is loaded to learn.
     Returns the adapters with the learned tables and the learning record.
     """
-    from ..amplify.candidate import load_base_model  # tuner-level imports: the merge package loads them lazily
+    from ..amplify.candidate import load_base_model  # imports peft: the option parser imports this module
     from ..amplify.learned import EntropyTarget, build_teacher, learn_factors, model_context, teacher_from_pretrained
     from ..io.models import load_tokenizer, resize_vocabulary
     from ..format.fingerprint import check_fingerprint

@@ -22,15 +22,14 @@ from ..format.record import TensorRecord
 from ..format.amplification import amplification_record
 from ..methods.partitions import partition_ids
 from ..io.base_ref import base_id_record, portable_ref
-from ..io.checkpoint import Checkpoint, atomic_directory
-from ..delta.pair import DeltaPair, is_changed
+from ..io.checkpoint import atomic_directory
+from ..delta.pair import DeltaPair, is_changed, open_pair
 from ..core.devices import compute_dtype, resolve_device
 from ..methods import DensityPlan, PruningMethod, SparseDelta, create_method
 from ..methods.selection import magnitude_indices
-from ..delta.scope import DEFAULT_SCOPE_PATTERN, Scope, TensorInfo
+from ..delta.scope import TensorInfo
 from ..core.validate import all_finite
 from ..core.devices import torch_dtype
-from ..core.spec import Source
 from .spec import PruneSpec
 
 logger = logging.getLogger(__name__)
@@ -81,21 +80,6 @@ def collect_statistics(
             in_scope, desc=f"statistics {pass_index + 1}", progress=progress, device=device, dtype=dtype
         ):
             method.observe(info, delta, pass_index)
-
-
-def open_pair(
-    base: Source | str | os.PathLike,
-    finetuned: Source | str | os.PathLike,
-    scope_pattern: str = DEFAULT_SCOPE_PATTERN,
-    token: str | bool | None = None,
-) -> DeltaPair:
-    """Open and check a base/fine-tune checkpoint pair (folders or Hub ids, with their revisions)."""
-    base, finetuned = Source.of(base), Source.of(finetuned)
-    return DeltaPair(
-        Checkpoint.open(base.ref, revision=base.revision, token=token),
-        Checkpoint.open(finetuned.ref, revision=finetuned.revision, token=token),
-        Scope(scope_pattern),
-    )
 
 
 def plan_densities(
@@ -269,4 +253,4 @@ def _vocab_size(pair: DeltaPair) -> int | None:
     return max(pair.finetuned.shape(name)[0] for name in pair.extra_rows)
 
 
-__all__ = ["PruneSummary", "collect_statistics", "open_pair", "plan_densities", "prune_into"]
+__all__ = ["PruneSummary", "collect_statistics", "plan_densities", "prune_into"]

@@ -139,7 +139,7 @@ def _merge_step(top: RecipeFile, output_dir: Path) -> MergeSpec:
 
 def check_inputs(recipe: Recipe) -> None:
     """Open every input pair and check the objective inputs before the first prune."""
-    from ..prune.pipeline import open_pair
+    from ..delta.pair import open_pair
 
     for spec in recipe.prunes.values():
         spec.check_search_inputs()
