@@ -2,8 +2,8 @@
 
 Importing the package registers the ``SPARSE_DELTA`` adapter type with PEFT (as soon as peft is imported;
 ``tuner/registration.py``), so ``PeftModel.from_pretrained``, ``load_adapter`` and ``merge_and_unload`` work on
-adapters written by ``dppa_peft.prune``. The public names below load their modules on first use, so ``import dppa_peft`` (and the
-command line's ``--help``) stay fast.
+adapters written by ``dppa_peft.prune``. The public names below load their modules on first use, so
+``import dppa_peft`` (and the command line's ``--help``) stay fast.
 """
 
 from __future__ import annotations
