@@ -1,4 +1,5 @@
-"""DPA from Python: ``amplify`` an existing adapter, or ``prune_and_amplify`` in one call (DPPA = DP then DPA).
+"""DPA from Python: ``amplify`` an existing adapter (``prune.api.prune_and_amplify`` prunes, then runs the same DPA
+through ``amplify_into``; DPPA = DP then DPA).
 
 Both write a new adapter folder whose config records the partitions, the factors and the whole search; the
 search loads the base model once and applies candidate factors in place (``candidate.AmplifiedModel``).
